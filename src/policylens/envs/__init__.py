@@ -1,0 +1,56 @@
+"""Worlds of policylens, registered with Gymnasium on import.
+
+``WORLDS`` maps each registered id to a one-line description; ``policylens envs`` prints it.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+
+from policylens.envs.maze import MazeConfig, MazeEnv, MazeSolver, MazeState, MazeVecEnv
+
+WORLDS: dict[str, str] = {}
+
+
+def register_world(env_id: str, description: str, **kwargs) -> None:
+    """Register a world with Gymnasium (idempotent) and list it in ``WORLDS``."""
+    WORLDS[env_id] = description
+    if env_id not in gym.registry:
+        gym.register(env_id, **kwargs)
+
+
+register_world(
+    "policylens/Maze-v0",
+    "procgen-style maze: perfect mazes, cheese in a top-right region or anywhere (goal misgeneralization)",
+    entry_point="policylens.envs.maze:MazeEnv",
+    vector_entry_point="policylens.envs.maze:MazeVecEnv",
+)
+
+
+def make(env_id: str, **kwargs) -> gym.Env:
+    """``gymnasium.make`` with a clear error naming the registered worlds for an unknown id."""
+    if env_id not in gym.registry:
+        import difflib
+
+        close = difflib.get_close_matches(env_id, list(WORLDS), n=3, cutoff=0.3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"Unknown world {env_id!r}.{hint} Registered: {', '.join(WORLDS)}.")
+    return gym.make(env_id, **kwargs)
+
+
+def make_vec(env_id: str, num_envs: int, **kwargs) -> gym.vector.VectorEnv:
+    """A vector env with same-step autoreset: the world's own batched env where it has one."""
+    make(env_id, **kwargs).close()  # validates the id and options with clear errors
+    spec = gym.spec(env_id)
+    if spec.vector_entry_point is not None:
+        return gym.make_vec(env_id, num_envs, **kwargs)
+    return gym.make_vec(
+        env_id,
+        num_envs,
+        vectorization_mode="sync",
+        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
+        **kwargs,
+    )
+
+
+__all__ = ["WORLDS", "MazeConfig", "MazeEnv", "MazeSolver", "MazeState", "MazeVecEnv", "make", "make_vec", "register_world"]
