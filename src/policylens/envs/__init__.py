@@ -26,6 +26,13 @@ register_world(
     vector_entry_point="policylens.envs.maze:MazeVecEnv",
 )
 
+register_world(
+    "policylens/RookEndgame-v0",
+    "king+rook vs king checkmate on 5x5 (DuPlessie's SAE-on-DQN study): one-hot 75-d obs, "
+    "24 actions, chess concept labels, exact tablebase",
+    entry_point="policylens.envs.chess:RookEndgameEnv",
+)
+
 
 def make(env_id: str, **kwargs) -> gym.Env:
     """``gymnasium.make`` with a clear error naming the registered worlds for an unknown id."""

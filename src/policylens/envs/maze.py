@@ -128,7 +128,12 @@ class MazeConfig:
                     f"Unknown maze option {key!r}.{hint} Valid options: {', '.join(valid)}."
                 )
         if "maze_sizes" in kwargs:
-            kwargs = {**kwargs, "maze_sizes": tuple(int(s) for s in kwargs["maze_sizes"])}
+            sizes = kwargs["maze_sizes"]
+            if not isinstance(sizes, list | tuple) or len(sizes) != 2:
+                raise ValueError(
+                    f"maze_sizes must be a (min, max) pair, got {sizes!r}; use e.g. (5, 9)"
+                )
+            kwargs = {**kwargs, "maze_sizes": (int(sizes[0]), int(sizes[1]))}
         return cls(**kwargs)
 
 
@@ -212,6 +217,11 @@ class MazeState:
             raise ValueError(f"maze_size {self.maze_size} does not fit the {world}x{world} world")
         if bfs_distances(self.walls, self.cheese)[self.mouse] < 0:
             raise ValueError("the cheese is not reachable from the mouse; open a path between them")
+        if bfs_distances(self.walls, self.corner)[self.start] < 0:
+            raise ValueError(
+                f"the maze's top-right corner {self.corner} (from maze_size {self.maze_size}) is a "
+                "wall or cut off from the start; set maze_size to the maze's side or open a path"
+            )
 
 
 def generate_level(level_seed: int, config: MazeConfig) -> MazeState:
@@ -338,7 +348,8 @@ class MazeSolver:
     def act(self, state: MazeState) -> int:
         move = int(next_moves(bfs_distances(state.walls, state.cheese), state.walls)[state.mouse])
         move = max(move, 0)
-        return int((1, 3, 5, 7)[move]) if self.procgen_actions else move
+        # procgen buttons for up, down, left, right (UP 5, DOWN 3, LEFT 0-2, RIGHT 6-8).
+        return int((5, 3, 1, 7)[move]) if self.procgen_actions else move
 
     def solve(self, state: MazeState) -> list[tuple[int, int]]:
         """The cells the mouse visits on its way to the cheese."""
@@ -604,8 +615,11 @@ class _TilePainter:
                 # Sprites: the mouse a disc, the cheese a diamond, both on the floor colour.
                 u = (yy - edges[r] + 0.5) / len(ys) - 0.5
                 v = (xx - edges[c] + 0.5) / len(xs) - 0.5
-                disc = (u**2 + v**2 <= 0.17).ravel()
-                diamond = (np.abs(u) + np.abs(v) <= 0.48).ravel()
+                # The pixels nearest the tile's centre always belong to both sprites, so they stay
+                # visible on tiles of 2x2 pixels (procgen's 25-cell world at 64 px).
+                centre = u**2 + v**2 <= (u**2 + v**2).min() + 1e-9
+                disc = (centre | (u**2 + v**2 <= 0.17)).ravel()
+                diamond = (centre | (np.abs(u) + np.abs(v) <= 0.48)).ravel()
                 for kind, mask, rgb in ((MOUSE, disc, MOUSE_RGB), (CHEESE, diamond, CHEESE_RGB)):
                     self.tile_rgb[kind, r, c, :k] = np.where(mask[:, None], rgb, FLOOR_RGB)
                 self.tile_rgb[_FLOOR, r, c, :k] = FLOOR_RGB
@@ -808,8 +822,11 @@ class MazeVecEnv(VectorEnv):
         if len(done):
             infos["final_obs"] = self.batch.obs.copy()
             infos["_final_obs"] = terminated | truncated
+            ended = infos["_final_obs"]
             infos["final_info"] = {
-                k: v.copy() for k, v in infos.items() if k[0] != "_" and k != "final_obs"
+                k: (ended.copy() if k[0] == "_" else v.copy())
+                for k, v in infos.items()
+                if k not in ("final_obs", "_final_obs")
             }
             infos["_final_info"] = infos["_final_obs"]
             for i in done:

@@ -1,0 +1,144 @@
+"""Decision squares (Mini, Turner et al. 2023): where the paths to the cheese and to the
+top-right corner part, does the agent go to the cheese, and which maze features predict it?
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from policylens.analysis import stats
+from policylens.analysis.behaviour import run_episodes_from_states
+from policylens.analysis.interventions import test_levels
+from policylens.analysis.vector_fields import move_probabilities
+from policylens.envs.maze import (
+    MazeBatch,
+    MazeConfig,
+    MazeState,
+    bfs_distances,
+    decision_square,
+    next_moves,
+)
+
+FEATURES = (
+    "path_ds_cheese",
+    "euclid_ds_cheese",
+    "path_cheese_corner",
+    "euclid_cheese_corner",
+    "path_ds_corner",
+    "euclid_ds_corner",
+)
+
+
+def maze_features(state: MazeState, ds: tuple[int, int]) -> dict[str, float]:
+    """Path and Euclidean distances between decision square, cheese and top-right corner."""
+    d_cheese = bfs_distances(state.walls, state.cheese)
+    d_corner = bfs_distances(state.walls, state.corner)
+    euclid = lambda a, b: float(np.hypot(a[0] - b[0], a[1] - b[1]))  # noqa: E731
+    return {
+        "path_ds_cheese": float(d_cheese[ds]),
+        "euclid_ds_cheese": euclid(ds, state.cheese),
+        "path_cheese_corner": float(d_corner[state.cheese]),
+        "euclid_cheese_corner": euclid(state.cheese, state.corner),
+        "path_ds_corner": float(d_corner[ds]),
+        "euclid_ds_corner": euclid(ds, state.corner),
+    }
+
+
+def decision_square_analysis(
+    agent,
+    config: MazeConfig,
+    n_mazes: int = 500,
+    seed: int = 40_000,
+    exclude_region: int | None = None,
+    max_steps: int | None = None,
+) -> dict[str, Any]:
+    """P(goes to cheese) at decision squares, and a logistic regression of the choice on maze features.
+
+    Each test maze (cheese off the start->corner path, and outside the top-right
+    ``exclude_region`` square when given) starts the mouse on its decision square; the outcome is
+    whichever of cheese and corner it reaches first. The regression is fit on 70% of the mazes
+    and scored on the rest against always predicting the training majority.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    candidates = test_levels(config, n_mazes * 3, seed)
+    states, squares = [], []
+    for s in candidates:
+        if exclude_region is not None:
+            top = s.world_size - s.maze_size
+            r, c = s.cheese
+            if r < top + exclude_region and c >= s.maze_size - exclude_region:
+                continue
+        ds = decision_square(s)
+        states.append(s.copy(mouse=ds))
+        squares.append(ds)
+        if len(states) == n_mazes:
+            break
+    limit = max_steps or 4 * config.world_size
+    limited = MazeConfig(**{**config.__dict__, "max_steps": limit})
+    eps = run_episodes_from_states(agent, states, limited, seed=seed)
+
+    # Probability mass on the first step toward the cheese vs toward the corner, at the square.
+    batch = MazeBatch(config, 1)
+    obs = np.stack([batch.observe(s) for s in states])
+    with torch.no_grad():
+        probs = move_probabilities(agent(obs)[0])
+    p_cheese_step = []
+    for s, ds, p in zip(states, squares, probs, strict=True):
+        to_cheese = next_moves(bfs_distances(s.walls, s.cheese), s.walls)[ds]
+        to_corner = next_moves(bfs_distances(s.walls, s.corner), s.walls)[ds]
+        p_cheese_step.append(p[to_cheese] / max(p[to_cheese] + p[to_corner], 1e-12))
+
+    outcome, rows = [], []
+    for s, ds, e in zip(states, squares, eps, strict=True):
+        first_corner = e.positions.index(s.corner) if s.corner in e.positions else None
+        if e.success and (first_corner is None):
+            outcome.append(1)
+        elif first_corner is not None:
+            outcome.append(0)
+        else:
+            outcome.append(-1)  # reached neither within the step limit
+        rows.append([maze_features(s, ds)[f] for f in FEATURES])
+    outcome = np.array(outcome)
+    X = np.array(rows)
+    decided = outcome >= 0
+    result: dict[str, Any] = {
+        "n_mazes": len(states),
+        "p_cheese": stats.proportion(outcome[decided] == 1),
+        "undecided": int((~decided).sum()),
+        "p_cheese_first_step": stats.mean(p_cheese_step),
+    }
+    y, Xd = outcome[decided], X[decided]
+    if len(np.unique(y)) < 2 or len(y) < 20:
+        result["regression"] = {
+            "skipped": "the agent made the same choice (or too few) in every maze"
+        }
+        return result
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(y))  # one sample per maze, so splitting samples splits levels
+    cut = int(0.7 * len(y))
+    train, test = order[:cut], order[cut:]
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    model.fit(Xd[train], y[train])
+    majority = int(np.round(y[train].mean()))
+    single = {}
+    for j, name in enumerate(FEATURES):
+        m = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(
+            Xd[train][:, [j]], y[train]
+        )
+        single[name] = float(m.score(Xd[test][:, [j]], y[test]))
+    result["regression"] = {
+        "features": list(FEATURES),
+        "test_accuracy": float(model.score(Xd[test], y[test])),
+        "majority_baseline": float((y[test] == majority).mean()),
+        "coefficients": dict(zip(FEATURES, model[-1].coef_[0].round(4).tolist(), strict=True)),
+        "single_feature_accuracy": single,
+        "n_train": int(len(train)),
+        "n_test": int(len(test)),
+    }
+    return result

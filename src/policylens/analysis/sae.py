@@ -1,0 +1,714 @@
+"""Sparse autoencoders (SAEs) on agent activations: train, evaluate, save, and share with SAELens.
+
+Four architectures, all with a pre-encoder bias (``b_dec`` is subtracted before encoding and added
+back after decoding) and unit-norm decoder rows during training:
+
+- ``relu``: ``ReLU`` latents with an L1 penalty (Anthropic's "Towards Monosemanticity").
+- ``topk``: the ``k`` largest pre-activations per sample, ReLU'd (Gao et al. 2024).
+- ``batchtopk``: the ``k * batch`` largest pre-activations per batch while training; afterwards a
+  single learned threshold per SAE, i.e. a JumpReLU (Bussmann et al. 2024), as SAELens saves it.
+- ``jumprelu``: per-latent thresholds trained through an L0 penalty with straight-through
+  estimators (Rajamanoharan et al. 2024).
+
+Training computes gradients by hand rather than through autograd. For the top-k architectures it
+never materialises a dense ``(batch, d_sae)`` gradient: the decoder is a sparse sum over the ``k``
+chosen rows (``embedding_bag``) and the weight gradients are sparse-dense products, so after the
+encoder matmul and the top-k selection a step costs O(batch * k * d_in). Decoder gradients have
+their component along each (unit) decoder row removed before Adam, and rows are renormalised after.
+
+Dead latents are those that did not fire in the last ``dead_window`` training samples; with
+``resample_every`` set they are re-initialised toward inputs the SAE reconstructs badly.
+
+Files: :func:`save_sae` / :func:`load_sae` write ``config.json`` + ``sae.safetensors``;
+:func:`export_saelens` / :func:`import_saelens` use SAELens 6.x's layout (``cfg.json`` +
+``sae_weights.safetensors`` with ``W_enc (d_in, d_sae)``, ``W_dec (d_sae, d_in)``, ``b_enc``,
+``b_dec`` and ``threshold`` for JumpReLU), which ``sae_lens.SAE.load_from_disk`` reads.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import time
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from policylens.io import atomic_path, read_json, write_json
+
+ARCHS: dict[str, str] = {
+    "relu": "ReLU latents with an L1 penalty",
+    "topk": "the k largest pre-activations per sample (ReLU'd)",
+    "batchtopk": "the k x batch largest pre-activations per batch; a learned threshold afterwards",
+    "jumprelu": "per-latent learned thresholds trained with an L0 penalty",
+}
+FORMAT = "policylens-sae/1"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "sae.safetensors"
+SAELENS_CFG_FILE = "cfg.json"
+SAELENS_WEIGHTS_FILE = "sae_weights.safetensors"
+SAELENS_FORMAT_VERSION = "6.0.0"
+"""The SAELens release whose on-disk layout :func:`export_saelens` writes (any 6.x reads it)."""
+
+
+@dataclass
+class SAEConfig:
+    """Shape, architecture and training recipe of a sparse autoencoder."""
+
+    d_in: int
+    """Width of the activations the SAE reads."""
+    d_sae: int
+    """Number of latents (dictionary size)."""
+    arch: str = "topk"
+    """One of ``ARCHS``: relu, topk, batchtopk, jumprelu."""
+    k: int = 32
+    """Active latents per sample for topk (on average for batchtopk)."""
+    l1_coeff: float = 1.0
+    """Weight of the L1 penalty (relu); the loss is sum-over-dims squared error + l1 * sum |z|."""
+    l0_coeff: float = 1e-3
+    """Weight of the L0 penalty (jumprelu)."""
+    jumprelu_bandwidth: float = 0.05
+    """Width of the straight-through kernel for the thresholds (jumprelu)."""
+    jumprelu_init_threshold: float = 0.01
+    """Initial threshold of every latent (jumprelu)."""
+    threshold_window: float = 0.1
+    """batchtopk: the inference threshold averages the batch cutoffs of this final fraction of steps."""
+    lr: float = 1e-3
+    """Adam learning rate."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """Adam betas."""
+    lr_decay_frac: float = 0.2
+    """Fraction of training at the end over which the learning rate decays linearly to 0."""
+    batch_size: int = 4096
+    """Samples per optimisation step."""
+    samples: int = 1_000_000
+    """Training samples in total (steps = ceil(samples / batch_size))."""
+    seed: int = 0
+    """Seed of the initial weights, data order and resampling."""
+    init_b_dec_mean: bool = True
+    """Start ``b_dec`` at the mean of the first batch (else zeros)."""
+    dead_window: int = 200_000
+    """A latent is dead if it did not fire in this many most recent training samples."""
+    resample_every: int = 0
+    """Resample dead latents every this many steps (0 = never)."""
+    resample_until: float = 0.8
+    """No resampling after this fraction of training, so resampled latents can settle."""
+    resample_encoder_scale: float | None = None
+    """Norm of a resampled encoder column relative to the mean alive one (None: 0.2 relu/jumprelu, 1.0 top-k)."""
+    log_every: int = 50
+    """Steps between entries of the training history."""
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            close = difflib.get_close_matches(str(self.arch), list(ARCHS), n=2, cutoff=0.3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise ValueError(f"Unknown SAE arch {self.arch!r}.{hint} Choose one of {', '.join(ARCHS)}.")
+        for name in ("d_in", "d_sae", "batch_size", "samples", "dead_window", "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"SAEConfig.{name} must be a positive integer, got {getattr(self, name)}.")
+        if self.arch in ("topk", "batchtopk") and not 1 <= self.k <= self.d_sae:
+            raise ValueError(f"SAEConfig.k must be between 1 and d_sae={self.d_sae}, got {self.k}.")
+        if not 0.0 <= self.lr_decay_frac <= 1.0:
+            raise ValueError(f"SAEConfig.lr_decay_frac must be in [0, 1], got {self.lr_decay_frac}.")
+        self.adam_betas = tuple(self.adam_betas)  # type: ignore[assignment]  # JSON gives a list
+
+    @property
+    def steps(self) -> int:
+        """Optimisation steps of a full training run."""
+        return math.ceil(self.samples / self.batch_size)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SAEConfig:
+        """Build from a dict (e.g. ``config.json``), refusing unknown keys with the valid ones named."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"Unknown SAEConfig field(s) {unknown}; valid fields: {', '.join(sorted(names))}.")
+        return cls(**data)
+
+
+class SparseAutoencoder(nn.Module):
+    """A sparse autoencoder ``x -> z -> x_hat`` over ``(..., d_in)`` activations.
+
+    Parameters use SAELens's names and shapes: ``W_enc (d_in, d_sae)``, ``b_enc (d_sae,)``,
+    ``W_dec (d_sae, d_in)``, ``b_dec (d_in,)``, and ``threshold (d_sae,)`` for jumprelu and
+    batchtopk (for batchtopk one shared value, learned during training).
+    """
+
+    def __init__(self, config: SAEConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        gen = torch.Generator().manual_seed(c.seed)
+        w_dec = torch.randn(c.d_sae, c.d_in, generator=gen)
+        w_dec /= w_dec.norm(dim=1, keepdim=True)  # unit-norm rows
+        self.W_dec = nn.Parameter(w_dec)  # (d_sae, d_in)
+        self.W_enc = nn.Parameter(w_dec.T.clone().contiguous())  # (d_in, d_sae), tied at init
+        self.b_enc = nn.Parameter(torch.zeros(c.d_sae))
+        self.b_dec = nn.Parameter(torch.zeros(c.d_in))
+        if c.arch == "jumprelu":
+            self.threshold = nn.Parameter(torch.full((c.d_sae,), float(c.jumprelu_init_threshold)))
+        elif c.arch == "batchtopk":
+            self.register_buffer("threshold", torch.zeros(c.d_sae))
+
+    # -- inference ------------------------------------------------------------------------------
+    def _check(self, x: Tensor) -> Tensor:
+        if x.shape[-1] != self.config.d_in:
+            raise ValueError(
+                f"SAE expects d_in={self.config.d_in} activations, got {x.shape[-1]}; "
+                "pass the activations of the layer it was trained on, shape (..., d_in)."
+            )
+        return x.to(self.W_enc.dtype)
+
+    def pre_activations(self, x: Tensor) -> Tensor:
+        """Encoder pre-activations ``(x - b_dec) @ W_enc + b_enc``: (..., d_in) -> (..., d_sae)."""
+        x = self._check(x)
+        return (x - self.b_dec) @ self.W_enc + self.b_enc
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Latents: (..., d_in) -> (..., d_sae), dense with zeros for inactive latents."""
+        pre = self.pre_activations(x)
+        arch = self.config.arch
+        if arch == "relu":
+            return F.relu(pre)
+        if arch == "topk":
+            vals, idx = pre.topk(self.config.k, dim=-1, sorted=False)
+            return torch.zeros_like(pre).scatter(-1, idx, F.relu(vals))
+        # jumprelu, and batchtopk at inference: keep pre-activations above the threshold
+        return F.relu(pre) * (pre > self.threshold)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Reconstruction: (..., d_sae) latents -> (..., d_in)."""
+        if z.shape[-1] != self.config.d_sae:
+            raise ValueError(f"SAE decodes d_sae={self.config.d_sae} latents, got {z.shape[-1]}.")
+        return z @ self.W_dec + self.b_dec
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(reconstruction (..., d_in), latents (..., d_sae))."""
+        z = self.encode(x)
+        return self.decode(z), z
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        """Rescale decoder rows to unit norm (training keeps them there)."""
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
+
+
+def synthetic_activations(
+    n: int,
+    d_in: int,
+    n_features: int = 512,
+    active: float = 8.0,
+    noise: float = 0.05,
+    seed: int = 0,
+) -> Tensor:
+    """Seeded (n, d_in) activations with known sparse structure, for tests and benchmarks.
+
+    Each sample is an offset plus a sparse non-negative combination of ``n_features`` random unit
+    directions (feature frequencies follow a power law; ``active`` features per sample on
+    average; magnitudes exponential with mean 1), plus Gaussian noise of std ``noise`` per dim.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    dirs = torch.randn(n_features, d_in, generator=gen)
+    dirs /= dirs.norm(dim=1, keepdim=True)  # (n_features, d_in)
+    offset = torch.randn(d_in, generator=gen) * 0.5
+    freq = 1.0 / torch.arange(1, n_features + 1, dtype=torch.float32) ** 0.5
+    freq *= active / freq.sum()  # expected active features per sample
+    on = torch.rand(n, n_features, generator=gen) < freq.clamp(max=1.0)  # (n, n_features)
+    mags = torch.empty(n, n_features).exponential_(1.0, generator=gen) * on
+    return offset + mags @ dirs + noise * torch.randn(n, d_in, generator=gen)
+
+
+# -- training -------------------------------------------------------------------------------------
+@dataclass
+class _Step:
+    """What one training step leaves for bookkeeping."""
+
+    err: Tensor  # (batch, d_in) reconstruction minus input
+    fired: Tensor  # (d_sae,) bool: latent active on some sample of the batch
+    l0: float  # mean active latents per sample
+    loss: float
+    min_kept: float = math.nan  # smallest activation kept (batchtopk's threshold estimate)
+
+
+def _sparse_grads(
+    sae: SparseAutoencoder, x: Tensor, xc: Tensor, rows: Tensor, cols: Tensor, vals: Tensor, offsets: Tensor
+) -> _Step:
+    """Loss and gradients when the active latents are given as a row-major sparse list.
+
+    ``rows``/``cols``/``vals``: (nnz,) sample, latent, pre-activation (> 0) of each active latent,
+    grouped by sample; ``offsets``: (batch,) start of each sample's group.
+    """
+    B, d_in = x.shape
+    S = sae.config.d_sae
+    W_dec, W_enc = sae.W_dec, sae.W_enc
+    # Decode: sum of the chosen decoder rows weighted by their activations.
+    recon = F.embedding_bag(cols, W_dec, offsets, mode="sum", per_sample_weights=vals)  # (B, d_in)
+    recon += sae.b_dec
+    err = recon - x
+    loss = float(err.pow(2).sum()) / B
+    gr = err.mul(2.0 / B)  # dL/dx_hat (B, d_in)
+    # dL/dz for active entries only: dot of the sample's gradient with the latent's decoder row.
+    crow = torch.cat([offsets, offsets.new_tensor([cols.numel()])])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        pattern = torch.sparse_csr_tensor(crow, cols, torch.zeros_like(vals), (B, S), check_invariants=False)
+        g_z = torch.sparse.sampled_addmm(pattern, gr, W_dec.T, beta=0.0).values()  # (nnz,)
+    # Weight gradients: latent-major sparse (d_sae, B) matrices times dense (B, d_in).
+    perm = (
+        torch.sparse_coo_tensor(
+            torch.stack([cols, rows]), torch.arange(cols.numel()), (S, B), check_invariants=False
+        )
+        .coalesce()
+        .values()
+    )
+    idx_t = torch.stack([cols[perm], rows[perm]])
+    z_t = torch.sparse_coo_tensor(idx_t, vals[perm], (S, B), is_coalesced=True, check_invariants=False)
+    g_t = torch.sparse_coo_tensor(idx_t, g_z[perm], (S, B), is_coalesced=True, check_invariants=False)
+    W_dec.grad = torch.sparse.mm(z_t, gr)  # (d_sae, d_in)
+    W_enc.grad = torch.sparse.mm(g_t, xc).T.contiguous()  # (d_in, d_sae)
+    g_benc = torch.zeros(S).index_add_(0, cols, g_z)
+    sae.b_enc.grad = g_benc
+    sae.b_dec.grad = gr.sum(0) - W_enc @ g_benc  # b_dec enters the output and (negated) the input
+    fired = torch.zeros(S, dtype=torch.bool)
+    fired[cols] = True
+    return _Step(err=err, fired=fired, l0=cols.numel() / B, loss=loss)
+
+
+def _dense_grads(sae: SparseAutoencoder, x: Tensor, xc: Tensor, pre: Tensor) -> _Step:
+    """Loss and gradients for relu (L1) and jumprelu (L0 with straight-through thresholds)."""
+    c = sae.config
+    B = x.shape[0]
+    if c.arch == "relu":
+        active = pre > 0
+    else:
+        theta = sae.threshold.detach()
+        active = pre > theta
+    z = pre * active  # (B, d_sae)
+    recon = torch.addmm(sae.b_dec, z, sae.W_dec)  # (B, d_in)
+    err = recon - x
+    n_active = active.sum(0)  # (d_sae,)
+    l0 = float(n_active.sum()) / B
+    loss = float(err.pow(2).sum()) / B
+    gr = err * (2.0 / B)  # dL/dx_hat (B, d_in)
+    g_z = gr @ sae.W_dec.T  # (B, d_sae)
+    if c.arch == "relu":
+        sparsity = float(z.sum()) / B  # decoder rows are unit norm, so this is SAELens's L1
+        loss += c.l1_coeff * sparsity
+        g_pre = g_z.add_(c.l1_coeff / B).mul_(active)
+    else:
+        loss += c.l0_coeff * l0
+        # Straight-through estimators (Rajamanoharan et al.): rectangle kernel of width eps.
+        eps = c.jumprelu_bandwidth
+        near = ((pre - theta).abs() < eps / 2).to(pre.dtype)  # (B, d_sae)
+        # d z / d theta = -(theta / eps) K;  d L0 / d theta = -(1 / eps) K
+        g_theta = -(theta / eps) * (g_z * near).sum(0) - (c.l0_coeff / (B * eps)) * near.sum(0)
+        sae.threshold.grad = g_theta
+        g_pre = g_z.mul_(active)
+    sae.W_dec.grad = z.T @ gr
+    sae.W_enc.grad = xc.T @ g_pre
+    g_benc = g_pre.sum(0)
+    sae.b_enc.grad = g_benc
+    sae.b_dec.grad = gr.sum(0) - sae.W_enc @ g_benc
+    return _Step(err=err, fired=n_active > 0, l0=l0, loss=loss)
+
+
+def _train_step(sae: SparseAutoencoder, x: Tensor) -> _Step:
+    """Forward pass and hand-computed gradients (left in ``.grad``) for one batch ``x`` (B, d_in)."""
+    c = sae.config
+    B = x.shape[0]
+    xc = x - sae.b_dec  # (B, d_in)
+    pre = torch.addmm(sae.b_enc, xc, sae.W_enc)  # (B, d_sae)
+    if c.arch == "topk":
+        vals, cols = pre.topk(c.k, dim=-1, sorted=False)  # (B, k)
+        vals, cols = vals.reshape(-1), cols.reshape(-1)
+        keep = vals > 0
+        if bool(keep.all()):
+            rows = torch.arange(B).repeat_interleave(c.k)
+            offsets = torch.arange(0, B * c.k, c.k)
+        else:  # drop non-positive top-k entries (their ReLU is 0)
+            rows = torch.arange(B).repeat_interleave(c.k)[keep]
+            vals, cols = vals[keep], cols[keep]
+            offsets = torch.searchsorted(rows, torch.arange(B))
+        return _sparse_grads(sae, x, xc, rows, cols, vals, offsets)
+    if c.arch == "batchtopk":
+        flat = pre.reshape(-1)
+        kth = flat.topk(B * c.k, sorted=False).values.min()
+        mask = (pre >= kth) & (pre > 0)
+        rows, cols = mask.nonzero(as_tuple=True)  # row-major: grouped by sample
+        vals = pre[rows, cols]
+        offsets = torch.searchsorted(rows, torch.arange(B))
+        step = _sparse_grads(sae, x, xc, rows, cols, vals, offsets)
+        if vals.numel():
+            step.min_kept = float(vals.min())
+        return step
+    return _dense_grads(sae, x, xc, pre)
+
+
+def _batches(data: Tensor | Iterable[Tensor], config: SAEConfig) -> Iterator[Tensor]:
+    """Training batches: seeded shuffled epochs over a tensor, or an iterable's batches as given."""
+    if isinstance(data, Tensor):
+        if data.ndim != 2:
+            raise ValueError(f"Activations must be a 2-D (samples, d_in) tensor, got shape {tuple(data.shape)}.")
+        n = data.shape[0]
+        if n == 0:
+            raise ValueError("No activations to train on; pass a non-empty (samples, d_in) tensor.")
+        gen = torch.Generator().manual_seed(config.seed + 1)
+        bs = min(config.batch_size, n)
+        while True:
+            perm = torch.randperm(n, generator=gen)
+            for i in range(0, n - bs + 1, bs):
+                yield data[perm[i : i + bs]]
+    else:
+        for batch in data:
+            batch = torch.as_tensor(batch)
+            if batch.ndim != 2:
+                raise ValueError(f"Activation batches must be 2-D (batch, d_in), got shape {tuple(batch.shape)}.")
+            yield batch
+
+
+def _lr_at(config: SAEConfig, step: int, steps: int) -> float:
+    decay_start = steps * (1.0 - config.lr_decay_frac)
+    if config.lr_decay_frac <= 0 or step < decay_start:
+        return config.lr
+    return config.lr * max(0.0, (steps - step) / max(steps - decay_start, 1.0))
+
+
+@torch.no_grad()
+def _project_decoder_grad(sae: SparseAutoencoder) -> None:
+    """Remove each decoder row's gradient component along the (unit) row itself."""
+    W, g = sae.W_dec, sae.W_dec.grad
+    g -= (g * W).sum(1, keepdim=True) * W
+
+
+@torch.no_grad()
+def resample_dead(
+    sae: SparseAutoencoder,
+    x: Tensor,
+    dead: Tensor,
+    optimizer: torch.optim.Optimizer | None = None,
+    seed: int = 0,
+) -> int:
+    """Re-initialise ``dead`` latents toward inputs of ``x`` (B, d_in) that reconstruct badly.
+
+    Anthropic's recipe: draw one input per dead latent with probability proportional to its
+    squared reconstruction loss; the decoder row becomes that input (minus ``b_dec``) at unit
+    norm, the encoder column the same direction at ``resample_encoder_scale`` x the mean alive
+    encoder norm, the encoder bias 0; Adam's moments for those weights are zeroed.
+    Returns the number of latents resampled.
+    """
+    idx = dead.nonzero(as_tuple=True)[0]
+    n = idx.numel()
+    if n == 0:
+        return 0
+    c = sae.config
+    x = sae._check(x)
+    recon, _ = sae(x)
+    weights = (recon - x).pow(2).sum(-1).pow(2)  # (B,) squared loss
+    if not bool(weights.sum() > 0):
+        weights = torch.ones_like(weights)
+    gen = torch.Generator().manual_seed(seed)
+    pick = torch.multinomial(weights, n, replacement=n > x.shape[0], generator=gen)
+    directions = x[pick] - sae.b_dec
+    directions /= directions.norm(dim=1, keepdim=True).clamp_min(1e-8)  # (n, d_in)
+    alive = ~dead
+    enc_norms = sae.W_enc.norm(dim=0)
+    mean_alive = float(enc_norms[alive].mean()) if bool(alive.any()) else 1.0
+    scale = c.resample_encoder_scale
+    if scale is None:
+        scale = 1.0 if c.arch in ("topk", "batchtopk") else 0.2
+    sae.W_dec[idx] = directions
+    sae.W_enc[:, idx] = directions.T * (scale * mean_alive)
+    sae.b_enc[idx] = 0.0
+    if optimizer is not None:
+        for p, sl in ((sae.W_dec, (idx,)), (sae.W_enc, (slice(None), idx)), (sae.b_enc, (idx,))):
+            state = optimizer.state.get(p, {})
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in state:
+                    state[key][sl] = 0.0
+    return n
+
+
+def train_sae(
+    activations: Tensor | Iterable[Tensor],
+    config: SAEConfig,
+    progress: bool = False,
+) -> tuple[SparseAutoencoder, list[dict[str, float]]]:
+    """Train an SAE on ``activations``: a (samples, d_in) tensor or an iterable of (batch, d_in).
+
+    A tensor is read in seeded shuffled epochs of ``config.batch_size``; an iterable's batches are
+    used as they come until ``config.samples`` or its end. Returns the SAE (in eval mode) and a
+    history: one dict every ``log_every`` steps with step, samples, loss, mse, explained_variance
+    and l0 (of that batch), dead_fraction, resampled, lr and seconds.
+    """
+    sae = SparseAutoencoder(config)
+    c = config
+    thr_sum, thr_n = 0.0, 0  # batchtopk: sum of late batches' cutoffs (smallest kept activation)
+    last_cut = 0.0
+    params = [p for p in sae.parameters()]
+    optimizer = torch.optim.Adam(params, lr=c.lr, betas=c.adam_betas, fused=True)
+    since_fired = torch.zeros(c.d_sae, dtype=torch.long)  # samples since each latent last fired
+    steps = c.steps
+    history: list[dict[str, float]] = []
+    resampled = 0
+    seen = 0
+    t0 = time.perf_counter()
+    bar = None
+    if progress:
+        from rich.progress import Progress
+
+        bar = Progress(transient=True)
+        bar.start()
+        task = bar.add_task("training SAE", total=steps)
+    batches = _batches(activations, c)
+    try:
+        for step in range(steps):
+            x = next(batches, None)
+            if x is None:
+                break
+            x = sae._check(x).contiguous()
+            if step == 0 and c.init_b_dec_mean:
+                sae.b_dec.data.copy_(x.mean(0))
+            lr = _lr_at(c, step, steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with torch.no_grad():
+                out = _train_step(sae, x)
+                _project_decoder_grad(sae)
+                optimizer.step()
+                sae.normalize_decoder()
+                if c.arch == "jumprelu":
+                    sae.threshold.clamp_(min=1e-6)
+            if not math.isnan(out.min_kept):
+                last_cut = out.min_kept
+                if step >= (1.0 - c.threshold_window) * steps - 1:
+                    thr_sum += out.min_kept
+                    thr_n += 1
+            B = x.shape[0]
+            seen += B
+            since_fired += B
+            since_fired[out.fired] = 0
+            dead = since_fired >= c.dead_window
+            if c.resample_every and (step + 1) % c.resample_every == 0 and step < c.resample_until * steps:
+                n = resample_dead(sae, x, dead, optimizer, seed=c.seed * 1_000_003 + step)
+                if n:
+                    resampled += n
+                    since_fired[dead] = 0
+            if step % c.log_every == 0 or step == steps - 1:
+                with torch.no_grad():
+                    var = (x - x.mean(0)).pow(2).sum()
+                    sq = out.err.pow(2).sum()
+                history.append(
+                    {
+                        "step": step,
+                        "samples": seen,
+                        "loss": out.loss,
+                        "mse": float(sq) / x.numel(),
+                        "explained_variance": 1.0 - float(sq / var.clamp_min(1e-12)),
+                        "l0": out.l0,
+                        "dead_fraction": float(dead.float().mean()),
+                        "resampled": resampled,
+                        "lr": lr,
+                        "seconds": time.perf_counter() - t0,
+                    }
+                )
+            if bar is not None:
+                bar.update(task, advance=1)
+    finally:
+        if bar is not None:
+            bar.stop()
+    if c.arch == "batchtopk":
+        # A per-sample threshold at the batch cutoff keeps k latents per sample on average.
+        sae.threshold.fill_(thr_sum / thr_n if thr_n else last_cut)
+    return sae.eval(), history
+
+
+@torch.no_grad()
+def evaluate_sae(sae: SparseAutoencoder, activations: Tensor, batch_size: int = 8192) -> dict[str, float]:
+    """Reconstruction and sparsity of ``sae`` on (samples, d_in) ``activations``.
+
+    mse: mean squared error per element; explained_variance: 1 - sum ||x - x_hat||^2 / sum ||x -
+    mean||^2; l0: mean active latents per sample; l1: mean sum of latents; dead_fraction: latents
+    never active on these samples.
+    """
+    x_all = sae._check(torch.as_tensor(activations))
+    if x_all.ndim != 2 or x_all.shape[0] == 0:
+        raise ValueError(f"evaluate_sae needs a non-empty (samples, d_in) tensor, got shape {tuple(x_all.shape)}.")
+    mean = x_all.mean(0)
+    sq = var = l0 = l1 = 0.0
+    fired = torch.zeros(sae.config.d_sae, dtype=torch.bool)
+    for x in x_all.split(batch_size):
+        recon, z = sae(x)
+        sq += float((recon - x).pow(2).sum())
+        var += float((x - mean).pow(2).sum())
+        active = z != 0
+        l0 += float(active.sum())
+        l1 += float(z.abs().sum())
+        fired |= active.any(0)
+    n = x_all.shape[0]
+    return {
+        "mse": sq / x_all.numel(),
+        "explained_variance": 1.0 - sq / max(var, 1e-12),
+        "l0": l0 / n,
+        "l1": l1 / n,
+        "dead_fraction": float((~fired).float().mean()),
+    }
+
+
+# -- files ----------------------------------------------------------------------------------------
+def _save_tensors(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+
+
+def save_sae(sae: SparseAutoencoder, path: str | os.PathLike) -> Path:
+    """Write ``config.json`` and ``sae.safetensors`` into the folder ``path``; returns the folder."""
+    folder = Path(path)
+    _save_tensors(dict(sae.state_dict()), folder / WEIGHTS_FILE, {"format": FORMAT})
+    write_json(folder / CONFIG_FILE, {"format": FORMAT, "config": asdict(sae.config)})
+    return folder
+
+
+def _load_weights(path: Path, expected: dict[str, tuple[int, ...]]) -> dict[str, Tensor]:
+    if not path.is_file():
+        raise FileNotFoundError(f"No SAE weights at {path}; save the SAE there first.")
+    tensors = load_file(path)
+    missing = sorted(set(expected) - set(tensors))
+    if missing:
+        raise ValueError(f"{path} lacks tensor(s) {missing}; it is not a complete SAE of this architecture.")
+    for name, shape in expected.items():
+        if tuple(tensors[name].shape) != shape:
+            raise ValueError(
+                f"{path}: {name} has shape {tuple(tensors[name].shape)} but the config says {shape}; "
+                "the weights and config do not belong together."
+            )
+    return {k: tensors[k].float() for k in expected}
+
+
+def _expected_shapes(c: SAEConfig) -> dict[str, tuple[int, ...]]:
+    shapes = {"W_enc": (c.d_in, c.d_sae), "W_dec": (c.d_sae, c.d_in), "b_enc": (c.d_sae,), "b_dec": (c.d_in,)}
+    if c.arch in ("jumprelu", "batchtopk"):
+        shapes["threshold"] = (c.d_sae,)
+    return shapes
+
+
+def load_sae(path: str | os.PathLike) -> SparseAutoencoder:
+    """Load an SAE written by :func:`save_sae` (weights only from safetensors)."""
+    folder = Path(path)
+    cfg_path = folder / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"No {CONFIG_FILE} in {folder}; pass a folder written by save_sae.")
+    meta = read_json(cfg_path)
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        hint = " (it looks like a SAELens folder: use import_saelens)" if (folder / SAELENS_CFG_FILE).exists() else ""
+        raise ValueError(f"{cfg_path} is not a policylens SAE config{hint}.")
+    config = SAEConfig.from_dict(meta["config"])
+    sae = SparseAutoencoder(config)
+    sae.load_state_dict(_load_weights(folder / WEIGHTS_FILE, _expected_shapes(config)))
+    return sae.eval()
+
+
+def export_saelens(sae: SparseAutoencoder, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
+    """Write ``sae`` in SAELens 6.x's on-disk layout, loadable with ``SAE.load_from_disk(path)``.
+
+    relu -> ``standard``, topk -> ``topk`` (with ``k``), jumprelu and batchtopk -> ``jumprelu``
+    (batchtopk's one learned threshold repeated per latent, as SAELens saves it). ``metadata``
+    (e.g. ``hook_name``) is stored in the config's metadata.
+    """
+    c = sae.config
+    arch = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "jumprelu"}[c.arch]
+    folder = Path(path)
+    tensors = {name: getattr(sae, name) for name in ("W_enc", "W_dec", "b_enc", "b_dec")}
+    if arch == "jumprelu":
+        tensors["threshold"] = sae.threshold
+    cfg: dict[str, Any] = {
+        "architecture": arch,
+        "d_in": c.d_in,
+        "d_sae": c.d_sae,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": {
+            "sae_lens_version": SAELENS_FORMAT_VERSION,
+            "sae_lens_training_version": None,
+            "exported_by": "policylens",
+            "policylens_config": asdict(c),
+            **(metadata or {}),
+        },
+    }
+    if arch == "topk":
+        cfg.update(k=c.k, rescale_acts_by_decoder_norm=False)
+    _save_tensors({k: v.float() for k, v in tensors.items()}, folder / SAELENS_WEIGHTS_FILE)
+    write_json(folder / SAELENS_CFG_FILE, cfg)
+    return folder
+
+
+def import_saelens(path: str | os.PathLike) -> SparseAutoencoder:
+    """Load an SAE saved in SAELens 6.x's layout (standard, topk or jumprelu architectures).
+
+    Decoder-norm rescaling (topk's ``rescale_acts_by_decoder_norm``) and ``apply_b_dec_to_input:
+    false`` are folded into the weights, so the returned SAE computes the same function.
+    """
+    folder = Path(path)
+    cfg_path = folder / SAELENS_CFG_FILE
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"No {SAELENS_CFG_FILE} in {folder}; pass a SAELens SAE folder.")
+    cfg = read_json(cfg_path)
+    arch_map = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu"}
+    arch = cfg.get("architecture", "standard")
+    if arch not in arch_map:
+        raise ValueError(
+            f"SAELens architecture {arch!r} is not supported; policylens imports {', '.join(arch_map)}."
+        )
+    if cfg.get("normalize_activations", "none") not in ("none", None):
+        raise ValueError(
+            f"{cfg_path} normalizes activations ({cfg['normalize_activations']!r}); fold the "
+            "normalization into the weights in SAELens first (fold_activation_norm_scaling_factor)."
+        )
+    own = (cfg.get("metadata") or {}).get("policylens_config")
+    base = SAEConfig.from_dict(own) if isinstance(own, dict) else None
+    kwargs: dict[str, Any] = asdict(base) if base is not None else {}
+    kwargs.update(d_in=int(cfg["d_in"]), d_sae=int(cfg["d_sae"]), arch=arch_map[arch])
+    if arch == "topk":
+        kwargs["k"] = int(cfg["k"])
+    elif base is not None and base.arch == "batchtopk" and arch == "jumprelu":
+        kwargs["arch"] = "batchtopk"  # our own export: keep the training recipe's name
+    config = SAEConfig(**kwargs)
+    shapes = _expected_shapes(config)
+    weights = _load_weights(folder / SAELENS_WEIGHTS_FILE, shapes)
+    if arch == "topk" and cfg.get("rescale_acts_by_decoder_norm", False):
+        norms = weights["W_dec"].norm(dim=1).clamp_min(1e-8)  # (d_sae,)
+        weights["W_dec"] = weights["W_dec"] / norms[:, None]
+        weights["W_enc"] = weights["W_enc"] * norms[None, :]
+        weights["b_enc"] = weights["b_enc"] * norms
+    if not cfg.get("apply_b_dec_to_input", True):
+        # x @ W + b_enc == (x - b_dec) @ W + (b_enc + b_dec @ W)
+        weights["b_enc"] = weights["b_enc"] + weights["b_dec"] @ weights["W_enc"]
+    sae = SparseAutoencoder(config)
+    sae.load_state_dict(weights)
+    return sae.eval()
+
+
+__all__ = [
+    "ARCHS",
+    "SAEConfig",
+    "SparseAutoencoder",
+    "evaluate_sae",
+    "export_saelens",
+    "import_saelens",
+    "load_sae",
+    "resample_dead",
+    "save_sae",
+    "synthetic_activations",
+    "train_sae",
+]

@@ -1,0 +1,99 @@
+"""Figures shared by the report and the CLI (matplotlib, Agg backend, PNG bytes out)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from policylens.envs.maze import MazeState, human_view  # noqa: E402
+
+
+def to_png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def maze_image(
+    ax, state: MazeState, trajectory=None, title: str | None = None, cell_px: int = 24
+) -> None:
+    """Draw a maze (world coordinates: cell (r, c) spans x in [c, c+1], y in [r, r+1])."""
+    img = human_view(state, cell_px=cell_px, trajectory=trajectory)
+    w = state.world_size
+    ax.imshow(img, extent=(0, w, w, 0))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=9)
+
+
+def trajectories_figure(states: Sequence[MazeState], trajectories, titles) -> bytes:
+    n = len(states)
+    cols = min(n, 4)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.7 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, s, t, title in zip(axes.flat, states, trajectories, titles, strict=False):
+        ax.axis("on")
+        maze_image(ax, s, t, title)
+    return to_png(fig)
+
+
+def vector_field_figure(panels) -> bytes:
+    """panels: [(state, VectorField, title, colour)]; arrows show the expected move at each cell."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.3), squeeze=False)
+    for ax, (state, field, title, colour) in zip(axes[0], panels, strict=True):
+        maze_image(ax, state.copy(mouse=state.start), None, title)
+        cells = np.array(field.cells, dtype=float)
+        arrows = field.arrows
+        ax.quiver(
+            cells[:, 1] + 0.5, cells[:, 0] + 0.5, arrows[:, 0], arrows[:, 1],
+            color=colour, angles="xy", scale_units="xy", scale=1.6, width=0.012,
+        )  # fmt: skip
+    return to_png(fig)
+
+
+def heatmap_figure(counts: np.ndarray, title: str) -> bytes:
+    fig, ax = plt.subplots(figsize=(3.6, 3.2))
+    im = ax.imshow(np.log1p(counts), cmap="magma")
+    fig.colorbar(im, ax=ax, label="log(1 + visits)")
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return to_png(fig)
+
+
+def bars_figure(labels: Sequence[str], values, lows, highs, title: str, ylabel: str) -> bytes:
+    """Bars with 95% interval whiskers."""
+    fig, ax = plt.subplots(figsize=(max(3.5, 1.1 * len(labels)), 3))
+    v = np.asarray(values, dtype=float)
+    err = np.array([v - np.asarray(lows, dtype=float), np.asarray(highs, dtype=float) - v])
+    ax.bar(range(len(labels)), v, yerr=err, capsize=4, color="#4c78a8")
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, max(1.0, float(np.nanmax(highs)) * 1.05))
+    ax.set_title(title, fontsize=9)
+    return to_png(fig)
+
+
+def curves_figure(rows: list[dict], keys: Sequence[str], title: str) -> bytes:
+    """Training curves from metrics rows (x = environment steps)."""
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.3 * len(keys), 2.8), squeeze=False)
+    steps = np.array([r["step"] for r in rows])
+    for ax, key in zip(axes[0], keys, strict=True):
+        y = np.array([r.get(key, np.nan) for r in rows], dtype=float)
+        ok = np.isfinite(y)
+        ax.plot(steps[ok], y[ok], lw=1)
+        ax.set_xlabel("environment steps")
+        ax.set_title(key, fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    return to_png(fig)

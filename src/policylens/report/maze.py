@@ -1,0 +1,208 @@
+"""The maze run's report: behaviour, trajectories, heatmaps, vector fields, decision squares and
+interventions, from the saved analyses plus a few cheap figures computed on the spot.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from policylens.analysis.behaviour import run_episodes_from_states, visit_counts
+from policylens.analysis.interventions import activation, add_vector, test_levels, without_cheese
+from policylens.analysis.misgeneralization import analyse_maze_run, maze_config
+from policylens.analysis.vector_fields import vector_field
+from policylens.envs.maze import MazeBatch
+from policylens.report import figures
+from policylens.report.html import Report
+from policylens.train.runs import Run
+
+
+def _rate(p: dict[str, Any]) -> str:
+    return f"{p['rate']:.3f} [{p['ci'][0]:.3f}, {p['ci'][1]:.3f}] (n={p['n']})"
+
+
+def behaviour_rows(behaviour: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for name, r in (
+        ("training distribution", behaviour["train"]),
+        ("cheese anywhere", behaviour["test"]),
+    ):
+        rows.append(
+            {
+                "distribution": name,
+                "success": _rate(r["success"]),
+                "length / shortest path": r["path_ratio"],
+                "corner before cheese": _rate(r["corner_first"]) if r["corner_first"]["n"] else "-",
+                "success, cheese off corner path": _rate(r["off_path"]["success"])
+                if r["off_path"]["success"]["n"]
+                else "-",
+            }
+        )
+    return rows
+
+
+def write_maze_report(
+    run: Run, out: str | Path | None = None, episodes: int = 500, n_mazes: int = 200, log=print
+) -> Path:
+    """Analyse (or reuse analyses of) a maze run and write ``analysis/report.html``."""
+    result = analyse_maze_run(run, episodes=episodes, n_mazes=n_mazes, log=log)
+    agent = run.load_agent()
+    config = maze_config(run)
+    trainer = run.config["trainer"]
+    report = Report(
+        f"policylens report: {run.name}",
+        f"PPO agent ({run.config['agent'].get('arch')}) trained {result['step']:,} steps in {trainer['env_id']} "
+        f"with {trainer['env_kwargs']}, seed {trainer['seed']}. Policies are sampled; intervals are 95%.",
+    )
+    metrics = run.metrics()
+    if metrics:
+        report.section("Training").figure(
+            figures.curves_figure(metrics, ["success", "path_ratio", "entropy"], "learning curve"),
+            "learning curve",
+        )
+
+    log("report figures ...")
+    sec = report.section("Success and corner bias")
+    sec.table(behaviour_rows(result["behaviour"]))
+    sec.note(
+        "'corner before cheese' counts mazes whose cheese is not in the corner; the mouse reached the "
+        "maze's top-right cell first (or instead). Goal misgeneralization shows as high success on the "
+        "training distribution and a high corner rate when the cheese is anywhere."
+    )
+
+    states = test_levels(config, 8, seed=123)
+    eps = run_episodes_from_states(agent, states, config, seed=123)
+    report.section("Sample test mazes with trajectories").figure(
+        figures.trajectories_figure(
+            states,
+            [e.positions for e in eps],
+            [("cheese" if e.success else "no cheese") + f", {e.length} steps" for e in eps],
+        ),
+        "trajectories",
+    ).note("Blue: the mouse's path; red square: the top-right corner; yellow: the cheese.")
+
+    many = test_levels(config, 300, seed=321, off_path=False)
+    counts = visit_counts(
+        run_episodes_from_states(agent, many, config, seed=321), config.world_size
+    )
+    report.section("Where the agent goes").figure(
+        figures.heatmap_figure(counts, f"visits over {len(many)} test mazes (cheese anywhere)"),
+        "visit heatmap",
+    )
+
+    hook = result["steering"]["hook"]
+    panels = []
+    batch = MazeBatch(config, 1)
+    for s in states[:3]:
+        obs = batch.observe(s)[None]
+        v = activation(agent, obs, hook) - activation(agent, without_cheese(obs, config), hook)
+        base = vector_field(agent, s, config)
+        steered = vector_field(agent, s, config, fwd_hooks=[(hook, add_vector(v[0], -1.0))])
+        panels += [
+            (s, base, "policy", "#1f4fd1"),
+            (s, steered - base, "change with cheese vector subtracted", "#d62728"),
+        ]
+    report.section("Vector fields").figure(
+        figures.vector_field_figure(panels[:4]), "vector fields"
+    ).note(
+        "Arrows: the policy's expected move with the mouse on each cell. Red: how subtracting the "
+        f"cheese vector at {hook} changes it."
+    )
+
+    d = result["decisions"]
+    sec = report.section("Decision squares")
+    sec.text(
+        f"Mouse placed on the decision square of {d['n_mazes']} test mazes (cheese off the path to the corner"
+        + (" and outside the training region" if config.cheese_region else "")
+        + f"): P(goes to cheese) = {_rate(d['p_cheese'])}; undecided within the step limit: {d['undecided']}. "
+        f"Mean probability of the first step toward the cheese (vs the corner): {d['p_cheese_first_step']['mean']:.3f}."
+    )
+    reg = d["regression"]
+    if "test_accuracy" in reg:
+        sec.table(
+            [
+                {
+                    "model": "logistic regression on maze features",
+                    "held-out accuracy": reg["test_accuracy"],
+                },
+                {
+                    "model": "always the majority choice",
+                    "held-out accuracy": reg["majority_baseline"],
+                },
+            ]
+            + [
+                {"model": f"only {k}", "held-out accuracy": v}
+                for k, v in reg["single_feature_accuracy"].items()
+            ]
+        )
+        sec.json({"coefficients (standardised features)": reg["coefficients"]})
+    else:
+        sec.note(reg["skipped"])
+    sec.note(
+        "Mini, Turner et al. 2023 (procgen, region 5): P(cheese) 0.848; regression 0.904 vs 0.848 majority."
+    )
+
+    st = result["steering"]
+    s = st["steering"]
+    labels = ["no intervention", "cheese vector x -1", "random vectors x -1"]
+    keys = ["baseline", "cheese_vector x -1", "random x -1"]
+    sec = report.section("Steering: the cheese vector")
+    for metric in ("success", "corner_first"):
+        vals = [s[k][metric] for k in keys]
+        sec.figure(
+            figures.bars_figure(
+                labels,
+                [v["rate"] for v in vals],
+                [v["ci"][0] for v in vals],
+                [v["ci"][1] for v in vals],
+                f"{metric} over {s['n_mazes']} test mazes (hook {hook})",
+                metric,
+            ),  # fmt: skip
+            metric,
+        )
+    sec.note(
+        "Cheese vector: activation of the maze minus the same maze without cheese at the start, per maze; "
+        "random vectors have the same per-maze norm."
+    )
+    c = st["clamp"]
+    report.section("Channel clamping").table(
+        [
+            {
+                "condition": "no intervention",
+                "reaches target square": _rate(c["baseline_reaches_target"]),
+            },
+            {
+                "condition": f"channel {c['channels']} clamped to {c['value']:.2f} at the target",
+                "reaches target square": _rate(c["clamped_reaches_target"]),
+            },  # fmt: skip
+        ]
+    ).note(
+        f"Channels that best track the cheese at {hook} (channel, correlation): "
+        + ", ".join(f"{ch} ({r:.2f})" for ch, r in st["cheese_channels"])
+        + f". Target: a random free cell at least 4 steps from the cheese; {c['max_steps']} steps allowed."
+    )
+    path = Path(out) if out else run.path / "analysis" / "report.html"
+    return report.write(path)
+
+
+def experiment_table(runs: list[Run]) -> list[dict[str, Any]]:
+    """Success in/out of distribution and corner bias for several maze runs (e.g. regions 1, 3, None)."""
+    rows = []
+    for run in runs:
+        result = analyse_maze_run(run, log=lambda *_: None)
+        b = result["behaviour"]
+        trainer = run.config["trainer"]
+        rows.append(
+            {
+                "run": run.name,
+                "cheese_region": trainer["env_kwargs"].get("cheese_region"),
+                "seed": trainer["seed"],
+                "steps": result["step"],
+                "train success": _rate(b["train"]["success"]),
+                "test success": _rate(b["test"]["success"]),
+                "test corner first": _rate(b["test"]["corner_first"]),
+                "off-path success": _rate(b["test"]["off_path"]["success"]),
+                "off-path corner first": _rate(b["test"]["off_path"]["corner_first"]),
+            }
+        )
+    return rows

@@ -1,0 +1,471 @@
+"""Proximal Policy Optimisation, readable top to bottom (after CleanRL's ppo.py).
+
+One process, a batched vector env, a HookedAgent. Checkpoints follow a schedule (log-spaced by
+default, so training dynamics can be probed later); ``resume.pt`` after every few updates lets a
+killed run continue and end exactly where an uninterrupted run with the same seed would have.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from policylens.envs import make_vec
+from policylens.train.runs import Run, config_json
+
+
+@dataclass
+class PPOConfig:
+    """Hyperparameters of a PPO run; every field is saved in the run's config.json."""
+
+    env_id: str = "policylens/Maze-v0"
+    """Registered world to train in."""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Options passed to the world (e.g. cheese_region, num_levels)."""
+    arch: str = "maze_cnn"
+    """Network architecture (see policylens.agents.ARCHS)."""
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Options of the architecture (channels, hidden sizes...)."""
+    total_steps: int = 3_000_000
+    """Environment steps to train for (summed over envs)."""
+    num_envs: int = 64
+    """Environments stepped together."""
+    num_steps: int = 64
+    """Steps per env in each rollout; batch = num_envs * num_steps."""
+    learning_rate: float = 1e-3
+    """Adam learning rate at the start."""
+    anneal_lr: bool = True
+    """Decay the learning rate linearly to zero over training."""
+    gamma: float = 0.95
+    """Discount factor."""
+    gae_lambda: float = 0.9
+    """GAE lambda."""
+    update_epochs: int = 2
+    """Passes over each rollout."""
+    num_minibatches: int = 4
+    """Minibatches per pass."""
+    clip_coef: float = 0.2
+    """PPO ratio clip."""
+    clip_vloss: bool = False
+    """Clip the value loss like the policy ratio."""
+    norm_adv: bool = True
+    """Normalise advantages per minibatch."""
+    ent_coef: float = 0.01
+    """Entropy bonus coefficient."""
+    vf_coef: float = 0.5
+    """Value loss coefficient."""
+    max_grad_norm: float = 0.5
+    """Global gradient-norm clip."""
+    seed: int = 0
+    """Seed of the envs, the network init and the action sampling."""
+    threads: int = 2
+    """Torch CPU threads."""
+    checkpoints: int = 20
+    """Number of checkpoints besides the first and last."""
+    checkpoint_spacing: str = "log"
+    """'log' (dense early, for training dynamics) or 'linear'."""
+    resume_every: int = 10
+    """Save the resumable trainer state every this many updates."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.total_steps < self.batch_size:
+            problems.append(
+                f"total_steps {self.total_steps} is smaller than one rollout ({self.batch_size} = num_envs x num_steps)"
+            )
+        if self.batch_size % self.num_minibatches:
+            problems.append(
+                f"num_minibatches {self.num_minibatches} must divide the batch {self.batch_size}"
+            )
+        if self.checkpoint_spacing not in ("log", "linear"):
+            problems.append("checkpoint_spacing must be 'log' or 'linear'")
+        for name in (
+            "num_envs",
+            "num_steps",
+            "update_epochs",
+            "num_minibatches",
+            "threads",
+            "resume_every",
+        ):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1")
+        if not 0 <= self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
+            problems.append("gamma and gae_lambda must lie in [0, 1]")
+        if problems:
+            raise ValueError("Invalid PPO config: " + "; ".join(problems) + ".")
+
+    @property
+    def batch_size(self) -> int:
+        return self.num_envs * self.num_steps
+
+    @property
+    def num_updates(self) -> int:
+        return self.total_steps // self.batch_size
+
+
+def checkpoint_updates(num_updates: int, count: int, spacing: str) -> list[int]:
+    """Update indices after which to save a checkpoint (0 = the initial weights, always included)."""
+    if spacing == "log":
+        points = np.unique(np.round(np.logspace(0, math.log10(max(num_updates, 1)), count)))
+    else:
+        points = np.unique(np.round(np.linspace(1, num_updates, count)))
+    return sorted({0, num_updates, *(int(p) for p in points if 1 <= p <= num_updates)})
+
+
+def episode_success(final_info: dict[str, np.ndarray], i: int, terminated: bool) -> bool:
+    """An env's ``success`` label when it gives one, else 'terminated' (reaching a goal)."""
+    if "success" in final_info:
+        return bool(final_info["success"][i])
+    return bool(terminated)
+
+
+class EpisodeTracker:
+    """Running per-env returns/lengths and a window of finished-episode statistics."""
+
+    def __init__(self, num_envs: int):
+        self.ret = np.zeros(num_envs)
+        self.len = np.zeros(num_envs, dtype=np.int64)
+        self.shortest = np.full(num_envs, np.nan)
+        self.finished: list[tuple[float, int, bool, float]] = []
+
+    def start(self, infos: dict[str, Any], envs: np.ndarray) -> None:
+        if "dist_to_cheese" in infos:
+            self.shortest[envs] = infos["dist_to_cheese"][envs]
+
+    def step(
+        self, reward: np.ndarray, terminated: np.ndarray, truncated: np.ndarray, infos: dict
+    ) -> None:
+        self.ret += reward
+        self.len += 1
+        done = np.nonzero(terminated | truncated)[0]
+        final = infos.get("final_info", infos)
+        for i in done:
+            success = episode_success(final, i, terminated[i])
+            self.finished.append(
+                (float(self.ret[i]), int(self.len[i]), success, float(self.shortest[i]))
+            )
+        self.ret[done] = 0
+        self.len[done] = 0
+        self.start(infos, done)
+
+    def drain(self) -> dict[str, float]:
+        """Statistics of the episodes finished since the last call (NaN when none finished)."""
+        eps, self.finished = self.finished, []
+        if not eps:
+            return {
+                "episodes": 0,
+                "return": math.nan,
+                "length": math.nan,
+                "success": math.nan,
+                "path_ratio": math.nan,
+            }
+        rets, lens, succ, short = (np.array(x, dtype=float) for x in zip(*eps, strict=True))
+        ratio = (
+            float(lens.mean() / short.mean())
+            if np.isfinite(short).all() and short.mean() > 0
+            else math.nan
+        )
+        return {
+            "episodes": len(eps),
+            "return": float(rets.mean()),
+            "length": float(lens.mean()),
+            "success": float(succ.mean()),
+            "path_ratio": ratio,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"ret": torch.from_numpy(self.ret.copy()), "len": torch.from_numpy(self.len.copy()),
+                "shortest": torch.from_numpy(self.shortest.copy())}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.ret, self.len, self.shortest = (
+            state[k].numpy().copy() for k in ("ret", "len", "shortest")
+        )
+
+
+def train_ppo(
+    config: PPOConfig,
+    out: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after_updates: int | None = None,
+) -> Run:
+    """Train an agent with PPO into the run folder ``out``; returns the Run.
+
+    ``resume=True`` continues from ``out/resume.pt``. ``stop_after_updates`` ends the process
+    early as a kill would (used to test resuming).
+    """
+    from policylens.agents import build_agent
+
+    torch.set_num_threads(config.threads)
+    envs = make_vec(config.env_id, config.num_envs, **config.env_kwargs)
+    obs_space, act_space = envs.single_observation_space, envs.single_action_space
+    torch.manual_seed(config.seed)
+    agent = build_agent(config.arch, obs_space.shape, int(act_space.n), **config.arch_kwargs)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=config.learning_rate, eps=1e-5)
+    generator = torch.Generator().manual_seed(config.seed)
+    tracker = EpisodeTracker(config.num_envs)
+    run_config = {"kind": "ppo", "trainer": config_json(asdict(config)), "agent": agent.config}
+
+    out = Path(out)
+    state = None
+    if resume and (out / "config.json").exists():
+        run = Run(out)
+        if run.config["trainer"] != run_config["trainer"]:
+            raise ValueError(f"{out} was trained with another config; resume with the same options")
+        state = run.load_resume_state()
+    else:
+        run = Run.create(out, run_config)
+
+    next_obs, infos = envs.reset(seed=config.seed)
+    tracker.start(infos, np.arange(config.num_envs))
+    start_update, elapsed = 0, 0.0
+    if state is not None:
+        agent.load_state_dict(state["agent"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["env"] is not None:
+            envs.load_state_dict(_arrays(state["env"]))
+            tracker.load_state_dict(state["tracker"])
+            next_obs = state["next_obs"].numpy()
+        else:  # worlds without a savable state (e.g. Box2D) restart their episodes, reseeded
+            next_obs, infos = envs.reset(seed=config.seed + state["update"])
+            tracker.start(infos, np.arange(config.num_envs))
+        start_update, elapsed = state["update"], state["elapsed"]
+        run.truncate_metrics(start_update * config.batch_size)
+    elif resume:
+        run.truncate_metrics(0)
+
+    save_at = set(
+        checkpoint_updates(config.num_updates, config.checkpoints, config.checkpoint_spacing)
+    )
+    if start_update == 0:
+        run.save_checkpoint(agent, 0)
+
+    T, N = config.num_steps, config.num_envs
+    obs_buf = torch.zeros((T, N, *obs_space.shape), dtype=torch.uint8)
+    act_buf = torch.zeros((T, N), dtype=torch.long)
+    logp_buf = torch.zeros((T, N))
+    rew_buf = torch.zeros((T, N))
+    done_buf = torch.zeros((T, N))
+    val_buf = torch.zeros((T, N))
+
+    bar = _progress(progress, config.num_updates, start_update)
+    t_start = time.perf_counter() - elapsed
+    for update in range(start_update, config.num_updates):
+        t_update = time.perf_counter()
+        if config.anneal_lr:
+            optimizer.param_groups[0]["lr"] = config.learning_rate * (
+                1 - update / config.num_updates
+            )
+
+        # -- rollout -------------------------------------------------------------------------------
+        with torch.no_grad():
+            for t in range(T):
+                obs_t = torch.from_numpy(np.asarray(next_obs))
+                obs_buf[t] = obs_t
+                logits, value = agent(obs_t)
+                dist = torch.distributions.Categorical(logits=logits)
+                action = torch.multinomial(dist.probs, 1, generator=generator).squeeze(1)
+                act_buf[t], logp_buf[t], val_buf[t] = action, dist.log_prob(action), value
+                next_obs, reward, terminated, truncated, infos = envs.step(action.numpy())
+                reward = torch.as_tensor(reward, dtype=torch.float32)
+                if truncated.any():  # bootstrap truncated episodes from their final observation
+                    idx = np.nonzero(truncated)[0]
+                    final = _final_obs(infos, idx)
+                    reward[idx] += config.gamma * agent(final)[1]
+                rew_buf[t] = reward
+                done_buf[t] = torch.as_tensor(terminated | truncated, dtype=torch.float32)
+                tracker.step(np.asarray(reward), terminated, truncated, infos)
+            next_value = agent(torch.from_numpy(np.asarray(next_obs)))[1]
+
+            # -- generalised advantage estimation ----------------------------------------------------
+            adv = torch.zeros((T, N))
+            last = torch.zeros(N)
+            for t in reversed(range(T)):
+                nonterminal = 1.0 - done_buf[t]
+                following = next_value if t == T - 1 else val_buf[t + 1]
+                delta = rew_buf[t] + config.gamma * following * nonterminal - val_buf[t]
+                last = delta + config.gamma * config.gae_lambda * nonterminal * last
+                adv[t] = last
+            returns = adv + val_buf
+
+        # -- optimisation --------------------------------------------------------------------------
+        b_obs = obs_buf.reshape(-1, *obs_space.shape)
+        b_act, b_logp = act_buf.reshape(-1), logp_buf.reshape(-1)
+        b_adv, b_ret, b_val = adv.reshape(-1), returns.reshape(-1), val_buf.reshape(-1)
+        mb = config.batch_size // config.num_minibatches
+        stats: dict[str, list[float]] = {k: [] for k in ("pg", "v", "ent", "kl", "clip")}
+        for _ in range(config.update_epochs):
+            perm = torch.randperm(config.batch_size, generator=generator)
+            for start in range(0, config.batch_size, mb):
+                i = perm[start : start + mb]
+                logits, value = agent(b_obs[i])
+                logp_all = torch.log_softmax(logits, dim=-1)
+                logp = logp_all.gather(1, b_act[i, None]).squeeze(1)
+                entropy = -(logp_all.exp() * logp_all).sum(-1).mean()
+                log_ratio = logp - b_logp[i]
+                ratio = log_ratio.exp()
+                a = b_adv[i]
+                if config.norm_adv:
+                    a = (a - a.mean()) / (a.std() + 1e-8)
+                pg_loss = torch.max(
+                    -a * ratio, -a * ratio.clamp(1 - config.clip_coef, 1 + config.clip_coef)
+                ).mean()
+                if config.clip_vloss:
+                    v_clipped = b_val[i] + (value - b_val[i]).clamp(
+                        -config.clip_coef, config.clip_coef
+                    )
+                    v_loss = (
+                        0.5 * torch.max((value - b_ret[i]) ** 2, (v_clipped - b_ret[i]) ** 2).mean()
+                    )
+                else:
+                    v_loss = 0.5 * ((value - b_ret[i]) ** 2).mean()
+                loss = pg_loss - config.ent_coef * entropy + config.vf_coef * v_loss
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(agent.parameters(), config.max_grad_norm)
+                optimizer.step()
+                with torch.no_grad():
+                    stats["pg"].append(pg_loss.item())
+                    stats["v"].append(v_loss.item())
+                    stats["ent"].append(entropy.item())
+                    stats["kl"].append(((ratio - 1) - log_ratio).mean().item())
+                    stats["clip"].append(
+                        ((ratio - 1).abs() > config.clip_coef).float().mean().item()
+                    )
+
+        # -- bookkeeping ---------------------------------------------------------------------------
+        done_updates = update + 1
+        step = done_updates * config.batch_size
+        var_ret = b_ret.var().item()
+        episodes = tracker.drain()
+        row = {
+            "step": step,
+            "time": time.perf_counter() - t_start,
+            **episodes,
+            "policy_loss": float(np.mean(stats["pg"])),
+            "value_loss": float(np.mean(stats["v"])),
+            "entropy": float(np.mean(stats["ent"])),
+            "approx_kl": float(np.mean(stats["kl"])),
+            "clipfrac": float(np.mean(stats["clip"])),
+            "explained_variance": math.nan
+            if var_ret == 0
+            else 1 - (b_ret - b_val).var().item() / var_ret,
+            "lr": optimizer.param_groups[0]["lr"],
+            "steps_per_s": config.batch_size / (time.perf_counter() - t_update),
+        }
+        run.append_metrics(row)
+        if done_updates in save_at:
+            run.save_checkpoint(agent, step)
+        if done_updates % config.resume_every == 0 or done_updates == config.num_updates:
+            run.save_resume_state(
+                {
+                    "update": done_updates,
+                    "elapsed": time.perf_counter() - t_start,
+                    "agent": agent.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "generator": generator.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "env": _env_state(envs),
+                    "tracker": tracker.state_dict(),
+                    "next_obs": torch.from_numpy(np.array(next_obs)),
+                }
+            )
+        bar.advance(row)
+        if stop_after_updates is not None and done_updates - start_update >= stop_after_updates:
+            break
+    else:
+        (run.path / "DONE").write_text(json.dumps({"step": config.num_updates * config.batch_size}))
+    bar.close()
+    envs.close()
+    return run
+
+
+def _final_obs(infos: dict[str, Any], idx: np.ndarray) -> torch.Tensor:
+    final = infos["final_obs"]
+    if final.dtype == object:  # Gymnasium's SyncVectorEnv stores one array per env
+        return torch.from_numpy(np.stack([final[i] for i in idx]))
+    return torch.from_numpy(final[idx])
+
+
+def _env_state(envs: gym.vector.VectorEnv) -> Any:
+    """The vector env's full state when it can give one (the NumPy worlds can), else None.
+
+    With a state, a resumed run ends exactly where an uninterrupted one would; without (Box2D),
+    it resumes from the same weights and optimiser with freshly reset episodes.
+    """
+    return _tensors(envs.state_dict()) if hasattr(envs, "state_dict") else None
+
+
+def _tensors(obj: Any) -> Any:
+    """NumPy arrays to tensors, recursively: resume.pt is read with weights_only=True."""
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.copy())
+    if isinstance(obj, dict):
+        return {k: _tensors(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_tensors(v) for v in obj]
+    return obj
+
+
+def _arrays(obj: Any) -> Any:
+    """The inverse of :func:`_tensors`."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numpy()
+    if isinstance(obj, dict):
+        return {k: _arrays(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_arrays(v) for v in obj]
+    return obj
+
+
+class _progress:
+    """A rich progress bar showing live success rate and return (no-op when disabled)."""
+
+    def __init__(self, enabled: bool, total: int, done: int):
+        self.enabled = enabled
+        if not enabled:
+            return
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("[bold]PPO"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} updates"),
+            TextColumn("{task.fields[live]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        self.task = self.progress.add_task("train", total=total, completed=done, live="")
+        self.progress.start()
+
+    def advance(self, row: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        live = (
+            f"success {row['success']:.0%}  return {row['return']:.2f}  {row['steps_per_s']:.0f} steps/s"
+            if row["episodes"]
+            else ""
+        )
+        self.progress.update(self.task, advance=1, live=live)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.progress.stop()

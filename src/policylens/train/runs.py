@@ -1,0 +1,196 @@
+"""Run folders: ``config.json``, ``checkpoints/step_<N>.safetensors``, ``metrics.csv``, ``analysis/``.
+
+A run folder is self-describing: ``config.json`` holds the trainer's kind and hyperparameters and
+the agent's recipe, so any checkpoint can be rebuilt into a HookedAgent without the code that
+trained it. Every write is atomic; ``resume.pt`` holds the trainer state of the latest update.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from policylens.io import atomic_path, read_json, write_json, write_text
+
+CHECKPOINT = re.compile(r"^step_(\d+)\.safetensors$")
+
+
+class Run:
+    """One training run's folder."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not (self.path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{self.path} is not a policylens run (no config.json); train one with `policylens train`"
+            )
+        self.config: dict[str, Any] = read_json(self.path / "config.json")
+
+    @classmethod
+    def create(cls, path: str | Path, config: dict[str, Any]) -> Run:
+        """Start a new run folder; refuses to overwrite a run that already has checkpoints."""
+        path = Path(path)
+        if (path / "config.json").exists() and any(
+            (path / "checkpoints").glob("step_*.safetensors")
+        ):
+            raise ValueError(
+                f"{path} already holds a run; pass --resume to continue it or choose another --out"
+            )
+        (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+        write_json(path / "config.json", config)
+        write_text(path / "metrics.csv", "")
+        return cls(path)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def analysis_dir(self) -> Path:
+        d = self.path / "analysis"
+        d.mkdir(exist_ok=True)
+        return d
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def checkpoints(self) -> list[tuple[int, Path]]:
+        """(step, file) for every saved checkpoint, oldest first."""
+        found = []
+        for f in (self.path / "checkpoints").glob("step_*.safetensors"):
+            m = CHECKPOINT.match(f.name)
+            if m:
+                found.append((int(m.group(1)), f))
+        return sorted(found)
+
+    def checkpoint(self, step: int | None = None) -> tuple[int, Path]:
+        """The checkpoint at ``step`` (latest when None), with a clear error if there is none."""
+        found = self.checkpoints()
+        if not found:
+            raise FileNotFoundError(f"run {self.path} has no checkpoints yet; train it first")
+        if step is None:
+            return found[-1]
+        for s, f in found:
+            if s == step:
+                return s, f
+        steps = ", ".join(str(s) for s, _ in found)
+        raise ValueError(f"run {self.path} has no checkpoint at step {step}; it has {steps}")
+
+    def load_agent(self, step: int | None = None):
+        """The agent at a checkpoint (latest by default) as a HookedAgent."""
+        from policylens.agents import load_agent
+
+        _, file = self.checkpoint(step)
+        return load_agent(file, config=self.config["agent"])
+
+    def save_checkpoint(self, agent, step: int) -> Path:
+        file = self.path / "checkpoints" / f"step_{step}.safetensors"
+        agent.save_weights(file)
+        return file
+
+    # -- trainer state ----------------------------------------------------------------------------
+    def save_resume_state(self, state: dict[str, Any]) -> None:
+        with atomic_path(self.path / "resume.pt") as tmp:
+            torch.save(state, tmp)
+
+    def load_resume_state(self) -> dict[str, Any] | None:
+        file = self.path / "resume.pt"
+        if not file.exists():
+            return None
+        try:
+            return torch.load(file, weights_only=True, map_location="cpu")
+        except Exception as e:  # torch raises several types for damaged files
+            raise ValueError(
+                f"{file} is corrupt ({type(e).__name__}); delete it to restart the run"
+            ) from e
+
+    # -- metrics ----------------------------------------------------------------------------------
+    def metrics(self) -> list[dict[str, float]]:
+        """Rows of metrics.csv as dicts of floats (a partial last line from a kill is skipped)."""
+        file = self.path / "metrics.csv"
+        if not file.exists():
+            return []
+        text = file.read_text()
+        if text and not text.endswith("\n"):
+            text = text[: text.rfind("\n") + 1]
+        rows = []
+        for row in csv.DictReader(_io.StringIO(text)):
+            try:
+                rows.append({k: float(v) for k, v in row.items() if v not in (None, "")})
+            except ValueError:
+                continue
+        return rows
+
+    def append_metrics(self, row: dict[str, float]) -> None:
+        file = self.path / "metrics.csv"
+        new = not file.exists() or file.stat().st_size == 0
+        with open(file, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow({k: _fmt(v) for k, v in row.items()})
+            f.flush()
+
+    def truncate_metrics(self, last_step: int) -> None:
+        """Keep only rows up to ``last_step`` (used when resuming from a checkpoint)."""
+        rows = [r for r in self.metrics() if r.get("step", 0) <= last_step]
+        if not rows:
+            write_text(self.path / "metrics.csv", "")
+            return
+        buf = _io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: _fmt(v) for k, v in r.items()})
+        write_text(self.path / "metrics.csv", buf.getvalue())
+
+    def summary(self) -> dict[str, Any]:
+        """Key settings and the latest metrics, for `policylens runs`."""
+        metrics = self.metrics()
+        last = metrics[-1] if metrics else {}
+        cfg = self.config.get("trainer", {})
+        ckpts = self.checkpoints()
+        return {
+            "run": str(self.path),
+            "kind": self.config.get("kind", "?"),
+            "env": cfg.get("env_id", "?"),
+            "env_kwargs": cfg.get("env_kwargs", {}),
+            "arch": self.config.get("agent", {}).get("arch", "?"),
+            "seed": cfg.get("seed"),
+            "steps": int(last.get("step", 0)),
+            "total_steps": cfg.get("total_steps"),
+            "checkpoints": len(ckpts),
+            "success": last.get("success"),
+            "return": last.get("return"),
+            "done": (self.path / "DONE").exists(),
+        }
+
+
+def _fmt(v: Any) -> Any:
+    return f"{v:.6g}" if isinstance(v, float) else v
+
+
+def find_runs(root: str | Path) -> list[Run]:
+    """Every run folder under ``root`` (``root`` itself included), sorted by path."""
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"{root} does not exist")
+    configs: Iterable[Path] = root.rglob("config.json")
+    runs = []
+    for c in sorted(configs):
+        if (c.parent / "checkpoints").is_dir():
+            try:
+                runs.append(Run(c.parent))
+            except ValueError:
+                continue
+    return runs
+
+
+def config_json(obj: Any) -> Any:
+    """Round-trip a config through JSON (turns tuples into lists) so saved and live configs compare."""
+    return json.loads(json.dumps(obj))
