@@ -321,6 +321,20 @@ def demo_cmd(
     run_demo(out, console=console)
 
 
+def _register_areas() -> None:
+    """Import the command modules of each area (they register themselves on ``app``)."""
+    import importlib
+    import pkgutil
+
+    import policylens.commands as areas
+
+    for info in sorted(pkgutil.iter_modules(areas.__path__), key=lambda m: m.name):
+        importlib.import_module(f"policylens.commands.{info.name}")
+
+
+_register_areas()
+
+
 def main() -> None:
     app()
 

@@ -1,4 +1,9 @@
-"""The end-to-end demo behind the README's first command."""
+"""The end-to-end demo behind the README's first command: train (or reuse) the default maze
+agent, measure its goal misgeneralization, steer it, and write the report.
+
+Rerunning reuses every finished step: a trained run is not retrained (an interrupted one
+resumes), and saved analyses are reused while the checkpoint is unchanged.
+"""
 
 from __future__ import annotations
 
@@ -10,23 +15,52 @@ from policylens.envs.maze import MazeConfig, MazeSolver, MazeVecEnv
 from policylens.report.gallery import maze_gallery
 
 
-def run_demo(out: str | Path, console: Console | None = None) -> dict:
-    """Render a maze gallery, solve mazes with the BFS agent, and print what happened."""
+def run_demo(
+    out: str | Path, console: Console | None = None, total_steps: int | None = None
+) -> dict:
+    """Gallery -> train -> analyse -> report; prints the headline numbers and the report's path."""
+    from policylens.analysis.misgeneralization import headline
+    from policylens.report.maze import write_maze_report
+    from policylens.train.ppo import train_ppo
+    from policylens.train.recipes import maze_recipe
+    from policylens.train.runs import Run
+
     console = console or Console()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     config = MazeConfig()
-    gallery = maze_gallery(out / "maze_gallery.png", config, n=12, seed=0)
-    console.print(
-        f"[bold]maze gallery[/]: {gallery['levels']} levels of sizes {sorted(set(gallery['maze_sizes']))} "
-        f"in a {config.world_size}x{config.world_size} world -> {gallery['path']}"
-    )
+    gallery = maze_gallery(out / "analysis" / "maze_gallery.png", config, n=12, seed=0)
     solved = solve_levels(config, episodes=200, seed=0)
     console.print(
-        f"[bold]shortest-path solver[/]: solved {solved['solved']}/{solved['episodes']} mazes, "
-        f"mean path {solved['mean_length']:.1f} steps (optimal in every maze: {solved['optimal']})"
+        f"[bold]1. world[/]: {gallery['levels']} mazes -> {gallery['path']}; the BFS solver solved "
+        f"{solved['solved']}/{solved['episodes']} optimally: {solved['optimal']}"
     )
-    return {"gallery": gallery, "solver": solved}
+
+    run_dir = out  # the demo's folder is the agent's run folder
+    recipe = maze_recipe(total_steps=total_steps)
+    if (run_dir / "DONE").exists():
+        console.print(f"[bold]2. agent[/]: reusing the trained agent in {run_dir}")
+    else:
+        resume = (run_dir / "resume.pt").exists()
+        console.print(
+            f"[bold]2. agent[/]: {'resuming' if resume else 'training'} PPO ({recipe.total_steps:,} steps, "
+            f"cheese in the top-right corner) -> {run_dir}"
+        )
+        train_ppo(recipe, run_dir, resume=resume)
+    run = Run(run_dir)
+
+    console.print(
+        "[bold]3. analysis[/]: behaviour, decision squares, cheese vector, channel clamping"
+    )
+    report = write_maze_report(run, log=lambda m: console.print(f"   {m}"))
+    from policylens.analysis.misgeneralization import analyse_maze_run
+
+    numbers = headline(analyse_maze_run(run, log=lambda *_: None))
+    console.print("[bold]4. headline[/]")
+    for key, value in numbers.items():
+        console.print(f"   {key.replace('_', ' ')}: {value:.3f}")
+    console.print(f"[bold]report[/]: {report.resolve()}")
+    return {"gallery": gallery, "solver": solved, "headline": numbers, "report": str(report)}
 
 
 def solve_levels(config: MazeConfig, episodes: int, seed: int) -> dict:

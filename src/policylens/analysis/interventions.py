@@ -120,14 +120,15 @@ def add_vector(vector: torch.Tensor, coef: float = 1.0) -> HookFn:
     return fn
 
 
-def random_like(vector: torch.Tensor, seed: int) -> torch.Tensor:
-    """A random Gaussian direction with the same norm as ``vector`` (per row if batched)."""
+def random_like(vector: torch.Tensor, seed: int, per_row: bool = False) -> torch.Tensor:
+    """A random Gaussian direction with the norm of ``vector`` (of each batch row if ``per_row``)."""
     g = torch.Generator().manual_seed(seed)
     r = torch.randn(vector.shape, generator=g, dtype=vector.dtype)
-    dims = tuple(range(1, vector.ndim)) if vector.ndim > 1 else (0,)
-    norm_v = vector.norm(dim=dims, keepdim=True) if vector.ndim > 1 else vector.norm()
-    norm_r = r.norm(dim=dims, keepdim=True) if vector.ndim > 1 else r.norm()
-    return r * (norm_v / norm_r.clamp_min(1e-12))
+    if per_row:
+        shape = (-1,) + (1,) * (vector.ndim - 1)
+        norm_v = vector.flatten(1).norm(dim=1).view(shape)
+        return r * (norm_v / r.flatten(1).norm(dim=1).view(shape).clamp_min(1e-12))
+    return r * (vector.norm() / r.norm().clamp_min(1e-12))
 
 
 # -- channel clamping -------------------------------------------------------------------------
@@ -265,7 +266,7 @@ def maze_steering_experiment(
     for coef in coefs:
         result[f"cheese_vector x {coef:g}"] = report(measure([(hook, add_vector(vectors, coef))]))
         randoms = [
-            measure([(hook, add_vector(random_like(vectors, seed + k), coef))])
+            measure([(hook, add_vector(random_like(vectors, seed + k, per_row=True), coef))])
             for k in range(n_random)
         ]
         result[f"random x {coef:g}"] = {

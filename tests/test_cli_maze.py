@@ -1,0 +1,110 @@
+"""The maze commands end to end on a tiny run: eval, behaviour, steer, report, runs, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from policylens.cli import app
+from policylens.report.maze import write_maze_report
+from policylens.train.ppo import PPOConfig, train_ppo
+from policylens.train.runs import Run
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    cfg = PPOConfig(total_steps=16 * 32 * 4, num_envs=16, num_steps=32, checkpoints=2,
+                    env_kwargs={"cheese_region": 1, "max_steps": 40})  # fmt: skip
+    return train_ppo(cfg, out, progress=False)
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_eval_json(tiny_run):
+    r = invoke("eval", tiny_run.path, "--episodes", "20", "--cheese-region", "none", "--json")
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    assert data["episodes"] == 20 and data["env_kwargs"]["cheese_region"] is None
+    assert 0 <= data["success"]["rate"] <= 1 and "path_ratio" in data
+
+
+def test_runs_lists_the_run(tiny_run):
+    r = invoke("runs", tiny_run.path.parent, "--json")
+    assert r.exit_code == 0
+    [summary] = json.loads(r.output)
+    assert summary["kind"] == "ppo" and summary["done"] and summary["checkpoints"] >= 2
+
+
+def test_steer_json(tiny_run):
+    r = invoke(
+        "steer",
+        tiny_run.path,
+        "--n-mazes",
+        "100",
+        "--random-vectors",
+        "1",
+        "--coef",
+        "-1",
+        "--coef",
+        "2",
+        "--json",
+    )
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    assert {"baseline", "cheese_vector x -1", "cheese_vector x 2", "random x 2"} <= set(data)
+
+
+@pytest.mark.slow
+def test_report_is_self_contained(tiny_run, tmp_path):
+    path = write_maze_report(
+        Run(tiny_run.path), tmp_path / "r.html", episodes=30, n_mazes=30, log=lambda *_: None
+    )
+    html = path.read_text()
+    for title in (
+        "Success and corner bias",
+        "Vector fields",
+        "Decision squares",
+        "Steering",
+        "Channel clamping",
+    ):
+        assert title in html
+    assert html.count("data:image/png;base64,") >= 5
+    assert "http://" not in html and "https://" not in html  # opens offline
+    assert (tiny_run.path / "analysis" / "maze.json").exists()
+
+
+@pytest.mark.parametrize(
+    "args, msg",
+    [
+        (["eval", "/nonexistent/run"], "not a policylens run"),
+        (["train", "maze", "--out", "/tmp/x", "--cheese-region", "abc"], "--cheese-region"),
+        (["train", "maze", "--out", "/tmp/x", "--world-size", "8"], "world_size must be an odd"),
+    ],
+)
+def test_bad_input_is_one_clear_line(args, msg):
+    r = invoke(*args)
+    assert r.exit_code == 2
+    assert msg in r.output and "Traceback" not in r.output
+
+
+def test_steer_bad_hook_and_coefficient(tiny_run):
+    r = invoke("steer", tiny_run.path, "--hook", "res1.hook_outt")
+    assert r.exit_code == 2 and "res1.hook_out" in r.output
+    r = invoke("steer", tiny_run.path, "--coef", "big")
+    assert r.exit_code == 2 and "must be a number" in r.output
+
+
+def test_run_without_checkpoints(tmp_path):
+    Run.create(
+        tmp_path / "empty",
+        {"kind": "ppo", "trainer": {"env_id": "policylens/Maze-v0"}, "agent": {}},
+    )
+    r = invoke("eval", tmp_path / "empty")
+    assert r.exit_code == 2 and "no checkpoints" in r.output

@@ -1,0 +1,101 @@
+"""PPO trainer and run folders: schedule, metrics, checkpoints, exact resume, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from policylens.train.ppo import PPOConfig, checkpoint_updates, train_ppo
+from policylens.train.runs import Run, find_runs
+
+TINY = dict(total_steps=16 * 32 * 6, num_envs=16, num_steps=32, checkpoints=3, resume_every=2)
+
+
+def tiny(**kw) -> PPOConfig:
+    return PPOConfig(**{**TINY, "env_kwargs": {"max_steps": 40}, **kw})
+
+
+def test_checkpoint_schedule_is_log_spaced_and_includes_ends():
+    ups = checkpoint_updates(1000, 10, "log")
+    assert ups[0] == 0 and ups[-1] == 1000
+    gaps = [b - a for a, b in zip(ups[1:], ups[2:], strict=False)]
+    assert gaps == sorted(gaps)  # denser early than late
+    assert checkpoint_updates(10, 3, "linear") == [0, 1, 6, 10]
+
+
+def test_run_folder_metrics_and_checkpoints(tmp_path):
+    run = train_ppo(tiny(), tmp_path / "r", progress=False)
+    steps = [s for s, _ in run.checkpoints()]
+    assert steps[0] == 0 and steps[-1] == TINY["total_steps"]
+    rows = run.metrics()
+    assert len(rows) == 6
+    for col in ("step", "return", "length", "success", "policy_loss", "value_loss", "entropy",
+                "explained_variance", "steps_per_s", "path_ratio"):  # fmt: skip
+        assert col in rows[0]
+    agent = run.load_agent()
+    logits, value = agent(torch.zeros(2, 3, 9, 9, dtype=torch.uint8))
+    assert logits.shape == (2, 4) and value.shape == (2,)
+    assert (run.path / "DONE").exists()
+    assert [r.path for r in find_runs(tmp_path)] == [run.path]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_end(tmp_path):
+    full = train_ppo(tiny(), tmp_path / "full", progress=False)
+    part = train_ppo(tiny(), tmp_path / "part", progress=False, stop_after_updates=3)
+    assert not (part.path / "DONE").exists()
+    part = train_ppo(tiny(), tmp_path / "part", resume=True, progress=False)
+    a = load_file(full.checkpoint()[1])
+    b = load_file(part.checkpoint()[1])
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    np.testing.assert_array_equal(
+        [r["return"] for r in full.metrics()], [r["return"] for r in part.metrics()]
+    )
+
+
+def test_existing_run_is_not_overwritten(tmp_path):
+    train_ppo(tiny(total_steps=512, num_envs=16, num_steps=32), tmp_path / "r", progress=False)
+    with pytest.raises(ValueError, match="already holds a run"):
+        train_ppo(tiny(total_steps=512, num_envs=16, num_steps=32), tmp_path / "r", progress=False)
+
+
+def test_resume_with_other_config_is_refused(tmp_path):
+    train_ppo(tiny(total_steps=512), tmp_path / "r", progress=False)
+    with pytest.raises(ValueError, match="another config"):
+        train_ppo(tiny(total_steps=512, seed=3), tmp_path / "r", resume=True, progress=False)
+
+
+def test_corrupt_resume_state_is_reported(tmp_path):
+    run = train_ppo(tiny(total_steps=1024), tmp_path / "r", progress=False)
+    (run.path / "resume.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="corrupt"):
+        Run(run.path).load_resume_state()
+
+
+def test_partial_metrics_line_is_ignored(tmp_path):
+    run = train_ppo(tiny(total_steps=1024), tmp_path / "r", progress=False)
+    n = len(run.metrics())
+    with open(run.path / "metrics.csv", "a") as f:
+        f.write("99999,1.0,3")  # a kill in the middle of a line
+    assert len(run.metrics()) == n
+
+
+@pytest.mark.parametrize(
+    "kw, msg",
+    [
+        (dict(total_steps=10), "smaller than one rollout"),
+        (dict(num_minibatches=7), "must divide"),
+        (dict(gamma=1.5), "gamma"),
+        (dict(checkpoint_spacing="cubic"), "checkpoint_spacing"),
+    ],
+)
+def test_bad_config(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        tiny(**kw)
+
+
+def test_not_a_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a policylens run"):
+        Run(tmp_path)
