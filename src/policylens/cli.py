@@ -336,6 +336,9 @@ _register_areas()
 
 
 def main() -> None:
+    from policylens.agents.hooks import retain_freed_memory
+
+    retain_freed_memory()  # cached forwards stop paying page faults (see bench/bench_hooks.py)
     app()
 
 

@@ -198,11 +198,14 @@ def train_ppo(
     resume: bool = False,
     progress: bool = True,
     stop_after_updates: int | None = None,
+    init_from: str | Path | None = None,
 ) -> Run:
     """Train an agent with PPO into the run folder ``out``; returns the Run.
 
     ``resume=True`` continues from ``out/resume.pt``. ``stop_after_updates`` ends the process
-    early as a kill would (used to test resuming).
+    early as a kill would (used to test resuming). ``init_from`` (a ``.safetensors`` file of the
+    same architecture) replaces the fresh initial weights, e.g. to continue a trained policy on a
+    changed reward; a resumed run takes its weights from ``resume.pt`` instead.
     """
     from policylens.agents import build_agent
 
@@ -210,7 +213,9 @@ def train_ppo(
     envs = make_vec(config.env_id, config.num_envs, **config.env_kwargs)
     obs_space, act_space = envs.single_observation_space, envs.single_action_space
     torch.manual_seed(config.seed)
-    agent = build_agent(config.arch, obs_space.shape, int(act_space.n), **config.arch_kwargs)
+    agent = build_agent(config.arch, obs_space.shape, int(act_space.n), seed=config.seed, **config.arch_kwargs)
+    if init_from is not None:
+        agent.load_weights(init_from)
     optimizer = torch.optim.Adam(agent.parameters(), lr=config.learning_rate, eps=1e-5)
     generator = torch.Generator().manual_seed(config.seed)
     tracker = EpisodeTracker(config.num_envs)

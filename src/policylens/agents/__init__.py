@@ -1,0 +1,45 @@
+"""Hooked agents: hook points, built-in networks, HookedAgent, and loaders."""
+
+from policylens.agents.agent import HookedAgent
+from policylens.agents.hooks import (
+    ActivationCache,
+    HookPoint,
+    ModuleOutputHook,
+    retain_freed_memory,
+)
+from policylens.agents.load import (
+    find_agent_config,
+    load_agent,
+    load_research_impala,
+    policy_value_from_sb3,
+    sb3_agent,
+)
+from policylens.agents.models import (
+    ARCHS,
+    MLP,
+    ImpalaCNN,
+    MazeCNN,
+    build_agent,
+    layer_init,
+    orthogonal_init,
+)
+
+__all__ = [
+    "ARCHS",
+    "MLP",
+    "ActivationCache",
+    "HookPoint",
+    "HookedAgent",
+    "ImpalaCNN",
+    "MazeCNN",
+    "ModuleOutputHook",
+    "build_agent",
+    "find_agent_config",
+    "layer_init",
+    "load_agent",
+    "load_research_impala",
+    "orthogonal_init",
+    "retain_freed_memory",
+    "policy_value_from_sb3",
+    "sb3_agent",
+]
