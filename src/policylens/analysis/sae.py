@@ -93,6 +93,10 @@ class SAEConfig:
     """Training samples in total (steps = ceil(samples / batch_size))."""
     seed: int = 0
     """Seed of the initial weights, data order and resampling."""
+    init_encoder_scale: float | None = None
+    """Encoder init = this x decoder^T (None: 1.0 for topk/batchtopk, 0.1 for relu/jumprelu)."""
+    sparse_below: float = 0.07
+    """relu: use the sparse gradient path when fewer than this fraction of latents are active."""
     init_b_dec_mean: bool = True
     """Start ``b_dec`` at the mean of the first batch (else zeros)."""
     dead_window: int = 200_000
@@ -110,14 +114,20 @@ class SAEConfig:
         if self.arch not in ARCHS:
             close = difflib.get_close_matches(str(self.arch), list(ARCHS), n=2, cutoff=0.3)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise ValueError(f"Unknown SAE arch {self.arch!r}.{hint} Choose one of {', '.join(ARCHS)}.")
+            raise ValueError(
+                f"Unknown SAE arch {self.arch!r}.{hint} Choose one of {', '.join(ARCHS)}."
+            )
         for name in ("d_in", "d_sae", "batch_size", "samples", "dead_window", "log_every"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"SAEConfig.{name} must be a positive integer, got {getattr(self, name)}.")
+                raise ValueError(
+                    f"SAEConfig.{name} must be a positive integer, got {getattr(self, name)}."
+                )
         if self.arch in ("topk", "batchtopk") and not 1 <= self.k <= self.d_sae:
             raise ValueError(f"SAEConfig.k must be between 1 and d_sae={self.d_sae}, got {self.k}.")
         if not 0.0 <= self.lr_decay_frac <= 1.0:
-            raise ValueError(f"SAEConfig.lr_decay_frac must be in [0, 1], got {self.lr_decay_frac}.")
+            raise ValueError(
+                f"SAEConfig.lr_decay_frac must be in [0, 1], got {self.lr_decay_frac}."
+            )
         self.adam_betas = tuple(self.adam_betas)  # type: ignore[assignment]  # JSON gives a list
 
     @property
@@ -131,7 +141,9 @@ class SAEConfig:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ValueError(f"Unknown SAEConfig field(s) {unknown}; valid fields: {', '.join(sorted(names))}.")
+            raise ValueError(
+                f"Unknown SAEConfig field(s) {unknown}; valid fields: {', '.join(sorted(names))}."
+            )
         return cls(**data)
 
 
@@ -151,7 +163,10 @@ class SparseAutoencoder(nn.Module):
         w_dec = torch.randn(c.d_sae, c.d_in, generator=gen)
         w_dec /= w_dec.norm(dim=1, keepdim=True)  # unit-norm rows
         self.W_dec = nn.Parameter(w_dec)  # (d_sae, d_in)
-        self.W_enc = nn.Parameter(w_dec.T.clone().contiguous())  # (d_in, d_sae), tied at init
+        scale = c.init_encoder_scale
+        if scale is None:
+            scale = 1.0 if c.arch in ("topk", "batchtopk") else 0.1
+        self.W_enc = nn.Parameter((w_dec.T * scale).contiguous())  # (d_in, d_sae), tied at init
         self.b_enc = nn.Parameter(torch.zeros(c.d_sae))
         self.b_dec = nn.Parameter(torch.zeros(c.d_in))
         if c.arch == "jumprelu":
@@ -240,12 +255,20 @@ class _Step:
 
 
 def _sparse_grads(
-    sae: SparseAutoencoder, x: Tensor, xc: Tensor, rows: Tensor, cols: Tensor, vals: Tensor, offsets: Tensor
+    sae: SparseAutoencoder,
+    x: Tensor,
+    xc: Tensor,
+    rows: Tensor,
+    cols: Tensor,
+    vals: Tensor,
+    offsets: Tensor,
+    l1: float = 0.0,
 ) -> _Step:
     """Loss and gradients when the active latents are given as a row-major sparse list.
 
     ``rows``/``cols``/``vals``: (nnz,) sample, latent, pre-activation (> 0) of each active latent,
-    grouped by sample; ``offsets``: (batch,) start of each sample's group.
+    grouped by sample; ``offsets``: (batch,) start of each sample's group; ``l1``: coefficient of
+    an L1 penalty on the latents (relu).
     """
     B, d_in = x.shape
     S = sae.config.d_sae
@@ -260,8 +283,13 @@ def _sparse_grads(
     crow = torch.cat([offsets, offsets.new_tensor([cols.numel()])])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-        pattern = torch.sparse_csr_tensor(crow, cols, torch.zeros_like(vals), (B, S), check_invariants=False)
+        pattern = torch.sparse_csr_tensor(
+            crow, cols, torch.zeros_like(vals), (B, S), check_invariants=False
+        )
         g_z = torch.sparse.sampled_addmm(pattern, gr, W_dec.T, beta=0.0).values()  # (nnz,)
+    if l1:
+        loss += l1 * float(vals.sum()) / B
+        g_z += l1 / B
     # Weight gradients: latent-major sparse (d_sae, B) matrices times dense (B, d_in).
     perm = (
         torch.sparse_coo_tensor(
@@ -271,8 +299,12 @@ def _sparse_grads(
         .values()
     )
     idx_t = torch.stack([cols[perm], rows[perm]])
-    z_t = torch.sparse_coo_tensor(idx_t, vals[perm], (S, B), is_coalesced=True, check_invariants=False)
-    g_t = torch.sparse_coo_tensor(idx_t, g_z[perm], (S, B), is_coalesced=True, check_invariants=False)
+    z_t = torch.sparse_coo_tensor(
+        idx_t, vals[perm], (S, B), is_coalesced=True, check_invariants=False
+    )
+    g_t = torch.sparse_coo_tensor(
+        idx_t, g_z[perm], (S, B), is_coalesced=True, check_invariants=False
+    )
     W_dec.grad = torch.sparse.mm(z_t, gr)  # (d_sae, d_in)
     W_enc.grad = torch.sparse.mm(g_t, xc).T.contiguous()  # (d_in, d_sae)
     g_benc = torch.zeros(S).index_add_(0, cols, g_z)
@@ -321,6 +353,17 @@ def _dense_grads(sae: SparseAutoencoder, x: Tensor, xc: Tensor, pre: Tensor) -> 
     return _Step(err=err, fired=n_active > 0, l0=l0, loss=loss)
 
 
+def _entries(pre: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Row-major (rows, cols, values, per-row offsets) of ``pre`` where ``mask``: (B, S) -> (nnz,)s."""
+    B, S = pre.shape
+    flat = mask.view(-1).nonzero().squeeze(1)  # (nnz,) sorted, so grouped by row
+    rows = flat // S
+    cols = flat - rows * S
+    vals = pre.view(-1).index_select(0, flat)
+    counts = torch.bincount(rows, minlength=B)
+    return rows, cols, vals, counts.cumsum(0) - counts
+
+
 def _train_step(sae: SparseAutoencoder, x: Tensor) -> _Step:
     """Forward pass and hand-computed gradients (left in ``.grad``) for one batch ``x`` (B, d_in)."""
     c = sae.config
@@ -342,14 +385,16 @@ def _train_step(sae: SparseAutoencoder, x: Tensor) -> _Step:
     if c.arch == "batchtopk":
         flat = pre.reshape(-1)
         kth = flat.topk(B * c.k, sorted=False).values.min()
-        mask = (pre >= kth) & (pre > 0)
-        rows, cols = mask.nonzero(as_tuple=True)  # row-major: grouped by sample
-        vals = pre[rows, cols]
-        offsets = torch.searchsorted(rows, torch.arange(B))
+        rows, cols, vals, offsets = _entries(pre, (pre >= kth) & (pre > 0))
         step = _sparse_grads(sae, x, xc, rows, cols, vals, offsets)
         if vals.numel():
             step.min_kept = float(vals.min())
         return step
+    if c.arch == "relu":
+        head = pre[:256]
+        if int((head > 0).sum()) < c.sparse_below * head.numel():  # density estimate
+            rows, cols, vals, offsets = _entries(pre, pre > 0)
+            return _sparse_grads(sae, x, xc, rows, cols, vals, offsets, l1=c.l1_coeff)
     return _dense_grads(sae, x, xc, pre)
 
 
@@ -357,7 +402,9 @@ def _batches(data: Tensor | Iterable[Tensor], config: SAEConfig) -> Iterator[Ten
     """Training batches: seeded shuffled epochs over a tensor, or an iterable's batches as given."""
     if isinstance(data, Tensor):
         if data.ndim != 2:
-            raise ValueError(f"Activations must be a 2-D (samples, d_in) tensor, got shape {tuple(data.shape)}.")
+            raise ValueError(
+                f"Activations must be a 2-D (samples, d_in) tensor, got shape {tuple(data.shape)}."
+            )
         n = data.shape[0]
         if n == 0:
             raise ValueError("No activations to train on; pass a non-empty (samples, d_in) tensor.")
@@ -371,7 +418,9 @@ def _batches(data: Tensor | Iterable[Tensor], config: SAEConfig) -> Iterator[Ten
         for batch in data:
             batch = torch.as_tensor(batch)
             if batch.ndim != 2:
-                raise ValueError(f"Activation batches must be 2-D (batch, d_in), got shape {tuple(batch.shape)}.")
+                raise ValueError(
+                    f"Activation batches must be 2-D (batch, d_in), got shape {tuple(batch.shape)}."
+                )
             yield batch
 
 
@@ -437,19 +486,49 @@ def resample_dead(
     return n
 
 
+@torch.no_grad()
+def _log_entry(entry: dict[str, float], x: Tensor, out: _Step, seconds: float) -> dict[str, float]:
+    """A history entry: the step's bookkeeping plus loss, mse, explained variance and l0 of its batch."""
+    sq = out.err.pow(2).sum()
+    var = (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
+    return {
+        **entry,
+        "loss": out.loss,
+        "mse": float(sq) / x.numel(),
+        "explained_variance": 1.0 - float(sq / var),
+        "l0": out.l0,
+        "seconds": seconds,
+    }
+
+
 def train_sae(
     activations: Tensor | Iterable[Tensor],
     config: SAEConfig,
+    sae: SparseAutoencoder | None = None,
     progress: bool = False,
 ) -> tuple[SparseAutoencoder, list[dict[str, float]]]:
     """Train an SAE on ``activations``: a (samples, d_in) tensor or an iterable of (batch, d_in).
 
     A tensor is read in seeded shuffled epochs of ``config.batch_size``; an iterable's batches are
-    used as they come until ``config.samples`` or its end. Returns the SAE (in eval mode) and a
-    history: one dict every ``log_every`` steps with step, samples, loss, mse, explained_variance
-    and l0 (of that batch), dead_fraction, resampled, lr and seconds.
+    used as they come until ``config.samples`` or its end. ``sae`` continues training an existing
+    SAE (same d_in, d_sae and arch; ``b_dec`` is then kept) instead of a fresh one. Returns the SAE
+    (in eval mode) and a history: one dict every ``log_every`` steps with step, samples, loss, mse,
+    explained_variance and l0 (of that batch), dead_fraction, resampled, lr and seconds.
     """
-    sae = SparseAutoencoder(config)
+    if sae is None:
+        sae = SparseAutoencoder(config)
+        init_b_dec = config.init_b_dec_mean
+    else:
+        have = (sae.config.d_in, sae.config.d_sae, sae.config.arch)
+        want = (config.d_in, config.d_sae, config.arch)
+        if have != want:
+            raise ValueError(
+                f"Cannot continue training an SAE with (d_in, d_sae, arch)={have} under a config "
+                f"with {want}; use a config with the SAE's shape and architecture."
+            )
+        sae.config = config
+        init_b_dec = False
+    sae.train()
     c = config
     thr_sum, thr_n = 0.0, 0  # batchtopk: sum of late batches' cutoffs (smallest kept activation)
     last_cut = 0.0
@@ -460,6 +539,7 @@ def train_sae(
     history: list[dict[str, float]] = []
     resampled = 0
     seen = 0
+    last: tuple[dict[str, float], Tensor, _Step] | None = None
     t0 = time.perf_counter()
     bar = None
     if progress:
@@ -475,7 +555,7 @@ def train_sae(
             if x is None:
                 break
             x = sae._check(x).contiguous()
-            if step == 0 and c.init_b_dec_mean:
+            if step == 0 and init_b_dec:
                 sae.b_dec.data.copy_(x.mean(0))
             lr = _lr_at(c, step, steps)
             for group in optimizer.param_groups:
@@ -497,34 +577,33 @@ def train_sae(
             since_fired += B
             since_fired[out.fired] = 0
             dead = since_fired >= c.dead_window
-            if c.resample_every and (step + 1) % c.resample_every == 0 and step < c.resample_until * steps:
+            if (
+                c.resample_every
+                and (step + 1) % c.resample_every == 0
+                and step < c.resample_until * steps
+            ):
                 n = resample_dead(sae, x, dead, optimizer, seed=c.seed * 1_000_003 + step)
                 if n:
                     resampled += n
                     since_fired[dead] = 0
+            entry = {
+                "step": step,
+                "samples": seen,
+                "resampled": resampled,
+                "lr": lr,
+                "dead_fraction": float(dead.float().mean()),
+            }
+            last = (entry, x, out)
             if step % c.log_every == 0 or step == steps - 1:
-                with torch.no_grad():
-                    var = (x - x.mean(0)).pow(2).sum()
-                    sq = out.err.pow(2).sum()
-                history.append(
-                    {
-                        "step": step,
-                        "samples": seen,
-                        "loss": out.loss,
-                        "mse": float(sq) / x.numel(),
-                        "explained_variance": 1.0 - float(sq / var.clamp_min(1e-12)),
-                        "l0": out.l0,
-                        "dead_fraction": float(dead.float().mean()),
-                        "resampled": resampled,
-                        "lr": lr,
-                        "seconds": time.perf_counter() - t0,
-                    }
-                )
+                history.append(_log_entry(*last, time.perf_counter() - t0))
+                last = None
             if bar is not None:
                 bar.update(task, advance=1)
     finally:
         if bar is not None:
             bar.stop()
+    if last is not None:  # the data ran out between log steps: log the final step too
+        history.append(_log_entry(*last, time.perf_counter() - t0))
     if c.arch == "batchtopk":
         # A per-sample threshold at the batch cutoff keeps k latents per sample on average.
         sae.threshold.fill_(thr_sum / thr_n if thr_n else last_cut)
@@ -532,7 +611,9 @@ def train_sae(
 
 
 @torch.no_grad()
-def evaluate_sae(sae: SparseAutoencoder, activations: Tensor, batch_size: int = 8192) -> dict[str, float]:
+def evaluate_sae(
+    sae: SparseAutoencoder, activations: Tensor, batch_size: int = 8192
+) -> dict[str, float]:
     """Reconstruction and sparsity of ``sae`` on (samples, d_in) ``activations``.
 
     mse: mean squared error per element; explained_variance: 1 - sum ||x - x_hat||^2 / sum ||x -
@@ -541,7 +622,9 @@ def evaluate_sae(sae: SparseAutoencoder, activations: Tensor, batch_size: int = 
     """
     x_all = sae._check(torch.as_tensor(activations))
     if x_all.ndim != 2 or x_all.shape[0] == 0:
-        raise ValueError(f"evaluate_sae needs a non-empty (samples, d_in) tensor, got shape {tuple(x_all.shape)}.")
+        raise ValueError(
+            f"evaluate_sae needs a non-empty (samples, d_in) tensor, got shape {tuple(x_all.shape)}."
+        )
     mean = x_all.mean(0)
     sq = var = l0 = l1 = 0.0
     fired = torch.zeros(sae.config.d_sae, dtype=torch.bool)
@@ -564,7 +647,9 @@ def evaluate_sae(sae: SparseAutoencoder, activations: Tensor, batch_size: int = 
 
 
 # -- files ----------------------------------------------------------------------------------------
-def _save_tensors(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+def _save_tensors(
+    tensors: dict[str, Tensor], path: Path, metadata: dict[str, str] | None = None
+) -> None:
     with atomic_path(path) as tmp:
         save_file({k: v.detach().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
 
@@ -583,7 +668,9 @@ def _load_weights(path: Path, expected: dict[str, tuple[int, ...]]) -> dict[str,
     tensors = load_file(path)
     missing = sorted(set(expected) - set(tensors))
     if missing:
-        raise ValueError(f"{path} lacks tensor(s) {missing}; it is not a complete SAE of this architecture.")
+        raise ValueError(
+            f"{path} lacks tensor(s) {missing}; it is not a complete SAE of this architecture."
+        )
     for name, shape in expected.items():
         if tuple(tensors[name].shape) != shape:
             raise ValueError(
@@ -594,7 +681,12 @@ def _load_weights(path: Path, expected: dict[str, tuple[int, ...]]) -> dict[str,
 
 
 def _expected_shapes(c: SAEConfig) -> dict[str, tuple[int, ...]]:
-    shapes = {"W_enc": (c.d_in, c.d_sae), "W_dec": (c.d_sae, c.d_in), "b_enc": (c.d_sae,), "b_dec": (c.d_in,)}
+    shapes = {
+        "W_enc": (c.d_in, c.d_sae),
+        "W_dec": (c.d_sae, c.d_in),
+        "b_enc": (c.d_sae,),
+        "b_dec": (c.d_in,),
+    }
     if c.arch in ("jumprelu", "batchtopk"):
         shapes["threshold"] = (c.d_sae,)
     return shapes
@@ -608,7 +700,11 @@ def load_sae(path: str | os.PathLike) -> SparseAutoencoder:
         raise FileNotFoundError(f"No {CONFIG_FILE} in {folder}; pass a folder written by save_sae.")
     meta = read_json(cfg_path)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        hint = " (it looks like a SAELens folder: use import_saelens)" if (folder / SAELENS_CFG_FILE).exists() else ""
+        hint = (
+            " (it looks like a SAELens folder: use import_saelens)"
+            if (folder / SAELENS_CFG_FILE).exists()
+            else ""
+        )
         raise ValueError(f"{cfg_path} is not a policylens SAE config{hint}.")
     config = SAEConfig.from_dict(meta["config"])
     sae = SparseAutoencoder(config)
@@ -616,7 +712,9 @@ def load_sae(path: str | os.PathLike) -> SparseAutoencoder:
     return sae.eval()
 
 
-def export_saelens(sae: SparseAutoencoder, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
+def export_saelens(
+    sae: SparseAutoencoder, path: str | os.PathLike, metadata: dict[str, Any] | None = None
+) -> Path:
     """Write ``sae`` in SAELens 6.x's on-disk layout, loadable with ``SAE.load_from_disk(path)``.
 
     relu -> ``standard``, topk -> ``topk`` (with ``k``), jumprelu and batchtopk -> ``jumprelu``
@@ -624,7 +722,9 @@ def export_saelens(sae: SparseAutoencoder, path: str | os.PathLike, metadata: di
     (e.g. ``hook_name``) is stored in the config's metadata.
     """
     c = sae.config
-    arch = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "jumprelu"}[c.arch]
+    arch = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "jumprelu"}[
+        c.arch
+    ]
     folder = Path(path)
     tensors = {name: getattr(sae, name) for name in ("W_enc", "W_dec", "b_enc", "b_dec")}
     if arch == "jumprelu":

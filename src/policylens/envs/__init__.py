@@ -33,6 +33,15 @@ register_world(
     entry_point="policylens.envs.chess:RookEndgameEnv",
 )
 
+register_world(
+    "policylens/LunarLander-v0",
+    "Gymnasium LunarLander-v3 (Box2D) with its fuel term split out; reward_variant: no_fuel, fuel, "
+    "only_fuel, scaled_fuel, only_scaled_fuel (isolating updates)",
+    entry_point="policylens.envs.lunar:lunar_entry_point",
+    max_episode_steps=1000,
+    reward_threshold=200,
+)
+
 
 def make(env_id: str, **kwargs) -> gym.Env:
     """``gymnasium.make`` with a clear error naming the registered worlds for an unknown id."""

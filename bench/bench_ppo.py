@@ -1,0 +1,105 @@
+"""policylens PPO vs Stable-Baselines3 PPO on the same maze, network and hyperparameters.
+
+Both train for the same number of environment steps; the script prints each one's steps/s, the
+ratio, and both agents' success and path efficiency on the same 500 training-distribution mazes.
+
+    python bench/bench_ppo.py [--steps 300000] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import torch
+from torch import nn
+
+from policylens.agents.hooks import retain_freed_memory
+from policylens.analysis.behaviour import evaluate
+from policylens.train.ppo import PPOConfig, train_ppo
+from policylens.train.recipes import maze_recipe
+
+
+def sb3_ppo(config: PPOConfig, threads: int):
+    """SB3 PPO with the MazeCNN body as its features extractor and the same hyperparameters."""
+    import gymnasium as gym
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    import policylens  # noqa: F401  (registers the maze)
+
+    class MazeBody(BaseFeaturesExtractor):
+        """conv -> residual block -> fc 256, as policylens' MazeCNN (heads are SB3's)."""
+
+        def __init__(self, space, channels: int = 16, hidden: int = 256):
+            super().__init__(space, hidden)
+            c, h, w = space.shape
+            self.conv = nn.Conv2d(c, channels, 3, padding=1)
+            self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+            self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+            self.fc = nn.Linear(channels * h * w, hidden)
+
+        def forward(self, x):
+            x = self.conv(x.float())
+            x = x + self.conv2(torch.relu(self.conv1(torch.relu(x))))
+            return torch.relu(self.fc(torch.relu(x).flatten(1)))
+
+    torch.set_num_threads(threads)
+    envs = DummyVecEnv(
+        [lambda: gym.make(config.env_id, **config.env_kwargs) for _ in range(config.num_envs)]
+    )
+    return PPO(
+        "CnnPolicy",
+        envs,
+        learning_rate=lambda frac: config.learning_rate * frac,
+        n_steps=config.num_steps,
+        batch_size=config.batch_size // config.num_minibatches,
+        n_epochs=config.update_epochs,
+        gamma=config.gamma,
+        gae_lambda=config.gae_lambda,
+        clip_range=config.clip_coef,
+        ent_coef=config.ent_coef,
+        vf_coef=config.vf_coef,
+        max_grad_norm=config.max_grad_norm,
+        policy_kwargs=dict(features_extractor_class=MazeBody, net_arch=[], normalize_images=False),
+        seed=config.seed,
+        device="cpu",
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=300_000)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--episodes", type=int, default=500)
+    args = parser.parse_args()
+    retain_freed_memory()
+    config = maze_recipe(total_steps=args.steps)
+    config = PPOConfig(**{**config.__dict__, "threads": args.threads})
+    env_kwargs = config.env_kwargs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        run = train_ppo(config, f"{tmp}/pl", progress=False)
+        pl_time = time.perf_counter() - t
+        pl_eval = evaluate(run.load_agent(), args.episodes, env_kwargs=env_kwargs, seed=99)
+
+    from policylens.agents.load import sb3_agent
+
+    model = sb3_ppo(config, args.threads)
+    t = time.perf_counter()
+    model.learn(total_timesteps=config.num_updates * config.batch_size)
+    sb3_time = time.perf_counter() - t
+    sb3_eval = evaluate(sb3_agent(model), args.episodes, env_kwargs=env_kwargs, seed=99)
+
+    steps = config.num_updates * config.batch_size
+    print(f"{'':14}{'steps/s':>10}{'success':>10}{'len/shortest':>14}")
+    for name, secs, ev in (("policylens", pl_time, pl_eval), ("SB3", sb3_time, sb3_eval)):
+        print(f"{name:14}{steps / secs:>10.0f}{ev['success']['rate']:>10.3f}{ev['path_ratio']:>14.2f}")
+    print(f"speed ratio policylens / SB3: {sb3_time / pl_time:.2f}x at {steps:,} steps each")
+
+
+if __name__ == "__main__":
+    main()
