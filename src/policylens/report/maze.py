@@ -13,6 +13,7 @@ from policylens.analysis.misgeneralization import analyse_maze_run, maze_config
 from policylens.analysis.vector_fields import vector_field
 from policylens.envs.maze import MazeBatch
 from policylens.report import figures
+from policylens.report.attribution import attribution_section
 from policylens.report.html import Report
 from policylens.train.runs import Run
 
@@ -181,6 +182,8 @@ def write_maze_report(
         + ", ".join(f"{ch} ({r:.2f})" for ch, r in st["cheese_channels"])
         + f". Target: a random free cell at least 4 steps from the cheese; {c['max_steps']} steps allowed."
     )
+    log("attribution and features ...")
+    attribution_section(report, run, n_obs=128, log=log)
     path = Path(out) if out else run.path / "analysis" / "report.html"
     return report.write(path)
 

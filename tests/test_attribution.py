@@ -1,0 +1,196 @@
+"""Attribution: agreement with Captum, completeness, speed-up paths equal the plain algorithm,
+occlusion against brute force, targets, bad input, and the ``attribute`` command."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from policylens.agents import HookedAgent, build_agent
+from policylens.analysis.attribution import attribute, integration_rule, is_cut, parse_target
+from policylens.envs.maze import MazeBatch, MazeConfig
+
+
+@pytest.fixture(scope="module")
+def obs() -> np.ndarray:
+    batch = MazeBatch(MazeConfig(world_size=9, cheese_region=None), 6)
+    for i in range(6):
+        batch.load(i, batch.level(100 + i))
+    return batch.obs.copy()  # (6, 3, 9, 9) real maze observations
+
+
+@pytest.fixture(scope="module")
+def agent64() -> HookedAgent:
+    return build_agent("maze_cnn", (3, 9, 9), 4, seed=3).double()
+
+
+def _f(agent, which="value", action=2):
+    if which == "value":
+        return lambda x: agent.forward_input(x)[1]
+    return lambda x: agent.forward_input(x)[0][:, action]
+
+
+# ----------------------------------------------------------------------------- Captum agreement
+@pytest.mark.parametrize("integration", ["gausslegendre", "riemann_trapezoid"])
+def test_ig_agrees_with_captum(agent64, obs, integration):
+    captum = pytest.importorskip("captum.attr")
+    x = agent64.preprocess(obs)
+    base = torch.full_like(x, 0.25)
+    for target, f, tgt in (("value", _f(agent64), None), ("logit:2", _f(agent64, "logit"), None)):
+        ref = captum.IntegratedGradients(f).attribute(
+            x, baselines=base, n_steps=24, method=integration, target=tgt
+        )
+        ours = attribute(
+            agent64, obs, "ig", target, baseline=base[0], n_steps=24, integration=integration
+        )
+        assert (ours.attributions - ref).abs().max().item() < 1e-5
+        plain = attribute(agent64, obs, "ig", target, baseline=base[0], n_steps=24,
+                          integration=integration, fast=False)  # fmt: skip
+        assert (plain.attributions - ref).abs().max().item() < 1e-5
+
+
+def test_saliency_agrees_with_captum(agent64, obs):
+    captum = pytest.importorskip("captum.attr")
+    x = agent64.preprocess(obs)
+    ref = captum.Saliency(lambda t: agent64.forward_input(t)[0]).attribute(x, target=1)
+    assert (attribute(agent64, obs, "saliency", 1).attributions - ref).abs().max().item() < 1e-5
+    ref = captum.Saliency(_f(agent64)).attribute(x, abs=False)
+    assert (attribute(agent64, obs, "gradient", "value").attributions - ref).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("layer", ["res1.hook_out", "res1.hook_conv1"])  # a cut and a non-cut
+def test_layer_ig_agrees_with_captum(agent64, obs, layer):
+    captum = pytest.importorskip("captum.attr")
+    x = agent64.preprocess(obs)
+    module = agent64.hook_dict[layer]
+    ref = captum.LayerIntegratedGradients(_f(agent64), module).attribute(
+        x, baselines=torch.zeros_like(x), n_steps=16
+    )
+    ours = attribute(agent64, obs, "ig", "value", layer, baseline="zero_input", n_steps=16,
+                     internal_batch_size=20)  # fmt: skip
+    assert ours.attributions.shape == ref.shape
+    assert (ours.attributions - ref).abs().max().item() < 1e-5
+    assert ours.info["cut_layer"] == (layer == "res1.hook_out")
+
+
+# ----------------------------------------------------------------------------- correctness
+def test_cut_detection(agent64, obs):
+    x = agent64.preprocess(obs)
+    assert is_cut(agent64, "hook_conv", x) and is_cut(agent64, "hook_fc", x)
+    assert not is_cut(agent64, "res1.hook_relu1", x)  # the residual skip goes around it
+
+
+def test_ig_exact_for_an_affine_network(obs):
+    net = nn.Sequential(nn.Flatten(), nn.Linear(243, 5)).double()
+    agent = HookedAgent.from_module(net, (3, 9, 9), 4, obs_kind="grid",
+                                    output=lambda out: (out[:, :4], out[:, 4]))  # fmt: skip
+    r = attribute(agent, obs, "ig", "value", baseline="blurred", n_steps=3)
+    assert r.completeness["max_abs_error"] < 1e-10
+    w = net[1].weight[4].view(3, 9, 9)
+    x = agent.preprocess(obs)
+    assert torch.allclose(r.attributions, (x - r.baselines) * w, atol=1e-12)
+
+
+def test_completeness_improves_with_steps(obs):
+    agent = build_agent("maze_cnn", (3, 9, 9), 4, seed=5).double()
+    # Zero biases make a ReLU net homogeneous (IG from 0 is then exact), so start elsewhere.
+    errs = [
+        attribute(agent, obs, "ig", "value", "res1.hook_out", baseline=0.5, n_steps=n).completeness[
+            "mean_abs_error"
+        ]
+        for n in (2, 64)
+    ]
+    assert errs[0] > 1e-4
+    assert errs[1] < errs[0]
+    r = attribute(agent, obs, "ig", "value", n_steps=8)
+    manual = r.attributions.sum((1, 2, 3)) - (r.outputs - r.baseline_outputs)
+    assert torch.allclose(r.delta, manual)
+
+
+def test_internal_batching_does_not_change_results(agent64, obs):
+    full = attribute(agent64, obs, "ig", "action", "res1.hook_out", n_steps=7)
+    for rows in (1, 5, 13):
+        small = attribute(agent64, obs, "ig", "action", "res1.hook_out", n_steps=7,
+                          internal_batch_size=rows)  # fmt: skip
+        assert torch.allclose(small.attributions, full.attributions, atol=1e-12)
+
+
+def test_grad_x_input_and_action_target(agent64, obs):
+    x = agent64.preprocess(obs).requires_grad_(True)
+    actions = np.array([0, 1, 2, 3, 0, 1])
+    logp = torch.log_softmax(agent64.forward_input(x)[0], -1)[torch.arange(6), actions]
+    (g,) = torch.autograd.grad(logp.sum(), x)
+    r = attribute(agent64, obs, "grad_x_input", "action", actions=actions)
+    assert torch.allclose(r.attributions, g * x.detach(), atol=1e-12)
+    custom = attribute(agent64, obs, "gradient", lambda logits, value: logits[:, 1] - value)
+    assert custom.attributions.shape == (6, 3, 9, 9) and custom.target == "<lambda>"
+
+
+def test_occlusion_matches_brute_force(agent64, obs):
+    r = attribute(agent64, obs[:2], "occlusion", "value", window=2, stride=2)
+    x = agent64.preprocess(obs[:2])
+    with torch.no_grad():
+        v0 = agent64.forward_input(x)[1]
+        occ = x.clone()
+        occ[:, :, 7:, 7:] = 0  # the last window, moved back to fit, is the only one on (8, 8)
+        drop = v0 - agent64.forward_input(occ)[1]
+    assert torch.allclose(r.spatial()[:, 8, 8], drop, atol=1e-10)
+    layer = attribute(agent64, obs[:2], "occlusion", "value", "res1.hook_out")
+    assert layer.attributions.shape == (2, 16, 9, 9)
+
+
+def test_integration_rules():
+    a, w = integration_rule(5, "gausslegendre")
+    assert np.isclose(w.sum(), 1) and np.isclose((w * a**9).sum(), 0.1)  # exact for degree 9
+    a, w = integration_rule(4, "riemann_trapezoid")
+    assert np.allclose(a, [0, 1 / 3, 2 / 3, 1]) and np.isclose(w.sum(), 1.0 - 0.25)
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_bad_input_errors(agent64, obs):
+    with pytest.raises(ValueError, match="Action 7 does not exist.*4 actions"):
+        attribute(agent64, obs, "ig", "logit:7")
+    with pytest.raises(ValueError, match="Action 7 does not exist"):
+        parse_target(7, 4)
+    with pytest.raises(ValueError, match="without spatial dimensions"):
+        attribute(agent64, obs, "occlusion", "value", "hook_fc")
+    with pytest.raises(ValueError, match="n_steps must be an integer >= 1"):
+        attribute(agent64, obs, "ig", "value", n_steps=0)
+    with pytest.raises(ValueError, match=r"Baseline of shape \(3, 5, 5\) does not fit"):
+        attribute(agent64, obs, "ig", "value", baseline=np.zeros((3, 5, 5)))
+    with pytest.raises(ValueError, match="Did you mean 'res1.hook_out'"):
+        attribute(agent64, obs, "ig", "value", "res1.hook_ou")
+    with pytest.raises(ValueError, match="Unknown method 'igg'"):
+        attribute(agent64, obs, "igg")
+    with pytest.raises(ValueError, match="Unknown action 'upp'.*Did you mean 'up'"):
+        parse_target("logit:upp", 4, ("up", "down", "left", "right"))
+
+
+# ----------------------------------------------------------------------------- CLI
+def _run(tmp_path):
+    from policylens.train.runs import Run
+
+    agent = build_agent("maze_cnn", (3, 9, 9), 4, seed=1)
+    trainer = {"env_id": "policylens/Maze-v0", "env_kwargs": {"cheese_region": 1, "max_steps": 100}}
+    run = Run.create(tmp_path / "run", {"kind": "ppo", "trainer": trainer, "agent": agent.config})
+    run.save_checkpoint(agent, 0)
+    return run
+
+
+def test_attribute_command(tmp_path):
+    from policylens.cli import app
+
+    run = _run(tmp_path)
+    res = CliRunner().invoke(app, ["attribute", str(run.path), "--layer", "res1.hook_out",
+                                   "--n-steps", "8", "--n-obs", "8", "--json"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["shape"] == [8, 16, 9, 9] and data["completeness"]["max_abs_error"] < 0.05
+    assert (run.analysis_dir / "attribution_ig_value_res1.hook_out.png").is_file()
+    bad = CliRunner().invoke(app, ["attribute", str(run.path), "--target", "logit:7"])
+    assert bad.exit_code == 2 and "Action 7 does not exist" in bad.output

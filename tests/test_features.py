@@ -1,0 +1,171 @@
+"""Feature maps, object masks, clustering and its scores, NMF recovery and labels, dataset
+examples, feature visualisation, the report section and the ``features`` command."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from policylens.agents import build_agent
+from policylens.analysis import features as fe
+from policylens.analysis.nmf import attribution_nmf, label_features, nmf_figure, split_sign
+from policylens.envs.maze import MazeConfig, generate_level
+
+PNG = b"\x89PNG"
+
+
+@pytest.fixture(scope="module")
+def agent():
+    return build_agent("maze_cnn", (3, 9, 9), 4, seed=0)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return fe.maze_dataset(MazeConfig(world_size=9), 24, seed=1)
+
+
+def test_dataset_and_masks(data):
+    assert data.obs.shape == (24, 3, 9, 9)
+    from_states = fe.object_masks(data.states)
+    from_obs = fe.object_masks(obs=data.obs)
+    for name in ("wall", "path", "mouse", "cheese", "corner"):
+        assert np.array_equal(from_states[name], from_obs[name]), name
+    assert (from_states["mouse"].sum((1, 2)) == 1).all()
+    cat = fe.categories(from_states)
+    assert (cat[from_states["cheese"]] == fe.CATEGORIES.index("cheese")).all()
+    small = fe.resize_masks(from_states, (3, 3))
+    assert small["mouse"].shape == (24, 3, 3) and (small["mouse"].sum((1, 2)) == 1).all()
+
+
+def test_feature_maps_and_figure(agent, data):
+    maps = fe.feature_maps(agent, data.obs, "res1.hook_out")
+    _, cache = agent.run_with_cache(data.obs, names=["res1.hook_out"])
+    assert np.allclose(maps, cache["res1.hook_out"].numpy())
+    assert fe.feature_maps_figure(data.obs[0], maps[0]).startswith(PNG)
+    with pytest.raises(ValueError, match="without spatial"):
+        fe.feature_maps(agent, data.obs, "hook_fc")
+
+
+def test_alignment_scores():
+    truth = np.random.default_rng(0).integers(0, 4, size=(10, 9, 9))
+    perfect = fe.alignment_scores((truth + 1) % 4, truth)  # a relabelling is still perfect
+    assert perfect["ami"] == pytest.approx(1.0) and perfect["purity"] == 1.0
+    noise = fe.alignment_scores(np.random.default_rng(1).integers(0, 4, size=truth.shape), truth)
+    assert abs(noise["ami"]) < 0.02
+
+
+@pytest.mark.parametrize("method", ["kmeans", "average", "single"])
+def test_clustering_recovers_planted_categories(data, method, tmp_path):
+    masks = fe.object_masks(data.states)
+    truth = fe.categories(masks)
+    # channel vectors = one-hot category (x 3 channels) + small noise: clusters must find them
+    rng = np.random.default_rng(0)
+    acts = np.eye(4)[truth].transpose(0, 3, 1, 2).repeat(3, 1) + 0.01 * rng.random((24, 12, 9, 9))
+    cl = fe.cluster_positions(acts, 4, method, seed=0, max_points=1000, layer="x")
+    cl.scores = fe.alignment_scores(cl.labels, truth)
+    assert cl.scores["ami"] > 0.99
+    path = fe.save_clusters(tmp_path, cl)
+    back = fe.load_clusters(path)
+    assert np.array_equal(back.labels, cl.labels) and back.scores["ami"] == cl.scores["ami"]
+    assert fe.cluster_figure(data.obs[:2], cl.labels[:2]).startswith(PNG)
+
+
+def test_nmf_recovers_and_labels_planted_features(data):
+    masks = fe.object_masks(data.states)
+    rng = np.random.default_rng(0)
+    d_wall, d_cheese = rng.random(16), rng.random(16)
+    # attributions: walls push the target up along d_wall, the cheese pushes it down along d_cheese
+    attr = (
+        masks["wall"][:, None] * d_wall[None, :, None, None]
+        - 3.0 * masks["cheese"][:, None] * d_cheese[None, :, None, None]
+    )
+    attr = attr + 0.001 * rng.standard_normal(attr.shape)
+    nmf = attribution_nmf(attr, k=2, seed=0)
+    assert nmf.explained > 0.99
+    nmf.labels = label_features(nmf.maps, masks)
+    labels = {lab["label"]: i for i, lab in enumerate(nmf.labels)}
+    assert set(labels) == {"wall", "cheese"}
+    assert nmf.labels[labels["wall"]]["correlation"] > 0.95
+    assert nmf.sign[labels["wall"]] > 0.9 and nmf.sign[labels["cheese"]] < 0.1
+    assert np.allclose(nmf.transform(attr), nmf.maps, atol=0.05 * nmf.maps.max())
+    assert nmf_figure(data.obs[:2], nmf.maps[:2], nmf.colours).startswith(PNG)
+    x, shape = split_sign(attr)
+    assert x.shape == (24 * 81, 32) and (x >= 0).all() and shape == (24, 9, 9)
+    with pytest.raises(ValueError, match="k must be"):
+        attribution_nmf(attr, k=0)
+
+
+def test_dataset_examples(agent, data):
+    acts = fe.feature_maps(agent, data.obs, "res1.hook_out")
+    ex = fe.dataset_examples(agent, data.obs, "res1.hook_out", 3, k=5, radius=2)
+    values = [e.value for e in ex]
+    assert values == sorted(values, reverse=True) and len({e.index for e in ex}) == 5
+    assert values[0] == pytest.approx(float(acts[:, 3].max()), rel=1e-6)
+    top = ex[0]
+    r, c = top.position
+    full = np.pad(data.obs[top.index], ((0, 0), (2, 2), (2, 2)))
+    assert np.array_equal(top.crop[1:], full[1:, r : r + 5, c : c + 5])  # mouse, cheese layers
+    direction = np.zeros(16)
+    direction[3] = 2.0
+    ex2 = fe.dataset_examples(agent, data.obs, "res1.hook_out", direction, k=5)
+    assert [e.index for e in ex2] == [e.index for e in ex]
+    assert fe.examples_figure([ex, ex2], ["ch 3", "2 x ch 3"]).startswith(PNG)
+    with pytest.raises(ValueError, match="Channel 99 does not exist"):
+        fe.dataset_examples(agent, data.obs, "res1.hook_out", 99)
+
+
+def test_visualize_feature_increases_objective(agent):
+    v = fe.visualize_feature(agent, "hook_conv", 2, steps=15, lr=0.2, seed=0)
+    assert v.input.shape == (3, 9, 9) and v.input.min() >= 0 and v.input.max() <= 1
+    assert v.history[-1] > v.history[0]
+    again = fe.visualize_feature(agent, "hook_conv", 2, steps=15, lr=0.2, seed=0)
+    assert np.array_equal(v.input, again.input)
+
+
+def _run(tmp_path):
+    from policylens.train.runs import Run
+
+    agent = build_agent("maze_cnn", (3, 9, 9), 4, seed=1)
+    trainer = {"env_id": "policylens/Maze-v0", "env_kwargs": {"cheese_region": 1, "max_steps": 100}}
+    run = Run.create(tmp_path / "run", {"kind": "ppo", "trainer": trainer, "agent": agent.config})
+    run.save_checkpoint(agent, 0)
+    return run
+
+
+@pytest.mark.slow
+def test_features_command_and_report_section(tmp_path):
+    from policylens.cli import app
+    from policylens.report.attribution import attribution_section
+    from policylens.report.html import Report
+
+    run = _run(tmp_path)
+    res = CliRunner().invoke(app, ["features", str(run.path), "--nmf", "4", "--n-obs", "16",
+                                   "--clusters", "3", "--json"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert len(data["nmf"]["features"]) == 4
+    assert {"label", "correlation", "iou"} <= set(data["nmf"]["features"][0])
+    assert data["clusters"]["k"] == 3 and 0 <= data["clusters"]["purity"] <= 1
+    assert fe.load_clusters(data["files"]["clusters"]).labels.shape == (16, 9, 9)
+    bad = CliRunner().invoke(app, ["features", str(run.path), "--layer", "hook_fc"])
+    assert bad.exit_code == 2 and "without spatial" in bad.output
+
+    report = Report("t")
+    out = attribution_section(report, run, n_obs=16, k=3, clusters=3, log=lambda m: None)
+    assert len(report.sections) == 4 and out["completeness"]["layer_value"]["max_abs_error"] < 0.05
+    assert (run.analysis_dir / "attribution.json").is_file()
+    assert "<img" in report.render()
+
+
+def test_generate_level_corner_matches_obs_derivation():
+    cfg = MazeConfig(world_size=9, maze_sizes=(5, 7))
+    states = [generate_level(s, cfg) for s in range(5)]
+    from policylens.envs.maze import MazeBatch
+
+    obs = np.stack([MazeBatch(cfg, 1).observe(s) for s in states])
+    corners = fe.object_masks(obs=obs)["corner"]
+    for s, m in zip(states, corners, strict=True):
+        assert m[s.corner] and m.sum() == 1
