@@ -544,6 +544,7 @@ class RookEndgameEnv(gym.Env):
         wk, wr, bk = view.rc
         info = {
             "outcome": self._outcome,
+            "success": self._outcome == "checkmate",
             "in_check": self._in_check,
             "attacked": view.attacked.copy(),
             "num_attacked": view.num_attacked,

@@ -16,6 +16,7 @@ Labels in ``info`` at every step (and after ``reset``):
 - ``fuel_used``: the fuel charged so far this episode, a positive amount (``-sum(fuel)``).
 - ``reward_base``: the reward without its fuel term (the ``no_fuel`` reward).
 - ``reward_standard``: Gymnasium's own reward for the step (the ``fuel`` variant).
+- ``success``: the same as ``landed`` (the name every policylens world uses for "episode won").
 - ``landed``: True only on the terminal step of a successful landing, defined as Gymnasium's +100
   terminal bonus: the lander came to rest (Box2D put its body to sleep) without its hull touching
   the ground and inside the screen. It may rest anywhere on the ground, not only on the pad.
@@ -128,6 +129,7 @@ class LunarRewardVariant(gym.Wrapper):
             reward_base=0.0,
             reward_standard=0.0,
             landed=False,
+            success=False,
             landed_on_pad=False,
             crashed=False,
         )
@@ -163,6 +165,7 @@ class LunarRewardVariant(gym.Wrapper):
             reward_base=base,
             reward_standard=standard,
             landed=landed,
+            success=landed,
             landed_on_pad=bool(landed and abs(float(obs[0])) <= PAD_HALF_WIDTH),
             crashed=bool(terminated and standard == -100.0),
         )

@@ -1,0 +1,209 @@
+"""Feature dashboards for SAE latents: top-activating observations, histogram, action effects.
+
+One PNG per latent (``latent_<j>.png``) and an ``index.html`` (a :class:`~policylens.report.html.Report`
+with the same figures embedded) in the dashboard folder. Observations are drawn the way their
+world looks: maze grids as mazes (the strongest position of a per-position latent framed in red),
+rook-endgame positions as boards, images as images, other vectors as bar plots.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from policylens.report.figures import plt, to_png
+
+
+def action_names(env_id: str | None, env_kwargs: dict[str, Any], num_actions: int) -> list[str]:
+    """Readable action names of a world where it has them, else ``a0, a1, ...``."""
+    names: Sequence[str] = ()
+    if env_id and "Maze" in env_id:
+        from policylens.envs.maze import ACTION_NAMES
+
+        names = ACTION_NAMES
+    elif env_id and "RookEndgame" in env_id:
+        from policylens.envs.chess import action_names as chess_names
+
+        names = chess_names(int(env_kwargs.get("board_size", 5)))
+    if len(names) != num_actions:
+        names = [f"a{i}" for i in range(num_actions)]
+    return list(names)
+
+
+def maze_state_from_grid(obs: np.ndarray):
+    """A MazeState from a grid observation ``(3, W, W)`` (wall, mouse, cheese channels)."""
+    from policylens.envs.maze import MazeState
+
+    walls = obs[0] > 0.5
+    world = walls.shape[0]
+    free_r, free_c = np.nonzero(~walls)
+    maze_size = world
+    if free_r.size:
+        maze_size = int(max(world - free_r.min(), free_c.max() + 1))
+
+    def cell(channel: np.ndarray) -> tuple[int, int]:
+        idx = np.argwhere(channel > 0.5)
+        return (int(idx[0][0]), int(idx[0][1])) if len(idx) else (-1, -1)
+
+    mouse, cheese = cell(obs[1]), cell(obs[2])
+    if cheese == (-1, -1):  # the mouse stands on the cheese at the end of an episode
+        cheese = mouse
+    return MazeState(walls=walls, mouse=mouse, cheese=cheese, maze_size=maze_size)
+
+
+def observation_image(obs: np.ndarray, env_id: str | None) -> np.ndarray | None:
+    """An RGB picture of one observation, or None for a plain vector (drawn as bars)."""
+    obs = np.asarray(obs)
+    if env_id and "Maze" in env_id and obs.ndim == 3 and obs.shape[0] == 3:
+        from policylens.envs.maze import human_view
+
+        return human_view(maze_state_from_grid(obs), cell_px=16)
+    if env_id and "RookEndgame" in env_id:
+        from policylens.envs.chess import board_image
+
+        planes = obs.reshape(3, -1)
+        n = int(round(np.sqrt(planes.shape[1])))
+        pos = []
+        for p in planes:
+            idx = np.flatnonzero(p > 0.5)
+            pos.append((int(idx[0]) // n, int(idx[0]) % n) if len(idx) else (-1, -1))
+        return board_image(tuple(pos), board_size=n, cell_px=24)
+    if obs.ndim == 3 and obs.shape[-1] == 3:
+        return obs.astype(np.uint8) if obs.dtype != np.uint8 else obs
+    if obs.ndim == 3 and obs.shape[0] in (1, 3):
+        img = np.moveaxis(obs.astype(np.float32), 0, -1)
+        img = (img - img.min()) / max(float(img.max() - img.min()), 1e-9)
+        return (np.repeat(img, 3, -1) if img.shape[-1] == 1 else img * 255).astype(np.uint8)
+    return None
+
+
+def _draw_obs(ax, obs: np.ndarray, env_id: str | None, position, title: str) -> None:
+    img = observation_image(obs, env_id)
+    ax.set_title(title, fontsize=8)
+    if img is None:
+        flat = np.asarray(obs, dtype=float).ravel()
+        ax.bar(np.arange(flat.size), flat, width=1.0, color="#4a7bb7")
+        ax.set_xticks([])
+        ax.tick_params(labelsize=6)
+        return
+    ax.imshow(img)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if position is not None:
+        # A per-position latent: frame the cell of its strongest position (conv grid -> picture).
+        grid_h = grid_w = None
+        if np.asarray(obs).ndim == 3 and np.asarray(obs).shape[0] == 3:
+            grid_h, grid_w = np.asarray(obs).shape[1:]
+        if grid_h is not None:
+            r, c = position
+            ch, cw = img.shape[0] / grid_h, img.shape[1] / grid_w
+            ax.add_patch(
+                plt.Rectangle((c * cw, r * ch), cw, ch, fill=False, edgecolor="red", linewidth=2.0)
+            )
+
+
+def latent_figure(card, env_id: str | None, actions: Sequence[str], site: dict[str, Any]) -> bytes:
+    """One latent's dashboard: top observations, activation histogram, effect on actions."""
+    n_top = max(1, len(card.top_rows))
+    fig = plt.figure(figsize=(max(9.0, 1.9 * n_top), 6.2))
+    top_row, bottom_row = fig.subfigures(2, 1, height_ratios=[1.0, 1.15])
+    axes = top_row.subplots(1, n_top, squeeze=False)[0]
+    top_row.suptitle("top-activating observations (activation @ strongest position)", fontsize=9)
+    for i, ax in enumerate(axes):
+        if i < len(card.top_rows):
+            pos = card.top_positions[i]
+            where = f" @ {pos}" if pos is not None else ""
+            _draw_obs(ax, card.top_obs[i], env_id, pos, f"{card.top_values[i]:.2f}{where}")
+        else:
+            ax.axis("off")
+            ax.set_title("never fires", fontsize=8)
+    ax_hist, ax_act = bottom_row.subplots(1, 2, gridspec_kw={"width_ratios": [1.0, 1.4]})
+    if card.activations.size:
+        ax_hist.hist(card.activations, bins=40, color="#4a7bb7")
+        ax_hist.set_yscale("log")
+    ax_hist.set_title(
+        f"activation when firing\n(fires on {card.frequency:.1%} of observations)", fontsize=8
+    )
+    ax_hist.tick_params(labelsize=7)
+    change = -np.asarray(card.ablation.get("logit_change", [0.0] * len(actions)))
+    colours = ["#c0504d" if v < 0 else "#4a7bb7" for v in change]
+    ax_act.bar(np.arange(len(change)), change, color=colours)
+    ax_act.set_xticks(np.arange(len(change)))
+    ax_act.set_xticklabels(actions, rotation=90 if len(actions) > 6 else 0, fontsize=6)
+    ax_act.axhline(0, color="#444", linewidth=0.6)
+    ab = card.ablation
+    ax_act.set_title(
+        "logit contribution per action (logits - logits without the latent)\n"
+        f"KL {ab.get('kl', 0):.3g}, action flips {ab.get('flip', 0):.1%}, "
+        f"value contribution {-ab.get('value_change', 0):+.3g}",
+        fontsize=8,
+    )
+    ax_act.tick_params(axis="y", labelsize=7)
+    fig.suptitle(f"latent {card.latent} of {site.get('hook', '?')}", fontsize=10, y=1.02)
+    return to_png(fig)
+
+
+def write_sae_dashboard(
+    folder: str | Path, cards: list, context: dict[str, Any], num_actions: int
+) -> Path:
+    """Write ``latent_<j>.png`` per card and ``index.html`` into ``folder``; returns the HTML path."""
+    from policylens.io import atomic_path, write_json
+    from policylens.report.html import Report
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    env_id = context.get("env_id")
+    actions = action_names(env_id, context.get("env_kwargs", {}), num_actions)
+    site = context.get("site", {})
+    report = Report(
+        f"SAE feature dashboard: {site.get('hook', '?')}",
+        f"{context.get('arch')} SAE with {context.get('d_sae')} latents on {site.get('layout')} "
+        f"vectors of {site.get('hook')} (activation shape {site.get('shape')}), agent of "
+        f"{context.get('run')} at step {context.get('checkpoint_step')}, "
+        f"{context.get('observations')} observations of {env_id}.",
+    )
+    summary = report.section("Latents by effect")
+    summary.note(
+        "Each latent is removed from the real activation (its decoder contribution subtracted, "
+        "the reconstruction error kept) on the observations where it fires; KL is "
+        "KL(original || ablated) of the action distribution there, flips the share of changed "
+        "actions, dV the value contribution (V - V_ablated); kl_all and flips_all multiply them "
+        "by the frequency. Greedy (Q-value) agents are ranked by flips_all, others by kl_all."
+    )
+    summary.table(
+        [
+            {
+                "latent": c.latent,
+                "frequency": c.frequency,
+                "max act": c.top_values[0] if c.top_values else 0.0,
+                "KL": c.ablation.get("kl", 0.0),
+                "flips": c.ablation.get("flip", 0.0),
+                "dV": -c.ablation.get("value_change", 0.0),
+                "kl_all": c.ablation.get("kl_all", 0.0),
+                "flips_all": c.ablation.get("flip_all", 0.0),
+            }
+            for c in cards
+        ]
+    )
+    summary.json(context)
+    for card in cards:
+        png = latent_figure(card, env_id, actions, site)
+        with atomic_path(folder / f"latent_{card.latent}.png") as tmp:
+            Path(tmp).write_bytes(png)
+        report.section(f"Latent {card.latent}").figure(png, f"dashboard of latent {card.latent}")
+    write_json(
+        folder / "latents.json", {"context": context, "latents": [c.summary() for c in cards]}
+    )
+    return report.write(folder / "index.html")
+
+
+__all__ = [
+    "action_names",
+    "latent_figure",
+    "maze_state_from_grid",
+    "observation_image",
+    "write_sae_dashboard",
+]

@@ -1,0 +1,308 @@
+"""SAEs on agents: hook sites, splicing, spliced-agent evaluation, latent ablation, dashboards, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from policylens.agents import build_agent
+from policylens.analysis.sae import SAEConfig, SparseAutoencoder
+from policylens.analysis.sae_agents import (
+    HookSite,
+    compare_outputs,
+    evaluate_spliced,
+    gather_activations,
+    hook_site,
+    latent_ablation,
+    latent_cards,
+    latent_removal_hook,
+    load_agent_sae,
+    sae_config_for,
+    save_agent_sae,
+    splice_hook,
+    train_agent_sae,
+    train_run_sae,
+)
+
+CHESS = "policylens/RookEndgame-v0"
+MAZE = "policylens/Maze-v0"
+MLP_HOOK = "layers.0.hook_act"
+CNN_HOOK = "res1.hook_out"
+
+
+def chess_agent():
+    return build_agent("mlp", (75,), 24, head="q")
+
+
+def maze_agent():
+    agent = build_agent("maze_cnn", (3, 9, 9), 4)
+    with torch.no_grad():  # the PPO init leaves near-uniform logits; make the policy decisive
+        agent.net.fc_policy.weight.mul_(300.0)
+    return agent
+
+
+def exact_sae(d_in: int) -> SparseAutoencoder:
+    """relu(x) - relu(-x) == x: an SAE with 2 * d_in latents that reconstructs exactly."""
+    sae = SparseAutoencoder(SAEConfig(d_in=d_in, d_sae=2 * d_in, arch="relu"))
+    eye = torch.eye(d_in)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], 1))  # (d_in, 2 d_in)
+        sae.W_dec.copy_(torch.cat([eye, -eye], 0))  # (2 d_in, d_in)
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae.eval()
+
+
+@pytest.fixture(scope="module")
+def chess_data():
+    agent = chess_agent()
+    data = gather_activations(agent, MLP_HOOK, CHESS, steps=2000, seed=0, greedy=True)
+    return agent, data
+
+
+def test_hook_sites_map_conv_positions_and_mlp_vectors() -> None:
+    cnn = maze_agent()
+    site = hook_site(cnn, CNN_HOOK)
+    assert (site.layout, site.shape, site.d_in, site.positions) == ("channels", (16, 9, 9), 16, 81)
+    (_, _), cache = cnn.run_with_cache(torch.rand(2, 3, 9, 9), names=[CNN_HOOK])
+    act = cache[CNN_HOOK]
+    assert not act.is_contiguous()  # channels_last: a .view would scramble positions
+    vec = site.to_vectors(act)
+    assert vec.shape == (2 * 81, 16)
+    torch.testing.assert_close(vec[81 + 4 * 9 + 7], act[1, :, 4, 7])  # row = b*H*W + h*W + w
+    assert torch.equal(site.from_vectors(vec, 2), act)
+    assert (
+        hook_site(cnn, "hook_fc").shape == (256,) and hook_site(cnn, "hook_fc").layout == "vector"
+    )
+    assert hook_site(cnn, CNN_HOOK, layout="flat").d_in == 16 * 81
+    mlp = hook_site(chess_agent(), MLP_HOOK)
+    assert (mlp.layout, mlp.d_in, mlp.positions) == ("vector", 64, 1)
+    with pytest.raises(ValueError, match="Did you mean 'layers.0.hook_act'"):
+        hook_site(chess_agent(), "layers.0.hook_akt")
+    with pytest.raises(ValueError, match="channels layout needs"):
+        hook_site(chess_agent(), MLP_HOOK, layout="channels")
+
+
+@pytest.mark.parametrize("which", ["mlp", "cnn"])
+def test_exact_sae_spliced_in_leaves_the_agent_unchanged(which: str) -> None:
+    agent, hook = (chess_agent(), MLP_HOOK) if which == "mlp" else (maze_agent(), CNN_HOOK)
+    site = hook_site(agent, hook)
+    obs = torch.rand(16, *agent.obs_shape).round()
+    logits, value = agent(obs)
+    sae = exact_sae(site.d_in)
+    lh, vh = agent.run_with_hooks(obs, fwd_hooks=[(hook, splice_hook(sae, site))])
+    torch.testing.assert_close(lh, logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(vh, value, atol=1e-5, rtol=1e-5)
+    # Zeroing every latent leaves only b_dec (= 0): the same as zero-ablating the hook.
+    everything = splice_hook(sae, site, zero_latents=range(sae.config.d_sae))
+    lz, _ = agent.run_with_hooks(obs, fwd_hooks=[(hook, everything)])
+    l0, _ = agent.run_with_hooks(obs, fwd_hooks=[(hook, lambda a, h: torch.zeros_like(a))])
+    torch.testing.assert_close(lz, l0)
+    assert not torch.allclose(lz, logits, atol=1e-3)
+
+
+def test_an_sae_of_another_width_is_refused_clearly(chess_data) -> None:
+    agent, data = chess_data
+    sae = SparseAutoencoder(SAEConfig(d_in=32, d_sae=64))
+    msg = "SAE reads 32-wide vectors but the hook gives 64-wide vectors of 'layers.0.hook_act'"
+    with pytest.raises(ValueError, match=msg):
+        splice_hook(sae, data.site)
+    with pytest.raises(ValueError, match="reads 32-wide"):
+        latent_ablation(agent, sae, data.site, data)
+    cnn_site = hook_site(maze_agent(), CNN_HOOK)
+    with pytest.raises(ValueError, match="16-wide channel vectors at 9x9 positions"):
+        splice_hook(sae, cnn_site)
+
+
+@pytest.mark.slow
+def test_trained_sae_keeps_the_agents_actions_and_zero_ablation_does_not(chess_data) -> None:
+    agent, data = chess_data
+    cfg = sae_config_for(
+        data.site, "relu", expansion=2, samples=60_000, batch_size=256, l1_coeff=1e-6, lr=1e-2
+    )
+    sae, history, summary = train_agent_sae(data, cfg, holdout=0.1)
+    assert summary["explained_variance"] > 0.999 and summary["test_vectors"] == 200
+    assert history[-1]["explained_variance"] > history[0]["explained_variance"]
+    fresh = gather_activations(agent, MLP_HOOK, CHESS, steps=600, seed=1, greedy=True)
+    result = evaluate_spliced(agent, sae, data.site, fresh, CHESS, episodes=40, greedy=True)
+    off, world = result["offline"], result["in_world"]
+    assert result["reconstruction"]["explained_variance"] > 0.999
+    assert off["sae"]["action_agreement"] > 0.97
+    assert off["zero"]["action_agreement"] < 0.5 and off["mean"]["action_agreement"] < 0.5
+    assert off["sae"]["value_error"] < 0.1 * off["zero"]["value_error"]
+    assert world["original"]["action_agreement"] == 1.0 and world["original"]["value_error"] == 0
+    assert world["sae"]["action_agreement"] > 0.95 > 0.5 > world["zero"]["action_agreement"]
+    assert world["sae"]["value_error"] < 0.1 * world["mean"]["value_error"]
+    r = world["sae"]["return"]
+    assert r["ci"][0] <= r["mean"] <= r["ci"][1] and world["sae"]["episodes"] == 40
+
+
+def test_latent_ablation_matches_removing_that_latent_by_hand(chess_data) -> None:
+    agent, data = chess_data
+    data = data.take(slice(0, 300))
+    sae = exact_sae(64)  # latent j < 64 is relu(x_j), latent 64 + j is relu(-x_j)
+    ranking = latent_ablation(agent, sae, data.site, data, greedy=True)
+    assert [e["flip_all"] for e in ranking] == sorted(
+        (e["flip_all"] for e in ranking), reverse=True
+    )
+    by_kl = latent_ablation(agent, sae, data.site, data, greedy=False)
+    assert [e["kl_all"] for e in by_kl] == sorted((e["kl_all"] for e in by_kl), reverse=True)
+    fires = (data.acts > 0).float().mean(0)
+    for entry in ranking[:3] + ranking[-2:]:
+        j = entry["latent"]
+        unit, sign = j % 64, (1.0 if j < 64 else -1.0)
+        assert entry["frequency"] == pytest.approx(
+            float(fires[unit] if sign > 0 else (data.acts[:, unit] < 0).float().mean())
+        )
+        rows = np.nonzero((sign * data.acts[:, unit] > 0).numpy())[0]
+
+        def by_hand(act, hook, unit=unit, sign=sign):
+            act = act.clone()
+            act[:, unit] -= sign * torch.relu(sign * act[:, unit])
+            return act
+
+        with torch.no_grad():
+            lo, vo = agent(data.obs[rows])
+            lh, vh = agent.run_with_hooks(data.obs[rows], fwd_hooks=[(MLP_HOOK, by_hand)])
+            live = latent_removal_hook(sae, data.site, j)  # the same, encoding on the fly
+            torch.testing.assert_close(
+                agent.run_with_hooks(data.obs[rows], fwd_hooks=[(MLP_HOOK, live)])[0], lh
+            )
+        np.testing.assert_allclose(entry["logit_change"], (lh - lo).mean(0), atol=1e-5)
+        assert entry["value_change"] == pytest.approx(float((vh - vo).mean()), abs=1e-5)
+        flips = float((lh.argmax(-1) != lo.argmax(-1)).float().mean())
+        assert entry["flip"] == pytest.approx(flips)
+    assert ranking[0]["kl"] > 0
+
+
+@pytest.mark.slow
+def test_maze_cnn_sae_per_position_training_cards_and_dashboard(tmp_path) -> None:
+    from policylens.report.sae import maze_state_from_grid, observation_image, write_sae_dashboard
+
+    agent = maze_agent()
+    data = gather_activations(agent, CNN_HOOK, MAZE, steps=300, seed=0)
+    assert data.vectors().shape == (300 * 81, 16)
+    cfg = sae_config_for(
+        data.site, "topk", expansion=4, k=8, samples=40_000, batch_size=256, lr=1e-2
+    )
+    sae, _, summary = train_agent_sae(data, cfg)
+    assert summary["explained_variance"] > 0.85 and summary["l0"] == pytest.approx(8, abs=0.05)
+    cards, ranking = latent_cards(
+        agent, sae, data.site, data, top=2, n_examples=3, max_rows=96, greedy=False
+    )
+    assert [c.latent for c in cards] == [e["latent"] for e in ranking[:2]]
+    card = cards[0]
+    assert card.top_values == sorted(card.top_values, reverse=True) and len(card.top_obs) == 3
+    r, c = card.top_positions[0]
+    vec = data.site.to_vectors(data.acts[card.top_rows[0] : card.top_rows[0] + 1])
+    assert float(sae.encode(vec)[r * 9 + c, card.latent].detach()) == pytest.approx(
+        card.top_values[0]
+    )
+    assert (card.activations > 0).all() and card.activations.max() == pytest.approx(
+        card.top_values[0]
+    )
+    # The grid observation is drawn as the maze it encodes.
+    state = maze_state_from_grid(data.obs[0])
+    assert state.walls.tolist() == (data.obs[0][0] > 0).tolist()
+    assert data.obs[0][1][state.mouse] == 1 and data.obs[0][2][state.cheese] == 1
+    assert observation_image(data.obs[0], MAZE).shape == (9 * 16, 9 * 16, 3)
+    context = {"env_id": MAZE, "site": data.site.to_dict(), "d_sae": 64, "arch": "topk"}
+    html = write_sae_dashboard(tmp_path / "dash", cards, context, num_actions=4)
+    text = html.read_text()
+    assert text.count("data:image/png;base64") == 2 and f"Latent {card.latent}" in text
+    assert (tmp_path / "dash" / f"latent_{card.latent}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sae_folder_round_trip_and_store_source(tmp_path, chess_data) -> None:
+    from policylens.collect import collect
+    from policylens.train.runs import Run
+
+    agent, data = chess_data
+    sae = exact_sae(64)
+    folder = save_agent_sae(tmp_path / "sae", sae, data.site, {"run": "x"}, saelens=True)
+    loaded, info = load_agent_sae(folder)
+    assert info["hook"] == MLP_HOOK and info["layout"] == "vector" and info["run"] == "x"
+    back, info2 = load_agent_sae(folder / "saelens")  # SAELens layout names the hook too
+    assert info2["hook"] == MLP_HOOK and torch.equal(back.W_dec, sae.W_dec)
+
+    run = Run.create(tmp_path / "run", {"kind": "dqn", "trainer": {"env_id": CHESS},
+                                         "agent": agent.config})  # fmt: skip
+    run.save_checkpoint(agent, 0)
+    store = collect(run.load_agent(), CHESS, out=tmp_path / "store", steps=400, hooks=[MLP_HOOK],
+                    meta={"run": str(run.path), "checkpoint_step": 0})  # fmt: skip
+    out, summary = train_run_sae(store.path, MLP_HOOK, arch="topk", k=8, expansion=2,
+                                 samples=4000, steps=300)  # fmt: skip
+    assert out == run.path / "analysis" / "sae" / f"{MLP_HOOK}-topk-x2"
+    assert summary["source"] == "store" and summary["steps_gathered"] == 300
+    with pytest.raises(ValueError, match="Unknown hook in store .* Did you mean"):
+        train_run_sae(store.path, "layers.1.hook_actt", out=tmp_path / "no")
+
+
+def _flat(text: str) -> str:
+    """CLI output with rich's line wrapping undone."""
+    return " ".join(text.split())
+
+
+@pytest.mark.slow
+def test_cli_train_eval_dashboard(tmp_path) -> None:
+    from policylens.cli import app
+    from policylens.train.runs import Run
+
+    agent = chess_agent()
+    run = Run.create(tmp_path / "run", {"kind": "dqn", "trainer": {"env_id": CHESS},
+                                         "agent": agent.config})  # fmt: skip
+    run.save_checkpoint(agent, 0)
+    runner = CliRunner()
+    sae_dir = tmp_path / "sae"
+    res = runner.invoke(app, [
+        "sae", "train", str(run.path), "--hook", MLP_HOOK, "--arch", "relu", "--l1-coeff", "1e-6",
+        "--expansion", "2", "--samples", "30000", "--steps", "1000", "--batch-size", "256",
+        "--lr", "1e-2", "--out", str(sae_dir), "--saelens", "--json",
+    ])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.stdout)
+    assert info["d_sae"] == 128 and info["metrics"]["explained_variance"] > 0.99
+    assert {"config.json", "sae.safetensors", "site.json", "history.json", "saelens"} <= {
+        p.name for p in sae_dir.iterdir()
+    }
+    res = runner.invoke(
+        app, ["sae", "eval", str(run.path), str(sae_dir), "--episodes", "10", "--steps", "300",
+              "--ablation-top", "3", "--json"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.stdout)
+    assert set(result["in_world"]) == {"original", "sae", "zero", "mean"} and result["greedy"]
+    assert (
+        result["offline"]["sae"]["action_agreement"] > result["offline"]["zero"]["action_agreement"]
+    )
+    assert len(result["latent_ablation"]) == 3 and (sae_dir / "eval.json").is_file()
+    res = runner.invoke(
+        app, ["sae", "dashboard", str(run.path), str(sae_dir), "--latents", "0,3", "--steps", "200"]
+    )
+    assert res.exit_code == 0, res.output
+    assert (sae_dir / "dashboard" / "index.html").is_file()
+    assert (sae_dir / "dashboard" / "latent_3.png").is_file()
+    # Bad input: one clear sentence, exit code 2.
+    res = runner.invoke(app, ["sae", "eval", str(run.path), str(sae_dir), "--hook", "hook_logits"])
+    assert res.exit_code == 2 and "SAE reads 64-wide vectors" in _flat(res.output)
+    res = runner.invoke(app, ["sae", "dashboard", str(run.path), str(sae_dir), "--latents", "a"])
+    assert res.exit_code == 2 and "--latents must be comma-separated" in _flat(res.output)
+    res = runner.invoke(app, ["sae", "dashboard", str(run.path), str(sae_dir), "--latents", "999"])
+    assert res.exit_code == 2 and "do not exist; the SAE has 128 latents" in _flat(res.output)
+
+
+def test_site_mismatch_with_the_trained_shape_is_refused(tmp_path) -> None:
+    from policylens.analysis.sae_agents import site_for_sae
+
+    agent = chess_agent()
+    wider = build_agent("mlp", (75,), 24, head="q", hidden=[32, 32])
+    site = hook_site(agent, MLP_HOOK)
+    assert isinstance(site, HookSite)
+    with pytest.raises(ValueError, match=r"activations of shape \(64,\) but this agent's are"):
+        site_for_sae(wider, {"hook": MLP_HOOK, "layout": "vector", "shape": [64]})
+    out = compare_outputs(agent, np.zeros((4, 75), np.uint8), [], greedy=True)
+    assert out == {"action_agreement": 1.0, "kl": 0.0, "value_error": 0.0}
