@@ -109,6 +109,7 @@ def run_episodes_from_states(
 def _first_episodes(agent, envs, obs, infos, greedy, generator, fwd_hooks) -> list[Episode]:
     """Step ``envs`` until every slot has finished its first episode; return those episodes."""
     n = envs.num_envs
+    greedy = greedy or getattr(agent, "output", None) == "q"  # a Q-network's policy is its argmax
     eps = [_start_episode(infos, i) for i in range(n)]
     active = np.ones(n, dtype=bool)
     with agent.hooks(fwd_hooks=fwd_hooks or []):

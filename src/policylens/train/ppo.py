@@ -14,13 +14,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
 
 from policylens.envs import make_vec
-from policylens.train.runs import Run, config_json
+from policylens.train.runs import Run, config_json, env_from_saved, saved_env_state
 
 
 @dataclass
@@ -240,7 +239,7 @@ def train_ppo(
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         if state["env"] is not None:
-            envs.load_state_dict(_arrays(state["env"]))
+            envs.load_state_dict(env_from_saved(state["env"]))
             tracker.load_state_dict(state["tracker"])
             next_obs = state["next_obs"].numpy()
         else:  # worlds without a savable state (e.g. Box2D) restart their episodes, reseeded
@@ -382,7 +381,7 @@ def train_ppo(
                     "optimizer": optimizer.state_dict(),
                     "generator": generator.get_state(),
                     "torch_rng": torch.get_rng_state(),
-                    "env": _env_state(envs),
+                    "env": saved_env_state(envs),
                     "tracker": tracker.state_dict(),
                     "next_obs": torch.from_numpy(np.array(next_obs)),
                 }
@@ -402,37 +401,6 @@ def _final_obs(infos: dict[str, Any], idx: np.ndarray) -> torch.Tensor:
     if final.dtype == object:  # Gymnasium's SyncVectorEnv stores one array per env
         return torch.from_numpy(np.stack([final[i] for i in idx]))
     return torch.from_numpy(final[idx])
-
-
-def _env_state(envs: gym.vector.VectorEnv) -> Any:
-    """The vector env's full state when it can give one (the NumPy worlds can), else None.
-
-    With a state, a resumed run ends exactly where an uninterrupted one would; without (Box2D),
-    it resumes from the same weights and optimiser with freshly reset episodes.
-    """
-    return _tensors(envs.state_dict()) if hasattr(envs, "state_dict") else None
-
-
-def _tensors(obj: Any) -> Any:
-    """NumPy arrays to tensors, recursively: resume.pt is read with weights_only=True."""
-    if isinstance(obj, np.ndarray):
-        return torch.from_numpy(obj.copy())
-    if isinstance(obj, dict):
-        return {k: _tensors(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_tensors(v) for v in obj]
-    return obj
-
-
-def _arrays(obj: Any) -> Any:
-    """The inverse of :func:`_tensors`."""
-    if isinstance(obj, torch.Tensor):
-        return obj.numpy()
-    if isinstance(obj, dict):
-        return {k: _arrays(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_arrays(v) for v in obj]
-    return obj
 
 
 class _progress:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from policylens.envs.maze import MazeConfig
 from policylens.train.ppo import PPOConfig
 
-MAZE_STEPS = 3_000_000
+MAZE_STEPS = 1_500_000
 """Default training length of the maze recipe (see BENCHMARKS.md for the learning curve)."""
 
 
@@ -28,5 +28,122 @@ def maze_recipe(
         env_kwargs=env_kwargs,
         arch=arch or "maze_cnn",
         total_steps=total_steps or MAZE_STEPS,
+        seed=seed,
+    )
+
+
+LUNAR_STEPS = 300_000
+"""Default phase-1 length of the LunarLander recipe (see the updates report for its landing rate)."""
+
+
+def lunar_recipe(
+    reward_variant: str = "no_fuel",
+    total_steps: int | None = None,
+    seed: int = 0,
+    hidden: tuple[int, ...] = (64, 64),
+    num_envs: int = 16,
+    num_steps: int = 256,
+    learning_rate: float = 3e-4,
+    env_id: str = "policylens/LunarLander-v0",
+) -> PPOConfig:
+    """PPO on LunarLander paying ``reward_variant`` (the "isolating updates" experiment).
+
+    Long-horizon settings (gamma 0.999, lambda 0.98, 4 epochs of 64-sample minibatches, entropy
+    0.01, as in RL Zoo's LunarLander PPO) with a 64x64 tanh MLP, the size of SB3's MlpPolicy.
+    ``seed`` also seeds the network's initialisation (train_ppo and SB3 both do). One torch
+    thread: on a shared 2-core machine a second thread made small-MLP forwards ~10x slower.
+    """
+    from policylens.envs.lunar import check_variant
+
+    check_variant(reward_variant)
+    batch = num_envs * num_steps
+    # minibatches of 64 samples (RL Zoo's size), or the nearest division of the batch
+    minibatches = next((d for d in range(max(batch // 64, 1), 0, -1) if batch % d == 0), 1)
+    return PPOConfig(
+        env_id=env_id,
+        env_kwargs={"reward_variant": reward_variant},
+        arch="mlp",
+        arch_kwargs={"hidden": list(hidden), "activation": "tanh"},
+        total_steps=total_steps or LUNAR_STEPS,
+        num_envs=num_envs,
+        num_steps=num_steps,
+        learning_rate=learning_rate,
+        anneal_lr=True,
+        gamma=0.999,
+        gae_lambda=0.98,
+        update_epochs=4,
+        num_minibatches=minibatches,
+        clip_coef=0.2,
+        ent_coef=0.01,
+        vf_coef=0.5,
+        max_grad_norm=0.5,
+        seed=seed,
+        threads=1,
+    )
+
+
+CHESS_STEPS = 250_000
+"""Default training length of the chess recipe (about 13 minutes on 2 shared cores, load ~8)."""
+
+
+def chess_recipe(
+    algo: str = "dqn",
+    opponent: str = "random",
+    total_steps: int | None = None,
+    seed: int = 0,
+    mask_illegal: bool = False,
+):
+    """DQN (tuned, see BENCHMARKS.md) or PPO (untuned baseline) on the 5x5 rook endgame.
+
+    Returns a :class:`~policylens.train.dqn.DQNConfig` for ``algo="dqn"`` and a
+    :class:`PPOConfig` for ``algo="ppo"``. ``mask_illegal`` (DQN only) restricts acting and
+    bootstrapping to legal moves; without it the agent learns legality from the -100 penalty.
+    """
+    from policylens.envs.chess import RookEndgameConfig
+    from policylens.train.dqn import DQNConfig
+
+    if algo not in ("dqn", "ppo"):
+        raise ValueError(f"algo must be 'dqn' or 'ppo', got {algo!r}.")
+    if mask_illegal and algo != "dqn":
+        raise ValueError("mask_illegal applies to DQN only; drop it or use algo='dqn'.")
+    env_kwargs: dict = {"opponent": opponent}
+    RookEndgameConfig.from_kwargs(env_kwargs)  # fail early, with the world's own message
+    if algo == "ppo":
+        return PPOConfig(
+            env_id="policylens/RookEndgame-v0",
+            env_kwargs=env_kwargs,
+            arch="mlp",
+            arch_kwargs={"hidden": [256, 256], "activation": "relu"},
+            total_steps=total_steps or CHESS_STEPS,
+            num_envs=32,
+            num_steps=64,
+            learning_rate=5e-4,
+            gamma=0.99,
+            gae_lambda=0.95,
+            update_epochs=4,
+            ent_coef=0.01,
+            seed=seed,
+            threads=1,
+        )
+    return DQNConfig(
+        env_id="policylens/RookEndgame-v0",
+        env_kwargs=env_kwargs,
+        arch="mlp",
+        arch_kwargs={"hidden": [256, 256], "activation": "relu"},
+        total_steps=total_steps or CHESS_STEPS,
+        learning_rate=2.5e-4,
+        anneal_lr=True,
+        gamma=0.99,
+        n_step=3,
+        double_dqn=True,
+        end_epsilon=0.1,
+        exploration_fraction=0.1,
+        learning_starts=5_000,
+        train_frequency=4,
+        batch_size=128,
+        buffer_size=100_000,
+        target_update=4_000,
+        reward_scale=0.01,
+        mask_illegal=mask_illegal,
         seed=seed,
     )

@@ -194,3 +194,36 @@ def find_runs(root: str | Path) -> list[Run]:
 def config_json(obj: Any) -> Any:
     """Round-trip a config through JSON (turns tuples into lists) so saved and live configs compare."""
     return json.loads(json.dumps(obj))
+
+
+def saved_env_state(envs) -> Any:
+    """A vector env's full state for resume.pt, when the world can give one (the maze can).
+
+    With a state, a resumed run ends exactly where an uninterrupted one would; without (Box2D),
+    it resumes from the same weights and optimiser with freshly reset episodes. Arrays become
+    tensors because resume.pt is read with ``weights_only=True``.
+    """
+    return _tensors(envs.state_dict()) if hasattr(envs, "state_dict") else None
+
+
+def env_from_saved(state: Any) -> Any:
+    """The inverse of :func:`saved_env_state`'s conversion: tensors back to NumPy arrays."""
+    if isinstance(state, torch.Tensor):
+        return state.numpy()
+    if isinstance(state, dict):
+        return {k: env_from_saved(v) for k, v in state.items()}
+    if isinstance(state, list):
+        return [env_from_saved(v) for v in state]
+    return state
+
+
+def _tensors(obj: Any) -> Any:
+    if hasattr(obj, "__array__") and not isinstance(obj, torch.Tensor):
+        import numpy as np
+
+        return torch.from_numpy(np.array(obj))
+    if isinstance(obj, dict):
+        return {k: _tensors(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_tensors(v) for v in obj]
+    return obj

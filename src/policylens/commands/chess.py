@@ -1,0 +1,157 @@
+"""Rook endgame commands: ``policylens train chess`` (DQN or PPO) and ``policylens chess-eval``."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from policylens.cli import command, console, print_json, train_app
+
+ALGOS = ("dqn", "ppo")
+EVAL_OPPONENTS = ("random", "greedy")
+
+
+def _check_choice(value: str, valid: tuple[str, ...], option: str) -> str:
+    if value not in valid:
+        close = difflib.get_close_matches(value, valid, n=1, cutoff=0.4)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"{option} must be one of {', '.join(valid)}, got {value!r}{hint}.")
+    return value
+
+
+def evaluate_chess_run(
+    run: Any,
+    episodes: int = 1000,
+    opponents: tuple[str, ...] = EVAL_OPPONENTS,
+    epsilons: tuple[float, ...] = (0.0,),
+    step: int | None = None,
+    seed: int = 10_000,
+) -> list[dict[str, Any]]:
+    """Checkmate rate etc. of a chess run's agent against each opponent at each epsilon.
+
+    Actions are the argmax of the agent's logits (Q-values for DQN, policy logits for PPO), with
+    probability ``epsilon`` a uniformly random action instead. A DQN trained with masking is
+    evaluated with masking.
+    """
+    from policylens.train.dqn import evaluate_q_agent
+
+    agent = run.load_agent(step)
+    trainer = run.config["trainer"]
+    if trainer.get("env_id") != "policylens/RookEndgame-v0":
+        raise ValueError(
+            f"{run.path} was trained in {trainer.get('env_id')}, not the rook endgame; use "
+            "`policylens eval` for other worlds."
+        )
+    results = []
+    for opponent in opponents:
+        _check_choice(opponent, EVAL_OPPONENTS, "--opponent")
+        env_kwargs = {**trainer.get("env_kwargs", {}), "opponent": opponent}
+        for epsilon in epsilons:
+            results.append(
+                evaluate_q_agent(
+                    agent,
+                    episodes,
+                    trainer["env_id"],
+                    env_kwargs,
+                    seed=seed,
+                    epsilon=epsilon,
+                    mask_illegal=bool(trainer.get("mask_illegal", False)),
+                )
+            )
+    return results
+
+
+def _print_results(title: str, results: list[dict[str, Any]]) -> None:
+    table = Table(
+        "opponent", "epsilon", "checkmate (95% CI)", "illegal", "blunder", "stalemate",
+        "truncated", "length", title=title,
+    )  # fmt: skip
+    for r in results:
+        s, outs = r["success"], r.get("outcomes", {})
+        shares = [
+            f"{outs[o]['rate']:.3f}" if o in outs else "0"
+            for o in ("illegal", "blunder", "stalemate", "truncated")
+        ]
+        table.add_row(
+            r["env_kwargs"]["opponent"], f"{r['epsilon']:g}",
+            f"{s['rate']:.3f} [{s['ci'][0]:.3f}, {s['ci'][1]:.3f}] (n={s['n']})",
+            *shares,
+            f"{r['length']['mean']:.1f}",
+        )  # fmt: skip
+    console.print(table)
+
+
+@command("chess", typer_app=train_app)
+def train_chess_cmd(
+    out: Path = typer.Option(..., help="Run folder to create (or continue with --resume)."),
+    algo: str = typer.Option("dqn", help="Trainer: dqn or ppo."),
+    opponent: str = typer.Option("random", help="Black's policy: random, greedy or chase."),
+    steps: int = typer.Option(None, help="Environment steps (default: the recipe's)."),
+    seed: int = typer.Option(0, help="Seed of envs, init, exploration and replay sampling."),
+    mask_illegal: bool = typer.Option(
+        False, help="DQN only: act and bootstrap over legal moves only."
+    ),
+    resume: bool = typer.Option(False, help="Continue a killed run from its last saved state."),
+    eval_episodes: int = typer.Option(
+        1000, min=0, help="Episodes of the final evaluation against each opponent (0 = none)."
+    ),
+    quiet: bool = typer.Option(False, help="No progress bar."),
+    as_json: bool = typer.Option(False, "--json", help="Print the evaluation as JSON."),
+) -> None:
+    """Train a rook-endgame agent (king and rook vs king on 5x5) with DQN or PPO."""
+    from policylens.train.recipes import chess_recipe
+
+    _check_choice(algo, ALGOS, "--algo")
+    if mask_illegal and algo != "dqn":
+        raise ValueError("--mask-illegal applies to DQN only; drop it or use --algo dqn.")
+    config = chess_recipe(
+        algo=algo, opponent=opponent, total_steps=steps, seed=seed, mask_illegal=mask_illegal
+    )
+    if algo == "dqn":
+        from policylens.train.dqn import train_dqn
+
+        run = train_dqn(config, out, resume=resume, progress=not (quiet or as_json))
+    else:
+        from policylens.train.ppo import train_ppo
+
+        run = train_ppo(config, out, resume=resume, progress=not (quiet or as_json))
+    summary = run.summary()
+    results = evaluate_chess_run(run, eval_episodes) if eval_episodes else []
+    if as_json:
+        print_json({"run": str(run.path), "steps": summary["steps"], "evaluation": results})
+        return
+    console.print(f"trained {summary['steps']} steps -> {run.path}")
+    if results:
+        _print_results(f"{run.name}: argmax actions, {eval_episodes} episodes", results)
+
+
+@command("chess-eval")
+def chess_eval_cmd(
+    run: Path = typer.Argument(..., help="Rook-endgame run folder."),
+    episodes: int = typer.Option(1000, min=1, help="Episodes per opponent and epsilon."),
+    opponent: list[str] = typer.Option(
+        list(EVAL_OPPONENTS), help="Opponent(s) to play: random, greedy; repeat for several."
+    ),
+    epsilon: list[float] = typer.Option(
+        [0.0, 0.05], help="Exploration rate(s) of the evaluated agent; repeat for several."
+    ),
+    step: int = typer.Option(None, help="Checkpoint step (default: latest)."),
+    seed: int = typer.Option(10_000, help="Seed of the start positions, opponent and exploration."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Checkmate rate (95% Wilson CI) and outcome shares of a rook-endgame agent."""
+    from policylens.train.runs import Run
+
+    for e in epsilon:
+        if not 0 <= e <= 1:
+            raise ValueError(f"--epsilon must lie in [0, 1], got {e}.")
+    r = Run(run)
+    results = evaluate_chess_run(r, episodes, tuple(opponent), tuple(epsilon), step, seed)
+    if as_json:
+        print_json(results)
+        return
+    _print_results(f"{r.name}: {episodes} episodes each", results)

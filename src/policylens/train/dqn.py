@@ -1,0 +1,746 @@
+"""Deep Q-learning (DQN, Double DQN, n-step returns), readable top to bottom (after CleanRL's dqn.py).
+
+One process, a same-step-autoreset vector env, a HookedAgent whose network is a Q-network (its
+logits are the Q-values, its value is max Q). Transitions go to a preallocated NumPy replay
+buffer laid out ``(time, env)``, so each env's transitions stay in order and n-step returns are
+computed when a batch is sampled. A target network, a linear epsilon schedule, Huber loss and
+gradient clipping complete the classic recipe.
+
+Run folders, checkpoints (log-spaced by default) and ``metrics.csv`` are those of PPO.
+``resume.pt`` holds the whole trainer state including the replay buffer; with a world whose
+vector env can save its state (the maze) a resumed run ends exactly where an uninterrupted run
+would have; with other worlds (the rook endgame) the episodes in flight restart, reseeded, and
+everything else (weights, optimiser, buffer, random streams) continues exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from policylens.envs import make_vec
+from policylens.train.ppo import checkpoint_updates
+from policylens.train.runs import Run, config_json, env_from_saved, saved_env_state
+
+SUCCESS_OUTCOMES = ("checkmate",)
+"""``info["outcome"]`` values that count as a success in worlds without a ``success`` label."""
+
+
+@dataclass
+class DQNConfig:
+    """Hyperparameters of a DQN run; every field is saved in the run's config.json."""
+
+    env_id: str = "policylens/RookEndgame-v0"
+    """Registered world to train in."""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Options passed to the world (e.g. opponent, max_steps)."""
+    arch: str = "mlp"
+    """Network architecture; it must offer a Q head (``head="q"``, see policylens.agents.ARCHS)."""
+    arch_kwargs: dict[str, Any] = field(
+        default_factory=lambda: {"hidden": [256, 256], "activation": "relu"}
+    )
+    """Options of the architecture (hidden sizes, activation); ``head="q"`` is added."""
+    total_steps: int = 1_000_000
+    """Environment steps to train for (summed over envs)."""
+    num_envs: int = 16
+    """Environments stepped together; each vector step adds num_envs transitions."""
+    buffer_size: int = 100_000
+    """Replay buffer capacity in transitions (rounded down to a multiple of num_envs)."""
+    batch_size: int = 128
+    """Transitions per gradient step."""
+    learning_rate: float = 5e-4
+    """Adam learning rate at the start."""
+    anneal_lr: bool = False
+    """Decay the learning rate linearly to zero over training."""
+    gamma: float = 0.99
+    """Discount factor."""
+    n_step: int = 1
+    """Rewards summed before bootstrapping (1 = classic one-step Q-learning)."""
+    double_dqn: bool = True
+    """Choose the bootstrap action with the online network, value it with the target network."""
+    start_epsilon: float = 1.0
+    """Exploration rate at the start."""
+    end_epsilon: float = 0.05
+    """Exploration rate after the schedule."""
+    exploration_fraction: float = 0.2
+    """Share of total_steps over which epsilon falls linearly from start to end."""
+    learning_starts: int = 10_000
+    """Environment steps collected before the first gradient step."""
+    train_frequency: int = 4
+    """Environment steps (summed over envs) per gradient step."""
+    target_update: int = 2_000
+    """Environment steps between target-network updates."""
+    tau: float = 1.0
+    """Target update rate: 1 copies the online network, < 1 moves the target part-way."""
+    huber_delta: float = 1.0
+    """Huber loss threshold (squared error below it, absolute error above)."""
+    reward_scale: float = 1.0
+    """Rewards are multiplied by this for learning (Q-values come out in these units)."""
+    max_grad_norm: float = 10.0
+    """Global gradient-norm clip."""
+    mask_illegal: bool = False
+    """Act and bootstrap only over ``info["legal_actions"]`` (the world must publish it)."""
+    seed: int = 0
+    """Seed of the envs, the network init, exploration and replay sampling."""
+    threads: int = 1
+    """Torch CPU threads (one is fastest for small networks on a busy machine)."""
+    checkpoints: int = 20
+    """Number of checkpoints besides the first and last."""
+    checkpoint_spacing: str = "log"
+    """'log' (dense early, for training dynamics) or 'linear'."""
+    log_every: int = 10_000
+    """Environment steps between rows of metrics.csv."""
+    resume_every: int = 5
+    """Save the resumable trainer state (buffer included) every this many metrics rows."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in (
+            "total_steps",
+            "num_envs",
+            "batch_size",
+            "n_step",
+            "train_frequency",
+            "target_update",
+            "threads",
+            "log_every",
+            "resume_every",
+        ):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_envs >= 1 and self.total_steps < self.num_envs:
+            problems.append(
+                f"total_steps {self.total_steps} is smaller than one vector step (num_envs {self.num_envs})"
+            )
+        if self.num_envs >= 1 and self.n_step >= 1 and self.buffer_rows <= self.n_step:
+            problems.append(
+                f"buffer_size {self.buffer_size} must hold more than n_step ({self.n_step}) steps "
+                f"of each of the {self.num_envs} envs"
+            )
+        if self.learning_starts < 0:
+            problems.append(f"learning_starts must be >= 0, got {self.learning_starts}")
+        if self.learning_rate <= 0:
+            problems.append(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not 0 <= self.gamma <= 1:
+            problems.append(f"gamma must lie in [0, 1], got {self.gamma}")
+        for name in ("start_epsilon", "end_epsilon", "exploration_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                problems.append(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        if not 0 < self.tau <= 1:
+            problems.append(f"tau must lie in (0, 1], got {self.tau}")
+        if self.huber_delta <= 0 or self.max_grad_norm <= 0 or self.reward_scale <= 0:
+            problems.append("huber_delta, max_grad_norm and reward_scale must be > 0")
+        if self.checkpoint_spacing not in ("log", "linear"):
+            problems.append(
+                f"checkpoint_spacing must be 'log' or 'linear', got {self.checkpoint_spacing!r}"
+            )
+        if self.arch_kwargs.get("head", "q") != "q":
+            problems.append(
+                f"arch_kwargs head must be 'q' for DQN, got {self.arch_kwargs['head']!r}"
+            )
+        if problems:
+            raise ValueError("Invalid DQN config: " + "; ".join(problems) + ".")
+
+    @property
+    def buffer_rows(self) -> int:
+        """Time steps per env the buffer holds."""
+        return self.buffer_size // self.num_envs
+
+    @property
+    def num_iterations(self) -> int:
+        """Vector steps of training."""
+        return self.total_steps // self.num_envs
+
+
+# -- schedules and targets ----------------------------------------------------------------------
+def linear_schedule(start: float, end: float, duration: float, t: float) -> float:
+    """``start`` at ``t = 0`` moving linearly to ``end`` at ``t = duration``, then ``end``."""
+    if duration <= 0:
+        return end
+    return start + (end - start) * min(t / duration, 1.0)
+
+
+def td_targets(
+    returns: Tensor,
+    discounts: Tensor,
+    next_q_target: Tensor,
+    next_q_online: Tensor | None = None,
+    next_masks: Tensor | None = None,
+) -> Tensor:
+    """TD targets ``R + discount * Q_target(s', a*)`` of a batch.
+
+    Args:
+        returns: ``(batch,)`` discounted (n-step) reward sums.
+        discounts: ``(batch,)`` ``gamma ** n``, or 0 where the episode terminated.
+        next_q_target: ``(batch, actions)`` target-network Q-values of the bootstrap states.
+        next_q_online: ``(batch, actions)`` online Q-values there: given, ``a*`` is their argmax
+            (Double DQN); None, ``a*`` is the target's own argmax (DQN: ``max_a Q_target``).
+        next_masks: ``(batch, actions)`` bool, the actions ``a*`` may be chosen from (rows with no
+            True are treated as all True).
+    """
+    chooser = next_q_target if next_q_online is None else next_q_online
+    if next_masks is not None:
+        allowed = next_masks | ~next_masks.any(dim=1, keepdim=True)
+        chooser = chooser.masked_fill(~allowed, -torch.inf)
+    best = chooser.argmax(dim=1, keepdim=True)  # (batch, 1)
+    return returns + discounts * next_q_target.gather(1, best).squeeze(1)
+
+
+# -- replay buffer ------------------------------------------------------------------------------
+class Batch(NamedTuple):
+    """A sampled batch of n-step transitions (NumPy arrays)."""
+
+    obs: np.ndarray  # (batch, *obs_shape)
+    actions: np.ndarray  # (batch,) int64
+    returns: np.ndarray  # (batch,) float32, sum of gamma**k * r_k up to the episode's end
+    next_obs: np.ndarray  # (batch, *obs_shape), the state bootstrapped from
+    discounts: np.ndarray  # (batch,) float32, gamma**steps, 0 after termination
+    next_masks: np.ndarray | None  # (batch, actions) bool legal actions in next_obs
+
+
+class ReplayBuffer:
+    """Preallocated NumPy ring buffer of transitions, ``(rows, num_envs)``: one column per env.
+
+    Row ``t`` holds every env's transition of one vector step, so a column is one env's
+    transitions in time order and n-step returns are summed at sampling time. ``next_obs`` is
+    stored explicitly: for the last step of an episode it is the episode's final observation
+    (``infos["final_obs"]``), not the first observation of the next episode.
+    """
+
+    def __init__(
+        self,
+        rows: int,
+        num_envs: int,
+        obs_shape: tuple[int, ...],
+        obs_dtype: np.dtype,
+        num_actions: int,
+        store_masks: bool = False,
+    ) -> None:
+        if rows < 1 or num_envs < 1:
+            raise ValueError(
+                f"A replay buffer needs rows and num_envs >= 1, got {rows}, {num_envs}."
+            )
+        self.rows, self.num_envs = rows, num_envs
+        self.obs = np.zeros((rows, num_envs, *obs_shape), dtype=obs_dtype)
+        self.next_obs = np.zeros((rows, num_envs, *obs_shape), dtype=obs_dtype)
+        self.actions = np.zeros((rows, num_envs), dtype=np.int64)
+        self.rewards = np.zeros((rows, num_envs), dtype=np.float32)
+        self.terminated = np.zeros((rows, num_envs), dtype=bool)
+        self.done = np.zeros((rows, num_envs), dtype=bool)  # terminated or truncated
+        self.next_masks = (
+            np.ones((rows, num_envs, num_actions), dtype=bool) if store_masks else None
+        )
+        self.pos = 0  # the row written next
+        self.filled = 0  # rows written so far (at most ``rows``)
+
+    def __len__(self) -> int:
+        """Transitions stored."""
+        return self.filled * self.num_envs
+
+    def add(
+        self,
+        obs: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        next_obs: np.ndarray,
+        terminated: np.ndarray,
+        done: np.ndarray,
+        next_masks: np.ndarray | None = None,
+    ) -> None:
+        """Store one vector step (every array has the env axis first)."""
+        p = self.pos
+        self.obs[p], self.next_obs[p], self.actions[p] = obs, next_obs, actions
+        self.rewards[p], self.terminated[p], self.done[p] = rewards, terminated, done
+        if self.next_masks is not None:
+            if next_masks is None:
+                raise ValueError("This buffer stores legal-action masks; pass next_masks to add().")
+            self.next_masks[p] = next_masks
+        self.pos = (p + 1) % self.rows
+        self.filled = min(self.filled + 1, self.rows)
+
+    def sample(
+        self, batch_size: int, n_step: int, gamma: float, generator: torch.Generator
+    ) -> Batch:
+        """Uniformly sample ``batch_size`` n-step transitions.
+
+        A start row qualifies when the ``n_step`` rows from it were all written in order (its
+        age, counted back from the newest row, is at least ``n_step - 1``).
+        """
+        if self.filled < n_step:
+            raise ValueError(
+                f"The replay buffer holds {self.filled} steps per env, fewer than n_step={n_step}; "
+                "collect more before sampling (raise learning_starts)."
+            )
+        age = torch.randint(n_step - 1, self.filled, (batch_size,), generator=generator).numpy()
+        env = torch.randint(0, self.num_envs, (batch_size,), generator=generator).numpy()
+        start = (self.pos - 1 - age) % self.rows  # (batch,)
+        rows = (start[:, None] + np.arange(n_step)) % self.rows  # (batch, n)
+        cols = env[:, None]
+        done = self.done[rows, cols]  # (batch, n)
+        # alive[:, k]: no episode ended before step k of the window.
+        alive = np.ones_like(done)
+        alive[:, 1:] = np.cumprod(~done[:, :-1], axis=1).astype(bool)
+        powers = gamma ** np.arange(n_step)  # (n,)
+        returns = (self.rewards[rows, cols] * alive * powers).sum(axis=1)
+        last = np.where(done.any(axis=1), done.argmax(axis=1), n_step - 1)  # (batch,)
+        last_row = rows[np.arange(batch_size), last]
+        discounts = gamma ** (last + 1.0) * ~self.terminated[last_row, env]
+        return Batch(
+            obs=self.obs[start, env],
+            actions=self.actions[start, env],
+            returns=returns.astype(np.float32),
+            next_obs=self.next_obs[last_row, env],
+            discounts=discounts.astype(np.float32),
+            next_masks=None if self.next_masks is None else self.next_masks[last_row, env],
+        )
+
+    _ARRAYS = ("obs", "next_obs", "actions", "rewards", "terminated", "done", "next_masks")
+
+    def state_dict(self) -> dict[str, Any]:
+        """The filled part of the buffer as tensors (``resume.pt`` is read with weights_only)."""
+        state: dict[str, Any] = {"pos": self.pos, "filled": self.filled}
+        for name in self._ARRAYS:
+            arr = getattr(self, name)
+            if arr is not None:
+                state[name] = torch.from_numpy(arr[: self.filled].copy())
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        filled = int(state["filled"])
+        if filled > self.rows or tuple(state["obs"].shape[1:]) != self.obs.shape[1:]:
+            raise ValueError(
+                "The saved replay buffer does not fit this run's buffer; resume with the same options."
+            )
+        self.pos, self.filled = int(state["pos"]), filled
+        for name in self._ARRAYS:
+            arr = getattr(self, name)
+            if arr is not None:
+                arr[:filled] = state[name].numpy()
+
+
+# -- episode statistics -------------------------------------------------------------------------
+def episode_success(final_info: dict[str, Any], i: int, terminated: bool) -> bool:
+    """The world's ``success`` label, else a successful ``outcome`` label, else 'terminated'."""
+    if "success" in final_info:
+        return bool(final_info["success"][i])
+    if "outcome" in final_info:
+        return final_info["outcome"][i] in SUCCESS_OUTCOMES
+    return bool(terminated)
+
+
+class EpisodeStats:
+    """Running per-env returns and lengths, and the episodes finished since the last drain.
+
+    ``outcomes`` names ``info["outcome"]`` values whose share gets its own metrics column.
+    """
+
+    def __init__(self, num_envs: int, outcomes: tuple[str, ...] = ()) -> None:
+        self.outcomes = outcomes
+        self.ret = np.zeros(num_envs)
+        self.len = np.zeros(num_envs, dtype=np.int64)
+        self.finished: list[tuple[float, int, bool, str]] = []
+
+    def step(
+        self, reward: np.ndarray, terminated: np.ndarray, truncated: np.ndarray, infos: dict
+    ) -> None:
+        self.ret += reward
+        self.len += 1
+        final = infos.get("final_info", infos)
+        for i in np.nonzero(terminated | truncated)[0]:
+            outcome = str(final["outcome"][i]) if "outcome" in final else ""
+            success = episode_success(final, i, terminated[i])
+            self.finished.append((float(self.ret[i]), int(self.len[i]), success, outcome))
+            self.ret[i], self.len[i] = 0.0, 0
+
+    def drain(self) -> dict[str, float]:
+        """Means over the episodes finished since the last call (NaN when none finished)."""
+        eps, self.finished = self.finished, []
+        n = len(eps)
+        row = {
+            "episodes": n,
+            "return": float(np.mean([e[0] for e in eps])) if n else math.nan,
+            "length": float(np.mean([e[1] for e in eps])) if n else math.nan,
+            "success": float(np.mean([e[2] for e in eps])) if n else math.nan,
+        }
+        for o in self.outcomes:
+            row[o] = float(np.mean([e[3] == o for e in eps])) if n else math.nan
+        return row
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"ret": torch.from_numpy(self.ret.copy()), "len": torch.from_numpy(self.len.copy())}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.ret, self.len = state["ret"].numpy().copy(), state["len"].numpy().copy()
+
+
+# -- the trainer --------------------------------------------------------------------------------
+def train_dqn(
+    config: DQNConfig,
+    out: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after_steps: int | None = None,
+) -> Run:
+    """Train a Q-network agent with DQN into the run folder ``out``; returns the Run.
+
+    ``resume=True`` continues from ``out/resume.pt``. ``stop_after_steps`` ends the process after
+    that many more environment steps, as a kill would (used to test resuming).
+    """
+    from policylens.agents import ARCHS, build_agent
+
+    if (
+        config.arch not in ARCHS
+        or "head" not in inspect.signature(ARCHS[config.arch].cls).parameters
+    ):
+        q_archs = [a for a, s in ARCHS.items() if "head" in inspect.signature(s.cls).parameters]
+        raise ValueError(
+            f"DQN needs an architecture with a Q head; {config.arch!r} has none, use one of "
+            f"{', '.join(q_archs)}."
+        )
+    torch.set_num_threads(config.threads)
+    envs = make_vec(config.env_id, config.num_envs, **config.env_kwargs)
+    obs_space, act_space = envs.single_observation_space, envs.single_action_space
+    N, A = config.num_envs, int(act_space.n)
+    agent = build_agent(
+        config.arch, obs_space.shape, A, seed=config.seed, **{**config.arch_kwargs, "head": "q"}
+    )
+    target = copy.deepcopy(agent).requires_grad_(False)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=config.learning_rate)
+    generator = torch.Generator().manual_seed(config.seed)
+    buffer = ReplayBuffer(
+        config.buffer_rows, N, obs_space.shape, obs_space.dtype, A, config.mask_illegal
+    )
+    run_config = {"kind": "dqn", "trainer": config_json(asdict(config)), "agent": agent.config}
+
+    out = Path(out)
+    state = None
+    if resume and (out / "config.json").exists():
+        run = Run(out)
+        if run.config["trainer"] != run_config["trainer"]:
+            raise ValueError(
+                f"{out} was trained with another config; resume with the same options."
+            )
+        state = run.load_resume_state()
+    else:
+        run = Run.create(out, run_config)
+
+    next_obs, infos = envs.reset(seed=config.seed)
+    if config.mask_illegal and "legal_actions" not in infos:
+        raise ValueError(
+            f"mask_illegal needs a world that labels info['legal_actions']; {config.env_id} does "
+            "not, so train without masking."
+        )
+    outcomes = _outcome_columns(infos)
+    tracker = EpisodeStats(N, outcomes)
+    start_iter, elapsed, updates, rows_written = 0, 0.0, 0, 0
+    if state is not None:
+        agent.load_state_dict(state["agent"])
+        target.load_state_dict(state["target"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        buffer.load_state_dict(state["buffer"])
+        start_iter, elapsed = state["iteration"], state["elapsed"]
+        updates, rows_written = state["updates"], state["rows"]
+        if state["env"] is not None:
+            envs.load_state_dict(env_from_saved(state["env"]))
+            tracker.load_state_dict(state["tracker"])
+            next_obs, infos = state["next_obs"].numpy(), {"legal_actions": state["masks"].numpy()}
+        else:  # worlds without a savable state (the rook endgame) restart their episodes
+            next_obs, infos = envs.reset(seed=config.seed + start_iter)
+        run.truncate_metrics(start_iter * N)
+    elif resume:
+        run.truncate_metrics(0)
+
+    save_at = set(
+        checkpoint_updates(config.num_iterations, config.checkpoints, config.checkpoint_spacing)
+    )
+    if start_iter == 0:
+        run.save_checkpoint(agent, 0)
+    masks = _legal(infos, N, A) if config.mask_illegal else None  # (N, A) legal actions now
+    interval = {"loss": 0.0, "q": 0.0, "n": 0, "t": time.perf_counter(), "steps": 0}
+    bar = _progress(progress, config.num_iterations * N, start_iter * N)
+    t_start = time.perf_counter() - elapsed
+    stop_at = None if stop_after_steps is None else start_iter * N + stop_after_steps
+
+    for iteration in range(start_iter, config.num_iterations):
+        step_before, step = iteration * N, (iteration + 1) * N
+
+        # -- act epsilon-greedily ------------------------------------------------------------------
+        epsilon = linear_schedule(
+            config.start_epsilon,
+            config.end_epsilon,
+            config.exploration_fraction * config.total_steps,
+            step_before,
+        )
+        obs = np.asarray(next_obs)
+        with torch.no_grad():
+            q = agent(torch.from_numpy(obs))[0]  # (N, A)
+            if masks is not None:
+                q = q.masked_fill(~torch.from_numpy(masks), -torch.inf)
+            greedy = q.argmax(dim=1)
+        explore = torch.rand(N, generator=generator) < epsilon
+        allowed = torch.ones(N, A) if masks is None else torch.from_numpy(masks).float()
+        allowed[allowed.sum(dim=1) == 0] = 1.0  # no legal move labelled: any move
+        random_actions = torch.multinomial(allowed, 1, generator=generator).squeeze(1)
+        actions = torch.where(explore, random_actions, greedy).numpy()
+
+        # -- step the worlds and store the transitions ----------------------------------------------
+        next_obs, reward, terminated, truncated, infos = envs.step(actions)
+        done = terminated | truncated
+        real_next = np.array(next_obs, copy=True)  # the obs each transition really led to
+        next_masks = None
+        if config.mask_illegal:
+            masks = _legal(infos, N, A)
+            next_masks = masks.copy()
+        if done.any():
+            idx = np.nonzero(done)[0]
+            real_next[idx] = _rows(infos["final_obs"], idx)
+            if next_masks is not None:
+                next_masks[idx] = _rows(infos["final_info"]["legal_actions"], idx)
+        reward = np.asarray(reward, dtype=np.float32)
+        buffer.add(obs, actions, reward * config.reward_scale, real_next, terminated, done,
+                   next_masks)  # fmt: skip
+        tracker.step(reward, terminated, truncated, infos)
+
+        # -- learn: one gradient step per train_frequency env steps --------------------------------
+        if config.anneal_lr:
+            optimizer.param_groups[0]["lr"] = config.learning_rate * (
+                1 - iteration / config.num_iterations
+            )
+        due = step // config.train_frequency - step_before // config.train_frequency
+        if step < config.learning_starts or buffer.filled < config.n_step:
+            due = 0
+        for _ in range(due):
+            b = buffer.sample(config.batch_size, config.n_step, config.gamma, generator)
+            q_all = agent(torch.from_numpy(b.obs))[0]  # (B, A)
+            q_taken = q_all.gather(1, torch.from_numpy(b.actions)[:, None]).squeeze(1)  # (B,)
+            with torch.no_grad():
+                next_obs_t = torch.from_numpy(b.next_obs)
+                y = td_targets(
+                    torch.from_numpy(b.returns),
+                    torch.from_numpy(b.discounts),
+                    target(next_obs_t)[0],
+                    agent(next_obs_t)[0] if config.double_dqn else None,
+                    None if b.next_masks is None else torch.from_numpy(b.next_masks),
+                )
+            loss = F.huber_loss(q_taken, y, delta=config.huber_delta)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(agent.parameters(), config.max_grad_norm)
+            optimizer.step()
+            updates += 1
+            interval["loss"] += loss.item()
+            interval["q"] += q_taken.mean().item()
+            interval["n"] += 1
+
+        # -- target network ------------------------------------------------------------------------
+        if step // config.target_update > step_before // config.target_update:
+            if config.tau == 1.0:
+                target.load_state_dict(agent.state_dict())
+            else:
+                with torch.no_grad():
+                    for p_t, p in zip(target.parameters(), agent.parameters(), strict=True):
+                        p_t.lerp_(p, config.tau)
+
+        # -- bookkeeping ---------------------------------------------------------------------------
+        interval["steps"] += N
+        done_iters = iteration + 1
+        last = done_iters == config.num_iterations
+        if step // config.log_every > step_before // config.log_every or last:
+            now = time.perf_counter()
+            n = interval["n"]
+            row = {
+                "step": step,
+                "time": now - t_start,
+                **tracker.drain(),
+                "loss": interval["loss"] / n if n else math.nan,
+                "q_mean": interval["q"] / n if n else math.nan,
+                "epsilon": epsilon,
+                "lr": optimizer.param_groups[0]["lr"],
+                "updates": updates,
+                "steps_per_s": interval["steps"] / max(now - interval["t"], 1e-9),
+            }
+            run.append_metrics(row)
+            rows_written += 1
+            interval = {"loss": 0.0, "q": 0.0, "n": 0, "t": now, "steps": 0}
+            bar.update(step, row)
+            if rows_written % config.resume_every == 0 or last:
+                run.save_resume_state(
+                    {
+                        "iteration": done_iters,
+                        "elapsed": now - t_start,
+                        "updates": updates,
+                        "rows": rows_written,
+                        "agent": agent.state_dict(),
+                        "target": target.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "generator": generator.get_state(),
+                        "torch_rng": torch.get_rng_state(),
+                        "buffer": buffer.state_dict(),
+                        "env": saved_env_state(envs),
+                        "tracker": tracker.state_dict(),
+                        "next_obs": torch.from_numpy(np.array(next_obs)),
+                        "masks": torch.from_numpy(_legal(infos, N, A))
+                        if config.mask_illegal
+                        else torch.zeros(0),
+                    }
+                )
+        if done_iters in save_at:
+            run.save_checkpoint(agent, step)
+        if stop_at is not None and step >= stop_at:
+            break
+    else:
+        (run.path / "DONE").write_text(json.dumps({"step": config.num_iterations * N}))
+    bar.close()
+    envs.close()
+    return run
+
+
+def _outcome_columns(infos: dict[str, Any]) -> tuple[str, ...]:
+    """Metrics columns for the failure outcomes of worlds that label ``info["outcome"]``."""
+    if "outcome" not in infos:
+        return ()
+    from policylens.envs.chess import OUTCOMES
+
+    return tuple(o for o in OUTCOMES if o and o not in SUCCESS_OUTCOMES)
+
+
+def _rows(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Stack entries ``idx`` of a vector-env info array (Gymnasium's may hold one array per env)."""
+    if values.dtype == object:
+        return np.stack([np.asarray(values[i]) for i in idx])
+    return values[idx]
+
+
+def _legal(infos: dict[str, Any], n: int, num_actions: int) -> np.ndarray:
+    """``info["legal_actions"]`` as a ``(n, num_actions)`` bool array."""
+    legal = _rows(infos["legal_actions"], np.arange(n)).astype(bool)
+    return legal.reshape(n, num_actions)
+
+
+# -- evaluation ---------------------------------------------------------------------------------
+def evaluate_q_agent(
+    agent: nn.Module,
+    episodes: int = 1000,
+    env_id: str = "policylens/RookEndgame-v0",
+    env_kwargs: dict[str, Any] | None = None,
+    seed: int = 10_000,
+    epsilon: float = 0.0,
+    mask_illegal: bool = False,
+    max_envs: int = 250,
+) -> dict[str, Any]:
+    """Play ``episodes`` episodes epsilon-greedily (``epsilon=0``: argmax Q) and summarise them.
+
+    Each env slot contributes its first episode only. Returns success (checkmate in the rook
+    endgame), return and length with 95% intervals, and the share of each ``outcome`` label.
+    """
+    from policylens.analysis import stats
+
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}.")
+    if not 0 <= epsilon <= 1:
+        raise ValueError(f"epsilon must lie in [0, 1], got {epsilon}.")
+    env_kwargs = dict(env_kwargs or {})
+    generator = torch.Generator().manual_seed(seed)
+    results: list[tuple[float, int, bool, str]] = []
+    wave = 0
+    while len(results) < episodes:
+        n = min(max_envs, episodes - len(results))
+        envs = make_vec(env_id, n, **env_kwargs)
+        obs, infos = envs.reset(seed=seed + wave * max_envs)
+        wave += 1
+        if mask_illegal and "legal_actions" not in infos:
+            raise ValueError(f"{env_id} does not label info['legal_actions']; evaluate unmasked.")
+        ret, length = np.zeros(n), np.zeros(n, dtype=np.int64)
+        active = np.ones(n, dtype=bool)
+        ended: dict[int, tuple[float, int, bool, str]] = {}
+        while active.any():
+            with torch.no_grad():
+                q = agent(torch.from_numpy(np.asarray(obs)))[0]  # (n, A)
+            allowed = torch.ones_like(q, dtype=torch.bool)
+            if mask_illegal:
+                allowed = torch.from_numpy(_legal(infos, n, q.shape[1]))
+                q = q.masked_fill(~allowed, -torch.inf)
+            explore = torch.rand(n, generator=generator) < epsilon
+            weights = allowed.float()
+            weights[weights.sum(dim=1) == 0] = 1.0  # no legal move labelled: any move
+            random_actions = torch.multinomial(weights, 1, generator=generator).squeeze(1)
+            actions = torch.where(explore, random_actions, q.argmax(dim=1)).numpy()
+            obs, reward, terminated, truncated, infos = envs.step(actions)
+            final = infos.get("final_info", infos)
+            for i in np.nonzero(active)[0]:
+                ret[i] += float(reward[i])
+                length[i] += 1
+                if terminated[i] or truncated[i]:
+                    outcome = str(final["outcome"][i]) if "outcome" in final else ""
+                    success = episode_success(final, i, bool(terminated[i]))
+                    ended[i] = (float(ret[i]), int(length[i]), success, outcome)
+                    active[i] = False
+        envs.close()
+        results.extend(ended[i] for i in range(n))
+    rets, lens, succ, outs = zip(*results, strict=True)
+    summary: dict[str, Any] = {
+        "env_id": env_id,
+        "env_kwargs": env_kwargs,
+        "epsilon": epsilon,
+        "mask_illegal": mask_illegal,
+        "episodes": len(results),
+        "success": stats.proportion(succ),
+        "return": stats.mean(rets),
+        "length": stats.mean(lens),
+    }
+    labelled = sorted({o for o in outs if o})
+    if labelled:
+        summary["outcomes"] = {o: stats.proportion([x == o for x in outs]) for o in labelled}
+    return summary
+
+
+class _progress:
+    """A rich progress bar with the live success rate, return and epsilon (no-op when disabled)."""
+
+    def __init__(self, enabled: bool, total: int, done: int) -> None:
+        self.enabled = enabled
+        if not enabled:
+            return
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("[bold]DQN"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} steps"),
+            TextColumn("{task.fields[live]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        self.task = self.progress.add_task("train", total=total, completed=done, live="")
+        self.progress.start()
+
+    def update(self, step: int, row: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        live = f"eps {row['epsilon']:.2f}  {row['steps_per_s']:.0f} steps/s"
+        if row["episodes"]:
+            live = f"success {row['success']:.0%}  return {row['return']:.1f}  " + live
+        self.progress.update(self.task, completed=step, live=live)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.progress.stop()
