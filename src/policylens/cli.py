@@ -311,6 +311,27 @@ def report_cmd(
     console.print(f"report: {path}")
 
 
+@command("table")
+def table_cmd(
+    runs: list[Path] = typer.Argument(
+        ..., help="Maze run folders (e.g. trained with regions 1, 3, none)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """The goal-misgeneralization table: success in and out of distribution and corner bias per run."""
+    from policylens.report.maze import experiment_table
+    from policylens.train.runs import Run
+
+    rows = experiment_table([Run(r) for r in runs])
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(*rows[0].keys(), title="goal misgeneralization by training cheese region")
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    console.print(table)
+
+
 @command("demo")
 def demo_cmd(
     out: Path = typer.Option(Path("runs/demo"), help="Folder for the demo's outputs."),

@@ -1,0 +1,909 @@
+"""Linear probes: is a ground-truth concept linearly decodable from a layer's activations?
+
+A probe is fit on activations from a rollout store (:mod:`policylens.collect`) against one of the
+labels the world published (maze: ``cheese_pos``, ``mouse_pos``, ``move_to_cheese``,
+``dist_to_corner``, ``at_decision_square``, ...; chess: ``in_check``, ``num_attacked``, ...).
+
+* Discrete labels (bools, small integer sets): multinomial logistic regression (scikit-learn,
+  L2, class-balanced) on standardised features; score = balanced accuracy on held-out levels
+  (a constant guess scores 1 / number of classes).
+* Continuous labels: ridge regression on standardised features (closed form: one symmetric
+  eigendecomposition serves the whole grid of penalties); score = R^2 on held-out levels (the
+  training mean scores about 0, or below where held-out levels differ).
+* Positions (integer ``(row, col)`` labels such as ``cheese_pos``): on a conv layer, one shared
+  logistic probe reads "is it at this cell?" from the channel vector at every position (a 1x1
+  convolution), and the score is how often its highest cell is the right one; on a flat layer,
+  a least-squares one-hot readout over cells (a 81-way logistic regression on 1,296 features
+  takes minutes per probe on 2 cores; the closed-form readout takes under a second), scored by
+  top-1 accuracy. The baseline is the most frequent cell.
+
+Regularisation (logistic C, ridge alpha) is chosen on a validation split of the *training*
+levels from a small log grid, then the probe is refit on all training levels. The train/test
+split is by level seed (by episode where the world has no levels): consecutive steps of one
+episode are nearly identical, so a split by step leaks the answer into training.
+
+Controls, reported beside every score:
+
+* ``random_init``: the same probe on a randomly initialised network of the same architecture
+  (a different seed), run on the same observations. A concept that is *in the input* -- the
+  cheese's cell is a channel of the maze observation -- is decodable from a random CNN too; only
+  the gap above this control says the trained network computed something.
+* ``shuffled``: the same probe with labels shuffled across rows: the chance level the probe's
+  capacity reaches on this much data.
+
+:func:`probe_checkpoints` repeats the probes for every checkpoint of a run on one fixed set of
+observations (collected with the final agent), so the curves show how the representation
+changes, not how the data distribution does.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from policylens import io
+from policylens.collect.store import Store, open_store, unknown_message
+
+CONCEPTS: dict[str, list[str]] = {
+    "policylens/Maze-v0": [
+        "cheese_pos",
+        "mouse_pos",
+        "move_to_cheese",
+        "dist_to_corner",
+        "at_decision_square",
+    ],
+    "policylens/RookEndgame-v0": [
+        "in_check",
+        "num_attacked",
+        "black_king_edge_distance",
+        "can_mate",
+        "rook_en_prise",
+    ],
+}
+"""Default concepts probed per world (any label key can be probed by name)."""
+PROBE_WORLD_OPTIONS: dict[str, dict[str, Any]] = {"policylens/Maze-v0": {"cheese_region": None}}
+"""World options for collecting probe data: with the cheese always in the corner (training), its
+position is the corner's and there are no decision squares, so probe data puts it anywhere."""
+NOT_CONCEPTS = {"level_seed", "steps", "success"}
+"""Bookkeeping labels left out of the default concepts."""
+CONTROLS = ("random_init", "shuffled")
+MAX_CLASSES = 20
+"""Integer labels with at most this many values are classified; more are regressed."""
+C_GRID = (0.01, 0.1, 1.0)
+ALPHA_GRID = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
+MAX_CELL_SAMPLES = 200_000
+"""Training (row, cell) pairs for a spatial probe; negatives are subsampled beyond this."""
+
+
+# ---------------------------------------------------------------------------------- targets
+@dataclass
+class Target:
+    """A label resolved for probing: its kind and values on the sampled rows."""
+
+    label: str
+    kind: str
+    """"classification", "regression" or "position"."""
+    y: np.ndarray
+    """(n,) class ids / values, or (n, 2) cells for positions."""
+    classes: list = field(default_factory=list)
+
+
+_INDEXED = re.compile(r"^(?P<key>[^\[\]]+)\[(?P<i>\d+)\]$")
+
+
+def resolve_target(store: Store, label: str, rows: np.ndarray, kind: str | None = None) -> Target:
+    """Read ``label`` (``"key"`` or ``"key[i]"`` for one component) on ``rows`` and classify it."""
+    m = _INDEXED.match(label)
+    key, index = (m["key"], int(m["i"])) if m else (label, None)
+    if key not in store.labels:
+        skipped = store.meta.get("skipped_labels", [])
+        why = f" ({key!r} is not numeric, so it was not stored)" if key in skipped else ""
+        raise ValueError(
+            unknown_message(
+                f"label{why} for world {store.meta.get('env_id', '?')}", key, store.labels
+            )
+        )
+    arr = store[f"labels/{key}"]
+    y = arr[rows]
+    if index is not None:
+        if y.ndim != 2 or index >= y.shape[1]:
+            raise ValueError(
+                f"Label {key!r} has per-step shape {arr.row_shape}; {label!r} needs a vector label "
+                f"and an index below {arr.row_shape[0] if arr.row_shape else 0}."
+            )
+        y = y[:, index]
+    elif y.ndim == 2 and y.shape[1] == 2 and np.issubdtype(y.dtype, np.integer):
+        kind = kind or "position"
+    elif y.ndim != 1:
+        raise ValueError(
+            f"Label {key!r} has per-step shape {arr.row_shape}; probe one component with "
+            f"'{key}[i]' (e.g. '{key}[0]')."
+        )
+    if kind is None:
+        if y.dtype == bool:
+            kind = "classification"
+        elif np.issubdtype(y.dtype, np.integer):
+            kind = "classification" if len(np.unique(y)) <= MAX_CLASSES else "regression"
+        else:
+            kind = "regression"
+    if kind not in ("classification", "regression", "position"):
+        raise ValueError(
+            f"Unknown probe kind {kind!r}; use classification, regression or position."
+        )
+    if kind == "position":
+        if y.ndim != 2:
+            raise ValueError(f"Label {label!r} is not a (row, col) position; probe it as {kind}.")
+        values = np.unique(y[(y >= 0).all(axis=1)], axis=0)
+        if len(values) < 2:
+            shown = values[0].tolist() if len(values) else "none valid"
+            raise ValueError(
+                f"Label {label!r} has a single class ({shown}) in this data; collect more episodes "
+                "or choose another label."
+            )
+        return Target(label, kind, y.astype(np.int64))
+    if kind == "classification":
+        classes = np.unique(y)
+        if len(classes) < 2:
+            shown = classes[0].item() if len(classes) else "no rows"
+            if isinstance(shown, bool):
+                shown = int(shown)
+            raise ValueError(
+                f"Label {label!r} has a single class (all {shown}) in this data; collect more "
+                "episodes or choose another label."
+            )
+        return Target(label, kind, np.searchsorted(classes, y), classes.tolist())
+    if np.ptp(y.astype(np.float64)) == 0:
+        raise ValueError(
+            f"Label {label!r} is constant ({y[0].item()}) in this data; collect more episodes or "
+            "choose another label."
+        )
+    return Target(label, kind, y.astype(np.float64))
+
+
+def default_concepts(store: Store) -> list[str]:
+    """The world's default concepts that the store has, else every scalar numeric label."""
+    wanted = CONCEPTS.get(store.meta.get("env_id", ""), [])
+    found = [c for c in wanted if c in store.labels]
+    if found:
+        return found
+    return [
+        k
+        for k in store.labels
+        if k not in NOT_CONCEPTS and len(store[f"labels/{k}"].row_shape) == 0
+    ]
+
+
+def default_hooks(names: Sequence[str]) -> list[str]:
+    """A few layers from input to output: the first hook, block outputs, and the logits."""
+    names = list(names)
+    picked = [
+        n
+        for i, n in enumerate(names)
+        if i == 0 or n == "hook_logits" or n.endswith(("hook_out", "hook_act"))
+    ]
+    return list(dict.fromkeys(picked))
+
+
+def group_split(
+    groups: np.ndarray, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean (train, test) masks that never put one group (level) on both sides."""
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}.")
+    unique = np.unique(groups)
+    if len(unique) < 2:
+        raise ValueError(
+            f"The probe data holds {len(unique)} level(s); a split by level needs at least 2; "
+            "collect more episodes."
+        )
+    rng = np.random.default_rng(seed)
+    shuffled = rng.permutation(unique)
+    n_test = min(len(unique) - 1, max(1, round(test_fraction * len(unique))))
+    test = np.isin(groups, shuffled[:n_test])
+    return ~test, test
+
+
+# ---------------------------------------------------------------------------------- fitting
+def _standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
+    mean = train.mean(axis=0)
+    std = train.std(axis=0)
+    std[std < 1e-6] = 1.0
+    return [((x - mean) / std).astype(np.float32) for x in (train, *others)]
+
+
+def _logistic(C: float, seed: int, warm: bool = False):
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(
+        C=C, class_weight="balanced", max_iter=300, tol=1e-3, random_state=seed, warm_start=warm
+    )
+
+
+def _fit_quiet(model, X: np.ndarray, y: np.ndarray) -> bool:
+    """Fit, returning False (instead of warning) when the solver hit its iteration cap."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        model.fit(X, y)
+    return not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+
+
+def _balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
+    classes = np.unique(y)
+    return float(np.mean([np.mean(pred[y == c] == c) for c in classes]))
+
+
+def _inner_split(groups: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, validation) masks over training rows, by group; all-fit when too few groups."""
+    if len(np.unique(groups)) < 4:
+        ones = np.ones(len(groups), dtype=bool)
+        return ones, ones
+    return group_split(groups, 0.25, seed + 7919)
+
+
+def _choose_C(X, y, groups, seed) -> float:
+    fit, val = _inner_split(groups, seed)
+    if len(np.unique(y[fit])) < 2:
+        return C_GRID[len(C_GRID) // 2]
+    Xf, Xv = _standardise(X[fit], X[val])
+    model = _logistic(C_GRID[0], seed, warm=True)
+    best, best_score = C_GRID[0], -np.inf
+    for C in C_GRID:  # strongest regularisation first; each fit warm-starts from the last
+        model.set_params(C=C)
+        _fit_quiet(model, Xf, y[fit])
+        score = _balanced_accuracy(y[val], model.predict(Xv))
+        if score > best_score + 1e-4:
+            best, best_score = C, score
+    return best
+
+
+def _ridge_path(X: np.ndarray, Y: np.ndarray, Xv: np.ndarray, alphas) -> list[np.ndarray]:
+    """Validation predictions of ridge (intercept via centring) for every alpha, from one
+    symmetric eigendecomposition (of X^T X, or of X X^T when there are fewer rows than features).
+    """
+    xm = X.mean(axis=0)
+    X = X.astype(np.float64) - xm
+    Xv = Xv.astype(np.float64) - xm
+    Y = Y.reshape(len(Y), -1).astype(np.float64)  # (n, outputs)
+    ym = Y.mean(axis=0)
+    Yc = Y - ym
+    if X.shape[1] <= X.shape[0]:
+        lam, V = np.linalg.eigh(X.T @ X)  # (d,), (d, d)
+        left, right = Xv @ V, V.T @ (X.T @ Yc)  # (n_val, d), (d, outputs)
+    else:
+        lam, U = np.linalg.eigh(X @ X.T)  # (n,), (n, n)
+        left, right = Xv @ (X.T @ U), U.T @ Yc  # (n_val, n), (n, outputs)
+    lam = np.clip(lam, 0, None)
+    return [left @ (right / (lam + a)[:, None]) + ym for a in alphas]
+
+
+def _choose_alpha(X, Y, groups, seed, score: Callable[[np.ndarray, np.ndarray], float]) -> float:
+    fit, val = _inner_split(groups, seed)
+    Xf, Xv = _standardise(X[fit], X[val])
+    preds = _ridge_path(Xf, Y[fit], Xv, ALPHA_GRID)
+    scores = [score(Y[val], p) for p in preds]
+    return float(ALPHA_GRID[int(np.argmax(scores))])
+
+
+def _r2(y: np.ndarray, pred: np.ndarray) -> float:
+    y, pred = y.reshape(len(y), -1), pred.reshape(len(pred), -1)
+    ss = ((y - y.mean(axis=0)) ** 2).sum()
+    return float(1 - ((y - pred) ** 2).sum() / ss) if ss > 0 else 0.0
+
+
+def _ridge_fit_predict(Xtr, Ytr, Xte, alpha) -> np.ndarray:
+    """Ridge regression (intercept unpenalised) fit on the training rows, predicted on ``Xte``."""
+    pred = _ridge_path(Xtr, Ytr, Xte, [alpha])[0]
+    return pred if np.ndim(Ytr) > 1 else pred[:, 0]
+
+
+def _cells(pos: np.ndarray, grid: int, h: int, w: int) -> np.ndarray:
+    """Flat activation-cell index of world cells ``pos`` (n, 2); -1 where there is no position."""
+    valid = (pos >= 0).all(axis=1) & (pos < grid).all(axis=1)
+    r = np.clip(pos[:, 0], 0, grid - 1) * h // grid
+    c = np.clip(pos[:, 1], 0, grid - 1) * w // grid
+    return np.where(valid, r * w + c, -1)
+
+
+def fit_probe(
+    features: np.ndarray,
+    target: Target,
+    train: np.ndarray,
+    test: np.ndarray,
+    groups: np.ndarray,
+    seed: int = 0,
+    grid_size: int | None = None,
+    params: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """Fit one probe on ``features[train]`` and score it on ``features[test]``.
+
+    ``features`` is ``(n, d)`` or, for a conv layer, ``(n, channels, h, w)`` (spatial probes for
+    positions). ``params`` fixes the regularisation ({"C": ..} or {"alpha": ..}) instead of
+    choosing it. Returns ``score``, ``metric``, ``baseline``, ``params`` and details.
+    """
+    y = target.y
+    if target.kind == "position":
+        return _fit_position(features, target, train, test, groups, seed, grid_size, params)
+    X = features.reshape(len(features), -1)
+    if target.kind == "classification":
+        ytr = y[train]
+        if len(np.unique(ytr)) < 2:
+            raise ValueError(
+                f"Label {target.label!r} has a single class in the training levels; collect more "
+                "episodes or choose another label."
+            )
+        C = (params or {}).get("C") or _choose_C(X[train], ytr, groups[train], seed)
+        Xtr, Xte = _standardise(X[train], X[test])
+        model = _logistic(C, seed)
+        converged = _fit_quiet(model, Xtr, ytr)
+        pred = model.predict(Xte)
+        n_classes = len(np.unique(y[test]))
+        return {
+            "metric": "balanced_accuracy",
+            "score": _balanced_accuracy(y[test], pred),
+            "baseline": 1.0 / n_classes,
+            "accuracy": float(np.mean(pred == y[test])),
+            "majority": float(np.mean(y[test] == np.bincount(ytr).argmax())),
+            "classes": target.classes,
+            "params": {"C": C},
+            "converged": converged,
+        }
+    alpha = (params or {}).get("alpha") or _choose_alpha(
+        X[train], y[train], groups[train], seed, _r2
+    )
+    Xtr, Xte = _standardise(X[train], X[test])
+    pred = _ridge_fit_predict(Xtr, y[train], Xte, alpha)
+    baseline = _r2(y[test], np.full(test.sum(), y[train].mean()))
+    return {
+        "metric": "r2",
+        "score": _r2(y[test], pred),
+        "baseline": baseline,
+        "rmse": float(np.sqrt(np.mean((pred - y[test]) ** 2))),
+        "params": {"alpha": alpha},
+    }
+
+
+def _fit_position(features, target, train, test, groups, seed, grid_size, params):
+    pos = target.y
+    valid = (pos >= 0).all(axis=1)
+    train, test = train & valid, test & valid
+    if grid_size is None:
+        grid_size = int(pos[valid].max()) + 1
+    if features.ndim == 4:  # (n, channels, h, w): one shared probe on every cell's channels
+        n, ch, h, w = features.shape
+        cells = _cells(pos, grid_size, h, w)
+        rng = np.random.default_rng(seed)
+        tr_rows = np.nonzero(train)[0]
+        per_cell = features[tr_rows].transpose(0, 2, 3, 1).reshape(-1, ch)  # (rows*h*w, ch)
+        labels = (np.arange(h * w)[None, :] == cells[tr_rows, None]).ravel()
+        cell_groups = np.repeat(groups[tr_rows], h * w)
+        if len(labels) > MAX_CELL_SAMPLES:
+            pos_idx = np.nonzero(labels)[0]
+            neg_idx = np.nonzero(~labels)[0]
+            keep = rng.choice(neg_idx, MAX_CELL_SAMPLES - len(pos_idx), replace=False)
+            sel = np.sort(np.concatenate([pos_idx, keep]))
+            per_cell, labels, cell_groups = per_cell[sel], labels[sel], cell_groups[sel]
+        C = (params or {}).get("C") or _choose_C(
+            per_cell, labels.astype(np.int64), cell_groups, seed
+        )
+        mean, std = per_cell.mean(axis=0), per_cell.std(axis=0)
+        std[std < 1e-6] = 1.0
+        model = _logistic(C, seed)
+        converged = _fit_quiet(model, ((per_cell - mean) / std).astype(np.float32), labels)
+        te_rows = np.nonzero(test)[0]
+        te = features[te_rows].transpose(0, 2, 3, 1).reshape(-1, ch)
+        logit = model.decision_function(((te - mean) / std).astype(np.float32))
+        guess = logit.reshape(len(te_rows), h * w).argmax(axis=1)
+        truth = cells[te_rows]
+        majority = np.bincount(cells[tr_rows], minlength=h * w).argmax()
+        return {
+            "metric": "localisation_accuracy",
+            "score": float(np.mean(guess == truth)),
+            "baseline": float(np.mean(truth == majority)),
+            "params": {"C": C},
+            "probe": "spatial",
+            "converged": converged,
+        }
+    X = features.reshape(len(features), -1)
+    cls = pos[:, 0] * grid_size + pos[:, 1]
+    classes = np.unique(cls[train])
+    onehot = (cls[:, None] == classes[None, :]).astype(np.float64)  # (n, classes)
+
+    def top1(Y, P):
+        return float(np.mean(P.argmax(axis=1) == Y.argmax(axis=1)))
+
+    alpha = (params or {}).get("alpha") or _choose_alpha(
+        X[train], onehot[train], groups[train], seed, top1
+    )
+    Xtr, Xte = _standardise(X[train], X[test])
+    pred = _ridge_fit_predict(Xtr, onehot[train], Xte, alpha)
+    guess = classes[pred.argmax(axis=1)]
+    majority = np.bincount(cls[train]).argmax()
+    return {
+        "metric": "accuracy",
+        "score": float(np.mean(guess == cls[test])),
+        "baseline": float(np.mean(cls[test] == majority)),
+        "params": {"alpha": alpha},
+        "probe": "one-hot least squares",
+    }
+
+
+# ---------------------------------------------------------------------------------- datasets
+def agent_activations(
+    agent, obs: np.ndarray, hooks: Sequence[str], batch_size: int = 2048
+) -> dict[str, np.ndarray]:
+    """Activations ``{hook: (n, ...)}`` (float32) of ``agent`` on observations ``obs``."""
+    valid = agent.hook_names()
+    for h in hooks:
+        if h not in valid:
+            raise ValueError(unknown_message("hook", h, valid))
+    parts: dict[str, list[np.ndarray]] = {h: [] for h in hooks}
+    was_training = agent.training
+    agent.eval()
+    try:
+        for start in range(0, len(obs), batch_size):
+            with torch.no_grad():
+                _, cache = agent.run_with_cache(obs[start : start + batch_size], names=list(hooks))
+            for h in hooks:
+                parts[h].append(cache[h].detach().float().cpu().contiguous().numpy())
+    finally:
+        agent.train(was_training)
+    return {h: np.concatenate(p) if p else np.zeros((0,)) for h, p in parts.items()}
+
+
+def random_init_agent(agent_config: dict[str, Any], seed: int = 0):
+    """A freshly initialised agent of the same architecture with a seed unlike the trained one's."""
+    from policylens.agents.models import agent_from_config
+
+    if not agent_config:
+        raise ValueError(
+            "The random-init control needs the agent's architecture, which this store does not "
+            "record; pass the agent or leave out the random_init control."
+        )
+    if agent_config.get("arch") is None:
+        raise ValueError(
+            "The random-init control needs a built-in architecture, but this agent is a custom "
+            "network; leave out the random_init control."
+        )
+    fresh_seed = int(agent_config.get("seed", 0)) + 1_000_003 + seed
+    return agent_from_config({**agent_config, "seed": fresh_seed})
+
+
+@dataclass
+class ProbeData:
+    """Sampled rows of a store with their labels resolved and the split by level fixed."""
+
+    store: Store
+    rows: np.ndarray
+    targets: dict[str, Target]
+    groups: np.ndarray
+    train: np.ndarray
+    test: np.ndarray
+    seed: int
+
+    @classmethod
+    def from_store(
+        cls,
+        store: Store,
+        labels: Sequence[str],
+        max_samples: int = 10_000,
+        test_fraction: float = 0.25,
+        seed: int = 0,
+        kinds: dict[str, str] | None = None,
+    ) -> ProbeData:
+        if max_samples < 10:
+            raise ValueError(f"max_samples must be >= 10, got {max_samples}.")
+        n = len(store)
+        rng = np.random.default_rng(seed)
+        rows = np.arange(n) if n <= max_samples else np.sort(rng.choice(n, max_samples, False))
+        targets = {
+            label: resolve_target(store, label, rows, (kinds or {}).get(label)) for label in labels
+        }
+        key = "labels/level_seed" if "labels/level_seed" in store else "episode"
+        groups = store[key][rows]
+        train, test = group_split(groups, test_fraction, seed)
+        return cls(store, rows, targets, groups, train, test, seed)
+
+    def obs(self) -> np.ndarray:
+        if "obs" not in self.store:
+            raise ValueError(f"Store {self.store.path} has no observations to run agents on.")
+        return self.store["obs"][self.rows]
+
+    def stored_activations(self, hooks: Sequence[str]) -> dict[str, np.ndarray]:
+        missing = [h for h in hooks if h not in self.store.hooks]
+        if missing:
+            stored = ", ".join(self.store.hooks) or "none"
+            raise ValueError(
+                f"Store {self.store.path} has no activations for {', '.join(missing)} (stored: "
+                f"{stored}); pass the agent to compute them or collect with those hooks."
+            )
+        return {
+            h: self.store[f"activations/{h}"][self.rows].astype(np.float32, copy=False)
+            for h in hooks
+        }
+
+    def shuffled(self, target: Target) -> Target:
+        rng = np.random.default_rng(self.seed + 104_729)
+        return Target(target.label, target.kind, target.y[rng.permutation(len(target.y))],
+                      target.classes)  # fmt: skip
+
+    def fit(
+        self, features: np.ndarray, target: Target, params: dict | None = None
+    ) -> dict[str, Any]:
+        return fit_probe(
+            features,
+            target,
+            self.train,
+            self.test,
+            self.groups,
+            seed=self.seed,
+            grid_size=self.store.meta.get("grid_size"),
+            params=params,
+        )
+
+
+@dataclass
+class ProbeResult:
+    """One probe: how well ``label`` is decoded from ``hook`` on held-out levels."""
+
+    label: str
+    hook: str
+    kind: str
+    metric: str
+    score: float
+    baseline: float
+    n_train: int
+    n_test: int
+    params: dict[str, float]
+    controls: dict[str, float] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ProbeReport:
+    """Every probe of one call, with the settings that produced them."""
+
+    results: list[ProbeResult]
+    meta: dict[str, Any]
+
+    def get(self, label: str, hook: str) -> ProbeResult:
+        for r in self.results:
+            if r.label == label and r.hook == hook:
+                return r
+        raise ValueError(f"No probe of {label!r} at {hook!r} in this report.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"meta": self.meta, "results": [r.to_dict() for r in self.results]}
+
+
+def _result(data: ProbeData, label: str, hook: str, fit: dict[str, Any]) -> ProbeResult:
+    details = {k: v for k, v in fit.items() if k not in ("metric", "score", "baseline", "params")}
+    return ProbeResult(
+        label=label,
+        hook=hook,
+        kind=data.targets[label].kind,
+        metric=fit["metric"],
+        score=float(fit["score"]),
+        baseline=float(fit["baseline"]),
+        n_train=int(data.train.sum()),
+        n_test=int(data.test.sum()),
+        params=fit["params"],
+        details=details,
+    )
+
+
+def _check_controls(controls: Sequence[str]) -> list[str]:
+    controls = list(controls)
+    for c in controls:
+        if c not in CONTROLS:
+            raise ValueError(unknown_message("control", c, list(CONTROLS)))
+    return controls
+
+
+def probe(
+    store: Store | str | Path,
+    labels: Sequence[str] | None = None,
+    hooks: Sequence[str] | None = None,
+    agent=None,
+    controls: Sequence[str] = CONTROLS,
+    max_samples: int = 10_000,
+    test_fraction: float = 0.25,
+    seed: int = 0,
+    kinds: dict[str, str] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ProbeReport:
+    """Probe every label at every hook, with controls; returns a :class:`ProbeReport`.
+
+    Args:
+        store: a rollout store (or its path) from :func:`policylens.collect.collect`.
+        labels: label keys (``"key[i]"`` for one component of a vector label); default: the
+            world's concepts (:data:`CONCEPTS`).
+        hooks: hook names; default: a few layers from input to output.
+        agent: compute activations by running this agent on the stored observations; default:
+            the activations stored in ``store``.
+        controls: any of ``"random_init"``, ``"shuffled"``.
+        max_samples: rows sampled from the store (probes hold their features in memory).
+        kinds: force a probe kind per label (``{"dist_to_cheese": "classification"}``).
+    """
+    store = store if isinstance(store, Store) else open_store(store)
+    controls = _check_controls(controls)
+    say = progress or (lambda message: None)
+    labels = list(labels) if labels else default_concepts(store)
+    if hooks:
+        hooks = list(hooks)
+    elif agent is not None:
+        hooks = default_hooks(agent.hook_names())
+    else:
+        hooks = default_hooks(store.hooks)
+    if not hooks:
+        raise ValueError(
+            f"Store {store.path} holds no activations; pass an agent or collect with --hook."
+        )
+    data = ProbeData.from_store(store, labels, max_samples, test_fraction, seed, kinds)
+    if agent is not None:
+        say(f"activations of {len(hooks)} hook(s) on {len(data.rows)} observations")
+        feats = agent_activations(agent, data.obs(), hooks)
+    else:
+        feats = data.stored_activations(hooks)
+    random_feats = None
+    if "random_init" in controls:
+        config = agent.config if agent is not None else store.meta.get("agent", {})
+        random_feats = agent_activations(random_init_agent(config, seed), data.obs(), hooks)
+    results = []
+    for hook in hooks:
+        for label in labels:
+            say(f"probe {label} at {hook}")
+            target = data.targets[label]
+            fit = data.fit(feats[hook], target)
+            result = _result(data, label, hook, fit)
+            if random_feats is not None:
+                result.controls["random_init"] = data.fit(random_feats[hook], target)["score"]
+            if "shuffled" in controls:
+                shuffled = data.shuffled(target)
+                result.controls["shuffled"] = data.fit(feats[hook], shuffled, fit["params"])[
+                    "score"
+                ]
+            results.append(result)
+    meta = {
+        "store": str(store.path),
+        "env_id": store.meta.get("env_id"),
+        "rows": int(len(data.rows)),
+        "levels": int(len(np.unique(data.groups))),
+        "test_fraction": test_fraction,
+        "seed": seed,
+        "controls": controls,
+        "split": "level_seed" if "labels/level_seed" in store else "episode",
+    }
+    return ProbeReport(results, meta)
+
+
+# ---------------------------------------------------------------------------------- over training
+def probe_store_for_run(
+    run,
+    episodes: int = 200,
+    seed: int = 0,
+    step: int | None = None,
+    env_kwargs: dict[str, Any] | None = None,
+    out: str | Path | None = None,
+    num_envs: int = 64,
+    progress: Callable[[int, int], None] | None = None,
+) -> Store:
+    """The rollout store probes of ``run`` use: collected once, reused while settings match.
+
+    Collected with the checkpoint ``step`` (latest by default) in the run's world, with the
+    world's probe options (:data:`PROBE_WORLD_OPTIONS`) unless ``env_kwargs`` says otherwise.
+    """
+    from policylens.collect.rollout import collect_run
+    from policylens.collect.store import MANIFEST
+    from policylens.train.runs import Run, config_json
+
+    run = run if isinstance(run, Run) else Run(run)
+    step, _ = run.checkpoint(step)
+    env_id = run.config.get("trainer", {}).get("env_id", "")
+    world = {**PROBE_WORLD_OPTIONS.get(env_id, {}), **dict(env_kwargs or {})}
+    out = Path(out) if out is not None else run.analysis_dir / "probes" / "rollouts"
+    wanted = {"checkpoint_step": step, "episodes_requested": episodes, "seed": seed}
+    if (out / MANIFEST).is_file():
+        existing = open_store(out)
+        full_world = {**run.config["trainer"].get("env_kwargs", {}), **world}
+        same = all(existing.meta.get(k) == v for k, v in wanted.items())
+        if same and existing.meta.get("env_kwargs") == config_json(full_world):
+            return existing
+    return collect_run(
+        run, out=out, step=step, env_kwargs=world, episodes=episodes, seed=seed,
+        num_envs=num_envs, overwrite=True, progress=progress,
+    )  # fmt: skip
+
+
+@dataclass
+class ProbeCurves:
+    """Probe scores at every checkpoint of a run, with the controls."""
+
+    steps: list[int]
+    labels: list[str]
+    hooks: list[str]
+    metrics: dict[str, str]
+    """label -> metric name(s) ("localisation_accuracy / accuracy" when layers differ)."""
+    scores: dict[str, dict[str, list[float]]]
+    """label -> hook -> score per step."""
+    baselines: dict[str, float]
+    controls: dict[str, dict[str, dict[str, float]]]
+    """label -> hook -> control -> score (random_init; shuffled at the last checkpoint)."""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def probe_checkpoints(
+    run,
+    store: Store | str | Path | None = None,
+    labels: Sequence[str] | None = None,
+    hooks: Sequence[str] | None = None,
+    steps: Sequence[int] | None = None,
+    controls: Sequence[str] = CONTROLS,
+    max_samples: int = 5_000,
+    test_fraction: float = 0.25,
+    seed: int = 0,
+    episodes: int = 200,
+    save: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> ProbeCurves:
+    """Probe every checkpoint of ``run`` on one fixed set of observations.
+
+    The store (default: :func:`probe_store_for_run`) is collected with the final agent; each
+    checkpoint's activations are computed on the same observations. Regularisation is chosen
+    per probe at the last checkpoint and kept for every other checkpoint and for the controls,
+    so only the activations change along a curve. With ``save`` the curves go to
+    ``RUN/analysis/probes/probes_over_training.{json,png}``.
+    """
+    from policylens.train.runs import Run
+
+    run = run if isinstance(run, Run) else Run(run)
+    controls = _check_controls(controls)
+    say = progress or (lambda message: None)
+    available = run.checkpoints()
+    if not available:
+        raise FileNotFoundError(f"run {run.path} has no checkpoints yet; train it first")
+    if steps is None:
+        chosen = [s for s, _ in available]
+    else:
+        known = {s for s, _ in available}
+        bad = [s for s in steps if s not in known]
+        if bad:
+            raise ValueError(
+                f"Run {run.path} has no checkpoint at step(s) {bad}; it has {sorted(known)}."
+            )
+        chosen = sorted(set(steps))
+    if store is None:
+        say("collecting probe data with the final agent")
+        store = probe_store_for_run(run, episodes=episodes, seed=seed)
+    store = store if isinstance(store, Store) else open_store(store)
+    final = run.load_agent(chosen[-1])
+    labels = list(labels) if labels else default_concepts(store)
+    hooks = list(hooks) if hooks else default_hooks(final.hook_names())
+    data = ProbeData.from_store(store, labels, max_samples, test_fraction, seed)
+    obs = data.obs()
+
+    say(f"checkpoint {chosen[-1]} (choosing regularisation)")
+    feats = agent_activations(final, obs, hooks)
+    params: dict[tuple[str, str], dict] = {}
+    last: dict[tuple[str, str], float] = {}
+    baselines: dict[str, float] = {}
+    metrics: dict[str, str] = {}
+    ctrl: dict[str, dict[str, dict[str, float]]] = {lab: {h: {} for h in hooks} for lab in labels}
+    for hook in hooks:
+        for label in labels:
+            fit = data.fit(feats[hook], data.targets[label])
+            params[label, hook] = fit["params"]
+            last[label, hook] = float(fit["score"])
+            baselines[label] = float(fit["baseline"])
+            metrics[label] = " / ".join(
+                sorted({*metrics.get(label, "").split(" / "), fit["metric"]} - {""})
+            )
+            if "shuffled" in controls:
+                shuffled = data.shuffled(data.targets[label])
+                ctrl[label][hook]["shuffled"] = float(
+                    data.fit(feats[hook], shuffled, fit["params"])["score"]
+                )
+    if "random_init" in controls:
+        say("random-init control")
+        rfeats = agent_activations(random_init_agent(run.config["agent"], seed), obs, hooks)
+        for hook in hooks:
+            for label in labels:
+                ctrl[label][hook]["random_init"] = float(
+                    data.fit(rfeats[hook], data.targets[label], params[label, hook])["score"]
+                )
+    scores = {lab: {h: [] for h in hooks} for lab in labels}
+    for step in chosen:
+        if step == chosen[-1]:
+            for hook in hooks:
+                for label in labels:
+                    scores[label][hook].append(last[label, hook])
+            continue
+        say(f"checkpoint {step}")
+        feats = agent_activations(run.load_agent(step), obs, hooks)
+        for hook in hooks:
+            for label in labels:
+                fit = data.fit(feats[hook], data.targets[label], params[label, hook])
+                scores[label][hook].append(float(fit["score"]))
+    curves = ProbeCurves(
+        steps=list(chosen),
+        labels=labels,
+        hooks=hooks,
+        metrics=metrics,
+        scores=scores,
+        baselines=baselines,
+        controls=ctrl,
+        meta={
+            "run": str(run.path),
+            "store": str(store.path),
+            "rows": int(len(data.rows)),
+            "levels": int(len(np.unique(data.groups))),
+            "seed": seed,
+            "params": {f"{lab} @ {h}": p for (lab, h), p in params.items()},
+        },
+    )
+    if save:
+        out = run.analysis_dir / "probes"
+        io.write_json(out / "probes_over_training.json", curves.to_dict())
+        png = probe_curves_figure(curves, title=f"{run.name}: linear probes over training")
+        with io.atomic_path(out / "probes_over_training.png") as tmp:
+            Path(tmp).write_bytes(png)
+        curves.meta["figure"] = str(out / "probes_over_training.png")
+    return curves
+
+
+def probe_curves_figure(curves: ProbeCurves, title: str = "linear probes over training") -> bytes:
+    """PNG: one panel per concept, score vs training step per layer, controls dashed/dotted."""
+    from policylens.report.figures import plt, to_png
+
+    n = len(curves.labels)
+    cols = min(n, 3)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    x = np.array(curves.steps, dtype=float)
+    colours = plt.get_cmap("viridis")(np.linspace(0, 0.9, max(len(curves.hooks), 1)))
+    for ax, label in zip(axes.flat, curves.labels, strict=False):
+        for colour, hook in zip(colours, curves.hooks, strict=True):
+            ax.plot(x, curves.scores[label][hook], marker="o", ms=3, lw=1.4, color=colour,
+                    label=hook)  # fmt: skip
+            c = curves.controls[label][hook]
+            if "random_init" in c:
+                ax.axhline(c["random_init"], color=colour, ls="--", lw=0.9, alpha=0.8)
+            if "shuffled" in c:
+                ax.axhline(c["shuffled"], color=colour, ls=":", lw=0.9, alpha=0.8)
+        ax.axhline(curves.baselines[label], color="grey", lw=0.8)
+        positive = x[x > 0]
+        ax.set_xscale("symlog", linthresh=float(positive.min()) if len(positive) else 1.0)
+        ax.set_xlim(left=0, right=float(x.max()) * 1.15 if x.max() > 0 else 1.0)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(curves.metrics[label].replace("_", " "))
+        ax.set_title(label, fontsize=10)
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    from matplotlib.lines import Line2D
+
+    handles += [
+        Line2D([], [], color="k", ls="--", lw=0.9),
+        Line2D([], [], color="k", ls=":", lw=0.9),
+        Line2D([], [], color="grey", lw=0.8),
+    ]
+    names += ["random-init net (same probe)", "shuffled labels", "constant guess"]
+    fig.legend(handles, names, loc="lower center", ncol=min(4, len(names)), fontsize=8,
+               bbox_to_anchor=(0.5, -0.02 - 0.04 * (len(names) > 4)))  # fmt: skip
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return to_png(fig)

@@ -1,0 +1,209 @@
+"""``policylens collect`` (rollout datasets) and ``policylens probe`` (linear probes)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from policylens.cli import app, command, console, print_json
+
+
+def parse_env_kwargs(items: list[str] | None) -> dict[str, Any]:
+    """``["cheese_region=null", "max_steps=100"]`` -> ``{"cheese_region": None, "max_steps": 100}``."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--env-kwarg takes KEY=VALUE (VALUE as JSON), got {item!r}.")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = None if raw.lower() == "none" else raw
+    return out
+
+
+@contextlib.contextmanager
+def thread_limit(threads: int | None) -> Iterator[None]:
+    """Cap torch and BLAS threads (on a busy machine, one thread is often fastest)."""
+    if threads is None:
+        yield
+        return
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with threadpool_limits(threads):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@command("collect")
+def collect_cmd(
+    run: Path = typer.Argument(..., help="Run folder whose agent plays."),
+    out: Path = typer.Option(None, help="Store folder (default RUN/analysis/rollouts/step_<N>)."),
+    step: int = typer.Option(None, help="Checkpoint step (default: latest)."),
+    episodes: int = typer.Option(None, min=1, help="Whole episodes to store (default 100)."),
+    steps: int = typer.Option(None, min=1, help="Or: exactly this many steps (rows)."),
+    hook: list[str] = typer.Option(None, help="Hook whose activations to store; repeat."),
+    env_kwarg: list[str] = typer.Option(
+        None, help="World option KEY=VALUE (JSON value, e.g. cheese_region=null); repeat."
+    ),
+    seed: int = typer.Option(0, help="Seed of the worlds and the action sampling."),
+    num_envs: int = typer.Option(64, min=1, help="Environments stepped together."),
+    chunk_size: int = typer.Option(8192, min=1, help="Rows per chunk file."),
+    greedy: bool = typer.Option(False, help="Argmax actions instead of sampling."),
+    float16: bool = typer.Option(False, help="Store activations as float16 (half the disk)."),
+    overwrite: bool = typer.Option(False, help="Replace a complete store at --out."),
+    threads: int = typer.Option(None, min=1, help="Torch/BLAS threads (default: unchanged)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Run a run's agent and store observations, actions, labels and activations on disk."""
+    from policylens.collect import collect_run
+
+    if episodes is None and steps is None:
+        episodes = 100
+    if episodes is not None and steps is not None:
+        raise ValueError("Pass --episodes or --steps, not both.")
+    with thread_limit(threads):
+        store = collect_run(
+            run, out=out, step=step, env_kwargs=parse_env_kwargs(env_kwarg), episodes=episodes,
+            steps=steps, hooks=hook or [], seed=seed, num_envs=num_envs, chunk_size=chunk_size,
+            greedy=greedy, activation_dtype="float16" if float16 else "float32",
+            overwrite=overwrite,
+        )  # fmt: skip
+    summary = {
+        "store": str(store.path),
+        "rows": len(store),
+        "episodes": store.meta["episodes"],
+        "chunks": len(store.chunk_rows),
+        "bytes": store.nbytes,
+        "seconds": store.meta["seconds"],
+        "labels": store.labels,
+        "hooks": store.hooks,
+        "checkpoint_step": store.meta.get("checkpoint_step"),
+    }
+    if as_json:
+        print_json(summary)
+        return
+    console.print(
+        f"stored {summary['rows']:,} steps of {summary['episodes']} episodes "
+        f"({summary['bytes'] / 2**20:,.1f} MiB, {summary['seconds']:.1f} s) in {store.path}\n"
+        f"labels: {', '.join(store.labels)}\nactivations: {', '.join(store.hooks) or 'none'}"
+    )
+
+
+def _results_table(report, title: str) -> Table:
+    table = Table("concept", "layer", "metric", "probe", "random-init net", "shuffled labels",
+                  "constant guess", title=title)  # fmt: skip
+    for r in report.results:
+        table.add_row(
+            r.label, r.hook, r.metric, f"{r.score:.3f}",
+            *(f"{r.controls[c]:.3f}" if c in r.controls else "-" for c in ("random_init", "shuffled")),
+            f"{r.baseline:.3f}",
+        )  # fmt: skip
+    return table
+
+
+@command("probe")
+def probe_cmd(
+    target: Path = typer.Argument(..., help="Run folder, or a store from `policylens collect`."),
+    label: list[str] = typer.Option(
+        None, help="Label to probe (a key, or key\\[i] for one component); repeat."
+    ),
+    hook: list[str] = typer.Option(None, help="Hook to probe; repeat (default: a few layers)."),
+    step: int = typer.Option(None, help="Checkpoint step for a run (default: latest)."),
+    over_training: bool = typer.Option(
+        False, "--over-training", help="Probe every checkpoint; plot score vs training step."
+    ),
+    episodes: int = typer.Option(200, min=1, help="Episodes collected for a run's probe data."),
+    env_kwarg: list[str] = typer.Option(
+        None, help="World option for a run's probe data, KEY=VALUE; repeat."
+    ),
+    max_samples: int = typer.Option(
+        None, min=10, help="Rows sampled (default 10000; 5000 over training)."
+    ),
+    seed: int = typer.Option(0, help="Seed of the data, split and controls."),
+    no_controls: bool = typer.Option(False, help="Skip the random-init and shuffled controls."),
+    threads: int = typer.Option(None, min=1, help="Torch/BLAS threads (default: unchanged)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Linear probes for the world's concepts per layer, split by level, with controls."""
+    from policylens import io
+    from policylens.analysis.probes import CONTROLS, probe, probe_checkpoints, probe_store_for_run
+    from policylens.collect.store import is_store
+
+    controls = () if no_controls else CONTROLS
+    labels, hooks = label or None, hook or None
+    is_run = (target / "config.json").is_file()
+    if not is_run and not is_store(target):
+        raise FileNotFoundError(
+            f"{target} is neither a run folder (config.json) nor a store (manifest.json); "
+            "pass a run or a store from `policylens collect`."
+        )
+    if over_training and not is_run:
+        raise ValueError("--over-training needs a run folder (it probes every checkpoint).")
+    log = (lambda m: None) if as_json else (lambda m: console.print(f"[dim]{m}[/]"))
+    with thread_limit(threads):
+        if not is_run:
+            report = probe(target, labels, hooks, controls=controls,
+                           max_samples=max_samples or 10_000, seed=seed, progress=log)  # fmt: skip
+            if as_json:
+                print_json(report.to_dict())
+            else:
+                console.print(_results_table(report, f"linear probes on {target}"))
+            return
+        from policylens.train.runs import Run
+
+        run = Run(target)
+        if over_training:
+            store = probe_store_for_run(
+                run, episodes=episodes, seed=seed, env_kwargs=parse_env_kwargs(env_kwarg)
+            )
+            curves = probe_checkpoints(
+                run, store, labels, hooks, controls=controls,
+                max_samples=max_samples or 5_000, seed=seed, progress=log,
+            )  # fmt: skip
+            if as_json:
+                print_json(curves.to_dict())
+                return
+            n = len(curves.steps)
+            shown = sorted({round(i) for i in np.linspace(0, n - 1, min(n, 6))})
+            table = Table("concept", "layer", *(f"step {curves.steps[i]}" for i in shown),
+                          "random-init", "shuffled",
+                          title=f"{run.name}: probe score by checkpoint ({n} checkpoints)")  # fmt: skip
+            for lab in curves.labels:
+                for h in curves.hooks:
+                    c = curves.controls[lab][h]
+                    table.add_row(lab, h, *(f"{curves.scores[lab][h][i]:.2f}" for i in shown),
+                                  *(f"{c[k]:.2f}" if k in c else "-"
+                                    for k in ("random_init", "shuffled")))  # fmt: skip
+            console.print(table)
+            console.print(f"figure: {curves.meta['figure']}")
+            return
+        chosen, _ = run.checkpoint(step)
+        store = probe_store_for_run(
+            run, episodes=episodes, seed=seed, step=chosen, env_kwargs=parse_env_kwargs(env_kwarg)
+        )
+        report = probe(store, labels, hooks, agent=run.load_agent(chosen), controls=controls,
+                       max_samples=max_samples or 10_000, seed=seed, progress=log)  # fmt: skip
+        report.meta["checkpoint_step"] = chosen
+        out = run.analysis_dir / "probes" / f"probes_step_{chosen}.json"
+        io.write_json(out, report.to_dict())
+        if as_json:
+            print_json(report.to_dict())
+            return
+        console.print(_results_table(report, f"{run.name} @ step {chosen}: linear probes"))
+        console.print(f"saved {out}")
+
+
+__all__ = ["app", "collect_cmd", "parse_env_kwargs", "probe_cmd"]

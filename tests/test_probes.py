@@ -1,0 +1,214 @@
+"""Linear probes: split by level, controls, bad input, probes over training, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from policylens.agents import build_agent
+from policylens.analysis.probes import (
+    ProbeData,
+    default_hooks,
+    group_split,
+    probe,
+    probe_checkpoints,
+    resolve_target,
+)
+from policylens.collect import StoreWriter, collect, write_store
+
+MAZE = "policylens/Maze-v0"
+SMALL = {"cheese_region": None, "max_steps": 25}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch and BLAS thread per test process (CI runs two processes on two cores)."""
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def maze_store(tmp_path_factory):
+    torch.set_num_threads(1)
+    agent = build_agent("maze_cnn", (3, 9, 9), 4, seed=1)
+    out = tmp_path_factory.mktemp("probe") / "maze"
+    return collect(agent, MAZE, SMALL, out=out, episodes=40, hooks=["hook_conv", "hook_out"],
+                   seed=2, num_envs=20)  # fmt: skip
+
+
+def synthetic_store(path, n_levels=60, per_level=10, seed=0):
+    """Activations that encode a binary and a continuous label linearly, plus noise."""
+    rng = np.random.default_rng(seed)
+    n = n_levels * per_level
+    level = np.repeat(np.arange(n_levels), per_level)
+    flag = rng.random(n) < 0.5
+    depth = rng.normal(size=n)
+    noise = rng.normal(size=(n, 12))
+    acts = noise.copy()
+    acts[:, 0] += 3 * flag
+    acts[:, 1] += 2 * depth
+    return write_store(path, {
+        "episode": level, "labels/level_seed": level + 1000, "labels/flag": flag,
+        "labels/depth": depth, "labels/const": np.zeros(n, dtype=np.int64),
+        "labels/vec": np.stack([flag, ~flag], axis=1), "activations/layer": acts.astype(np.float32),
+    }, meta={"env_id": "toy"})  # fmt: skip
+
+
+def test_probe_recovers_linear_concepts_and_shuffled_control_is_at_chance(tmp_path):
+    s = synthetic_store(tmp_path / "s")
+    report = probe(s, ["flag", "depth", "vec[1]"], controls=("shuffled",))
+    flag, depth, vec = (report.get(k, "layer") for k in ("flag", "depth", "vec[1]"))
+    assert flag.kind == "classification" and flag.metric == "balanced_accuracy"
+    assert flag.score > 0.85 and abs(flag.controls["shuffled"] - 0.5) < 0.15
+    assert depth.kind == "regression" and depth.metric == "r2"
+    assert depth.score > 0.7 and depth.controls["shuffled"] < 0.1 and abs(depth.baseline) < 0.1
+    assert vec.score > 0.85
+    assert report.meta["split"] == "level_seed" and flag.n_train + flag.n_test == len(s)
+
+
+def test_split_is_by_level_so_memorised_levels_do_not_leak(tmp_path):
+    # Each level has its own random activation pattern and a random label: memorisable within a
+    # level, but nothing generalises to unseen levels. A split by step would score near 1.
+    rng = np.random.default_rng(1)
+    n_levels, per = 80, 12
+    level = np.repeat(np.arange(n_levels), per)
+    label = np.repeat(rng.random(n_levels) < 0.5, per)
+    acts = np.repeat(rng.normal(size=(n_levels, 120)), per, axis=0)
+    acts += 0.05 * rng.normal(size=acts.shape)
+    s = write_store(tmp_path / "s", {"episode": level, "labels/level_seed": level,
+                                     "labels/y": label, "activations/h": acts})  # fmt: skip
+    r = probe(s, ["y"], controls=()).get("y", "h")
+    assert r.score < 0.7
+    train, test = group_split(level, 0.25, seed=0)
+    assert not set(level[train]) & set(level[test]) and test.sum() > 0
+    # What a split by step would have reported (the leak the group split prevents):
+    from sklearn.linear_model import LogisticRegression
+
+    leaky = (
+        LogisticRegression(max_iter=500).fit(acts[::2], label[::2]).score(acts[1::2], label[1::2])
+    )
+    assert leaky > 0.9
+
+
+def test_maze_spatial_probe_and_random_net_control(maze_store):
+    report = probe(maze_store, ["cheese_pos", "mouse_pos", "dist_to_corner"],
+                   ["hook_conv", "hook_out"], max_samples=600)  # fmt: skip
+    cheese = report.get("cheese_pos", "hook_conv")
+    assert cheese.kind == "position" and cheese.metric == "localisation_accuracy"
+    # The cheese is a channel of the input: a random CNN keeps it readable at its cell too.
+    assert cheese.score > 0.9 and cheese.controls["random_init"] > 0.9
+    assert cheese.controls["shuffled"] < 0.3 and cheese.baseline < 0.3
+    flat = report.get("mouse_pos", "hook_out")
+    assert flat.metric == "accuracy" and flat.score > flat.controls["shuffled"] + 0.2
+    assert report.get("dist_to_corner", "hook_out").metric == "r2"
+
+
+def test_probe_computes_activations_with_a_given_agent(maze_store):
+    agent = build_agent("maze_cnn", (3, 9, 9), 4, seed=1)  # the collecting agent
+    stored = probe(maze_store, ["mouse_pos"], ["hook_out"], controls=(), max_samples=300)
+    computed = probe(maze_store, ["mouse_pos"], ["hook_out"], agent=agent, controls=(),
+                     max_samples=300)  # fmt: skip
+    assert stored.results[0].score == pytest.approx(computed.results[0].score, abs=1e-6)
+
+
+def test_bad_input_errors(tmp_path, maze_store):
+    s = synthetic_store(tmp_path / "s")
+    with pytest.raises(ValueError, match="Unknown label .* 'flg'.*Did you mean 'flag'.*Available"):
+        probe(s, ["flg"])
+    with pytest.raises(ValueError, match="'const' has a single class \\(all 0\\) in this data; "
+                       "collect more episodes or choose another label"):  # fmt: skip
+        probe(s, ["const"], controls=())
+    with pytest.raises(ValueError, match="probe one component with 'vec\\[i\\]'"):
+        probe(s, ["vec"], controls=())
+    with pytest.raises(ValueError, match="Unknown control 'shuffle'"):
+        probe(s, ["flag"], controls=("shuffle",))
+    with pytest.raises(ValueError, match="no activations for hook_conv"):
+        probe(s, ["flag"], ["hook_conv"], controls=())
+    w = StoreWriter(tmp_path / "partial")
+    w.append({"a": np.zeros(3)})
+    w._flush(3)
+    with pytest.raises(ValueError, match="incomplete \\(no manifest\\)"):
+        probe(tmp_path / "partial")
+    with pytest.raises(ValueError, match="'success' has a single class \\(all 0\\)"):
+        probe(maze_store, ["success"], ["hook_out"], controls=())
+    rows = np.arange(len(maze_store))
+    with pytest.raises(ValueError, match="at least 2"):
+        group_split(np.zeros(10), 0.25, 0)
+    assert resolve_target(maze_store, "move_to_cheese", rows).kind == "classification"
+
+
+def test_default_hooks_span_input_to_output():
+    agent = build_agent("maze_cnn", (3, 9, 9), 4)
+    assert default_hooks(agent.hook_names()) == ["hook_conv", "res1.hook_out", "hook_out",
+                                                 "hook_logits"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from policylens.train.ppo import PPOConfig, train_ppo
+
+    torch.set_num_threads(1)
+    config = PPOConfig(total_steps=8192, num_envs=16, num_steps=64, checkpoints=3, threads=1,
+                       env_kwargs={"max_steps": 30}, seed=0)  # fmt: skip
+    return train_ppo(config, tmp_path_factory.mktemp("run") / "tiny", progress=False)
+
+
+@pytest.mark.slow
+def test_probes_over_training_save_curves_and_figure(tiny_run):
+    curves = probe_checkpoints(tiny_run, labels=["mouse_pos", "move_to_cheese"],
+                               hooks=["hook_conv", "hook_out"], episodes=30, max_samples=600)  # fmt: skip
+    steps = [s for s, _ in tiny_run.checkpoints()]
+    assert curves.steps == steps and len(steps) >= 3
+    for label in curves.labels:
+        for hook in curves.hooks:
+            assert len(curves.scores[label][hook]) == len(steps)
+            assert set(curves.controls[label][hook]) == {"random_init", "shuffled"}
+    assert (
+        curves.scores["mouse_pos"]["hook_conv"][-1]
+        > curves.controls["mouse_pos"]["hook_conv"]["shuffled"]
+    )
+    out = tiny_run.path / "analysis" / "probes"
+    png = (out / "probes_over_training.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    saved = json.loads((out / "probes_over_training.json").read_text())
+    assert saved["steps"] == steps
+    # The probe data was collected in the maze with the cheese anywhere, and is reused.
+    store_meta = json.loads((out / "rollouts" / "manifest.json").read_text())["meta"]
+    assert store_meta["env_kwargs"]["cheese_region"] is None
+    assert store_meta["checkpoint_step"] == steps[-1]
+
+
+@pytest.mark.slow
+def test_cli_probe_run_and_store_json(tiny_run, maze_store):
+    from policylens.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["probe", str(tiny_run.path), "--label", "move_to_cheese",
+                                 "--hook", "hook_out", "--episodes", "30", "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    (row,) = data["results"]
+    assert row["label"] == "move_to_cheese" and set(row["controls"]) == {"random_init", "shuffled"}
+    assert (tiny_run.path / "analysis" / "probes").glob("probes_step_*.json")
+    result = runner.invoke(app, ["probe", str(maze_store.path), "--label", "mouse_pos",
+                                 "--hook", "hook_out", "--no-controls", "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["results"][0]["metric"] == "accuracy"
+    bad = runner.invoke(app, ["probe", str(maze_store.path), "--label", "cheese"])
+    assert bad.exit_code == 2 and "Unknown label" in bad.output and "cheese_pos" in bad.output
+
+
+def test_probe_data_split_is_shared_across_labels(maze_store):
+    data = ProbeData.from_store(maze_store, ["mouse_pos", "dist_to_cheese"], max_samples=200)
+    assert len(data.rows) == 200 and (data.train ^ data.test).all()
+    levels = maze_store["labels/level_seed"][data.rows]
+    assert not set(levels[data.train]) & set(levels[data.test])
