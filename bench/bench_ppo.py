@@ -97,7 +97,9 @@ def main() -> None:
     steps = config.num_updates * config.batch_size
     print(f"{'':14}{'steps/s':>10}{'success':>10}{'len/shortest':>14}")
     for name, secs, ev in (("policylens", pl_time, pl_eval), ("SB3", sb3_time, sb3_eval)):
-        print(f"{name:14}{steps / secs:>10.0f}{ev['success']['rate']:>10.3f}{ev['path_ratio']:>14.2f}")
+        print(
+            f"{name:14}{steps / secs:>10.0f}{ev['success']['rate']:>10.3f}{ev['path_ratio']:>14.2f}"
+        )
     print(f"speed ratio policylens / SB3: {sb3_time / pl_time:.2f}x at {steps:,} steps each")
 
 

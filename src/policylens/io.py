@@ -41,7 +41,9 @@ def read_json(path: str | os.PathLike) -> Any:
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); the file is corrupt") from e
+        raise ValueError(
+            f"{path} is not valid JSON ({e.msg} at line {e.lineno}); the file is corrupt"
+        ) from e
 
 
 def _jsonable(value: Any) -> Any:

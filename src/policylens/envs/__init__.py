@@ -69,4 +69,14 @@ def make_vec(env_id: str, num_envs: int, **kwargs) -> gym.vector.VectorEnv:
     )
 
 
-__all__ = ["WORLDS", "MazeConfig", "MazeEnv", "MazeSolver", "MazeState", "MazeVecEnv", "make", "make_vec", "register_world"]
+__all__ = [
+    "WORLDS",
+    "MazeConfig",
+    "MazeEnv",
+    "MazeSolver",
+    "MazeState",
+    "MazeVecEnv",
+    "make",
+    "make_vec",
+    "register_world",
+]

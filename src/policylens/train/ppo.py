@@ -212,7 +212,9 @@ def train_ppo(
     envs = make_vec(config.env_id, config.num_envs, **config.env_kwargs)
     obs_space, act_space = envs.single_observation_space, envs.single_action_space
     torch.manual_seed(config.seed)
-    agent = build_agent(config.arch, obs_space.shape, int(act_space.n), seed=config.seed, **config.arch_kwargs)
+    agent = build_agent(
+        config.arch, obs_space.shape, int(act_space.n), seed=config.seed, **config.arch_kwargs
+    )
     if init_from is not None:
         agent.load_weights(init_from)
     optimizer = torch.optim.Adam(agent.parameters(), lr=config.learning_rate, eps=1e-5)
