@@ -377,6 +377,10 @@ def agent_from_config(config: Any, source: Any = "config") -> HookedAgent:
     """Rebuild an agent (fresh weights) from the config a saved agent carries."""
     if not isinstance(config, dict):
         raise ValueError(f"{source} does not hold an agent config (a JSON object with 'arch').")
+    if config.get("arch") is None and "sb3" in config:
+        from policylens.train.sb3_backend import sb3_agent_from_config
+
+        return sb3_agent_from_config(config)
     if config.get("arch") is None and "module" in config:
         raise ValueError(
             f"{source} describes a custom network ({config['module']}) wrapped with "

@@ -146,7 +146,8 @@ def curves_with_mean(
     ax.set_xlabel("environment steps")
     ax.set_ylabel("training return")
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=6, ncol=2)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=6, ncol=2)
     return to_png(fig)
 
 
@@ -495,7 +496,8 @@ def write_compare_report(result: dict[str, Any], out: str | Path) -> Path:
             ax.plot(grid, mean, lw=2, label=g)
     ax.set_xlabel("environment steps")
     ax.set_ylabel("training return")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     sal.figure(to_png(fig), "salvage by group")
     sec.json({"experiments": result["experiments"]})
     return report.write(out)

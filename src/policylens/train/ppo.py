@@ -259,7 +259,10 @@ def train_ppo(
         run.save_checkpoint(agent, 0)
 
     T, N = config.num_steps, config.num_envs
-    obs_buf = torch.zeros((T, N, *obs_space.shape), dtype=torch.uint8)
+    obs_dtype = torch.from_numpy(
+        np.zeros(0, dtype=obs_space.dtype)
+    ).dtype  # uint8 mazes, float Box2D
+    obs_buf = torch.zeros((T, N, *obs_space.shape), dtype=obs_dtype)
     act_buf = torch.zeros((T, N), dtype=torch.long)
     logp_buf = torch.zeros((T, N))
     rew_buf = torch.zeros((T, N))

@@ -1,0 +1,338 @@
+"""Stable-Baselines3 PPO (``MlpPolicy``) as a policylens trainer with the built-in run layout.
+
+:func:`train_sb3` takes the same :class:`~policylens.train.ppo.PPOConfig` as
+:func:`~policylens.train.ppo.train_ppo` (each field mapped to SB3's PPO argument of the same
+meaning) and writes the same run folder: ``config.json`` (``kind: "sb3_ppo"``, the trainer config,
+the SB3 arguments and the agent config), ``checkpoints/step_<N>.safetensors`` on the same schedule,
+``metrics.csv`` with the same columns, and ``DONE``.
+
+Checkpoints hold the weights of the SB3 ``ActorCriticPolicy`` wrapped as a HookedAgent
+(:func:`policylens.agents.sb3_agent`), so their names are ``policy.mlp_extractor.policy_net.0.weight``
+and so on. SB3's MlpPolicy has separate policy and value towers (no shared layers); the agent config
+carries an ``"sb3"`` entry from which :func:`sb3_agent_from_config` rebuilds the network.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from policylens import io
+from policylens.train.ppo import PPOConfig, checkpoint_updates
+from policylens.train.runs import Run, config_json
+
+ACTIVATIONS = ("tanh", "relu")
+"""Activations of the built-in MLP that SB3's MlpPolicy can mirror."""
+
+
+def _require_sb3() -> Any:
+    try:
+        import stable_baselines3
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ValueError(
+            "The sb3 backend needs stable-baselines3; install it with "
+            "`pip install 'policylens[sb3]'` or use --backend builtin."
+        ) from e
+    return stable_baselines3
+
+
+def sb3_policy_kwargs(config: PPOConfig) -> dict[str, Any]:
+    """SB3 ``policy_kwargs`` mirroring the built-in ``mlp`` options of ``config`` (JSON-able)."""
+    if config.arch != "mlp":
+        raise ValueError(
+            f"The sb3 backend trains SB3's MlpPolicy, so it needs arch='mlp', got {config.arch!r}; "
+            "use the builtin backend for other architectures."
+        )
+    kw = dict(config.arch_kwargs)
+    kw.pop("seed", None)  # the builtin init seed; SB3 seeds its init with the run's seed
+    unknown = sorted(set(kw) - {"hidden", "activation", "init"})
+    if unknown or kw.get("head", "policy_value") != "policy_value":
+        raise ValueError(
+            f"The sb3 backend cannot mirror the mlp option(s) {', '.join(unknown) or 'head'}; "
+            "use hidden and activation only."
+        )
+    hidden = [int(h) for h in kw.get("hidden", (64, 64))]
+    activation = kw.get("activation", "tanh")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"Unknown activation {activation!r}; use one of {', '.join(ACTIVATIONS)}.")
+    return {
+        "net_arch": {"pi": hidden, "vf": hidden},
+        "activation": activation,
+        "ortho_init": kw.get("init", "orthogonal") == "orthogonal",
+    }
+
+
+def _torch_policy_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
+    from torch import nn
+
+    act = {"tanh": nn.Tanh, "relu": nn.ReLU}[kw["activation"]]
+    return {"net_arch": kw["net_arch"], "activation_fn": act, "ortho_init": kw["ortho_init"]}
+
+
+class _LinearSchedule:
+    """SB3 learning-rate schedule: ``lr * progress_remaining`` (1 -> 0), as ``anneal_lr`` does."""
+
+    def __init__(self, lr: float) -> None:
+        self.lr = lr
+
+    def __call__(self, progress_remaining: float) -> float:
+        return self.lr * progress_remaining
+
+
+def sb3_ppo_kwargs(config: PPOConfig) -> dict[str, Any]:
+    """The SB3 ``PPO(...)`` arguments equivalent to ``config`` (JSON-able, schedule by name)."""
+    return {
+        "n_steps": config.num_steps,
+        "batch_size": config.batch_size // config.num_minibatches,
+        "n_epochs": config.update_epochs,
+        "learning_rate": config.learning_rate,
+        "lr_schedule": "linear" if config.anneal_lr else "constant",
+        "gamma": config.gamma,
+        "gae_lambda": config.gae_lambda,
+        "clip_range": config.clip_coef,
+        "clip_range_vf": config.clip_coef if config.clip_vloss else None,
+        "normalize_advantage": config.norm_adv,
+        "ent_coef": config.ent_coef,
+        "vf_coef": config.vf_coef,
+        "max_grad_norm": config.max_grad_norm,
+        "seed": config.seed,
+    }
+
+
+def sb3_agent_config(
+    obs_shape: tuple[int, ...], num_actions: int, policy_kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """The agent config of an SB3 MlpPolicy checkpoint: the HookedAgent fields plus ``"sb3"``."""
+    return {
+        "arch": None,
+        "module": "SB3PolicyValue",
+        "obs_shape": [int(s) for s in obs_shape],
+        "num_actions": int(num_actions),
+        "obs_kind": "vector",
+        "output": "policy_value",
+        "sb3": {"policy": "MlpPolicy", **policy_kwargs},
+    }
+
+
+def is_sb3_config(agent_config: dict[str, Any]) -> bool:
+    """Whether an agent config describes an SB3 policy checkpoint written by this backend."""
+    return isinstance(agent_config, dict) and isinstance(agent_config.get("sb3"), dict)
+
+
+def sb3_agent_from_config(agent_config: dict[str, Any]):
+    """A HookedAgent around a freshly built SB3 ``ActorCriticPolicy`` described by ``agent_config``.
+
+    Load a checkpoint into it with ``agent.load_weights(file)``.
+    """
+    _require_sb3()
+    from gymnasium import spaces
+    from stable_baselines3.common.policies import ActorCriticPolicy
+
+    from policylens.agents import sb3_agent
+
+    if not is_sb3_config(agent_config):
+        raise ValueError("This agent config has no 'sb3' entry; it was not written by train_sb3.")
+    kw = dict(agent_config["sb3"])
+    if kw.get("policy") != "MlpPolicy":
+        raise ValueError(
+            f"Only SB3 MlpPolicy checkpoints can be rebuilt, got {kw.get('policy')!r}."
+        )
+    obs_space = spaces.Box(-np.inf, np.inf, tuple(agent_config["obs_shape"]), np.float32)
+    act_space = spaces.Discrete(int(agent_config["num_actions"]))
+    policy = ActorCriticPolicy(
+        obs_space, act_space, lambda _: 0.0, **_torch_policy_kwargs(kw)
+    )  # the optimiser is never used here
+    return sb3_agent(policy)
+
+
+def load_sb3_checkpoint(file: str | Path, agent_config: dict[str, Any]):
+    """An SB3 checkpoint (``.safetensors`` written by :func:`train_sb3`) as a HookedAgent."""
+    agent = sb3_agent_from_config(agent_config)
+    agent.load_weights(file)
+    return agent.eval()
+
+
+def _make_env_fn(env_id: str, env_kwargs: dict[str, Any]):
+    def make():
+        from policylens.envs import make as make_world
+
+        return make_world(env_id, **env_kwargs)
+
+    return make
+
+
+def train_sb3(
+    config: PPOConfig,
+    out: str | Path,
+    init_from: str | Path | None = None,
+    progress: bool = False,
+) -> Run:
+    """Train SB3's PPO ``MlpPolicy`` with the settings of ``config`` into the run folder ``out``.
+
+    ``init_from`` (a checkpoint of this backend) replaces the initial weights. The optimiser
+    starts fresh, as in :func:`~policylens.train.ppo.train_ppo`. There is no exact resume: SB3
+    keeps no savable Box2D state, so an unfinished folder must be trained again.
+    """
+    _require_sb3()
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from policylens.agents import sb3_agent
+    from policylens.train.ppo import _progress
+
+    policy_kwargs = sb3_policy_kwargs(config)
+    ppo_kwargs = sb3_ppo_kwargs(config)
+    torch.set_num_threads(config.threads)
+    env = DummyVecEnv([_make_env_fn(config.env_id, config.env_kwargs)] * config.num_envs)
+    args = dict(ppo_kwargs)
+    lr = args.pop("learning_rate")
+    schedule = args.pop("lr_schedule")
+    model = PPO(
+        "MlpPolicy",
+        env,
+        learning_rate=_LinearSchedule(lr) if schedule == "linear" else lr,
+        policy_kwargs=_torch_policy_kwargs(policy_kwargs),
+        device="cpu",
+        verbose=0,
+        **args,
+    )
+    agent = sb3_agent(model.policy)  # shares the policy's parameters
+    if init_from is not None:
+        agent.load_weights(init_from)
+    obs_shape = tuple(env.observation_space.shape)
+    agent_config = sb3_agent_config(obs_shape, int(env.action_space.n), policy_kwargs)
+    run = Run.create(
+        out,
+        {
+            "kind": "sb3_ppo",
+            "trainer": config_json(asdict(config)),
+            "sb3": config_json(
+                {**ppo_kwargs, "version": _require_sb3().__version__, "policy": "MlpPolicy"}
+            ),
+            "agent": agent_config,
+        },
+    )
+    save_at = set(
+        checkpoint_updates(config.num_updates, config.checkpoints, config.checkpoint_spacing)
+    )
+    bar = _progress(progress, config.num_updates, 0)
+    callback = _callback_class()(run, agent, config, save_at, bar)
+    model.learn(config.num_updates * config.batch_size, callback=callback, log_interval=None)
+    bar.close()
+    env.close()
+    io.write_text(run.path / "DONE", f'{{"step": {config.num_updates * config.batch_size}}}')
+    return run
+
+
+@functools.cache
+def _callback_class() -> type:
+    """The SB3 callback class, built on first use: SB3 is an optional dependency."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class RunCallback(BaseCallback):
+        """Writes checkpoints on the built-in schedule and one metrics row per PPO update.
+
+        A row is written at the start of the next rollout (or at the end of training), when the
+        losses of the update just finished are in SB3's logger.
+        """
+
+        def __init__(self, run: Run, agent, config: PPOConfig, save_at: set[int], bar) -> None:
+            super().__init__(verbose=0)
+            self.run, self.agent, self.cfg, self.save_at, self.bar = (
+                run,
+                agent,
+                config,
+                save_at,
+                bar,
+            )
+            n = config.num_envs
+            self.ret, self.len = np.zeros(n), np.zeros(n, dtype=np.int64)
+            self.finished: list[tuple[float, int, bool, float]] = []
+            self.updates = 0
+            self.t_start = self.t_update = 0.0
+
+        def _on_training_start(self) -> None:
+            self.t_start = self.t_update = time.perf_counter()
+            self.run.save_checkpoint(self.agent, 0)
+
+        def _on_step(self) -> bool:
+            rewards = np.asarray(self.locals["rewards"], dtype=float)
+            dones = np.asarray(self.locals["dones"], dtype=bool)
+            self.ret += rewards
+            self.len += 1
+            for i in np.nonzero(dones)[0]:
+                info = self.locals["infos"][i]
+                self.finished.append(
+                    (
+                        float(self.ret[i]),
+                        int(self.len[i]),
+                        bool(info.get("landed", info.get("success", False))),
+                        float(info.get("fuel_used", math.nan)),
+                    )
+                )
+            self.ret[dones] = 0
+            self.len[dones] = 0
+            return True
+
+        def _on_rollout_start(self) -> None:
+            if self.num_timesteps > 0:
+                self._finish_update()
+
+        def _on_training_end(self) -> None:
+            self._finish_update()
+
+        def _finish_update(self) -> None:
+            self.updates += 1
+            step = self.updates * self.cfg.batch_size
+            eps, self.finished = self.finished, []
+            logged = self.model.logger.name_to_value
+            now = time.perf_counter()
+            if eps:
+                rets, lens, succ, fuel = (np.array(x, dtype=float) for x in zip(*eps, strict=True))
+                ep = {
+                    "episodes": len(eps),
+                    "return": float(rets.mean()),
+                    "length": float(lens.mean()),
+                    "success": float(succ.mean()),
+                }
+            else:
+                ep = {"episodes": 0, "return": math.nan, "length": math.nan, "success": math.nan}
+            row = {
+                "step": step,
+                "time": now - self.t_start,
+                **ep,
+                "path_ratio": math.nan,
+                "policy_loss": float(logged.get("train/policy_gradient_loss", math.nan)),
+                "value_loss": float(logged.get("train/value_loss", math.nan)),
+                "entropy": -float(logged.get("train/entropy_loss", math.nan)),
+                "approx_kl": float(logged.get("train/approx_kl", math.nan)),
+                "clipfrac": float(logged.get("train/clip_fraction", math.nan)),
+                "explained_variance": float(logged.get("train/explained_variance", math.nan)),
+                "lr": float(logged.get("train/learning_rate", math.nan)),
+                "steps_per_s": self.cfg.batch_size / max(now - self.t_update, 1e-9),
+            }
+            self.t_update = now
+            self.run.append_metrics(row)
+            if self.updates in self.save_at:
+                self.run.save_checkpoint(self.agent, step)
+            self.bar.advance(row)
+
+    return RunCallback
+
+
+__all__ = [
+    "is_sb3_config",
+    "load_sb3_checkpoint",
+    "sb3_agent_config",
+    "sb3_agent_from_config",
+    "sb3_policy_kwargs",
+    "sb3_ppo_kwargs",
+    "train_sb3",
+]
