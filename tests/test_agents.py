@@ -339,3 +339,17 @@ def test_sb3_policy_parity() -> None:
     torch.testing.assert_close(logits, expected_logits)
     torch.testing.assert_close(value, expected_value)
     assert any(n.startswith("policy.mlp_extractor.policy_net") for n in agent.hook_names())
+
+
+def test_mlp_separate_value_layers_do_not_share_the_trunk() -> None:
+    agent = build_agent("mlp", (8,), 4, hidden=[16, 16], separate_value=True)
+    x = torch.randn(5, 8)
+    logits, value = agent(x)
+    with torch.no_grad():
+        agent.net.layers[0].linear.weight.add_(1.0)  # the policy's trunk only
+    logits2, value2 = agent(x)
+    assert not torch.allclose(logits, logits2)
+    torch.testing.assert_close(value, value2)
+    assert "value_layers.1.hook_act" in agent.hook_names()
+    with pytest.raises(ValueError, match="separate_value"):
+        build_agent("mlp", (8,), 4, head="q", separate_value=True)

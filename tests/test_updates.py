@@ -203,6 +203,7 @@ def test_train_ppo_init_from_starts_from_given_weights(tmp_path: Path) -> None:
     T.ensure_lunar_world()
     config = lunar_recipe("no_fuel", total_steps=128, num_envs=2, num_steps=64, hidden=(8,))
     src = _state(3, {"layers.0.linear.weight": (8, 8), "layers.0.linear.bias": (8,),
+                     "value_layers.0.linear.weight": (8, 8), "value_layers.0.linear.bias": (8,),
                      "policy_head.weight": (4, 8), "policy_head.bias": (4,),
                      "value_head.weight": (1, 8), "value_head.bias": (1,)})  # fmt: skip
     U.save_state(src, tmp_path / "init.safetensors")

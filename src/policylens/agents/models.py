@@ -238,7 +238,9 @@ class MLP(nn.Module):
     ``head="policy_value"``: heads ``policy_head`` and ``value_head``, returns ``(logits,
     value)``. ``head="q"``: one ``q_head`` returning Q-values ``(batch, num_actions)`` (DQN); the
     agent then uses logits = Q and value = max Q. Hook points: ``layers.<i>.hook_linear`` and
-    ``layers.<i>.hook_act``.
+    ``layers.<i>.hook_act``. ``separate_value=True`` gives the value its own layers
+    (``value_layers.<i>``), as SB3's MlpPolicy and CleanRL do: with a shared trunk, large
+    returns (LunarLander's hundreds) let the value loss swamp the policy's gradients.
     """
 
     def __init__(
@@ -249,6 +251,7 @@ class MLP(nn.Module):
         activation: str = "tanh",
         head: str = "policy_value",
         init: str = "orthogonal",
+        separate_value: bool = False,
     ) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
@@ -257,11 +260,22 @@ class MLP(nn.Module):
             )
         if head not in ("policy_value", "q"):
             raise ValueError(f"Unknown head {head!r}; use 'policy_value' or 'q'.")
+        if separate_value and head == "q":
+            raise ValueError(
+                "separate_value needs head='policy_value'; a Q-network has no value head."
+            )
         sizes = [in_features, *hidden]
         self.layers = nn.ModuleList(
             MLPLayer(a, b, activation) for a, b in zip(sizes[:-1], sizes[1:], strict=True)
         )
         self.head = head
+        self.value_layers = (
+            nn.ModuleList(
+                MLPLayer(a, b, activation) for a, b in zip(sizes[:-1], sizes[1:], strict=True)
+            )
+            if separate_value
+            else None
+        )
         if head == "q":
             self.q_head = nn.Linear(sizes[-1], num_actions)
             _init(self, self.q_head, None, init, policy_gain=1.0)
@@ -272,11 +286,17 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         x = x.flatten(1)  # (batch, in_features)
+        v = x
         for layer in self.layers:
             x = layer(x)
         if self.head == "q":
             return self.q_head(x)  # (batch, num_actions)
-        return self.policy_head(x), self.value_head(x).squeeze(-1)
+        if self.value_layers is not None:
+            for layer in self.value_layers:
+                v = layer(v)
+        else:
+            v = x
+        return self.policy_head(x), self.value_head(v).squeeze(-1)
 
 
 def _init(

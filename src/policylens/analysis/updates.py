@@ -166,6 +166,8 @@ def param_group(name: str) -> str:
         return "policy head"
     if any(p in ("value_head", "fc_value", "value_net") for p in parts):
         return "value head"
+    if parts[0] == "value_layers" or (len(parts) > 1 and parts[1] == "value_layers"):
+        return "value body"
     if any(p in ("pi_features_extractor",) for p in parts):
         return "policy body"
     if any(p in ("vf_features_extractor",) for p in parts):
@@ -177,9 +179,12 @@ def group_shares(update: Mapping[str, Tensor]) -> dict[str, dict[str, float]]:
     """Per group: share of the update's squared norm, share of the parameters, and the norm."""
     total_sq = sum(float(v.float().pow(2).sum()) for v in update.values())
     total_n = sum(v.numel() for v in update.values())
+    groups = {k: param_group(k) for k in update}
+    if "value body" in groups.values():  # separate value layers: the trunk is the policy's alone
+        groups = {k: "policy body" if g == "shared" else g for k, g in groups.items()}
     out: dict[str, dict[str, float]] = {}
     for g in GROUPS:
-        names = [k for k in update if param_group(k) == g]
+        names = [k for k in update if groups[k] == g]
         if not names:
             continue
         sq = sum(float(update[k].float().pow(2).sum()) for k in names)

@@ -52,7 +52,8 @@ def lunar_recipe(
     """PPO on LunarLander paying ``reward_variant`` (the "isolating updates" experiment).
 
     Long-horizon settings (gamma 0.999, lambda 0.98, 4 epochs of 64-sample minibatches, entropy
-    0.01, as in RL Zoo's LunarLander PPO) with a 64x64 tanh MLP, the size of SB3's MlpPolicy.
+    0.01, as in RL Zoo's LunarLander PPO) with 64x64 tanh MLPs for policy and value, separate
+    as in SB3's MlpPolicy (a shared trunk did not learn to land in 300k steps).
     ``seed`` also seeds the network's initialisation (train_ppo and SB3 both do). One torch
     thread: on a shared 2-core machine a second thread made small-MLP forwards ~10x slower.
     """
@@ -66,7 +67,7 @@ def lunar_recipe(
         env_id=env_id,
         env_kwargs={"reward_variant": reward_variant},
         arch="mlp",
-        arch_kwargs={"hidden": list(hidden), "activation": "tanh"},
+        arch_kwargs={"hidden": list(hidden), "activation": "tanh", "separate_value": True},
         total_steps=total_steps or LUNAR_STEPS,
         num_envs=num_envs,
         num_steps=num_steps,

@@ -52,6 +52,11 @@ def sb3_policy_kwargs(config: PPOConfig) -> dict[str, Any]:
         )
     kw = dict(config.arch_kwargs)
     kw.pop("seed", None)  # the builtin init seed; SB3 seeds its init with the run's seed
+    if not kw.pop("separate_value", True):
+        raise ValueError(
+            "SB3's MlpPolicy always gives the value its own layers; set separate_value=True "
+            "or use the builtin backend for a shared trunk."
+        )
     unknown = sorted(set(kw) - {"hidden", "activation", "init"})
     if unknown or kw.get("head", "policy_value") != "policy_value":
         raise ValueError(
