@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from policylens.envs import make_vec
-from policylens.train.ppo import checkpoint_updates
+from policylens.train.ppo import checkpoint_updates, episode_success
 from policylens.train.runs import Run, config_json, env_from_saved, saved_env_state
 
 SUCCESS_OUTCOMES = ("checkmate",)
@@ -330,15 +330,6 @@ class ReplayBuffer:
 
 
 # -- episode statistics -------------------------------------------------------------------------
-def episode_success(final_info: dict[str, Any], i: int, terminated: bool) -> bool:
-    """The world's ``success`` label, else a successful ``outcome`` label, else 'terminated'."""
-    if "success" in final_info:
-        return bool(final_info["success"][i])
-    if "outcome" in final_info:
-        return final_info["outcome"][i] in SUCCESS_OUTCOMES
-    return bool(terminated)
-
-
 class EpisodeStats:
     """Running per-env returns and lengths, and the episodes finished since the last drain.
 
