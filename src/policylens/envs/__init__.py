@@ -8,6 +8,7 @@ from __future__ import annotations
 import gymnasium as gym
 
 from policylens.envs.maze import MazeConfig, MazeEnv, MazeSolver, MazeState, MazeVecEnv
+from policylens.names import check_known
 
 WORLDS: dict[str, str] = {}
 
@@ -46,11 +47,7 @@ register_world(
 def make(env_id: str, **kwargs) -> gym.Env:
     """``gymnasium.make`` with a clear error naming the registered worlds for an unknown id."""
     if env_id not in gym.registry:
-        import difflib
-
-        close = difflib.get_close_matches(env_id, list(WORLDS), n=3, cutoff=0.3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"Unknown world {env_id!r}.{hint} Registered: {', '.join(WORLDS)}.")
+        check_known([env_id], WORLDS, "world")
     return gym.make(env_id, **kwargs)
 
 

@@ -40,6 +40,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from policylens.names import check_known
+
 KING_DIRS = ((-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1))
 """Row/col deltas of king actions 0-7: N, NE, E, SE, S, SW, W, NW."""
 KING_DIR_NAMES = ("n", "ne", "e", "se", "s", "sw", "w", "nw")
@@ -133,14 +135,7 @@ class RookEndgameConfig:
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any]) -> RookEndgameConfig:
         """Build a config, naming any unknown option and the closest valid ones."""
-        valid = [f.name for f in fields(cls)]
-        for key in kwargs:
-            if key not in valid:
-                close = difflib.get_close_matches(key, valid, n=3)
-                hint = f" Did you mean {', '.join(close)}?" if close else ""
-                raise ValueError(
-                    f"Unknown rook endgame option {key!r}.{hint} Valid options: {', '.join(valid)}."
-                )
+        check_known(kwargs, [f.name for f in fields(cls)], "rook endgame option")
         return cls(**kwargs)
 
 

@@ -13,7 +13,6 @@ The step logic lives once, in :class:`MazeBatch`; :class:`MazeEnv` is a batch of
 
 from __future__ import annotations
 
-import difflib
 import functools
 import json
 from collections import deque
@@ -24,6 +23,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
+
+from policylens.names import check_known
 
 WALL, MOUSE, CHEESE = 0, 1, 2
 """Channel order of the ``grid`` observation."""
@@ -119,14 +120,7 @@ class MazeConfig:
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any]) -> MazeConfig:
         """Build a config, naming any unknown option and the closest valid ones."""
-        valid = [f.name for f in fields(cls)]
-        for key in kwargs:
-            if key not in valid:
-                close = difflib.get_close_matches(key, valid, n=3)
-                hint = f" Did you mean {', '.join(close)}?" if close else ""
-                raise ValueError(
-                    f"Unknown maze option {key!r}.{hint} Valid options: {', '.join(valid)}."
-                )
+        check_known(kwargs, [f.name for f in fields(cls)], "maze option")
         if "maze_sizes" in kwargs:
             sizes = kwargs["maze_sizes"]
             if not isinstance(sizes, list | tuple) or len(sizes) != 2:
