@@ -165,6 +165,12 @@ def write_maze_report(
         "Cheese vector: activation of the maze minus the same maze without cheese at the start, per maze; "
         "random vectors have the same per-maze norm."
     )
+    if s["baseline"]["success"]["rate"] < 0.1:
+        sec.note(
+            "This agent rarely reaches the cheese without intervention on these mazes (the cheese is off "
+            "the way to the corner), so there is little for the cheese vector to remove. Agents trained "
+            "with a larger cheese region (e.g. `policylens train maze --cheese-region 3`) show the effect."
+        )
     c = st["clamp"]
     report.section("Channel clamping").table(
         [
