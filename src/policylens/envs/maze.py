@@ -304,13 +304,21 @@ def next_moves(dist: np.ndarray, walls: np.ndarray) -> np.ndarray:
     return np.where(ok, best, -1)
 
 
-def shortest_path(walls: np.ndarray, source: tuple[int, int], target: tuple[int, int]) -> list:
-    """Cells from ``source`` to ``target`` inclusive along the shortest path ([] if unreachable)."""
-    dist = bfs_distances(walls, target)
-    if dist[source] < 0:
+def shortest_path(
+    walls: np.ndarray,
+    source: tuple[int, int],
+    target: tuple[int, int],
+    moves: np.ndarray | None = None,
+) -> list:
+    """Cells from ``source`` to ``target`` inclusive along the shortest path ([] if unreachable).
+
+    ``moves`` (``next_moves`` toward ``target``) saves the BFS when the caller already has it.
+    """
+    if moves is None:
+        moves = next_moves(bfs_distances(walls, target), walls)
+    if tuple(source) != tuple(target) and moves[tuple(source)] < 0:
         return []
     path = [tuple(source)]
-    moves = next_moves(dist, walls)
     while path[-1] != tuple(target):
         r, c = path[-1]
         dr, dc = MOVES[moves[r, c]]
@@ -318,13 +326,16 @@ def shortest_path(walls: np.ndarray, source: tuple[int, int], target: tuple[int,
     return path
 
 
-def decision_square(state: MazeState) -> tuple[int, int]:
+def decision_square(
+    state: MazeState, move_cheese: np.ndarray | None = None, move_corner: np.ndarray | None = None
+) -> tuple[int, int]:
     """Where the start's paths to the cheese and to the corner part (Mini et al.), else (-1, -1).
 
     There is none when the cheese lies on the way to the corner or the corner on the way to it.
+    ``move_cheese``/``move_corner`` (``next_moves`` toward each) save the BFS when known.
     """
-    to_cheese = shortest_path(state.walls, state.start, state.cheese)
-    to_corner = shortest_path(state.walls, state.start, state.corner)
+    to_cheese = shortest_path(state.walls, state.start, state.cheese, move_cheese)
+    to_corner = shortest_path(state.walls, state.start, state.corner, move_corner)
     fork = state.start
     for a, b in zip(to_cheese, to_corner, strict=False):
         if a != b:
@@ -361,7 +372,7 @@ class _Level:
         self.dist_corner = bfs_distances(state.walls, state.corner)
         self.move_cheese = next_moves(self.dist_cheese, state.walls)
         self.move_corner = next_moves(self.dist_corner, state.walls)
-        self.fork = decision_square(state)
+        self.fork = decision_square(state, self.move_cheese, self.move_corner)
 
 
 class MazeBatch:
