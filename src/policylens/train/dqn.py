@@ -31,7 +31,13 @@ from torch import Tensor, nn
 
 from policylens.envs import make_vec
 from policylens.train.ppo import checkpoint_updates, episode_success
-from policylens.train.runs import Run, config_json, env_from_saved, saved_env_state
+from policylens.train.runs import (
+    Run,
+    TrainingProgress,
+    config_json,
+    env_from_saved,
+    saved_env_state,
+)
 
 SUCCESS_OUTCOMES = ("checkmate",)
 """``info["outcome"]`` values that count as a success in worlds without a ``success`` label."""
@@ -461,7 +467,7 @@ def train_dqn(
         run.save_checkpoint(agent, 0)
     masks = _legal(infos, N, A) if config.mask_illegal else None  # (N, A) legal actions now
     interval = {"loss": 0.0, "q": 0.0, "n": 0, "t": time.perf_counter(), "steps": 0}
-    bar = _progress(progress, config.num_iterations * N, start_iter * N)
+    bar = TrainingProgress(progress, "DQN", "steps", config.num_iterations * N, start_iter * N)
     t_start = time.perf_counter() - elapsed
     stop_at = None if stop_after_steps is None else start_iter * N + stop_after_steps
 
@@ -566,7 +572,7 @@ def train_dqn(
             run.append_metrics(row)
             rows_written += 1
             interval = {"loss": 0.0, "q": 0.0, "n": 0, "t": now, "steps": 0}
-            bar.update(step, row)
+            bar.update(step, row, extra=f"eps {row['epsilon']:.2f}")
             if rows_written % config.resume_every == 0 or last:
                 run.save_resume_state(
                     {
@@ -696,42 +702,3 @@ def evaluate_q_agent(
     if labelled:
         summary["outcomes"] = {o: stats.proportion([x == o for x in outs]) for o in labelled}
     return summary
-
-
-class _progress:
-    """A rich progress bar with the live success rate, return and epsilon (no-op when disabled)."""
-
-    def __init__(self, enabled: bool, total: int, done: int) -> None:
-        self.enabled = enabled
-        if not enabled:
-            return
-        from rich.progress import (
-            BarColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.progress = Progress(
-            TextColumn("[bold]DQN"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total} steps"),
-            TextColumn("{task.fields[live]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-        )
-        self.task = self.progress.add_task("train", total=total, completed=done, live="")
-        self.progress.start()
-
-    def update(self, step: int, row: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        live = f"eps {row['epsilon']:.2f}  {row['steps_per_s']:.0f} steps/s"
-        if row["episodes"]:
-            live = f"success {row['success']:.0%}  return {row['return']:.1f}  " + live
-        self.progress.update(self.task, completed=step, live=live)
-
-    def close(self) -> None:
-        if self.enabled:
-            self.progress.stop()

@@ -19,7 +19,13 @@ import torch
 from torch import nn
 
 from policylens.envs import make_vec
-from policylens.train.runs import Run, config_json, env_from_saved, saved_env_state
+from policylens.train.runs import (
+    Run,
+    TrainingProgress,
+    config_json,
+    env_from_saved,
+    saved_env_state,
+)
 
 
 @dataclass
@@ -269,7 +275,7 @@ def train_ppo(
     done_buf = torch.zeros((T, N))
     val_buf = torch.zeros((T, N))
 
-    bar = _progress(progress, config.num_updates, start_update)
+    bar = TrainingProgress(progress, "PPO", "updates", config.num_updates, start_update)
     t_start = time.perf_counter() - elapsed
     for update in range(start_update, config.num_updates):
         t_update = time.perf_counter()
@@ -391,7 +397,7 @@ def train_ppo(
                     "next_obs": torch.from_numpy(np.array(next_obs)),
                 }
             )
-        bar.advance(row)
+        bar.update(done_updates, row)
         if stop_after_updates is not None and done_updates - start_update >= stop_after_updates:
             break
     else:
@@ -406,44 +412,3 @@ def _final_obs(infos: dict[str, Any], idx: np.ndarray) -> torch.Tensor:
     if final.dtype == object:  # Gymnasium's SyncVectorEnv stores one array per env
         return torch.from_numpy(np.stack([final[i] for i in idx]))
     return torch.from_numpy(final[idx])
-
-
-class _progress:
-    """A rich progress bar showing live success rate and return (no-op when disabled)."""
-
-    def __init__(self, enabled: bool, total: int, done: int):
-        self.enabled = enabled
-        if not enabled:
-            return
-        from rich.progress import (
-            BarColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.progress = Progress(
-            TextColumn("[bold]PPO"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total} updates"),
-            TextColumn("{task.fields[live]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-        )
-        self.task = self.progress.add_task("train", total=total, completed=done, live="")
-        self.progress.start()
-
-    def advance(self, row: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        live = (
-            f"success {row['success']:.0%}  return {row['return']:.2f}  {row['steps_per_s']:.0f} steps/s"
-            if row["episodes"]
-            else ""
-        )
-        self.progress.update(self.task, advance=1, live=live)
-
-    def close(self) -> None:
-        if self.enabled:
-            self.progress.stop()

@@ -227,3 +227,43 @@ def _tensors(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [_tensors(v) for v in obj]
     return obj
+
+
+class TrainingProgress:
+    """A rich progress bar with the live success rate, return and speed (no-op when disabled)."""
+
+    def __init__(self, enabled: bool, label: str, unit: str, total: int, done: int) -> None:
+        self.enabled = enabled
+        if not enabled:
+            return
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn(f"[bold]{label}"),
+            BarColumn(),
+            TextColumn(f"{{task.completed}}/{{task.total}} {unit}"),
+            TextColumn("{task.fields[live]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        self.task = self.progress.add_task("train", total=total, completed=done, live="")
+        self.progress.start()
+
+    def update(self, completed: int, row: dict[str, float], extra: str = "") -> None:
+        """Show ``completed`` units and the metrics row (episodes, success, return, steps_per_s)."""
+        if not self.enabled:
+            return
+        live = f"{extra}  {row['steps_per_s']:.0f} steps/s".strip()
+        if row["episodes"]:
+            live = f"success {row['success']:.0%}  return {row['return']:.2f}  " + live
+        self.progress.update(self.task, completed=completed, live=live)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.progress.stop()

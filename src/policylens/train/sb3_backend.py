@@ -190,7 +190,7 @@ def train_sb3(
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     from policylens.agents import sb3_agent
-    from policylens.train.ppo import _progress
+    from policylens.train.runs import TrainingProgress
 
     policy_kwargs = sb3_policy_kwargs(config)
     ppo_kwargs = sb3_ppo_kwargs(config)
@@ -227,7 +227,7 @@ def train_sb3(
     save_at = set(
         checkpoint_updates(config.num_updates, config.checkpoints, config.checkpoint_spacing)
     )
-    bar = _progress(progress, config.num_updates, 0)
+    bar = TrainingProgress(progress, "SB3 PPO", "updates", config.num_updates, 0)
     callback = _callback_class()(run, agent, config, save_at, bar)
     model.learn(config.num_updates * config.batch_size, callback=callback, log_interval=None)
     bar.close()
@@ -327,7 +327,7 @@ def _callback_class() -> type:
             self.run.append_metrics(row)
             if self.updates in self.save_at:
                 self.run.save_checkpoint(self.agent, step)
-            self.bar.advance(row)
+            self.bar.update(self.updates, row)
 
     return RunCallback
 
