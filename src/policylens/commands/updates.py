@@ -135,12 +135,17 @@ def run_cmd(
     )
     log = None if as_json else (lambda m: console.print(m, highlight=False))
     analysis = run_experiment(config, out, workers=workers, log=log, report=report)
+    show_analysis(analysis, Path(out), report, as_json)
+
+
+def show_analysis(analysis: dict, folder: Path, report: bool, as_json: bool) -> None:
+    """Print an experiment's analysis as JSON or tables, and where its report is."""
     if as_json:
         print_json(compact(analysis))
         return
     print_analysis(analysis)
     if report:
-        console.print(f"report: {Path(out) / 'report.html'}")
+        console.print(f"report: {folder / 'report.html'}")
 
 
 @command("analyze", typer_app=updates_app)
@@ -153,12 +158,7 @@ def analyze_cmd(
     from policylens.train.two_phase import analyze_experiment
 
     analysis = analyze_experiment(path, report=report)
-    if as_json:
-        print_json(compact(analysis))
-        return
-    print_analysis(analysis)
-    if report:
-        console.print(f"report: {path / 'report.html'}")
+    show_analysis(analysis, path, report, as_json)
 
 
 @command("compare", typer_app=updates_app)
