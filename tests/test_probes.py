@@ -24,18 +24,6 @@ MAZE = "policylens/Maze-v0"
 SMALL = {"cheese_region": None, "max_steps": 25}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch and BLAS thread per test process (CI runs two processes on two cores)."""
-    from threadpoolctl import threadpool_limits
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def maze_store(tmp_path_factory):
     torch.set_num_threads(1)
