@@ -3,7 +3,11 @@
 Both train for the same number of environment steps; the script prints each one's steps/s, the
 ratio, and both agents' success and path efficiency on the same 500 training-distribution mazes.
 
-    python bench/bench_ppo.py [--steps 300000] [--threads 2]
+    python bench/bench_ppo.py [--steps 300000] [--threads 2] [--precision auto|float32|bfloat16]
+
+policylens trains with ``precision="auto"`` by default (bf16 autocast where the CPU has native bf16,
+float32 weights and optimiser); SB3 has no mixed precision and runs float32. ``--precision
+float32`` compares like with like.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from torch import nn
 
 from policylens.agents.hooks import retain_freed_memory
 from policylens.analysis.behaviour import evaluate
-from policylens.train.ppo import PPOConfig, train_ppo
+from policylens.train.ppo import PPOConfig, compute_dtype, train_ppo
 from policylens.train.recipes import maze_recipe
 
 
@@ -74,10 +78,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300_000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--episodes", type=int, default=500)
+    parser.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"))
     args = parser.parse_args()
     retain_freed_memory()
+    # Both optimisers import torch._dynamo on first use (~2 s); import it before either clock runs.
+    import torch._dynamo  # noqa: F401
+
     config = maze_recipe(total_steps=args.steps)
-    config = PPOConfig(**{**config.__dict__, "threads": args.threads})
+    config = PPOConfig(**{**config.__dict__, "threads": args.threads, "precision": args.precision})
     env_kwargs = config.env_kwargs
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -100,7 +108,10 @@ def main() -> None:
         print(
             f"{name:14}{steps / secs:>10.0f}{ev['success']['rate']:>10.3f}{ev['path_ratio']:>14.2f}"
         )
-    print(f"speed ratio policylens / SB3: {sb3_time / pl_time:.2f}x at {steps:,} steps each")
+    print(
+        f"speed ratio policylens / SB3: {sb3_time / pl_time:.2f}x at {steps:,} steps each "
+        f"(policylens precision {args.precision}: {compute_dtype(args.precision)})"
+    )
 
 
 if __name__ == "__main__":

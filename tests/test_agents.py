@@ -101,6 +101,25 @@ def test_maze_cnn_channels_last_gives_same_values() -> None:
     torch.testing.assert_close(a(obs)[1], b(obs)[1], atol=1e-5, rtol=1e-5)
 
 
+def test_maze_cnn_channels_last_gradients_match_and_keep_one_layout() -> None:
+    """The channels-first flatten returns gradients in the conv layout (mixed layouts are slow)."""
+    a = small_maze(seed=3, channels_last=True)
+    b = small_maze(seed=3, channels_last=False)
+    obs = grid_obs()
+    layouts = []
+    for agent in (a, b):
+
+        def record(grad, hook):
+            layouts.append(grad.is_contiguous(memory_format=torch.channels_last))
+
+        with agent.hooks(bwd_hooks=[("res1.hook_out", record)]):
+            logits, value = agent(obs)
+            (logits.logsumexp(-1).sum() + value.sum()).backward()
+    assert layouts == [True, False]
+    for (name, pa), (_, pb) in zip(a.net.named_parameters(), b.net.named_parameters(), strict=True):
+        torch.testing.assert_close(pa.grad, pb.grad, atol=1e-4, rtol=1e-4, msg=name)
+
+
 # --------------------------------------------------------------------------- observations
 def test_preprocess_shapes_dtypes_and_errors() -> None:
     agent = small_maze()

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from policylens.train.ppo import PPOConfig, checkpoint_updates, train_ppo
+from policylens.train.ppo import PPOConfig, checkpoint_updates, compute_dtype, train_ppo
 from policylens.train.runs import Run, find_runs
 
 TINY = dict(total_steps=16 * 32 * 6, num_envs=16, num_steps=32, checkpoints=3, resume_every=2)
@@ -89,6 +89,7 @@ def test_partial_metrics_line_is_ignored(tmp_path):
         (dict(num_minibatches=7), "must divide"),
         (dict(gamma=1.5), "gamma"),
         (dict(checkpoint_spacing="cubic"), "checkpoint_spacing"),
+        (dict(precision="fp8"), "precision must be 'auto', 'float32' or 'bfloat16'"),
     ],
 )
 def test_bad_config(kw, msg):
@@ -99,3 +100,25 @@ def test_bad_config(kw, msg):
 def test_not_a_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a policylens run"):
         Run(tmp_path)
+
+
+def test_precision_resolves_to_a_compute_dtype():
+    assert compute_dtype("float32") == torch.float32
+    assert compute_dtype("bfloat16") == torch.bfloat16
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert compute_dtype("auto") == (torch.bfloat16 if native else torch.float32)
+
+
+def test_bfloat16_training_keeps_float32_weights_and_tracks_float32(tmp_path):
+    """bf16 autocast changes the arithmetic, not the run: float32 weights, finite losses, and
+    the first update's losses close to a float32 run's from the same seed."""
+    runs = {
+        p: train_ppo(tiny(precision=p), tmp_path / p, progress=False)
+        for p in ("float32", "bfloat16")
+    }
+    weights = load_file(str(runs["bfloat16"].checkpoints()[-1][1]))
+    assert all(w.dtype == torch.float32 for w in weights.values())
+    first = {p: run.metrics()[0] for p, run in runs.items()}
+    for key in ("value_loss", "entropy"):
+        assert np.isfinite(first["bfloat16"][key])
+        assert first["bfloat16"][key] == pytest.approx(first["float32"][key], rel=0.05)

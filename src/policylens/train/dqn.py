@@ -413,7 +413,7 @@ def train_dqn(
         config.arch, obs_space.shape, A, seed=config.seed, **{**config.arch_kwargs, "head": "q"}
     )
     target = copy.deepcopy(agent).requires_grad_(False)
-    optimizer = torch.optim.Adam(agent.parameters(), lr=config.learning_rate)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=config.learning_rate, fused=True)
     generator = torch.Generator().manual_seed(config.seed)
     buffer = ReplayBuffer(
         config.buffer_rows, N, obs_space.shape, obs_space.dtype, A, config.mask_illegal

@@ -3,6 +3,10 @@
 One process, a batched vector env, a HookedAgent. Checkpoints follow a schedule (log-spaced by
 default, so training dynamics can be probed later); ``resume.pt`` after every few updates lets a
 killed run continue and end exactly where an uninterrupted run with the same seed would have.
+
+Speed: on CPUs with native bf16 (AVX512-BF16, AMX) convolutions and matmuls run under bf16
+autocast while weights, optimiser and losses stay float32 (``precision``); truncated episodes'
+final observations are valued in the next step's forward pass instead of a separate one.
 """
 
 from __future__ import annotations
@@ -74,6 +78,9 @@ class PPOConfig:
     """Seed of the envs, the network init and the action sampling."""
     threads: int = 2
     """Torch CPU threads."""
+    precision: str = "auto"
+    """'float32', 'bfloat16' (autocast; weights and optimiser stay float32), or 'auto': bfloat16
+    where the CPU multiplies bf16 natively (AVX512-BF16 or AMX), else float32."""
     checkpoints: int = 20
     """Number of checkpoints besides the first and last."""
     checkpoint_spacing: str = "log"
@@ -91,6 +98,8 @@ class PPOConfig:
             problems.append(
                 f"num_minibatches {self.num_minibatches} must divide the batch {self.batch_size}"
             )
+        if self.precision not in ("auto", "float32", "bfloat16"):
+            problems.append("precision must be 'auto', 'float32' or 'bfloat16'")
         if self.checkpoint_spacing not in ("log", "linear"):
             problems.append("checkpoint_spacing must be 'log' or 'linear'")
         for name in (
@@ -115,6 +124,15 @@ class PPOConfig:
     @property
     def num_updates(self) -> int:
         return self.total_steps // self.batch_size
+
+
+def compute_dtype(precision: str) -> torch.dtype:
+    """The dtype convolutions and matmuls run in for a ``PPOConfig.precision``."""
+    if precision == "auto":
+        # bf16 pays only where the CPU multiplies it natively; emulated it is slower than fp32.
+        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        return torch.bfloat16 if native else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[precision]
 
 
 def checkpoint_updates(num_updates: int, count: int, spacing: str) -> list[int]:
@@ -223,7 +241,8 @@ def train_ppo(
     )
     if init_from is not None:
         agent.load_weights(init_from)
-    optimizer = torch.optim.Adam(agent.parameters(), lr=config.learning_rate, eps=1e-5)
+    # fused: one kernel for all parameters, 4x faster than the default per-tensor loop on CPU
+    optimizer = torch.optim.Adam(agent.parameters(), lr=config.learning_rate, eps=1e-5, fused=True)
     generator = torch.Generator().manual_seed(config.seed)
     tracker = EpisodeTracker(config.num_envs)
     run_config = {"kind": "ppo", "trainer": config_json(asdict(config)), "agent": agent.config}
@@ -265,6 +284,7 @@ def train_ppo(
         run.save_checkpoint(agent, 0)
 
     T, N = config.num_steps, config.num_envs
+    low = compute_dtype(config.precision) == torch.bfloat16
     obs_dtype = torch.from_numpy(
         np.zeros(0, dtype=obs_space.dtype)
     ).dtype  # uint8 mazes, float Box2D
@@ -285,24 +305,32 @@ def train_ppo(
             )
 
         # -- rollout -------------------------------------------------------------------------------
-        with torch.no_grad():
-            for t in range(T):
+        # One autocast region for the whole rollout: the weights do not change in it, so their
+        # bf16 copies are cast once per update instead of once per step.
+        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=low):
+            truncated_at = None  # (env indices, final observations) of the previous step
+            for t in range(T + 1):
                 obs_t = torch.from_numpy(np.asarray(next_obs))
+                rows = obs_t if truncated_at is None else torch.cat([obs_t, truncated_at[1]])
+                logits, value = agent(rows)  # truncated episodes' final values ride along
+                logits, value = logits[:N].float(), value.float()
+                if truncated_at is not None:  # bootstrap them from their final observation
+                    rew_buf[t - 1, truncated_at[0]] += config.gamma * value[N:]
+                    value = value[:N]
+                if t == T:
+                    next_value = value
+                    break
                 obs_buf[t] = obs_t
-                logits, value = agent(obs_t)
-                dist = torch.distributions.Categorical(logits=logits)
-                action = torch.multinomial(dist.probs, 1, generator=generator).squeeze(1)
-                act_buf[t], logp_buf[t], val_buf[t] = action, dist.log_prob(action), value
-                next_obs, reward, terminated, truncated, infos = envs.step(action.numpy())
-                reward = torch.as_tensor(reward, dtype=torch.float32)
-                if truncated.any():  # bootstrap truncated episodes from their final observation
-                    idx = np.nonzero(truncated)[0]
-                    final = _final_obs(infos, idx)
-                    reward[idx] += config.gamma * agent(final)[1]
-                rew_buf[t] = reward
-                done_buf[t] = torch.as_tensor(terminated | truncated, dtype=torch.float32)
+                logp_all = torch.log_softmax(logits, dim=-1)
+                action = torch.multinomial(logp_all.exp(), 1, generator=generator)
+                act_buf[t], val_buf[t] = action.squeeze(1), value
+                logp_buf[t] = logp_all.gather(1, action).squeeze(1)
+                next_obs, reward, terminated, truncated, infos = envs.step(act_buf[t].numpy())
+                rew_buf[t] = torch.from_numpy(np.asarray(reward, dtype=np.float32))
+                done_buf[t] = torch.from_numpy(terminated | truncated)
                 tracker.step(np.asarray(reward), terminated, truncated, infos)
-            next_value = agent(torch.from_numpy(np.asarray(next_obs)))[1]
+                idx = np.nonzero(truncated)[0]
+                truncated_at = (torch.from_numpy(idx), _final_obs(infos, idx)) if len(idx) else None
 
             # -- generalised advantage estimation ----------------------------------------------------
             adv = torch.zeros((T, N))
@@ -325,7 +353,9 @@ def train_ppo(
             perm = torch.randperm(config.batch_size, generator=generator)
             for start in range(0, config.batch_size, mb):
                 i = perm[start : start + mb]
-                logits, value = agent(b_obs[i])
+                with torch.autocast("cpu", torch.bfloat16, enabled=low):
+                    logits, value = agent(b_obs[i])
+                logits, value = logits.float(), value.float()
                 logp_all = torch.log_softmax(logits, dim=-1)
                 logp = logp_all.gather(1, b_act[i, None]).squeeze(1)
                 entropy = -(logp_all.exp() * logp_all).sum(-1).mean()
