@@ -31,6 +31,7 @@ from policylens.envs.maze import (
     MazeEnv,
     MazeSolver,
     MazeState,
+    bfs_field,
     decision_square,
     generate_level,
 )
@@ -346,6 +347,29 @@ def test_moves_into_walls_and_edges_are_blocked() -> None:
     for action in (0, 1, 2):  # up into a wall, down and left off the world
         env.reset(seed=0, options={"state": state})
         assert tuple(env.step(action)[4]["mouse_pos"]) == (4, 0)
+
+
+@FEW
+@given(
+    walls=st.lists(st.booleans(), min_size=49, max_size=49).map(
+        lambda cells: np.array(cells).reshape(7, 7)
+    ),
+    target=st.tuples(st.integers(0, 6), st.integers(0, 6)),
+)
+def test_bfs_field_on_any_walls_loops_included(walls: np.ndarray, target: tuple[int, int]) -> None:
+    """Distances as the reference BFS; the move is the first of up, down, left, right that
+    steps one closer (ties happen where walls leave loops)."""
+    dist, moves = bfs_field(walls, target)
+    ref = {} if walls[target] else ref_distances(walls, target)
+    for r in range(7):
+        for c in range(7):
+            assert dist[r, c] == ref.get((r, c), -1)
+            closer = [
+                m
+                for m, (dr, dc) in FOUR_DELTAS.items()
+                if ref.get((r + dr, c + dc), -2) == ref.get((r, c), -9) - 1
+            ]
+            assert moves[r, c] == (min(closer) if closer else -1)
 
 
 @pytest.mark.parametrize("procgen", [False, True], ids=["four", "procgen"])
