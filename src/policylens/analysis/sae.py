@@ -95,8 +95,9 @@ class SAEConfig:
     """Seed of the initial weights, data order and resampling."""
     init_encoder_scale: float | None = None
     """Encoder init = this x decoder^T (None: 1.0 for topk/batchtopk, 0.1 for relu/jumprelu)."""
-    sparse_below: float = 0.07
-    """relu: use the sparse gradient path when fewer than this fraction of latents are active."""
+    sparse_below: float = 0.12
+    """relu: use the sparse gradient path when fewer than this fraction of latents are active
+    (about where the two paths cost the same, measured at 256 -> 2048, batch 4096)."""
     init_b_dec_mean: bool = True
     """Start ``b_dec`` at the mean of the first batch (else zeros)."""
     dead_window: int = 200_000
@@ -287,56 +288,76 @@ def _sparse_grads(
             crow, cols, torch.zeros_like(vals), (B, S), check_invariants=False
         )
         g_z = torch.sparse.sampled_addmm(pattern, gr, W_dec.T, beta=0.0).values()  # (nnz,)
-    if l1:
-        loss += l1 * float(vals.sum()) / B
-        g_z += l1 / B
-    # Weight gradients: latent-major sparse (d_sae, B) matrices times dense (B, d_in).
-    perm = (
-        torch.sparse_coo_tensor(
-            torch.stack([cols, rows]), torch.arange(cols.numel()), (S, B), check_invariants=False
-        )
-        .coalesce()
-        .values()
-    )
-    idx_t = torch.stack([cols[perm], rows[perm]])
-    z_t = torch.sparse_coo_tensor(
-        idx_t, vals[perm], (S, B), is_coalesced=True, check_invariants=False
-    )
-    g_t = torch.sparse_coo_tensor(
-        idx_t, g_z[perm], (S, B), is_coalesced=True, check_invariants=False
-    )
-    W_dec.grad = torch.sparse.mm(z_t, gr)  # (d_sae, d_in)
-    W_enc.grad = torch.sparse.mm(g_t, xc).T.contiguous()  # (d_in, d_sae)
+        if l1:
+            loss += l1 * float(vals.sum()) / B
+            g_z += l1 / B
+        # Weight gradients: latent-major CSR (d_sae, B) matrices times dense (B, d_in). CSR runs
+        # ~3x faster than COO here (measured at 2-4% density), and a stable sort of the latent
+        # ids is all the transposition needs.
+        perm = torch.argsort(cols, stable=True)
+        counts = torch.bincount(cols, minlength=S)  # (d_sae,) samples each latent fired on
+        crow_t = torch.zeros(S + 1, dtype=torch.long)
+        torch.cumsum(counts, 0, out=crow_t[1:])
+        rows_t = rows[perm]
+        z_t = torch.sparse_csr_tensor(crow_t, rows_t, vals[perm], (S, B), check_invariants=False)
+        g_t = torch.sparse_csr_tensor(crow_t, rows_t, g_z[perm], (S, B), check_invariants=False)
+        W_dec.grad = z_t @ gr  # (d_sae, d_in)
+        W_enc.grad = (g_t @ xc).T.contiguous()  # (d_in, d_sae)
     g_benc = torch.zeros(S).index_add_(0, cols, g_z)
     sae.b_enc.grad = g_benc
     sae.b_dec.grad = gr.sum(0) - W_enc @ g_benc  # b_dec enters the output and (negated) the input
-    fired = torch.zeros(S, dtype=torch.bool)
-    fired[cols] = True
+    fired = counts > 0
     return _Step(err=err, fired=fired, l0=cols.numel() / B, loss=loss)
 
 
-def _dense_grads(sae: SparseAutoencoder, x: Tensor, xc: Tensor, pre: Tensor) -> _Step:
-    """Loss and gradients for relu (L1) and jumprelu (L0 with straight-through thresholds)."""
+def _buffer(work: dict[str, Tensor] | None, name: str, shape: tuple[int, ...]) -> Tensor:
+    """A reusable ``(batch, d_sae)`` scratch tensor from ``work`` (a fresh one without ``work``).
+
+    Why: a 4096 x 2048 float32 tensor is 32 MiB, at glibc's largest mmap threshold, so each fresh
+    one is mmapped and page-faulted in (~10 ms a tensor, measured); reused buffers skip that.
+    """
+    if work is None:
+        return torch.empty(shape)
+    buf = work.get(name)
+    if buf is None or buf.shape != shape:
+        buf = work[name] = torch.empty(shape)
+    return buf
+
+
+def _dense_grads(
+    sae: SparseAutoencoder, x: Tensor, xc: Tensor, pre: Tensor, work: dict[str, Tensor] | None
+) -> _Step:
+    """Loss and gradients for relu (L1) and jumprelu (L0 with straight-through thresholds).
+
+    ``pre`` may be overwritten. The relu path makes no boolean masks: converting a (batch, d_sae)
+    mask to float or summing it costs more than the elementwise work itself.
+    """
     c = sae.config
     B = x.shape[0]
+    g_pre = _buffer(work, "grad", tuple(pre.shape))
     if c.arch == "relu":
-        active = pre > 0
+        z = pre.relu_()  # (B, d_sae)
+        fired = z.amax(0) > 0
+        l0 = float(torch.sign(z, out=g_pre).sum()) / B  # g_pre is free until the gradient
     else:
         theta = sae.threshold.detach()
         active = pre > theta
-    z = pre * active  # (B, d_sae)
+        z = pre * active
+        n_active = active.sum(0)  # (d_sae,)
+        fired, l0 = n_active > 0, float(n_active.sum()) / B
     recon = torch.addmm(sae.b_dec, z, sae.W_dec)  # (B, d_in)
     err = recon - x
-    n_active = active.sum(0)  # (d_sae,)
-    l0 = float(n_active.sum()) / B
     loss = float(err.pow(2).sum()) / B
     gr = err * (2.0 / B)  # dL/dx_hat (B, d_in)
-    g_z = gr @ sae.W_dec.T  # (B, d_sae)
     if c.arch == "relu":
         sparsity = float(z.sum()) / B  # decoder rows are unit norm, so this is SAELens's L1
         loss += c.l1_coeff * sparsity
-        g_pre = g_z.add_(c.l1_coeff / B).mul_(active)
+        # dL/dpre = (gr W_dec^T + l1 / B) where z > 0, else 0
+        l1 = torch.full((c.d_sae,), c.l1_coeff / B)
+        torch.addmm(l1, gr, sae.W_dec.T, out=g_pre)
+        torch.ops.aten.threshold_backward.grad_input(g_pre, z, 0.0, grad_input=g_pre)
     else:
+        g_z = torch.mm(gr, sae.W_dec.T, out=g_pre)  # (B, d_sae)
         loss += c.l0_coeff * l0
         # Straight-through estimators (Rajamanoharan et al.): rectangle kernel of width eps.
         eps = c.jumprelu_bandwidth
@@ -350,7 +371,7 @@ def _dense_grads(sae: SparseAutoencoder, x: Tensor, xc: Tensor, pre: Tensor) -> 
     g_benc = g_pre.sum(0)
     sae.b_enc.grad = g_benc
     sae.b_dec.grad = gr.sum(0) - sae.W_enc @ g_benc
-    return _Step(err=err, fired=n_active > 0, l0=l0, loss=loss)
+    return _Step(err=err, fired=fired, l0=l0, loss=loss)
 
 
 def _entries(pre: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -364,12 +385,15 @@ def _entries(pre: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]
     return rows, cols, vals, counts.cumsum(0) - counts
 
 
-def _train_step(sae: SparseAutoencoder, x: Tensor) -> _Step:
-    """Forward pass and hand-computed gradients (left in ``.grad``) for one batch ``x`` (B, d_in)."""
+def _train_step(sae: SparseAutoencoder, x: Tensor, work: dict[str, Tensor] | None = None) -> _Step:
+    """Forward pass and hand-computed gradients (left in ``.grad``) for one batch ``x`` (B, d_in).
+
+    ``work`` keeps scratch buffers between steps (see :func:`_buffer`).
+    """
     c = sae.config
     B = x.shape[0]
     xc = x - sae.b_dec  # (B, d_in)
-    pre = torch.addmm(sae.b_enc, xc, sae.W_enc)  # (B, d_sae)
+    pre = torch.addmm(sae.b_enc, xc, sae.W_enc, out=_buffer(work, "pre", (B, c.d_sae)))
     if c.arch == "topk":
         vals, cols = pre.topk(c.k, dim=-1, sorted=False)  # (B, k)
         vals, cols = vals.reshape(-1), cols.reshape(-1)
@@ -395,7 +419,7 @@ def _train_step(sae: SparseAutoencoder, x: Tensor) -> _Step:
         if int((head > 0).sum()) < c.sparse_below * head.numel():  # density estimate
             rows, cols, vals, offsets = _entries(pre, pre > 0)
             return _sparse_grads(sae, x, xc, rows, cols, vals, offsets, l1=c.l1_coeff)
-    return _dense_grads(sae, x, xc, pre)
+    return _dense_grads(sae, x, xc, pre, work)
 
 
 def _batches(data: Tensor | Iterable[Tensor], config: SAEConfig) -> Iterator[Tensor]:
@@ -535,6 +559,7 @@ def train_sae(
     params = [p for p in sae.parameters()]
     optimizer = torch.optim.Adam(params, lr=c.lr, betas=c.adam_betas, fused=True)
     since_fired = torch.zeros(c.d_sae, dtype=torch.long)  # samples since each latent last fired
+    work: dict[str, Tensor] = {}  # scratch buffers reused across steps
     steps = c.steps
     history: list[dict[str, float]] = []
     resampled = 0
@@ -561,7 +586,7 @@ def train_sae(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with torch.no_grad():
-                out = _train_step(sae, x)
+                out = _train_step(sae, x, work)
                 _project_decoder_grad(sae)
                 optimizer.step()
                 sae.normalize_decoder()
