@@ -102,7 +102,7 @@ def test_maze_cnn_channels_last_gives_same_values() -> None:
 
 
 def test_maze_cnn_channels_last_gradients_match_and_keep_one_layout() -> None:
-    """The channels-first flatten returns gradients in the conv layout (mixed layouts are slow)."""
+    """The flatten into fc keeps gradients in the convs' layout (mixed layouts are slow)."""
     a = small_maze(seed=3, channels_last=True)
     b = small_maze(seed=3, channels_last=False)
     obs = grid_obs()
