@@ -3,7 +3,8 @@
 Both train for the same number of environment steps; the script prints each one's steps/s, the
 ratio, and both agents' success and path efficiency on the same 500 training-distribution mazes.
 
-    python bench/bench_ppo.py [--steps 300000] [--threads 2] [--precision auto|float32|bfloat16]
+    python bench/bench_ppo.py [--steps 300000] [--threads 2] [--repeats 2]
+                              [--precision auto|float32|bfloat16]
 
 policylens trains with ``precision="auto"`` by default (bf16 autocast where the CPU has native bf16,
 float32 weights and optimiser); SB3 has no mixed precision and runs float32. ``--precision
@@ -79,6 +80,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--episodes", type=int, default=500)
     parser.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"))
+    parser.add_argument("--repeats", type=int, default=1, help="Runs per side, order alternating.")
     args = parser.parse_args()
     retain_freed_memory()
     # Both optimisers import torch._dynamo on first use (~2 s); import it before either clock runs.
@@ -88,28 +90,43 @@ def main() -> None:
     config = PPOConfig(**{**config.__dict__, "threads": args.threads, "precision": args.precision})
     env_kwargs = config.env_kwargs
 
-    with tempfile.TemporaryDirectory() as tmp:
-        t = time.perf_counter()
-        run = train_ppo(config, f"{tmp}/pl", progress=False)
-        pl_time = time.perf_counter() - t
-        pl_eval = evaluate(run.load_agent(), args.episodes, env_kwargs=env_kwargs, seed=99)
-
     from policylens.agents.load import sb3_agent
 
-    model = sb3_ppo(config, args.threads)
-    t = time.perf_counter()
-    model.learn(total_timesteps=config.num_updates * config.batch_size)
-    sb3_time = time.perf_counter() - t
-    sb3_eval = evaluate(sb3_agent(model), args.episodes, env_kwargs=env_kwargs, seed=99)
-
     steps = config.num_updates * config.batch_size
+
+    def ours() -> tuple[float, dict]:
+        with tempfile.TemporaryDirectory() as tmp:
+            t = time.perf_counter()
+            run = train_ppo(config, f"{tmp}/pl", progress=False)
+            secs = time.perf_counter() - t
+            return secs, evaluate(run.load_agent(), args.episodes, env_kwargs=env_kwargs, seed=99)
+
+    def theirs() -> tuple[float, dict]:
+        model = sb3_ppo(config, args.threads)
+        t = time.perf_counter()
+        model.learn(total_timesteps=steps)
+        secs = time.perf_counter() - t
+        return secs, evaluate(sb3_agent(model), args.episodes, env_kwargs=env_kwargs, seed=99)
+
+    # Repeats alternate the order (ours, SB3, SB3, ours, ...) so a machine that slows down or
+    # speeds up over the run favours neither side; each side's fastest run is reported.
+    results: dict[str, list[tuple[float, dict]]] = {"policylens": [], "SB3": []}
+    for r in range(args.repeats):
+        order = (("policylens", ours), ("SB3", theirs))
+        for name, fn in order if r % 2 == 0 else order[::-1]:
+            results[name].append(fn())
+    (pl_time, pl_eval), (sb3_time, sb3_eval) = (
+        min(results[k], key=lambda x: x[0]) for k in results
+    )
+
     print(f"{'':14}{'steps/s':>10}{'success':>10}{'len/shortest':>14}")
     for name, secs, ev in (("policylens", pl_time, pl_eval), ("SB3", sb3_time, sb3_eval)):
         print(
             f"{name:14}{steps / secs:>10.0f}{ev['success']['rate']:>10.3f}{ev['path_ratio']:>14.2f}"
         )
     print(
-        f"speed ratio policylens / SB3: {sb3_time / pl_time:.2f}x at {steps:,} steps each "
+        f"speed ratio policylens / SB3: {sb3_time / pl_time:.2f}x at {steps:,} steps each, best of "
+        f"{args.repeats} "
         f"(policylens precision {args.precision}: {compute_dtype(args.precision)})"
     )
 
