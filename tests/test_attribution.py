@@ -54,6 +54,24 @@ def test_ig_agrees_with_captum(agent64, obs, integration):
         assert (plain.attributions - ref).abs().max().item() < 1e-5
 
 
+def test_ig_agrees_with_captum_through_max_pooling_ties():
+    """IMPALA max-pools over flat image regions, where exact ties decide which pixel gets the
+    gradient; the first-layer speed-up must break them as Captum's plain IG does."""
+    captum = pytest.importorskip("captum.attr")
+    impala = build_agent("impala", (32, 32, 3), 15, seed=1).double()
+    cfg = MazeConfig(world_size=9, obs_mode="rgb", rgb_size=32, cheese_region=None)
+    batch = MazeBatch(cfg, 2)
+    for i in range(2):
+        batch.load(i, batch.level(7 + i))
+    x = impala.preprocess(batch.obs.copy())  # flat floor and wall tiles: many exact ties
+    ref = captum.IntegratedGradients(_f(impala)).attribute(
+        x, baselines=torch.zeros_like(x), n_steps=12
+    )
+    ours = attribute(impala, x, "ig", "value", n_steps=12, preprocessed=True)
+    assert "affine_first_layer" in ours.info
+    assert (ours.attributions - ref).abs().max().item() < 1e-5
+
+
 def test_saliency_agrees_with_captum(agent64, obs):
     captum = pytest.importorskip("captum.attr")
     x = agent64.preprocess(obs)

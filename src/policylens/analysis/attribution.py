@@ -20,10 +20,11 @@ It is faster than Captum by construction, with memory bounded by ``internal_batc
   is a *cut* of the network (everything downstream depends on the input only through it, checked
   numerically once), the part of the network before the layer runs once per chunk on a single
   observation instead of on every interpolated sample, as Captum does.
-- Input attribution of the built-in networks starts at their first (affine) layer: for an affine
-  map ``a = A x + c`` the interpolated activations are ``a(b) + alpha (a(x) - a(b))`` and the input
-  gradient is ``A^T`` of the summed layer gradient, so the first layer runs forward and backward
-  once instead of ``n_steps`` times (checked numerically; off with ``fast=False``).
+- Input attribution of the built-in networks differentiates at their first (affine) layer: for an
+  affine map ``a = A x + c`` the input gradient is ``A^T`` of the summed layer gradient, so the
+  first layer runs backward once instead of ``n_steps`` times (checked numerically; off with
+  ``fast=False``). It still runs forward on every interpolated input, so that exact ties further
+  on (max-pooling over flat image regions) break as in a plain IG.
 - Parameters are frozen while attributing, so autograd records only what depends on the
   attributed tensor.
 
@@ -738,11 +739,16 @@ def _path_gradients(
     alphas: Tensor,
     weights: Tensor,
     rows: int,
+    lift: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
-    """``sum_k w_k grad f(base + alpha_k diff)`` ``(B, ...)``, in chunks of at most ``rows`` rows."""
+    """``sum_k w_k grad f(base + alpha_k diff)`` ``(B, ...)``, in chunks of at most ``rows`` rows.
+
+    With ``lift``, the path runs in ``lift``'s input space and the gradients are taken w.r.t.
+    ``lift(base + alpha_k diff)`` (the result has ``lift``'s output shape).
+    """
     batch, n = diff.shape[0], len(alphas)
     per_obs, per_step = _plan(batch, n, rows)
-    total = torch.zeros_like(diff)
+    total = None
     extra = (1,) * (diff.dim() - 1)
     for b0 in range(0, batch, per_obs):
         b1 = min(batch, b0 + per_obs)
@@ -752,11 +758,16 @@ def _path_gradients(
             k = len(al)
             # (k, b, ...) -> (k * b, ...), alpha-major as Captum orders it
             scaled = base[b0:b1].unsqueeze(0) + al.view(k, 1, *extra) * diff[b0:b1].unsqueeze(0)
-            _, grad = _target_grad(
-                sub, scaled.reshape(k * (b1 - b0), *diff.shape[1:]), idx.repeat(k), target, actions
-            )
-            w = weights[s0 : s0 + k].view(k, 1, *extra)
-            total[b0:b1] += (grad.reshape(k, b1 - b0, *diff.shape[1:]) * w).sum(0)
+            scaled = scaled.reshape(k * (b1 - b0), *diff.shape[1:])
+            if lift is not None:
+                with torch.no_grad():
+                    scaled = lift(scaled)
+            _, grad = _target_grad(sub, scaled, idx.repeat(k), target, actions)
+            if total is None:
+                total = grad.new_zeros((batch, *grad.shape[1:]))
+            w = weights[s0 : s0 + k].view(k, 1, *(1,) * (grad.dim() - 1))
+            total[b0:b1] += (grad.reshape(k, b1 - b0, *grad.shape[1:]) * w).sum(0)
+    assert total is not None  # n_steps >= 1 and a non-empty batch
     return total
 
 
@@ -794,7 +805,11 @@ def _ig_affine_input(
     alphas = torch.as_tensor(alphas_np, dtype=a.dtype, device=a.device)
     weights = torch.as_tensor(weights_np, dtype=a.dtype, device=a.device)
     rows = internal_batch_size or _memory_chunk(agent, x, memory_mb)
-    total = _path_gradients(sub, target, actions, ab, a.detach() - ab, alphas, weights, rows)
+    # The first layer still runs forward on every interpolated input (not ab + alpha (a - ab),
+    # equal up to rounding), so exact ties downstream, e.g. in max-pooling over a flat image,
+    # break as in a plain IG; its backward runs once.
+    lift = lambda rows_in: layer_activation(agent, rows_in, hook)  # noqa: E731
+    total = _path_gradients(sub, target, actions, base, x - base, alphas, weights, rows, lift)
     with torch.enable_grad():
         (g_in,) = torch.autograd.grad(a, xg, total)  # A^T (summed layer gradient)
     outputs, base_out = _endpoint_values(sub, a.detach(), ab, target, actions)
