@@ -756,17 +756,24 @@ def _path_gradients(
         for s0 in range(0, n, per_step):
             al = alphas[s0 : s0 + per_step]
             k = len(al)
-            # (k, b, ...) -> (k * b, ...), alpha-major as Captum orders it
-            scaled = base[b0:b1].unsqueeze(0) + al.view(k, 1, *extra) * diff[b0:b1].unsqueeze(0)
-            scaled = scaled.reshape(k * (b1 - b0), *diff.shape[1:])
+            # (k, b, ...) -> (k * b, ...), alpha-major as Captum orders it; one fused pass
+            scaled = torch.addcmul(
+                base[b0:b1].unsqueeze(0), al.view(k, 1, *extra), diff[b0:b1].unsqueeze(0)
+            ).reshape(k * (b1 - b0), *diff.shape[1:])
             if lift is not None:
                 with torch.no_grad():
                     scaled = lift(scaled)
             _, grad = _target_grad(sub, scaled, idx.repeat(k), target, actions)
             if total is None:
                 total = grad.new_zeros((batch, *grad.shape[1:]))
-            w = weights[s0 : s0 + k].view(k, 1, *(1,) * (grad.dim() - 1))
-            total[b0:b1] += (grad.reshape(k, b1 - b0, *grad.shape[1:]) * w).sum(0)
+            # sum_k w_k grad_k as one (1, k) x (k, b * size) product: no (k, b, ...) temporary;
+            # a channels-last gradient is read as it lies (b, h, w, c), without a copy
+            nhwc = grad.dim() == 4 and not grad.is_contiguous()
+            g = grad.movedim(1, -1) if nhwc else grad
+            summed = (weights[s0 : s0 + k].view(1, k) @ g.reshape(k, -1)).view(
+                b1 - b0, *g.shape[1:]
+            )
+            total[b0:b1] += summed.movedim(-1, 1) if nhwc else summed
     assert total is not None  # n_steps >= 1 and a non-empty batch
     return total
 
