@@ -87,7 +87,9 @@ def bars_figure(labels: Sequence[str], values, lows, highs, title: str, ylabel: 
 
 def curves_figure(rows: list[dict], keys: Sequence[str], title: str) -> bytes:
     """Training curves from metrics rows (x = environment steps)."""
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.3 * len(keys), 2.8), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(keys), figsize=(3.3 * len(keys), 3.0), squeeze=False, layout="constrained"
+    )  # constrained: the title clears the panel titles
     steps = np.array([r["step"] for r in rows])
     for ax, key in zip(axes[0], keys, strict=True):
         y = np.array([r.get(key, np.nan) for r in rows], dtype=float)
