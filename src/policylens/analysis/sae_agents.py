@@ -613,7 +613,7 @@ def play_episodes(
     intervals) and, over all steps played, action_agreement (the hooked agent's action equals the
     one the original would take with the same random number) and value_error (mean |dV|).
     """
-    from policylens.train.ppo import episode_success
+    from policylens.train.episodes import episode_success
 
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}.")

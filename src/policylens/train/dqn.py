@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from policylens.envs import make_vec
-from policylens.train.ppo import checkpoint_updates, episode_success
+from policylens.train.episodes import EpisodeTracker, episode_success
+from policylens.train.ppo import checkpoint_updates
 from policylens.train.runs import (
     Run,
     TrainingProgress,
@@ -336,51 +337,6 @@ class ReplayBuffer:
 
 
 # -- episode statistics -------------------------------------------------------------------------
-class EpisodeStats:
-    """Running per-env returns and lengths, and the episodes finished since the last drain.
-
-    ``outcomes`` names ``info["outcome"]`` values whose share gets its own metrics column.
-    """
-
-    def __init__(self, num_envs: int, outcomes: tuple[str, ...] = ()) -> None:
-        self.outcomes = outcomes
-        self.ret = np.zeros(num_envs)
-        self.len = np.zeros(num_envs, dtype=np.int64)
-        self.finished: list[tuple[float, int, bool, str]] = []
-
-    def step(
-        self, reward: np.ndarray, terminated: np.ndarray, truncated: np.ndarray, infos: dict
-    ) -> None:
-        self.ret += reward
-        self.len += 1
-        final = infos.get("final_info", infos)
-        for i in np.nonzero(terminated | truncated)[0]:
-            outcome = str(final["outcome"][i]) if "outcome" in final else ""
-            success = episode_success(final, i, terminated[i])
-            self.finished.append((float(self.ret[i]), int(self.len[i]), success, outcome))
-            self.ret[i], self.len[i] = 0.0, 0
-
-    def drain(self) -> dict[str, float]:
-        """Means over the episodes finished since the last call (NaN when none finished)."""
-        eps, self.finished = self.finished, []
-        n = len(eps)
-        row = {
-            "episodes": n,
-            "return": float(np.mean([e[0] for e in eps])) if n else math.nan,
-            "length": float(np.mean([e[1] for e in eps])) if n else math.nan,
-            "success": float(np.mean([e[2] for e in eps])) if n else math.nan,
-        }
-        for o in self.outcomes:
-            row[o] = float(np.mean([e[3] == o for e in eps])) if n else math.nan
-        return row
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"ret": torch.from_numpy(self.ret.copy()), "len": torch.from_numpy(self.len.copy())}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.ret, self.len = state["ret"].numpy().copy(), state["len"].numpy().copy()
-
-
 # -- the trainer --------------------------------------------------------------------------------
 def train_dqn(
     config: DQNConfig,
@@ -439,7 +395,8 @@ def train_dqn(
             "not, so train without masking."
         )
     outcomes = _outcome_columns(infos)
-    tracker = EpisodeStats(N, outcomes)
+    tracker = EpisodeTracker(N, outcomes)
+    tracker.start(infos, np.arange(N))
     start_iter, elapsed, updates, rows_written = 0, 0.0, 0, 0
     if state is not None:
         agent.load_state_dict(state["agent"])

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from policylens.envs import make_vec
+from policylens.train.episodes import EpisodeTracker
 from policylens.train.runs import (
     Run,
     TrainingProgress,
@@ -142,77 +143,6 @@ def checkpoint_updates(num_updates: int, count: int, spacing: str) -> list[int]:
     else:
         points = np.unique(np.round(np.linspace(1, num_updates, count)))
     return sorted({0, num_updates, *(int(p) for p in points if 1 <= p <= num_updates)})
-
-
-def episode_success(final_info: dict[str, np.ndarray], i: int, terminated: bool) -> bool:
-    """An env's ``success`` label when it gives one, else 'terminated' (reaching a goal)."""
-    if "success" in final_info:
-        return bool(final_info["success"][i])
-    return bool(terminated)
-
-
-class EpisodeTracker:
-    """Running per-env returns/lengths and a window of finished-episode statistics."""
-
-    def __init__(self, num_envs: int):
-        self.ret = np.zeros(num_envs)
-        self.len = np.zeros(num_envs, dtype=np.int64)
-        self.shortest = np.full(num_envs, np.nan)
-        self.finished: list[tuple[float, int, bool, float]] = []
-
-    def start(self, infos: dict[str, Any], envs: np.ndarray) -> None:
-        if "dist_to_cheese" in infos:
-            self.shortest[envs] = infos["dist_to_cheese"][envs]
-
-    def step(
-        self, reward: np.ndarray, terminated: np.ndarray, truncated: np.ndarray, infos: dict
-    ) -> None:
-        self.ret += reward
-        self.len += 1
-        done = np.nonzero(terminated | truncated)[0]
-        final = infos.get("final_info", infos)
-        for i in done:
-            success = episode_success(final, i, terminated[i])
-            self.finished.append(
-                (float(self.ret[i]), int(self.len[i]), success, float(self.shortest[i]))
-            )
-        self.ret[done] = 0
-        self.len[done] = 0
-        self.start(infos, done)
-
-    def drain(self) -> dict[str, float]:
-        """Statistics of the episodes finished since the last call (NaN when none finished)."""
-        eps, self.finished = self.finished, []
-        if not eps:
-            return {
-                "episodes": 0,
-                "return": math.nan,
-                "length": math.nan,
-                "success": math.nan,
-                "path_ratio": math.nan,
-            }
-        rets, lens, succ, short = (np.array(x, dtype=float) for x in zip(*eps, strict=True))
-        ratio = (
-            float(lens.mean() / short.mean())
-            if np.isfinite(short).all() and short.mean() > 0
-            else math.nan
-        )
-        return {
-            "episodes": len(eps),
-            "return": float(rets.mean()),
-            "length": float(lens.mean()),
-            "success": float(succ.mean()),
-            "path_ratio": ratio,
-        }
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"ret": torch.from_numpy(self.ret.copy()), "len": torch.from_numpy(self.len.copy()),
-                "shortest": torch.from_numpy(self.shortest.copy())}  # fmt: skip
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.ret, self.len, self.shortest = (
-            state[k].numpy().copy() for k in ("ret", "len", "shortest")
-        )
 
 
 def train_ppo(

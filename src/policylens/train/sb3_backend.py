@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from policylens import io
+from policylens.train.episodes import EpisodeTracker
 from policylens.train.ppo import PPOConfig, checkpoint_updates
 from policylens.train.runs import Run, config_json
 
@@ -257,9 +258,7 @@ def _callback_class() -> type:
                 save_at,
                 bar,
             )
-            n = config.num_envs
-            self.ret, self.len = np.zeros(n), np.zeros(n, dtype=np.int64)
-            self.finished: list[tuple[float, int, bool, float]] = []
+            self.tracker = EpisodeTracker(config.num_envs)
             self.updates = 0
             self.t_start = self.t_update = 0.0
 
@@ -268,22 +267,17 @@ def _callback_class() -> type:
             self.run.save_checkpoint(self.agent, 0)
 
         def _on_step(self) -> bool:
-            rewards = np.asarray(self.locals["rewards"], dtype=float)
+            # SB3's per-env info dicts -> the vector-env layout the tracker reads
+            infos = self.locals["infos"]
             dones = np.asarray(self.locals["dones"], dtype=bool)
-            self.ret += rewards
-            self.len += 1
-            for i in np.nonzero(dones)[0]:
-                info = self.locals["infos"][i]
-                self.finished.append(
-                    (
-                        float(self.ret[i]),
-                        int(self.len[i]),
-                        bool(info.get("landed", info.get("success", False))),
-                        float(info.get("fuel_used", math.nan)),
-                    )
-                )
-            self.ret[dones] = 0
-            self.len[dones] = 0
+            truncated = dones & np.array([bool(i.get("TimeLimit.truncated")) for i in infos])
+            labels = (
+                {"success": np.array([bool(i.get("success")) for i in infos])}
+                if any("success" in i for i in infos)
+                else {}
+            )
+            rewards = np.asarray(self.locals["rewards"], dtype=float)
+            self.tracker.step(rewards, dones & ~truncated, truncated, labels)
             return True
 
         def _on_rollout_start(self) -> None:
@@ -296,24 +290,12 @@ def _callback_class() -> type:
         def _finish_update(self) -> None:
             self.updates += 1
             step = self.updates * self.cfg.batch_size
-            eps, self.finished = self.finished, []
             logged = self.model.logger.name_to_value
             now = time.perf_counter()
-            if eps:
-                rets, lens, succ, fuel = (np.array(x, dtype=float) for x in zip(*eps, strict=True))
-                ep = {
-                    "episodes": len(eps),
-                    "return": float(rets.mean()),
-                    "length": float(lens.mean()),
-                    "success": float(succ.mean()),
-                }
-            else:
-                ep = {"episodes": 0, "return": math.nan, "length": math.nan, "success": math.nan}
             row = {
                 "step": step,
                 "time": now - self.t_start,
-                **ep,
-                "path_ratio": math.nan,
+                **self.tracker.drain(),
                 "policy_loss": float(logged.get("train/policy_gradient_loss", math.nan)),
                 "value_loss": float(logged.get("train/value_loss", math.nan)),
                 "entropy": -float(logged.get("train/entropy_loss", math.nan)),
