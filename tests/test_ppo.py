@@ -107,6 +107,8 @@ def test_precision_resolves_to_a_compute_dtype():
     assert compute_dtype("bfloat16") == torch.bfloat16
     native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     assert compute_dtype("auto") == (torch.bfloat16 if native else torch.float32)
+    assert compute_dtype("auto", convolutional=False) == torch.float32  # MLPs: bf16 is slower
+    assert compute_dtype("bfloat16", convolutional=False) == torch.bfloat16  # asked for: given
 
 
 def test_bfloat16_training_keeps_float32_weights_and_tracks_float32(tmp_path):
