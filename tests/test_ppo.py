@@ -118,6 +118,8 @@ def test_bfloat16_training_keeps_float32_weights_and_tracks_float32(tmp_path):
         p: train_ppo(tiny(precision=p), tmp_path / p, progress=False)
         for p in ("float32", "bfloat16")
     }
+    assert runs["bfloat16"].config["compute_dtype"] == "bfloat16"
+    assert runs["float32"].config["compute_dtype"] == "float32"
     weights = load_file(str(runs["bfloat16"].checkpoints()[-1][1]))
     assert all(w.dtype == torch.float32 for w in weights.values())
     first = {p: run.metrics()[0] for p, run in runs.items()}

@@ -182,7 +182,14 @@ def train_ppo(
     optimizer = torch.optim.Adam(agent.parameters(), lr=config.learning_rate, eps=1e-5, fused=True)
     generator = torch.Generator().manual_seed(config.seed)
     tracker = EpisodeTracker(config.num_envs)
-    run_config = {"kind": "ppo", "trainer": config_json(asdict(config)), "agent": agent.config}
+    convolutional = any(isinstance(m, nn.Conv2d) for m in agent.modules())
+    low = compute_dtype(config.precision, convolutional) == torch.bfloat16
+    run_config = {
+        "kind": "ppo",
+        "trainer": config_json(asdict(config)),
+        "agent": agent.config,
+        "compute_dtype": "bfloat16" if low else "float32",  # what precision="auto" became here
+    }
 
     out = Path(out)
     state = None
@@ -221,8 +228,6 @@ def train_ppo(
         run.save_checkpoint(agent, 0)
 
     T, N = config.num_steps, config.num_envs
-    convolutional = any(isinstance(m, nn.Conv2d) for m in agent.modules())
-    low = compute_dtype(config.precision, convolutional) == torch.bfloat16
     obs_dtype = torch.from_numpy(
         np.zeros(0, dtype=obs_space.dtype)
     ).dtype  # uint8 mazes, float Box2D
