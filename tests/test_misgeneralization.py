@@ -15,7 +15,7 @@ from policylens.analysis.behaviour import evaluate, run_episodes_from_states, vi
 from policylens.analysis.decisions import decision_square_analysis
 from policylens.analysis.stats import wilson
 from policylens.analysis.vector_fields import move_probabilities, vector_field
-from policylens.envs.maze import MazeBatch, MazeConfig, bfs_distances, generate_level, next_moves
+from policylens.envs.maze import MazeBatch, MazeConfig, bfs_field, generate_level
 
 CONFIG = MazeConfig(max_steps=60)
 
@@ -38,7 +38,7 @@ class Seeker(nn.Module):
             else:
                 rows, cols = np.nonzero(~walls)
                 target = (int(rows.min()), int(cols[rows == rows.min()].max()))
-            move = next_moves(bfs_distances(walls, target), walls)[mouse]
+            move = bfs_field(walls, target)[1][mouse]
             if move >= 0:
                 logits[b, move] = 1.0
         return logits * self.scale, torch.zeros(x.shape[0])
@@ -87,8 +87,7 @@ def test_decision_squares_separate_the_two_seekers():
 def test_vector_field_points_along_the_shortest_path():
     state = generate_level(3, CONFIG)
     field = vector_field(seeker("cheese"), state, CONFIG)
-    dist = bfs_distances(state.walls, state.cheese)
-    moves = next_moves(dist, state.walls)
+    moves = bfs_field(state.walls, state.cheese)[1]
     for cell, p in zip(field.cells, field.probs, strict=True):
         assert p.argmax() == moves[cell]
     assert np.allclose((field - field).probs, 0)

@@ -18,8 +18,8 @@ from policylens.envs.maze import (
     MazeConfig,
     MazeState,
     bfs_distances,
+    bfs_field,
     decision_square,
-    next_moves,
 )
 
 FEATURES = (
@@ -90,8 +90,8 @@ def decision_square_analysis(
         probs = move_probabilities(agent(obs)[0])
     p_cheese_step = []
     for s, ds, p in zip(states, squares, probs, strict=True):
-        to_cheese = next_moves(bfs_distances(s.walls, s.cheese), s.walls)[ds]
-        to_corner = next_moves(bfs_distances(s.walls, s.corner), s.walls)[ds]
+        to_cheese = bfs_field(s.walls, s.cheese)[1][ds]
+        to_corner = bfs_field(s.walls, s.corner)[1][ds]
         p_cheese_step.append(p[to_cheese] / max(p[to_cheese] + p[to_corner], 1e-12))
 
     outcome, rows = [], []

@@ -268,10 +268,11 @@ def bfs_distances(walls: np.ndarray, target: tuple[int, int]) -> np.ndarray:
 
 
 def bfs_field(walls: np.ndarray, target: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """``(bfs_distances, next_moves)`` toward ``target`` from one BFS (what a level needs).
+    """``(distances, moves)`` toward ``target`` from one BFS.
 
-    The moves equal :func:`next_moves` of the distances, ties included (the lowest move index
-    wins); computing them inside the BFS saves a second pass on every generated level.
+    ``distances`` are :func:`bfs_distances`; ``moves`` holds, per cell, the move index (0 up,
+    1 down, 2 left, 3 right) that steps one closer, the lowest index on ties, else -1 (target,
+    walls, unreachable cells).
     """
     world = walls.shape[0]
     n = world * world
@@ -304,20 +305,6 @@ def bfs_field(walls: np.ndarray, target: tuple[int, int]) -> tuple[np.ndarray, n
     return np.array(dist, dtype=np.int32).reshape(shape), np.array(move).reshape(shape)
 
 
-def next_moves(dist: np.ndarray, walls: np.ndarray) -> np.ndarray:
-    """Per cell, the move index (0 up, 1 down, 2 left, 3 right) that decreases ``dist``, else -1."""
-    world = walls.shape[0]
-    padded = np.full((world + 2, world + 2), np.iinfo(np.int32).max, dtype=np.int64)
-    inner = np.where(dist >= 0, dist, np.iinfo(np.int32).max).astype(np.int64)
-    padded[1:-1, 1:-1] = inner
-    neighbours = np.stack(
-        [padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]], axis=0
-    )
-    best = neighbours.argmin(axis=0)
-    ok = (dist > 0) & (neighbours.min(axis=0) == dist - 1)
-    return np.where(ok, best, -1)
-
-
 def shortest_path(
     walls: np.ndarray,
     source: tuple[int, int],
@@ -326,7 +313,7 @@ def shortest_path(
 ) -> list:
     """Cells from ``source`` to ``target`` inclusive along the shortest path ([] if unreachable).
 
-    ``moves`` (``next_moves`` toward ``target``) saves the BFS when the caller already has it.
+    ``moves`` (``bfs_field``'s moves toward ``target``) saves the BFS when the caller has them.
     """
     if moves is None:
         moves = bfs_field(walls, target)[1]
@@ -346,7 +333,7 @@ def decision_square(
     """Where the start's paths to the cheese and to the corner part (Mini et al.), else (-1, -1).
 
     There is none when the cheese lies on the way to the corner or the corner on the way to it.
-    ``move_cheese``/``move_corner`` (``next_moves`` toward each) save the BFS when known.
+    ``move_cheese``/``move_corner`` (``bfs_field``'s moves toward each) save the BFS when known.
     """
     to_cheese = shortest_path(state.walls, state.start, state.cheese, move_cheese)
     to_corner = shortest_path(state.walls, state.start, state.corner, move_corner)

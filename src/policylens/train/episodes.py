@@ -29,14 +29,12 @@ class EpisodeTracker:
         self.outcomes = outcomes
         self.ret = np.zeros(num_envs)
         self.len = np.zeros(num_envs, dtype=np.int64)
-        self.shortest = np.full(num_envs, np.nan)
-        self.paths = False  # does the world label dist_to_cheese?
+        self.shortest = np.full(num_envs, np.nan)  # NaN until the world labels dist_to_cheese
         self.finished: list[tuple[float, int, bool, float, str]] = []
 
     def start(self, infos: dict[str, Any], envs: np.ndarray) -> None:
         """Note the shortest path of the episodes that just began in ``envs``."""
         if "dist_to_cheese" in infos:
-            self.paths = True
             self.shortest[envs] = infos["dist_to_cheese"][envs]
 
     def step(
@@ -67,7 +65,7 @@ class EpisodeTracker:
             "length": float(lens.mean()) if n else math.nan,
             "success": float(succ.mean()) if n else math.nan,
         }
-        if self.paths:
+        if np.isfinite(self.shortest).any():  # the world labels shortest paths
             ok = n and np.isfinite(short).all() and short.mean() > 0
             row["path_ratio"] = float(lens.mean() / short.mean()) if ok else math.nan
         for o in self.outcomes:
@@ -79,14 +77,9 @@ class EpisodeTracker:
             "ret": torch.from_numpy(self.ret.copy()),
             "len": torch.from_numpy(self.len.copy()),
             "shortest": torch.from_numpy(self.shortest.copy()),
-            "paths": torch.tensor(self.paths),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.ret, self.len = state["ret"].numpy().copy(), state["len"].numpy().copy()
         if "shortest" in state:  # resume files written before DQN tracked paths lack it
             self.shortest = state["shortest"].numpy().copy()
-        if "paths" in state:
-            self.paths = bool(state["paths"])
-        else:
-            self.paths = bool(np.isfinite(self.shortest).any())
