@@ -15,6 +15,7 @@ from torch import nn
 from torch.distributions import Categorical
 
 from policylens.agents import HookedAgent, build_agent, load_agent
+from policylens.agents.models import FusedMazeCNN
 
 
 def small_maze(**kwargs) -> HookedAgent:
@@ -118,6 +119,36 @@ def test_maze_cnn_channels_last_gradients_match_and_keep_one_layout() -> None:
     assert layouts == [True, False]
     for (name, pa), (_, pb) in zip(a.net.named_parameters(), b.net.named_parameters(), strict=True):
         torch.testing.assert_close(pa.grad, pb.grad, atol=1e-4, rtol=1e-4, msg=name)
+
+
+@pytest.mark.skipif(not FusedMazeCNN.available(), reason="needs PyTorch built with oneDNN")
+@pytest.mark.parametrize("res_blocks", [0, 1, 2])
+def test_fused_maze_cnn_matches_the_module(res_blocks: int) -> None:
+    """The rollout's fused oneDNN form gives the module's outputs (float32 exactly, bf16 close)."""
+    agent = build_agent("maze_cnn", (3, 9, 7), 4, channels=8, hidden=32, res_blocks=res_blocks)
+    x = agent.preprocess(np.concatenate([grid_obs(6)[..., :7], grid_obs(6, seed=1)[..., :7]]))
+    with torch.no_grad():
+        logits, value = agent(x)
+        for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 0.05)):
+            fused_logits, fused_value = agent.net.fused(dtype)(x)
+            assert fused_logits.dtype == fused_value.dtype == dtype
+            torch.testing.assert_close(fused_logits.float(), logits, atol=tol, rtol=tol)
+            torch.testing.assert_close(fused_value.float(), value, atol=tol, rtol=tol)
+
+
+def test_acting_forward_is_fused_only_where_nothing_would_be_missed() -> None:
+    """Hooked agents and networks without a fused form act through the agent itself."""
+    agent = small_maze(seed=0)
+    obs = torch.from_numpy(grid_obs())
+    act = agent.acting_forward(torch.float32)
+    if FusedMazeCNN.available():
+        assert act is not agent
+        with torch.no_grad():
+            torch.testing.assert_close(act(obs)[0], agent(obs)[0], atol=1e-5, rtol=1e-5)
+    with agent.hooks(fwd_hooks=[("hook_fc", lambda act, hook: act)]):
+        assert agent.acting_forward(torch.float32) is agent
+    mlp = build_agent("mlp", (8,), 4)
+    assert mlp.acting_forward(torch.float32) is mlp
 
 
 # --------------------------------------------------------------------------- observations

@@ -335,14 +335,16 @@ def decision_square(
     There is none when the cheese lies on the way to the corner or the corner on the way to it.
     ``move_cheese``/``move_corner`` (``bfs_field``'s moves toward each) save the BFS when known.
     """
-    to_cheese = shortest_path(state.walls, state.start, state.cheese, move_cheese)
-    to_corner = shortest_path(state.walls, state.start, state.corner, move_corner)
-    fork = state.start
-    for a, b in zip(to_cheese, to_corner, strict=False):
-        if a != b:
-            break
-        fork = a
-    return NO_POS if fork in (state.cheese, state.corner) else fork
+    if move_cheese is None:
+        move_cheese = bfs_field(state.walls, state.cheese)[1]
+    if move_corner is None:
+        move_corner = bfs_field(state.walls, state.corner)[1]
+    # The two shortest paths share their cells while their next moves agree.
+    r, c = state.start
+    while move_cheese[r, c] == move_corner[r, c] >= 0:
+        dr, dc = MOVES[move_cheese[r, c]]
+        r, c = int(r + dr), int(c + dc)
+    return NO_POS if (r, c) in (state.cheese, state.corner) else (r, c)
 
 
 class MazeSolver:
