@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from pathlib import Path
@@ -129,8 +130,10 @@ def test_fused_maze_cnn_matches_the_module(res_blocks: int) -> None:
     x = agent.preprocess(np.concatenate([grid_obs(6)[..., :7], grid_obs(6, seed=1)[..., :7]]))
     with torch.no_grad():
         logits, value = agent(x)
-        for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 0.05)):
-            fused_logits, fused_value = agent.net.fused(dtype)(x)
+        for (dtype, tol), batch in itertools.product(
+            ((torch.float32, 1e-5), (torch.bfloat16, 0.05)), (None, 12, 5)
+        ):
+            fused_logits, fused_value = agent.net.fused(dtype, batch)(x)
             assert fused_logits.dtype == fused_value.dtype == dtype
             torch.testing.assert_close(fused_logits.float(), logits, atol=tol, rtol=tol)
             torch.testing.assert_close(fused_value.float(), value, atol=tol, rtol=tol)

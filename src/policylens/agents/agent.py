@@ -257,18 +257,21 @@ class HookedAgent(nn.Module):
             value = value.squeeze(-1)
         return self.hook_logits(logits), self.hook_value(value)
 
-    def acting_forward(self, dtype: torch.dtype) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+    def acting_forward(
+        self, dtype: torch.dtype, batch: int | None = None
+    ) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
         """A no-grad ``obs -> (logits, value)`` for acting in batches, until the weights change.
 
-        Where the network has a fused form (``net.fused(dtype)``: MazeCNN's oneDNN kernels) and
-        no hook is attached, that runs, with outputs in ``dtype``; otherwise this agent itself
-        (under the caller's autocast region, if any). PPO builds one per rollout.
+        Where the network has a fused form (``net.fused(dtype, batch)``: MazeCNN's oneDNN
+        kernels, weights laid out for ``batch`` rows) and no hook is attached, that runs, with
+        outputs in ``dtype``; otherwise this agent itself (under the caller's autocast region, if
+        any). PPO builds one per rollout.
         """
         fused = getattr(self.net, "fused", None)
         hooked = any(m._forward_hooks or m._forward_pre_hooks for m in self.modules())
         if fused is None or hooked or self.output != "policy_value" or self.device.type != "cpu":
             return self
-        net = fused(dtype)
+        net = fused(dtype, batch)
         return self if net is None else lambda obs: net(self.preprocess(obs))
 
     def distribution(self, obs: np.ndarray | Tensor) -> Categorical:

@@ -231,9 +231,9 @@ class MazeCNN(nn.Module):
         h = self.hook_out(F.relu(self.hook_fc(linear_over_map(x, self.fc))))  # (batch, hidden)
         return self.fc_policy(h), self.fc_value(h).squeeze(-1)
 
-    def fused(self, dtype: torch.dtype) -> FusedMazeCNN | None:
+    def fused(self, dtype: torch.dtype, batch: int | None = None) -> FusedMazeCNN | None:
         """This network's current weights as fused oneDNN kernels (None where oneDNN is absent)."""
-        return FusedMazeCNN(self, dtype) if FusedMazeCNN.available() else None
+        return FusedMazeCNN(self, dtype, batch) if FusedMazeCNN.available() else None
 
 
 class FusedMazeCNN:
@@ -243,16 +243,24 @@ class FusedMazeCNN:
     overhead costs as much as the arithmetic. oneDNN's fused conv+ReLU, conv+add(+ReLU) and
     linear+ReLU kernels (those torch.compile's CPU backend emits), on weights cast to ``dtype``
     and laid out once, cut a forward of 64 mazes from 0.87 to 0.69 ms (measured in the rollout
-    loop). Outputs equal the module's up to rounding; hook points do not fire. The weights are
-    read when this is built: build a new one after they change.
+    loop). With ``batch``, the usual batch size, the weights are also pre-packed in oneDNN's
+    blocked layout for it (about 10% more off; other batch sizes still work). Outputs equal the
+    module's up to rounding; hook points do not fire. The weights are read when this is built:
+    build a new one after they change.
     """
 
-    def __init__(self, net: MazeCNN, dtype: torch.dtype) -> None:
+    def __init__(self, net: MazeCNN, dtype: torch.dtype, batch: int | None = None) -> None:
+        ops, (_, h, w) = torch.ops.mkldnn, net.map_shape
+
         def cast(t: Tensor) -> Tensor:
             return t.detach().to(dtype)
 
         def conv(c: nn.Conv2d) -> tuple[Tensor, Tensor]:
-            return cast(c.weight).contiguous(memory_format=torch.channels_last), cast(c.bias)
+            weight = cast(c.weight).contiguous(memory_format=torch.channels_last)
+            if batch is not None:
+                size = [batch, c.in_channels, h, w]
+                weight = ops._reorder_convolution_weight(weight, [1, 1], [1, 1], [1, 1], 1, size)
+            return weight, cast(c.bias)
 
         self.dtype = dtype
         self.conv = conv(net.conv)
@@ -262,7 +270,10 @@ class FusedMazeCNN:
         ]
         # columns in (h, w, c) order: the channels-last map is flattened as it lies
         fc_weight = net.fc.weight.view(-1, *net.map_shape).permute(0, 2, 3, 1).flatten(1)
-        self.fc = cast(fc_weight).contiguous(), cast(net.fc.bias)
+        fc_weight = cast(fc_weight).contiguous()
+        if batch is not None:
+            fc_weight = ops._reorder_linear_weight(fc_weight, batch)
+        self.fc = fc_weight, cast(net.fc.bias)
         self.heads = (
             cast(torch.cat([net.fc_policy.weight, net.fc_value.weight])),
             cast(torch.cat([net.fc_policy.bias, net.fc_value.bias])),

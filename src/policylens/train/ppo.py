@@ -246,7 +246,7 @@ def train_ppo(
         # -- rollout -------------------------------------------------------------------------------
         # One autocast region for the whole rollout: the weights do not change in it, so their
         # bf16 copies are cast once per update (the fused MazeCNN casts them when built).
-        policy = agent.acting_forward(torch.bfloat16 if low else torch.float32)
+        policy = agent.acting_forward(torch.bfloat16 if low else torch.float32, N)
         with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=low):
             truncated_at = None  # (env indices, final observations) of the previous step
             for t in range(T + 1):
