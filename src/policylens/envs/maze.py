@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import json
-from collections import deque
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -278,31 +277,42 @@ def bfs_field(walls: np.ndarray, target: tuple[int, int]) -> tuple[np.ndarray, n
     n = world * world
     dist, move = [-1] * n, [-1] * n
     if not walls[target]:
-        # Plain-Python BFS over lists: on worlds of a few hundred cells it beats NumPy frontier
-        # dilation ~10x, and lists index faster than arrays element by element.
+        # Plain-Python BFS, a frontier at a time, over lists: on worlds of a few hundred cells it
+        # beats NumPy frontier dilation ~10x, and lists index faster than arrays element by element.
         free = (~walls).ravel().tolist()
-        start = target[0] * world + target[1]
-        dist[start] = 0
-        queue = deque([start])
-        while queue:
-            i = queue.popleft()
-            d = dist[i] + 1
-            r, c = divmod(i, world)
-            # (neighbour, inside the world, the move from the neighbour back to i)
-            for j, ok, m in (
-                (i - world, r > 0, 1),
-                (i + world, r < world - 1, 0),
-                (i - 1, c > 0, 3),
-                (i + 1, c < world - 1, 2),
-            ):
-                if ok and free[j]:
-                    if dist[j] < 0:
-                        dist[j], move[j] = d, m
-                        queue.append(j)
-                    elif dist[j] == d and m < move[j]:
-                        move[j] = m
+        neighbours = _neighbours(world)
+        frontier = [target[0] * world + target[1]]
+        dist[frontier[0]] = d = 0
+        while frontier:
+            d += 1
+            following = []
+            for i in frontier:
+                for j, m in neighbours[i]:
+                    if free[j]:
+                        if dist[j] < 0:
+                            dist[j], move[j] = d, m
+                            following.append(j)
+                        elif dist[j] == d and m < move[j]:
+                            move[j] = m
+            frontier = following
     shape = walls.shape
     return np.array(dist, dtype=np.int32).reshape(shape), np.array(move).reshape(shape)
+
+
+@functools.cache
+def _neighbours(world: int) -> list[list[tuple[int, int]]]:
+    """Per cell index of a ``world``-wide grid: (neighbour index, move from it back to the cell)."""
+    table = []
+    for i in range(world * world):
+        r, c = divmod(i, world)
+        steps = (
+            (r > 0, -world, 1),
+            (r < world - 1, world, 0),
+            (c > 0, -1, 3),
+            (c < world - 1, 1, 2),
+        )
+        table.append([(i + offset, m) for inside, offset, m in steps if inside])
+    return table
 
 
 def shortest_path(
