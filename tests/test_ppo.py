@@ -7,7 +7,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from policylens.train.ppo import PPOConfig, checkpoint_updates, compute_dtype, train_ppo
+from policylens.train.ppo import (
+    PPOConfig,
+    checkpoint_updates,
+    compute_dtype,
+    sample_actions,
+    train_ppo,
+)
 from policylens.train.runs import Run, find_runs
 
 TINY = dict(total_steps=16 * 32 * 6, num_envs=16, num_steps=32, checkpoints=3, resume_every=2)
@@ -15,6 +21,21 @@ TINY = dict(total_steps=16 * 32 * 6, num_envs=16, num_steps=32, checkpoints=3, r
 
 def tiny(**kw) -> PPOConfig:
     return PPOConfig(**{**TINY, "env_kwargs": {"max_steps": 40}, **kw})
+
+
+def test_sampled_actions_follow_the_softmax_and_the_seed():
+    logits = np.array([[0.0, 1.0, -1.0, 2.0], [5.0, -30.0, 0.0, 0.0]], dtype=np.float32)
+    probs = torch.softmax(torch.from_numpy(logits), -1).numpy()
+    rows = np.repeat(logits, 20_000, axis=0)
+    action, logp = sample_actions(rows, torch.Generator().manual_seed(0))
+    again, _ = sample_actions(rows, torch.Generator().manual_seed(0))
+    assert np.array_equal(action, again)
+    np.testing.assert_allclose(logp, np.log(probs[np.repeat([0, 1], 20_000), action]), rtol=1e-5)
+    for r in range(2):
+        freq = np.bincount(action[r * 20_000 : (r + 1) * 20_000], minlength=4) / 20_000
+        # 0.01 is at least 2.9 binomial standard deviations here
+        np.testing.assert_allclose(freq, probs[r], atol=0.01)
+    assert (action[20_000:] != 1).all()  # a probability of 1e-15 is not drawn
 
 
 def test_checkpoint_schedule_is_log_spaced_and_includes_ends():
