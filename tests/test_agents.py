@@ -133,7 +133,11 @@ def test_fused_maze_cnn_matches_the_module(res_blocks: int) -> None:
         for (dtype, tol), batch in itertools.product(
             ((torch.float32, 1e-5), (torch.bfloat16, 0.05)), (None, 12, 5)
         ):
-            fused_logits, fused_value = agent.net.fused(dtype, batch)(x)
+            fused = agent.net.fused(dtype, batch)
+            if fused is None:  # bf16 on a CPU that oneDNN cannot run it on
+                assert dtype == torch.bfloat16 and not FusedMazeCNN.available(dtype)
+                continue
+            fused_logits, fused_value = fused(x)
             assert fused_logits.dtype == fused_value.dtype == dtype
             torch.testing.assert_close(fused_logits.float(), logits, atol=tol, rtol=tol)
             torch.testing.assert_close(fused_value.float(), value, atol=tol, rtol=tol)

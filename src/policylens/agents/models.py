@@ -233,7 +233,7 @@ class MazeCNN(nn.Module):
 
     def fused(self, dtype: torch.dtype, batch: int | None = None) -> FusedMazeCNN | None:
         """This network's current weights as fused oneDNN kernels (None where oneDNN is absent)."""
-        return FusedMazeCNN(self, dtype, batch) if FusedMazeCNN.available() else None
+        return FusedMazeCNN(self, dtype, batch) if FusedMazeCNN.available(dtype) else None
 
 
 class FusedMazeCNN:
@@ -280,9 +280,13 @@ class FusedMazeCNN:
         )
 
     @staticmethod
-    def available() -> bool:
-        return torch.backends.mkldnn.is_available() and hasattr(
-            torch.ops.mkldnn, "_convolution_pointwise"
+    def available(dtype: torch.dtype = torch.float32) -> bool:
+        """Whether this PyTorch build has the fused kernels (for bf16: and this CPU runs them)."""
+        ops = torch.ops.mkldnn
+        return (
+            torch.backends.mkldnn.is_available()
+            and hasattr(ops, "_convolution_pointwise")
+            and (dtype != torch.bfloat16 or ops._is_mkldnn_bf16_supported())
         )
 
     def __call__(self, x: Tensor) -> tuple[Tensor, Tensor]:
