@@ -158,6 +158,22 @@ def test_acting_forward_is_fused_only_where_nothing_would_be_missed() -> None:
     assert mlp.acting_forward(torch.float32) is mlp
 
 
+def test_acting_forward_falls_back_where_the_fused_kernels_fail(monkeypatch) -> None:
+    """A PyTorch whose internal oneDNN ops are missing or changed trains through the module."""
+
+    def broken(self, x):
+        raise RuntimeError("mkldnn::_convolution_pointwise: no such op")
+
+    monkeypatch.setattr(FusedMazeCNN, "__call__", broken)
+    FusedMazeCNN.available.cache_clear()
+    try:
+        assert not FusedMazeCNN.available()
+        agent = small_maze(seed=0)
+        assert agent.acting_forward(torch.float32) is agent
+    finally:
+        FusedMazeCNN.available.cache_clear()
+
+
 # --------------------------------------------------------------------------- observations
 def test_preprocess_shapes_dtypes_and_errors() -> None:
     agent = small_maze()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import inspect
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -280,14 +281,23 @@ class FusedMazeCNN:
         )
 
     @staticmethod
+    @functools.cache
     def available(dtype: torch.dtype = torch.float32) -> bool:
-        """Whether this PyTorch build has the fused kernels (for bf16: and this CPU runs them)."""
-        ops = torch.ops.mkldnn
-        return (
-            torch.backends.mkldnn.is_available()
-            and hasattr(ops, "_convolution_pointwise")
-            and (dtype != torch.bfloat16 or ops._is_mkldnn_bf16_supported())
-        )
+        """Whether this PyTorch and CPU run the fused kernels in ``dtype`` (probed once).
+
+        The kernels are PyTorch's internal ``torch.ops.mkldnn`` ops: a build without oneDNN, a
+        release that changed them, or a CPU that cannot run bf16 makes this False, and callers
+        use the module itself.
+        """
+        if not torch.backends.mkldnn.is_available():
+            return False
+        try:
+            with torch.random.fork_rng(devices=[]):  # the tiny net's init leaves no trace
+                net = MazeCNN(num_actions=2, in_channels=1, size=2, channels=2, hidden=2)
+            FusedMazeCNN(net, dtype, batch=1)(torch.zeros(1, 1, 2, 2))
+        except Exception:  # any failure means: not here
+            return False
+        return True
 
     def __call__(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(batch, c, h, w)`` input -> ``(logits, value)`` in ``dtype``, as ``MazeCNN.forward``."""
