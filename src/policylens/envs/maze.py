@@ -836,18 +836,16 @@ class MazeVecEnv(VectorEnv):
         infos = self.batch.infos()
         done = np.nonzero(terminated | truncated)[0]
         if len(done):
-            infos["final_obs"] = self.batch.obs.copy()
-            infos["_final_obs"] = terminated | truncated
-            ended = infos["_final_obs"]
-            infos["final_info"] = {
-                k: (ended.copy() if k[0] == "_" else v.copy())
-                for k, v in infos.items()
-                if k not in ("final_obs", "_final_obs")
-            }
-            infos["_final_info"] = infos["_final_obs"]
+            ended = terminated | truncated
+            # infos() returns fresh arrays, so the ended episodes' labels need no copy
+            final_info = {k: (ended if k[0] == "_" else v) for k, v in infos.items()}
+            final_obs = self.batch.obs.copy()
             for i in done:
                 self.batch.reset_slot(int(i))
-            infos.update({k: v for k, v in self.batch.infos().items()})
+            infos = self.batch.infos()
+            infos.update(
+                final_obs=final_obs, _final_obs=ended, final_info=final_info, _final_info=ended
+            )
         return self.batch.obs.copy(), reward, terminated, truncated, infos
 
     def render(self) -> np.ndarray:
