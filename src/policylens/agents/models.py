@@ -233,7 +233,8 @@ class MazeCNN(nn.Module):
         return self.fc_policy(h), self.fc_value(h).squeeze(-1)
 
     def fused(self, dtype: torch.dtype, batch: int | None = None) -> FusedMazeCNN | None:
-        """This network's current weights as fused oneDNN kernels (None where oneDNN is absent)."""
+        """This network's current weights as fused oneDNN kernels, or None where those kernels do
+        not run (see :meth:`FusedMazeCNN.available`); ``batch`` is the usual batch size."""
         return FusedMazeCNN(self, dtype, batch) if FusedMazeCNN.available(dtype) else None
 
 
