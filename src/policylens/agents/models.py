@@ -86,8 +86,13 @@ def linear_over_map(x: Tensor, fc: nn.Linear) -> Tensor:
     b, c, h, w = x.shape
     if x.is_contiguous() or b < fc.out_features:  # small batches: moving x is the cheaper copy
         return fc(x.flatten(1))
-    weight = fc.weight.view(-1, c, h, w).permute(0, 2, 3, 1).reshape(fc.out_features, -1)
-    return F.linear(x.permute(0, 2, 3, 1).reshape(b, -1), weight, fc.bias)
+    return F.linear(x.permute(0, 2, 3, 1).reshape(b, -1), hwc_columns(fc.weight, c, h, w), fc.bias)
+
+
+def hwc_columns(weight: Tensor, c: int, h: int, w: int) -> Tensor:
+    """A linear layer's weight with its columns reordered from (c, h, w) to (h, w, c), the order
+    in which a channels-last map flattens as it lies."""
+    return weight.view(-1, c, h, w).permute(0, 2, 3, 1).flatten(1)
 
 
 class ResidualBlock(nn.Module):
@@ -270,9 +275,7 @@ class FusedMazeCNN:
             (conv(b.conv1), conv(b.conv2))
             for b in (getattr(net, f"res{i + 1}") for i in range(net.res_blocks))
         ]
-        # columns in (h, w, c) order: the channels-last map is flattened as it lies
-        fc_weight = net.fc.weight.view(-1, *net.map_shape).permute(0, 2, 3, 1).flatten(1)
-        fc_weight = cast(fc_weight).contiguous()
+        fc_weight = cast(hwc_columns(net.fc.weight, *net.map_shape)).contiguous()
         if batch is not None:
             fc_weight = ops._reorder_linear_weight(fc_weight, batch)
         self.fc = fc_weight, cast(net.fc.bias)

@@ -281,13 +281,13 @@ def train_ppo(
             delta = rew_buf[t] + config.gamma * following * nonterminal - val_buf[t]
             last = delta + config.gamma * config.gae_lambda * nonterminal * last
             adv[t] = last
-        adv, returns = torch.from_numpy(adv), torch.from_numpy(adv + val_buf)
 
         # -- optimisation --------------------------------------------------------------------------
         b_obs = torch.from_numpy(obs_buf).reshape(-1, *obs_space.shape)
         b_act = torch.from_numpy(act_buf).reshape(-1)
         b_logp = torch.from_numpy(logp_buf).reshape(-1)
-        b_adv, b_ret = adv.reshape(-1), returns.reshape(-1)
+        b_adv = torch.from_numpy(adv).reshape(-1)
+        b_ret = torch.from_numpy(adv + val_buf).reshape(-1)  # the returns
         b_val = torch.from_numpy(val_buf).reshape(-1)
         mb = config.batch_size // config.num_minibatches
         stats: dict[str, list[float]] = {k: [] for k in ("pg", "v", "ent", "kl", "clip")}
