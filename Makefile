@@ -14,11 +14,17 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-.PHONY: install demo test bench
+.PHONY: install demo demo-quick test bench
 install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/policylens demo
+
+# Every step of the demo on a small budget (CI runs it); fails unless the report is written.
+demo-quick: $(STAMP)
+	rm -rf runs/demo-quick
+	$(BIN)/policylens demo --quick --out runs/demo-quick
+	test -s runs/demo-quick/analysis/report.html
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -122,25 +122,47 @@ def test_maze_cnn_channels_last_gradients_match_and_keep_one_layout() -> None:
         torch.testing.assert_close(pa.grad, pb.grad, atol=1e-4, rtol=1e-4, msg=name)
 
 
-@pytest.mark.skipif(not FusedMazeCNN.available(), reason="needs PyTorch built with oneDNN")
+def native_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX), as oneDNN needs."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def test_fused_maze_cnn_is_available_wherever_this_machine_can_run_it() -> None:
+    """The probe must not hide broken kernels: where oneDNN is built in, float32 must work, and
+    bf16 too on a CPU with native bf16; a failure here shows the kernels' error."""
+    onednn = torch.backends.mkldnn.is_available()
+    for dtype, expected in ((torch.float32, onednn), (torch.bfloat16, onednn and native_bf16())):
+        reason = FusedMazeCNN.unavailable_reason(dtype)
+        if expected:
+            assert reason is None and FusedMazeCNN.available(dtype), reason
+    if not onednn:
+        assert "without oneDNN" in FusedMazeCNN.unavailable_reason(torch.float32)
+
+
 @pytest.mark.parametrize("res_blocks", [0, 1, 2])
 def test_fused_maze_cnn_matches_the_module(res_blocks: int) -> None:
     """The rollout's fused oneDNN form gives the module's outputs (float32 exactly, bf16 close)."""
     agent = build_agent("maze_cnn", (3, 9, 7), 4, channels=8, hidden=32, res_blocks=res_blocks)
     x = agent.preprocess(np.concatenate([grid_obs(6)[..., :7], grid_obs(6, seed=1)[..., :7]]))
+    onednn = torch.backends.mkldnn.is_available()
+    must_run = {torch.float32: onednn, torch.bfloat16: onednn and native_bf16()}
+    ran = set()
     with torch.no_grad():
         logits, value = agent(x)
         for (dtype, tol), batch in itertools.product(
             ((torch.float32, 1e-5), (torch.bfloat16, 0.05)), (None, 12, 5)
         ):
             fused = agent.net.fused(dtype, batch)
-            if fused is None:  # bf16 on a CPU that oneDNN cannot run it on
-                assert dtype == torch.bfloat16 and not FusedMazeCNN.available(dtype)
+            if fused is None:
+                # Only legitimately absent: no oneDNN, or bf16 on a CPU without native bf16.
+                assert not must_run[dtype], FusedMazeCNN.unavailable_reason(dtype)
                 continue
+            ran.add(dtype)
             fused_logits, fused_value = fused(x)
             assert fused_logits.dtype == fused_value.dtype == dtype
             torch.testing.assert_close(fused_logits.float(), logits, atol=tol, rtol=tol)
             torch.testing.assert_close(fused_value.float(), value, atol=tol, rtol=tol)
+    assert ran >= {dtype for dtype, must in must_run.items() if must}
 
 
 def test_acting_forward_is_fused_only_where_nothing_would_be_missed() -> None:
@@ -148,10 +170,12 @@ def test_acting_forward_is_fused_only_where_nothing_would_be_missed() -> None:
     agent = small_maze(seed=0)
     obs = torch.from_numpy(grid_obs())
     act = agent.acting_forward(torch.float32)
-    if FusedMazeCNN.available():
-        assert act is not agent
+    if torch.backends.mkldnn.is_available():  # then the fused form must run (see above)
+        assert act is not agent, FusedMazeCNN.unavailable_reason(torch.float32)
         with torch.no_grad():
             torch.testing.assert_close(act(obs)[0], agent(obs)[0], atol=1e-5, rtol=1e-5)
+    else:
+        assert act is agent
     with agent.hooks(fwd_hooks=[("hook_fc", lambda act, hook: act)]):
         assert agent.acting_forward(torch.float32) is agent
     mlp = build_agent("mlp", (8,), 4)
@@ -165,13 +189,16 @@ def test_acting_forward_falls_back_where_the_fused_kernels_fail(monkeypatch) -> 
         raise RuntimeError("mkldnn::_convolution_pointwise: no such op")
 
     monkeypatch.setattr(FusedMazeCNN, "__call__", broken)
-    FusedMazeCNN.available.cache_clear()
+    FusedMazeCNN.unavailable_reason.cache_clear()
     try:
         assert not FusedMazeCNN.available()
+        assert "RuntimeError: mkldnn::_convolution_pointwise: no such op" in (
+            FusedMazeCNN.unavailable_reason(torch.float32)
+        )
         agent = small_maze(seed=0)
         assert agent.acting_forward(torch.float32) is agent
     finally:
-        FusedMazeCNN.available.cache_clear()
+        FusedMazeCNN.unavailable_reason.cache_clear()
 
 
 # --------------------------------------------------------------------------- observations

@@ -125,9 +125,23 @@ def test_completeness_improves_with_steps(obs):
     ]
     assert errs[0] > 1e-4
     assert errs[1] < errs[0]
-    r = attribute(agent, obs, "ig", "value", n_steps=8)
-    manual = r.attributions.sum((1, 2, 3)) - (r.outputs - r.baseline_outputs)
-    assert torch.allclose(r.delta, manual)
+    r = attribute(agent, obs, "ig", "value", baseline=0.5, n_steps=8)
+    # Oracle 1: the network run directly on the input and on the baseline (all 0.5).
+    x = agent.preprocess(obs)
+    base = torch.full_like(x, 0.5)
+    with torch.no_grad():
+        f_x, f_base = agent.forward_input(x)[1], agent.forward_input(base)[1]
+    torch.testing.assert_close(r.outputs.detach(), f_x, atol=1e-12, rtol=0)
+    torch.testing.assert_close(r.baseline_outputs.detach(), f_base, atol=1e-12, rtol=0)
+    # Oracle 2: Captum's convergence delta, sum(IG) - (f(x) - f(baseline)), same quadrature.
+    captum = pytest.importorskip("captum.attr")
+    _, captum_delta = captum.IntegratedGradients(_f(agent)).attribute(
+        x, baselines=base, n_steps=8, method="gausslegendre",
+        return_convergence_delta=True,
+    )  # fmt: skip
+    assert r.delta.shape == (len(obs),)
+    torch.testing.assert_close(r.delta.detach(), captum_delta, atol=1e-8, rtol=0)
+    assert r.delta.abs().max() > 1e-6  # 8 steps from 0.5 leave a gap: a non-trivial check
 
 
 def test_internal_batching_does_not_change_results(agent64, obs):

@@ -28,11 +28,27 @@ def invoke(*args: str):
 
 
 def test_eval_json(tiny_run):
-    r = invoke("eval", tiny_run.path, "--episodes", "20", "--cheese-region", "none", "--json")
+    import numpy as np
+
+    from policylens.analysis.behaviour import evaluate
+
+    r = invoke("eval", tiny_run.path, "--episodes", "20", "--cheese-region", "none", "--seed", "7",
+               "--json")  # fmt: skip
     assert r.exit_code == 0, r.output
     data = json.loads(r.output)
     assert data["episodes"] == 20 and data["env_kwargs"]["cheese_region"] is None
-    assert 0 <= data["success"]["rate"] <= 1 and "path_ratio" in data
+    assert data["env_kwargs"]["max_steps"] == 40  # the run's world, cheese region overridden
+    success = data["success"]
+    assert success["n"] == 20 and success["ci"][0] <= success["rate"] <= success["ci"][1]
+    assert round(success["rate"] * 20) == pytest.approx(success["rate"] * 20)  # k of 20
+    assert data["length"]["n"] == 20 and 1 <= data["length"]["mean"] <= 40
+    # The command is evaluate() on the run's latest agent and world: same seed, same numbers.
+    direct = evaluate(tiny_run.load_agent(), 20, "policylens/Maze-v0",
+                      {"cheese_region": None, "max_steps": 40}, seed=7)  # fmt: skip
+    np.testing.assert_equal(data, json.loads(json.dumps(direct, default=lambda v: v.tolist())))
+    other = invoke("eval", tiny_run.path, "--episodes", "20", "--cheese-region", "none", "--seed",
+                   "8", "--json")  # fmt: skip
+    assert json.loads(other.output)["length"] != data["length"]  # the seed is passed through
 
 
 def test_runs_lists_the_run(tiny_run):

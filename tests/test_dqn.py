@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from statistics import NormalDist
 
 import numpy as np
 import pytest
@@ -180,6 +181,55 @@ def test_from_module_wraps_a_plain_q_network():
     assert cache["1.hook_out"].shape == (5, 16)  # the ReLU, named by module path
     evaluated = evaluate_q_agent(agent, episodes=8, env_kwargs={"max_steps": 5})
     assert evaluated["episodes"] == 8
+
+
+class TablebaseQ(nn.Module):
+    """A scripted Q-network on the flat 5x5 observation: Q = 1 on the tablebase's optimal moves
+    (perfect play), 0 elsewhere; with ``illegal_first``, Q = 2 on a rook move off the board
+    (up by row + 1, or down 1 from the bottom row), a move that is illegal in every position."""
+
+    def __init__(self, illegal_first: bool):
+        super().__init__()
+        self.illegal_first = illegal_first
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from policylens.envs.chess import get_tablebase
+
+        tb = get_tablebase(5)
+        q = torch.zeros(x.shape[0], 24)
+        for b, row in enumerate(x):
+            if row.sum() != 3:  # not a position (e.g. a shape probe of zeros)
+                continue
+            wk, wr, bk = (divmod(int(plane.argmax()), 5) for plane in row.view(3, 25))
+            q[b] = torch.from_numpy(tb.optimal_actions_of(tb.board.position(wk, wr, bk))).float()
+            if self.illegal_first:
+                q[b, 8 + wr[0] if wr[0] < 4 else 12] = 2.0
+        return q
+
+
+def test_evaluating_scripted_q_networks_gives_known_outcomes():
+    z2 = NormalDist().inv_cdf(0.975) ** 2  # Wilson's interval for n of n is [n / (n + z^2), 1]
+    # Perfect play mates from every 5x5 start (tablebase: at most 10 moves, within max_steps 50)
+    # against any defence; each episode pays -1 per move but the last, then +100.
+    perfect = HookedAgent.from_module(TablebaseQ(False), (75,), 24, output="q")
+    ev = evaluate_q_agent(perfect, episodes=30, seed=3)
+    assert ev["episodes"] == 30 and ev["success"]["rate"] == 1.0 and ev["success"]["n"] == 30
+    assert ev["success"]["ci"] == pytest.approx([30 / (30 + z2), 1.0], abs=1e-9)
+    assert ev["outcomes"] == {"checkmate": {"rate": 1.0, "n": 30, "ci": ev["success"]["ci"]}}
+    assert 1 <= ev["length"]["mean"] <= 10
+    assert ev["return"]["mean"] == pytest.approx(101 - ev["length"]["mean"])
+    # The same network preferring an always-illegal move: every episode ends at once, -100.
+    blunderer = HookedAgent.from_module(TablebaseQ(True), (75,), 24, output="q")
+    ev = evaluate_q_agent(blunderer, episodes=30, seed=3)
+    assert ev["success"]["rate"] == 0.0 and ev["success"]["ci"][0] == 0.0
+    (illegal,) = ev["outcomes"].values()
+    assert set(ev["outcomes"]) == {"illegal"} and illegal["rate"] == 1.0 and illegal["n"] == 30
+    assert illegal["ci"] == pytest.approx([30 / (30 + z2), 1.0], abs=1e-9)
+    assert ev["return"] == {"mean": -100.0, "n": 30, "ci": [-100.0, -100.0]}
+    assert ev["length"] == {"mean": 1.0, "n": 30, "ci": [1.0, 1.0]}
+    # Masking illegal moves leaves the perfect moves as the best: it mates again.
+    ev = evaluate_q_agent(blunderer, episodes=30, seed=3, mask_illegal=True)
+    assert ev["success"]["rate"] == 1.0 and set(ev["outcomes"]) == {"checkmate"}
 
 
 # -- training runs ------------------------------------------------------------------------------

@@ -9,13 +9,17 @@ from gymnasium.envs.box2d.lunar_lander import heuristic
 from gymnasium.envs.registration import EnvSpec
 
 from policylens.envs.lunar import (
-    FUEL_SCALE,
     REWARD_VARIANTS,
     LunarRewardVariant,
     fuel_term,
     lunar_entry_point,
     make_lunar,
 )
+
+# The scaled_fuel variants pay the fuel term x 5 (the spec of the "isolating updates" experiment:
+# fuel made five times as costly). A literal, not policylens.envs.lunar.FUEL_SCALE, so that a
+# changed constant fails here instead of moving the expectation with it.
+FUEL_SCALE = 5.0
 
 
 def _rollout(variant: str, seed: int, steps: int, continuous: bool = False) -> list[tuple]:

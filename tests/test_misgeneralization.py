@@ -4,6 +4,8 @@ answers are known: a cheese seeker (BFS to the cheese) and a corner seeker (BFS 
 
 from __future__ import annotations
 
+from statistics import NormalDist
+
 import numpy as np
 import pytest
 import torch
@@ -90,7 +92,40 @@ def test_vector_field_points_along_the_shortest_path():
     moves = bfs_field(state.walls, state.cheese)[1]
     for cell, p in zip(field.cells, field.probs, strict=True):
         assert p.argmax() == moves[cell]
-    assert np.allclose((field - field).probs, 0)
+
+
+def expected_probs(moves: np.ndarray, cells) -> np.ndarray:
+    """A seeker's move probabilities from its BFS moves alone: logits +-20 make a chosen move
+    certain (to ~1e-17); with no move (the mouse on the target) all four logits tie at 1/4."""
+    out = np.full((len(cells), 4), 0.25)
+    for i, cell in enumerate(cells):
+        if moves[cell] >= 0:
+            out[i] = np.eye(4)[moves[cell]]
+    return out
+
+
+def test_vector_field_difference_is_what_changes_between_two_agents():
+    state = generate_level(3, CONFIG)
+    state = state.copy(cheese=state.start)  # away from the top-right corner, where it spawns
+    cheese, corner = (vector_field(seeker(goal), state, CONFIG) for goal in ("cheese", "corner"))
+    rows, cols = np.nonzero(~state.walls)
+    top_right = (int(rows.min()), int(cols[rows == rows.min()].max()))
+    want_cheese = expected_probs(bfs_field(state.walls, state.cheese)[1], cheese.cells)
+    want_corner = expected_probs(bfs_field(state.walls, top_right)[1], corner.cells)
+    assert np.allclose(cheese.probs, want_cheese, atol=1e-6)
+    assert np.allclose(corner.probs, want_corner, atol=1e-6)
+    diff = cheese - corner
+    assert diff.cells == cheese.cells == corner.cells
+    assert diff.probs.shape == (len(cheese.cells), 4)
+    assert np.allclose(diff.probs, want_cheese - want_corner, atol=1e-6)
+    # The two goals disagree somewhere (+1 at the cheese move, -1 at the corner move) and agree
+    # somewhere (0 everywhere): the difference is neither all zero nor all nonzero.
+    disagree = np.abs(diff.probs).max(axis=1) > 0.5
+    assert disagree.any() and not disagree.all()
+    assert np.allclose(diff.probs.sum(axis=1), 0, atol=1e-6)
+    other = vector_field(seeker("cheese"), generate_level(4, CONFIG), CONFIG)
+    with pytest.raises(ValueError, match="different mazes"):
+        cheese - other
 
 
 def test_procgen_action_probabilities_fold_into_moves():
@@ -148,12 +183,115 @@ def test_clamp_sets_only_the_chosen_cells():
 
 def test_steering_and_clamp_experiments_report_intervals():
     agent = small_agent()
-    res = iv.maze_steering_experiment(agent, CONFIG, "res1.hook_out", n_mazes=30, n_random=2)
-    for key in ("baseline", "cheese_vector x -1", "random x -1"):
-        lo, hi = res[key]["success"]["ci"]
-        assert 0 <= lo <= res[key]["success"]["rate"] <= hi <= 1
+    res = iv.maze_steering_experiment(
+        agent, CONFIG, "res1.hook_out", coefs=(0.0, -1.0), n_mazes=30, n_random=2
+    )
+    # Adding 0 x the vector leaves every activation bit-identical; with the same mazes and the
+    # same sampling seed, the episodes (so every count) must be those of the baseline.
+    assert res["cheese_vector x 0"] == res["baseline"]
+    assert res["random x 0"]["per_vector_success"] == [res["baseline"]["success"]["rate"]] * 2
+    for key, n in (("baseline", 30), ("cheese_vector x -1", 30), ("random x -1", 60)):
+        success = res[key]["success"]
+        lo, hi = success["ci"]
+        assert success["n"] == n and res[key]["corner_first"]["n"] == n  # all off the path
+        assert 0 <= lo <= success["rate"] <= hi <= 1 and lo < hi
+        assert round(success["rate"] * n) == pytest.approx(success["rate"] * n)  # k / n
+    assert len(res["random x -1"]["per_vector_success"]) == 2
+    assert np.mean(res["random x -1"]["per_vector_success"]) == pytest.approx(
+        res["random x -1"]["success"]["rate"]
+    )
     clamp = iv.maze_clamp_experiment(agent, CONFIG, "res1.hook_out", [0], 3.0, n_mazes=20)
-    assert clamp["clamped_reaches_target"]["n"] == 20
+    assert clamp["clamped_reaches_target"]["n"] == clamp["baseline_reaches_target"]["n"] == 20
+
+
+class Retargetable(nn.Module):
+    """Heads for the brightest cell of the cheese channel, or for the top-right corner when that
+    channel is empty. Its input passes through ``eye`` (hook ``eye.hook_out``), so a steering
+    vector or a clamp there edits what it sees; every batch it sees is kept in ``seen``."""
+
+    def __init__(self):
+        super().__init__()
+        self.eye = nn.Identity()
+        self.scale = nn.Parameter(torch.tensor(20.0))
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor):
+        x = self.eye(x)
+        self.seen.append(x.detach().clone())
+        logits = torch.full((x.shape[0], 4), -1.0)
+        for b in range(x.shape[0]):
+            walls = x[b, 0].numpy() > 0.5
+            mouse = np.unravel_index(int(x[b, 1].argmax()), walls.shape)
+            if x[b, 2].max() > 0.5:
+                target = np.unravel_index(int(x[b, 2].argmax()), walls.shape)
+            else:
+                rows, cols = np.nonzero(~walls)
+                target = (int(rows.min()), int(cols[rows == rows.min()].max()))
+            move = bfs_field(walls, target)[1][mouse]
+            if move >= 0:
+                logits[b, move] = 1.0
+        return logits * self.scale, torch.zeros(x.shape[0])
+
+
+def retargetable() -> HookedAgent:
+    return HookedAgent.from_module(Retargetable(), (3, 9, 9), 4, obs_kind="grid")
+
+
+def wilson_at_one(n: int) -> list[float]:
+    """Wilson 95% interval of n successes in n, by hand: centre - half = n / (n + z^2)."""
+    return [n / (n + NormalDist().inv_cdf(0.975) ** 2), 1.0]
+
+
+def test_steering_a_scripted_agent_gives_known_rates():
+    # At the input, the cheese vector is the cheese channel (norm 1); x -1 erases the cheese, so
+    # the agent walks to the corner, which (cheese off the corner path) it reaches first. Random
+    # vectors of norm 1 spread over 243 inputs move no input across 0.5: behaviour unchanged.
+    n = 30
+    res = iv.maze_steering_experiment(
+        retargetable(), CONFIG, "eye.hook_out", coefs=(0.0, 1.0, -1.0), n_mazes=n, n_random=2
+    )
+    assert res["n_mazes"] == n
+    assert res["vector_norm"]["mean"] == pytest.approx(1.0) and res["vector_norm"]["n"] == n
+    base = res["baseline"]
+    assert base["success"]["rate"] == 1.0 and base["success"]["n"] == n
+    assert base["success"]["ci"] == pytest.approx(wilson_at_one(n), abs=1e-6)
+    assert base["corner_first"]["rate"] == 0.0 and base["corner_first"]["n"] == n
+    # x 0 adds nothing; x 1 doubles the cheese, the same brightest cell: both are the baseline.
+    assert res["cheese_vector x 0"] == base and res["cheese_vector x 1"] == base
+    erased = res["cheese_vector x -1"]
+    assert erased["corner_first"]["rate"] == 1.0 and erased["corner_first"]["n"] == n
+    assert erased["corner_first"]["ci"] == pytest.approx(wilson_at_one(n), abs=1e-6)
+    rand = res["random x -1"]
+    assert rand["success"]["rate"] == 1.0 and rand["success"]["n"] == 2 * n
+    assert rand["corner_first"]["rate"] == 0.0 and rand["per_vector_success"] == [1.0, 1.0]
+
+
+def test_clamping_a_scripted_agent_retargets_it_exactly_where_the_maze_allows():
+    # Clamping the cheese channel to 3 at the target cell (and 0 elsewhere) hides the real
+    # cheese and shows one at the target: the agent walks there unless the real cheese lies on
+    # the way (the episode ends there). Without the clamp it reaches the target only if it lies
+    # on the way to the cheese. Counted from BFS distances in the mazes the agent was shown.
+    n, agent = 25, retargetable()
+    res = iv.maze_clamp_experiment(agent, CONFIG, "eye.hook_out", [2], 3.0, n_mazes=n)
+    first = [x for x in agent.net.seen if x.shape[0] == n]
+    plain = next(x for x in first if x[:, 2].max() == 1.0)  # first step, no clamp
+    clamped = next(x for x in first if x[:, 2].max() == 3.0)  # first step, clamped
+    assert torch.equal(plain[:, :2], clamped[:, :2])  # same mazes, same start, same order
+    on_way_to_cheese = reaches_clamped = 0
+    for b in range(n):
+        walls = plain[b, 0].numpy() > 0.5
+        cells = [np.unravel_index(int(x[b, c].argmax()), walls.shape) for x, c in
+                 ((plain, 1), (plain, 2), (clamped, 2))]  # fmt: skip
+        start, cheese, target = (tuple(int(v) for v in p) for p in cells)
+        to_cheese = bfs_field(walls, cheese)[0]
+        to_target = bfs_field(walls, target)[0]
+        on_way_to_cheese += to_cheese[start] == to_target[start] + to_cheese[target]
+        cheese_in_way = to_target[start] == to_cheese[start] + to_target[cheese]
+        reaches_clamped += not cheese_in_way and to_target[start] <= res["max_steps"]
+    assert res["baseline_reaches_target"]["n"] == res["clamped_reaches_target"]["n"] == n
+    assert res["baseline_reaches_target"]["rate"] == pytest.approx(on_way_to_cheese / n)
+    assert res["clamped_reaches_target"]["rate"] == pytest.approx(reaches_clamped / n)
+    assert reaches_clamped > on_way_to_cheese  # the clamp does retarget
 
 
 @pytest.mark.parametrize(

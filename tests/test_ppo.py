@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -123,13 +125,44 @@ def test_not_a_run(tmp_path):
         Run(tmp_path)
 
 
+def cpu_flags() -> set[str] | None:
+    """The CPU's feature flags as the Linux kernel reports them (None off Linux/x86)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    flags = next(
+        (line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), None
+    )
+    return set(flags) if flags is not None else None
+
+
 def test_precision_resolves_to_a_compute_dtype():
     assert compute_dtype("float32") == torch.float32
     assert compute_dtype("bfloat16") == torch.bfloat16
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    assert compute_dtype("auto") == (torch.bfloat16 if native else torch.float32)
     assert compute_dtype("auto", convolutional=False) == torch.float32  # MLPs: bf16 is slower
     assert compute_dtype("bfloat16", convolutional=False) == torch.bfloat16  # asked for: given
+    assert compute_dtype("float32", convolutional=False) == torch.float32
+
+
+@pytest.mark.parametrize("avx512_bf16, amx", [(False, False), (True, False), (False, True),
+                                              (True, True)])  # fmt: skip
+def test_auto_precision_is_bf16_only_on_a_cpu_with_native_bf16(monkeypatch, avx512_bf16, amx):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    want = torch.bfloat16 if avx512_bf16 or amx else torch.float32
+    assert compute_dtype("auto") == want
+    assert compute_dtype("auto", convolutional=False) == torch.float32
+    assert compute_dtype("float32") == torch.float32 and compute_dtype("bfloat16") == torch.bfloat16
+
+
+def test_auto_precision_follows_this_cpus_flags():
+    """Oracle independent of torch's CPU probes: the kernel's flags in /proc/cpuinfo."""
+    flags = cpu_flags()
+    if flags is None:
+        pytest.skip("no /proc/cpuinfo flags on this platform")
+    native = bool(flags & {"avx512_bf16", "amx_bf16", "amx_tile"})
+    assert compute_dtype("auto") == (torch.bfloat16 if native else torch.float32)
 
 
 def test_bfloat16_training_keeps_float32_weights_and_tracks_float32(tmp_path):

@@ -186,7 +186,12 @@ def test_cli_probe_run_and_store_json(tiny_run, maze_store):
     data = json.loads(result.stdout)
     (row,) = data["results"]
     assert row["label"] == "move_to_cheese" and set(row["controls"]) == {"random_init", "shuffled"}
-    assert (tiny_run.path / "analysis" / "probes").glob("probes_step_*.json")
+    # One report for the chosen (default: latest) checkpoint, the same one that was printed.
+    latest = tiny_run.checkpoints()[-1][0]
+    saved = sorted((tiny_run.path / "analysis" / "probes").glob("probes_step_*.json"))
+    assert [p.name for p in saved] == [f"probes_step_{latest}.json"]
+    assert json.loads(saved[0].read_text()) == data
+    assert data["meta"]["checkpoint_step"] == latest
     result = runner.invoke(app, ["probe", str(maze_store.path), "--label", "mouse_pos",
                                  "--hook", "hook_out", "--no-controls", "--json"])  # fmt: skip
     assert result.exit_code == 0, result.output

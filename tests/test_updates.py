@@ -176,8 +176,8 @@ class _AlwaysMain(nn.Module):
 
 def test_lunar_episodes_count_fuel_and_score_every_variant() -> None:
     from policylens.agents import HookedAgent
-    from policylens.envs.lunar import FUEL_SCALE
 
+    fuel_scale = 5.0  # scaled_fuel pays the fuel term x 5 (a literal from the spec, not the code)
     T.ensure_lunar_world()
     agent = HookedAgent.from_module(_AlwaysMain(), (8,), 4)
     eps = T.lunar_episodes(agent, episodes=3, seed=0)
@@ -188,7 +188,7 @@ def test_lunar_episodes_count_fuel_and_score_every_variant() -> None:
     s = T.summarize_episodes(eps)
     base, fuel = np.array(eps["base"]), np.array(eps["fuel"])
     assert s["return"]["no_fuel"]["mean"] == pytest.approx(base.mean())
-    assert s["return"]["scaled_fuel"]["mean"] == pytest.approx((base + FUEL_SCALE * fuel).mean())
+    assert s["return"]["scaled_fuel"]["mean"] == pytest.approx((base + fuel_scale * fuel).mean())
     assert s["return"]["only_fuel"]["mean"] == pytest.approx(fuel.mean())
     assert s["fuel_used"]["mean"] == pytest.approx(-fuel.mean())
     assert s["landed"]["rate"] == 0.0 and s["episodes"] == 3

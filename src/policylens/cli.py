@@ -19,7 +19,7 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line
 
 
 def command(name: str | None = None, typer_app: typer.Typer = app) -> Callable:
@@ -46,10 +46,13 @@ def print_json(data: Any) -> None:
 
 
 @command("envs")
-def envs_cmd() -> None:
+def envs_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """List the registered worlds with a one-line description each."""
     from policylens.envs import WORLDS
 
+    if as_json:
+        print_json(WORLDS)
+        return
     table = Table("world", "description", show_header=True)
     for env_id, description in WORLDS.items():
         table.add_row(env_id, description)
@@ -62,6 +65,7 @@ def gallery_cmd(
     n: int = typer.Option(12, min=1, help="Number of levels."),
     seed: int = typer.Option(0, help="First level seed."),
     world_size: int = typer.Option(9, help="World side in cells (odd)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Render a gallery of maze levels with their shortest paths."""
     from policylens.envs.maze import MazeConfig
@@ -70,6 +74,9 @@ def gallery_cmd(
     stats = maze_gallery(
         out, MazeConfig(world_size=world_size, maze_sizes=(5, world_size)), n, seed
     )
+    if as_json:
+        print_json(stats)
+        return
     console.print(
         f"wrote {stats['path']} ({n} levels, mean shortest path {stats['mean_shortest_path']:.1f})"
     )
@@ -102,8 +109,12 @@ def train_maze_cmd(
     steps: int = typer.Option(None, help="Environment steps (default: the recipe's)."),
     seed: int = typer.Option(0, help="Seed of envs, init and sampling."),
     arch: str = typer.Option(None, help="Network: maze_cnn (default), mlp, impala."),
+    precision: str = typer.Option(
+        "auto", help="float32, bfloat16, or auto (bf16 where the CPU multiplies it natively)."
+    ),
     resume: bool = typer.Option(False, help="Continue a killed run from its last saved state."),
     quiet: bool = typer.Option(False, help="No progress bar."),
+    as_json: bool = typer.Option(False, "--json", help="Print the run's summary as JSON."),
 ) -> None:
     """Train a PPO maze agent (default recipe: cheese in the top-right corner)."""
     from policylens.train.ppo import train_ppo
@@ -116,9 +127,13 @@ def train_maze_cmd(
         total_steps=steps,
         seed=seed,
         arch=arch,
+        precision=precision,
     )
     run = train_ppo(config, out, resume=resume, progress=not quiet)
     summary = run.summary()
+    if as_json:
+        print_json(summary)
+        return
     console.print(
         f"trained {summary['steps']} steps -> {run.path} (last success {summary['success']})"
     )
@@ -300,14 +315,18 @@ def report_cmd(
     out: Path = typer.Option(None, help="HTML file (default RUN/analysis/report.html)."),
     episodes: int = typer.Option(500, min=1, help="Episodes per distribution."),
     n_mazes: int = typer.Option(200, min=100, help="Mazes per intervention."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report's path as JSON."),
 ) -> None:
     """Write a self-contained static HTML report of a run (analyses are computed once and reused)."""
     from policylens.report.maze import write_maze_report
     from policylens.train.runs import Run
 
     path = write_maze_report(
-        Run(run), out, episodes=episodes, n_mazes=n_mazes, log=lambda m: console.print(m)
+        Run(run), out, episodes=episodes, n_mazes=n_mazes, log=lambda m: err_console.print(m)
     )
+    if as_json:
+        print_json({"report": str(path)})
+        return
     console.print(f"report: {path}")
 
 
@@ -316,13 +335,15 @@ def table_cmd(
     runs: list[Path] = typer.Argument(
         ..., help="Maze run folders (e.g. trained with regions 1, 3, none)."
     ),
+    episodes: int = typer.Option(500, min=1, help="Episodes per distribution."),
+    n_mazes: int = typer.Option(200, min=100, help="Mazes per intervention."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """The goal-misgeneralization table: success in and out of distribution and corner bias per run."""
     from policylens.report.maze import experiment_table
     from policylens.train.runs import Run
 
-    rows = experiment_table([Run(r) for r in runs])
+    rows = experiment_table([Run(r) for r in runs], episodes, n_mazes)
     if as_json:
         print_json(rows)
         return
@@ -334,12 +355,25 @@ def table_cmd(
 
 @command("demo")
 def demo_cmd(
-    out: Path = typer.Option(Path("runs/demo"), help="Folder for the demo's outputs."),
+    out: Path = typer.Option(
+        None, help="Folder for the demo's outputs (default runs/demo, or runs/demo-quick)."
+    ),
+    quick: bool = typer.Option(
+        False, "--quick", help="Every step on a small budget (about a minute; barely trained)."
+    ),
+    precision: str = typer.Option(
+        "auto", help="Training precision: float32, bfloat16, or auto (bf16 where native)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Also print the headline as JSON."),
 ) -> None:
     """The end-to-end demo (the README's main job)."""
-    from policylens.demo import run_demo
+    from policylens.demo import FULL, QUICK, run_demo
 
-    run_demo(out, console=console)
+    out = out or Path("runs/demo-quick" if quick else "runs/demo")
+    result = run_demo(out, console=err_console if as_json else console,
+                      budget=QUICK if quick else FULL, precision=precision)  # fmt: skip
+    if as_json:
+        print_json(result)
 
 
 def _register_areas() -> None:

@@ -2,12 +2,15 @@
 agent, measure its goal misgeneralization, steer it, and write the report.
 
 Rerunning reuses every finished step: a trained run is not retrained (an interrupted one
-resumes), and saved analyses are reused while the checkpoint is unchanged.
+resumes), and saved analyses are reused while the checkpoint is unchanged. ``quick`` runs the
+same steps on a small budget (CI runs it, so the main command cannot break silently).
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -15,18 +18,53 @@ from policylens.envs.maze import MazeConfig, MazeSolver, MazeVecEnv
 from policylens.report.gallery import maze_gallery
 
 
+@dataclass(frozen=True)
+class DemoBudget:
+    """How much the demo trains and measures."""
+
+    steps: int | None
+    """PPO environment steps (None: the maze recipe's default)."""
+    episodes: int
+    """Episodes per distribution for the behaviour figures."""
+    n_mazes: int
+    """Test mazes per decision-square and intervention experiment."""
+    n_obs: int
+    """Observations for the attribution, NMF and clustering sections."""
+
+
+FULL = DemoBudget(steps=None, episodes=500, n_mazes=200, n_obs=128)
+QUICK = DemoBudget(steps=100_000, episodes=100, n_mazes=100, n_obs=32)
+"""A budget that runs every step in about a minute; its agent is barely trained."""
+
+
 def run_demo(
-    out: str | Path, console: Console | None = None, total_steps: int | None = None
-) -> dict:
-    """Gallery -> train -> analyse -> report; prints the headline numbers and the report's path."""
-    from policylens.analysis.misgeneralization import headline
+    out: str | Path,
+    console: Console | None = None,
+    budget: DemoBudget = FULL,
+    precision: str = "auto",
+) -> dict[str, Any]:
+    """Gallery -> train -> analyse -> report; prints the headline and the report's path.
+
+    ``precision`` is PPO's (``auto`` trains in bf16 only on a CPU with native bf16).
+    """
+    from policylens.analysis.misgeneralization import analyse_maze_run, headline
     from policylens.report.maze import write_maze_report
     from policylens.train.ppo import train_ppo
     from policylens.train.recipes import maze_recipe
-    from policylens.train.runs import Run
+    from policylens.train.runs import Run, config_json
 
     console = console or Console()
     out = Path(out)
+    recipe = maze_recipe(total_steps=budget.steps, precision=precision)
+    run_dir = out  # the demo's folder is the agent's run folder
+    if (run_dir / "config.json").exists():
+        trained = Run(run_dir).config["trainer"]
+        if trained != config_json(asdict(recipe)):
+            raise ValueError(
+                f"{run_dir} holds an agent trained with other settings "
+                f"({trained['total_steps']:,} steps, precision {trained['precision']}); "
+                "pass another --out or delete the folder"
+            )
     out.mkdir(parents=True, exist_ok=True)
     config = MazeConfig()
     gallery = maze_gallery(out / "analysis" / "maze_gallery.png", config, n=12, seed=0)
@@ -36,15 +74,13 @@ def run_demo(
         f"{solved['solved']}/{solved['episodes']} optimally: {solved['optimal']}"
     )
 
-    run_dir = out  # the demo's folder is the agent's run folder
-    recipe = maze_recipe(total_steps=total_steps)
     if (run_dir / "DONE").exists():
         console.print(f"[bold]2. agent[/]: reusing the trained agent in {run_dir}")
     else:
         resume = (run_dir / "resume.pt").exists()
         console.print(
-            f"[bold]2. agent[/]: {'resuming' if resume else 'training'} PPO ({recipe.total_steps:,} steps, "
-            f"cheese in the top-right corner) -> {run_dir}"
+            f"[bold]2. agent[/]: {'resuming' if resume else 'training'} PPO "
+            f"({recipe.total_steps:,} steps, cheese in the top-right corner) -> {run_dir}"
         )
         train_ppo(recipe, run_dir, resume=resume)
     run = Run(run_dir)
@@ -52,15 +88,44 @@ def run_demo(
     console.print(
         "[bold]3. analysis[/]: behaviour, decision squares, cheese vector, channel clamping"
     )
-    report = write_maze_report(run, log=lambda m: console.print(f"   {m}"))
-    from policylens.analysis.misgeneralization import analyse_maze_run
-
-    numbers = headline(analyse_maze_run(run, log=lambda *_: None))
-    console.print("[bold]4. headline[/]")
-    for key, value in numbers.items():
-        console.print(f"   {key.replace('_', ' ')}: {value:.3f}")
+    log = lambda m: console.print(f"   {m}")  # noqa: E731
+    report = write_maze_report(
+        run, episodes=budget.episodes, n_mazes=budget.n_mazes, n_obs=budget.n_obs, log=log
+    )
+    numbers = headline(
+        analyse_maze_run(run, episodes=budget.episodes, n_mazes=budget.n_mazes, log=log)
+    )
+    console.print("[bold]4. headline[/] (95% intervals)")
+    for line in headline_lines(numbers):
+        console.print(f"   {line}", highlight=False)
     console.print(f"[bold]report[/]: {report.resolve()}")
     return {"gallery": gallery, "solver": solved, "headline": numbers, "report": str(report)}
+
+
+def headline_lines(h: dict[str, Any]) -> list[str]:
+    """The headline as sentences; an intervention is judged against its control, and one whose
+    difference interval holds zero is called "no effect"."""
+
+    def rate(p: dict[str, Any]) -> str:
+        if not p["n"]:
+            return "n/a (no episodes)"
+        return f"{p['rate']:.3f} [{p['ci'][0]:.3f}, {p['ci'][1]:.3f}] (n={p['n']})"
+
+    def verdict(d: dict[str, Any]) -> str:
+        span = f"difference {d['diff']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
+        return f"{span}: {'an effect' if d['effect'] else 'no effect'}"
+
+    return [
+        f"success, training distribution: {rate(h['train_success'])}",
+        f"success, cheese anywhere: {rate(h['test_success'])}",
+        f"top-right corner before the cheese, cheese anywhere: {rate(h['test_corner_first'])}",
+        f"goes to the cheese at decision squares: {rate(h['p_cheese_at_decision_squares'])}",
+        f"success with the cheese vector subtracted: {rate(h['success_with_cheese_vector_subtracted'])}"
+        f" vs random vectors {rate(h['success_with_random_vectors'])}; "
+        + verdict(h["cheese_vector_vs_random"]),
+        f"reaches the target with a cheese channel clamped there: {rate(h['clamped_reaches_target'])}; "
+        "vs unclamped " + verdict(h["clamped_vs_unclamped"]),
+    ]
 
 
 def solve_levels(config: MazeConfig, episodes: int, seed: int) -> dict:

@@ -285,23 +285,28 @@ class FusedMazeCNN:
         )
 
     @staticmethod
-    @functools.cache
     def available(dtype: torch.dtype = torch.float32) -> bool:
         """Whether this PyTorch and CPU run the fused kernels in ``dtype`` (probed once).
 
         The kernels are PyTorch's internal ``torch.ops.mkldnn`` ops: a build without oneDNN, a
         release that changed them, or a CPU that cannot run bf16 makes this False, and callers
-        use the module itself.
+        use the module itself. :meth:`unavailable_reason` says why.
         """
+        return FusedMazeCNN.unavailable_reason(dtype) is None
+
+    @staticmethod
+    @functools.cache
+    def unavailable_reason(dtype: torch.dtype = torch.float32) -> str | None:
+        """None where the fused kernels run in ``dtype``, else why not (probed once per dtype)."""
         if not torch.backends.mkldnn.is_available():
-            return False
+            return "this PyTorch is built without oneDNN (torch.backends.mkldnn)"
         try:
             with torch.random.fork_rng(devices=[]):  # the tiny net's init leaves no trace
                 net = MazeCNN(num_actions=2, in_channels=1, size=2, channels=2, hidden=2)
             FusedMazeCNN(net, dtype, batch=1)(torch.zeros(1, 1, 2, 2))
-        except Exception:  # any failure means: not here
-            return False
-        return True
+        except Exception as e:  # any failure means: not here
+            return f"{dtype} fused kernels failed: {type(e).__name__}: {e}"
+        return None
 
     def __call__(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(batch, c, h, w)`` input -> ``(logits, value)`` in ``dtype``, as ``MazeCNN.forward``."""

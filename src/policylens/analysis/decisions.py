@@ -59,13 +59,10 @@ def decision_square_analysis(
 
     Each test maze (cheese off the start->corner path, and outside the top-right
     ``exclude_region`` square when given) starts the mouse on its decision square; the outcome is
-    whichever of cheese and corner it reaches first. The regression is fit on 70% of the mazes
-    and scored on the rest against always predicting the training majority.
+    whichever of cheese and corner it reaches first. The regression (:func:`choice_regression`)
+    is fit on a stratified 70% of the mazes and scored on the rest against always predicting the
+    training majority.
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     candidates = test_levels(config, n_mazes * 3, seed)
     states, squares = [], []
     for s in candidates:
@@ -113,32 +110,56 @@ def decision_square_analysis(
         "undecided": int((~decided).sum()),
         "p_cheese_first_step": stats.mean(p_cheese_step),
     }
-    y, Xd = outcome[decided], X[decided]
-    if len(np.unique(y)) < 2 or len(y) < 20:
-        result["regression"] = {
-            "skipped": "the agent made the same choice (or too few) in every maze"
+    result["regression"] = choice_regression(outcome[decided], X[decided], seed)
+    return result
+
+
+MIN_PER_CLASS = 5
+"""Fewest decided mazes of each choice (cheese, corner) for the regression to be fit at all."""
+
+
+def choice_regression(y: np.ndarray, X: np.ndarray, seed: int) -> dict[str, Any]:
+    """Logistic regression of the choice (1 = cheese) on maze features, scored on held-out mazes.
+
+    The 70/30 split is stratified, so both sets hold both choices in the data's proportion. When
+    one choice is rarer than ``MIN_PER_CLASS`` there is nothing to regress: the result says so in
+    a sentence and gives the majority baseline alone.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    n, cheese = len(y), int((y == 1).sum())
+    majority = 1 if 2 * cheese >= n else 0
+    baseline = float((y == majority).mean()) if n else float("nan")
+    if min(cheese, n - cheese) < MIN_PER_CLASS:
+        return {
+            "skipped": f"the agent went for the cheese in {cheese} of {n} decided decision squares: "
+            f"no regression (it needs at least {MIN_PER_CLASS} of each choice)",
+            "majority_baseline": baseline,
+            "n_cheese": cheese,
+            "n_decided": n,
         }
-        return result
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(y))  # one sample per maze, so splitting samples splits levels
-    cut = int(0.7 * len(y))
-    train, test = order[:cut], order[cut:]
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-    model.fit(Xd[train], y[train])
-    majority = int(np.round(y[train].mean()))
-    single = {}
-    for j, name in enumerate(FEATURES):
-        m = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(
-            Xd[train][:, [j]], y[train]
-        )
-        single[name] = float(m.score(Xd[test][:, [j]], y[test]))
-    result["regression"] = {
+    # One sample per maze, so splitting samples splits levels.
+    train, test = train_test_split(np.arange(n), test_size=0.3, stratify=y, random_state=seed)
+
+    def fit(columns: list[int]):
+        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+        return model.fit(X[train][:, columns], y[train])
+
+    everything = fit(list(range(len(FEATURES))))
+    train_majority = int(2 * y[train].sum() >= len(train))
+    return {
         "features": list(FEATURES),
-        "test_accuracy": float(model.score(Xd[test], y[test])),
-        "majority_baseline": float((y[test] == majority).mean()),
-        "coefficients": dict(zip(FEATURES, model[-1].coef_[0].round(4).tolist(), strict=True)),
-        "single_feature_accuracy": single,
+        "test_accuracy": float(everything.score(X[test], y[test])),
+        "majority_baseline": float((y[test] == train_majority).mean()),
+        "coefficients": dict(zip(FEATURES, everything[-1].coef_[0].round(4).tolist(), strict=True)),
+        "single_feature_accuracy": {
+            name: float(fit([j]).score(X[test][:, [j]], y[test])) for j, name in enumerate(FEATURES)
+        },
+        "n_cheese": cheese,
+        "n_decided": n,
         "n_train": int(len(train)),
         "n_test": int(len(test)),
     }
-    return result

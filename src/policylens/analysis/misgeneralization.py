@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from policylens.analysis import stats
 from policylens.analysis.behaviour import evaluate
 from policylens.analysis.decisions import decision_square_analysis
 from policylens.analysis.interventions import (
@@ -85,7 +86,8 @@ def analyse_maze_run(
     force: bool = False,
     log=print,
 ) -> dict[str, Any]:
-    """Run (or reuse) every maze analysis for the run's latest checkpoint; saves analysis/maze.json."""
+    """:func:`analyse_maze_agent` on the run's latest checkpoint, saved as analysis/maze.json and
+    reused while the checkpoint and the budget are unchanged."""
     step, _ = run.checkpoint()
     file = run.path / "analysis" / "maze.json"
     if file.exists() and not force:
@@ -96,32 +98,52 @@ def analyse_maze_run(
             and cached.get("n_mazes") == n_mazes
         ):
             return cached
-    agent = run.load_agent()
-    config = maze_config(run)
-    result: dict[str, Any] = {"step": step, "episodes": episodes, "n_mazes": n_mazes}
-    log("behaviour in and out of distribution ...")
-    result["behaviour"] = behaviour_study(agent, config, episodes)
-    log("decision squares ...")
-    region = config.cheese_region
-    result["decisions"] = decision_square_analysis(
-        agent, config, n_mazes=n_mazes, exclude_region=region
-    )
-    log("cheese vector and channel clamping ...")
-    result["steering"] = steering_study(agent, config, hook, n_mazes)
+    result = {
+        "step": step,
+        **analyse_maze_agent(run.load_agent(), maze_config(run), episodes, n_mazes, hook, log),
+    }
     write_json(file, result)
     return result
 
 
-def headline(result: dict[str, Any]) -> dict[str, float]:
-    """The few numbers the demo prints."""
-    b, st = result["behaviour"], result["steering"]["steering"]
+def analyse_maze_agent(
+    agent,
+    config: MazeConfig,
+    episodes: int = 500,
+    n_mazes: int = 200,
+    hook: str | None = None,
+    log=print,
+) -> dict[str, Any]:
+    """Every maze analysis of one agent: behaviour in and out of the training distribution,
+    decision squares, the cheese vector against random vectors, and channel clamping."""
+    result: dict[str, Any] = {"episodes": episodes, "n_mazes": n_mazes}
+    log("behaviour in and out of distribution ...")
+    result["behaviour"] = behaviour_study(agent, config, episodes)
+    log("decision squares ...")
+    result["decisions"] = decision_square_analysis(
+        agent, config, n_mazes=n_mazes, exclude_region=config.cheese_region
+    )
+    log("cheese vector and channel clamping ...")
+    result["steering"] = steering_study(agent, config, hook, n_mazes)
+    return result
+
+
+def headline(result: dict[str, Any]) -> dict[str, Any]:
+    """The demo's few numbers, each a proportion with its 95% interval; the interventions are set
+    against their controls (random vectors, the unclamped agent) with a difference interval.
+    """
+    b, st, clamp = result["behaviour"], result["steering"]["steering"], result["steering"]["clamp"]
+    subtracted, random = st["cheese_vector x -1"]["success"], st["random x -1"]["success"]
+    clamped, unclamped = clamp["clamped_reaches_target"], clamp["baseline_reaches_target"]
     return {
-        "train_success": b["train"]["success"]["rate"],
-        "train_path_ratio": b["train"]["path_ratio"],
-        "test_success": b["test"]["success"]["rate"],
-        "test_corner_first": b["test"]["corner_first"]["rate"],
-        "p_cheese_at_decision_squares": result["decisions"]["p_cheese"]["rate"],
-        "success_with_cheese_vector_subtracted": st["cheese_vector x -1"]["success"]["rate"],
-        "success_with_random_vectors": st["random x -1"]["success"]["rate"],
-        "success_without_intervention": st["baseline"]["success"]["rate"],
+        "train_success": b["train"]["success"],
+        "test_success": b["test"]["success"],
+        "test_corner_first": b["test"]["corner_first"],
+        "p_cheese_at_decision_squares": result["decisions"]["p_cheese"],
+        "success_without_intervention": st["baseline"]["success"],
+        "success_with_cheese_vector_subtracted": subtracted,
+        "success_with_random_vectors": random,
+        "cheese_vector_vs_random": stats.difference(subtracted, random),
+        "clamped_reaches_target": clamped,
+        "clamped_vs_unclamped": stats.difference(clamped, unclamped),
     }

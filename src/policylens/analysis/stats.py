@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -17,7 +18,10 @@ def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # exact at the ends: an interval of 0/n starts at 0 and one of n/n ends at 1
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return (low, high)
 
 
 def mean_ci(values, z: float = Z95) -> tuple[float, float, float]:
@@ -42,3 +46,20 @@ def proportion(flags) -> dict[str, float]:
 def mean(values) -> dict[str, float]:
     m, lo, hi = mean_ci(values)
     return {"mean": m, "n": int(np.size(values)), "ci": [lo, hi]}
+
+
+def difference(a: dict[str, float], b: dict[str, float], z: float = Z95) -> dict[str, Any]:
+    """Difference of two proportions (``a - b``, as made by :func:`proportion`) with Newcombe's
+    hybrid-score 95% interval, and whether that interval excludes zero (``effect``).
+    """
+    if not a["n"] or not b["n"]:
+        return {"diff": math.nan, "ci": [math.nan, math.nan], "effect": False}
+    p1, p2 = a["rate"], b["rate"]
+    (l1, u1), (l2, u2) = (
+        wilson(round(p1 * a["n"]), a["n"], z),
+        wilson(round(p2 * b["n"]), b["n"], z),
+    )
+    d = p1 - p2
+    lo = d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
+    hi = d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+    return {"diff": d, "ci": [lo, hi], "effect": bool(lo > 0 or hi < 0)}

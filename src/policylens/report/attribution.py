@@ -1,21 +1,23 @@
 """The report's attribution sections: observation, value and policy attributions, NMF features of
 value attributions with their dataset examples, and activation-cluster maps (Hilton et al. 2020;
-Trim & Grayston 2024). Cluster labels and NMF results are saved under ``run/analysis/``.
+Trim & Grayston 2024). Cluster labels and NMF results are saved beside the report when asked.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from policylens.agents import HookedAgent
 from policylens.analysis import features as fe
 from policylens.analysis.attribution import attribute, default_layer
 from policylens.analysis.nmf import attribution_nmf, label_features, nmf_figure
+from policylens.envs.maze import MazeConfig
 from policylens.io import atomic_path, write_json
 from policylens.report.html import Report
-from policylens.train.runs import Run
 
 ACTION_NAMES = ("up", "down", "left", "right")
 
@@ -69,16 +71,18 @@ def _completeness_row(name: str, attr: Any) -> dict[str, Any]:
 
 def attribution_section(
     report: Report,
-    run: Run,
+    agent: HookedAgent,
+    config: MazeConfig,
+    save_to: Path | None = None,
     n_obs: int = 256,
     layer: str | None = None,
     k: int = 8,
     clusters: int = 4,
-    step: int | None = None,
     seed: int = 0,
     log: Callable[[str], Any] = print,
 ) -> dict[str, Any]:
-    """Add the attribution sections to ``report`` for ``run``'s maze agent; returns the numbers.
+    """Add the attribution sections to ``report`` for a maze agent; returns the numbers (also
+    saved under ``save_to`` when given: attribution.json, the NMF arrays, the clusters).
 
     Observations: ``n_obs`` test mazes (cheese anywhere) with the mouse on cells the agent itself
     visits. Input attributions use IG from an all-zero (empty) maze, 50 steps; hidden-layer
@@ -86,10 +90,6 @@ def attribution_section(
     residual layer) to the value, 10 steps. NMF (``k`` features) factors those; k-means and
     average-linkage clustering (``clusters`` groups) group the layer's channel vectors.
     """
-    from policylens.analysis.misgeneralization import maze_config
-
-    config = maze_config(run)
-    agent = run.load_agent(step)
     layer = layer or default_layer(agent)
     log(f"attribution: {n_obs} observations, layer {layer} ...")
     data = fe.maze_dataset(config, n_obs, seed=seed, agent=agent)
@@ -193,7 +193,8 @@ def attribution_section(
     for method in ("kmeans", "average"):
         cl = fe.cluster_positions(acts, clusters, method, seed=seed, layer=layer)
         cl.scores = fe.alignment_scores(cl.labels, truth)
-        fe.save_clusters(run.analysis_dir, cl)
+        if save_to is not None:
+            fe.save_clusters(save_to, cl)
         cluster_results[method] = cl.to_dict()
         sec.figure(
             fe.cluster_figure(obs[show], cl.labels[show], [f"{method}: {c}" for c in cols]),
@@ -229,7 +230,8 @@ def attribution_section(
         "nmf": nmf.to_dict(),
         "clusters": cluster_results,
     }
-    write_json(run.analysis_dir / "attribution.json", result)
-    with atomic_path(run.analysis_dir / "attribution_nmf.npz") as tmp, open(tmp, "wb") as f:
-        np.savez_compressed(f, maps=nmf.maps, components=nmf.components, residual=nmf.residual)
+    if save_to is not None:
+        write_json(save_to / "attribution.json", result)
+        with atomic_path(save_to / "attribution_nmf.npz") as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, maps=nmf.maps, components=nmf.components, residual=nmf.residual)
     return result

@@ -75,7 +75,9 @@ def bars_figure(labels: Sequence[str], values, lows, highs, title: str, ylabel: 
     """Bars with 95% interval whiskers."""
     fig, ax = plt.subplots(figsize=(max(3.5, 1.1 * len(labels)), 3))
     v = np.asarray(values, dtype=float)
+    # clipped: a rate and its interval's end can differ by a rounding error's sign
     err = np.array([v - np.asarray(lows, dtype=float), np.asarray(highs, dtype=float) - v])
+    err = np.clip(err, 0.0, None)
     ax.bar(range(len(labels)), v, yerr=err, capsize=4, color="#4c78a8")
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels, rotation=20, ha="right", fontsize=8)

@@ -7,11 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from policylens.agents import HookedAgent
 from policylens.analysis.behaviour import run_episodes_from_states, visit_counts
 from policylens.analysis.interventions import activation, add_vector, test_levels, without_cheese
 from policylens.analysis.misgeneralization import analyse_maze_run, maze_config
 from policylens.analysis.vector_fields import vector_field
-from policylens.envs.maze import MazeBatch
+from policylens.envs.maze import MazeBatch, MazeConfig
 from policylens.report import figures
 from policylens.report.attribution import attribution_section
 from policylens.report.html import Report
@@ -43,19 +44,45 @@ def behaviour_rows(behaviour: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def write_maze_report(
-    run: Run, out: str | Path | None = None, episodes: int = 500, n_mazes: int = 200, log=print
+    run: Run,
+    out: str | Path | None = None,
+    episodes: int = 500,
+    n_mazes: int = 200,
+    n_obs: int = 128,
+    log=print,
 ) -> Path:
     """Analyse (or reuse analyses of) a maze run and write ``analysis/report.html``."""
     result = analyse_maze_run(run, episodes=episodes, n_mazes=n_mazes, log=log)
-    agent = run.load_agent()
-    config = maze_config(run)
     trainer = run.config["trainer"]
-    report = Report(
+    report = maze_report(
+        run.load_agent(),
+        maze_config(run),
+        result,
         f"policylens report: {run.name}",
-        f"PPO agent ({run.config['agent'].get('arch')}) trained {result['step']:,} steps in {trainer['env_id']} "
-        f"with {trainer['env_kwargs']}, seed {trainer['seed']}. Policies are sampled; intervals are 95%.",
+        f"PPO agent ({run.config['agent'].get('arch')}) trained {result['step']:,} steps in "
+        f"{trainer['env_id']} with {trainer['env_kwargs']}, seed {trainer['seed']}. Policies are "
+        "sampled; intervals are 95%.",
+        metrics=run.metrics(),
+        n_obs=n_obs,
+        save_to=run.analysis_dir,
+        log=log,
     )
-    metrics = run.metrics()
+    return report.write(Path(out) if out else run.path / "analysis" / "report.html")
+
+
+def maze_report(
+    agent: HookedAgent,
+    config: MazeConfig,
+    result: dict[str, Any],
+    title: str,
+    intro: str,
+    metrics: list[dict[str, Any]] | None = None,
+    n_obs: int = 128,
+    save_to: Path | None = None,
+    log=print,
+) -> Report:
+    """The maze report of ``agent`` from its analyses (``analyse_maze_agent``'s result)."""
+    report = Report(title, intro)
     if metrics:
         report.section("Training").figure(
             figures.curves_figure(metrics, ["success", "path_ratio", "entropy"], "learning curve"),
@@ -138,7 +165,10 @@ def write_maze_report(
         )
         sec.json({"coefficients (standardised features)": reg["coefficients"]})
     else:
-        sec.note(reg["skipped"])
+        sec.note(
+            f"{reg['skipped']}. Always predicting the majority choice is right in "
+            f"{reg['majority_baseline']:.1%} of the decided mazes."
+        )
     sec.note(
         "Mini, Turner et al. 2023 (procgen, region 5): P(cheese) 0.848; regression 0.904 vs 0.848 majority."
     )
@@ -189,16 +219,17 @@ def write_maze_report(
         + f". Target: a random free cell at least 4 steps from the cheese; {c['max_steps']} steps allowed."
     )
     log("attribution and features ...")
-    attribution_section(report, run, n_obs=128, log=log)
-    path = Path(out) if out else run.path / "analysis" / "report.html"
-    return report.write(path)
+    attribution_section(report, agent, config, save_to, n_obs=n_obs, log=log)
+    return report
 
 
-def experiment_table(runs: list[Run]) -> list[dict[str, Any]]:
+def experiment_table(
+    runs: list[Run], episodes: int = 500, n_mazes: int = 200
+) -> list[dict[str, Any]]:
     """Success in/out of distribution and corner bias for several maze runs (e.g. regions 1, 3, None)."""
     rows = []
     for run in runs:
-        result = analyse_maze_run(run, log=lambda *_: None)
+        result = analyse_maze_run(run, episodes=episodes, n_mazes=n_mazes, log=lambda *_: None)
         b = result["behaviour"]
         trainer = run.config["trainer"]
         rows.append(

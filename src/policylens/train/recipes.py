@@ -16,8 +16,12 @@ def maze_recipe(
     total_steps: int | None = None,
     seed: int = 0,
     arch: str | None = None,
+    precision: str = "auto",
 ) -> PPOConfig:
-    """PPO on the maze world; defaults are the goal-misgeneralization training setting."""
+    """PPO on the maze world; defaults are the goal-misgeneralization training setting.
+
+    ``precision`` as :attr:`PPOConfig.precision` (``auto``: bf16 only where the CPU has it).
+    """
     env_kwargs: dict = {"cheese_region": cheese_region, "num_levels": num_levels, "max_steps": 100}
     if world_size is not None:
         env_kwargs["world_size"] = world_size
@@ -32,6 +36,7 @@ def maze_recipe(
         # 1.6x the shortest path, while 1e-3 met both targets by 0.7M (BENCHMARKS.md).
         anneal_lr=False,
         seed=seed,
+        precision=precision,
     )
 
 

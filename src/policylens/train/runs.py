@@ -236,6 +236,7 @@ class TrainingProgress:
         self.enabled = enabled
         if not enabled:
             return
+        from rich.console import Console
         from rich.progress import (
             BarColumn,
             Progress,
@@ -251,6 +252,7 @@ class TrainingProgress:
             TextColumn("{task.fields[live]}"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
+            console=Console(stderr=True),  # as tqdm: stdout stays for results (--json)
         )
         self.task = self.progress.add_task("train", total=total, completed=done, live="")
         self.progress.start()

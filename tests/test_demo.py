@@ -1,0 +1,176 @@
+"""The demo and the maze analyses it runs, on agents whose behaviour is known: degenerate agents
+(always the corner, always the cheese, never moves), an agent that takes the cheese in exactly
+one of twenty decision squares, and the quick demo end to end in float32.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from policylens.agents import HookedAgent
+from policylens.analysis import interventions as iv
+from policylens.analysis.decisions import choice_regression, decision_square_analysis
+from policylens.analysis.misgeneralization import analyse_maze_agent, headline
+from policylens.analysis.stats import difference, proportion
+from policylens.cli import app
+from policylens.demo import headline_lines
+from policylens.envs.maze import MazeConfig, bfs_field
+from policylens.report.maze import maze_report
+
+CONFIG = MazeConfig(max_steps=60)
+MOVES = ((-1, 0), (1, 0), (0, -1), (0, 1))  # up, down, left, right
+
+
+class ScriptedMaze(nn.Module):
+    """A maze policy with a known answer: ``cheese`` and ``corner`` follow the BFS path to that
+    goal; ``stuck`` walks into a wall or off the edge (it never moves, so never succeeds). ``cheese_mazes`` (wall layouts)
+    switches a ``corner`` agent to the cheese in those mazes only. A conv layer gives the agent a
+    spatial hook point; its head is scaled down so it cannot change the scripted choice.
+    """
+
+    def __init__(self, goal: str, cheese_mazes: tuple[np.ndarray, ...] = ()):
+        super().__init__()
+        self.goal, self.cheese_mazes = goal, [m.tobytes() for m in cheese_mazes]
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Linear(4, 5)
+
+    def forward(self, x: torch.Tensor):
+        scripted = torch.full((x.shape[0], 4), -20.0)
+        for b in range(x.shape[0]):
+            walls = x[b, 0].detach().numpy() > 0.5
+            mouse = np.unravel_index(int(x[b, 1].argmax()), walls.shape)
+            cheese = np.unravel_index(int(x[b, 2].argmax()), walls.shape)
+            rows, cols = np.nonzero(~walls)
+            corner = (int(rows.min()), int(cols[rows == rows.min()].max()))
+            goal = (
+                cheese if self.goal == "cheese" or walls.tobytes() in self.cheese_mazes else corner
+            )
+            if self.goal == "stuck":  # into a wall, or the world's edge, wherever there is one
+                side = walls.shape[0]
+                dist = bfs_field(walls, cheese)[0]
+                steps = [(mouse[0] + dr, mouse[1] + dc) for dr, dc in MOVES]
+                inside = [0 <= r < side and 0 <= c < side for r, c in steps]
+                blocked = [not inside[m] or walls[steps[m]] for m in range(4)]
+                # no wall about (a crossing): away from the cheese
+                move = max(range(4), key=lambda m: math.inf if blocked[m] else dist[steps[m]])
+            else:
+                move = bfs_field(walls, goal)[1][mouse]
+            if move >= 0:
+                scripted[b, move] = 20.0
+        out = 1e-3 * self.head(torch.relu(self.conv(x)).mean((2, 3)))
+        return scripted + out[:, :4], out[:, 4]
+
+
+def scripted(goal: str, cheese_mazes: tuple[np.ndarray, ...] = ()) -> HookedAgent:
+    torch.manual_seed(0)
+    return HookedAgent.from_module(ScriptedMaze(goal, cheese_mazes), (3, 9, 9), 4, obs_kind="grid")
+
+
+def test_newcombe_interval_of_a_difference_matches_the_published_example():
+    # Newcombe (1998), Stat. Med. 17:873, method 10: 56/70 - 48/80 = 0.1000 [0.0524, 0.3339].
+    d = difference(proportion([1] * 56 + [0] * 14), proportion([1] * 48 + [0] * 32))
+    assert d["diff"] == pytest.approx(0.2) and d["effect"]
+    same = difference(proportion([1] * 5 + [0] * 5), proportion([1] * 5 + [0] * 5))
+    assert same["diff"] == 0 and same["ci"][0] < 0 < same["ci"][1] and not same["effect"]
+    assert math.isnan(difference(proportion([]), proportion([1]))["diff"])
+
+
+def test_newcombe_interval_values():
+    d = difference(proportion([1] * 56 + [0] * 14), proportion([1] * 48 + [0] * 32))
+    assert d["ci"] == pytest.approx([0.0524, 0.3339], abs=5e-4)
+
+
+def test_stratified_split_keeps_a_rare_choice_in_both_sets():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 6))
+    y = np.zeros(40, dtype=int)
+    y[[3, 11, 17, 29, 35]] = 1  # five cheese choices: the fewest the regression accepts
+    for seed in range(20):  # an unstratified 70/30 split leaves the test set without one often
+        r = choice_regression(y, X, seed)
+        assert r["n_train"] + r["n_test"] == 40 and r["n_cheese"] == 5
+        assert r["majority_baseline"] < 1.0  # the test set holds a cheese choice
+
+
+@pytest.mark.parametrize("cheese, n", [(0, 30), (1, 20), (4, 50), (46, 50), (30, 30)])
+def test_a_choice_too_rare_to_regress_is_said_in_a_sentence(cheese, n):
+    y = np.array([1] * cheese + [0] * (n - cheese))
+    r = choice_regression(y, np.zeros((n, 6)), seed=0)
+    assert r["skipped"].startswith(f"the agent went for the cheese in {cheese} of {n} ")
+    assert "no regression" in r["skipped"]
+    assert r["majority_baseline"] == pytest.approx(max(cheese, n - cheese) / n)
+
+
+def test_cheese_in_exactly_one_of_twenty_decision_squares():
+    first = iv.test_levels(CONFIG, 1, seed=40_000)[0]  # the first maze the analysis tests
+    agent = scripted("corner", cheese_mazes=(first.walls,))
+    d = decision_square_analysis(agent, CONFIG, n_mazes=20)
+    assert d["n_mazes"] == 20 and d["undecided"] == 0
+    assert d["p_cheese"]["rate"] == pytest.approx(1 / 20) and d["p_cheese"]["n"] == 20
+    assert d["regression"]["skipped"].startswith("the agent went for the cheese in 1 of 20 ")
+    assert d["regression"]["majority_baseline"] == pytest.approx(19 / 20)
+
+
+def test_five_of_twenty_is_regressed_on_a_stratified_split():
+    mazes = iv.test_levels(CONFIG, 5, seed=40_000)
+    d = decision_square_analysis(
+        scripted("corner", cheese_mazes=tuple(m.walls for m in mazes)), CONFIG, n_mazes=20
+    )
+    assert d["p_cheese"]["rate"] == pytest.approx(5 / 20)
+    reg = d["regression"]
+    assert reg["n_train"] == 14 and reg["n_test"] == 6 and reg["n_cheese"] == 5
+    assert reg["majority_baseline"] < 1.0 and set(reg["coefficients"]) == set(reg["features"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("goal", ["corner", "cheese", "stuck"])
+def test_degenerate_agents_get_a_full_report_and_an_honest_headline(goal, tmp_path):
+    agent = scripted(goal)
+    result = analyse_maze_agent(agent, CONFIG, episodes=40, n_mazes=24, log=lambda m: None)
+    b, d = result["behaviour"], result["decisions"]
+    expected_success = {"corner": None, "cheese": 1.0, "stuck": 0.0}[goal]
+    if expected_success is not None:
+        assert b["test"]["success"]["rate"] == expected_success
+    if goal == "corner":
+        assert b["test"]["off_path"]["corner_first"]["rate"] == 1.0  # cheese off its way
+        assert d["p_cheese"]["rate"] == 0.0
+    if goal == "cheese":
+        assert d["p_cheese"]["rate"] == 1.0  # (its path to the cheese may pass the corner)
+    assert "skipped" in d["regression"]  # one choice every time: nothing to regress
+
+    report = maze_report(agent, CONFIG, result, "t", "scripted", n_obs=8, save_to=tmp_path)
+    html = report.render()
+    for title in ("Success and corner bias", "Decision squares", "Steering", "Channel clamping"):
+        assert title in html
+    assert "no regression" in html
+    lines = headline_lines(headline(result))
+    # The conv layer barely reaches the logits: steering it cannot change a scripted choice.
+    assert lines[4].endswith("no effect") and lines[5].endswith("no effect")
+    assert (tmp_path / "attribution.json").is_file()
+
+
+runner = CliRunner()
+
+
+@pytest.mark.slow
+def test_quick_demo_in_float32_writes_the_report(tmp_path):
+    out = tmp_path / "demo"
+    r = runner.invoke(
+        app, ["demo", "--quick", "--precision", "float32", "--out", str(out), "--json"]
+    )
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    report = out / "analysis" / "report.html"
+    assert data["report"] == str(report) and report.stat().st_size > 50_000
+    assert json.loads((out / "config.json").read_text())["compute_dtype"] == "float32"
+    assert data["headline"]["train_success"]["n"] == 100
+    assert data["solver"]["optimal"] is True
+
+    again = runner.invoke(app, ["demo", "--quick", "--out", str(out), "--precision", "bfloat16"])
+    assert again.exit_code == 2 and "holds an agent trained with other settings" in again.output
