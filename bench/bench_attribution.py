@@ -20,8 +20,8 @@ import torch
 from captum.attr import IntegratedGradients, LayerIntegratedGradients
 
 from policylens.agents import build_agent
-from policylens.analysis.attribution import attribute
 from policylens.envs.maze import MazeBatch, MazeConfig
+from policylens.lenses.attribution import attribute
 
 
 def maze_obs(n: int, world: int = 9, seed: int = 0) -> np.ndarray:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from policylens.agents.hooks import retain_freed_memory
-from policylens.analysis.behaviour import evaluate
+from policylens.studies.maze.behaviour import evaluate
 from policylens.train.ppo import PPOConfig, compute_dtype, train_ppo
 from policylens.train.recipes import maze_recipe
 

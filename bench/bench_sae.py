@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from policylens.analysis.sae import (
+from policylens.lenses.sae import (
     SAEConfig,
     evaluate_sae,
     export_saelens,

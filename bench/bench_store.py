@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from policylens.collect.store import StoreWriter, open_store
+from policylens.rollout.store import StoreWriter, open_store
 
 BATCH = 1024
 

@@ -12,8 +12,8 @@ from torch import nn
 from typer.testing import CliRunner
 
 from policylens.agents import HookedAgent, build_agent
-from policylens.analysis.attribution import attribute, integration_rule, is_cut, parse_target
 from policylens.envs.maze import MazeBatch, MazeConfig
+from policylens.lenses.attribution import attribute, integration_rule, is_cut, parse_target
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +205,7 @@ def test_bad_input_errors(agent64, obs):
 
 # ----------------------------------------------------------------------------- CLI
 def _run(tmp_path):
-    from policylens.train.runs import Run
+    from policylens.runs import Run
 
     agent = build_agent("maze_cnn", (3, 9, 9), 4, seed=1)
     trainer = {"env_id": "policylens/Maze-v0", "env_kwargs": {"cheese_region": 1, "max_steps": 100}}

@@ -13,11 +13,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from policylens.analysis.decisions import decision_square_analysis
-from policylens.analysis.misgeneralization import behaviour_study, maze_config
 from policylens.cli import app
 from policylens.envs.maze import MazeConfig, bfs_distances, generate_level
-from policylens.train.runs import Run
+from policylens.runs import Run
+from policylens.studies.maze.decisions import decision_square_analysis
+from policylens.studies.maze.misgeneralization import behaviour_study, maze_config
 
 runner = CliRunner()
 

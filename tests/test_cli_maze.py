@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from policylens.cli import app
 from policylens.report.maze import write_maze_report
+from policylens.runs import Run
 from policylens.train.ppo import PPOConfig, train_ppo
-from policylens.train.runs import Run
 
 runner = CliRunner()
 
@@ -30,7 +30,7 @@ def invoke(*args: str):
 def test_eval_json(tiny_run):
     import numpy as np
 
-    from policylens.analysis.behaviour import evaluate
+    from policylens.studies.maze.behaviour import evaluate
 
     r = invoke("eval", tiny_run.path, "--episodes", "20", "--cheese-region", "none", "--seed", "7",
                "--json")  # fmt: skip

@@ -10,8 +10,8 @@ import torch
 from typer.testing import CliRunner
 
 from policylens.agents import build_agent
-from policylens.collect import StoreWriter, collect, open_store, write_store
-from policylens.collect.store import MANIFEST
+from policylens.rollout import StoreWriter, collect, open_store, write_store
+from policylens.rollout.store import MANIFEST
 
 MAZE = "policylens/Maze-v0"
 SMALL = {"cheese_region": None, "max_steps": 20}
@@ -198,7 +198,7 @@ def test_store_schema_errors(tmp_path):
 
 # ------------------------------------------------------------------------------ CLI
 def make_run(path, agent, env_kwargs):
-    from policylens.train.runs import Run
+    from policylens.runs import Run
 
     run = Run.create(path, {"kind": "ppo", "agent": agent.config,
                             "trainer": {"env_id": MAZE, "env_kwargs": env_kwargs}})  # fmt: skip

@@ -15,14 +15,14 @@ from torch import nn
 from typer.testing import CliRunner
 
 from policylens.agents import HookedAgent
-from policylens.analysis import interventions as iv
-from policylens.analysis.decisions import choice_regression, decision_square_analysis
-from policylens.analysis.misgeneralization import analyse_maze_agent, headline
-from policylens.analysis.stats import difference, proportion
 from policylens.cli import app
 from policylens.demo import headline_lines
 from policylens.envs.maze import MazeConfig, bfs_field
+from policylens.lenses import interventions as iv
 from policylens.report.maze import maze_report
+from policylens.rollout.stats import difference, proportion
+from policylens.studies.maze.decisions import choice_regression, decision_square_analysis
+from policylens.studies.maze.misgeneralization import analyse_maze_agent, headline
 
 CONFIG = MazeConfig(max_steps=60)
 MOVES = ((-1, 0), (1, 0), (0, -1), (0, 1))  # up, down, left, right

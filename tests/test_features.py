@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from policylens.agents import build_agent
-from policylens.analysis import features as fe
-from policylens.analysis.nmf import attribution_nmf, label_features, nmf_figure, split_sign
 from policylens.envs.maze import MazeConfig, generate_level
+from policylens.lenses import features as fe
+from policylens.lenses.nmf import attribution_nmf, label_features, nmf_figure, split_sign
 
 PNG = b"\x89PNG"
 
@@ -126,7 +126,7 @@ def test_visualize_feature_increases_objective(agent):
 
 
 def _run(tmp_path):
-    from policylens.train.runs import Run
+    from policylens.runs import Run
 
     agent = build_agent("maze_cnn", (3, 9, 9), 4, seed=1)
     trainer = {"env_id": "policylens/Maze-v0", "env_kwargs": {"cheese_region": 1, "max_steps": 100}}
@@ -154,7 +154,7 @@ def test_features_command_and_report_section(tmp_path):
     assert bad.exit_code == 2 and "without spatial" in bad.output
 
     report = Report("t")
-    from policylens.analysis.misgeneralization import maze_config
+    from policylens.studies.maze.misgeneralization import maze_config
 
     out = attribution_section(
         report, run.load_agent(), maze_config(run), run.analysis_dir, n_obs=16, k=3, clusters=3,

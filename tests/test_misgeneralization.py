@@ -12,12 +12,12 @@ import torch
 from torch import nn
 
 from policylens.agents import HookedAgent, build_agent
-from policylens.analysis import interventions as iv
-from policylens.analysis.behaviour import evaluate, run_episodes_from_states, visit_counts
-from policylens.analysis.decisions import decision_square_analysis
-from policylens.analysis.stats import wilson
-from policylens.analysis.vector_fields import move_probabilities, vector_field
 from policylens.envs.maze import MazeBatch, MazeConfig, bfs_field, generate_level
+from policylens.lenses import interventions as iv
+from policylens.rollout.stats import wilson
+from policylens.studies.maze.behaviour import evaluate, run_episodes_from_states, visit_counts
+from policylens.studies.maze.decisions import decision_square_analysis
+from policylens.studies.maze.vector_fields import move_probabilities, vector_field
 
 CONFIG = MazeConfig(max_steps=60)
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from policylens.runs import Run, find_runs
 from policylens.train.ppo import (
     PPOConfig,
     checkpoint_updates,
@@ -16,7 +17,6 @@ from policylens.train.ppo import (
     sample_actions,
     train_ppo,
 )
-from policylens.train.runs import Run, find_runs
 
 TINY = dict(total_steps=16 * 32 * 6, num_envs=16, num_steps=32, checkpoints=3, resume_every=2)
 

@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from policylens.agents import build_agent
-from policylens.analysis.probes import (
+from policylens.lenses.probes import (
     ProbeData,
     default_hooks,
     group_split,
@@ -18,7 +18,7 @@ from policylens.analysis.probes import (
     probe_checkpoints,
     resolve_target,
 )
-from policylens.collect import StoreWriter, collect, write_store
+from policylens.rollout import StoreWriter, collect, write_store
 
 MAZE = "policylens/Maze-v0"
 SMALL = {"cheese_region": None, "max_steps": 25}

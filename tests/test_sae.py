@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from policylens.analysis.sae import (
+from policylens.lenses.sae import (
     SAEConfig,
     SparseAutoencoder,
     _train_step,

@@ -10,8 +10,8 @@ import torch
 from typer.testing import CliRunner
 
 from policylens.agents import build_agent
-from policylens.analysis.sae import SAEConfig, SparseAutoencoder
-from policylens.analysis.sae_agents import (
+from policylens.lenses.sae import SAEConfig, SparseAutoencoder
+from policylens.studies.rook_sae import (
     HookSite,
     compare_outputs,
     evaluate_spliced,
@@ -218,8 +218,8 @@ def test_maze_cnn_sae_per_position_training_cards_and_dashboard(tmp_path) -> Non
 
 
 def test_sae_folder_round_trip_and_store_source(tmp_path, chess_data) -> None:
-    from policylens.collect import collect
-    from policylens.train.runs import Run
+    from policylens.rollout import collect
+    from policylens.runs import Run
 
     agent, data = chess_data
     sae = exact_sae(64)
@@ -250,7 +250,7 @@ def _flat(text: str) -> str:
 @pytest.mark.slow
 def test_cli_train_eval_dashboard(tmp_path) -> None:
     from policylens.cli import app
-    from policylens.train.runs import Run
+    from policylens.runs import Run
 
     agent = chess_agent()
     run = Run.create(tmp_path / "run", {"kind": "dqn", "trainer": {"env_id": CHESS},
@@ -296,7 +296,7 @@ def test_cli_train_eval_dashboard(tmp_path) -> None:
 
 
 def test_site_mismatch_with_the_trained_shape_is_refused(tmp_path) -> None:
-    from policylens.analysis.sae_agents import site_for_sae
+    from policylens.studies.rook_sae import site_for_sae
 
     agent = chess_agent()
     wider = build_agent("mlp", (75,), 24, head="q", hidden=[32, 32])

@@ -13,9 +13,9 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from policylens.analysis import updates as U
 from policylens.cli import app
-from policylens.train import two_phase as T
+from policylens.lenses import updates as U
+from policylens.studies import lunar_updates as T
 
 TINY = ["--num-envs", "4", "--num-steps", "64", "--hidden", "8"]
 
@@ -232,9 +232,9 @@ def test_lunar_recipe() -> None:
 @pytest.mark.slow
 def test_sb3_backend_run_layout_and_checkpoints(tmp_path: Path) -> None:
     pytest.importorskip("stable_baselines3")
+    from policylens.runs import Run
     from policylens.train.ppo import PPOConfig
     from policylens.train.recipes import lunar_recipe
-    from policylens.train.runs import Run
     from policylens.train.sb3_backend import load_sb3_checkpoint, train_sb3
 
     T.ensure_lunar_world()

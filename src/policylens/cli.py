@@ -150,8 +150,8 @@ def eval_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Success rate, return, episode length and path efficiency of a run's agent."""
-    from policylens.analysis.behaviour import evaluate
-    from policylens.train.runs import Run
+    from policylens.runs import Run
+    from policylens.studies.maze.behaviour import evaluate
 
     r = Run(run)
     agent = r.load_agent(step)
@@ -185,7 +185,7 @@ def runs_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """List runs with their key settings and latest metrics."""
-    from policylens.train.runs import find_runs
+    from policylens.runs import find_runs
 
     summaries = [r.summary() for r in find_runs(root)]
     if as_json:
@@ -212,10 +212,10 @@ def behaviour_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Behaviour in and out of the training distribution, and decision squares."""
-    from policylens.analysis.decisions import decision_square_analysis
-    from policylens.analysis.misgeneralization import behaviour_study, maze_config
     from policylens.report.maze import behaviour_rows
-    from policylens.train.runs import Run
+    from policylens.runs import Run
+    from policylens.studies.maze.decisions import decision_square_analysis
+    from policylens.studies.maze.misgeneralization import behaviour_study, maze_config
 
     r = Run(run)
     config = maze_config(r)
@@ -263,9 +263,9 @@ def steer_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """The cheese vector vs random vectors (and optionally channel clamping), over many mazes."""
-    from policylens.analysis.interventions import maze_clamp_experiment, maze_steering_experiment
-    from policylens.analysis.misgeneralization import maze_config, steering_hook
-    from policylens.train.runs import Run
+    from policylens.lenses.interventions import maze_clamp_experiment, maze_steering_experiment
+    from policylens.runs import Run
+    from policylens.studies.maze.misgeneralization import maze_config, steering_hook
 
     r = Run(run)
     config = maze_config(r)
@@ -277,7 +277,7 @@ def steer_cmd(
     if clamp_channel:
         value = clamp_value
         if value is None:
-            from policylens.analysis.misgeneralization import steering_study
+            from policylens.studies.maze.misgeneralization import steering_study
 
             value = steering_study(agent, config, hook, n_mazes=n_mazes)["clamp"]["value"]
         result["clamp"] = maze_clamp_experiment(
@@ -319,7 +319,7 @@ def report_cmd(
 ) -> None:
     """Write a self-contained static HTML report of a run (analyses are computed once and reused)."""
     from policylens.report.maze import write_maze_report
-    from policylens.train.runs import Run
+    from policylens.runs import Run
 
     path = write_maze_report(
         Run(run), out, episodes=episodes, n_mazes=n_mazes, log=lambda m: err_console.print(m)
@@ -341,7 +341,7 @@ def table_cmd(
 ) -> None:
     """The goal-misgeneralization table: success in and out of distribution and corner bias per run."""
     from policylens.report.maze import experiment_table
-    from policylens.train.runs import Run
+    from policylens.runs import Run
 
     rows = experiment_table([Run(r) for r in runs], episodes, n_mazes)
     if as_json:

@@ -47,11 +47,11 @@ def run_demo(
 
     ``precision`` is PPO's (``auto`` trains in bf16 only on a CPU with native bf16).
     """
-    from policylens.analysis.misgeneralization import analyse_maze_run, headline
     from policylens.report.maze import write_maze_report
+    from policylens.runs import Run, config_json
+    from policylens.studies.maze.misgeneralization import analyse_maze_run, headline
     from policylens.train.ppo import train_ppo
     from policylens.train.recipes import maze_recipe
-    from policylens.train.runs import Run, config_json
 
     console = console or Console()
     out = Path(out)

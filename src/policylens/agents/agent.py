@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.distributions import Categorical
 from torch.utils.hooks import RemovableHandle
 
-from policylens import io
+from policylens import artifacts
 from policylens.agents.hooks import (
     ActivationCache,
     HookFn,
@@ -408,7 +408,7 @@ class HookedAgent(nn.Module):
             )
         path.mkdir(parents=True, exist_ok=True)
         self.save_weights(path / WEIGHTS_FILE)
-        io.write_json(path / CONFIG_FILE, self.config)
+        artifacts.write_json(path / CONFIG_FILE, self.config)
         return path
 
     @classmethod
@@ -422,7 +422,9 @@ class HookedAgent(nn.Module):
                 raise FileNotFoundError(
                     f"No {name} in {path}; pass a directory written by HookedAgent.save()."
                 )
-        agent = agent_from_config(io.read_json(path / CONFIG_FILE), source=path / CONFIG_FILE)
+        agent = agent_from_config(
+            artifacts.read_json(path / CONFIG_FILE), source=path / CONFIG_FILE
+        )
         agent.load_weights(path / WEIGHTS_FILE)
         return agent
 
@@ -432,7 +434,7 @@ class HookedAgent(nn.Module):
 
         # Copies: safetensors refuses shared or non-contiguous storage.
         tensors = {k: v.detach().clone().contiguous() for k, v in self.net.state_dict().items()}
-        with io.atomic_path(file) as tmp:
+        with artifacts.atomic_path(file) as tmp:
             save_file(tensors, tmp, metadata={"format": "pt", "writer": "policylens"})
 
     def load_weights(self, file: str | os.PathLike) -> None:

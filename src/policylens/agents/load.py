@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from policylens import io
+from policylens import artifacts
 from policylens.agents.agent import CONFIG_FILE, WEIGHTS_FILE, HookedAgent
 from policylens.agents.models import agent_from_config, build_agent
 
@@ -76,7 +76,7 @@ def find_agent_config(weights: Path) -> dict[str, Any]:
     for candidate in candidates:
         if not candidate.is_file():
             continue
-        data = io.read_json(candidate)
+        data = artifacts.read_json(candidate)
         if isinstance(data, dict) and "arch" in data and "obs_shape" in data:
             return data
         if isinstance(data, dict) and isinstance(data.get("agent"), dict):

@@ -32,12 +32,12 @@ def attribute_cmd(
     attributions under RUN/analysis/ and reports the IG completeness check."""
     import numpy as np
 
-    from policylens.analysis import features as fe
-    from policylens.analysis.attribution import attribute
-    from policylens.analysis.misgeneralization import maze_config
-    from policylens.io import atomic_path
+    from policylens.artifacts import atomic_path
+    from policylens.lenses import features as fe
+    from policylens.lenses.attribution import attribute
     from policylens.report.attribution import ACTION_NAMES, attribution_rows_figure
-    from policylens.train.runs import Run
+    from policylens.runs import Run
+    from policylens.studies.maze.misgeneralization import maze_config
 
     r = Run(run)
     agent = r.load_agent(step)
@@ -103,12 +103,12 @@ def features_cmd(
     clusters of its activations; figures, cluster labels and NMF results go to RUN/analysis/."""
     import numpy as np
 
-    from policylens.analysis import features as fe
-    from policylens.analysis.attribution import attribute, default_layer
-    from policylens.analysis.misgeneralization import maze_config
-    from policylens.analysis.nmf import attribution_nmf, label_features, nmf_figure
-    from policylens.io import atomic_path, write_json
-    from policylens.train.runs import Run
+    from policylens.artifacts import atomic_path, write_json
+    from policylens.lenses import features as fe
+    from policylens.lenses.attribution import attribute, default_layer
+    from policylens.lenses.nmf import attribution_nmf, label_features, nmf_figure
+    from policylens.runs import Run
+    from policylens.studies.maze.misgeneralization import maze_config
 
     r = Run(run)
     agent = r.load_agent(step)

@@ -144,7 +144,7 @@ def chess_eval_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Checkmate rate (95% Wilson CI) and outcome shares of a rook-endgame agent."""
-    from policylens.train.runs import Run
+    from policylens.runs import Run
 
     for e in epsilon:
         if not 0 <= e <= 1:

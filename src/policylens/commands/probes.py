@@ -68,7 +68,7 @@ def collect_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Run a run's agent and store observations, actions, labels and activations on disk."""
-    from policylens.collect import collect_run
+    from policylens.rollout import collect_run
 
     if episodes is None and steps is None:
         episodes = 100
@@ -138,9 +138,9 @@ def probe_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Linear probes for the world's concepts per layer, split by level, with controls."""
-    from policylens import io
-    from policylens.analysis.probes import CONTROLS, probe, probe_checkpoints, probe_store_for_run
-    from policylens.collect.store import is_store
+    from policylens import artifacts
+    from policylens.lenses.probes import CONTROLS, probe, probe_checkpoints, probe_store_for_run
+    from policylens.rollout.store import is_store
 
     controls = () if no_controls else CONTROLS
     labels, hooks = label or None, hook or None
@@ -162,7 +162,7 @@ def probe_cmd(
             else:
                 console.print(_results_table(report, f"linear probes on {target}"))
             return
-        from policylens.train.runs import Run
+        from policylens.runs import Run
 
         run = Run(target)
         if over_training:
@@ -198,7 +198,7 @@ def probe_cmd(
                        max_samples=max_samples or 10_000, seed=seed, progress=log)  # fmt: skip
         report.meta["checkpoint_step"] = chosen
         out = run.analysis_dir / "probes" / f"probes_step_{chosen}.json"
-        io.write_json(out, report.to_dict())
+        artifacts.write_json(out, report.to_dict())
         if as_json:
             print_json(report.to_dict())
             return

@@ -106,7 +106,7 @@ def run_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the numbers as JSON."),
 ) -> None:
     """Run the whole protocol (phase 1, phase 2, controls, evaluation, salvage) and analyse it."""
-    from policylens.train.two_phase import UpdatesConfig, parse_seeds, run_experiment
+    from policylens.studies.lunar_updates import UpdatesConfig, parse_seeds, run_experiment
 
     recipe: dict[str, Any] = {}
     if num_envs is not None:
@@ -155,7 +155,7 @@ def analyze_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the numbers as JSON."),
 ) -> None:
     """Recompute the analysis (and report) of an experiment folder from its checkpoints."""
-    from policylens.train.two_phase import analyze_experiment
+    from policylens.studies.lunar_updates import analyze_experiment
 
     analysis = analyze_experiment(path, report=report)
     show_analysis(analysis, path, report, as_json)
@@ -170,7 +170,7 @@ def compare_cmd(
 ) -> None:
     """Compare experiments: per-group means over seeds with 95% intervals (and plots)."""
     from policylens.report.updates import COMPARE_KEYS, write_compare_report
-    from policylens.train.two_phase import compare_experiments
+    from policylens.studies.lunar_updates import compare_experiments
 
     result = compare_experiments(paths, by=by)
     if out is not None:
@@ -200,13 +200,13 @@ def list_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Find experiments by reward variants, step counts and backend."""
-    from policylens import io
-    from policylens.train.two_phase import EXPERIMENT_FILE, find_experiments
+    from policylens import artifacts
+    from policylens.studies.lunar_updates import EXPERIMENT_FILE, find_experiments
 
     found = find_experiments(root, phase1, phase2, steps1, steps2, backend)
     rows = []
     for p in found:
-        c = io.read_json(p / EXPERIMENT_FILE)["config"]
+        c = artifacts.read_json(p / EXPERIMENT_FILE)["config"]
         rows.append(
             {"path": str(p), **{k: c[k] for k in ("phase1", "phase2", "steps1", "steps2", "backend", "seeds")},
              "analysed": (p / "analysis" / "updates.json").is_file()}

@@ -8,7 +8,7 @@ from __future__ import annotations
 import gymnasium as gym
 
 from policylens.envs.maze import MazeConfig, MazeEnv, MazeSolver, MazeState, MazeVecEnv
-from policylens.names import check_known
+from policylens.errors import check_known
 
 WORLDS: dict[str, str] = {}
 

@@ -40,7 +40,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from policylens.names import check_known
+from policylens.errors import check_known
 
 KING_DIRS = ((-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1))
 """Row/col deltas of king actions 0-7: N, NE, E, SE, S, SW, W, NW."""

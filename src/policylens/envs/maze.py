@@ -23,7 +23,7 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 
-from policylens.names import check_known
+from policylens.errors import check_known
 
 WALL, MOUSE, CHEESE = 0, 1, 2
 """Channel order of the ``grid`` observation."""
@@ -708,7 +708,7 @@ def save_png(image: np.ndarray, path: str) -> None:
     """Write an RGB array to a PNG atomically."""
     from PIL import Image
 
-    from policylens.io import atomic_path
+    from policylens.artifacts import atomic_path
 
     with atomic_path(path) as tmp:
         Image.fromarray(image).save(tmp, format="PNG")

@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 
 from policylens.agents import HookedAgent
-from policylens.analysis import features as fe
-from policylens.analysis.attribution import attribute, default_layer
-from policylens.analysis.nmf import attribution_nmf, label_features, nmf_figure
+from policylens.artifacts import atomic_path, write_json
 from policylens.envs.maze import MazeConfig
-from policylens.io import atomic_path, write_json
+from policylens.lenses import features as fe
+from policylens.lenses.attribution import attribute, default_layer
+from policylens.lenses.nmf import attribution_nmf, label_features, nmf_figure
 from policylens.report.html import Report
 
 ACTION_NAMES = ("up", "down", "left", "right")

@@ -8,15 +8,15 @@ from pathlib import Path
 from typing import Any
 
 from policylens.agents import HookedAgent
-from policylens.analysis.behaviour import run_episodes_from_states, visit_counts
-from policylens.analysis.interventions import activation, add_vector, test_levels, without_cheese
-from policylens.analysis.misgeneralization import analyse_maze_run, maze_config
-from policylens.analysis.vector_fields import vector_field
 from policylens.envs.maze import MazeBatch, MazeConfig
+from policylens.lenses.interventions import activation, add_vector, test_levels, without_cheese
 from policylens.report import figures
 from policylens.report.attribution import attribution_section
 from policylens.report.html import Report
-from policylens.train.runs import Run
+from policylens.runs import Run
+from policylens.studies.maze.behaviour import run_episodes_from_states, visit_counts
+from policylens.studies.maze.misgeneralization import analyse_maze_run, maze_config
+from policylens.studies.maze.vector_fields import vector_field
 
 
 def _rate(p: dict[str, Any]) -> str:

@@ -150,7 +150,7 @@ def write_sae_dashboard(
     folder: str | Path, cards: list, context: dict[str, Any], num_actions: int
 ) -> Path:
     """Write ``latent_<j>.png`` per card and ``index.html`` into ``folder``; returns the HTML path."""
-    from policylens.io import atomic_path, write_json
+    from policylens.artifacts import atomic_path, write_json
     from policylens.report.html import Report
 
     folder = Path(folder)

@@ -1,9 +1,9 @@
 """The "isolating updates" report: evaluations, salvage, and the structure of the weight update.
 
 :func:`write_updates_report` turns an experiment's analysis (see
-:func:`policylens.train.two_phase.analyze_experiment`) into a self-contained HTML page;
+:func:`policylens.studies.lunar_updates.analyze_experiment`) into a self-contained HTML page;
 :func:`add_updates_section` adds the same content to an existing :class:`Report`, and
-:func:`write_compare_report` renders :func:`~policylens.train.two_phase.compare_experiments`.
+:func:`write_compare_report` renders :func:`~policylens.studies.lunar_updates.compare_experiments`.
 """
 
 from __future__ import annotations
@@ -338,7 +338,7 @@ def update_table(analysis: dict[str, Any]) -> list[dict[str, Any]]:
 
 def add_updates_section(report: Report, analysis: dict[str, Any], root: str | Path | None = None):
     """Add the experiment's sections to ``report`` (figures, tables, consistency, salvage)."""
-    from policylens.analysis import updates as U
+    from policylens.lenses import updates as U
 
     e = analysis["experiment"]
     a = e["phase1"]
@@ -423,7 +423,7 @@ def write_updates_report(
     root: str | Path, analysis: dict[str, Any] | None = None, out: str | Path | None = None
 ) -> Path:
     """Write ``ROOT/report.html`` (or ``out``) for an experiment folder; returns the path."""
-    from policylens import io
+    from policylens import artifacts
 
     root = Path(root)
     if analysis is None:
@@ -432,7 +432,7 @@ def write_updates_report(
             raise FileNotFoundError(
                 f"No analysis in {root}; run `policylens updates analyze {root}` first."
             )
-        analysis = io.read_json(file)
+        analysis = artifacts.read_json(file)
     e = analysis["experiment"]
     report = Report(
         f"Isolating updates: {e['phase1']} -> {', '.join(e['phase2'])} ({e['backend']})",
@@ -476,7 +476,7 @@ COMPARE_KEYS = (
 
 
 def write_compare_report(result: dict[str, Any], out: str | Path) -> Path:
-    """An HTML page for :func:`~policylens.train.two_phase.compare_experiments`."""
+    """An HTML page for :func:`~policylens.studies.lunar_updates.compare_experiments`."""
     report = Report(f"Comparing updates experiments by {result['by']}", "")
     sec = report.section("Statistics per group (mean [95% CI] over seeds)")
     table = []

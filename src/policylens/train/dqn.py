@@ -30,15 +30,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from policylens.envs import make_vec
-from policylens.train.episodes import EpisodeTracker, episode_success
-from policylens.train.ppo import checkpoint_updates
-from policylens.train.runs import (
+from policylens.runs import (
     Run,
     TrainingProgress,
     config_json,
     env_from_saved,
     saved_env_state,
 )
+from policylens.train.episodes import EpisodeTracker, episode_success
+from policylens.train.ppo import checkpoint_updates
 
 SUCCESS_OUTCOMES = ("checkmate",)
 """``info["outcome"]`` values that count as a success in worlds without a ``success`` label."""
@@ -600,7 +600,7 @@ def evaluate_q_agent(
     Each env slot contributes its first episode only. Returns success (checkmate in the rook
     endgame), return and length with 95% intervals, and the share of each ``outcome`` label.
     """
-    from policylens.analysis import stats
+    from policylens.rollout import stats
 
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}.")

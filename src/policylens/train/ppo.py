@@ -25,14 +25,14 @@ import torch
 from torch import nn
 
 from policylens.envs import make_vec
-from policylens.train.episodes import EpisodeTracker
-from policylens.train.runs import (
+from policylens.runs import (
     Run,
     TrainingProgress,
     config_json,
     env_from_saved,
     saved_env_state,
 )
+from policylens.train.episodes import EpisodeTracker
 
 
 @dataclass

@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from policylens import io
+from policylens import artifacts
+from policylens.runs import Run, config_json
 from policylens.train.episodes import EpisodeTracker
 from policylens.train.ppo import PPOConfig, checkpoint_updates
-from policylens.train.runs import Run, config_json
 
 ACTIVATIONS = ("tanh", "relu")
 """Activations of the built-in MLP that SB3's MlpPolicy can mirror."""
@@ -191,7 +191,7 @@ def train_sb3(
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     from policylens.agents import sb3_agent
-    from policylens.train.runs import TrainingProgress
+    from policylens.runs import TrainingProgress
 
     policy_kwargs = sb3_policy_kwargs(config)
     ppo_kwargs = sb3_ppo_kwargs(config)
@@ -233,7 +233,7 @@ def train_sb3(
     model.learn(config.num_updates * config.batch_size, callback=callback, log_interval=None)
     bar.close()
     env.close()
-    io.write_text(run.path / "DONE", f'{{"step": {config.num_updates * config.batch_size}}}')
+    artifacts.write_text(run.path / "DONE", f'{{"step": {config.num_updates * config.batch_size}}}')
     return run
 
 

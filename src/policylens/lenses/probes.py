@@ -1,6 +1,6 @@
 """Linear probes: is a ground-truth concept linearly decodable from a layer's activations?
 
-A probe is fit on activations from a rollout store (:mod:`policylens.collect`) against one of the
+A probe is fit on activations from a rollout store (:mod:`policylens.rollout`) against one of the
 labels the world published (maze: ``cheese_pos``, ``mouse_pos``, ``move_to_cheese``,
 ``dist_to_corner``, ``at_decision_square``, ...; chess: ``in_check``, ``num_attacked``, ...).
 
@@ -48,8 +48,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from policylens import io
-from policylens.collect.store import Store, open_store, unknown_message
+from policylens import artifacts
+from policylens.rollout.store import Store, open_store, unknown_message
 
 CONCEPTS: dict[str, list[str]] = {
     "policylens/Maze-v0": [
@@ -626,7 +626,7 @@ def probe(
     """Probe every label at every hook, with controls; returns a :class:`ProbeReport`.
 
     Args:
-        store: a rollout store (or its path) from :func:`policylens.collect.collect`.
+        store: a rollout store (or its path) from :func:`policylens.rollout.collect`.
         labels: label keys (``"key[i]"`` for one component of a vector label); default: the
             world's concepts (:data:`CONCEPTS`).
         hooks: hook names; default: a few layers from input to output.
@@ -704,9 +704,9 @@ def probe_store_for_run(
     Collected with the checkpoint ``step`` (latest by default) in the run's world, with the
     world's probe options (:data:`PROBE_WORLD_OPTIONS`) unless ``env_kwargs`` says otherwise.
     """
-    from policylens.collect.rollout import collect_run
-    from policylens.collect.store import MANIFEST
-    from policylens.train.runs import Run, config_json
+    from policylens.rollout.collect import collect_run
+    from policylens.rollout.store import MANIFEST
+    from policylens.runs import Run, config_json
 
     run = run if isinstance(run, Run) else Run(run)
     step, _ = run.checkpoint(step)
@@ -768,7 +768,7 @@ def probe_checkpoints(
     so only the activations change along a curve. With ``save`` the curves go to
     ``RUN/analysis/probes/probes_over_training.{json,png}``.
     """
-    from policylens.train.runs import Run
+    from policylens.runs import Run
 
     run = run if isinstance(run, Run) else Run(run)
     controls = _check_controls(controls)
@@ -857,9 +857,9 @@ def probe_checkpoints(
     )
     if save:
         out = run.analysis_dir / "probes"
-        io.write_json(out / "probes_over_training.json", curves.to_dict())
+        artifacts.write_json(out / "probes_over_training.json", curves.to_dict())
         png = probe_curves_figure(curves, title=f"{run.name}: linear probes over training")
-        with io.atomic_path(out / "probes_over_training.png") as tmp:
+        with artifacts.atomic_path(out / "probes_over_training.png") as tmp:
             Path(tmp).write_bytes(png)
         curves.meta["figure"] = str(out / "probes_over_training.png")
     return curves

@@ -1,7 +1,7 @@
 """Rollout datasets: trajectories, ground-truth labels and activations in a lazy on-disk store."""
 
-from policylens.collect.rollout import collect, collect_run, numeric_labels
-from policylens.collect.store import (
+from policylens.rollout.collect import collect, collect_run, numeric_labels
+from policylens.rollout.store import (
     Store,
     StoreArray,
     StoreWriter,

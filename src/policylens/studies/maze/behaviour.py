@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from policylens.analysis import stats
 from policylens.envs import make_vec
+from policylens.rollout import stats
 
 
 @dataclass

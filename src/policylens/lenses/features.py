@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from policylens.analysis.attribution import attribution_mode, check_layer, layer_activation
+from policylens.artifacts import atomic_path, read_json, write_json
 from policylens.envs.maze import (
     CHEESE,
     CHEESE_RGB,
@@ -43,7 +43,7 @@ from policylens.envs.maze import (
     MazeState,
     generate_level,
 )
-from policylens.io import atomic_path, read_json, write_json
+from policylens.lenses.attribution import attribution_mode, check_layer, layer_activation
 
 CATEGORIES = ("wall", "path", "mouse", "cheese")
 """Ground-truth categories of a maze position, in label order."""
@@ -75,7 +75,7 @@ def maze_dataset(
     levels = [generate_level(seed * 7919 + i, cfg) for i in range(max(1, -(-n // 6)))]
     states: list[MazeState] = []
     if agent is not None:
-        from policylens.analysis.behaviour import run_episodes_from_states
+        from policylens.studies.maze.behaviour import run_episodes_from_states
 
         limited = MazeConfig(**{**cfg.__dict__, "max_steps": min(cfg.max_steps, 60)})
         for level, ep in zip(

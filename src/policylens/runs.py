@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from policylens.io import atomic_path, read_json, write_json, write_text
+from policylens.artifacts import atomic_path, read_json, write_json, write_text
 
 CHECKPOINT = re.compile(r"^step_(\d+)\.safetensors$")
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from policylens import io
+from policylens import artifacts
 
 FORMAT = "policylens-store"
 VERSION = 1
@@ -81,7 +81,9 @@ class StoreWriter:
         self.path = Path(path)
         self.chunk_size = int(chunk_size)
         _prepare_folder(self.path, overwrite)
-        io.write_text(self.path / WRITING, "a collection is being written into this folder\n")
+        artifacts.write_text(
+            self.path / WRITING, "a collection is being written into this folder\n"
+        )
         self._schema: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}
         self._pending: dict[str, list[np.ndarray]] = {}
         self._pending_rows = 0
@@ -163,7 +165,7 @@ class StoreWriter:
             },
             "meta": dict(meta or {}),
         }
-        io.write_json(self.path / MANIFEST, manifest)
+        artifacts.write_json(self.path / MANIFEST, manifest)
         (self.path / WRITING).unlink(missing_ok=True)
         self._closed = True
         return Store(self.path)
@@ -179,7 +181,7 @@ class StoreWriter:
 
 def _write_npy(path: Path, array: np.ndarray) -> None:
     # Through a file object: np.save(name) would append ".npy" to the temporary name.
-    with io.atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with artifacts.atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, np.ascontiguousarray(array), allow_pickle=False)
 
 
@@ -230,7 +232,7 @@ class Store:
                 f"Store {self.path} is incomplete (no manifest): the collection was interrupted; "
                 "collect again."
             )
-        manifest = io.read_json(manifest_file)
+        manifest = artifacts.read_json(manifest_file)
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise ValueError(f"{manifest_file} is not a policylens store manifest.")
         if manifest.get("version", 0) > VERSION:

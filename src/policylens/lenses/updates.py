@@ -56,7 +56,7 @@ def save_state(state: Mapping[str, Tensor], file: str | os.PathLike) -> Path:
     """Write a state dict to one ``.safetensors`` file, atomically."""
     from safetensors.torch import save_file
 
-    from policylens.io import atomic_path
+    from policylens.artifacts import atomic_path
 
     file = Path(file)
     tensors = {k: v.detach().clone().contiguous() for k, v in state.items()}

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from policylens.io import atomic_path, read_json, write_json
+from policylens.artifacts import atomic_path, read_json, write_json
 
 ARCHS: dict[str, str] = {
     "relu": "ReLU latents with an L1 penalty",

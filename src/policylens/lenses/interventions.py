@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from policylens.analysis import stats
-from policylens.analysis.behaviour import run_episodes_from_states, summarize
 from policylens.envs.maze import MazeConfig, MazeState, generate_level
+from policylens.rollout import stats
+from policylens.studies.maze.behaviour import run_episodes_from_states, summarize
 
 HookFn = Callable[[torch.Tensor, Any], torch.Tensor | None]
 

@@ -1,6 +1,6 @@
 """Rollout datasets: run an agent in any registered world and stream what it sees and does to disk.
 
-One row per environment step, in a :class:`~policylens.collect.store.Store`:
+One row per environment step, in a :class:`~policylens.rollout.store.Store`:
 
 ``obs``                  the observation the agent acted on
 ``actions``, ``logits``, ``values``  what the agent did and thought
@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from policylens.collect.store import DEFAULT_CHUNK_ROWS, Store, StoreWriter, unknown_message
 from policylens.envs import make_vec
+from policylens.rollout.store import DEFAULT_CHUNK_ROWS, Store, StoreWriter, unknown_message
 
 _BOOKKEEPING = {"final_obs", "final_info"}
 
@@ -250,7 +250,7 @@ def collect_run(
     ``env_kwargs`` override the run's own world options (e.g. ``{"cheese_region": None}``).
     ``out`` defaults to ``RUN/analysis/rollouts/step_<N>``.
     """
-    from policylens.train.runs import Run
+    from policylens.runs import Run
 
     run = run if isinstance(run, Run) else Run(run)
     step, _ = run.checkpoint(step)

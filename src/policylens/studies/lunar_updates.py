@@ -43,9 +43,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from policylens import io
-from policylens.analysis import stats
-from policylens.analysis import updates as U
+from policylens import artifacts
+from policylens.lenses import updates as U
+from policylens.rollout import stats
 
 LUNAR_ID = "policylens/LunarLander-v0"
 """The LunarLander world with reward variants, registered by policylens.envs."""
@@ -231,7 +231,7 @@ def train_phase(backend: str, ppo_config, out: Path, init_from: Path | None = No
     The built-in trainer resumes an unfinished folder from ``resume.pt``; SB3 has no exact
     resume, so an unfinished SB3 folder is trained again from the start.
     """
-    from policylens.train.runs import Run
+    from policylens.runs import Run
 
     if (out / "DONE").exists():
         return Run(out)
@@ -249,7 +249,7 @@ def train_phase(backend: str, ppo_config, out: Path, init_from: Path | None = No
 
 def final_checkpoint(run_dir: Path, phase: str, seed: int) -> Path:
     """The last checkpoint of a finished phase, or a clear error naming the missing phase."""
-    from policylens.train.runs import Run
+    from policylens.runs import Run
 
     hint = "rerun `policylens updates run` with the same settings and --out to finish it"
     where = f"Missing the {phase} checkpoint of seed {seed}"
@@ -415,8 +415,8 @@ def _phase1(job: Job, config: UpdatesConfig) -> dict[str, Any]:
             name: evaluate_weights(agent, U.load_state(file), config, job.seed)
             for name, (_, file) in (("initial", first), ("pre", last))
         }
-        io.write_json(eval_file, result)
-    result = io.read_json(eval_file)
+        artifacts.write_json(eval_file, result)
+    result = artifacts.read_json(eval_file)
     return {"pre_return": result["pre"]["summary"]["return"][job.variant]["mean"]}
 
 
@@ -465,7 +465,7 @@ def _phase2(job: Job, config: UpdatesConfig) -> dict[str, Any]:
     salvaged = U.load_state(final_checkpoint(sv.path, f"salvage ({job.variant})", job.seed))
     evaluations["salvaged"] = evaluate_weights(agent, salvaged, config, job.seed)
     salvage = {"curve": _curve(sv.metrics()), "steps": config.salvage}
-    io.write_json(
+    artifacts.write_json(
         unit_file,
         {
             "seed": job.seed,
@@ -521,13 +521,13 @@ def run_experiment(
     meta_file = out / EXPERIMENT_FILE
     env_id = ensure_lunar_world()
     if meta_file.exists():
-        old = io.read_json(meta_file)
+        old = artifacts.read_json(meta_file)
         if old.get("config") != config.to_json():
             raise ValueError(
                 f"{out} holds an experiment with other settings; choose another --out or repeat "
                 "the same settings to continue it."
             )
-    io.write_json(
+    artifacts.write_json(
         meta_file,
         {"config": config.to_json(), "env_id": env_id, "kind": "two_phase_updates",
          "version": _version()},
@@ -562,7 +562,7 @@ def run_experiment(
                             pending[pool.submit(run_job, j2)] = j2
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-    io.write_json(out / "analysis" / "jobs.json", results)
+    artifacts.write_json(out / "analysis" / "jobs.json", results)
     return analyze_experiment(out, report=report)
 
 
@@ -585,7 +585,7 @@ def load_experiment(path: str | Path) -> tuple[UpdatesConfig, dict[str, Any]]:
             f"{path} is not an updates experiment (no {EXPERIMENT_FILE}); create one with "
             "`policylens updates run ... --out DIR`."
         )
-    data = io.read_json(meta)
+    data = artifacts.read_json(meta)
     return UpdatesConfig.from_json(data["config"]), data
 
 
@@ -667,7 +667,7 @@ def analyze_experiment(path: str | Path, report: bool = True) -> dict[str, Any]:
     for seed in config.seeds:
         sd = seed_dir(root, seed)
         pre_file = final_checkpoint(sd / "phase1", "phase-1 (pre)", seed)
-        from policylens.train.runs import Run
+        from policylens.runs import Run
 
         p1 = Run(sd / "phase1")
         arch = arch or arch_signature(p1.config["agent"])
@@ -678,7 +678,7 @@ def analyze_experiment(path: str | Path, report: bool = True) -> dict[str, Any]:
                 f"The evaluation of seed {seed}'s initial and pre models is missing ({ev_file}); "
                 "rerun `policylens updates run` with the same settings and --out to finish it."
             )
-        ev1 = io.read_json(ev_file)
+        ev1 = artifacts.read_json(ev_file)
         for name in ("initial", "pre"):
             evals.setdefault(name, {}).setdefault("*", []).append(ev1[name]["summary"])
         phase1[str(seed)] = _curve(p1.metrics())
@@ -691,7 +691,7 @@ def analyze_experiment(path: str | Path, report: bool = True) -> dict[str, Any]:
                     f"Seed {seed}'s {variant} unit has no {UNIT_FILE} (its evaluation did not "
                     "finish); rerun `policylens updates run` with the same settings and --out."
                 )
-            data = io.read_json(unit_file)
+            data = artifacts.read_json(unit_file)
             post_file = final_checkpoint(unit / "phase2", f"phase-2 (post, {variant})", seed)
             update = U.weight_delta(pre, U.load_state(post_file))
             label = f"s{seed}/{variant}"
@@ -784,7 +784,7 @@ def analyze_experiment(path: str | Path, report: bool = True) -> dict[str, Any]:
         "salvage": {"curves": salvage, "recovery": recovery, "fraction": RECOVERY_FRACTION},
         "phase1_curves": phase1,
     }
-    io.write_json(root / "analysis" / "updates.json", result)
+    artifacts.write_json(root / "analysis" / "updates.json", result)
     if report:
         from policylens.report.updates import write_updates_report
 
@@ -809,7 +809,7 @@ def find_experiments(
         raise ValueError(f"Unknown backend {backend!r}; use builtin or sb3.")
     found = []
     for meta in sorted(root.rglob(EXPERIMENT_FILE)):
-        c = io.read_json(meta).get("config", {})
+        c = artifacts.read_json(meta).get("config", {})
         if (
             (phase1 is None or c.get("phase1") == phase1)
             and (phase2 is None or phase2 in c.get("phase2", []))
@@ -828,7 +828,7 @@ def experiment_analysis(path: str | Path) -> dict[str, Any]:
     """The saved analysis of an experiment, computed (without a report) if absent."""
     file = Path(path) / "analysis" / "updates.json"
     if file.is_file():
-        return io.read_json(file)
+        return artifacts.read_json(file)
     return analyze_experiment(path, report=False)
 
 

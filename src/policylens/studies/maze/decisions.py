@@ -9,10 +9,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from policylens.analysis import stats
-from policylens.analysis.behaviour import run_episodes_from_states
-from policylens.analysis.interventions import test_levels
-from policylens.analysis.vector_fields import move_probabilities
 from policylens.envs.maze import (
     MazeBatch,
     MazeConfig,
@@ -21,6 +17,10 @@ from policylens.envs.maze import (
     bfs_field,
     decision_square,
 )
+from policylens.lenses.interventions import test_levels
+from policylens.rollout import stats
+from policylens.studies.maze.behaviour import run_episodes_from_states
+from policylens.studies.maze.vector_fields import move_probabilities
 
 FEATURES = (
     "path_ds_cheese",

@@ -9,19 +9,19 @@ from typing import Any
 
 import numpy as np
 
-from policylens.analysis import stats
-from policylens.analysis.behaviour import evaluate
-from policylens.analysis.decisions import decision_square_analysis
-from policylens.analysis.interventions import (
+from policylens.artifacts import read_json, write_json
+from policylens.envs.maze import MazeBatch, MazeConfig
+from policylens.lenses.interventions import (
     activation,
     cheese_tracking_channels,
     maze_clamp_experiment,
     maze_steering_experiment,
     test_levels,
 )
-from policylens.envs.maze import MazeBatch, MazeConfig
-from policylens.io import read_json, write_json
-from policylens.train.runs import Run
+from policylens.rollout import stats
+from policylens.runs import Run
+from policylens.studies.maze.behaviour import evaluate
+from policylens.studies.maze.decisions import decision_square_analysis
 
 
 def maze_config(run: Run) -> MazeConfig:

@@ -233,7 +233,7 @@ def nmf_figure(
     import matplotlib.pyplot as plt
     from matplotlib.colors import to_rgb
 
-    from policylens.analysis.features import observation_rgb
+    from policylens.lenses.features import observation_rgb
     from policylens.report.figures import to_png
 
     n, fh, fw, k = maps.shape

@@ -1,6 +1,6 @@
 """Sparse autoencoders on agents: gather a hook's activations, splice an SAE in, ablate its latents.
 
-:mod:`policylens.analysis.sae` trains SAEs on plain ``(samples, d_in)`` tensors. This module ties
+:mod:`policylens.lenses.sae` trains SAEs on plain ``(samples, d_in)`` tensors. This module ties
 them to a :class:`~policylens.agents.HookedAgent` acting in a world:
 
 - :class:`HookSite` says how a hook's activation becomes SAE input vectors: ``vector`` for
@@ -18,7 +18,7 @@ them to a :class:`~policylens.agents.HookedAgent` acting in a world:
   from the real activation, so the SAE's reconstruction error stays in) and measures the change
   in the action distribution and value; :func:`latent_cards` gathers what a feature dashboard shows.
 
-An SAE folder written here (:func:`save_agent_sae`) is :func:`~policylens.analysis.sae.save_sae`'s
+An SAE folder written here (:func:`save_agent_sae`) is :func:`~policylens.lenses.sae.save_sae`'s
 ``config.json`` + ``sae.safetensors`` plus ``site.json`` (hook, layout, activation shape, source run
 and checkpoint, world, held-out metrics) and ``history.json`` (the training curve).
 """
@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from policylens.analysis import stats
-from policylens.analysis.sae import (
+from policylens.artifacts import read_json, write_json
+from policylens.lenses.sae import (
     CONFIG_FILE,
     SAELENS_CFG_FILE,
     SAEConfig,
@@ -51,7 +51,7 @@ from policylens.analysis.sae import (
     save_sae,
     train_sae,
 )
-from policylens.io import read_json, write_json
+from policylens.rollout import stats
 
 LAYOUTS: dict[str, str] = {
     "auto": "channels for (C, H, W) activations, vector for (d,), flat otherwise",
@@ -394,8 +394,8 @@ def activations_from_store(
 
     ``max_rows`` caps the observations read into memory (a seeded random subset, in row order).
     """
-    from policylens.collect import open_store
-    from policylens.collect.store import unknown_message
+    from policylens.rollout import open_store
+    from policylens.rollout.store import unknown_message
 
     store = open_store(store) if isinstance(store, str | os.PathLike) else store
     if hook not in store.hooks:
@@ -1043,8 +1043,8 @@ def train_run_sae(
     Writes the SAE folder (default ``RUN/analysis/sae/<hook>-<arch>-x<expansion>``) and returns it
     with the summary stored in its ``site.json``.
     """
-    from policylens.collect import is_store, open_store
-    from policylens.train.runs import Run
+    from policylens.rollout import is_store, open_store
+    from policylens.runs import Run
 
     overrides = dict(config_overrides or {})
     if l1_coeff is not None:
@@ -1089,7 +1089,7 @@ def train_run_sae(
 
 def _run_and_sae(run_path: str | os.PathLike, sae_dir: str | os.PathLike, step: int | None,
                  hook: str | None):  # fmt: skip
-    from policylens.train.runs import Run
+    from policylens.runs import Run
 
     run = Run(run_path)
     sae, info = load_agent_sae(sae_dir)

@@ -1,0 +1,1 @@
+"""One module or package per research line, composing lenses, training and rollouts."""
