@@ -18,9 +18,9 @@ from policylens.agents import HookedAgent
 from policylens.cli import app
 from policylens.demo import headline_lines
 from policylens.envs.maze import MazeConfig, bfs_field
-from policylens.lenses import interventions as iv
 from policylens.report.maze import maze_report
 from policylens.rollout.stats import difference, proportion
+from policylens.studies.maze import steering as st
 from policylens.studies.maze.decisions import choice_regression, decision_square_analysis
 from policylens.studies.maze.misgeneralization import analyse_maze_agent, headline
 
@@ -108,7 +108,7 @@ def test_a_choice_too_rare_to_regress_is_said_in_a_sentence(cheese, n):
 
 
 def test_cheese_in_exactly_one_of_twenty_decision_squares():
-    first = iv.test_levels(CONFIG, 1, seed=40_000)[0]  # the first maze the analysis tests
+    first = st.test_levels(CONFIG, 1, seed=40_000)[0]  # the first maze the analysis tests
     agent = scripted("corner", cheese_mazes=(first.walls,))
     d = decision_square_analysis(agent, CONFIG, n_mazes=20)
     assert d["n_mazes"] == 20 and d["undecided"] == 0
@@ -118,7 +118,7 @@ def test_cheese_in_exactly_one_of_twenty_decision_squares():
 
 
 def test_five_of_twenty_is_regressed_on_a_stratified_split():
-    mazes = iv.test_levels(CONFIG, 5, seed=40_000)
+    mazes = st.test_levels(CONFIG, 5, seed=40_000)
     d = decision_square_analysis(
         scripted("corner", cheese_mazes=tuple(m.walls for m in mazes)), CONFIG, n_mazes=20
     )

@@ -12,7 +12,9 @@ from typer.testing import CliRunner
 from policylens.agents import build_agent
 from policylens.envs.maze import MazeConfig, generate_level
 from policylens.lenses import features as fe
-from policylens.lenses.nmf import attribution_nmf, label_features, nmf_figure, split_sign
+from policylens.lenses.nmf import attribution_nmf, label_features, split_sign
+from policylens.report import features as rf
+from policylens.studies.maze import dataset as md
 
 PNG = b"\x89PNG"
 
@@ -24,19 +26,19 @@ def agent():
 
 @pytest.fixture(scope="module")
 def data():
-    return fe.maze_dataset(MazeConfig(world_size=9), 24, seed=1)
+    return md.maze_dataset(MazeConfig(world_size=9), 24, seed=1)
 
 
 def test_dataset_and_masks(data):
     assert data.obs.shape == (24, 3, 9, 9)
-    from_states = fe.object_masks(data.states)
-    from_obs = fe.object_masks(obs=data.obs)
+    from_states = md.object_masks(data.states)
+    from_obs = md.object_masks(obs=data.obs)
     for name in ("wall", "path", "mouse", "cheese", "corner"):
         assert np.array_equal(from_states[name], from_obs[name]), name
     assert (from_states["mouse"].sum((1, 2)) == 1).all()
-    cat = fe.categories(from_states)
-    assert (cat[from_states["cheese"]] == fe.CATEGORIES.index("cheese")).all()
-    small = fe.resize_masks(from_states, (3, 3))
+    cat = md.categories(from_states)
+    assert (cat[from_states["cheese"]] == md.CATEGORIES.index("cheese")).all()
+    small = md.resize_masks(from_states, (3, 3))
     assert small["mouse"].shape == (24, 3, 3) and (small["mouse"].sum((1, 2)) == 1).all()
 
 
@@ -44,14 +46,16 @@ def test_feature_maps_and_figure(agent, data):
     maps = fe.feature_maps(agent, data.obs, "res1.hook_out")
     _, cache = agent.run_with_cache(data.obs, names=["res1.hook_out"])
     assert np.allclose(maps, cache["res1.hook_out"].numpy())
-    assert fe.feature_maps_figure(data.obs[0], maps[0]).startswith(PNG)
+    assert rf.feature_maps_figure(data.obs[0], maps[0]).startswith(PNG)
     with pytest.raises(ValueError, match="without spatial"):
         fe.feature_maps(agent, data.obs, "hook_fc")
 
 
 def test_alignment_scores():
     truth = np.random.default_rng(0).integers(0, 4, size=(10, 9, 9))
-    perfect = fe.alignment_scores((truth + 1) % 4, truth)  # a relabelling is still perfect
+    perfect = fe.alignment_scores(
+        (truth + 1) % 4, truth, md.CATEGORIES
+    )  # a relabelling is still perfect
     assert perfect["ami"] == pytest.approx(1.0) and perfect["purity"] == 1.0
     noise = fe.alignment_scores(np.random.default_rng(1).integers(0, 4, size=truth.shape), truth)
     assert abs(noise["ami"]) < 0.02
@@ -59,22 +63,22 @@ def test_alignment_scores():
 
 @pytest.mark.parametrize("method", ["kmeans", "average", "single"])
 def test_clustering_recovers_planted_categories(data, method, tmp_path):
-    masks = fe.object_masks(data.states)
-    truth = fe.categories(masks)
+    masks = md.object_masks(data.states)
+    truth = md.categories(masks)
     # channel vectors = one-hot category (x 3 channels) + small noise: clusters must find them
     rng = np.random.default_rng(0)
     acts = np.eye(4)[truth].transpose(0, 3, 1, 2).repeat(3, 1) + 0.01 * rng.random((24, 12, 9, 9))
     cl = fe.cluster_positions(acts, 4, method, seed=0, max_points=1000, layer="x")
-    cl.scores = fe.alignment_scores(cl.labels, truth)
+    cl.scores = fe.alignment_scores(cl.labels, truth, md.CATEGORIES)
     assert cl.scores["ami"] > 0.99
     path = fe.save_clusters(tmp_path, cl)
     back = fe.load_clusters(path)
     assert np.array_equal(back.labels, cl.labels) and back.scores["ami"] == cl.scores["ami"]
-    assert fe.cluster_figure(data.obs[:2], cl.labels[:2]).startswith(PNG)
+    assert rf.cluster_figure(data.obs[:2], cl.labels[:2]).startswith(PNG)
 
 
 def test_nmf_recovers_and_labels_planted_features(data):
-    masks = fe.object_masks(data.states)
+    masks = md.object_masks(data.states)
     rng = np.random.default_rng(0)
     d_wall, d_cheese = rng.random(16), rng.random(16)
     # attributions: walls push the target up along d_wall, the cheese pushes it down along d_cheese
@@ -91,7 +95,7 @@ def test_nmf_recovers_and_labels_planted_features(data):
     assert nmf.labels[labels["wall"]]["correlation"] > 0.95
     assert nmf.sign[labels["wall"]] > 0.9 and nmf.sign[labels["cheese"]] < 0.1
     assert np.allclose(nmf.transform(attr), nmf.maps, atol=0.05 * nmf.maps.max())
-    assert nmf_figure(data.obs[:2], nmf.maps[:2], nmf.colours).startswith(PNG)
+    assert rf.nmf_figure(data.obs[:2], nmf.maps[:2], nmf.colours).startswith(PNG)
     x, shape = split_sign(attr)
     assert x.shape == (24 * 81, 32) and (x >= 0).all() and shape == (24, 9, 9)
     with pytest.raises(ValueError, match="k must be"):
@@ -112,7 +116,7 @@ def test_dataset_examples(agent, data):
     direction[3] = 2.0
     ex2 = fe.dataset_examples(agent, data.obs, "res1.hook_out", direction, k=5)
     assert [e.index for e in ex2] == [e.index for e in ex]
-    assert fe.examples_figure([ex, ex2], ["ch 3", "2 x ch 3"]).startswith(PNG)
+    assert rf.examples_figure([ex, ex2], ["ch 3", "2 x ch 3"]).startswith(PNG)
     with pytest.raises(ValueError, match="Channel 99 does not exist"):
         fe.dataset_examples(agent, data.obs, "res1.hook_out", 99)
 
@@ -171,6 +175,6 @@ def test_generate_level_corner_matches_obs_derivation():
     from policylens.envs.maze import MazeBatch
 
     obs = np.stack([MazeBatch(cfg, 1).observe(s) for s in states])
-    corners = fe.object_masks(obs=obs)["corner"]
+    corners = md.object_masks(obs=obs)["corner"]
     for s, m in zip(states, corners, strict=True):
         assert m[s.corner] and m.sum() == 1

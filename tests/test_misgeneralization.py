@@ -15,6 +15,7 @@ from policylens.agents import HookedAgent, build_agent
 from policylens.envs.maze import MazeBatch, MazeConfig, bfs_field, generate_level
 from policylens.lenses import interventions as iv
 from policylens.rollout.stats import wilson
+from policylens.studies.maze import steering as st
 from policylens.studies.maze.behaviour import evaluate, run_episodes_from_states, visit_counts
 from policylens.studies.maze.decisions import decision_square_analysis
 from policylens.studies.maze.vector_fields import move_probabilities, vector_field
@@ -136,7 +137,7 @@ def test_procgen_action_probabilities_fold_into_moves():
 
 
 def test_visit_counts_cover_every_trajectory_cell():
-    states = iv.test_levels(CONFIG, 5, seed=1)
+    states = st.test_levels(CONFIG, 5, seed=1)
     eps = run_episodes_from_states(seeker("cheese"), states, CONFIG, greedy=True)
     counts = visit_counts(eps, CONFIG.world_size)
     assert counts.sum() == sum(len(e.positions) for e in eps)
@@ -162,8 +163,8 @@ def test_patching_all_positions_reproduces_the_source():
 
 def test_steering_vector_changes_outputs_and_zero_coefficient_does_not():
     agent = small_agent()
-    obs = np.stack([MazeBatch(CONFIG, 1).observe(s) for s in iv.test_levels(CONFIG, 4, seed=5)])
-    v = iv.contrast_vector(agent, obs, iv.without_cheese(obs, CONFIG), "res1.hook_out")
+    obs = np.stack([MazeBatch(CONFIG, 1).observe(s) for s in st.test_levels(CONFIG, 4, seed=5)])
+    v = iv.contrast_vector(agent, obs, st.without_cheese(obs, CONFIG), "res1.hook_out")
     base, _ = agent(obs)
     same, _ = agent.run_with_hooks(obs, fwd_hooks=[("res1.hook_out", iv.add_vector(v, 0.0))])
     moved, _ = agent.run_with_hooks(obs, fwd_hooks=[("res1.hook_out", iv.add_vector(v, 5.0))])
@@ -183,7 +184,7 @@ def test_clamp_sets_only_the_chosen_cells():
 
 def test_steering_and_clamp_experiments_report_intervals():
     agent = small_agent()
-    res = iv.maze_steering_experiment(
+    res = st.maze_steering_experiment(
         agent, CONFIG, "res1.hook_out", coefs=(0.0, -1.0), n_mazes=30, n_random=2
     )
     # Adding 0 x the vector leaves every activation bit-identical; with the same mazes and the
@@ -200,7 +201,7 @@ def test_steering_and_clamp_experiments_report_intervals():
     assert np.mean(res["random x -1"]["per_vector_success"]) == pytest.approx(
         res["random x -1"]["success"]["rate"]
     )
-    clamp = iv.maze_clamp_experiment(agent, CONFIG, "res1.hook_out", [0], 3.0, n_mazes=20)
+    clamp = st.maze_clamp_experiment(agent, CONFIG, "res1.hook_out", [0], 3.0, n_mazes=20)
     assert clamp["clamped_reaches_target"]["n"] == clamp["baseline_reaches_target"]["n"] == 20
 
 
@@ -247,7 +248,7 @@ def test_steering_a_scripted_agent_gives_known_rates():
     # the agent walks to the corner, which (cheese off the corner path) it reaches first. Random
     # vectors of norm 1 spread over 243 inputs move no input across 0.5: behaviour unchanged.
     n = 30
-    res = iv.maze_steering_experiment(
+    res = st.maze_steering_experiment(
         retargetable(), CONFIG, "eye.hook_out", coefs=(0.0, 1.0, -1.0), n_mazes=n, n_random=2
     )
     assert res["n_mazes"] == n
@@ -272,7 +273,7 @@ def test_clamping_a_scripted_agent_retargets_it_exactly_where_the_maze_allows():
     # the way (the episode ends there). Without the clamp it reaches the target only if it lies
     # on the way to the cheese. Counted from BFS distances in the mazes the agent was shown.
     n, agent = 25, retargetable()
-    res = iv.maze_clamp_experiment(agent, CONFIG, "eye.hook_out", [2], 3.0, n_mazes=n)
+    res = st.maze_clamp_experiment(agent, CONFIG, "eye.hook_out", [2], 3.0, n_mazes=n)
     first = [x for x in agent.net.seen if x.shape[0] == n]
     plain = next(x for x in first if x[:, 2].max() == 1.0)  # first step, no clamp
     clamped = next(x for x in first if x[:, 2].max() == 3.0)  # first step, clamped
@@ -297,7 +298,7 @@ def test_clamping_a_scripted_agent_retargets_it_exactly_where_the_maze_allows():
 @pytest.mark.parametrize(
     "call, msg",
     [
-        (lambda a, o: iv.patch_activations(a, o, o, ["res9.hook_out"]), "unknown hook"),
+        (lambda a, o: iv.patch_activations(a, o, o, ["res9.hook_out"]), "Unknown hook .res9.hook_out."),
         (
             lambda a, o: iv.patch_activations(a, o, o, ["res1.hook_out"], positions=[(20, 0)]),
             "outside",

@@ -165,6 +165,9 @@ def test_probes_over_training_save_curves_and_figure(tiny_run):
         > curves.controls["mouse_pos"]["hook_conv"]["shuffled"]
     )
     out = tiny_run.path / "analysis" / "probes"
+    from policylens.report.probes import write_probe_curves
+
+    write_probe_curves(curves, out / "probes_over_training.png", "t")
     png = (out / "probes_over_training.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     saved = json.loads((out / "probes_over_training.json").read_text())

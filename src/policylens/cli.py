@@ -263,9 +263,9 @@ def steer_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """The cheese vector vs random vectors (and optionally channel clamping), over many mazes."""
-    from policylens.lenses.interventions import maze_clamp_experiment, maze_steering_experiment
     from policylens.runs import Run
     from policylens.studies.maze.misgeneralization import maze_config, steering_hook
+    from policylens.studies.maze.steering import maze_clamp_experiment, maze_steering_experiment
 
     r = Run(run)
     config = maze_config(r)

@@ -74,7 +74,7 @@ def run_demo(
         f"{solved['solved']}/{solved['episodes']} optimally: {solved['optimal']}"
     )
 
-    if (run_dir / "DONE").exists():
+    if (run_dir / "config.json").exists() and Run(run_dir).done:
         console.print(f"[bold]2. agent[/]: reusing the trained agent in {run_dir}")
     else:
         resume = (run_dir / "resume.pt").exists()

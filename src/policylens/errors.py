@@ -6,11 +6,18 @@ import difflib
 from collections.abc import Iterable
 
 
+def unknown_message(kind: str, name: str, valid: Iterable[str]) -> str:
+    """One sentence naming an unknown ``name``, the closest valid names, and all of them."""
+    valid = [str(v) for v in valid]
+    close = difflib.get_close_matches(str(name), valid, n=3, cutoff=0.4)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    shown = ", ".join(valid[:40]) + (" ..." if len(valid) > 40 else "")
+    return f"Unknown {kind} {name!r}.{hint} Available: {shown}."
+
+
 def check_known(given: Iterable[str], valid: Iterable[str], kind: str) -> None:
     """Raise ValueError for the first of ``given`` not in ``valid``, suggesting close names."""
     valid = list(valid)
     for key in given:
         if key not in valid:
-            close = difflib.get_close_matches(key, valid, n=3)
-            hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise ValueError(f"Unknown {kind} {key!r}.{hint} Valid: {', '.join(valid)}.")
+            raise ValueError(unknown_message(kind, key, valid))

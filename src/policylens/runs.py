@@ -19,6 +19,8 @@ import torch
 
 from policylens.artifacts import atomic_path, read_json, write_json, write_text
 
+DONE = "DONE"
+"""The done marker's file name: its presence says training finished."""
 CHECKPOINT = re.compile(r"^step_(\d+)\.safetensors$")
 
 
@@ -47,6 +49,36 @@ class Run:
         write_json(path / "config.json", config)
         write_text(path / "metrics.csv", "")
         return cls(path)
+
+    @classmethod
+    def start(cls, path: str | Path, config: dict[str, Any], resume: bool) -> tuple[Run, Any]:
+        """The run folder a trainer writes into, and the trainer state to continue from.
+
+        Without ``resume`` (or with nothing at ``path`` yet) a new run is created. With it, the
+        folder must hold a run of the same trainer config; its ``resume.pt`` state is returned
+        (None when the run was killed before the first save, and then its metrics restart).
+        """
+        path = Path(path)
+        if not (resume and (path / "config.json").exists()):
+            return cls.create(path, config), None
+        run = cls(path)
+        if run.config["trainer"] != config["trainer"]:
+            raise ValueError(
+                f"{path} was trained with another config; resume with the same options"
+            )
+        state = run.load_resume_state()
+        if state is None:
+            run.truncate_metrics(0)
+        return run, state
+
+    @property
+    def done(self) -> bool:
+        """Training finished (the trainer wrote the done marker)."""
+        return (self.path / DONE).exists()
+
+    def mark_done(self, step: int) -> None:
+        """Write the done marker: the run reached its planned ``step`` count."""
+        write_json(self.path / DONE, {"step": step})
 
     @property
     def name(self) -> str:
@@ -167,7 +199,7 @@ class Run:
             "checkpoints": len(ckpts),
             "success": last.get("success"),
             "return": last.get("return"),
-            "done": (self.path / "DONE").exists(),
+            "done": self.done,
         }
 
 

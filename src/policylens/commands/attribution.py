@@ -33,16 +33,16 @@ def attribute_cmd(
     import numpy as np
 
     from policylens.artifacts import atomic_path
-    from policylens.lenses import features as fe
     from policylens.lenses.attribution import attribute
     from policylens.report.attribution import ACTION_NAMES, attribution_rows_figure
     from policylens.runs import Run
+    from policylens.studies.maze import dataset as md
     from policylens.studies.maze.misgeneralization import maze_config
 
     r = Run(run)
     agent = r.load_agent(step)
     names = ACTION_NAMES if agent.num_actions == 4 else None
-    data = fe.maze_dataset(maze_config(r), n_obs, seed=seed, agent=agent)
+    data = md.maze_dataset(maze_config(r), n_obs, seed=seed, agent=agent)
     result = attribute(
         agent, data.obs, method, target, layer, baseline=baseline, n_steps=n_steps,
         integration=integration, action_names=names,
@@ -106,31 +106,33 @@ def features_cmd(
     from policylens.artifacts import atomic_path, write_json
     from policylens.lenses import features as fe
     from policylens.lenses.attribution import attribute, default_layer
-    from policylens.lenses.nmf import attribution_nmf, label_features, nmf_figure
+    from policylens.lenses.nmf import attribution_nmf, label_features
+    from policylens.report import features as rf
     from policylens.runs import Run
+    from policylens.studies.maze import dataset as md
     from policylens.studies.maze.misgeneralization import maze_config
 
     r = Run(run)
     agent = r.load_agent(step)
     layer = layer or default_layer(agent)
-    data = fe.maze_dataset(maze_config(r), n_obs, seed=seed, agent=agent)
+    data = md.maze_dataset(maze_config(r), n_obs, seed=seed, agent=agent)
     acts = fe.feature_maps(agent, data.obs, layer)  # checks the layer is spatial
     attr = attribute(agent, data.obs, "ig", "value", layer, baseline="zeros", n_steps=n_steps)
     result_nmf = attribution_nmf(attr.attributions, k=nmf, seed=seed)
-    masks = fe.resize_masks(fe.object_masks(data.states), result_nmf.maps.shape[1:3])
+    masks = md.resize_masks(md.object_masks(data.states), result_nmf.maps.shape[1:3])
     result_nmf.labels = label_features(result_nmf.maps, masks)
     cl = fe.cluster_positions(acts, clusters, linkage, seed=seed, layer=layer)
-    truth = fe.categories(fe.resize_masks(fe.object_masks(data.states), acts.shape[2:]))
-    cl.scores = fe.alignment_scores(cl.labels, truth)
+    truth = md.categories(md.resize_masks(md.object_masks(data.states), acts.shape[2:]))
+    cl.scores = fe.alignment_scores(cl.labels, truth, md.CATEGORIES)
     out = r.analysis_dir
     cluster_file = fe.save_clusters(out, cl)
     stem = f"features_{layer}".replace("/", "_")
     show = min(4, n_obs)
     files = {"clusters": str(cluster_file)}
     for name, png in (
-        ("nmf_figure", nmf_figure(data.obs[:show], result_nmf.maps[:show], result_nmf.colours)),
-        ("cluster_figure", fe.cluster_figure(data.obs[:show], cl.labels[:show])),
-        ("feature_maps", fe.feature_maps_figure(data.obs[0], acts[0], title=layer)),
+        ("nmf_figure", rf.nmf_figure(data.obs[:show], result_nmf.maps[:show], result_nmf.colours)),
+        ("cluster_figure", rf.cluster_figure(data.obs[:show], cl.labels[:show])),
+        ("feature_maps", rf.feature_maps_figure(data.obs[0], acts[0], title=layer)),
     ):
         path = out / f"{stem}_{name}.png"
         with atomic_path(path) as tmp, open(tmp, "wb") as f:

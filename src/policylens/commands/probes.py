@@ -173,6 +173,14 @@ def probe_cmd(
                 run, store, labels, hooks, controls=controls,
                 max_samples=max_samples or 5_000, seed=seed, progress=log,
             )  # fmt: skip
+            from policylens.report.probes import write_probe_curves
+
+            figure = write_probe_curves(
+                curves,
+                run.analysis_dir / "probes" / "probes_over_training.png",
+                f"{run.name}: linear probes over training",
+            )
+            curves.meta["figure"] = str(figure)
             if as_json:
                 print_json(curves.to_dict())
                 return

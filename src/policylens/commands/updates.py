@@ -134,8 +134,20 @@ def run_cmd(
         recipe=recipe,
     )
     log = None if as_json else (lambda m: console.print(m, highlight=False))
-    analysis = run_experiment(config, out, workers=workers, log=log, report=report)
-    show_analysis(analysis, Path(out), report, as_json)
+    run_experiment(config, out, workers=workers, log=log)
+    show_analysis(analyze(out, report), Path(out), report, as_json)
+
+
+def analyze(folder: Path, report: bool) -> dict[str, Any]:
+    """Analyse an experiment folder and, if asked, write its ``report.html`` from the analysis."""
+    from policylens.studies.lunar_updates import analyze_experiment
+
+    analysis = analyze_experiment(folder)
+    if report:
+        from policylens.report.updates import write_updates_report
+
+        write_updates_report(folder, analysis)
+    return analysis
 
 
 def show_analysis(analysis: dict, folder: Path, report: bool, as_json: bool) -> None:
@@ -155,10 +167,7 @@ def analyze_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the numbers as JSON."),
 ) -> None:
     """Recompute the analysis (and report) of an experiment folder from its checkpoints."""
-    from policylens.studies.lunar_updates import analyze_experiment
-
-    analysis = analyze_experiment(path, report=report)
-    show_analysis(analysis, path, report, as_json)
+    show_analysis(analyze(path, report), path, report, as_json)
 
 
 @command("compare", typer_app=updates_app)

@@ -31,120 +31,11 @@ from torch import Tensor
 
 from policylens.artifacts import atomic_path, read_json, write_json
 from policylens.envs.maze import (
-    CHEESE,
-    CHEESE_RGB,
-    FLOOR_RGB,
-    MOUSE,
-    MOUSE_RGB,
     WALL,
-    WALL_RGB,
-    MazeBatch,
-    MazeConfig,
-    MazeState,
-    generate_level,
 )
 from policylens.lenses.attribution import attribution_mode, check_layer, layer_activation
 
-CATEGORIES = ("wall", "path", "mouse", "cheese")
-"""Ground-truth categories of a maze position, in label order."""
 CLUSTER_METHODS = ("kmeans", "single", "average", "ward")
-
-
-# --------------------------------------------------------------------------- maze data
-@dataclass
-class MazeDataset:
-    """Maze observations with the states they show (the ground truth for labels and masks)."""
-
-    obs: np.ndarray  # (N, *obs_shape) uint8
-    states: list[MazeState]
-    config: MazeConfig
-
-    def __len__(self) -> int:
-        return len(self.states)
-
-
-def maze_dataset(
-    config: MazeConfig, n: int, seed: int = 0, agent: Any = None, cheese_anywhere: bool = True
-) -> MazeDataset:
-    """``n`` maze observations: mouse positions along the agent's own (sampled) trajectories when
-    ``agent`` is given, else uniformly random free cells; cheese anywhere by default."""
-    if n < 1:
-        raise ValueError(f"n must be >= 1 observations, got {n}.")
-    cfg = MazeConfig(**{**config.__dict__, "cheese_region": None}) if cheese_anywhere else config
-    rng = np.random.default_rng(seed)
-    levels = [generate_level(seed * 7919 + i, cfg) for i in range(max(1, -(-n // 6)))]
-    states: list[MazeState] = []
-    if agent is not None:
-        from policylens.studies.maze.behaviour import run_episodes_from_states
-
-        limited = MazeConfig(**{**cfg.__dict__, "max_steps": min(cfg.max_steps, 60)})
-        for level, ep in zip(
-            levels, run_episodes_from_states(agent, levels, limited, seed=seed), strict=True
-        ):
-            cells = [p for p in dict.fromkeys(ep.positions) if p != level.cheese]
-            for j in rng.permutation(len(cells))[:6]:
-                states.append(level.copy(mouse=cells[j]))
-    while len(states) < n:
-        level = levels[len(states) % len(levels)]
-        cells = [p for p in level.free_cells() if p != level.cheese]
-        states.append(level.copy(mouse=cells[int(rng.integers(len(cells)))]))
-    states = [states[i] for i in rng.permutation(len(states))[:n]]
-    batch = MazeBatch(config, 1)
-    return MazeDataset(np.stack([batch.observe(s) for s in states]), states, config)
-
-
-def object_masks(
-    states: Sequence[MazeState] | None = None, obs: np.ndarray | None = None
-) -> dict[str, np.ndarray]:
-    """Ground-truth masks ``name -> bool (N, world, world)``: wall, path, mouse, cheese, corner.
-
-    From maze states, or from grid observations ``(N, 3, W, W)`` (the corner is then the top-right
-    cell of the maze, found from the first row with a free cell).
-    """
-    if states is not None:
-        walls = np.stack([s.walls for s in states])
-        n, w = walls.shape[0], walls.shape[1]
-        mouse, cheese, corner = (np.zeros_like(walls) for _ in range(3))
-        for i, s in enumerate(states):
-            mouse[i][s.mouse] = cheese[i][s.cheese] = corner[i][s.corner] = True
-    elif obs is not None and obs.ndim == 4 and obs.shape[1] == 3 and obs.shape[2] == obs.shape[3]:
-        walls, mouse, cheese = obs[:, WALL] > 0, obs[:, MOUSE] > 0, obs[:, CHEESE] > 0
-        n, w = walls.shape[0], walls.shape[1]
-        corner = np.zeros_like(walls)
-        for i in range(n):
-            free_rows = np.nonzero((~walls[i]).any(1))[0]
-            if len(free_rows):
-                size = w - int(free_rows[0])
-                corner[i, w - size, size - 1] = True
-    else:
-        raise ValueError(
-            "object_masks needs maze states or grid observations (N, 3, W, W); pass the states "
-            "of image observations."
-        )
-    path = ~walls & ~mouse & ~cheese
-    return {"wall": walls, "path": path, "mouse": mouse, "cheese": cheese, "corner": corner}
-
-
-def resize_masks(masks: dict[str, np.ndarray], hw: tuple[int, int]) -> dict[str, np.ndarray]:
-    """Masks at a layer's resolution: a layer cell is on if the mask covers at least half of it
-    (any part, for the one-cell objects mouse, cheese and corner)."""
-    out = {}
-    for name, m in masks.items():
-        if m.shape[1:] == tuple(hw):
-            out[name] = m
-            continue
-        frac = F.adaptive_avg_pool2d(torch.as_tensor(m, dtype=torch.float32)[:, None], hw)[:, 0]
-        small = name in ("mouse", "cheese", "corner")
-        out[name] = (frac > 0).numpy() if small else (frac >= 0.5).numpy()
-    return out
-
-
-def categories(masks: dict[str, np.ndarray]) -> np.ndarray:
-    """Category index per position ``(N, h, w)`` (:data:`CATEGORIES`; cheese > mouse > wall > path)."""
-    cat = np.full(masks["wall"].shape, CATEGORIES.index("path"), dtype=np.int64)
-    for name in ("wall", "mouse", "cheese"):
-        cat[masks[name]] = CATEGORIES.index(name)
-    return cat
 
 
 # --------------------------------------------------------------------------- feature maps
@@ -159,57 +50,6 @@ def feature_maps(agent: Any, obs: np.ndarray | Tensor, layer: str) -> np.ndarray
             "dimensions; feature maps need a (channel, h, w) conv layer."
         )
     return act.float().contiguous().cpu().numpy()
-
-
-def observation_rgb(obs: np.ndarray) -> np.ndarray:
-    """Display image ``(H, W, 3)`` floats in [0, 1] of one grid ``(3, W, W)`` or image observation."""
-    obs = np.asarray(obs)
-    grid = obs.ndim == 3 and obs.shape[0] == 3 and (obs.shape[-1] != 3 or obs.max() <= 1)
-    if grid:
-        img = np.broadcast_to(FLOOR_RGB, (*obs.shape[1:], 3)).copy()
-        img[obs[WALL] > 0] = WALL_RGB
-        img[obs[CHEESE] > 0] = CHEESE_RGB
-        img[obs[MOUSE] > 0] = MOUSE_RGB
-        return img / 255.0
-    if obs.ndim == 3 and obs.shape[-1] == 3:
-        return obs.astype(np.float64) / (255.0 if obs.dtype == np.uint8 else 1.0)
-    raise ValueError(
-        f"Cannot draw an observation of shape {obs.shape}; expected (3, W, W) or (H, W, 3)."
-    )
-
-
-def feature_maps_figure(
-    obs: np.ndarray,
-    maps: np.ndarray,
-    channels: Sequence[int] | None = None,
-    cols: int = 8,
-    title: str = "",
-) -> bytes:
-    """PNG: one panel per channel, its activation map (viridis) over a faded observation.
-
-    ``obs`` is one observation, ``maps`` its activations ``(channel, h, w)``; each map is
-    stretched over the whole observation, so positions line up with cells/pixels.
-    """
-    import matplotlib.pyplot as plt
-
-    from policylens.report.figures import to_png
-
-    chans = list(range(maps.shape[0])) if channels is None else list(channels)
-    img = observation_rgb(obs)
-    h, w = img.shape[:2]
-    cols = min(cols, len(chans))
-    rows = -(-len(chans) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 1.6 * rows + 0.3), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, c in zip(axes.flat, chans, strict=False):
-        m = maps[c]
-        ax.imshow(img * 0.5 + 0.5, extent=(0, w, h, 0))
-        ax.imshow(m, extent=(0, w, h, 0), cmap="viridis", alpha=0.75, vmin=min(0.0, m.min()))
-        ax.set_title(f"ch {c}  max {m.max():.2g}", fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    return to_png(fig)
 
 
 # --------------------------------------------------------------------------- clustering
@@ -298,8 +138,11 @@ def _cluster(
     return Clusters(labels.reshape(n, h, w).astype(np.int64), method, k, layer, seed)
 
 
-def alignment_scores(labels: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
-    """How well cluster labels match ground-truth categories (same shape).
+def alignment_scores(
+    labels: np.ndarray, truth: np.ndarray, names: Sequence[str] = ()
+) -> dict[str, Any]:
+    """How well cluster labels match ground-truth categories (same shape; ``names[i]`` names
+    category ``i``).
 
     ``ami``: adjusted mutual information (0 = chance, 1 = the same partition); ``purity``: share of
     positions whose cluster's majority category is their own; ``clusters``: per cluster its size,
@@ -313,12 +156,12 @@ def alignment_scores(labels: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
     per, hits = [], 0
     for cl in np.unique(lab):
         cats = tru[lab == cl]
-        counts = np.bincount(cats, minlength=len(CATEGORIES))
+        counts = np.bincount(cats, minlength=len(names))
         best = int(counts.argmax())
         hits += int(counts[best])
         per.append({
             "cluster": int(cl), "size": int(len(cats)),
-            "majority": CATEGORIES[best] if best < len(CATEGORIES) else str(best),
+            "majority": names[best] if best < len(names) else str(best),
             "share": float(counts[best] / len(cats)),
         })  # fmt: skip
     return {
@@ -350,35 +193,6 @@ def load_clusters(path: str | Path) -> Clusters:
     return Clusters(
         labels, meta["method"], int(meta["k"]), meta["layer"], int(meta["seed"]), scores
     )
-
-
-def cluster_figure(
-    obs: np.ndarray, labels: np.ndarray, titles: Sequence[str] | None = None
-) -> bytes:
-    """PNG: each observation (top row) above its positions coloured by cluster (bottom row)."""
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
-
-    from policylens.report.figures import to_png
-
-    k = int(labels.max()) + 1
-    cmap = ListedColormap(plt.get_cmap("tab10").colors[: max(k, 1)])
-    n = len(obs)
-    fig, axes = plt.subplots(2, n, figsize=(2.1 * n, 4.3), squeeze=False)
-    for i in range(n):
-        img = observation_rgb(obs[i])
-        h, w = img.shape[:2]
-        axes[0, i].imshow(img, extent=(0, w, h, 0))
-        axes[1, i].imshow(labels[i], extent=(0, w, h, 0), cmap=cmap, vmin=-0.5, vmax=k - 0.5)
-        if titles:
-            axes[0, i].set_title(titles[i], fontsize=8)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(j)) for j in range(k)]
-    fig.legend(handles, [f"cluster {j}" for j in range(k)], loc="lower center", ncol=min(k, 8),
-               fontsize=7, frameon=False, bbox_to_anchor=(0.5, -0.04))  # fmt: skip
-    return to_png(fig)
 
 
 # --------------------------------------------------------------------------- dataset examples
@@ -455,38 +269,6 @@ def dataset_examples(
     return examples_from_maps(
         feature_strength(feature_maps(agent, obs, layer), feature), obs, k, radius
     )
-
-
-def examples_figure(
-    rows: Sequence[Sequence[Example]], labels: Sequence[str], colours: Sequence[str] | None = None
-) -> bytes:
-    """PNG: one row per feature, its dataset-example crops left to right."""
-    import matplotlib.pyplot as plt
-
-    from policylens.report.figures import to_png
-
-    cols = max(1, max(len(r) for r in rows))
-    fig, axes = plt.subplots(
-        len(rows), cols, figsize=(1.1 * cols + 1.6, 1.15 * len(rows)), squeeze=False
-    )
-    for i, (row, label) in enumerate(zip(rows, labels, strict=True)):
-        for j in range(cols):
-            ax = axes[i, j]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for s in ax.spines.values():
-                s.set_color(colours[i] if colours else "#888")
-                s.set_linewidth(2)
-            if j < len(row):
-                img = observation_rgb(row[j].crop)
-                ax.imshow(img, interpolation="nearest")
-                hh, ww = img.shape[:2]
-                ax.add_patch(plt.Rectangle((ww / 2 - 0.5 - ww / 10, hh / 2 - 0.5 - hh / 10), ww / 5, hh / 5,
-                                           fill=False, color="red", lw=1))  # fmt: skip
-            else:
-                ax.axis("off")
-        axes[i, 0].set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
-    return to_png(fig)
 
 
 # --------------------------------------------------------------------------- visualisation

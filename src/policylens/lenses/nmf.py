@@ -14,7 +14,6 @@ strongest.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -215,56 +214,3 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
     if sa == 0 or sb == 0:
         return 0.0
     return float(((a - a.mean()) * (b - b.mean())).mean() / (sa * sb))
-
-
-def nmf_figure(
-    obs: np.ndarray,
-    maps: np.ndarray,
-    colours: Sequence[str],
-    titles: Sequence[str] | None = None,
-    scale: np.ndarray | None = None,
-) -> bytes:
-    """PNG: observations (top row), all features mixed (second row, Hilton's view: each cell
-    takes the strength-weighted mix of the feature colours), then one row per feature alone.
-
-    ``maps``: feature maps ``(n, h, w, k)`` of the ``n`` observations, stretched over them. A
-    feature's opacity is its strength over ``scale[i]`` (default: its 99th percentile in ``maps``).
-    """
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import to_rgb
-
-    from policylens.lenses.features import observation_rgb
-    from policylens.report.figures import to_png
-
-    n, fh, fw, k = maps.shape
-    if scale is None:
-        scale = np.array([max(np.quantile(maps[..., i], 0.99), 1e-12) for i in range(k)])
-    strength = np.clip(maps / scale, 0, 1)  # (n, h, w, k)
-    rgb = np.array([to_rgb(c) for c in colours[:k]])  # (k, 3)
-    fig, axes = plt.subplots(k + 2, n, figsize=(1.7 * n, 1.7 * (k + 2)), squeeze=False)
-    for j in range(n):
-        img = observation_rgb(obs[j])
-        h, w = img.shape[:2]
-        grey = np.repeat(img.mean(-1, keepdims=True) * 0.5 + 0.5, 3, -1)
-        axes[0, j].imshow(img, extent=(0, w, h, 0))
-        if titles:
-            axes[0, j].set_title(titles[j], fontsize=8)
-        s = strength[j]
-        mix = np.zeros((fh, fw, 4))
-        mix[..., :3] = (s @ rgb) / np.maximum(s.sum(-1, keepdims=True), 1e-12)
-        mix[..., 3] = s.max(-1) * 0.9
-        axes[1, j].imshow(grey, extent=(0, w, h, 0))
-        axes[1, j].imshow(mix, extent=(0, w, h, 0), interpolation="nearest")
-        for i in range(k):
-            one = np.zeros((fh, fw, 4))
-            one[..., :3] = rgb[i]
-            one[..., 3] = s[..., i] * 0.9
-            axes[i + 2, j].imshow(grey, extent=(0, w, h, 0))
-            axes[i + 2, j].imshow(one, extent=(0, w, h, 0), interpolation="nearest")
-    axes[1, 0].set_ylabel("all features", fontsize=8)
-    for i in range(k):
-        axes[i + 2, 0].set_ylabel(f"feature {i}", fontsize=8, color=colours[i])
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    return to_png(fig)

@@ -16,8 +16,10 @@ from policylens.artifacts import atomic_path, write_json
 from policylens.envs.maze import MazeConfig
 from policylens.lenses import features as fe
 from policylens.lenses.attribution import attribute, default_layer
-from policylens.lenses.nmf import attribution_nmf, label_features, nmf_figure
+from policylens.lenses.nmf import attribution_nmf, label_features
+from policylens.report import features as rf
 from policylens.report.html import Report
+from policylens.studies.maze import dataset as md
 
 ACTION_NAMES = ("up", "down", "left", "right")
 
@@ -38,7 +40,7 @@ def attribution_rows_figure(
     fig, axes = plt.subplots(
         len(rows) + 1, n, figsize=(2.1 * n, 2.1 * (len(rows) + 1)), squeeze=False
     )
-    imgs = [fe.observation_rgb(o) for o in obs]
+    imgs = [rf.observation_rgb(o) for o in obs]
     for j in range(n):
         h, w = imgs[j].shape[:2]
         axes[0, j].imshow(imgs[j], extent=(0, w, h, 0))
@@ -92,7 +94,7 @@ def attribution_section(
     """
     layer = layer or default_layer(agent)
     log(f"attribution: {n_obs} observations, layer {layer} ...")
-    data = fe.maze_dataset(config, n_obs, seed=seed, agent=agent)
+    data = md.maze_dataset(config, n_obs, seed=seed, agent=agent)
     show = np.arange(min(4, len(data)))
     obs = data.obs
     names = ACTION_NAMES if agent.num_actions == 4 else None
@@ -150,10 +152,10 @@ def attribution_section(
     # -- NMF features of the value attributions -------------------------------------------------
     log("attribution: NMF ...")
     nmf = attribution_nmf(v_layer.attributions, k=k, seed=seed)
-    masks = fe.resize_masks(fe.object_masks(data.states), nmf.maps.shape[1:3])
+    masks = md.resize_masks(md.object_masks(data.states), nmf.maps.shape[1:3])
     nmf.labels = label_features(nmf.maps, masks)
     sec = report.section("NMF features of value attributions")
-    sec.figure(nmf_figure(obs[show], nmf.maps[show], nmf.colours, cols), "NMF feature maps")
+    sec.figure(rf.nmf_figure(obs[show], nmf.maps[show], nmf.colours, cols), "NMF feature maps")
     legend = []
     for i, lab in enumerate(nmf.labels):
         legend.append(
@@ -170,7 +172,7 @@ def attribution_section(
     sec.table(legend)
     rows = [fe.examples_from_maps(nmf.maps[..., i], obs, 6, radius=2) for i in range(nmf.k)]
     sec.figure(
-        fe.examples_figure(
+        rf.examples_figure(
             rows, [f"{i}: {lab['label']}" for i, lab in enumerate(nmf.labels)], nmf.colours
         ),
         "NMF dataset examples",
@@ -187,17 +189,17 @@ def attribution_section(
     # -- activation clustering ----------------------------------------------------------------
     log("attribution: clustering ...")
     acts = fe.feature_maps(agent, obs, layer)
-    truth = fe.categories(fe.resize_masks(fe.object_masks(data.states), acts.shape[2:]))
+    truth = md.categories(md.resize_masks(md.object_masks(data.states), acts.shape[2:]))
     sec = report.section(f"Activation clusters at {layer}")
     cluster_rows, cluster_results = [], {}
     for method in ("kmeans", "average"):
         cl = fe.cluster_positions(acts, clusters, method, seed=seed, layer=layer)
-        cl.scores = fe.alignment_scores(cl.labels, truth)
+        cl.scores = fe.alignment_scores(cl.labels, truth, md.CATEGORIES)
         if save_to is not None:
             fe.save_clusters(save_to, cl)
         cluster_results[method] = cl.to_dict()
         sec.figure(
-            fe.cluster_figure(obs[show], cl.labels[show], [f"{method}: {c}" for c in cols]),
+            rf.cluster_figure(obs[show], cl.labels[show], [f"{method}: {c}" for c in cols]),
             f"{method} clusters",
         )
         cluster_rows.append(

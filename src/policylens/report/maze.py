@@ -9,13 +9,14 @@ from typing import Any
 
 from policylens.agents import HookedAgent
 from policylens.envs.maze import MazeBatch, MazeConfig
-from policylens.lenses.interventions import activation, add_vector, test_levels, without_cheese
+from policylens.lenses.interventions import activation, add_vector
 from policylens.report import figures
 from policylens.report.attribution import attribution_section
 from policylens.report.html import Report
 from policylens.runs import Run
 from policylens.studies.maze.behaviour import run_episodes_from_states, visit_counts
 from policylens.studies.maze.misgeneralization import analyse_maze_run, maze_config
+from policylens.studies.maze.steering import test_levels, without_cheese
 from policylens.studies.maze.vector_fields import vector_field
 
 

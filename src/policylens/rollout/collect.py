@@ -31,6 +31,8 @@ import numpy as np
 import torch
 
 from policylens.envs import make_vec
+from policylens.rollout.engine import Policy, check_world
+from policylens.rollout.engine import steps as engine_steps
 from policylens.rollout.store import DEFAULT_CHUNK_ROWS, Store, StoreWriter, unknown_message
 
 _BOOKKEEPING = {"final_obs", "final_info"}
@@ -122,19 +124,9 @@ def collect(
     n = min(num_envs, episodes) if episodes is not None else min(num_envs, steps)
     envs = make_vec(env_id, n, **env_kwargs)
     obs_shape = tuple(envs.single_observation_space.shape)
-    if obs_shape != tuple(agent.obs_shape):
-        raise ValueError(
-            f"The agent takes observations of shape {tuple(agent.obs_shape)} but {env_id} with "
-            f"{env_kwargs} gives {obs_shape}; collect in the world the agent was built for."
-        )
-    n_actions = getattr(envs.single_action_space, "n", None)
-    if n_actions is not None and int(n_actions) != agent.num_actions:
-        raise ValueError(
-            f"The agent has {agent.num_actions} actions but {env_id} has {int(n_actions)}; "
-            "collect in the world the agent was built for."
-        )
+    check_world(agent, envs, env_id)
 
-    generator = torch.Generator(device=agent.device).manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
     obs, infos = envs.reset(seed=seed)
     _, skipped = numeric_labels(infos, n)
     episode = np.arange(n, dtype=np.int64)
@@ -147,35 +139,21 @@ def collect(
     t0 = time.perf_counter()
     writer = StoreWriter(out, chunk_size=chunk_size, overwrite=overwrite)
     with writer:
-        was_training = agent.training
-        agent.eval()
         try:
-            while True:
-                with torch.no_grad():
-                    if hooks:
-                        (logits, values), cache = agent.run_with_cache(obs, names=hooks)
-                    else:
-                        logits, values = agent(obs)
-                        cache = {}
-                    if greedy:
-                        actions = logits.argmax(-1)
-                    else:
-                        probs = torch.softmax(logits.float(), dim=-1)
-                        actions = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-                actions_np = actions.cpu().numpy()
-                labels, _ = numeric_labels(infos, n)
-                next_obs, reward, terminated, truncated, next_infos = envs.step(actions_np)
+            policy = Policy(greedy=greedy)
+            for step in engine_steps(agent, envs, obs, infos, policy, generator, cache=hooks):
+                labels, _ = numeric_labels(step.infos, n)
                 rows = np.nonzero(recording)[0]
                 if steps is not None:
                     rows = rows[: steps - writer.rows]
                 batch = {
-                    "obs": obs[rows],
-                    "actions": actions_np[rows].astype(np.int64),
-                    "logits": logits.float().cpu().numpy()[rows],
-                    "values": values.float().cpu().numpy()[rows],
-                    "rewards": np.asarray(reward, dtype=np.float32)[rows],
-                    "terminated": np.asarray(terminated, dtype=bool)[rows],
-                    "truncated": np.asarray(truncated, dtype=bool)[rows],
+                    "obs": step.obs[rows],
+                    "actions": step.actions[rows].astype(np.int64),
+                    "logits": step.logits.numpy()[rows],
+                    "values": step.values.numpy()[rows],
+                    "rewards": step.reward.astype(np.float32)[rows],
+                    "terminated": step.terminated.astype(bool)[rows],
+                    "truncated": step.truncated.astype(bool)[rows],
                     "episode": episode[rows],
                     "step": ep_step[rows],
                     "env": rows.astype(np.int64),
@@ -183,13 +161,13 @@ def collect(
                 for key, value in labels.items():
                     batch[f"labels/{key}"] = value[rows]
                 for h in hooks:
-                    act = cache[h].detach().float().cpu().contiguous().numpy()
+                    act = step.cache[h].detach().float().cpu().contiguous().numpy()
                     batch[f"activations/{h}"] = act[rows].astype(act_dtype, copy=False)
                 writer.append(batch)
                 if len(rows):
                     stored_episodes = max(stored_episodes, int(episode[rows].max()) + 1)
 
-                done = np.asarray(terminated) | np.asarray(truncated)
+                done = step.done
                 for i in np.nonzero(done)[0]:
                     if episodes is not None and next_episode >= episodes:
                         recording[i] = False
@@ -197,13 +175,11 @@ def collect(
                         episode[i] = next_episode
                         next_episode += 1
                 ep_step = np.where(done, 0, ep_step + 1)
-                obs, infos = next_obs, next_infos
                 if progress is not None:
                     progress(writer.rows, expected)
                 if (steps is not None and writer.rows >= steps) or not recording.any():
                     break
         finally:
-            agent.train(was_training)
             envs.close()
         seconds = time.perf_counter() - t0
         manifest_meta = {

@@ -23,7 +23,6 @@ either way.
 
 from __future__ import annotations
 
-import difflib
 import os
 import shutil
 from collections import OrderedDict
@@ -34,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from policylens import artifacts
+from policylens.errors import unknown_message
 
 FORMAT = "policylens-store"
 VERSION = 1
@@ -42,14 +42,6 @@ WRITING = "WRITING"
 DEFAULT_CHUNK_ROWS = 8192
 _OPEN_CHUNKS = 64
 """Memory-mapped chunks kept open per store (each holds a file descriptor)."""
-
-
-def unknown_message(kind: str, name: str, valid: Sequence[str]) -> str:
-    """One sentence naming an unknown ``name``, the closest valid names, and all of them."""
-    close = difflib.get_close_matches(name, list(valid), n=3, cutoff=0.4)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    shown = ", ".join(list(valid)[:40]) + (" ..." if len(valid) > 40 else "")
-    return f"Unknown {kind} {name!r}.{hint} Available: {shown}."
 
 
 def _check_name(name: str) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from policylens.envs import make_vec
+from policylens.rollout.engine import legal_actions
 from policylens.runs import (
     Run,
     TrainingProgress,
@@ -37,7 +37,7 @@ from policylens.runs import (
     env_from_saved,
     saved_env_state,
 )
-from policylens.train.episodes import EpisodeTracker, episode_success
+from policylens.train.episodes import EpisodeTracker
 from policylens.train.ppo import checkpoint_updates
 
 SUCCESS_OUTCOMES = ("checkmate",)
@@ -376,17 +376,7 @@ def train_dqn(
     )
     run_config = {"kind": "dqn", "trainer": config_json(asdict(config)), "agent": agent.config}
 
-    out = Path(out)
-    state = None
-    if resume and (out / "config.json").exists():
-        run = Run(out)
-        if run.config["trainer"] != run_config["trainer"]:
-            raise ValueError(
-                f"{out} was trained with another config; resume with the same options."
-            )
-        state = run.load_resume_state()
-    else:
-        run = Run.create(out, run_config)
+    run, state = Run.start(out, run_config, resume)
 
     next_obs, infos = envs.reset(seed=config.seed)
     if config.mask_illegal and "legal_actions" not in infos:
@@ -414,8 +404,6 @@ def train_dqn(
         else:  # worlds without a savable state (the rook endgame) restart their episodes
             next_obs, infos = envs.reset(seed=config.seed + start_iter)
         run.truncate_metrics(start_iter * N)
-    elif resume:
-        run.truncate_metrics(0)
 
     save_at = set(
         checkpoint_updates(config.num_iterations, config.checkpoints, config.checkpoint_spacing)
@@ -556,7 +544,7 @@ def train_dqn(
         if stop_at is not None and step >= stop_at:
             break
     else:
-        (run.path / "DONE").write_text(json.dumps({"step": config.num_iterations * N}))
+        run.mark_done(config.num_iterations * N)
     bar.close()
     envs.close()
     return run
@@ -580,8 +568,10 @@ def _rows(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
 
 def _legal(infos: dict[str, Any], n: int, num_actions: int) -> np.ndarray:
     """``info["legal_actions"]`` as a ``(n, num_actions)`` bool array."""
-    legal = _rows(infos["legal_actions"], np.arange(n)).astype(bool)
-    return legal.reshape(n, num_actions)
+    legal = legal_actions(infos, n, num_actions)
+    if legal is None:
+        raise ValueError("this world does not label info['legal_actions']; train unmasked.")
+    return legal.numpy()
 
 
 # -- evaluation ---------------------------------------------------------------------------------
@@ -600,62 +590,25 @@ def evaluate_q_agent(
     Each env slot contributes its first episode only. Returns success (checkmate in the rook
     endgame), return and length with 95% intervals, and the share of each ``outcome`` label.
     """
-    from policylens.rollout import stats
+    from policylens.rollout import engine, stats
 
-    if episodes < 1:
-        raise ValueError(f"episodes must be >= 1, got {episodes}.")
-    if not 0 <= epsilon <= 1:
-        raise ValueError(f"epsilon must lie in [0, 1], got {epsilon}.")
-    env_kwargs = dict(env_kwargs or {})
-    generator = torch.Generator().manual_seed(seed)
-    results: list[tuple[float, int, bool, str]] = []
-    wave = 0
-    while len(results) < episodes:
-        n = min(max_envs, episodes - len(results))
-        envs = make_vec(env_id, n, **env_kwargs)
-        obs, infos = envs.reset(seed=seed + wave * max_envs)
-        wave += 1
-        if mask_illegal and "legal_actions" not in infos:
-            raise ValueError(f"{env_id} does not label info['legal_actions']; evaluate unmasked.")
-        ret, length = np.zeros(n), np.zeros(n, dtype=np.int64)
-        active = np.ones(n, dtype=bool)
-        ended: dict[int, tuple[float, int, bool, str]] = {}
-        while active.any():
-            with torch.no_grad():
-                q = agent(torch.from_numpy(np.asarray(obs)))[0]  # (n, A)
-            allowed = torch.ones_like(q, dtype=torch.bool)
-            if mask_illegal:
-                allowed = torch.from_numpy(_legal(infos, n, q.shape[1]))
-                q = q.masked_fill(~allowed, -torch.inf)
-            explore = torch.rand(n, generator=generator) < epsilon
-            weights = allowed.float()
-            weights[weights.sum(dim=1) == 0] = 1.0  # no legal move labelled: any move
-            random_actions = torch.multinomial(weights, 1, generator=generator).squeeze(1)
-            actions = torch.where(explore, random_actions, q.argmax(dim=1)).numpy()
-            obs, reward, terminated, truncated, infos = envs.step(actions)
-            final = infos.get("final_info", infos)
-            for i in np.nonzero(active)[0]:
-                ret[i] += float(reward[i])
-                length[i] += 1
-                if terminated[i] or truncated[i]:
-                    outcome = str(final["outcome"][i]) if "outcome" in final else ""
-                    success = episode_success(final, i, bool(terminated[i]))
-                    ended[i] = (float(ret[i]), int(length[i]), success, outcome)
-                    active[i] = False
-        envs.close()
-        results.extend(ended[i] for i in range(n))
-    rets, lens, succ, outs = zip(*results, strict=True)
+    policy = engine.Policy(greedy=True, epsilon=epsilon, mask_illegal=mask_illegal)
+    eps = engine.run_episodes(
+        agent, episodes, env_id, env_kwargs, seed=seed, policy=policy, max_envs=max_envs,
+        end_labels=("outcome",),
+    )  # fmt: skip
+    outcomes = [str(e.end.get("outcome", "")) for e in eps]
     summary: dict[str, Any] = {
         "env_id": env_id,
-        "env_kwargs": env_kwargs,
+        "env_kwargs": dict(env_kwargs or {}),
         "epsilon": epsilon,
         "mask_illegal": mask_illegal,
-        "episodes": len(results),
-        "success": stats.proportion(succ),
-        "return": stats.mean(rets),
-        "length": stats.mean(lens),
+        "episodes": len(eps),
+        "success": stats.proportion([e.success for e in eps]),
+        "return": stats.mean([e.ret for e in eps]),
+        "length": stats.mean([e.length for e in eps]),
     }
-    labelled = sorted({o for o in outs if o})
+    labelled = sorted({o for o in outcomes if o})
     if labelled:
-        summary["outcomes"] = {o: stats.proportion([x == o for x in outs]) for o in labelled}
+        summary["outcomes"] = {o: stats.proportion([x == o for x in outcomes]) for o in labelled}
     return summary

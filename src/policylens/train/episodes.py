@@ -8,12 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-
-def episode_success(final_info: dict[str, np.ndarray], i: int, terminated: bool) -> bool:
-    """An env's ``success`` label when it gives one, else 'terminated' (reaching a goal)."""
-    if "success" in final_info:
-        return bool(final_info["success"][i])
-    return bool(terminated)
+from policylens.rollout.engine import episode_success
 
 
 class EpisodeTracker:

@@ -13,7 +13,6 @@ forward pass instead of a separate one.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -192,15 +191,7 @@ def train_ppo(
         "compute_dtype": "bfloat16" if low else "float32",  # what precision="auto" became here
     }
 
-    out = Path(out)
-    state = None
-    if resume and (out / "config.json").exists():
-        run = Run(out)
-        if run.config["trainer"] != run_config["trainer"]:
-            raise ValueError(f"{out} was trained with another config; resume with the same options")
-        state = run.load_resume_state()
-    else:
-        run = Run.create(out, run_config)
+    run, state = Run.start(out, run_config, resume)
 
     next_obs, infos = envs.reset(seed=config.seed)
     tracker.start(infos, np.arange(config.num_envs))
@@ -219,8 +210,6 @@ def train_ppo(
             tracker.start(infos, np.arange(config.num_envs))
         start_update, elapsed = state["update"], state["elapsed"]
         run.truncate_metrics(start_update * config.batch_size)
-    elif resume:
-        run.truncate_metrics(0)
 
     save_at = set(
         checkpoint_updates(config.num_updates, config.checkpoints, config.checkpoint_spacing)
@@ -374,7 +363,7 @@ def train_ppo(
         if stop_after_updates is not None and done_updates - start_update >= stop_after_updates:
             break
     else:
-        (run.path / "DONE").write_text(json.dumps({"step": config.num_updates * config.batch_size}))
+        run.mark_done(config.num_updates * config.batch_size)
     bar.close()
     envs.close()
     return run

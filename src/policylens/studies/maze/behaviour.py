@@ -1,8 +1,8 @@
 """What an agent does: episodes in any world, and success / path-efficiency / corner-bias figures.
 
-Policies are sampled (not argmax), as in procgen practice: a memoryless greedy policy loops in a
-perfect maze. Each environment slot contributes only its first episode, so short episodes are
-not over-counted.
+Episodes are played by the rollout engine (:mod:`policylens.rollout.engine`). Policies are sampled
+(not argmax), as in procgen practice: a memoryless greedy policy loops in a perfect maze. Each
+environment slot contributes only its first episode, so short episodes are not over-counted.
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from policylens.envs import make_vec
-from policylens.rollout import stats
+from policylens.rollout import engine, stats
 
 
 @dataclass
@@ -55,6 +54,26 @@ class Episode:
         }
 
 
+MAZE_START = ("level_seed", "dist_to_cheese", "cheese_pos", "corner_pos", "decision_square")
+
+
+def _maze_episode(e: engine.Episode) -> Episode:
+    """The engine's record with the maze labels unpacked (other worlds leave them at -1)."""
+    start = e.start
+    cell = lambda key: tuple(int(v) for v in start[key]) if key in start else (-1, -1)  # noqa: E731
+    return Episode(
+        ret=e.ret,
+        length=e.length,
+        success=e.success,
+        positions=[tuple(int(v) for v in p) for p in e.trace.get("mouse_pos", [])],
+        level_seed=int(start.get("level_seed", -1)),
+        shortest=int(start.get("dist_to_cheese", -1)),
+        cheese=cell("cheese_pos"),
+        corner=cell("corner_pos"),
+        decision_square=cell("decision_square"),
+    )
+
+
 def run_episodes(
     agent,
     episodes: int,
@@ -66,20 +85,12 @@ def run_episodes(
     max_envs: int = 256,
 ) -> list[Episode]:
     """Run ``episodes`` episodes (one per env slot, in waves of ``max_envs``), optionally hooked."""
-    if episodes < 1:
-        raise ValueError(f"episodes must be >= 1, got {episodes}")
-    env_kwargs = dict(env_kwargs or {})
-    generator = torch.Generator().manual_seed(seed)
-    done_eps: list[Episode] = []
-    wave = 0
-    while len(done_eps) < episodes:
-        n = min(max_envs, episodes - len(done_eps))
-        envs = make_vec(env_id, n, **env_kwargs)
-        obs, infos = envs.reset(seed=seed + wave * max_envs)
-        wave += 1
-        done_eps.extend(_first_episodes(agent, envs, obs, infos, greedy, generator, fwd_hooks))
-        envs.close()
-    return done_eps
+    eps = engine.run_episodes(
+        agent, episodes, env_id, env_kwargs, seed=seed, policy=engine.policy_for(agent, greedy),
+        fwd_hooks=fwd_hooks or (), max_envs=max_envs, start_labels=MAZE_START,
+        trace_labels=("mouse_pos",),
+    )  # fmt: skip
+    return [_maze_episode(e) for e in eps]
 
 
 def run_episodes_from_states(
@@ -101,54 +112,12 @@ def run_episodes_from_states(
     envs.reset(seed=seed)
     for i, s in enumerate(states):
         envs.set_state(i, s)
-    obs, infos = envs.batch.obs.copy(), envs.batch.infos()
-    generator = torch.Generator().manual_seed(seed)
-    return _first_episodes(agent, envs, obs, infos, greedy, generator, fwd_hooks)
-
-
-def _first_episodes(agent, envs, obs, infos, greedy, generator, fwd_hooks) -> list[Episode]:
-    """Step ``envs`` until every slot has finished its first episode; return those episodes."""
-    n = envs.num_envs
-    greedy = greedy or getattr(agent, "output", None) == "q"  # a Q-network's policy is its argmax
-    eps = [_start_episode(infos, i) for i in range(n)]
-    active = np.ones(n, dtype=bool)
-    with agent.hooks(fwd_hooks=fwd_hooks or []):
-        while active.any():
-            with torch.no_grad():
-                logits, _ = agent(obs)
-            if greedy:
-                actions = logits.argmax(-1)
-            else:
-                probs = torch.softmax(logits.float().cpu(), -1)
-                actions = torch.multinomial(probs, 1, generator=generator)[:, 0]
-            obs, reward, terminated, truncated, infos = envs.step(actions.cpu().numpy())
-            final = infos.get("final_info", infos)
-            for i in np.nonzero(active)[0]:
-                ep = eps[i]
-                ep.ret += float(reward[i])
-                ep.length += 1
-                ended = terminated[i] or truncated[i]
-                src = final if ended else infos
-                if "mouse_pos" in src:
-                    ep.positions.append(tuple(int(v) for v in src["mouse_pos"][i]))
-                if ended:
-                    ep.success = (
-                        bool(src["success"][i]) if "success" in src else bool(terminated[i])
-                    )
-                    active[i] = False
-    return eps
-
-
-def _start_episode(infos: dict[str, Any], i: int) -> Episode:
-    ep = Episode(ret=0.0, length=0, success=False)
-    if "mouse_pos" in infos:
-        ep.positions = [tuple(int(v) for v in infos["mouse_pos"][i])]
-        ep.level_seed = int(infos["level_seed"][i])
-        ep.shortest = int(infos["dist_to_cheese"][i])
-        ep.cheese = tuple(int(v) for v in infos["cheese_pos"][i])
-        ep.corner = tuple(int(v) for v in infos["corner_pos"][i])
-        ep.decision_square = tuple(int(v) for v in infos["decision_square"][i])
-    return ep
+    eps = engine.first_episodes(
+        agent, envs, envs.batch.obs.copy(), envs.batch.infos(), engine.policy_for(agent, greedy),
+        torch.Generator().manual_seed(seed), fwd_hooks or (), start_labels=MAZE_START,
+        trace_labels=("mouse_pos",),
+    )  # fmt: skip
+    return [_maze_episode(e) for e in eps]
 
 
 def summarize(episodes: list[Episode]) -> dict[str, Any]:

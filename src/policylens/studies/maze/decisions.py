@@ -17,9 +17,9 @@ from policylens.envs.maze import (
     bfs_field,
     decision_square,
 )
-from policylens.lenses.interventions import test_levels
 from policylens.rollout import stats
 from policylens.studies.maze.behaviour import run_episodes_from_states
+from policylens.studies.maze.steering import test_levels
 from policylens.studies.maze.vector_fields import move_probabilities
 
 FEATURES = (

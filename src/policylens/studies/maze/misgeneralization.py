@@ -11,17 +11,17 @@ import numpy as np
 
 from policylens.artifacts import read_json, write_json
 from policylens.envs.maze import MazeBatch, MazeConfig
-from policylens.lenses.interventions import (
-    activation,
+from policylens.lenses.interventions import activation
+from policylens.rollout import stats
+from policylens.runs import Run
+from policylens.studies.maze.behaviour import evaluate
+from policylens.studies.maze.decisions import decision_square_analysis
+from policylens.studies.maze.steering import (
     cheese_tracking_channels,
     maze_clamp_experiment,
     maze_steering_experiment,
     test_levels,
 )
-from policylens.rollout import stats
-from policylens.runs import Run
-from policylens.studies.maze.behaviour import evaluate
-from policylens.studies.maze.decisions import decision_square_analysis
 
 
 def maze_config(run: Run) -> MazeConfig:

@@ -1,0 +1,285 @@
+"""The one engine that plays an agent in a vector world: every evaluation, behaviour statistic,
+SAE-spliced episode, two-phase evaluation and rollout dataset steps through :func:`steps`.
+
+- :class:`Policy` turns logits into actions: sampled (inverse-CDF on one uniform per env and
+  step, so two agents given the same uniforms are compared on equal luck), greedy (argmax), or
+  epsilon-greedy, optionally over legal actions only (worlds that label
+  ``info["legal_actions"]``). A Q-network's policy is its argmax.
+- :func:`steps` yields one :class:`Step` per environment step, with hooks attached for the whole
+  rollout and the activations of ``cache`` hooks recorded.
+- :func:`run_episodes` plays the first episode of every env slot (short episodes are not
+  over-counted), in waves, and returns :class:`Episode` records with the labels the caller asks
+  for at the start, at every step, summed over the episode, and at the end.
+
+Worlds use same-step autoreset: the ``info`` of an ending step is in ``infos["final_info"]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+Hooks = Sequence[tuple[str, Callable[..., Any]]]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How actions are chosen from an agent's outputs."""
+
+    greedy: bool = False
+    """Argmax instead of sampling (a Q-network always acts greedily)."""
+    epsilon: float = 0.0
+    """Chance of a uniformly random (legal) action instead, per env and step."""
+    mask_illegal: bool = False
+    """Choose among ``info["legal_actions"]`` only."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.epsilon <= 1:
+            raise ValueError(f"epsilon must lie in [0, 1], got {self.epsilon}.")
+
+    def choose(self, logits: Tensor, uniforms: Tensor, legal: Tensor | None = None) -> Tensor:
+        """Actions ``(batch,)`` from ``logits (batch, actions)`` and ``uniforms (2, batch)``.
+
+        Row 0 of ``uniforms`` samples the softmax (or is unused when greedy); row 1 decides
+        exploration and picks the random action.
+        """
+        logits = logits.float()
+        allowed = legal if (self.mask_illegal and legal is not None) else None
+        if allowed is not None:
+            logits = logits.masked_fill(~allowed, -torch.inf)
+        if self.greedy:
+            actions = logits.argmax(-1)
+        else:
+            cdf = torch.softmax(logits, -1).cumsum(-1)
+            idx = torch.searchsorted(cdf, (uniforms[0] * cdf[:, -1])[:, None].contiguous())[:, 0]
+            actions = idx.clamp(max=logits.shape[-1] - 1)
+        if self.epsilon > 0:
+            weights = torch.ones_like(logits) if allowed is None else allowed.float()
+            weights[weights.sum(-1) == 0] = 1.0  # no legal move labelled: any move
+            cdf = (weights / weights.sum(-1, keepdim=True)).cumsum(-1)
+            # one uniform decides and picks: below epsilon explores, rescaled to [0, 1) it picks
+            explore = uniforms[1] < self.epsilon
+            pick = (uniforms[1] / max(self.epsilon, 1e-12)).clamp(max=1 - 1e-7)
+            random = torch.searchsorted(cdf, pick[:, None].contiguous())[:, 0]
+            actions = torch.where(explore, random.clamp(max=logits.shape[-1] - 1), actions)
+        return actions
+
+
+def policy_for(agent: Any, greedy: bool = False, **kwargs: Any) -> Policy:
+    """The policy an evaluation uses for ``agent``: greedy for a Q-network, as asked otherwise."""
+    return Policy(greedy=greedy or getattr(agent, "output", None) == "q", **kwargs)
+
+
+def legal_actions(infos: dict[str, Any], n: int, num_actions: int) -> Tensor | None:
+    """``info["legal_actions"]`` as a ``(n, actions)`` bool tensor, or None if not labelled."""
+    if "legal_actions" not in infos:
+        return None
+    value = infos["legal_actions"]
+    if isinstance(value, np.ndarray) and value.dtype == object:
+        value = np.stack([np.asarray(v) for v in value])
+    return torch.from_numpy(np.asarray(value, dtype=bool).reshape(n, num_actions))
+
+
+@dataclass
+class Step:
+    """One environment step of the whole batch: what the agent saw, output and did, and what
+    the world returned."""
+
+    obs: np.ndarray
+    infos: dict[str, Any]
+    logits: Tensor
+    values: Tensor
+    cache: dict[str, Tensor]
+    uniforms: Tensor
+    legal: Tensor | None
+    actions: np.ndarray
+    reward: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    next_obs: np.ndarray
+    next_infos: dict[str, Any]
+
+    @property
+    def done(self) -> np.ndarray:
+        return np.asarray(self.terminated) | np.asarray(self.truncated)
+
+    def end_info(self, i: int) -> dict[str, Any]:
+        """The info dict holding env ``i``'s labels after this step (its final one if it ended)."""
+        if self.done[i]:
+            return self.next_infos.get("final_info", self.next_infos)
+        return self.next_infos
+
+
+def check_world(agent: Any, envs: Any, env_id: str = "the world") -> None:
+    """One sentence when the agent cannot act in ``envs`` (observation shape, action count)."""
+    shape = tuple(envs.single_observation_space.shape)
+    if shape != tuple(agent.obs_shape):
+        raise ValueError(
+            f"The agent takes observations of shape {tuple(agent.obs_shape)} but {env_id} gives "
+            f"{shape}; use the world the agent was built for."
+        )
+    n_actions = getattr(envs.single_action_space, "n", None)
+    if n_actions is not None and int(n_actions) != agent.num_actions:
+        raise ValueError(
+            f"The agent has {agent.num_actions} actions but {env_id} has {int(n_actions)}; "
+            "use the world the agent was built for."
+        )
+
+
+def steps(
+    agent: Any,
+    envs: Any,
+    obs: np.ndarray,
+    infos: dict[str, Any],
+    policy: Policy,
+    generator: torch.Generator,
+    fwd_hooks: Hooks = (),
+    cache: Sequence[str] = (),
+) -> Iterator[Step]:
+    """Step ``envs`` (already reset to ``obs, infos``) forever, one :class:`Step` per call.
+
+    Hooks stay attached and the agent in eval mode while the caller iterates; both are undone
+    when the caller stops (``break`` or garbage collection closes the generator).
+    """
+    n = envs.num_envs
+    if policy.mask_illegal and "legal_actions" not in infos:
+        raise ValueError("this world does not label info['legal_actions']; play unmasked.")
+    was_training = agent.training
+    agent.eval()
+    try:
+        with agent.hooks(fwd_hooks=list(fwd_hooks)), torch.no_grad():
+            while True:
+                if cache:
+                    (logits, values), acts = agent.run_with_cache(obs, names=list(cache))
+                else:
+                    (logits, values), acts = agent(obs), {}
+                logits, values = logits.float().cpu(), values.float().cpu()
+                uniforms = torch.rand(2, n, generator=generator)
+                legal = legal_actions(infos, n, agent.num_actions)
+                actions = policy.choose(logits, uniforms, legal).numpy()
+                next_obs, reward, terminated, truncated, next_infos = envs.step(actions)
+                yield Step(obs, infos, logits, values, acts, uniforms, legal, actions,
+                           np.asarray(reward), np.asarray(terminated), np.asarray(truncated),
+                           next_obs, next_infos)  # fmt: skip
+                obs, infos = next_obs, next_infos
+    finally:
+        agent.train(was_training)
+
+
+@dataclass
+class Episode:
+    """One finished episode: return, length, success, and the labels the caller asked for."""
+
+    ret: float = 0.0
+    length: int = 0
+    success: bool = False
+    start: dict[str, Any] = field(default_factory=dict)
+    """Labels of the first observation (``start_labels``)."""
+    trace: dict[str, list[Any]] = field(default_factory=dict)
+    """Labels of every observation, the first and the last included (``trace_labels``)."""
+    sums: dict[str, float] = field(default_factory=dict)
+    """Labels summed over the episode's steps (``sum_labels``, e.g. a reward component)."""
+    end: dict[str, Any] = field(default_factory=dict)
+    """Labels of the last observation (``end_labels``), plus ``truncated``."""
+
+
+def episode_success(final_info: dict[str, Any], i: int, terminated: bool) -> bool:
+    """An env's ``success`` label when it gives one, else 'terminated' (reaching a goal)."""
+    if "success" in final_info:
+        return bool(final_info["success"][i])
+    return bool(terminated)
+
+
+def _label(infos: dict[str, Any], key: str, i: int) -> Any:
+    value = infos[key][i]
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def first_episodes(
+    agent: Any,
+    envs: Any,
+    obs: np.ndarray,
+    infos: dict[str, Any],
+    policy: Policy,
+    generator: torch.Generator,
+    fwd_hooks: Hooks = (),
+    start_labels: Sequence[str] = (),
+    trace_labels: Sequence[str] = (),
+    sum_labels: Sequence[str] = (),
+    end_labels: Sequence[str] = (),
+    on_step: Callable[[Step, np.ndarray], None] | None = None,
+) -> list[Episode]:
+    """Step ``envs`` until every slot has finished its first episode; return those episodes.
+
+    Labels a world does not give are left out. ``on_step(step, active)`` sees every step with
+    the mask of slots still in their first episode (e.g. to compare with an unhooked agent).
+    """
+    n = envs.num_envs
+    eps = [Episode() for _ in range(n)]
+    for i, ep in enumerate(eps):
+        ep.start = {k: _label(infos, k, i) for k in start_labels if k in infos}
+        ep.trace = {k: [_label(infos, k, i)] for k in trace_labels if k in infos}
+        ep.sums = {k: 0.0 for k in sum_labels}
+    active = np.ones(n, dtype=bool)
+    for step in steps(agent, envs, obs, infos, policy, generator, fwd_hooks):
+        if on_step is not None:
+            on_step(step, active)
+        done = step.done
+        for i in np.nonzero(active)[0]:
+            ep, src = eps[i], step.end_info(i)
+            ep.ret += float(step.reward[i])
+            ep.length += 1
+            for k in ep.trace:
+                ep.trace[k].append(_label(src, k, i))
+            for k in sum_labels:
+                if k in src:
+                    ep.sums[k] += float(src[k][i])
+            if done[i]:
+                ep.success = episode_success(src, i, bool(step.terminated[i]))
+                ep.end = {k: _label(src, k, i) for k in end_labels if k in src}
+                ep.end["truncated"] = bool(step.truncated[i] and not step.terminated[i])
+                active[i] = False
+        if not active.any():
+            break
+    return eps
+
+
+def run_episodes(
+    agent: Any,
+    episodes: int,
+    env_id: str,
+    env_kwargs: dict[str, Any] | None = None,
+    *,
+    seed: int = 10_000,
+    policy: Policy | None = None,
+    fwd_hooks: Hooks = (),
+    max_envs: int = 256,
+    **labels: Any,
+) -> list[Episode]:
+    """``episodes`` episodes of ``agent`` in ``env_id``, one per env slot, in waves of
+    ``max_envs`` seeded ``seed``, ``seed + max_envs``, ...; ``labels`` as :func:`first_episodes`.
+    """
+    from policylens.envs import make_vec
+
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}.")
+    policy = policy or policy_for(agent)
+    generator = torch.Generator().manual_seed(seed)
+    done: list[Episode] = []
+    wave = 0
+    while len(done) < episodes:
+        n = min(max_envs, episodes - len(done))
+        envs = make_vec(env_id, n, **dict(env_kwargs or {}))
+        try:
+            check_world(agent, envs, env_id)
+            obs, infos = envs.reset(seed=seed + wave * max_envs)
+            done += first_episodes(agent, envs, obs, infos, policy, generator, fwd_hooks, **labels)
+        finally:
+            envs.close()
+        wave += 1
+    return done

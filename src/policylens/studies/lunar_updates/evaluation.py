@@ -1,0 +1,106 @@
+"""Evaluation of the study's models: full LunarLander episodes, scored under every reward variant.
+
+Reward variants only re-weight the same two reward terms (the reward never feeds back into the
+dynamics), so a model plays one set of episodes under the standard reward and each variant's
+return is recomputed from the two terms.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from policylens.rollout import stats
+from policylens.rollout.engine import Policy, run_episodes
+
+LUNAR_ID = "policylens/LunarLander-v0"
+"""The LunarLander world with reward variants, registered by policylens.envs."""
+END_FLAGS = ("landed", "landed_on_pad", "crashed")
+"""World labels of an episode's last step that the evaluation counts."""
+
+
+def ensure_lunar_world() -> str:
+    """The LunarLander world's id, checking that policylens.envs registered it."""
+    from policylens.envs import WORLDS
+
+    if LUNAR_ID not in WORLDS:
+        raise ValueError(
+            f"The world {LUNAR_ID} is not registered; reinstall policylens (policylens.envs "
+            "registers it on import)."
+        )
+    return LUNAR_ID
+
+
+def variant_coefficients() -> dict[str, tuple[float, float]]:
+    """Reward variant -> (coefficient of the fuel-free reward, coefficient of the fuel term)."""
+    from policylens.envs import lunar
+
+    return dict(lunar._COEFFS)
+
+
+def lunar_episodes(
+    agent,
+    episodes: int,
+    seed: int,
+    greedy: bool = False,
+    env_id: str = LUNAR_ID,
+) -> dict[str, list]:
+    """Play ``episodes`` full LunarLander episodes (one per env slot) with the rollout engine.
+
+    Returns per-episode lists of the fuel-free return ``base``, the fuel term ``fuel`` (<= 0),
+    ``length``, ``landed``, ``landed_on_pad``, ``crashed`` and ``truncated`` (time limit).
+    """
+    eps = run_episodes(
+        agent,
+        episodes,
+        env_id,
+        {"reward_variant": "fuel"},
+        seed=seed,
+        policy=Policy(greedy=greedy),
+        max_envs=episodes,
+        sum_labels=("reward_base", "fuel"),
+        end_labels=END_FLAGS,
+    )
+    return {
+        "base": [e.sums["reward_base"] for e in eps],
+        "fuel": [e.sums["fuel"] for e in eps],
+        "length": [e.length for e in eps],
+        **{k: [bool(e.end[k]) for e in eps] for k in (*END_FLAGS, "truncated")},
+    }
+
+
+def summarize_episodes(eps: dict[str, list]) -> dict[str, Any]:
+    """Returns under every reward variant, fuel used and landing rates, with 95% intervals."""
+    base, fuel = np.asarray(eps["base"]), np.asarray(eps["fuel"])
+    out: dict[str, Any] = {
+        "episodes": len(base),
+        "return": {
+            v: stats.mean(b * base + f * fuel) for v, (b, f) in variant_coefficients().items()
+        },
+        "fuel_used": stats.mean(-fuel),
+        "length": stats.mean(eps["length"]),
+    }
+    for k in (*END_FLAGS, "truncated"):
+        out[k] = stats.proportion(eps[k])
+    return out
+
+
+def evaluate_weights(
+    agent, state: dict[str, torch.Tensor], episodes: int, seed: int, greedy: bool = False
+) -> dict[str, Any]:
+    """Load ``state`` into ``agent`` and play ``episodes`` seeded episodes: summary and lists."""
+    agent.load_net_state_dict(state, source="the evaluated weights")
+    eps = lunar_episodes(agent, episodes, seed, greedy)
+    return {"summary": summarize_episodes(eps), "episodes": eps}
+
+
+__all__ = [
+    "LUNAR_ID",
+    "ensure_lunar_world",
+    "evaluate_weights",
+    "lunar_episodes",
+    "summarize_episodes",
+    "variant_coefficients",
+]
