@@ -158,12 +158,15 @@ def test_features_command_and_report_section(tmp_path):
     assert bad.exit_code == 2 and "without spatial" in bad.output
 
     report = Report("t")
+    from policylens.studies.maze.attribution import attribution_study
     from policylens.studies.maze.misgeneralization import maze_config
 
-    out = attribution_section(
-        report, run.load_agent(), maze_config(run), run.analysis_dir, n_obs=16, k=3, clusters=3,
-        log=lambda m: None,
-    )  # fmt: skip
+    study = attribution_study(
+        run.load_agent(), maze_config(run), n_obs=16, k=3, clusters=3, log=lambda m: None
+    )
+    study.save(run.analysis_dir)
+    attribution_section(report, study)
+    out = study.to_dict()
     assert len(report.sections) == 4 and out["completeness"]["layer_value"]["max_abs_error"] < 0.05
     assert (run.analysis_dir / "attribution.json").is_file()
     assert "<img" in report.render()

@@ -298,7 +298,10 @@ def test_clamping_a_scripted_agent_retargets_it_exactly_where_the_maze_allows():
 @pytest.mark.parametrize(
     "call, msg",
     [
-        (lambda a, o: iv.patch_activations(a, o, o, ["res9.hook_out"]), "Unknown hook .res9.hook_out."),
+        (
+            lambda a, o: iv.patch_activations(a, o, o, ["res9.hook_out"]),
+            "Unknown hook .res9.hook_out.",
+        ),
         (
             lambda a, o: iv.patch_activations(a, o, o, ["res1.hook_out"], positions=[(20, 0)]),
             "outside",

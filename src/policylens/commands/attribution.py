@@ -33,8 +33,9 @@ def attribute_cmd(
     import numpy as np
 
     from policylens.artifacts import atomic_path
+    from policylens.envs.maze import ACTION_NAMES
     from policylens.lenses.attribution import attribute
-    from policylens.report.attribution import ACTION_NAMES, attribution_rows_figure
+    from policylens.report.attribution import attribution_rows_figure
     from policylens.runs import Run
     from policylens.studies.maze import dataset as md
     from policylens.studies.maze.misgeneralization import maze_config

@@ -1,27 +1,18 @@
 """The report's attribution sections: observation, value and policy attributions, NMF features of
 value attributions with their dataset examples, and activation-cluster maps (Hilton et al. 2020;
-Trim & Grayston 2024). Cluster labels and NMF results are saved beside the report when asked.
+Trim & Grayston 2024), drawn from the maze attribution study's results.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from policylens.agents import HookedAgent
-from policylens.artifacts import atomic_path, write_json
-from policylens.envs.maze import MazeConfig
-from policylens.lenses import features as fe
-from policylens.lenses.attribution import attribute, default_layer
-from policylens.lenses.nmf import attribution_nmf, label_features
 from policylens.report import features as rf
 from policylens.report.html import Report
-from policylens.studies.maze import dataset as md
-
-ACTION_NAMES = ("up", "down", "left", "right")
+from policylens.studies.maze.attribution import MazeAttribution
 
 
 def attribution_rows_figure(
@@ -71,40 +62,11 @@ def _completeness_row(name: str, attr: Any) -> dict[str, Any]:
     }
 
 
-def attribution_section(
-    report: Report,
-    agent: HookedAgent,
-    config: MazeConfig,
-    save_to: Path | None = None,
-    n_obs: int = 256,
-    layer: str | None = None,
-    k: int = 8,
-    clusters: int = 4,
-    seed: int = 0,
-    log: Callable[[str], Any] = print,
-) -> dict[str, Any]:
-    """Add the attribution sections to ``report`` for a maze agent; returns the numbers (also
-    saved under ``save_to`` when given: attribution.json, the NMF arrays, the clusters).
-
-    Observations: ``n_obs`` test mazes (cheese anywhere) with the mouse on cells the agent itself
-    visits. Input attributions use IG from an all-zero (empty) maze, 50 steps; hidden-layer
-    attributions follow Hilton et al.: IG from a zero activation at ``layer`` (default: a middle
-    residual layer) to the value, 10 steps. NMF (``k`` features) factors those; k-means and
-    average-linkage clustering (``clusters`` groups) group the layer's channel vectors.
-    """
-    layer = layer or default_layer(agent)
-    log(f"attribution: {n_obs} observations, layer {layer} ...")
-    data = md.maze_dataset(config, n_obs, seed=seed, agent=agent)
-    show = np.arange(min(4, len(data)))
-    obs = data.obs
-    names = ACTION_NAMES if agent.num_actions == 4 else None
-    greedy = agent.act(obs[show], greedy=True).numpy()
-    cols = [f"obs {i}: {names[a] if names else a}" for i, a in zip(show, greedy, strict=True)]
-
-    # -- observation attributions: value and policy ----------------------------------------
-    v_in = attribute(agent, obs[show], "ig", "value", n_steps=50)
-    p_in = attribute(agent, obs[show], "ig", "action", n_steps=50, actions=greedy)
-    sal = attribute(agent, obs[show], "saliency", "value")
+def attribution_section(report: Report, study: MazeAttribution) -> None:
+    """Add the attribution sections (observation, hidden layer, NMF features, clusters) drawn
+    from ``study`` (:func:`policylens.studies.maze.attribution.attribution_study`)."""
+    obs, show, cols, layer = study.obs, study.shown, study.captions, study.layer
+    v_in, p_in, sal = (study.inputs[k] for k in ("value", "action", "saliency"))
     sec = report.section("Attribution: observation")
     sec.figure(
         attribution_rows_figure(
@@ -121,9 +83,7 @@ def attribution_section(
         "Saliency (last row) is the gradient's magnitude, so it is never negative."
     )
 
-    # -- hidden-layer attributions (Hilton et al.) ---------------------------------------------
-    v_layer = attribute(agent, obs, "ig", "value", layer=layer, baseline="zeros", n_steps=10)
-    p_layer = attribute(agent, obs[show], "ig", "action", layer=layer, n_steps=10, actions=greedy)
+    v_layer, p_layer = study.hidden["value"], study.hidden["action"]
     sec = report.section(f"Attribution: hidden layer {layer}")
     sec.figure(
         attribution_rows_figure(
@@ -149,16 +109,11 @@ def attribution_section(
         "piecewise-constant integrand shrinks with more steps."
     )
 
-    # -- NMF features of the value attributions -------------------------------------------------
-    log("attribution: NMF ...")
-    nmf = attribution_nmf(v_layer.attributions, k=k, seed=seed)
-    masks = md.resize_masks(md.object_masks(data.states), nmf.maps.shape[1:3])
-    nmf.labels = label_features(nmf.maps, masks)
+    nmf = study.nmf
     sec = report.section("NMF features of value attributions")
     sec.figure(rf.nmf_figure(obs[show], nmf.maps[show], nmf.colours, cols), "NMF feature maps")
-    legend = []
-    for i, lab in enumerate(nmf.labels):
-        legend.append(
+    sec.table(
+        [
             {
                 "feature": f"{i} ({nmf.colours[i]})",
                 "sign": "positive" if nmf.sign[i] >= 0.5 else "negative",
@@ -168,12 +123,14 @@ def attribution_section(
                 "best IoU label": f"{lab['best_iou_label']} ({lab['best_iou']:.2f})",
                 "mean strength": float(nmf.maps[..., i].mean()),
             }
-        )
-    sec.table(legend)
-    rows = [fe.examples_from_maps(nmf.maps[..., i], obs, 6, radius=2) for i in range(nmf.k)]
+            for i, lab in enumerate(nmf.labels)
+        ]
+    )
     sec.figure(
         rf.examples_figure(
-            rows, [f"{i}: {lab['label']}" for i, lab in enumerate(nmf.labels)], nmf.colours
+            study.examples,
+            [f"{i}: {lab['label']}" for i, lab in enumerate(nmf.labels)],
+            nmf.colours,
         ),
         "NMF dataset examples",
     )
@@ -186,23 +143,14 @@ def attribution_section(
         "each feature's strongest cell in the observations where it is strongest."
     )
 
-    # -- activation clustering ----------------------------------------------------------------
-    log("attribution: clustering ...")
-    acts = fe.feature_maps(agent, obs, layer)
-    truth = md.categories(md.resize_masks(md.object_masks(data.states), acts.shape[2:]))
     sec = report.section(f"Activation clusters at {layer}")
-    cluster_rows, cluster_results = [], {}
-    for method in ("kmeans", "average"):
-        cl = fe.cluster_positions(acts, clusters, method, seed=seed, layer=layer)
-        cl.scores = fe.alignment_scores(cl.labels, truth, md.CATEGORIES)
-        if save_to is not None:
-            fe.save_clusters(save_to, cl)
-        cluster_results[method] = cl.to_dict()
+    rows = []
+    for method, cl in study.clusters.items():
         sec.figure(
             rf.cluster_figure(obs[show], cl.labels[show], [f"{method}: {c}" for c in cols]),
             f"{method} clusters",
         )
-        cluster_rows.append(
+        rows.append(
             {
                 "method": method,
                 "AMI vs wall/path/mouse/cheese": cl.scores["ami"],
@@ -212,28 +160,10 @@ def attribution_section(
                 ),
             }
         )
-    sec.table(cluster_rows)
+    sec.table(rows)
     sec.note(
         "Each cell's channel vector (channels scaled to unit variance) is a point; clusters are "
         "painted over the maze. AMI is 0 for chance agreement with the ground-truth categories "
         "and 1 for the same partition; purity is the share of cells in a cluster whose majority "
         "category is their own (walls alone give about 0.55)."
     )
-
-    result = {
-        "layer": layer,
-        "n_obs": len(obs),
-        "completeness": {
-            "input_value": v_in.completeness,
-            "input_action": p_in.completeness,
-            "layer_value": v_layer.completeness,
-            "layer_action": p_layer.completeness,
-        },
-        "nmf": nmf.to_dict(),
-        "clusters": cluster_results,
-    }
-    if save_to is not None:
-        write_json(save_to / "attribution.json", result)
-        with atomic_path(save_to / "attribution_nmf.npz") as tmp, open(tmp, "wb") as f:
-            np.savez_compressed(f, maps=nmf.maps, components=nmf.components, residual=nmf.residual)
-    return result

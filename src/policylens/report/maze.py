@@ -1,5 +1,5 @@
-"""The maze run's report: behaviour, trajectories, heatmaps, vector fields, decision squares and
-interventions, from the saved analyses plus a few cheap figures computed on the spot.
+"""The maze run's report: behaviour, trajectories, heatmaps, vector fields, decision squares,
+interventions and attribution, drawn from the maze study's results.
 """
 
 from __future__ import annotations
@@ -8,16 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from policylens.agents import HookedAgent
-from policylens.envs.maze import MazeBatch, MazeConfig
-from policylens.lenses.interventions import activation, add_vector
+from policylens.envs.maze import MazeConfig
 from policylens.report import figures
 from policylens.report.attribution import attribution_section
 from policylens.report.html import Report
 from policylens.runs import Run
-from policylens.studies.maze.behaviour import run_episodes_from_states, visit_counts
-from policylens.studies.maze.misgeneralization import analyse_maze_run, maze_config
-from policylens.studies.maze.steering import test_levels, without_cheese
-from policylens.studies.maze.vector_fields import vector_field
+from policylens.studies.maze.attribution import attribution_study
+from policylens.studies.maze.misgeneralization import analyse_maze_run, maze_config, maze_views
 
 
 def _rate(p: dict[str, Any]) -> str:
@@ -99,8 +96,8 @@ def maze_report(
         "training distribution and a high corner rate when the cheese is anywhere."
     )
 
-    states = test_levels(config, 8, seed=123)
-    eps = run_episodes_from_states(agent, states, config, seed=123)
+    views = maze_views(agent, config, result["steering"]["hook"])
+    states, eps = views.states, views.episodes
     report.section("Sample test mazes with trajectories").figure(
         figures.trajectories_figure(
             states,
@@ -110,26 +107,19 @@ def maze_report(
         "trajectories",
     ).note("Blue: the mouse's path; red square: the top-right corner; yellow: the cheese.")
 
-    many = test_levels(config, 300, seed=321, off_path=False)
-    counts = visit_counts(
-        run_episodes_from_states(agent, many, config, seed=321), config.world_size
-    )
     report.section("Where the agent goes").figure(
-        figures.heatmap_figure(counts, f"visits over {len(many)} test mazes (cheese anywhere)"),
+        figures.heatmap_figure(
+            views.visits, f"visits over {views.visit_mazes} test mazes (cheese anywhere)"
+        ),
         "visit heatmap",
     )
 
     hook = result["steering"]["hook"]
     panels = []
-    batch = MazeBatch(config, 1)
-    for s in states[:3]:
-        obs = batch.observe(s)[None]
-        v = activation(agent, obs, hook) - activation(agent, without_cheese(obs, config), hook)
-        base = vector_field(agent, s, config)
-        steered = vector_field(agent, s, config, fwd_hooks=[(hook, add_vector(v[0], -1.0))])
+    for s, base, change in views.fields:
         panels += [
             (s, base, "policy", "#1f4fd1"),
-            (s, steered - base, "change with cheese vector subtracted", "#d62728"),
+            (s, change, "change with cheese vector subtracted", "#d62728"),
         ]
     report.section("Vector fields").figure(
         figures.vector_field_figure(panels[:4]), "vector fields"
@@ -220,7 +210,10 @@ def maze_report(
         + f". Target: a random free cell at least 4 steps from the cheese; {c['max_steps']} steps allowed."
     )
     log("attribution and features ...")
-    attribution_section(report, agent, config, save_to, n_obs=n_obs, log=log)
+    study = attribution_study(agent, config, n_obs=n_obs, log=log)
+    if save_to is not None:
+        study.save(save_to)
+    attribution_section(report, study)
     return report
 
 

@@ -5,23 +5,31 @@ saved under ``run/analysis/`` and reused when the checkpoint has not changed.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from policylens.artifacts import read_json, write_json
-from policylens.envs.maze import MazeBatch, MazeConfig
-from policylens.lenses.interventions import activation
+from policylens.envs.maze import MazeBatch, MazeConfig, MazeState
+from policylens.lenses.interventions import activation, add_vector
 from policylens.rollout import stats
 from policylens.runs import Run
-from policylens.studies.maze.behaviour import evaluate
+from policylens.studies.maze.behaviour import (
+    Episode,
+    evaluate,
+    run_episodes_from_states,
+    visit_counts,
+)
 from policylens.studies.maze.decisions import decision_square_analysis
 from policylens.studies.maze.steering import (
     cheese_tracking_channels,
     maze_clamp_experiment,
     maze_steering_experiment,
     test_levels,
+    without_cheese,
 )
+from policylens.studies.maze.vector_fields import VectorField, vector_field
 
 
 def maze_config(run: Run) -> MazeConfig:
@@ -147,3 +155,36 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
         "clamped_reaches_target": clamped,
         "clamped_vs_unclamped": stats.difference(clamped, unclamped),
     }
+
+
+@dataclass
+class MazeViews:
+    """The maze report's pictures as data: sample trajectories, where the agent goes, and
+    vector fields with the change the cheese vector makes."""
+
+    states: list[MazeState]
+    episodes: list[Episode]
+    """One sampled episode from each of ``states``."""
+    visits: np.ndarray
+    """Visits per cell over ``visit_mazes`` test mazes."""
+    visit_mazes: int
+    fields: list[tuple[MazeState, VectorField, VectorField]]
+    """(maze, the policy's field, its change with the cheese vector subtracted at the hook)."""
+
+
+def maze_views(agent, config: MazeConfig, hook: str, seed: int = 123) -> MazeViews:
+    """Eight test mazes with trajectories, visits over 300 more, and vector fields of three."""
+    states = test_levels(config, 8, seed=seed)
+    episodes = run_episodes_from_states(agent, states, config, seed=seed)
+    many = test_levels(config, 300, seed=seed + 198, off_path=False)
+    visits = visit_counts(
+        run_episodes_from_states(agent, many, config, seed=seed + 198), config.world_size
+    )
+    batch, fields = MazeBatch(config, 1), []
+    for s in states[:3]:
+        obs = batch.observe(s)[None]
+        v = activation(agent, obs, hook) - activation(agent, without_cheese(obs, config), hook)
+        base = vector_field(agent, s, config)
+        steered = vector_field(agent, s, config, fwd_hooks=[(hook, add_vector(v[0], -1.0))])
+        fields.append((s, base, steered - base))
+    return MazeViews(states, episodes, visits, len(many), fields)

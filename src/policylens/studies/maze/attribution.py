@@ -1,0 +1,123 @@
+"""Attribution of a maze agent, as Hilton et al. (2020) did for CoinRun: integrated gradients to
+the observation and to a hidden layer, NMF of the layer's value attributions into features named
+by the maze objects they cover, and clusters of the layer's channel vectors scored against the
+ground truth (Trim & Grayston 2024). Returns data; :mod:`policylens.report.attribution` draws it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from policylens.artifacts import atomic_path, write_json
+from policylens.envs.maze import ACTION_NAMES, MazeConfig
+from policylens.lenses import features as fe
+from policylens.lenses.attribution import Attribution, attribute, default_layer
+from policylens.lenses.nmf import AttributionNMF, attribution_nmf, label_features
+from policylens.studies.maze import dataset as md
+
+CLUSTERING = ("kmeans", "average")
+
+
+@dataclass
+class MazeAttribution:
+    """Everything the report's attribution sections show, for one agent and one dataset."""
+
+    layer: str
+    obs: np.ndarray
+    """All observations ``(n, *obs_shape)``; the first ``len(shown)`` are drawn."""
+    shown: np.ndarray
+    greedy: np.ndarray
+    """The greedy action on each shown observation."""
+    captions: list[str]
+    inputs: dict[str, Attribution]
+    """Shown observations: IG to the value, IG to log p(greedy action), saliency of the value."""
+    hidden: dict[str, Attribution]
+    """IG from ``layer`` to the value (all observations) and to log p(action) (shown ones)."""
+    nmf: AttributionNMF
+    examples: list[list[fe.Example]]
+    """Per NMF feature, its strongest crops."""
+    clusters: dict[str, fe.Clusters]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layer": self.layer,
+            "n_obs": len(self.obs),
+            "completeness": {
+                "input_value": self.inputs["value"].completeness,
+                "input_action": self.inputs["action"].completeness,
+                "layer_value": self.hidden["value"].completeness,
+                "layer_action": self.hidden["action"].completeness,
+            },
+            "nmf": self.nmf.to_dict(),
+            "clusters": {m: c.to_dict() for m, c in self.clusters.items()},
+        }
+
+    def save(self, folder: Path) -> None:
+        """attribution.json, the NMF arrays and the cluster labels under ``folder``."""
+        write_json(folder / "attribution.json", self.to_dict())
+        with atomic_path(folder / "attribution_nmf.npz") as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(
+                f, maps=self.nmf.maps, components=self.nmf.components, residual=self.nmf.residual
+            )
+        for c in self.clusters.values():
+            fe.save_clusters(folder, c)
+
+
+def attribution_study(
+    agent: Any,
+    config: MazeConfig,
+    n_obs: int = 256,
+    layer: str | None = None,
+    k: int = 8,
+    clusters: int = 4,
+    seed: int = 0,
+    log: Callable[[str], Any] = print,
+) -> MazeAttribution:
+    """Attributions, NMF features and clusters of ``agent`` on ``n_obs`` maze observations.
+
+    Observations: test mazes (cheese anywhere) with the mouse on cells the agent itself visits.
+    Input attributions use IG from an all-zero (empty) maze, 50 steps; hidden-layer attributions
+    follow Hilton et al.: IG from a zero activation at ``layer`` (default: a middle residual
+    layer) to the value, 10 steps. NMF (``k`` features) factors those; k-means and
+    average-linkage clustering (``clusters`` groups) group the layer's channel vectors.
+    """
+    layer = layer or default_layer(agent)
+    log(f"attribution: {n_obs} observations, layer {layer} ...")
+    data = md.maze_dataset(config, n_obs, seed=seed, agent=agent)
+    obs, shown = data.obs, np.arange(min(4, len(data)))
+    names = ACTION_NAMES if agent.num_actions == 4 else None
+    greedy = agent.act(obs[shown], greedy=True).numpy()
+    captions = [f"obs {i}: {names[a] if names else a}" for i, a in zip(shown, greedy, strict=True)]
+    inputs = {
+        "value": attribute(agent, obs[shown], "ig", "value", n_steps=50),
+        "action": attribute(agent, obs[shown], "ig", "action", n_steps=50, actions=greedy),
+        "saliency": attribute(agent, obs[shown], "saliency", "value"),
+    }
+    hidden = {
+        "value": attribute(agent, obs, "ig", "value", layer=layer, baseline="zeros", n_steps=10),
+        "action": attribute(
+            agent, obs[shown], "ig", "action", layer=layer, n_steps=10, actions=greedy
+        ),
+    }
+    log("attribution: NMF ...")
+    nmf = attribution_nmf(hidden["value"].attributions, k=k, seed=seed)
+    nmf.labels = label_features(
+        nmf.maps, md.resize_masks(md.object_masks(data.states), nmf.maps.shape[1:3])
+    )
+    examples = [fe.examples_from_maps(nmf.maps[..., i], obs, 6, radius=2) for i in range(nmf.k)]
+    log("attribution: clustering ...")
+    acts = fe.feature_maps(agent, obs, layer)
+    truth = md.categories(md.resize_masks(md.object_masks(data.states), acts.shape[2:]))
+    found = {}
+    for method in CLUSTERING:
+        cl = fe.cluster_positions(acts, clusters, method, seed=seed, layer=layer)
+        cl.scores = fe.alignment_scores(cl.labels, truth, md.CATEGORIES)
+        found[method] = cl
+    return MazeAttribution(
+        layer, obs, shown, greedy, captions, inputs, hidden, nmf, examples, found
+    )
