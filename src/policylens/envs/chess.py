@@ -24,6 +24,9 @@ of legal, mating and safe white moves. Every position's labels are computed once
 board size, so stepping costs a few dictionary lookups. :class:`RookEndgameTablebase` solves the
 endgame exactly (distance to mate against best defence); :class:`ScriptedEndgamePlayer` is a
 reference agent (one-ply "mate if you can, else a random safe move", or perfect play).
+
+Why one file of this length: the board encoding, move labels, tablebase and scripted players
+share one cached position table; split, each part would reach into the others' internals.
 """
 
 from __future__ import annotations

@@ -9,6 +9,10 @@ top-right cell. ``cheese_region=r`` draws the cheese among free cells of the maz
 
 The step logic lives once, in :class:`MazeBatch`; :class:`MazeEnv` is a batch of one and
 :class:`MazeVecEnv` adds same-step autoreset, so the single and vector worlds cannot drift apart.
+
+Why one file of this length: levels, the batched step, both Gymnasium envs, state editing, the
+solver and rendering all work on one level representation; split, each part would import the
+others' internals.
 """
 
 from __future__ import annotations

@@ -31,6 +31,10 @@ It is faster than Captum by construction, with memory bounded by ``internal_batc
 The completeness check of integrated gradients (attributions sum to ``f(input) - f(baseline)``)
 is reported by :attr:`Attribution.completeness`; for ReLU networks the integrand is piecewise
 constant, so the error shrinks with ``n_steps`` but is not zero.
+
+Why one file of this length: every method shares the target parsing, the layer-substitution
+machinery and the memory planner, and the IG hot paths are tuned together
+(bench/bench_attribution.py); split, those private pieces would become public coupling.
 """
 
 from __future__ import annotations

@@ -34,6 +34,10 @@ Controls, reported beside every score:
 :func:`probe_checkpoints` repeats the probes for every checkpoint of a run on one fixed set of
 observations (collected with the final agent), so the curves show how the representation
 changes, not how the data distribution does.
+
+Why one file of this length: per-layer probes and probes over checkpoints share the data
+preparation, the level-grouped splits and the regularisation search, which keep their
+controls comparable.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ Run folders, checkpoints (log-spaced by default) and ``metrics.csv`` are those o
 vector env can save its state (the maze) a resumed run ends exactly where an uninterrupted run
 would have; with other worlds (the rook endgame) the episodes in flight restart, reseeded, and
 everything else (weights, optimiser, buffer, random streams) continues exactly.
+
+Why one file of this length: like CleanRL's, the algorithm reads top to bottom in one file
+(config, replay buffer, training loop, evaluation).
 """
 
 from __future__ import annotations
