@@ -357,7 +357,10 @@ def test_unknown_option_names_close_ones():
 
 
 def test_bad_option_values():
-    with pytest.raises(ValueError, match="opponent must be one of.*did you mean 'greedy'"):
+    with pytest.raises(
+        ValueError,
+        match="Unknown opponent 'gredy'. Did you mean 'greedy'.*Available: random, greedy, chase",
+    ):
         RookEndgameEnv(opponent="gredy")
     with pytest.raises(ValueError, match="board_size"):
         RookEndgameEnv(board_size=9)
@@ -490,5 +493,5 @@ def test_one_ply_player_never_loses_material_and_beats_random_play():
     vs_random_one = evaluate_player(ScriptedEndgamePlayer("one_ply", seed=0), 60, seed=0)
     vs_random_rand = evaluate_player(ScriptedEndgamePlayer("random_legal", seed=0), 60, seed=0)
     assert vs_random_one["checkmate"] > vs_random_rand["checkmate"] + 0.2
-    with pytest.raises(ValueError, match="did you mean 'tablebase'"):
+    with pytest.raises(ValueError, match="Did you mean 'tablebase'.*Available: one_ply, tablebase"):
         ScriptedEndgamePlayer("tablebse")

@@ -145,7 +145,7 @@ def test_settings_and_bad_input() -> None:
     for bad in ("a-b", "5-2", ""):
         with pytest.raises(ValueError, match="[Ss]eeds"):
             T.parse_seeds(bad)
-    with pytest.raises(ValueError, match="Did you mean scaled_fuel"):
+    with pytest.raises(ValueError, match="Did you mean 'scaled_fuel'"):
         T.UpdatesConfig(phase2=("scaled_fule",))
     with pytest.raises(ValueError, match="phase-2 length must be positive"):
         T.UpdatesConfig(steps2=0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any
 
@@ -10,16 +9,14 @@ import typer
 from rich.table import Table
 
 from policylens.cli import command, console, print_json, train_app
+from policylens.errors import check_known
 
 ALGOS = ("dqn", "ppo")
 EVAL_OPPONENTS = ("random", "greedy")
 
 
 def _check_choice(value: str, valid: tuple[str, ...], option: str) -> str:
-    if value not in valid:
-        close = difflib.get_close_matches(value, valid, n=1, cutoff=0.4)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"{option} must be one of {', '.join(valid)}, got {value!r}{hint}.")
+    check_known([value], valid, option)
     return value
 
 
@@ -93,13 +90,15 @@ def train_chess_cmd(
     steps: int = typer.Option(None, help="Environment steps (default: the recipe's)."),
     seed: int = typer.Option(0, help="Seed of envs, init, exploration and replay sampling."),
     mask_illegal: bool = typer.Option(
-        False, help="DQN only: act and bootstrap over legal moves only."
+        False, "--mask-illegal", help="DQN only: act and bootstrap over legal moves only."
     ),
-    resume: bool = typer.Option(False, help="Continue a killed run from its last saved state."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue a killed run from its last saved state."
+    ),
     eval_episodes: int = typer.Option(
         1000, min=0, help="Episodes of the final evaluation against each opponent (0 = none)."
     ),
-    quiet: bool = typer.Option(False, help="No progress bar."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print the evaluation as JSON."),
 ) -> None:
     """Train a rook-endgame agent (king and rook vs king on 5x5) with DQN or PPO."""

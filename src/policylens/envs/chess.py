@@ -31,7 +31,6 @@ share one cached position table; split, each part would reach into the others' i
 
 from __future__ import annotations
 
-import difflib
 import functools
 import random
 from collections import Counter
@@ -43,7 +42,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from policylens.errors import check_known
+from policylens.errors import check_known, unknown_message
 
 KING_DIRS = ((-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1))
 """Row/col deltas of king actions 0-7: N, NE, E, SE, S, SW, W, NW."""
@@ -107,11 +106,7 @@ class RookEndgameConfig:
     def __post_init__(self) -> None:
         problems = []
         if self.opponent not in OPPONENTS:
-            close = difflib.get_close_matches(str(self.opponent), OPPONENTS, n=1, cutoff=0.4)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            problems.append(
-                f"opponent must be one of {', '.join(map(repr, OPPONENTS))}, got {self.opponent!r}{hint}"
-            )
+            problems.append(unknown_message("opponent", self.opponent, OPPONENTS).rstrip("."))
         if not 4 <= self.board_size <= 6:
             problems.append(f"board_size must be in 4..6, got {self.board_size}")
         if self.max_steps < 1:
@@ -667,12 +662,7 @@ class ScriptedEndgamePlayer:
     POLICIES = ("one_ply", "tablebase", "random_legal")
 
     def __init__(self, policy: str = "one_ply", board_size: int = 5, seed: int = 0):
-        if policy not in self.POLICIES:
-            close = difflib.get_close_matches(str(policy), self.POLICIES, n=1, cutoff=0.4)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(
-                f"Unknown player policy {policy!r}{hint}; use one of {', '.join(self.POLICIES)}."
-            )
+        check_known([policy], self.POLICIES, "player policy")
         self.policy = policy
         self.board = _board(board_size)
         self.tablebase = get_tablebase(board_size) if policy == "tablebase" else None

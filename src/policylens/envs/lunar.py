@@ -26,13 +26,14 @@ Labels in ``info`` at every step (and after ``reset``):
 
 from __future__ import annotations
 
-import difflib
 import math
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium.envs.box2d.lunar_lander import LunarLander
+
+from policylens.errors import check_known
 
 MAIN_ENGINE_COST = 0.30
 """Reward charged per frame at full main-engine power (Gymnasium's constant)."""
@@ -63,13 +64,7 @@ _COEFFS: dict[str, tuple[float, float]] = {
 
 def check_variant(variant: str) -> str:
     """Return ``variant`` if known; otherwise raise a ValueError naming the closest valid ones."""
-    if variant not in REWARD_VARIANTS:
-        close = difflib.get_close_matches(str(variant), list(REWARD_VARIANTS), n=3, cutoff=0.3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(
-            f"Unknown LunarLander reward variant {variant!r}.{hint} "
-            f"Valid variants: {', '.join(REWARD_VARIANTS)}."
-        )
+    check_known([variant], REWARD_VARIANTS, "LunarLander reward variant")
     return variant
 
 

@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from policylens.agents.hooks import unknown_name_message
+from policylens.errors import check_known, unknown_message
 
 METHODS = ("saliency", "gradient", "grad_x_input", "ig", "occlusion")
 """``saliency`` = |gradient| (Simonyan et al.; Captum's default), ``gradient`` = signed gradient,
@@ -197,12 +198,7 @@ def integration_rule(n_steps: int, method: str = "gausslegendre") -> tuple[np.nd
     if method == "gausslegendre":
         nodes, w = np.polynomial.legendre.leggauss(n)
         return 0.5 * (1.0 + nodes), 0.5 * w
-    if method not in INTEGRATION:
-        close = difflib.get_close_matches(method, INTEGRATION, n=2)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ValueError(
-            f"Unknown integration {method!r}.{hint} Use one of {', '.join(INTEGRATION)}."
-        )
+    check_known([method], INTEGRATION, "integration")
     if method == "riemann_trapezoid":
         if n < 2:
             raise ValueError("riemann_trapezoid needs n_steps >= 2; raise n_steps.")
@@ -515,11 +511,9 @@ def _resolve_baseline(
         return torch.full_like(act, float(baseline)), f"constant {baseline}"
     if isinstance(baseline, str):
         if baseline not in BASELINES:
-            close = difflib.get_close_matches(baseline, BASELINES, n=2)
-            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             raise ValueError(
-                f"Unknown baseline {baseline!r}.{hint} Use one of {', '.join(BASELINES)}, a "
-                "number or a tensor."
+                unknown_message("baseline", baseline, BASELINES)
+                + " A number or a tensor works too."
             )
         if sub.layer is None or baseline == "zeros":
             if sub.layer is None:
@@ -633,9 +627,7 @@ def attribute(
     """
     method = METHOD_ALIASES.get(method, method)
     if method not in METHODS:
-        close = difflib.get_close_matches(method, METHODS + tuple(METHOD_ALIASES), n=2)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ValueError(f"Unknown method {method!r}.{hint} Use one of {', '.join(METHODS)}.")
+        check_known([method], METHODS, "method")
     tgt = parse_target(target, agent.num_actions, action_names)
     if method == "ig":
         integration_rule(n_steps, integration)  # validates n_steps and the rule up front

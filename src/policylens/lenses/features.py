@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from policylens.artifacts import atomic_path, read_json, write_json
 from policylens.envs.maze import (
     WALL,
 )
+from policylens.errors import check_known
 from policylens.lenses.attribution import attribution_mode, check_layer, layer_activation
 
 CLUSTER_METHODS = ("kmeans", "single", "average", "ward")
@@ -85,12 +85,7 @@ def cluster_positions(
     seeded random positions and every other position takes the label of its nearest clustered
     neighbour. ``normalize`` scales each channel to unit standard deviation first.
     """
-    if method not in CLUSTER_METHODS:
-        close = difflib.get_close_matches(method, CLUSTER_METHODS, n=2)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ValueError(
-            f"Unknown clustering {method!r}.{hint} Use one of {', '.join(CLUSTER_METHODS)}."
-        )
+    check_known([method], CLUSTER_METHODS, "clustering")
     if acts.ndim != 4:
         raise ValueError(
             f"Clustering needs spatial activations (N, channel, h, w), got shape {acts.shape}; "

@@ -7,7 +7,6 @@ the HTML report (policylens.report.updates) is written by the caller from that d
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from policylens import artifacts
+from policylens.errors import check_known
 from policylens.lenses import updates as U
 from policylens.rollout import stats
 from policylens.studies.lunar_updates.protocol import (
@@ -298,10 +298,7 @@ def compare_experiments(paths: Sequence[str | Path], by: str = "variant") -> dic
     Runs with different architectures can only be compared ``by="backend"`` (architecture-free
     statistics); otherwise a ValueError names the two that differ.
     """
-    if by not in COMPARE_BY:
-        close = difflib.get_close_matches(str(by), COMPARE_BY, n=1, cutoff=0.3)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"Unknown grouping {by!r}.{hint} Use variant, steps or backend.")
+    check_known([by], COMPARE_BY, "grouping")
     if not paths:
         raise ValueError("Name at least one experiment folder to compare.")
     analyses = [experiment_analysis(p) for p in paths]

@@ -18,7 +18,6 @@ phases are reused, so rerunning an experiment with the same settings resumes it.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import difflib
 import json
 import math
 import multiprocessing
@@ -32,6 +31,7 @@ from typing import Any
 import torch
 
 from policylens import artifacts
+from policylens.errors import check_known
 from policylens.lenses import updates as U
 from policylens.studies.lunar_updates.evaluation import (
     ensure_lunar_world,
@@ -114,10 +114,7 @@ class UpdatesConfig:
             check_variant(v)
         if not self.phase2:
             raise ValueError("Name at least one phase-2 reward variant, e.g. --phase2 scaled_fuel.")
-        if self.backend not in BACKENDS:
-            close = difflib.get_close_matches(str(self.backend), BACKENDS, n=1, cutoff=0.3)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"Unknown backend {self.backend!r}.{hint} Use builtin or sb3.")
+        check_known([self.backend], BACKENDS, "backend")
         unknown = sorted(set(self.recipe) - set(RECIPE_OPTIONS))
         if unknown:
             raise ValueError(
