@@ -31,13 +31,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from policylens.lenses.sae import (
-    SAEConfig,
-    evaluate_sae,
-    export_saelens,
-    synthetic_activations,
-    train_sae,
-)
+from policylens.agents.sae import SAEConfig, export_saelens
+from policylens.lenses.sae import evaluate_sae, synthetic_activations, train_sae
 
 SAELENS_SIDE = r"""
 import json, sys, time, warnings

@@ -8,16 +8,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from policylens.lenses.sae import (
+from policylens.agents.sae import (
+    SAE_ARCHITECTURES,
     SAEConfig,
     SparseAutoencoder,
+    build_sae,
+    export_saelens,
+    load_sae,
+    register_sae,
+    save_sae,
+)
+from policylens.lenses.sae import (
     _train_step,
     evaluate_sae,
-    export_saelens,
-    import_saelens,
-    load_sae,
     resample_dead,
-    save_sae,
     synthetic_activations,
     train_sae,
 )
@@ -128,7 +132,7 @@ def test_hand_gradients_match_autograd(arch: str) -> None:
         jumprelu_init_threshold=0.2,
         **kw,
     )
-    sae = SparseAutoencoder(cfg)
+    sae = build_sae(cfg)
     with torch.no_grad():
         sae.b_dec.normal_()
         sae.b_enc.normal_(0, 0.1)
@@ -159,7 +163,7 @@ def test_dead_latents_are_detected_and_revived(data: tuple[torch.Tensor, torch.T
     )
 
     def killed(cfg: SAEConfig) -> SparseAutoencoder:
-        sae = SparseAutoencoder(cfg)
+        sae = build_sae(cfg)
         with torch.no_grad():  # latents 0..23 can never fire: zero encoder, very negative bias
             sae.W_enc[:, :24] = 0.0
             sae.b_enc[:24] = -100.0
@@ -214,7 +218,7 @@ def test_save_load_and_saelens_round_trips_are_exact(arch: str, tmp_path) -> Non
     assert ("threshold" in weights) == (expected_arch == "jumprelu")
     if arch == "topk":
         assert cfg["k"] == 5
-    back = import_saelens(folder)
+    back = load_sae(folder)
     assert back.config.arch == arch
     for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
         assert torch.equal(getattr(back, name), getattr(sae, name)), name
@@ -237,16 +241,16 @@ def test_import_folds_saelens_decoder_norm_rescaling(tmp_path) -> None:
     w["b_enc"] = (w["b_enc"] - w["b_dec"] @ sae.W_enc.detach()) / scale
     save_file(w, folder / "sae_weights.safetensors")
     (folder / "cfg.json").write_text(json.dumps(cfg))
-    back = import_saelens(folder)
+    back = load_sae(folder)
     x = torch.randn(32, 16)
     torch.testing.assert_close(back(x)[0], sae(x)[0], rtol=1e-4, atol=1e-4)
 
 
 def test_clear_errors() -> None:
-    sae = SparseAutoencoder(SAEConfig(d_in=64, d_sae=128))
+    sae = build_sae(SAEConfig(d_in=64, d_sae=128))
     with pytest.raises(ValueError, match="SAE expects d_in=64 activations, got 32"):
         sae(torch.zeros(4, 32))
-    with pytest.raises(ValueError, match="Did you mean topk"):
+    with pytest.raises(ValueError, match="Did you mean 'topk'"):
         SAEConfig(d_in=4, d_sae=8, arch="topkk")
     with pytest.raises(ValueError, match="k must be between 1 and d_sae=8"):
         SAEConfig(d_in=4, d_sae=8, k=9)
@@ -266,3 +270,47 @@ def test_iterable_of_batches_and_seeding() -> None:
     assert torch.equal(a.W_enc, b.W_enc)  # same seed, same SAE
     c, hist = train_sae(iter(x.split(256)[:4]), cfg)  # an iterator that ends early
     assert hist[-1]["samples"] == 1024
+
+
+def test_architectures_are_registered_classes_and_a_new_one_plugs_in(tmp_path) -> None:
+    assert list(SAE_ARCHITECTURES) == ["relu", "topk", "batchtopk", "jumprelu"]
+    for name, cls in SAE_ARCHITECTURES.items():
+        sae = build_sae(SAEConfig(d_in=8, d_sae=16, arch=name, k=4))
+        assert type(sae) is cls and sae.arch == name
+    with pytest.raises(ValueError, match="the config says 'relu'; build SAEs with build_sae"):
+        SAE_ARCHITECTURES["topk"](SAEConfig(d_in=8, d_sae=16, arch="relu"))
+
+    @register_sae("abs_test")
+    class AbsSAE(SparseAutoencoder):
+        saelens_arch = "standard"
+        saelens_exact = False
+
+        def activate(self, pre: torch.Tensor) -> torch.Tensor:
+            return pre.abs()
+
+    try:  # a new architecture builds, encodes, saves and loads like the others
+        cfg = SAEConfig(d_in=8, d_sae=16, arch="abs_test")
+        sae, x = build_sae(cfg), torch.randn(4, 8)
+        assert torch.equal(sae.encode(x), sae.pre_activations(x).abs())
+        back = load_sae(save_sae(sae, tmp_path / "abs"))
+        assert type(back) is AbsSAE and torch.equal(back(x)[0], sae(x)[0])
+        with pytest.raises(ValueError, match="'abs_test' has no trainer; register its step"):
+            train_sae(x, cfg)
+        with pytest.raises(ValueError, match="already registered"):
+            register_sae("abs_test")(AbsSAE)
+    finally:
+        del SAE_ARCHITECTURES["abs_test"]
+    with pytest.raises(ValueError, match="Unknown SAE architecture 'abs_test'"):
+        SAEConfig(d_in=8, d_sae=16, arch="abs_test")
+
+
+def test_load_sae_refuses_what_is_not_an_sae(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="No SAE folder at"):
+        load_sae(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no SAE"):
+        load_sae(tmp_path / "empty")
+    (tmp_path / "agent").mkdir()
+    (tmp_path / "agent" / "config.json").write_text(json.dumps({"arch": "mlp"}))
+    with pytest.raises(ValueError, match="is not a policylens SAE config"):
+        load_sae(tmp_path / "agent")

@@ -10,23 +10,25 @@ import torch
 from typer.testing import CliRunner
 
 from policylens.agents import build_agent
-from policylens.lenses.sae import SAEConfig, SparseAutoencoder
-from policylens.studies.rook_sae import (
+from policylens.agents.sae import (
     HookSite,
-    compare_outputs,
-    evaluate_spliced,
-    gather_activations,
+    SAEConfig,
+    SparseAutoencoder,
+    build_sae,
+    export_saelens,
     hook_site,
-    latent_ablation,
-    latent_cards,
-    latent_removal_hook,
-    load_agent_sae,
-    sae_config_for,
-    save_agent_sae,
-    splice_hook,
-    train_agent_sae,
-    train_run_sae,
+    load_sae,
+    read_site,
+    remove_latent,
+    save_sae,
+    site_for_sae,
+    splice,
 )
+from policylens.rollout.engine import Policy
+from policylens.studies.rook_sae.data import gather_activations
+from policylens.studies.rook_sae.evaluation import compare_outputs, evaluate_spliced
+from policylens.studies.rook_sae.latents import latent_ablation, latent_cards
+from policylens.studies.rook_sae.runs import sae_config_for, train_agent_sae, train_run_sae
 
 CHESS = "policylens/RookEndgame-v0"
 MAZE = "policylens/Maze-v0"
@@ -47,7 +49,7 @@ def maze_agent():
 
 def exact_sae(d_in: int) -> SparseAutoencoder:
     """relu(x) - relu(-x) == x: an SAE with 2 * d_in latents that reconstructs exactly."""
-    sae = SparseAutoencoder(SAEConfig(d_in=d_in, d_sae=2 * d_in, arch="relu"))
+    sae = build_sae(SAEConfig(d_in=d_in, d_sae=2 * d_in, arch="relu"))
     eye = torch.eye(d_in)
     with torch.no_grad():
         sae.W_enc.copy_(torch.cat([eye, -eye], 1))  # (d_in, 2 d_in)
@@ -94,12 +96,12 @@ def test_exact_sae_spliced_in_leaves_the_agent_unchanged(which: str) -> None:
     obs = torch.rand(16, *agent.obs_shape).round()
     logits, value = agent(obs)
     sae = exact_sae(site.d_in)
-    lh, vh = agent.run_with_hooks(obs, fwd_hooks=[(hook, splice_hook(sae, site))])
+    lh, vh = agent.run_with_hooks(obs, fwd_hooks=[splice(sae, site)])
     torch.testing.assert_close(lh, logits, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(vh, value, atol=1e-5, rtol=1e-5)
     # Zeroing every latent leaves only b_dec (= 0): the same as zero-ablating the hook.
-    everything = splice_hook(sae, site, zero_latents=range(sae.config.d_sae))
-    lz, _ = agent.run_with_hooks(obs, fwd_hooks=[(hook, everything)])
+    everything = splice(sae, site, zero_latents=range(sae.config.d_sae))
+    lz, _ = agent.run_with_hooks(obs, fwd_hooks=[everything])
     l0, _ = agent.run_with_hooks(obs, fwd_hooks=[(hook, lambda a, h: torch.zeros_like(a))])
     torch.testing.assert_close(lz, l0)
     assert not torch.allclose(lz, logits, atol=1e-3)
@@ -107,15 +109,15 @@ def test_exact_sae_spliced_in_leaves_the_agent_unchanged(which: str) -> None:
 
 def test_an_sae_of_another_width_is_refused_clearly(chess_data) -> None:
     agent, data = chess_data
-    sae = SparseAutoencoder(SAEConfig(d_in=32, d_sae=64))
+    sae = build_sae(SAEConfig(d_in=32, d_sae=64))
     msg = "SAE reads 32-wide vectors but the hook gives 64-wide vectors of 'layers.0.hook_act'"
     with pytest.raises(ValueError, match=msg):
-        splice_hook(sae, data.site)
+        splice(sae, data.site)
     with pytest.raises(ValueError, match="reads 32-wide"):
         latent_ablation(agent, sae, data.site, data)
     cnn_site = hook_site(maze_agent(), CNN_HOOK)
     with pytest.raises(ValueError, match="16-wide channel vectors at 9x9 positions"):
-        splice_hook(sae, cnn_site)
+        splice(sae, cnn_site)
 
 
 @pytest.mark.slow
@@ -168,9 +170,9 @@ def test_latent_ablation_matches_removing_that_latent_by_hand(chess_data) -> Non
         with torch.no_grad():
             lo, vo = agent(data.obs[rows])
             lh, vh = agent.run_with_hooks(data.obs[rows], fwd_hooks=[(MLP_HOOK, by_hand)])
-            live = latent_removal_hook(sae, data.site, j)  # the same, encoding on the fly
+            live = remove_latent(sae, data.site, j)  # the same, encoding on the fly
             torch.testing.assert_close(
-                agent.run_with_hooks(data.obs[rows], fwd_hooks=[(MLP_HOOK, live)])[0], lh
+                agent.run_with_hooks(data.obs[rows], fwd_hooks=[live])[0], lh
             )
         np.testing.assert_allclose(entry["logit_change"], (lh - lo).mean(0), atol=1e-5)
         assert entry["value_change"] == pytest.approx(float((vh - vo).mean()), abs=1e-5)
@@ -223,11 +225,14 @@ def test_sae_folder_round_trip_and_store_source(tmp_path, chess_data) -> None:
 
     agent, data = chess_data
     sae = exact_sae(64)
-    folder = save_agent_sae(tmp_path / "sae", sae, data.site, {"run": "x"}, saelens=True)
-    loaded, info = load_agent_sae(folder)
+    folder = save_sae(sae, tmp_path / "sae", data.site, {"run": "x"})
+    export_saelens(sae, folder / "saelens", data.site)
+    loaded, info = load_sae(folder), read_site(folder)
     assert info["hook"] == MLP_HOOK and info["layout"] == "vector" and info["run"] == "x"
-    back, info2 = load_agent_sae(folder / "saelens")  # SAELens layout names the hook too
-    assert info2["hook"] == MLP_HOOK and torch.equal(back.W_dec, sae.W_dec)
+    assert torch.equal(loaded.W_dec, sae.W_dec) and site_for_sae(agent, info) == data.site
+    back, info2 = load_sae(folder / "saelens"), read_site(folder / "saelens")
+    assert info2["hook"] == MLP_HOOK and torch.equal(back.W_dec, sae.W_dec)  # SAELens names it too
+    assert read_site(tmp_path) == {}
 
     run = Run.create(tmp_path / "run", {"kind": "dqn", "trainer": {"env_id": CHESS},
                                          "agent": agent.config})  # fmt: skip
@@ -296,13 +301,60 @@ def test_cli_train_eval_dashboard(tmp_path) -> None:
 
 
 def test_site_mismatch_with_the_trained_shape_is_refused(tmp_path) -> None:
-    from policylens.studies.rook_sae import site_for_sae
-
     agent = chess_agent()
     wider = build_agent("mlp", (75,), 24, head="q", hidden=[32, 32])
     site = hook_site(agent, MLP_HOOK)
     assert isinstance(site, HookSite)
     with pytest.raises(ValueError, match=r"activations of shape \(64,\) but this agent's are"):
         site_for_sae(wider, {"hook": MLP_HOOK, "layout": "vector", "shape": [64]})
-    out = compare_outputs(agent, np.zeros((4, 75), np.uint8), [], greedy=True)
+    out = compare_outputs(agent, np.zeros((4, 75), np.uint8), [], Policy(greedy=True))
     assert out == {"action_agreement": 1.0, "kl": 0.0, "value_error": 0.0}
+
+
+def test_gathered_rows_are_the_agents_outputs_on_them(chess_data) -> None:
+    agent, data = chess_data
+    part = data.take(slice(0, 500))
+    with torch.no_grad():
+        (logits, values), cache = agent.run_with_cache(part.obs, names=[MLP_HOOK])
+    torch.testing.assert_close(part.acts, cache[MLP_HOOK])
+    torch.testing.assert_close(part.logits, logits)
+    torch.testing.assert_close(part.values, values)
+    assert part.legal is not None and part.legal.shape == (500, 24) and part.legal.any(1).all()
+    again = gather_activations(agent, MLP_HOOK, CHESS, steps=300, seed=0, greedy=True)
+    assert np.array_equal(again.obs, data.obs[:300])  # same seed, same rows
+    other = gather_activations(agent, MLP_HOOK, CHESS, steps=300, seed=1, greedy=True)
+    assert not np.array_equal(other.obs, data.obs[:300])
+
+
+def test_spliced_episodes_compare_each_step_with_the_unhooked_agent() -> None:
+    import copy
+
+    from policylens.agents.sae import zero_ablation
+    from policylens.rollout.engine import run_episodes
+    from policylens.studies.rook_sae.evaluation import play_spliced
+
+    agent = maze_agent()
+    hooks = [zero_ablation(hook_site(agent, "res1.hook_out"))]
+    policy = Policy()  # sampled: agreement depends on the shared uniforms
+    got = play_spliced(agent, 8, MAZE, seed=3, policy=policy, fwd_hooks=hooks)
+    # Oracle: the same episodes, the original's outputs from a copy of the agent that no hook
+    # is attached to, its actions from the same uniforms.
+    original = copy.deepcopy(agent).eval()
+    tally = {"agree": 0, "steps": 0, "verr": 0.0}
+
+    def on_step(step, active) -> None:
+        with torch.no_grad():
+            lo, vo = original(step.obs)
+        a_o = policy.choose(lo, step.uniforms, step.legal).numpy()
+        tally["agree"] += int((a_o == step.actions)[active].sum())
+        tally["verr"] += float((step.values - vo)[torch.from_numpy(active)].abs().sum())
+        tally["steps"] += int(active.sum())
+
+    eps = run_episodes(agent, 8, MAZE, seed=3, policy=policy, fwd_hooks=hooks, on_step=on_step)
+    assert got["steps"] == tally["steps"] == sum(e.length for e in eps)
+    assert got["action_agreement"] == tally["agree"] / tally["steps"]
+    assert got["value_error"] == pytest.approx(tally["verr"] / tally["steps"])
+    assert got["return"]["mean"] == pytest.approx(np.mean([e.ret for e in eps]))
+    assert got["action_agreement"] < 1 and got["value_error"] > 0  # the hook changed the agent
+    plain = play_spliced(agent, 8, MAZE, seed=3, policy=policy)
+    assert plain["action_agreement"] == 1.0 and plain["value_error"] == 0.0

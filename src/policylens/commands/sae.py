@@ -58,11 +58,11 @@ def sae_train_cmd(
     batch_size: int = typer.Option(1024, min=1, help="Vectors per optimisation step."),
     lr: float = typer.Option(3e-3, help="Adam learning rate."),
     saelens: bool = typer.Option(False, "--saelens", help="Also export in SAELens's layout."),
-    quiet: bool = typer.Option(False, help="No progress bar."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Train an SAE on a hook of a run's agent (its own rollouts) or of a collect store."""
-    from policylens.studies.rook_sae import train_run_sae
+    from policylens.studies.rook_sae.runs import train_run_sae
 
     folder, info = train_run_sae(
         source,
@@ -108,7 +108,7 @@ def sae_eval_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Reconstruction, and the agent with the SAE spliced in vs zero/mean ablation of the hook."""
-    from policylens.studies.rook_sae import eval_run_sae
+    from policylens.studies.rook_sae.runs import eval_run_sae
 
     result = eval_run_sae(
         run, sae_dir, episodes, steps, step=step, hook=hook, seed=seed, ablation_top=ablation_top
@@ -168,7 +168,7 @@ def sae_dashboard_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Feature dashboards: top observations, activation histogram and action effects per latent."""
-    from policylens.studies.rook_sae import dashboard_run_sae
+    from policylens.report.sae import dashboard_run_sae
 
     html, summaries = dashboard_run_sae(
         run, sae_dir, parse_latents(latents), top, steps, step=step, hook=hook, out=out, seed=seed

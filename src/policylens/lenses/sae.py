@@ -136,54 +136,14 @@ def _buffer(work: dict[str, Tensor] | None, name: str, shape: tuple[int, ...]) -
     return buf
 
 
-def _dense_grads(
-    sae: SparseAutoencoder, x: Tensor, xc: Tensor, pre: Tensor, work: dict[str, Tensor] | None
-) -> _Step:
-    """Loss and gradients for relu (L1) and jumprelu (L0 with straight-through thresholds).
-
-    ``pre`` may be overwritten. The relu path makes no boolean masks: converting a (batch, d_sae)
-    mask to float or summing it costs more than the elementwise work itself.
-    """
-    c = sae.config
-    B = x.shape[0]
-    g_pre = _buffer(work, "grad", tuple(pre.shape))
-    if c.arch == "relu":
-        z = pre.relu_()  # (B, d_sae)
-        fired = z.amax(0) > 0
-        l0 = float(torch.sign(z, out=g_pre).sum()) / B  # g_pre is free until the gradient
-    else:
-        theta = sae.threshold.detach()
-        active = pre > theta
-        z = pre * active
-        n_active = active.sum(0)  # (d_sae,)
-        fired, l0 = n_active > 0, float(n_active.sum()) / B
-    recon = torch.addmm(sae.b_dec, z, sae.W_dec)  # (B, d_in)
-    err = recon - x
-    loss = float(err.pow(2).sum()) / B
-    gr = err * (2.0 / B)  # dL/dx_hat (B, d_in)
-    if c.arch == "relu":
-        sparsity = float(z.sum()) / B  # decoder rows are unit norm, so this is SAELens's L1
-        loss += c.l1_coeff * sparsity
-        # dL/dpre = (gr W_dec^T + l1 / B) where z > 0, else 0
-        l1 = torch.full((c.d_sae,), c.l1_coeff / B)
-        torch.addmm(l1, gr, sae.W_dec.T, out=g_pre)
-        torch.ops.aten.threshold_backward.grad_input(g_pre, z, 0.0, grad_input=g_pre)
-    else:
-        g_z = torch.mm(gr, sae.W_dec.T, out=g_pre)  # (B, d_sae)
-        loss += c.l0_coeff * l0
-        # Straight-through estimators (Rajamanoharan et al.): rectangle kernel of width eps.
-        eps = c.jumprelu_bandwidth
-        near = ((pre - theta).abs() < eps / 2).to(pre.dtype)  # (B, d_sae)
-        # d z / d theta = -(theta / eps) K;  d L0 / d theta = -(1 / eps) K
-        g_theta = -(theta / eps) * (g_z * near).sum(0) - (c.l0_coeff / (B * eps)) * near.sum(0)
-        sae.threshold.grad = g_theta
-        g_pre = g_z.mul_(active)
+def _weight_grads(sae: SparseAutoencoder, xc: Tensor, z: Tensor, gr: Tensor, g_pre: Tensor) -> None:
+    """Dense weight and bias gradients from latents ``z`` and the gradients ``gr`` (dL/dx_hat,
+    (B, d_in)) and ``g_pre`` (dL/dpre, (B, d_sae))."""
     sae.W_dec.grad = z.T @ gr
     sae.W_enc.grad = xc.T @ g_pre
     g_benc = g_pre.sum(0)
     sae.b_enc.grad = g_benc
     sae.b_dec.grad = gr.sum(0) - sae.W_enc @ g_benc
-    return _Step(err=err, fired=fired, l0=l0, loss=loss)
 
 
 def _entries(pre: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -197,41 +157,160 @@ def _entries(pre: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]
     return rows, cols, vals, counts.cumsum(0) - counts
 
 
+# -- one trainer per architecture -----------------------------------------------------------------
+StepFn = Callable[[SparseAutoencoder, Tensor, Tensor, Tensor, dict[str, Tensor] | None], _Step]
+"""``step(sae, x, xc, pre, work)``: loss and gradients (left in ``.grad``) for a batch ``x``
+(B, d_in), ``xc = x - b_dec`` and pre-activations ``pre`` (B, d_sae) (which it may overwrite)."""
+
+
+@dataclass(frozen=True)
+class SAETrainer:
+    """How one SAE architecture trains."""
+
+    step: StepFn
+    """The loss and hand-computed gradients of one batch."""
+    resample_scale: float
+    """Default norm of a resampled encoder column relative to the mean alive one."""
+    threshold_from_cutoffs: bool = False
+    """Set the inference threshold to the mean batch cutoff of the last steps (batchtopk)."""
+
+
+SAE_TRAINERS: dict[str, SAETrainer] = {}
+"""Architecture name (as in :data:`~policylens.agents.sae.SAE_ARCHITECTURES`) -> its trainer."""
+
+
+def sae_trainer(
+    arch: str, resample_scale: float, threshold_from_cutoffs: bool = False
+) -> Callable[[StepFn], StepFn]:
+    """Decorator registering a step function as the trainer of the SAE architecture ``arch``."""
+    if arch not in SAE_ARCHITECTURES:
+        raise ValueError(
+            f"No SAE architecture {arch!r} to train; register it with @register_sae first."
+        )
+
+    def register(step: StepFn) -> StepFn:
+        SAE_TRAINERS[arch] = SAETrainer(step, resample_scale, threshold_from_cutoffs)
+        return step
+
+    return register
+
+
+def trainer_for(arch: str) -> SAETrainer:
+    """The registered trainer of ``arch``, with one clear sentence when there is none."""
+    if arch not in SAE_TRAINERS:
+        raise ValueError(
+            f"The SAE architecture {arch!r} has no trainer; register its step with "
+            f"@sae_trainer({arch!r}, ...) in policylens.lenses.sae."
+        )
+    return SAE_TRAINERS[arch]
+
+
+@sae_trainer("relu", resample_scale=0.2)
+def _relu_step(
+    sae: SparseAutoencoder, x: Tensor, xc: Tensor, pre: Tensor, work: dict[str, Tensor] | None
+) -> _Step:
+    """ReLU + L1: the sparse path below ``sparse_below`` density, else the dense one.
+
+    The dense path makes no boolean masks: converting a (batch, d_sae) mask to float or summing it
+    costs more than the elementwise work itself.
+    """
+    c = sae.config
+    head = pre[:256]
+    if int((head > 0).sum()) < c.sparse_below * head.numel():  # density estimate
+        rows, cols, vals, offsets = _entries(pre, pre > 0)
+        return _sparse_grads(sae, x, xc, rows, cols, vals, offsets, l1=c.l1_coeff)
+    B = x.shape[0]
+    g_pre = _buffer(work, "grad", tuple(pre.shape))
+    z = pre.relu_()  # (B, d_sae)
+    fired = z.amax(0) > 0
+    l0 = float(torch.sign(z, out=g_pre).sum()) / B  # g_pre is free until the gradient
+    recon = torch.addmm(sae.b_dec, z, sae.W_dec)  # (B, d_in)
+    err = recon - x
+    loss = float(err.pow(2).sum()) / B
+    gr = err * (2.0 / B)  # dL/dx_hat (B, d_in)
+    sparsity = float(z.sum()) / B  # decoder rows are unit norm, so this is SAELens's L1
+    loss += c.l1_coeff * sparsity
+    # dL/dpre = (gr W_dec^T + l1 / B) where z > 0, else 0
+    l1 = torch.full((c.d_sae,), c.l1_coeff / B)
+    torch.addmm(l1, gr, sae.W_dec.T, out=g_pre)
+    torch.ops.aten.threshold_backward.grad_input(g_pre, z, 0.0, grad_input=g_pre)
+    _weight_grads(sae, xc, z, gr, g_pre)
+    return _Step(err=err, fired=fired, l0=l0, loss=loss)
+
+
+@sae_trainer("topk", resample_scale=1.0)
+def _topk_step(
+    sae: SparseAutoencoder, x: Tensor, xc: Tensor, pre: Tensor, work: dict[str, Tensor] | None
+) -> _Step:
+    """TopK: the k largest pre-activations of each sample, through the sparse path."""
+    c = sae.config
+    B = x.shape[0]
+    vals, cols = pre.topk(c.k, dim=-1, sorted=False)  # (B, k)
+    vals, cols = vals.reshape(-1), cols.reshape(-1)
+    keep = vals > 0
+    if bool(keep.all()):
+        rows = torch.arange(B).repeat_interleave(c.k)
+        offsets = torch.arange(0, B * c.k, c.k)
+    else:  # drop non-positive top-k entries (their ReLU is 0)
+        rows = torch.arange(B).repeat_interleave(c.k)[keep]
+        vals, cols = vals[keep], cols[keep]
+        offsets = torch.searchsorted(rows, torch.arange(B))
+    return _sparse_grads(sae, x, xc, rows, cols, vals, offsets)
+
+
+@sae_trainer("batchtopk", resample_scale=1.0, threshold_from_cutoffs=True)
+def _batchtopk_step(
+    sae: SparseAutoencoder, x: Tensor, xc: Tensor, pre: Tensor, work: dict[str, Tensor] | None
+) -> _Step:
+    """BatchTopK: the k * B largest pre-activations of the batch; reports the batch cutoff."""
+    B = x.shape[0]
+    kth = pre.reshape(-1).topk(B * sae.config.k, sorted=False).values.min()
+    rows, cols, vals, offsets = _entries(pre, (pre >= kth) & (pre > 0))
+    step = _sparse_grads(sae, x, xc, rows, cols, vals, offsets)
+    if vals.numel():
+        step.min_kept = float(vals.min())
+    return step
+
+
+@sae_trainer("jumprelu", resample_scale=0.2)
+def _jumprelu_step(
+    sae: SparseAutoencoder, x: Tensor, xc: Tensor, pre: Tensor, work: dict[str, Tensor] | None
+) -> _Step:
+    """JumpReLU: L0 penalty, thresholds trained with straight-through estimators (dense)."""
+    c = sae.config
+    B = x.shape[0]
+    g_pre = _buffer(work, "grad", tuple(pre.shape))
+    theta = sae.threshold.detach()
+    active = pre > theta
+    z = pre * active
+    n_active = active.sum(0)  # (d_sae,)
+    fired, l0 = n_active > 0, float(n_active.sum()) / B
+    recon = torch.addmm(sae.b_dec, z, sae.W_dec)  # (B, d_in)
+    err = recon - x
+    loss = float(err.pow(2).sum()) / B
+    gr = err * (2.0 / B)  # dL/dx_hat (B, d_in)
+    g_z = torch.mm(gr, sae.W_dec.T, out=g_pre)  # (B, d_sae)
+    loss += c.l0_coeff * l0
+    # Straight-through estimators (Rajamanoharan et al.): rectangle kernel of width eps.
+    eps = c.jumprelu_bandwidth
+    near = ((pre - theta).abs() < eps / 2).to(pre.dtype)  # (B, d_sae)
+    # d z / d theta = -(theta / eps) K;  d L0 / d theta = -(1 / eps) K
+    g_theta = -(theta / eps) * (g_z * near).sum(0) - (c.l0_coeff / (B * eps)) * near.sum(0)
+    sae.threshold.grad = g_theta
+    g_pre = g_z.mul_(active)
+    _weight_grads(sae, xc, z, gr, g_pre)
+    return _Step(err=err, fired=fired, l0=l0, loss=loss)
+
+
 def _train_step(sae: SparseAutoencoder, x: Tensor, work: dict[str, Tensor] | None = None) -> _Step:
     """Forward pass and hand-computed gradients (left in ``.grad``) for one batch ``x`` (B, d_in).
 
     ``work`` keeps scratch buffers between steps (see :func:`_buffer`).
     """
-    c = sae.config
     B = x.shape[0]
     xc = x - sae.b_dec  # (B, d_in)
-    pre = torch.addmm(sae.b_enc, xc, sae.W_enc, out=_buffer(work, "pre", (B, c.d_sae)))
-    if c.arch == "topk":
-        vals, cols = pre.topk(c.k, dim=-1, sorted=False)  # (B, k)
-        vals, cols = vals.reshape(-1), cols.reshape(-1)
-        keep = vals > 0
-        if bool(keep.all()):
-            rows = torch.arange(B).repeat_interleave(c.k)
-            offsets = torch.arange(0, B * c.k, c.k)
-        else:  # drop non-positive top-k entries (their ReLU is 0)
-            rows = torch.arange(B).repeat_interleave(c.k)[keep]
-            vals, cols = vals[keep], cols[keep]
-            offsets = torch.searchsorted(rows, torch.arange(B))
-        return _sparse_grads(sae, x, xc, rows, cols, vals, offsets)
-    if c.arch == "batchtopk":
-        flat = pre.reshape(-1)
-        kth = flat.topk(B * c.k, sorted=False).values.min()
-        rows, cols, vals, offsets = _entries(pre, (pre >= kth) & (pre > 0))
-        step = _sparse_grads(sae, x, xc, rows, cols, vals, offsets)
-        if vals.numel():
-            step.min_kept = float(vals.min())
-        return step
-    if c.arch == "relu":
-        head = pre[:256]
-        if int((head > 0).sum()) < c.sparse_below * head.numel():  # density estimate
-            rows, cols, vals, offsets = _entries(pre, pre > 0)
-            return _sparse_grads(sae, x, xc, rows, cols, vals, offsets, l1=c.l1_coeff)
-    return _dense_grads(sae, x, xc, pre, work)
+    pre = torch.addmm(sae.b_enc, xc, sae.W_enc, out=_buffer(work, "pre", (B, sae.config.d_sae)))
+    return trainer_for(sae.config.arch).step(sae, x, xc, pre, work)
 
 
 def _batches(data: Tensor | Iterable[Tensor], config: SAEConfig) -> Iterator[Tensor]:
@@ -309,7 +388,7 @@ def resample_dead(
     mean_alive = float(enc_norms[alive].mean()) if bool(alive.any()) else 1.0
     scale = c.resample_encoder_scale
     if scale is None:
-        scale = 1.0 if c.arch in ("topk", "batchtopk") else 0.2
+        scale = trainer_for(c.arch).resample_scale
     sae.W_dec[idx] = directions
     sae.W_enc[:, idx] = directions.T * (scale * mean_alive)
     sae.b_enc[idx] = 0.0
@@ -352,7 +431,7 @@ def train_sae(
     explained_variance and l0 (of that batch), dead_fraction, resampled, lr and seconds.
     """
     if sae is None:
-        sae = SparseAutoencoder(config)
+        sae = build_sae(config)
         init_b_dec = config.init_b_dec_mean
     else:
         have = (sae.config.d_in, sae.config.d_sae, sae.config.arch)
@@ -364,6 +443,7 @@ def train_sae(
             )
         sae.config = config
         init_b_dec = False
+    trainer = trainer_for(config.arch)
     sae.train()
     c = config
     thr_sum, thr_n = 0.0, 0  # batchtopk: sum of late batches' cutoffs (smallest kept activation)
@@ -401,9 +481,7 @@ def train_sae(
                 out = _train_step(sae, x, work)
                 _project_decoder_grad(sae)
                 optimizer.step()
-                sae.normalize_decoder()
-                if c.arch == "jumprelu":
-                    sae.threshold.clamp_(min=1e-6)
+                sae.apply_constraints()
             if not math.isnan(out.min_kept):
                 last_cut = out.min_kept
                 if step >= (1.0 - c.threshold_window) * steps - 1:
@@ -441,7 +519,7 @@ def train_sae(
             bar.stop()
     if last is not None:  # the data ran out between log steps: log the final step too
         history.append(_log_entry(*last, time.perf_counter() - t0))
-    if c.arch == "batchtopk":
+    if trainer.threshold_from_cutoffs:
         # A per-sample threshold at the batch cutoff keeps k latents per sample on average.
         sae.threshold.fill_(thr_sum / thr_n if thr_n else last_cut)
     return sae.eval(), history
@@ -483,3 +561,13 @@ def evaluate_sae(
     }
 
 
+__all__ = [
+    "SAE_TRAINERS",
+    "SAETrainer",
+    "evaluate_sae",
+    "resample_dead",
+    "sae_trainer",
+    "synthetic_activations",
+    "train_sae",
+    "trainer_for",
+]

@@ -8,6 +8,7 @@ rook-endgame positions as boards, images as images, other vectors as bar plots.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -200,8 +201,34 @@ def write_sae_dashboard(
     return report.write(folder / "index.html")
 
 
+def dashboard_run_sae(
+    run_path: str | os.PathLike,
+    sae_dir: str | os.PathLike,
+    latents: Sequence[int] | None = None,
+    top: int = 8,
+    steps: int = 4096,
+    step: int | None = None,
+    hook: str | None = None,
+    out: str | os.PathLike | None = None,
+    seed: int = 10_000,
+) -> tuple[Path, list[dict[str, Any]]]:
+    """Feature dashboards (PNG per latent + ``index.html``) for an SAE folder on a run's agent.
+
+    The study computes the cards (:func:`~policylens.studies.rook_sae.runs.dashboard_data`, on
+    ``steps`` fresh steps seeded with ``seed``); they are drawn into ``out`` (default
+    ``<sae_dir>/dashboard``). Returns the HTML path and each latent's summary.
+    """
+    from policylens.studies.rook_sae.runs import dashboard_data
+
+    data = dashboard_data(run_path, sae_dir, latents, top, steps, step, hook, seed)
+    folder = Path(out) if out is not None else Path(sae_dir) / "dashboard"
+    html = write_sae_dashboard(folder, data.cards, data.context, num_actions=data.num_actions)
+    return html, [c.summary() for c in data.cards]
+
+
 __all__ = [
     "action_names",
+    "dashboard_run_sae",
     "latent_figure",
     "maze_state_from_grid",
     "observation_image",

@@ -1,0 +1,12 @@
+"""Sparse autoencoders on agents acting in a world (DuPlessie's rook-endgame SAEs, and any world).
+
+:mod:`policylens.agents.sae` holds the SAE module, hook sites and splicing hooks;
+:mod:`policylens.lenses.sae` trains SAEs on plain tensors. This study ties them to an agent:
+
+- :mod:`.data`: play the agent (the rollout engine) and keep observations, outputs and one hook's
+  activations (:class:`~.data.ActivationData`), or read them from a ``policylens collect`` store.
+- :mod:`.evaluation`: the agent with the SAE spliced in, offline and in the world, beside zero-
+  and mean-ablation of the whole hook.
+- :mod:`.latents`: what each latent does: where it fires, the effect of removing it, dashboard cards.
+- :mod:`.runs`: the same for a run folder (train, evaluate, dashboard data), as the CLI uses it.
+"""

@@ -1,0 +1,190 @@
+"""Activations for SAEs: play an agent and keep one hook's activations, or read them from a store.
+
+:func:`gather_activations` steps the agent through :func:`policylens.rollout.engine.steps` with
+the hook cached and keeps observations, the agent's outputs and the activations in memory;
+:func:`activations_from_store` reads the same from a ``policylens collect`` store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from policylens.agents.sae import HookSite, hook_site
+from policylens.rollout import engine
+
+
+@dataclass
+class ActivationData:
+    """Observations, the agent's outputs on them and one hook's activations, in memory."""
+
+    site: HookSite
+    obs: np.ndarray
+    """(N, *obs_shape) observations the agent acted on."""
+    acts: Tensor
+    """(N, *site.shape) float32 activations at the hook."""
+    logits: Tensor | None = None
+    """(N, num_actions) logits of the unmodified agent (None when not known)."""
+    values: Tensor | None = None
+    """(N,) values of the unmodified agent."""
+    legal: np.ndarray | None = None
+    """(N, num_actions) bool legal-action masks where the world labels them."""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.obs.shape[0])
+
+    def vectors(self) -> Tensor:
+        """All SAE input vectors ``(N * positions, d_in)``."""
+        return self.site.to_vectors(self.acts)
+
+    def split(self, holdout: float) -> tuple[ActivationData, ActivationData]:
+        """The first and last ``holdout`` fraction of observations (later episodes held out)."""
+        n_test = int(round(len(self) * holdout))
+        if not 0 < n_test < len(self):
+            raise ValueError(
+                f"Cannot hold out {holdout:.0%} of {len(self)} observations; gather more steps or "
+                "change the holdout fraction."
+            )
+        cut = len(self) - n_test
+        return self.take(slice(0, cut)), self.take(slice(cut, len(self)))
+
+    def take(self, rows: slice | np.ndarray) -> ActivationData:
+        """The observations ``rows`` (a slice or index array) with everything known about them."""
+
+        def part(x: Any) -> Any:
+            return None if x is None else x[rows]
+
+        return ActivationData(
+            self.site,
+            self.obs[rows],
+            self.acts[rows],
+            part(self.logits),
+            part(self.values),
+            part(self.legal),
+            dict(self.meta),
+        )
+
+
+def gather_activations(
+    agent,
+    hook: str,
+    env_id: str,
+    env_kwargs: dict[str, Any] | None = None,
+    steps: int = 10_000,
+    seed: int = 0,
+    greedy: bool = False,
+    mask_illegal: bool = False,
+    layout: str = "auto",
+    num_envs: int = 32,
+) -> ActivationData:
+    """Play ``agent`` for ``steps`` environment steps and keep what the SAE tools need.
+
+    Environments autoreset, so the rows cover many episodes; actions are sampled (or the argmax
+    with ``greedy``, the right policy for a Q-network), over legal actions only with
+    ``mask_illegal`` (worlds that label ``info["legal_actions"]``). ``seed`` seeds the worlds and
+    the sampling.
+    """
+    from policylens.envs import make_vec
+
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}.")
+    site = hook_site(agent, hook, layout)
+    env_kwargs = dict(env_kwargs or {})
+    n = min(num_envs, steps)
+    envs = make_vec(env_id, n, **env_kwargs)
+    parts: dict[str, list] = {"obs": [], "acts": [], "logits": [], "values": [], "legal": []}
+    rows = 0
+    try:
+        engine.check_world(agent, envs, env_id)
+        obs, infos = envs.reset(seed=seed)
+        policy = engine.Policy(greedy=greedy, mask_illegal=mask_illegal)
+        generator = torch.Generator().manual_seed(seed)
+        stream = engine.steps(agent, envs, obs, infos, policy, generator, cache=[hook])
+        with contextlib.closing(stream):
+            for step in stream:
+                take = min(n, steps - rows)
+                parts["obs"].append(np.asarray(step.obs)[:take].copy())
+                parts["acts"].append(step.cache[hook][:take].float().cpu().contiguous())
+                parts["logits"].append(step.logits[:take])
+                parts["values"].append(step.values[:take])
+                if step.legal is not None:
+                    parts["legal"].append(step.legal[:take].numpy())
+                rows += take
+                if rows >= steps:
+                    break
+    finally:
+        envs.close()
+    return ActivationData(
+        site=site,
+        obs=np.concatenate(parts["obs"]),
+        acts=torch.cat(parts["acts"]),
+        logits=torch.cat(parts["logits"]),
+        values=torch.cat(parts["values"]),
+        legal=np.concatenate(parts["legal"]) if parts["legal"] else None,
+        meta={
+            "env_id": env_id,
+            "env_kwargs": env_kwargs,
+            "steps": steps,
+            "seed": seed,
+            "greedy": greedy,
+            "mask_illegal": mask_illegal,
+        },
+    )
+
+
+def activations_from_store(
+    store, hook: str, layout: str = "auto", max_rows: int | None = None, seed: int = 0
+) -> ActivationData:
+    """Read a hook's activations (and observations, logits, values) from a collect store.
+
+    ``max_rows`` caps the observations read into memory (a subset drawn with ``seed``, in row
+    order).
+    """
+    from policylens.errors import unknown_message
+    from policylens.rollout import open_store
+
+    store = open_store(store) if isinstance(store, str | os.PathLike) else store
+    if hook not in store.hooks:
+        raise ValueError(
+            unknown_message(f"hook in store {store.path}", hook, store.hooks)
+            + " Collect the store with --hooks including it."
+        )
+    arr = store[f"activations/{hook}"]
+    site = HookSite.resolve(hook, arr.row_shape, layout)
+    n = len(store)
+    rows: np.ndarray | slice = slice(0, n)
+    if max_rows is not None and max_rows < n:
+        rng = np.random.default_rng(seed)
+        rows = np.sort(rng.choice(n, size=max_rows, replace=False))
+    meta = dict(store.meta)
+
+    def optional(name: str, dtype: Any) -> Any:
+        return store[name][rows].astype(dtype) if name in store else None
+
+    logits, values = optional("logits", np.float32), optional("values", np.float32)
+    return ActivationData(
+        site=site,
+        obs=store["obs"][rows],
+        acts=torch.from_numpy(np.ascontiguousarray(arr[rows], dtype=np.float32)),
+        logits=None if logits is None else torch.from_numpy(logits),
+        values=None if values is None else torch.from_numpy(values),
+        legal=optional("labels/legal_actions", bool),
+        meta={
+            "store": str(store.path),
+            "env_id": meta.get("env_id"),
+            "env_kwargs": meta.get("env_kwargs", {}),
+            "run": meta.get("run"),
+            "checkpoint_step": meta.get("checkpoint_step"),
+            "greedy": meta.get("greedy", False),
+        },
+    )
+
+
+__all__ = ["ActivationData", "activations_from_store", "gather_activations"]

@@ -1,0 +1,238 @@
+"""The agent with an SAE spliced in, against the original and zero/mean ablation of the hook.
+
+An SAE can explain most of a layer's variance and still wreck a Q-network's policy, so SAEs are
+judged by behaviour: :func:`compare_outputs` on fixed observations, :func:`play_spliced` in the
+world (episodes through the rollout engine), and :func:`evaluate_spliced` for every condition of
+:data:`CONDITIONS`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from policylens.agents.hooks import HookFn
+from policylens.agents.sae import (
+    HookSite,
+    SparseAutoencoder,
+    check_sae_fits,
+    mean_ablation,
+    splice,
+    zero_ablation,
+)
+from policylens.lenses.sae import evaluate_sae
+from policylens.rollout import stats
+from policylens.rollout.engine import Policy, Step, run_episodes
+from policylens.studies.rook_sae.data import ActivationData
+
+CONDITIONS = ("original", "sae", "zero", "mean")
+"""What sits at the hook in :func:`evaluate_spliced`: nothing changed, the SAE reconstruction,
+zeros, the hook's mean activation."""
+
+
+@torch.no_grad()
+def compare_outputs(
+    agent,
+    obs: np.ndarray | Tensor,
+    fwd_hooks: list,
+    policy: Policy,
+    seed: int = 0,
+    legal: np.ndarray | None = None,
+    batch_size: int = 2048,
+) -> dict[str, float]:
+    """How far a hooked agent's outputs are from the original's on the same observations.
+
+    action_agreement: fraction of observations where ``policy`` chooses the same action (argmax,
+    or sampled with the same uniforms, drawn with ``seed``); kl: mean KL(original || hooked) of
+    the action distributions; value_error: mean |V_hooked - V_original|.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    agree = kl = verr = 0.0
+    n = len(obs)
+    for start in range(0, n, batch_size):
+        o = obs[start : start + batch_size]
+        lo, vo = (t.float().cpu() for t in agent(o))
+        lh, vh = (t.float().cpu() for t in agent.run_with_hooks(o, fwd_hooks=fwd_hooks))
+        mask = None if legal is None else torch.from_numpy(legal[start : start + batch_size])
+        u = torch.rand(2, len(o), generator=gen)
+        a_o = policy.choose(lo, u, mask)
+        a_h = policy.choose(lh, u, mask)
+        agree += float((a_o == a_h).sum())
+        lpo, lph = F.log_softmax(lo, -1), F.log_softmax(lh, -1)
+        kl += float((lpo.exp() * (lpo - lph)).sum())
+        verr += float((vh - vo).abs().sum())
+    return {"action_agreement": agree / n, "kl": kl / n, "value_error": verr / n}
+
+
+class _Switchable:
+    """Forward hooks that can be switched off for single forward passes while they stay attached.
+
+    The rollout engine keeps its ``fwd_hooks`` attached for the whole rollout, also while its
+    ``on_step`` callback runs; the callback switches these off to run the unhooked agent on the
+    same observations, and on again before the engine's next step.
+    """
+
+    def __init__(self, fwd_hooks: Sequence[tuple[str, HookFn]]) -> None:
+        self.on = True
+        self.fwd_hooks = [(name, self._gate(fn)) for name, fn in fwd_hooks]
+
+    def _gate(self, fn: HookFn) -> HookFn:
+        def gated(act: Tensor, hook: Any) -> Tensor | None:
+            return fn(act, hook) if self.on else None  # None keeps the activation
+
+        return gated
+
+    @contextlib.contextmanager
+    def off(self) -> Iterator[None]:
+        self.on = False
+        try:
+            yield
+        finally:
+            self.on = True
+
+
+def play_spliced(
+    agent,
+    episodes: int,
+    env_id: str,
+    env_kwargs: dict[str, Any] | None = None,
+    seed: int = 10_000,
+    policy: Policy | None = None,
+    fwd_hooks: Sequence[tuple[str, HookFn]] = (),
+    max_envs: int = 256,
+) -> dict[str, Any]:
+    """Episodes of the hooked agent, each step compared with the unhooked agent on the same obs.
+
+    Each env slot contributes its first episode (:func:`~policylens.rollout.engine.run_episodes`,
+    seeded with ``seed``). Returns return, success and length (95% intervals) and, over all steps
+    played, action_agreement (the hooked agent's action equals the one the original would choose
+    with the same uniforms and legal actions) and value_error (mean |dV|).
+    """
+    policy = policy or Policy()
+    hooks = _Switchable(fwd_hooks)
+    tally = {"agree": 0, "steps": 0, "verr": 0.0}
+
+    def on_step(step: Step, active: np.ndarray) -> None:
+        if fwd_hooks:
+            with hooks.off(), torch.no_grad():
+                lo, vo = agent(step.obs)
+            lo, vo = lo.float().cpu(), vo.float().cpu()
+        else:  # nothing hooked: the step's outputs are the original's
+            lo, vo = step.logits, step.values
+        a_o = policy.choose(lo, step.uniforms, step.legal).numpy()
+        idx = np.nonzero(active)[0]
+        tally["agree"] += int((step.actions[idx] == a_o[idx]).sum())
+        tally["verr"] += float((step.values - vo)[idx].abs().sum())
+        tally["steps"] += len(idx)
+
+    eps = run_episodes(
+        agent, episodes, env_id, env_kwargs, seed=seed, policy=policy,
+        fwd_hooks=hooks.fwd_hooks, max_envs=max_envs, on_step=on_step,
+    )  # fmt: skip
+    n = max(tally["steps"], 1)
+    return {
+        "episodes": len(eps),
+        "return": stats.mean([e.ret for e in eps]),
+        "success": stats.proportion([e.success for e in eps]),
+        "length": stats.mean([e.length for e in eps]),
+        "steps": tally["steps"],
+        "action_agreement": tally["agree"] / n,
+        "value_error": tally["verr"] / n,
+    }
+
+
+def condition_hooks(
+    condition: str, sae: SparseAutoencoder, site: HookSite, mean_act: Tensor | None
+) -> list[tuple[str, HookFn]]:
+    """``fwd_hooks`` that put ``condition``'s activation (see :data:`CONDITIONS`) at the hook."""
+    if condition == "original":
+        return []
+    if condition == "sae":
+        return [splice(sae, site)]
+    if condition == "zero":
+        return [zero_ablation(site)]
+    if condition == "mean":
+        if mean_act is None:
+            raise ValueError("Mean ablation needs the hook's mean activation; pass data.")
+        return [mean_ablation(site, mean_act)]
+    raise ValueError(f"Unknown condition {condition!r}; use one of {', '.join(CONDITIONS)}.")
+
+
+def evaluate_spliced(
+    agent,
+    sae: SparseAutoencoder,
+    site: HookSite,
+    data: ActivationData,
+    env_id: str,
+    env_kwargs: dict[str, Any] | None = None,
+    episodes: int = 100,
+    seed: int = 10_000,
+    greedy: bool = False,
+    mask_illegal: bool = False,
+    conditions: Sequence[str] = CONDITIONS,
+) -> dict[str, Any]:
+    """The SAE's quality as a replacement for the hook, with zero/mean ablation for scale.
+
+    ``data`` (observations of the original agent, e.g. from
+    :func:`~policylens.studies.rook_sae.data.gather_activations` with a seed not used for
+    training) gives the reconstruction metrics, the hook's mean activation, and offline output
+    comparisons; then every condition plays ``episodes`` episodes in the world, seeded with
+    ``seed``. ``return_recovered`` is (R_sae - R_zero) / (R_original - R_zero).
+    """
+    check_sae_fits(sae, site)
+    if data.site != site:
+        raise ValueError(
+            f"The data hold {data.site.describe()} but the SAE is evaluated on {site.describe()}; "
+            "gather the data at the same hook and layout."
+        )
+    for c in conditions:
+        if c not in CONDITIONS:
+            raise ValueError(f"Unknown condition {c!r}; use some of {', '.join(CONDITIONS)}.")
+    mean_act = data.acts.mean(0)  # (*site.shape)
+    legal = data.legal if mask_illegal else None
+    policy = Policy(greedy=greedy, mask_illegal=mask_illegal)
+    result: dict[str, Any] = {
+        "hook": site.hook,
+        "layout": site.layout,
+        "d_in": site.d_in,
+        "d_sae": sae.config.d_sae,
+        "arch": sae.config.arch,
+        "env_id": env_id,
+        "env_kwargs": dict(env_kwargs or {}),
+        "greedy": greedy,
+        "mask_illegal": mask_illegal,
+        "reconstruction": evaluate_sae(sae, data.vectors()),
+        "offline": {"observations": len(data)},
+        "in_world": {},
+    }
+    for c in conditions:
+        hooks = condition_hooks(c, sae, site, mean_act)
+        if c != "original":
+            result["offline"][c] = compare_outputs(
+                agent, data.obs, hooks, policy, seed=seed, legal=legal
+            )
+        result["in_world"][c] = play_spliced(
+            agent, episodes, env_id, env_kwargs, seed, policy, hooks
+        )
+    w = result["in_world"]
+    if {"original", "sae", "zero"} <= set(w):
+        r_o, r_s, r_z = (w[c]["return"]["mean"] for c in ("original", "sae", "zero"))
+        gap = r_o - r_z
+        result["return_recovered"] = (r_s - r_z) / gap if abs(gap) > 1e-9 else math.nan
+    return result
+
+
+__all__ = [
+    "CONDITIONS",
+    "compare_outputs",
+    "condition_hooks",
+    "evaluate_spliced",
+    "play_spliced",
+]
