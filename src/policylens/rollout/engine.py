@@ -259,10 +259,12 @@ def run_episodes(
     policy: Policy | None = None,
     fwd_hooks: Hooks = (),
     max_envs: int = 256,
-    **labels: Any,
+    on_step: Callable[[Step, np.ndarray], None] | None = None,
+    **labels: Sequence[str],
 ) -> list[Episode]:
     """``episodes`` episodes of ``agent`` in ``env_id``, one per env slot, in waves of
-    ``max_envs`` seeded ``seed``, ``seed + max_envs``, ...; ``labels`` as :func:`first_episodes`.
+    ``max_envs`` seeded ``seed``, ``seed + max_envs``, ...; ``on_step`` and the ``*_labels``
+    as :func:`first_episodes`.
     """
     from policylens.envs import make_vec
 
@@ -278,7 +280,9 @@ def run_episodes(
         try:
             check_world(agent, envs, env_id)
             obs, infos = envs.reset(seed=seed + wave * max_envs)
-            done += first_episodes(agent, envs, obs, infos, policy, generator, fwd_hooks, **labels)
+            done += first_episodes(
+                agent, envs, obs, infos, policy, generator, fwd_hooks, on_step=on_step, **labels
+            )
         finally:
             envs.close()
         wave += 1
