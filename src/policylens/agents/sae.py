@@ -15,6 +15,9 @@ site); :func:`export_saelens` writes SAELens 6.x's layout (``cfg.json`` +
 ``sae_weights.safetensors`` with ``W_enc (d_in, d_sae)``, ``W_dec (d_sae, d_in)``, ``b_enc``,
 ``b_dec`` and ``threshold`` for JumpReLU), which ``sae_lens.SAE.load_from_disk`` reads;
 :func:`load_sae` reads either. Weights only ever come from safetensors.
+
+Why one file of this length: the architectures, their hook sites and their two file formats
+share the config and the registry; split, each part would import the others' internals.
 """
 
 from __future__ import annotations
