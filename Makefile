@@ -29,4 +29,5 @@ demo-quick: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy src/policylens
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q

@@ -248,7 +248,7 @@ def test_save_load_roundtrip_bit_exact(tmp_path: Path) -> None:
         assert torch.equal(loaded.net.state_dict()[k], v), k
     obs = np.random.default_rng(0).standard_normal((5, 8)).astype(np.float32)
     assert torch.equal(loaded(obs)[0], agent(obs)[0])
-    assert torch.equal(HookedAgent.load(out)(obs)[1], agent(obs)[1])
+    assert torch.equal(loaded(obs)[1], agent(obs)[1])
 
 
 def test_trainer_checkpoint_with_config_beside(tmp_path: Path) -> None:
@@ -262,6 +262,36 @@ def test_trainer_checkpoint_with_config_beside(tmp_path: Path) -> None:
     (run / "config.json").write_text(json.dumps({"total_steps": 5, "agent": agent.config}))
     assert torch.equal(load_agent(ckpt)(grid_obs())[1], agent(grid_obs())[1])
     assert set(load_file(ckpt)) == set(agent.net.state_dict())
+
+
+def test_run_folder_loads_its_latest_checkpoint(tmp_path: Path) -> None:
+    first, last = small_maze(seed=1), small_maze(seed=2)
+    run = tmp_path / "run"
+    first.save_weights(run / "checkpoints" / "step_0.safetensors")
+    last.save_weights(run / "checkpoints" / "step_100.safetensors")
+    (run / "checkpoints" / "step_20.safetensors.tmp").write_text("a write in progress")
+    (run / "config.json").write_text(json.dumps({"trainer": {}, "agent": first.config}))
+    obs = grid_obs()
+    assert torch.equal(load_agent(run)(obs)[0], last(obs)[0])
+    assert torch.equal(load_agent(str(run))(obs)[0], last(obs)[0])
+    ckpt = run / "checkpoints" / "step_0.safetensors"
+    assert torch.equal(load_agent(ckpt)(obs)[0], first(obs)[0])
+    for f in (run / "checkpoints").glob("step_*.safetensors"):
+        f.unlink()
+    with pytest.raises(FileNotFoundError, match=r"has no checkpoints yet; train it first\.$"):
+        load_agent(run)
+    with pytest.raises(ValueError, match="config= is for a .safetensors file"):
+        load_agent(run, config=first.config)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"neither a run folder .* nor an agent folder"):
+        load_agent(tmp_path / "empty")
+
+
+def test_load_agent_takes_agents_and_refuses_other_objects() -> None:
+    agent = small_maze()
+    assert load_agent(agent, dtype=torch.float64) is agent and agent.dtype == torch.float64
+    with pytest.raises(ValueError, match=r"got a Linear; wrap a PyTorch module with HookedAgent"):
+        load_agent(nn.Linear(2, 2))
 
 
 def test_wrong_architecture_names_parameters(tmp_path: Path) -> None:
@@ -319,6 +349,74 @@ def test_from_module_q_network(tmp_path: Path) -> None:
     )
     twin.load_weights(tmp_path / "q" / "model.safetensors")
     assert torch.equal(twin(obs)[0], q)
+
+
+def test_from_module_names_what_output_needs() -> None:
+    class PolicyAndValue(nn.Module):
+        """Returns (distribution, value), as research code often does."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Linear(3, 2)
+
+        def forward(self, x: torch.Tensor) -> tuple[Categorical, torch.Tensor]:
+            return Categorical(logits=self.body(x)), x.sum(-1)
+
+    with pytest.raises(ValueError) as err:
+        HookedAgent.from_module(PolicyAndValue(), (3,), 2)
+    msg = str(err.value)
+    assert (
+        "output='policy_value'" in msg and "a tuple of a Categorical, a tensor of shape (1,)" in msg
+    )
+    assert "output=a function mapping the network's output to (logits, value)" in msg
+    with pytest.raises(ValueError, match=r"\(a tensor of shape \(1, 2\)\).*pass output='q'"):
+        HookedAgent.from_module(nn.Linear(3, 2), (3,), 2)  # logits only: no value
+    with pytest.raises(ValueError, match=r"a tuple of a tensor .*, a tensor .*, a tensor"):
+        HookedAgent.from_module(ThreeOutputs(), (3,), 2)
+    fixed = HookedAgent.from_module(
+        PolicyAndValue(), (3,), 2, output=lambda out: (out[0].logits, out[1])
+    )
+    assert fixed(np.zeros((4, 3), np.float32))[0].shape == (4, 2)
+
+
+class ThreeOutputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pi = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.pi(x), x.sum(-1), x
+
+
+def test_from_module_hook_names_are_the_hooks_that_fire() -> None:
+    class Partly(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.trunk = nn.Sequential(nn.Linear(3, 8), nn.ReLU())
+            self.unused = nn.Linear(8, 8)
+            self.lstm = nn.LSTM(8, 8, batch_first=True)  # returns a tuple: no tensor to hook
+            self.pi = nn.Linear(8, 2)
+            self.v = nn.Linear(8, 1)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            h, _ = self.lstm(self.trunk(x)[:, None])
+            return self.pi(h[:, 0]), self.v(h[:, 0])
+
+    agent = HookedAgent.from_module(Partly(), (3,), 2)
+    names = agent.hook_names()
+    assert names == [
+        "trunk.0.hook_out",
+        "trunk.1.hook_out",
+        "trunk.hook_out",
+        "pi.hook_out",
+        "v.hook_out",
+        "hook_logits",
+        "hook_value",
+    ]
+    _, cache = agent.run_with_cache(np.zeros((2, 3), np.float32))
+    assert list(cache) == names
+    with pytest.raises(ValueError, match="Unknown hook name 'unused.hook_out'"):
+        agent.run_with_cache(np.zeros((2, 3), np.float32), names=["unused.hook_out"])
 
 
 def test_from_module_callable_output_and_shape_check() -> None:
@@ -416,20 +514,37 @@ def test_research_checkpoint_refuses_pickled_objects(tmp_path: Path) -> None:
     ref = RefCategoricalPolicy(1)
     path = tmp_path / "evil.pt"
     torch.save({"model_state_dict": ref.state_dict(), "extra": Path("x")}, path)
-    with pytest.raises(ValueError, match="weights-only"):
+    with pytest.raises(ValueError, match="holds pickled Python objects"):
         load_agent(path)
     torch.save({"model_state_dict": {"fc.weight": torch.zeros(2, 2)}}, tmp_path / "other.pth")
-    with pytest.raises(ValueError, match="not an IMPALA maze checkpoint"):
+    with pytest.raises(ValueError, match="not an IMPALA maze checkpoint.*HookedAgent.from_module"):
         load_agent(tmp_path / "other.pth")
+
+
+def test_a_pickled_module_is_refused_in_one_plain_sentence(tmp_path: Path) -> None:
+    path = tmp_path / "model.pth"
+    torch.save(RefCategoricalPolicy(1), path)  # the whole module, pickled
+    with pytest.raises(ValueError) as err:
+        load_agent(path)
+    msg = str(err.value)
+    assert msg == (
+        f"{path} holds pickled Python objects, which policylens does not load because unpickling "
+        "can run code; save the weights alone with torch.save(model.state_dict(), path), or as "
+        ".safetensors."
+    )
+    assert "\x1b" not in msg and "weights_only=False" not in msg
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"cannot be read as a PyTorch checkpoint .*corrupt"):
+        load_agent(path)
 
 
 # --------------------------------------------------------------------------- Stable-Baselines3
 def test_sb3_policy_parity() -> None:
     sb3 = pytest.importorskip("stable_baselines3")
-    from policylens.agents import sb3_agent
 
     model = sb3.PPO("MlpPolicy", "CartPole-v1", seed=0, device="cpu")
-    agent = sb3_agent(model)
+    agent = load_agent(model)
     obs = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
     with torch.no_grad():
         t = torch.from_numpy(obs)
@@ -438,7 +553,42 @@ def test_sb3_policy_parity() -> None:
         logits, value = agent(obs)
     torch.testing.assert_close(logits, expected_logits)
     torch.testing.assert_close(value, expected_value)
-    assert any(n.startswith("policy.mlp_extractor.policy_net") for n in agent.hook_names())
+    names = agent.hook_names()
+    assert any(n.startswith("policy.mlp_extractor.policy_net") for n in names)
+    # The policy and its mlp_extractor are containers whose own forward never runs.
+    assert "policy.hook_out" not in names and "policy.mlp_extractor.hook_out" not in names
+    assert load_agent(model.policy).hook_names() == names
+
+
+def test_sb3_zip_loads_without_unpickling(tmp_path: Path, monkeypatch) -> None:
+    sb3 = pytest.importorskip("stable_baselines3")
+    import pickle
+
+    kwargs = {"net_arch": {"pi": [32], "vf": [16, 16]}, "activation_fn": nn.ReLU}
+    model = sb3.A2C("MlpPolicy", "CartPole-v1", seed=0, device="cpu", policy_kwargs=kwargs)
+    model.save(tmp_path / "a2c.zip")
+
+    def no_unpickling(*args, **kwargs):
+        raise AssertionError("unpickled")
+
+    with monkeypatch.context() as m:
+        m.setattr(pickle, "loads", no_unpickling)
+        m.setattr("cloudpickle.loads", no_unpickling)
+        agent = load_agent(tmp_path / "a2c.zip")
+    obs = np.random.default_rng(1).standard_normal((6, 4)).astype(np.float32)
+    with torch.no_grad():
+        expected = model.policy.get_distribution(torch.from_numpy(obs)).distribution.logits
+        torch.testing.assert_close(agent(obs)[0], expected)
+    assert any(n.startswith("policy.mlp_extractor.value_net.2") for n in agent.hook_names())
+    # The rebuilt agent saves and loads like any other.
+    again = load_agent(agent.save(tmp_path / "agent"))
+    torch.testing.assert_close(again(obs)[1], agent(obs)[1])
+    sb3.DQN("MlpPolicy", "CartPole-v1", device="cpu").save(tmp_path / "dqn.zip")
+    with pytest.raises(ValueError, match=r"holds an SB3 DQNPolicy policy.*pass the model to load"):
+        load_agent(tmp_path / "dqn.zip")
+    (tmp_path / "not.zip").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a Stable-Baselines3 model saved with model.save"):
+        load_agent(tmp_path / "not.zip")
 
 
 def test_mlp_separate_value_layers_do_not_share_the_trunk() -> None:

@@ -1,4 +1,5 @@
-"""Atomic file writes: a killed process never leaves a half-written file that looks whole."""
+"""File I/O with one clear error: atomic writes (a killed process never leaves a half-written file
+that looks whole), JSON, and PyTorch checkpoints read without unpickling objects."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 
 @contextlib.contextmanager
@@ -43,6 +44,32 @@ def read_json(path: str | os.PathLike) -> Any:
     except json.JSONDecodeError as e:
         raise ValueError(
             f"{path} is not valid JSON ({e.msg} at line {e.lineno}); the file is corrupt"
+        ) from e
+
+
+def read_torch_weights(file: str | os.PathLike | IO[bytes], source: str | os.PathLike) -> Any:
+    """``torch.load(file, weights_only=True)`` onto the CPU, with one sentence when refused.
+
+    Weights-only loading never unpickles Python objects (unpickling can run code), so a file that
+    holds some (e.g. a whole ``nn.Module`` saved with ``torch.save(model)``) is refused; the error
+    names the safe ways to save weights. ``source`` names the file in messages.
+    """
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(
+            f"{source} holds pickled Python objects, which policylens does not load because "
+            "unpickling can run code; save the weights alone with "
+            "torch.save(model.state_dict(), path), or as .safetensors."
+        ) from e
+    except Exception as e:  # torch raises several types for damaged files
+        raise ValueError(
+            f"{source} cannot be read as a PyTorch checkpoint ({type(e).__name__}); the file is "
+            "corrupt or truncated."
         ) from e
 
 

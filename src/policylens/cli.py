@@ -112,8 +112,10 @@ def train_maze_cmd(
     precision: str = typer.Option(
         "auto", help="float32, bfloat16, or auto (bf16 where the CPU multiplies it natively)."
     ),
-    resume: bool = typer.Option(False, help="Continue a killed run from its last saved state."),
-    quiet: bool = typer.Option(False, help="No progress bar."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue a killed run from its last saved state."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print the run's summary as JSON."),
 ) -> None:
     """Train a PPO maze agent (default recipe: cheese in the top-right corner)."""
@@ -146,7 +148,7 @@ def eval_cmd(
     episodes: int = typer.Option(500, min=1, help="Episodes (one per maze)."),
     step: int = typer.Option(None, help="Checkpoint step (default: latest)."),
     seed: int = typer.Option(10_000, help="Seed of the evaluation mazes and sampling."),
-    greedy: bool = typer.Option(False, help="Argmax actions instead of sampling."),
+    greedy: bool = typer.Option(False, "--greedy", help="Argmax actions instead of sampling."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Success rate, return, episode length and path efficiency of a run's agent."""

@@ -1,4 +1,4 @@
-"""Hooked agents: hook points, built-in networks, HookedAgent, and loaders."""
+"""Hooked agents: hook points, built-in networks, HookedAgent, and the one loader (load_agent)."""
 
 from policylens.agents.agent import HookedAgent
 from policylens.agents.hooks import (
@@ -11,8 +11,7 @@ from policylens.agents.load import (
     find_agent_config,
     load_agent,
     load_research_impala,
-    policy_value_from_sb3,
-    sb3_agent,
+    run_checkpoints,
 )
 from policylens.agents.models import (
     ARCHS,
@@ -23,6 +22,7 @@ from policylens.agents.models import (
     layer_init,
     orthogonal_init,
 )
+from policylens.agents.sb3 import policy_value_from_sb3, sb3_agent
 
 __all__ = [
     "ARCHS",
@@ -39,7 +39,8 @@ __all__ = [
     "load_agent",
     "load_research_impala",
     "orthogonal_init",
-    "retain_freed_memory",
     "policy_value_from_sb3",
+    "retain_freed_memory",
+    "run_checkpoints",
     "sb3_agent",
 ]

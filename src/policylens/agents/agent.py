@@ -97,11 +97,10 @@ class HookedAgent(nn.Module):
         self.hook_logits = HookPoint()
         self.hook_value = HookPoint()
         self._handles: list[RemovableHandle] = []
-        self._points = self._collect_points(submodule_hooks)
         # An in-place op (nn.ReLU(inplace=True)) after a hook point would overwrite a cached
         # tensor that shares its storage, so caches copy in networks that have one.
         self._clone_cache = any(getattr(m, "inplace", False) is True for m in net.modules())
-        self._order = self._trace_order()
+        self._points = self._trace(self._collect_points(submodule_hooks))
 
     # ------------------------------------------------------------------ construction helpers
     @classmethod
@@ -115,10 +114,13 @@ class HookedAgent(nn.Module):
     ) -> HookedAgent:
         """Wrap any PyTorch module without modifying it.
 
-        Every submodule's output becomes a hook point named ``<module path>.hook_out``;
-        PyTorch forward hooks are registered on the submodule only while a hook is attached.
-        ``output`` says what the module returns (see the class docstring). A module that calls
-        one submodule several times in a forward records only its last call in a cache.
+        Every submodule whose output is a tensor becomes a hook point named
+        ``<module path>.hook_out`` (submodules a forward pass never calls are left out); PyTorch
+        forward hooks are registered on the submodule only while a hook is attached. ``output``
+        says what the module returns: a ``(logits, value)`` pair (``"policy_value"``), Q-values
+        (``"q"``), or anything else with a function mapping it to ``(logits, value)``, e.g.
+        ``output=lambda out: (out["pi"], out["v"])``. A module that calls one submodule several
+        times in a forward records only its last call in a cache.
         """
         config = {
             "arch": None,
@@ -147,41 +149,60 @@ class HookedAgent(nn.Module):
         points["hook_value"] = self.hook_value
         return points
 
-    def _trace_order(self) -> list[str]:
-        """Hook names in the order a forward pass reaches them (checks the output shapes too)."""
+    def _trace(self, points: dict[str, HookPointLike]) -> dict[str, HookPointLike]:
+        """The hook points a forward pass reaches with a tensor, in that order.
+
+        Runs one zero observation through the network, so a wrong ``obs_shape``, ``obs_kind``,
+        ``num_actions`` or ``output`` fails here with a sentence saying which.
+        """
         seen: dict[str, None] = {}
 
         def record(act: Any, point: HookPointLike) -> None:
-            seen.setdefault(point.name, None)
+            if isinstance(act, Tensor):
+                seen.setdefault(point.name, None)
 
         modes = {m: m.training for m in self.modules()}
-        handles = [p.add_hook(record) for p in self._points.values()]
+        handles = [p.add_hook(record) for p in points.values()]
         try:
             self.eval()
             dtype = torch.uint8 if self.obs_kind == "image" else self.dtype
-            obs = torch.zeros((1, *self.obs_shape), dtype=dtype, device=self.device)
+            x = self.preprocess(torch.zeros((1, *self.obs_shape), dtype=dtype, device=self.device))
             with torch.no_grad():
-                logits, value = self(obs)
-        except ValueError:
-            raise
-        except Exception as e:
-            raise ValueError(
-                f"The network fails on a batch of observations of shape (1, {_fmt(self.obs_shape)}) "
-                f"({type(e).__name__}: {e}); check obs_shape and obs_kind."
-            ) from e
+                try:
+                    out = self.net(x)
+                except Exception as e:
+                    raise ValueError(
+                        f"The network fails on a batch of observations of shape "
+                        f"(1, {_fmt(self.obs_shape)}) ({type(e).__name__}: {e}); check obs_shape "
+                        "and obs_kind."
+                    ) from e
+                try:
+                    logits, value = self._heads(out)
+                    shapes = (tuple(logits.shape), tuple(value.shape))
+                except Exception as e:
+                    raise ValueError(self._output_message(out)) from e
         finally:
             for h in handles:
                 h.remove()
             for m, training in modes.items():
                 m.training = training
-        if tuple(logits.shape) != (1, self.num_actions) or tuple(value.shape) != (1,):
+        if shapes != ((1, self.num_actions), (1,)):
             raise ValueError(
-                f"The network returned logits {tuple(logits.shape)} and value {tuple(value.shape)} "
-                f"for one observation; expected (1, {self.num_actions}) and (1,): check "
-                "num_actions and the output kind."
+                f"The network returned logits {shapes[0]} and value {shapes[1]} for one "
+                f"observation; expected (1, {self.num_actions}) and (1,): check num_actions and "
+                "output."
             )
-        # Points the forward never reached (unused submodules) go last, in registration order.
-        return list(seen) + [n for n in self._points if n not in seen]
+        return {name: points[name] for name in seen}
+
+    def _output_message(self, out: Any) -> str:
+        """Why ``output`` cannot read the network's output ``out``, and what to pass instead."""
+        given = f"output={self.output!r}" if isinstance(self.output, str) else "the output function"
+        return (
+            f"With {given}, the network's output ({_describe(out)}) cannot be read as "
+            f"(logits (batch, {self.num_actions}), value (batch,)); pass output='q' for "
+            "Q-values (batch, num_actions), or output=a function mapping the network's output to "
+            "(logits, value), e.g. output=lambda out: (out[0], out[1])."
+        )
 
     def __deepcopy__(self, memo: dict[int, Any]) -> HookedAgent:
         """Copy the agent without the hooks attached through it (the copy starts hook-free).
@@ -248,11 +269,14 @@ class HookedAgent(nn.Module):
 
     def forward_input(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Run on an already preprocessed input ``(batch, *input_shape)`` (for attribution)."""
-        out = self.net(x)
+        return self._heads(self.net(x))
+
+    def _heads(self, out: Any) -> tuple[Tensor, Tensor]:
+        """The network's output -> ``(logits, value)`` through ``hook_logits`` and ``hook_value``."""
         if self.output == "q":
             logits = self.hook_logits(out)  # (batch, num_actions) Q-values
             return logits, self.hook_value(logits.max(dim=-1).values)
-        logits, value = out if self.output == "policy_value" else self.output(out)
+        logits, value = self.output(out) if callable(self.output) else out
         if value.dim() == 2 and value.shape[-1] == 1:
             value = value.squeeze(-1)
         return self.hook_logits(logits), self.hook_value(value)
@@ -304,23 +328,23 @@ class HookedAgent(nn.Module):
     @property
     def hook_dict(self) -> dict[str, HookPointLike]:
         """Hook name -> hook point, in forward order."""
-        return {name: self._points[name] for name in self._order}
+        return dict(self._points)
 
     def hook_names(self) -> list[str]:
-        """All hook names, in the order a forward pass reaches them."""
-        return list(self._order)
+        """The names of the hook points a forward pass reaches, in that order."""
+        return list(self._points)
 
     def _resolve(self, spec: NameFilter | Iterable[str] | None) -> list[HookPointLike]:
         if spec is None:
-            return [self._points[n] for n in self._order]
+            return list(self._points.values())
         if isinstance(spec, str):
             spec = [spec]
         elif callable(spec):
-            return [self._points[n] for n in self._order if spec(n)]
+            return [p for n, p in self._points.items() if spec(n)]
         points = []
         for name in spec:
             if name not in self._points:
-                raise ValueError(unknown_name_message("hook name", name, self._order))
+                raise ValueError(unknown_name_message("hook name", name, list(self._points)))
             points.append(self._points[name])
         return points
 
@@ -399,7 +423,10 @@ class HookedAgent(nn.Module):
 
     # ------------------------------------------------------------------ weights
     def save(self, path: str | os.PathLike) -> Path:
-        """Write ``<path>/model.safetensors`` and ``<path>/config.json`` (atomically)."""
+        """Write ``<path>/model.safetensors`` and ``<path>/config.json`` (atomically).
+
+        ``policylens.load_agent(path)`` rebuilds the agent from them.
+        """
         path = Path(path)
         if path.suffix in (".safetensors", ".pt", ".pth", ".json"):
             raise ValueError(
@@ -410,23 +437,6 @@ class HookedAgent(nn.Module):
         self.save_weights(path / WEIGHTS_FILE)
         artifacts.write_json(path / CONFIG_FILE, self.config)
         return path
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> HookedAgent:
-        """Rebuild an agent written by :meth:`save`."""
-        from policylens.agents.models import agent_from_config
-
-        path = Path(path)
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            if not (path / name).is_file():
-                raise FileNotFoundError(
-                    f"No {name} in {path}; pass a directory written by HookedAgent.save()."
-                )
-        agent = agent_from_config(
-            artifacts.read_json(path / CONFIG_FILE), source=path / CONFIG_FILE
-        )
-        agent.load_weights(path / WEIGHTS_FILE)
-        return agent
 
     def save_weights(self, file: str | os.PathLike) -> None:
         """Write the network's weights to one ``.safetensors`` file (atomically)."""
@@ -494,6 +504,17 @@ def _list(items: list[str], n: int = 5) -> str:
 
 def _fmt(shape: Sequence[int]) -> str:
     return ", ".join(str(s) for s in shape)
+
+
+def _describe(out: Any) -> str:
+    """A short description of a network's output for error messages: types and shapes."""
+    if isinstance(out, Tensor):
+        return f"a tensor of shape {tuple(out.shape)}"
+    if isinstance(out, tuple | list):
+        return f"a {type(out).__name__} of {', '.join(_describe(o) for o in out)}"
+    if isinstance(out, dict):
+        return f"a dict with keys {', '.join(repr(k) for k in out)}"
+    return f"a {type(out).__name__}"
 
 
 def num_params(module: nn.Module) -> int:

@@ -6,7 +6,7 @@
 - :class:`MLP`: for vector observations; a policy-value or a Q-network head.
 
 :func:`build_agent` makes a :class:`HookedAgent` from an architecture name; the recipe is stored
-in the agent's config, so :meth:`HookedAgent.load` can rebuild it.
+in the agent's config, so :func:`~policylens.agents.load.load_agent` can rebuild it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import inspect
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -26,11 +26,15 @@ from torch import Tensor, nn
 
 from policylens.agents.agent import HookedAgent
 from policylens.agents.hooks import HookPoint
+from policylens.agents.sb3 import is_sb3_config, sb3_agent_from_config
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"tanh": torch.tanh, "relu": F.relu}
 
 
-def layer_init(layer: nn.Module, gain: float = math.sqrt(2), bias: float = 0.0) -> nn.Module:
+Layer = TypeVar("Layer", bound=nn.Linear | nn.Conv2d)
+
+
+def layer_init(layer: Layer, gain: float = math.sqrt(2), bias: float = 0.0) -> Layer:
     """Orthogonal weights with ``gain`` and constant biases (CleanRL's PPO initialisation)."""
     nn.init.orthogonal_(layer.weight, gain)
     if layer.bias is not None:
@@ -39,7 +43,7 @@ def layer_init(layer: nn.Module, gain: float = math.sqrt(2), bias: float = 0.0) 
 
 
 def orthogonal_init(
-    net: nn.Module, policy_head: nn.Module, value_head: nn.Module | None, policy_gain: float = 0.01
+    net: nn.Module, policy_head: nn.Linear, value_head: nn.Linear | None, policy_gain: float = 0.01
 ) -> None:
     """CleanRL initialisation: sqrt(2) for hidden layers, ``policy_gain`` (0.01) for the policy
     head, 1.0 for the value head."""
@@ -267,6 +271,7 @@ class FusedMazeCNN:
             if batch is not None:
                 size = [batch, c.in_channels, h, w]
                 weight = ops._reorder_convolution_weight(weight, [1, 1], [1, 1], [1, 1], 1, size)
+            assert c.bias is not None  # MazeCNN's convs all have biases
             return weight, cast(c.bias)
 
         self.dtype = dtype
@@ -317,7 +322,7 @@ class FusedMazeCNN:
 
         def conv_add(
             x: Tensor, residual: Tensor, weights: tuple[Tensor, Tensor], unary: str | None
-        ):
+        ) -> Tensor:
             return ops._convolution_pointwise.binary(
                 x, residual, *weights, same, same, same, 1, "add", None, unary, [], ""
             )
@@ -423,8 +428,8 @@ class MLP(nn.Module):
 
 def _init(
     net: nn.Module,
-    policy_head: nn.Module,
-    value_head: nn.Module | None,
+    policy_head: nn.Linear,
+    value_head: nn.Linear | None,
     init: str,
     policy_gain: float = 0.01,
 ) -> None:
@@ -519,9 +524,7 @@ def agent_from_config(config: Any, source: Any = "config") -> HookedAgent:
     """Rebuild an agent (fresh weights) from the config a saved agent carries."""
     if not isinstance(config, dict):
         raise ValueError(f"{source} does not hold an agent config (a JSON object with 'arch').")
-    if config.get("arch") is None and "sb3" in config:
-        from policylens.train.sb3_backend import sb3_agent_from_config
-
+    if config.get("arch") is None and is_sb3_config(config):
         return sb3_agent_from_config(config)
     if config.get("arch") is None and "module" in config:
         raise ValueError(

@@ -258,6 +258,7 @@ class BatchTopKSAE(SparseAutoencoder):
     uses_k = True
     saelens_arch = "jumprelu"
     saelens_exact = False
+    threshold: Tensor  # a buffer, registered in __init__
 
     def __init__(self, config: SAEConfig) -> None:
         super().__init__(config)

@@ -61,9 +61,11 @@ def collect_cmd(
     seed: int = typer.Option(0, help="Seed of the worlds and the action sampling."),
     num_envs: int = typer.Option(64, min=1, help="Environments stepped together."),
     chunk_size: int = typer.Option(8192, min=1, help="Rows per chunk file."),
-    greedy: bool = typer.Option(False, help="Argmax actions instead of sampling."),
-    float16: bool = typer.Option(False, help="Store activations as float16 (half the disk)."),
-    overwrite: bool = typer.Option(False, help="Replace a complete store at --out."),
+    greedy: bool = typer.Option(False, "--greedy", help="Argmax actions instead of sampling."),
+    float16: bool = typer.Option(
+        False, "--float16", help="Store activations as float16 (half the disk)."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a complete store at --out."),
     threads: int = typer.Option(None, min=1, help="Torch/BLAS threads (default: unchanged)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -133,7 +135,9 @@ def probe_cmd(
         None, min=10, help="Rows sampled (default 10000; 5000 over training)."
     ),
     seed: int = typer.Option(0, help="Seed of the data, split and controls."),
-    no_controls: bool = typer.Option(False, help="Skip the random-init and shuffled controls."),
+    no_controls: bool = typer.Option(
+        False, "--no-controls", help="Skip the random-init and shuffled controls."
+    ),
     threads: int = typer.Option(None, min=1, help="Torch/BLAS threads (default: unchanged)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:

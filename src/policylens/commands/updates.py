@@ -97,12 +97,21 @@ def run_cmd(
     salvage_steps: int = typer.Option(
         None, help="Steps retraining the subtracted model (default: steps1 / 4)."
     ),
-    control: bool = typer.Option(True, help="Add the control phase 2 that keeps reward A."),
-    greedy: bool = typer.Option(False, help="Evaluate with argmax actions instead of sampling."),
+    control: bool = typer.Option(
+        True,
+        " /--no-control",
+        show_default=False,
+        help="Skip the control phase 2 that keeps reward A.",
+    ),
+    greedy: bool = typer.Option(
+        False, "--greedy", help="Evaluate with argmax actions instead of sampling."
+    ),
     num_envs: int = typer.Option(None, help="Recipe override: parallel environments."),
     num_steps: int = typer.Option(None, help="Recipe override: steps per env per rollout."),
     hidden: str = typer.Option(None, help="Recipe override: hidden sizes, e.g. 64,64."),
-    report: bool = typer.Option(True, help="Write OUT/report.html."),
+    report: bool = typer.Option(
+        True, " /--no-report", show_default=False, help="Do not write OUT/report.html."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the numbers as JSON."),
 ) -> None:
     """Run the whole protocol (phase 1, phase 2, controls, evaluation, salvage) and analyse it."""
@@ -163,7 +172,9 @@ def show_analysis(analysis: dict, folder: Path, report: bool, as_json: bool) -> 
 @command("analyze", typer_app=updates_app)
 def analyze_cmd(
     path: Path = typer.Argument(..., help="Experiment folder written by `updates run`."),
-    report: bool = typer.Option(True, help="Write PATH/report.html."),
+    report: bool = typer.Option(
+        True, " /--no-report", show_default=False, help="Do not write PATH/report.html."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the numbers as JSON."),
 ) -> None:
     """Recompute the analysis (and report) of an experiment folder from its checkpoints."""

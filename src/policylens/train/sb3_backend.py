@@ -9,7 +9,8 @@ the SB3 arguments and the agent config), ``checkpoints/step_<N>.safetensors`` on
 Checkpoints hold the weights of the SB3 ``ActorCriticPolicy`` wrapped as a HookedAgent
 (:func:`policylens.agents.sb3_agent`), so their names are ``policy.mlp_extractor.policy_net.0.weight``
 and so on. SB3's MlpPolicy has separate policy and value towers (no shared layers); the agent config
-carries an ``"sb3"`` entry from which :func:`sb3_agent_from_config` rebuilds the network.
+carries an ``"sb3"`` entry from which :mod:`policylens.agents.sb3` rebuilds the network, so
+``policylens.load_agent(run_folder)`` loads these runs like any other.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import functools
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -24,24 +26,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from policylens import artifacts
-from policylens.runs import Run, config_json
+from policylens.agents import HookedAgent, load_agent
+from policylens.agents.sb3 import (
+    ACTIVATIONS,
+    is_sb3_config,
+    require_sb3,
+    sb3_agent,
+    sb3_agent_config,
+    sb3_agent_from_config,
+    torch_policy_kwargs,
+)
+from policylens.runs import Run, TrainingProgress, config_json
 from policylens.train.episodes import EpisodeTracker
 from policylens.train.ppo import PPOConfig, checkpoint_updates
-
-ACTIVATIONS = ("tanh", "relu")
-"""Activations of the built-in MLP that SB3's MlpPolicy can mirror."""
-
-
-def _require_sb3() -> Any:
-    try:
-        import stable_baselines3
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ValueError(
-            "The sb3 backend needs stable-baselines3; install it with "
-            "`pip install 'policylens[sb3]'` or use --backend builtin."
-        ) from e
-    return stable_baselines3
 
 
 def sb3_policy_kwargs(config: PPOConfig) -> dict[str, Any]:
@@ -75,13 +72,6 @@ def sb3_policy_kwargs(config: PPOConfig) -> dict[str, Any]:
     }
 
 
-def _torch_policy_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
-    from torch import nn
-
-    act = {"tanh": nn.Tanh, "relu": nn.ReLU}[kw["activation"]]
-    return {"net_arch": kw["net_arch"], "activation_fn": act, "ortho_init": kw["ortho_init"]}
-
-
 class _LinearSchedule:
     """SB3 learning-rate schedule: ``lr * progress_remaining`` (1 -> 0), as ``anneal_lr`` does."""
 
@@ -112,61 +102,13 @@ def sb3_ppo_kwargs(config: PPOConfig) -> dict[str, Any]:
     }
 
 
-def sb3_agent_config(
-    obs_shape: tuple[int, ...], num_actions: int, policy_kwargs: dict[str, Any]
-) -> dict[str, Any]:
-    """The agent config of an SB3 MlpPolicy checkpoint: the HookedAgent fields plus ``"sb3"``."""
-    return {
-        "arch": None,
-        "module": "SB3PolicyValue",
-        "obs_shape": [int(s) for s in obs_shape],
-        "num_actions": int(num_actions),
-        "obs_kind": "vector",
-        "output": "policy_value",
-        "sb3": {"policy": "MlpPolicy", **policy_kwargs},
-    }
-
-
-def is_sb3_config(agent_config: dict[str, Any]) -> bool:
-    """Whether an agent config describes an SB3 policy checkpoint written by this backend."""
-    return isinstance(agent_config, dict) and isinstance(agent_config.get("sb3"), dict)
-
-
-def sb3_agent_from_config(agent_config: dict[str, Any]):
-    """A HookedAgent around a freshly built SB3 ``ActorCriticPolicy`` described by ``agent_config``.
-
-    Load a checkpoint into it with ``agent.load_weights(file)``.
-    """
-    _require_sb3()
-    from gymnasium import spaces
-    from stable_baselines3.common.policies import ActorCriticPolicy
-
-    from policylens.agents import sb3_agent
-
-    if not is_sb3_config(agent_config):
-        raise ValueError("This agent config has no 'sb3' entry; it was not written by train_sb3.")
-    kw = dict(agent_config["sb3"])
-    if kw.get("policy") != "MlpPolicy":
-        raise ValueError(
-            f"Only SB3 MlpPolicy checkpoints can be rebuilt, got {kw.get('policy')!r}."
-        )
-    obs_space = spaces.Box(-np.inf, np.inf, tuple(agent_config["obs_shape"]), np.float32)
-    act_space = spaces.Discrete(int(agent_config["num_actions"]))
-    policy = ActorCriticPolicy(
-        obs_space, act_space, lambda _: 0.0, **_torch_policy_kwargs(kw)
-    )  # the optimiser is never used here
-    return sb3_agent(policy)
-
-
-def load_sb3_checkpoint(file: str | Path, agent_config: dict[str, Any]):
+def load_sb3_checkpoint(file: str | Path, agent_config: dict[str, Any]) -> HookedAgent:
     """An SB3 checkpoint (``.safetensors`` written by :func:`train_sb3`) as a HookedAgent."""
-    agent = sb3_agent_from_config(agent_config)
-    agent.load_weights(file)
-    return agent.eval()
+    return load_agent(file, config=agent_config)
 
 
-def _make_env_fn(env_id: str, env_kwargs: dict[str, Any]):
-    def make():
+def _make_env_fn(env_id: str, env_kwargs: dict[str, Any]) -> Callable[[], Any]:
+    def make() -> Any:
         from policylens.envs import make as make_world
 
         return make_world(env_id, **env_kwargs)
@@ -186,12 +128,9 @@ def train_sb3(
     starts fresh, as in :func:`~policylens.train.ppo.train_ppo`. There is no exact resume: SB3
     keeps no savable Box2D state, so an unfinished folder must be trained again.
     """
-    _require_sb3()
+    sb3 = require_sb3()
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import DummyVecEnv
-
-    from policylens.agents import sb3_agent
-    from policylens.runs import TrainingProgress
 
     policy_kwargs = sb3_policy_kwargs(config)
     ppo_kwargs = sb3_ppo_kwargs(config)
@@ -204,7 +143,7 @@ def train_sb3(
         "MlpPolicy",
         env,
         learning_rate=_LinearSchedule(lr) if schedule == "linear" else lr,
-        policy_kwargs=_torch_policy_kwargs(policy_kwargs),
+        policy_kwargs=torch_policy_kwargs(policy_kwargs),
         device="cpu",
         verbose=0,
         **args,
@@ -212,16 +151,13 @@ def train_sb3(
     agent = sb3_agent(model.policy)  # shares the policy's parameters
     if init_from is not None:
         agent.load_weights(init_from)
-    obs_shape = tuple(env.observation_space.shape)
-    agent_config = sb3_agent_config(obs_shape, int(env.action_space.n), policy_kwargs)
+    agent_config = sb3_agent_config(agent.obs_shape, agent.num_actions, policy_kwargs)
     run = Run.create(
         out,
         {
             "kind": "sb3_ppo",
             "trainer": config_json(asdict(config)),
-            "sb3": config_json(
-                {**ppo_kwargs, "version": _require_sb3().__version__, "policy": "MlpPolicy"}
-            ),
+            "sb3": config_json({**ppo_kwargs, "version": sb3.__version__, "policy": "MlpPolicy"}),
             "agent": agent_config,
         },
     )
@@ -230,10 +166,15 @@ def train_sb3(
     )
     bar = TrainingProgress(progress, "SB3 PPO", "updates", config.num_updates, 0)
     callback = _callback_class()(run, agent, config, save_at, bar)
-    model.learn(config.num_updates * config.batch_size, callback=callback, log_interval=None)
+    # log_interval=None: SB3 never dumps its logger, whose values the callback reads.
+    model.learn(
+        config.num_updates * config.batch_size,
+        callback=callback,
+        log_interval=None,  # type: ignore[arg-type]  # SB3 accepts None; its hint says int
+    )
     bar.close()
     env.close()
-    artifacts.write_text(run.path / "DONE", f'{{"step": {config.num_updates * config.batch_size}}}')
+    run.mark_done(config.num_updates * config.batch_size)
     return run
 
 
@@ -249,7 +190,14 @@ def _callback_class() -> type:
         losses of the update just finished are in SB3's logger.
         """
 
-        def __init__(self, run: Run, agent, config: PPOConfig, save_at: set[int], bar) -> None:
+        def __init__(
+            self,
+            run: Run,
+            agent: HookedAgent,
+            config: PPOConfig,
+            save_at: set[int],
+            bar: TrainingProgress,
+        ) -> None:
             super().__init__(verbose=0)
             self.run, self.agent, self.cfg, self.save_at, self.bar = (
                 run,
@@ -315,10 +263,9 @@ def _callback_class() -> type:
 
 
 __all__ = [
-    "is_sb3_config",
+    "is_sb3_config",  # re-exported for callers of the sb3 backend; defined in agents.sb3
     "load_sb3_checkpoint",
-    "sb3_agent_config",
-    "sb3_agent_from_config",
+    "sb3_agent_from_config",  # re-exported as well
     "sb3_policy_kwargs",
     "sb3_ppo_kwargs",
     "train_sb3",
