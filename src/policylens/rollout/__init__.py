@@ -1,6 +1,8 @@
-"""Rollout datasets: trajectories, ground-truth labels and activations in a lazy on-disk store."""
+"""Playing agents in worlds: the one rollout engine (``run_episodes``, ``steps``, ``Policy``),
+rollout datasets into a lazy on-disk store (``collect``), run statistics (``stats``)."""
 
 from policylens.rollout.collect import collect, collect_run, numeric_labels
+from policylens.rollout.engine import Episode, Policy, Step, run_episodes, steps
 from policylens.rollout.store import (
     Store,
     StoreArray,
@@ -11,6 +13,11 @@ from policylens.rollout.store import (
 )
 
 __all__ = [
+    "Episode",
+    "Policy",
+    "Step",
+    "run_episodes",
+    "steps",
     "Store",
     "StoreArray",
     "StoreWriter",
