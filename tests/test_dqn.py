@@ -329,7 +329,7 @@ def test_chess_recipe():
     assert isinstance(dqn, DQNConfig) and dqn.env_kwargs == {"opponent": "greedy"}
     assert (dqn.total_steps, dqn.seed) == (1_000, 3)
     assert type(chess_recipe(algo="ppo")).__name__ == "PPOConfig"
-    with pytest.raises(ValueError, match="did you mean 'greedy'"):
+    with pytest.raises(ValueError, match="Unknown opponent 'greddy'. Did you mean 'greedy'"):
         chess_recipe(opponent="greddy")
     with pytest.raises(ValueError, match="algo"):
         chess_recipe(algo="sac")
@@ -356,7 +356,7 @@ def test_cli_trains_and_evaluates_a_chess_run(tmp_path):
 def test_cli_bad_options_end_in_one_line(tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["train", "chess", "--out", str(tmp_path / "x"), "--algo", "dqm"])
-    assert result.exit_code == 2 and "did you mean 'dqn'" in result.output
+    assert result.exit_code == 2 and "Did you mean 'dqn'" in result.output
     result = runner.invoke(app, ["train", "chess", "--out", str(tmp_path / "x"), "--algo", "ppo", "--mask-illegal"])  # fmt: skip
     assert result.exit_code == 2 and "DQN only" in result.output
     result = runner.invoke(app, ["chess-eval", str(tmp_path / "nothing")])

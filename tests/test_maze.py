@@ -620,7 +620,10 @@ def test_observations_at_all_positions(config: MazeConfig, seed: int, obs_mode: 
             r"maze_sizes max 11 is larger than world_size 9",
         ),
         ({"maze_sizes": (5, 9), "cheese_region": 7}, r"cheese_region 7 does not fit.*side 5"),
-        ({"cheese_regoin": 1}, r"Unknown maze option 'cheese_regoin'.*Did you mean cheese_region"),
+        (
+            {"cheese_regoin": 1},
+            r"Unknown maze option 'cheese_regoin'.*Did you mean 'cheese_region'",
+        ),
     ],
     ids=["even-world", "tiny-world", "maze-too-big", "region-too-big", "misspelt-option"],
 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io as _io
 import json
+import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,7 +28,7 @@ CHECKPOINT = re.compile(r"^step_(\d+)\.safetensors$")
 class Run:
     """One training run's folder."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
         if not (self.path / "config.json").is_file():
             raise FileNotFoundError(

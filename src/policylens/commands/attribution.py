@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -145,7 +146,7 @@ def features_cmd(
             f, maps=result_nmf.maps, components=result_nmf.components, residual=result_nmf.residual
         )
     files["nmf"] = str(npz)
-    summary = {
+    summary: dict[str, Any] = {
         "layer": layer,
         "n_obs": n_obs,
         "attribution_completeness": attr.completeness,
@@ -169,5 +170,5 @@ def features_cmd(
         f"{linkage} clusters (k={clusters}): AMI {cl.scores['ami']:.3f}, purity "
         f"{cl.scores['purity']:.3f} vs wall/path/mouse/cheese"
     )
-    for kind, path in files.items():
-        console.print(f"{kind}: {path}")
+    for kind, saved in files.items():
+        console.print(f"{kind}: {saved}")

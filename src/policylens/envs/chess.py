@@ -154,11 +154,42 @@ class _WhiteView:
         "obs_index",
     )
 
+    legal: np.ndarray
+    """Mask of legal white actions (read-only)."""
+    next: list[Position | None]
+    """Position after each action, black to move; ``None`` where the action is illegal."""
+    mate: np.ndarray
+    """Mask of actions that checkmate (read-only)."""
+    safe: np.ndarray
+    """Mask of actions that neither stalemate nor leave the rook to be taken (read-only)."""
+    attacked: np.ndarray
+    """``uint8`` per square: 1 where white attacks it (read-only)."""
+    num_attacked: int
+    edge: int
+    """The black king's distance to the nearest edge."""
+    rook_en_prise: bool
+    black_moves: int
+    """Number of squares the black king could move to."""
+    rc: tuple[RC, RC, RC]
+    """``(row, col)`` of white king, white rook (``NO_POS`` once taken) and black king."""
+    obs_index: np.ndarray
+    """Flat indices of the observation's one-hot entries."""
+
 
 class _BlackView:
     """A position after a legal white move, black to reply (see ``_Board.black``)."""
 
     __slots__ = ("check", "moves", "capture", "greedy", "chase")
+
+    check: bool
+    moves: tuple[int, ...]
+    """Squares the black king may move to."""
+    capture: bool
+    """True when the black king can take the rook."""
+    greedy: tuple[int, ...]
+    """Replies of the ``"greedy"`` opponent (ties kept)."""
+    chase: tuple[int, ...]
+    """Replies of the ``"chase"`` opponent (ties kept)."""
 
 
 class _Board:

@@ -93,6 +93,14 @@ def fuel_term(action: Any, continuous: bool) -> float:
     return -float(m_power * MAIN_ENGINE_COST) - float(s_power * SIDE_ENGINE_COST)
 
 
+def _shaping(lander: LunarLander) -> float | None:
+    """The lander's shaping potential after its last step; ``None`` right after reset.
+
+    Gymnasium assigns ``prev_shaping`` a bare ``None`` first, so its inferred type is ``None``.
+    """
+    return lander.prev_shaping
+
+
 class LunarRewardVariant(gym.Wrapper):
     """Pay one of :data:`REWARD_VARIANTS` and label fuel use and landing in ``info``.
 
@@ -132,14 +140,16 @@ class LunarRewardVariant(gym.Wrapper):
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         lander = self.env.unwrapped
-        shaping_before = lander.prev_shaping  # None on the first step after reset
+        assert isinstance(lander, LunarLander)  # checked in __init__
+        shaping_before = _shaping(lander)  # None on the first step after reset
         obs, reward, terminated, truncated, info = self.env.step(action)
         standard = float(reward)
         if terminated:
             # The env replaced the reward by +-100: no shaping difference, no fuel charged.
             base, fuel = standard, 0.0
         else:
-            shaping_after = lander.prev_shaping
+            shaping_after = _shaping(lander)
+            assert shaping_after is not None  # LunarLander.step always sets it
             base = 0.0 if shaping_before is None else float(shaping_after - shaping_before)
             fuel = fuel_term(action, self.continuous)
             # The env computes (base - main_cost) - side_cost; a discrete action has at most one

@@ -852,8 +852,9 @@ class MazeVecEnv(VectorEnv):
             )
         return self.batch.obs.copy(), reward, terminated, truncated, infos
 
-    def render(self) -> np.ndarray:
-        return human_view(self.batch.get_state(0))
+    def render(self) -> tuple[np.ndarray, ...]:
+        """One human-view frame per env, as Gymnasium's ``VectorEnv.render`` promises."""
+        return tuple(human_view(self.batch.get_state(i)) for i in range(self.num_envs))
 
     def get_state(self, i: int = 0) -> MazeState:
         return self.batch.get_state(i)

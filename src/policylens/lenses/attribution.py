@@ -275,10 +275,10 @@ class Attribution:
     @property
     def completeness(self) -> dict[str, float] | None:
         """Summary of :attr:`delta`: how well attributions sum to the output difference."""
-        delta = self.delta
-        if delta is None:
+        delta, baseline_outputs = self.delta, self.baseline_outputs
+        if delta is None or baseline_outputs is None:  # delta is None exactly without baselines
             return None
-        diff = (self.outputs - self.baseline_outputs).detach().double()
+        diff = (self.outputs - baseline_outputs).detach().double()
         d = delta.detach().double().abs()
         scale = diff.abs().mean().item()
         return {

@@ -829,7 +829,7 @@ def probe_checkpoints(
                 ctrl[label][hook]["random_init"] = float(
                     data.fit(rfeats[hook], data.targets[label], params[label, hook])["score"]
                 )
-    scores = {lab: {h: [] for h in hooks} for lab in labels}
+    scores: dict[str, dict[str, list[float]]] = {lab: {h: [] for h in hooks} for lab in labels}
     for step in chosen:
         if step == chosen[-1]:
             for hook in hooks:

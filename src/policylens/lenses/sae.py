@@ -272,6 +272,17 @@ def _batchtopk_step(
     return step
 
 
+def _threshold(sae: SparseAutoencoder) -> Tensor:
+    """The per-latent ``threshold`` of a thresholded SAE (a parameter or a buffer).
+
+    Not every architecture has one, so the base class does not declare it and ``nn.Module``
+    types the attribute as ``Tensor | Module``.
+    """
+    threshold = sae.threshold
+    assert isinstance(threshold, Tensor), f"{type(sae).__name__}.threshold is not a tensor"
+    return threshold
+
+
 @sae_trainer("jumprelu", resample_scale=0.2)
 def _jumprelu_step(
     sae: SparseAutoencoder, x: Tensor, xc: Tensor, pre: Tensor, work: dict[str, Tensor] | None
@@ -280,7 +291,8 @@ def _jumprelu_step(
     c = sae.config
     B = x.shape[0]
     g_pre = _buffer(work, "grad", tuple(pre.shape))
-    theta = sae.threshold.detach()
+    threshold = _threshold(sae)
+    theta = threshold.detach()
     active = pre > theta
     z = pre * active
     n_active = active.sum(0)  # (d_sae,)
@@ -296,7 +308,7 @@ def _jumprelu_step(
     near = ((pre - theta).abs() < eps / 2).to(pre.dtype)  # (B, d_sae)
     # d z / d theta = -(theta / eps) K;  d L0 / d theta = -(1 / eps) K
     g_theta = -(theta / eps) * (g_z * near).sum(0) - (c.l0_coeff / (B * eps)) * near.sum(0)
-    sae.threshold.grad = g_theta
+    threshold.grad = g_theta
     g_pre = g_z.mul_(active)
     _weight_grads(sae, xc, z, gr, g_pre)
     return _Step(err=err, fired=fired, l0=l0, loss=loss)
@@ -350,6 +362,7 @@ def _lr_at(config: SAEConfig, step: int, steps: int) -> float:
 def _project_decoder_grad(sae: SparseAutoencoder) -> None:
     """Remove each decoder row's gradient component along the (unit) row itself."""
     W, g = sae.W_dec, sae.W_dec.grad
+    assert g is not None  # the training step sets it before every optimizer step
     g -= (g * W).sum(1, keepdim=True) * W
 
 
@@ -521,7 +534,7 @@ def train_sae(
         history.append(_log_entry(*last, time.perf_counter() - t0))
     if trainer.threshold_from_cutoffs:
         # A per-sample threshold at the batch cutoff keeps k latents per sample on average.
-        sae.threshold.fill_(thr_sum / thr_n if thr_n else last_cut)
+        _threshold(sae).fill_(thr_sum / thr_n if thr_n else last_cut)
     return sae.eval(), history
 
 

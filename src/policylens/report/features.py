@@ -69,7 +69,9 @@ def cluster_figure(
     from matplotlib.colors import ListedColormap
 
     k = int(labels.max()) + 1
-    cmap = ListedColormap(plt.get_cmap("tab10").colors[: max(k, 1)])
+    tab10 = plt.get_cmap("tab10")
+    assert isinstance(tab10, ListedColormap)  # a qualitative map: a list of colours
+    cmap = ListedColormap(np.asarray(tab10.colors)[: max(k, 1)])
     n = len(obs)
     fig, axes = plt.subplots(2, n, figsize=(2.1 * n, 4.3), squeeze=False)
     for i in range(n):

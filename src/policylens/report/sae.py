@@ -67,11 +67,13 @@ def observation_image(obs: np.ndarray, env_id: str | None) -> np.ndarray | None:
 
         planes = obs.reshape(3, -1)
         n = int(round(np.sqrt(planes.shape[1])))
-        pos = []
-        for p in planes:
-            idx = np.flatnonzero(p > 0.5)
-            pos.append((int(idx[0]) // n, int(idx[0]) % n) if len(idx) else (-1, -1))
-        return board_image(tuple(pos), board_size=n, cell_px=24)
+
+        def square(plane: np.ndarray) -> tuple[int, int]:
+            idx = np.flatnonzero(plane > 0.5)
+            return (int(idx[0]) // n, int(idx[0]) % n) if len(idx) else (-1, -1)
+
+        pos = (square(planes[0]), square(planes[1]), square(planes[2]))
+        return board_image(pos, board_size=n, cell_px=24)
     if obs.ndim == 3 and obs.shape[-1] == 3:
         return obs.astype(np.uint8) if obs.dtype != np.uint8 else obs
     if obs.ndim == 3 and obs.shape[0] in (1, 3):
@@ -110,7 +112,7 @@ def latent_figure(card, env_id: str | None, actions: Sequence[str], site: dict[s
     """One latent's dashboard: top observations, activation histogram, effect on actions."""
     n_top = max(1, len(card.top_rows))
     fig = plt.figure(figsize=(max(9.0, 1.9 * n_top), 6.2))
-    top_row, bottom_row = fig.subfigures(2, 1, height_ratios=[1.0, 1.15])
+    top_row, bottom_row = fig.subfigures(2, 1, squeeze=False, height_ratios=[1.0, 1.15])[:, 0]
     axes = top_row.subplots(1, n_top, squeeze=False)[0]
     top_row.suptitle("top-activating observations (activation @ strongest position)", fontsize=9)
     for i, ax in enumerate(axes):

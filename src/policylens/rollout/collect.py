@@ -121,9 +121,11 @@ def collect(
         if h not in valid:
             raise ValueError(unknown_message("hook", h, valid))
     env_kwargs = dict(env_kwargs or {})
-    n = min(num_envs, episodes) if episodes is not None else min(num_envs, steps)
+    n = min(num_envs, target)  # target is episodes or steps, whichever was given
     envs = make_vec(env_id, n, **env_kwargs)
-    obs_shape = tuple(envs.single_observation_space.shape)
+    space_shape = envs.single_observation_space.shape
+    assert space_shape is not None  # observation spaces of worlds are Boxes
+    obs_shape = tuple(space_shape)
     check_world(agent, envs, env_id)
 
     generator = torch.Generator().manual_seed(seed)

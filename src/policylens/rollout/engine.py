@@ -16,7 +16,7 @@ Worlds use same-step autoreset: the ``info`` of an ending step is in ``infos["fi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,7 +140,7 @@ def steps(
     generator: torch.Generator,
     fwd_hooks: Hooks = (),
     cache: Sequence[str] = (),
-) -> Iterator[Step]:
+) -> Generator[Step, None, None]:
     """Step ``envs`` (already reset to ``obs, infos``) forever, one :class:`Step` per call.
 
     Hooks stay attached and the agent in eval mode while the caller iterates; both are undone
@@ -188,7 +188,7 @@ class Episode:
     """Labels of the last observation (``end_labels``), plus ``truncated``."""
 
 
-def episode_success(final_info: dict[str, Any], i: int, terminated: bool) -> bool:
+def episode_success(final_info: dict[str, Any], i: int | np.integer, terminated: bool) -> bool:
     """An env's ``success`` label when it gives one, else 'terminated' (reaching a goal)."""
     if "success" in final_info:
         return bool(final_info["success"][i])
@@ -230,7 +230,7 @@ def first_episodes(
         if on_step is not None:
             on_step(step, active)
         done = step.done
-        for i in np.nonzero(active)[0]:
+        for i in np.nonzero(active)[0].tolist():
             ep, src = eps[i], step.end_info(i)
             ep.ret += float(step.reward[i])
             ep.length += 1

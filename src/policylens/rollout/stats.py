@@ -36,19 +36,19 @@ def mean_ci(values, z: float = Z95) -> tuple[float, float, float]:
     return (m, m - half, m + half)
 
 
-def proportion(flags) -> dict[str, float]:
+def proportion(flags) -> dict[str, Any]:
     """A proportion with its count and Wilson interval, ready for JSON."""
     f = np.asarray(flags, dtype=bool)
     lo, hi = wilson(int(f.sum()), int(f.size))
     return {"rate": float(f.mean()) if f.size else math.nan, "n": int(f.size), "ci": [lo, hi]}
 
 
-def mean(values) -> dict[str, float]:
+def mean(values) -> dict[str, Any]:
     m, lo, hi = mean_ci(values)
     return {"mean": m, "n": int(np.size(values)), "ci": [lo, hi]}
 
 
-def difference(a: dict[str, float], b: dict[str, float], z: float = Z95) -> dict[str, Any]:
+def difference(a: dict[str, Any], b: dict[str, Any], z: float = Z95) -> dict[str, Any]:
     """Difference of two proportions (``a - b``, as made by :func:`proportion`) with Newcombe's
     hybrid-score 95% interval, and whether that interval excludes zero (``effect``).
     """

@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+from gymnasium import spaces
 from torch import Tensor, nn
 
 from policylens.envs import make_vec
@@ -367,16 +368,17 @@ def train_dqn(
     torch.set_num_threads(config.threads)
     envs = make_vec(config.env_id, config.num_envs, **config.env_kwargs)
     obs_space, act_space = envs.single_observation_space, envs.single_action_space
+    obs_shape, obs_dtype = obs_space.shape, obs_space.dtype
+    assert obs_shape is not None and obs_dtype is not None  # worlds observe Boxes
+    assert isinstance(act_space, spaces.Discrete), "DQN acts in discrete action spaces"
     N, A = config.num_envs, int(act_space.n)
     agent = build_agent(
-        config.arch, obs_space.shape, A, seed=config.seed, **{**config.arch_kwargs, "head": "q"}
+        config.arch, obs_shape, A, seed=config.seed, **{**config.arch_kwargs, "head": "q"}
     )
     target = copy.deepcopy(agent).requires_grad_(False)
     optimizer = torch.optim.Adam(agent.parameters(), lr=config.learning_rate, fused=True)
     generator = torch.Generator().manual_seed(config.seed)
-    buffer = ReplayBuffer(
-        config.buffer_rows, N, obs_space.shape, obs_space.dtype, A, config.mask_illegal
-    )
+    buffer = ReplayBuffer(config.buffer_rows, N, obs_shape, obs_dtype, A, config.mask_illegal)
     run_config = {"kind": "dqn", "trainer": config_json(asdict(config)), "agent": agent.config}
 
     run, state = Run.start(out, run_config, resume)
@@ -401,7 +403,8 @@ def train_dqn(
         start_iter, elapsed = state["iteration"], state["elapsed"]
         updates, rows_written = state["updates"], state["rows"]
         if state["env"] is not None:
-            envs.load_state_dict(env_from_saved(state["env"]))
+            # worlds with a saved state are policylens vector envs, which define it; VectorEnv does not
+            envs.load_state_dict(env_from_saved(state["env"]))  # type: ignore[attr-defined]
             tracker.load_state_dict(state["tracker"])
             next_obs, infos = state["next_obs"].numpy(), {"legal_actions": state["masks"].numpy()}
         else:  # worlds without a savable state (the rook endgame) restart their episodes

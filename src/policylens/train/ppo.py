@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from gymnasium import spaces
 from torch import nn
 
 from policylens.envs import make_vec
@@ -172,9 +173,12 @@ def train_ppo(
     torch.set_num_threads(config.threads)
     envs = make_vec(config.env_id, config.num_envs, **config.env_kwargs)
     obs_space, act_space = envs.single_observation_space, envs.single_action_space
+    obs_shape = obs_space.shape
+    assert obs_shape is not None  # worlds observe Boxes
+    assert isinstance(act_space, spaces.Discrete), "PPO here acts in discrete action spaces"
     torch.manual_seed(config.seed)
     agent = build_agent(
-        config.arch, obs_space.shape, int(act_space.n), seed=config.seed, **config.arch_kwargs
+        config.arch, obs_shape, int(act_space.n), seed=config.seed, **config.arch_kwargs
     )
     if init_from is not None:
         agent.load_weights(init_from)
@@ -202,7 +206,8 @@ def train_ppo(
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         if state["env"] is not None:
-            envs.load_state_dict(env_from_saved(state["env"]))
+            # worlds with a saved state are policylens vector envs, which define it; VectorEnv does not
+            envs.load_state_dict(env_from_saved(state["env"]))  # type: ignore[attr-defined]
             tracker.load_state_dict(state["tracker"])
             next_obs = state["next_obs"].numpy()
         else:  # worlds without a savable state (e.g. Box2D) restart their episodes, reseeded
@@ -220,7 +225,7 @@ def train_ppo(
     T, N = config.num_steps, config.num_envs
     # Rollout buffers are NumPy arrays: the per-step bookkeeping on 64-row vectors runs several
     # times faster in NumPy than as torch ops; training reads them as tensors without copying.
-    obs_buf = np.zeros((T, N, *obs_space.shape), dtype=obs_space.dtype)  # uint8 mazes
+    obs_buf = np.zeros((T, N, *obs_shape), dtype=obs_space.dtype)  # uint8 mazes
     act_buf = np.zeros((T, N), dtype=np.int64)
     logp_buf, rew_buf, done_buf, val_buf = (np.zeros((T, N), dtype=np.float32) for _ in range(4))
 
@@ -243,8 +248,8 @@ def train_ppo(
                 obs_t = np.asarray(next_obs)
                 rows = obs_t if truncated_at is None else np.concatenate([obs_t, truncated_at[1]])
                 # truncated episodes' final values ride along in the same forward
-                logits, value = policy(torch.from_numpy(rows))
-                logits, value = logits[:N].float().numpy(), value.float().numpy()
+                out_logits, out_value = policy(torch.from_numpy(rows))
+                logits, value = out_logits[:N].float().numpy(), out_value.float().numpy()
                 if truncated_at is not None:  # bootstrap them from their final observation
                     rew_buf[t - 1, truncated_at[0]] += config.gamma * value[N:]
                     value = value[:N]
@@ -272,7 +277,7 @@ def train_ppo(
             adv[t] = last
 
         # -- optimisation --------------------------------------------------------------------------
-        b_obs = torch.from_numpy(obs_buf).reshape(-1, *obs_space.shape)
+        b_obs = torch.from_numpy(obs_buf).reshape(-1, *obs_shape)
         b_act = torch.from_numpy(act_buf).reshape(-1)
         b_logp = torch.from_numpy(logp_buf).reshape(-1)
         b_adv = torch.from_numpy(adv).reshape(-1)

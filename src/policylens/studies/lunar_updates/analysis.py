@@ -40,7 +40,7 @@ def arch_signature(agent_config: dict[str, Any]) -> dict[str, Any]:
     """What makes two runs' weights comparable: network kind, options and sizes."""
     if "sb3" in agent_config:
         net = {k: v for k, v in agent_config["sb3"].items() if k != "ortho_init"}
-        arch = "sb3_mlp"
+        arch: str | None = "sb3_mlp"
     else:
         net = dict(agent_config.get("kwargs", {}))
         net.pop("init", None)
@@ -371,8 +371,8 @@ def compare_experiments(paths: Sequence[str | Path], by: str = "variant") -> dic
         for k, xs in per_seed.items():
             x = np.asarray(xs, dtype=float)
             x = x[np.isfinite(x)]
-            m, lo, hi = stats.mean_ci(x) if x.size else (math.nan, math.nan, math.nan)
-            row[k] = {"mean": m, "ci": [lo, hi], "n": int(x.size), "values": xs}
+            mu, lo, hi = stats.mean_ci(x) if x.size else (math.nan, math.nan, math.nan)
+            row[k] = {"mean": mu, "ci": [lo, hi], "n": int(x.size), "values": xs}
         rows.append(row)
     return {
         "by": by,

@@ -57,15 +57,21 @@ class Episode:
 MAZE_START = ("level_seed", "dist_to_cheese", "cheese_pos", "corner_pos", "decision_square")
 
 
+def _cell(pos: Any) -> tuple[int, int]:
+    """A maze label ``(row, col)`` (an array of two integers) as a tuple of ints."""
+    row, col = pos
+    return (int(row), int(col))
+
+
 def _maze_episode(e: engine.Episode) -> Episode:
     """The engine's record with the maze labels unpacked (other worlds leave them at -1)."""
     start = e.start
-    cell = lambda key: tuple(int(v) for v in start[key]) if key in start else (-1, -1)  # noqa: E731
+    cell = lambda key: _cell(start[key]) if key in start else (-1, -1)  # noqa: E731
     return Episode(
         ret=e.ret,
         length=e.length,
         success=e.success,
-        positions=[tuple(int(v) for v in p) for p in e.trace.get("mouse_pos", [])],
+        positions=[_cell(p) for p in e.trace.get("mouse_pos", [])],
         level_seed=int(start.get("level_seed", -1)),
         shortest=int(start.get("dist_to_cheese", -1)),
         cheese=cell("cheese_pos"),
@@ -136,7 +142,8 @@ def summarize(episodes: list[Episode]) -> dict[str, Any]:
         wins = [e for e in episodes if e.success]
         out["path_ratio_successes"] = (
             float(
-                np.mean([e.length for e in wins]) / max(np.mean([e.shortest for e in wins]), 1e-9)
+                np.mean([e.length for e in wins])
+                / max(float(np.mean([e.shortest for e in wins])), 1e-9)
             )
             if wins
             else float("nan")

@@ -91,17 +91,18 @@ def decision_square_analysis(
         to_corner = bfs_field(s.walls, s.corner)[1][ds]
         p_cheese_step.append(p[to_cheese] / max(p[to_cheese] + p[to_corner], 1e-12))
 
-    outcome, rows = [], []
+    outcomes: list[int] = []
+    rows = []
     for s, ds, e in zip(states, squares, eps, strict=True):
         first_corner = e.positions.index(s.corner) if s.corner in e.positions else None
         if e.success and (first_corner is None):
-            outcome.append(1)
+            outcomes.append(1)
         elif first_corner is not None:
-            outcome.append(0)
+            outcomes.append(0)
         else:
-            outcome.append(-1)  # reached neither within the step limit
+            outcomes.append(-1)  # reached neither within the step limit
         rows.append([maze_features(s, ds)[f] for f in FEATURES])
-    outcome = np.array(outcome)
+    outcome = np.array(outcomes)
     X = np.array(rows)
     decided = outcome >= 0
     result: dict[str, Any] = {

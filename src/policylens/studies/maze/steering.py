@@ -59,7 +59,8 @@ def test_levels(config: MazeConfig, n: int, seed: int, off_path: bool = True) ->
     from policylens.envs.maze import decision_square
 
     test_cfg = MazeConfig(**{**config.__dict__, "cheese_region": None})
-    out, level = [], seed
+    out: list[MazeState] = []
+    level = seed
     while len(out) < n:
         s = generate_level(level, test_cfg)
         level += 1
@@ -85,7 +86,7 @@ def maze_steering_experiment(
     agent,
     config: MazeConfig,
     hook: str,
-    coefs: Sequence[float] = (-1.0,),
+    coefs: Sequence[float | str] = (-1.0,),
     n_mazes: int = 200,
     n_random: int = 3,
     seed: int = 20_000,
@@ -93,14 +94,15 @@ def maze_steering_experiment(
     """The cheese-vector experiment of Mini, Turner et al., over ``n_mazes`` test mazes.
 
     For each maze the cheese vector is act(maze) - act(maze without cheese) at ``hook`` for the
-    start observation; it is added with each coefficient at every step. Controls: no
+    start observation; it is added with each coefficient of ``coefs`` (numbers, or their text
+    as the CLI passes them; checked with one-sentence errors) at every step. Controls: no
     intervention, and random vectors of the same per-maze norm. Reports success and how often
     the mouse reaches the corner first, with 95% intervals, on the same mazes.
     """
     from policylens.envs.maze import MazeBatch
 
     check_hook(agent, hook)
-    coefs = [check_coefficient(c) for c in coefs]
+    checked = [check_coefficient(c) for c in coefs]
     states = test_levels(config, n_mazes, seed)
     batch = MazeBatch(config, 1)
     obs = np.stack([batch.observe(s) for s in states])
@@ -115,7 +117,7 @@ def maze_steering_experiment(
 
     result: dict[str, Any] = {"hook": hook, "n_mazes": n_mazes, "baseline": report(measure([]))}
     result["vector_norm"] = stats.mean(vectors.flatten(1).norm(dim=1).numpy())
-    for coef in coefs:
+    for coef in checked:
         result[f"cheese_vector x {coef:g}"] = report(measure([(hook, add_vector(vectors, coef))]))
         randoms = [
             measure([(hook, add_vector(random_like(vectors, seed + k, per_row=True), coef))])
