@@ -11,18 +11,17 @@ import csv
 import io as _io
 import json
 import os
-import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from policylens.artifacts import atomic_path, read_json, write_json, write_text
+from policylens.agents.load import run_checkpoints
+from policylens.artifacts import atomic_path, read_json, read_torch_weights, write_json, write_text
 
 DONE = "DONE"
 """The done marker's file name: its presence says training finished."""
-CHECKPOINT = re.compile(r"^step_(\d+)\.safetensors$")
 
 
 class Run:
@@ -94,12 +93,7 @@ class Run:
     # -- checkpoints ------------------------------------------------------------------------------
     def checkpoints(self) -> list[tuple[int, Path]]:
         """(step, file) for every saved checkpoint, oldest first."""
-        found = []
-        for f in (self.path / "checkpoints").glob("step_*.safetensors"):
-            m = CHECKPOINT.match(f.name)
-            if m:
-                found.append((int(m.group(1)), f))
-        return sorted(found)
+        return run_checkpoints(self.path)
 
     def checkpoint(self, step: int | None = None) -> tuple[int, Path]:
         """The checkpoint at ``step`` (latest when None), with a clear error if there is none."""
@@ -136,11 +130,9 @@ class Run:
         if not file.exists():
             return None
         try:
-            return torch.load(file, weights_only=True, map_location="cpu")
-        except Exception as e:  # torch raises several types for damaged files
-            raise ValueError(
-                f"{file} is corrupt ({type(e).__name__}); delete it to restart the run"
-            ) from e
+            return read_torch_weights(file, file)
+        except ValueError as e:
+            raise ValueError(f"{e.args[0].rstrip('.')}; delete it to restart the run") from e
 
     # -- metrics ----------------------------------------------------------------------------------
     def metrics(self) -> list[dict[str, float]]:
