@@ -149,6 +149,7 @@ def test_degenerate_agents_get_a_full_report_and_an_honest_headline(goal, tmp_pa
     for title in ("Success and corner bias", "Decision squares", "Steering", "Channel clamping"):
         assert title in html
     assert "no regression" in html
+    assert html.count("no effect (the interval holds zero)") == 2  # steering and clamping
     lines = headline_lines(headline(result))
     # The conv layer barely reaches the logits: steering it cannot change a scripted choice.
     assert lines[4].endswith("no effect") and lines[5].endswith("no effect")

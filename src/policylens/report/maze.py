@@ -21,6 +21,12 @@ def _rate(p: dict[str, Any]) -> str:
     return f"{p['rate']:.3f} [{p['ci'][0]:.3f}, {p['ci'][1]:.3f}] (n={p['n']})"
 
 
+def _difference(d: dict[str, Any]) -> str:
+    """A difference of proportions with its interval and the verdict it supports."""
+    verdict = "an effect" if d["effect"] else "no effect (the interval holds zero)"
+    return f"{d['diff']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]: {verdict}."
+
+
 def behaviour_rows(behaviour: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for name, r in (
@@ -182,6 +188,10 @@ def maze_report(
             ),  # fmt: skip
             metric,
         )
+    sec.text(
+        "Success with the cheese vector subtracted minus success with random vectors: "
+        + _difference(st["cheese_vector_vs_random"])
+    )
     sec.note(
         "Cheese vector: activation of the maze minus the same maze without cheese at the start, per maze; "
         "random vectors have the same per-maze norm."
@@ -204,7 +214,7 @@ def maze_report(
                 "reaches target square": _rate(c["clamped_reaches_target"]),
             },  # fmt: skip
         ]
-    ).note(
+    ).text("Clamped minus unclamped: " + _difference(st["clamped_vs_unclamped"])).note(
         f"Channels that best track the cheese at {hook} (channel, correlation): "
         + ", ".join(f"{ch} ({r:.2f})" for ch, r in st["cheese_channels"])
         + f". Target: a random free cell at least 4 steps from the cheese; {c['max_steps']} steps allowed."

@@ -83,7 +83,23 @@ def steering_study(
     clamp = maze_clamp_experiment(
         agent, config, hook, [best], value, n_mazes=n_mazes, seed=seed + 2
     )
-    return {"hook": hook, "steering": steering, "cheese_channels": channels, "clamp": clamp}
+    subtracted, random = (
+        steering["cheese_vector x -1"]["success"],
+        steering["random x -1"]["success"],
+    )
+    clamped, unclamped = clamp["clamped_reaches_target"], clamp["baseline_reaches_target"]
+    return {
+        "hook": hook,
+        "steering": steering,
+        "cheese_channels": channels,
+        "clamp": clamp,
+        "cheese_vector_vs_random": stats.difference(subtracted, random),
+        "clamped_vs_unclamped": stats.difference(clamped, unclamped),
+    }
+
+
+ANALYSIS_VERSION = 2
+"""Bumped when the saved analysis gains or changes fields, so older saves are recomputed."""
 
 
 def analyse_maze_run(
@@ -102,12 +118,14 @@ def analyse_maze_run(
         cached = read_json(file)
         if (
             cached.get("step") == step
+            and cached.get("version") == ANALYSIS_VERSION
             and cached.get("episodes") == episodes
             and cached.get("n_mazes") == n_mazes
         ):
             return cached
     result = {
         "step": step,
+        "version": ANALYSIS_VERSION,
         **analyse_maze_agent(run.load_agent(), maze_config(run), episodes, n_mazes, hook, log),
     }
     write_json(file, result)
@@ -140,20 +158,19 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
     """The demo's few numbers, each a proportion with its 95% interval; the interventions are set
     against their controls (random vectors, the unclamped agent) with a difference interval.
     """
-    b, st, clamp = result["behaviour"], result["steering"]["steering"], result["steering"]["clamp"]
-    subtracted, random = st["cheese_vector x -1"]["success"], st["random x -1"]["success"]
-    clamped, unclamped = clamp["clamped_reaches_target"], clamp["baseline_reaches_target"]
+    b, steering = result["behaviour"], result["steering"]
+    st, clamp = steering["steering"], steering["clamp"]
     return {
         "train_success": b["train"]["success"],
         "test_success": b["test"]["success"],
         "test_corner_first": b["test"]["corner_first"],
         "p_cheese_at_decision_squares": result["decisions"]["p_cheese"],
         "success_without_intervention": st["baseline"]["success"],
-        "success_with_cheese_vector_subtracted": subtracted,
-        "success_with_random_vectors": random,
-        "cheese_vector_vs_random": stats.difference(subtracted, random),
-        "clamped_reaches_target": clamped,
-        "clamped_vs_unclamped": stats.difference(clamped, unclamped),
+        "success_with_cheese_vector_subtracted": st["cheese_vector x -1"]["success"],
+        "success_with_random_vectors": st["random x -1"]["success"],
+        "cheese_vector_vs_random": steering["cheese_vector_vs_random"],
+        "clamped_reaches_target": clamp["clamped_reaches_target"],
+        "clamped_vs_unclamped": steering["clamped_vs_unclamped"],
     }
 
 
