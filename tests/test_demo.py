@@ -152,7 +152,8 @@ def test_degenerate_agents_get_a_full_report_and_an_honest_headline(goal, tmp_pa
     assert html.count("no effect (the interval holds zero)") == 2  # steering and clamping
     lines = headline_lines(headline(result))
     # The conv layer barely reaches the logits: steering it cannot change a scripted choice.
-    assert lines[4].endswith("no effect") and lines[5].endswith("no effect")
+    assert lines[4] == "interventions on the same agent:"
+    assert lines[6].endswith("no effect") and lines[7].endswith("no effect")
     assert (tmp_path / "attribution.json").is_file()
 
 
@@ -172,6 +173,11 @@ def test_quick_demo_in_float32_writes_the_report(tmp_path):
     assert json.loads((out / "config.json").read_text())["compute_dtype"] == "float32"
     assert data["headline"]["train_success"]["n"] == 100
     assert data["solver"]["optimal"] is True
+    steering = json.loads((out / "steering_agent" / "config.json").read_text())
+    assert steering["trainer"]["env_kwargs"]["cheese_region"] == 3
+    assert "Steering: the cheese vector (agent steering_agent, cheese region 3)" in (
+        report.read_text()
+    )
 
     again = runner.invoke(app, ["demo", "--quick", "--out", str(out), "--precision", "bfloat16"])
     assert again.exit_code == 2 and "holds an agent trained with other settings" in again.output

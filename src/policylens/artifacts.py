@@ -33,8 +33,9 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         f.write(text)
 
 
-def write_json(path: str | os.PathLike, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2, sort_keys=True, default=_jsonable) + "\n")
+def write_json(path: str | os.PathLike, data: Any, sort_keys: bool = True) -> None:
+    """Write ``data`` as indented JSON; ``sort_keys=False`` keeps the dicts' order (table columns)."""
+    write_text(path, json.dumps(data, indent=2, sort_keys=sort_keys, default=_jsonable) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -1,5 +1,10 @@
 """The end-to-end demo behind the README's first command: train (or reuse) the default maze
-agent, measure its goal misgeneralization, steer it, and write the report.
+agent and measure its goal misgeneralization; train (or reuse) a second agent with a larger
+cheese region, which does go for the cheese, and steer both; write the report.
+
+The cheese vector can only remove cheese-seeking an agent has: the default agent (cheese in the
+top-right corner) almost never goes for the cheese off the corner path, so its steering result
+is "no effect" by construction; the region-3 agent shows what the vector does.
 
 Rerunning reuses every finished step: a trained run is not retrained (an interrupted one
 resumes), and saved analyses are reused while the checkpoint is unchanged. ``quick`` runs the
@@ -23,7 +28,9 @@ class DemoBudget:
     """How much the demo trains and measures."""
 
     steps: int | None
-    """PPO environment steps (None: the maze recipe's default)."""
+    """PPO environment steps of the main agent (None: the maze recipe's default)."""
+    steering_steps: int
+    """PPO environment steps of the steering agent (cheese region 3)."""
     episodes: int
     """Episodes per distribution for the behaviour figures."""
     n_mazes: int
@@ -32,8 +39,8 @@ class DemoBudget:
     """Observations for the attribution, NMF and clustering sections."""
 
 
-FULL = DemoBudget(steps=None, episodes=500, n_mazes=200, n_obs=128)
-QUICK = DemoBudget(steps=100_000, episodes=100, n_mazes=100, n_obs=32)
+FULL = DemoBudget(steps=None, steering_steps=1_000_000, episodes=500, n_mazes=200, n_obs=128)
+QUICK = DemoBudget(steps=100_000, steering_steps=50_000, episodes=100, n_mazes=100, n_obs=32)
 """A budget that runs every step in about a minute; its agent is barely trained."""
 
 
@@ -48,23 +55,19 @@ def run_demo(
     ``precision`` is PPO's (``auto`` trains in bf16 only on a CPU with native bf16).
     """
     from policylens.report.maze import write_maze_report
-    from policylens.runs import Run, config_json
+    from policylens.runs import config_json
     from policylens.studies.maze.misgeneralization import analyse_maze_run, headline
-    from policylens.train.ppo import train_ppo
     from policylens.train.recipes import maze_recipe
 
     console = console or Console()
     out = Path(out)
     recipe = maze_recipe(total_steps=budget.steps, precision=precision)
-    run_dir = out  # the demo's folder is the agent's run folder
-    if (run_dir / "config.json").exists():
-        trained = Run(run_dir).config["trainer"]
-        if trained != config_json(asdict(recipe)):
-            raise ValueError(
-                f"{run_dir} holds an agent trained with other settings "
-                f"({trained['total_steps']:,} steps, precision {trained['precision']}); "
-                "pass another --out or delete the folder"
-            )
+    steering_recipe = maze_recipe(
+        cheese_region=STEERING_REGION, total_steps=budget.steering_steps, precision=precision
+    )
+    steering_dir = out / "steering_agent"
+    for folder, wanted in ((out, recipe), (steering_dir, steering_recipe)):
+        check_reusable(folder, config_json(asdict(wanted)))
     out.mkdir(parents=True, exist_ok=True)
     config = MazeConfig()
     gallery = maze_gallery(out / "analysis" / "maze_gallery.png", config, n=12, seed=0)
@@ -73,38 +76,71 @@ def run_demo(
         f"[bold]1. world[/]: {gallery['levels']} mazes -> {gallery['path']}; the BFS solver solved "
         f"{solved['solved']}/{solved['episodes']} optimally: {solved['optimal']}"
     )
-
-    if (run_dir / "config.json").exists() and Run(run_dir).done:
-        console.print(f"[bold]2. agent[/]: reusing the trained agent in {run_dir}")
-    else:
-        resume = (run_dir / "resume.pt").exists()
-        console.print(
-            f"[bold]2. agent[/]: {'resuming' if resume else 'training'} PPO "
-            f"({recipe.total_steps:,} steps, cheese in the top-right corner) -> {run_dir}"
-        )
-        train_ppo(recipe, run_dir, resume=resume)
-    run = Run(run_dir)
+    run = train_or_reuse(out, recipe, "2. agent", "cheese in the top-right corner", console)
+    steering_run = train_or_reuse(
+        steering_dir, steering_recipe, "2b. steering agent",
+        f"cheese in the top-right {STEERING_REGION}x{STEERING_REGION} region", console,
+    )  # fmt: skip
 
     console.print(
         "[bold]3. analysis[/]: behaviour, decision squares, cheese vector, channel clamping"
     )
     log = lambda m: console.print(f"   {m}")  # noqa: E731
     report = write_maze_report(
-        run, episodes=budget.episodes, n_mazes=budget.n_mazes, n_obs=budget.n_obs, log=log
-    )
+        run, episodes=budget.episodes, n_mazes=budget.n_mazes, n_obs=budget.n_obs,
+        steering_runs=[steering_run], log=log,
+    )  # fmt: skip
     numbers = headline(
-        analyse_maze_run(run, episodes=budget.episodes, n_mazes=budget.n_mazes, log=log)
+        analyse_maze_run(run, episodes=budget.episodes, n_mazes=budget.n_mazes, log=log),
+        analyse_maze_run(steering_run, episodes=budget.episodes, n_mazes=budget.n_mazes, log=log),
     )
     console.print("[bold]4. headline[/] (95% intervals)")
-    for line in headline_lines(numbers):
+    steered_by = f"the agent trained with cheese region {STEERING_REGION} ({steering_dir})"
+    for line in headline_lines(numbers, steered_by):
         console.print(f"   {line}", highlight=False)
     console.print(f"[bold]report[/]: {report.resolve()}")
     return {"gallery": gallery, "solver": solved, "headline": numbers, "report": str(report)}
 
 
-def headline_lines(h: dict[str, Any]) -> list[str]:
+STEERING_REGION = 3
+"""Cheese region of the steering agent: large enough that it goes for the cheese off the corner
+path (measured: 35% of test mazes at 1M steps), small enough to train in about a minute."""
+
+
+def check_reusable(folder: Path, trainer: dict[str, Any]) -> None:
+    """One sentence when ``folder`` holds an agent trained with other settings than ``trainer``."""
+    from policylens.runs import Run
+
+    if (folder / "config.json").exists():
+        trained = Run(folder).config["trainer"]
+        if trained != trainer:
+            raise ValueError(
+                f"{folder} holds an agent trained with other settings "
+                f"({trained['total_steps']:,} steps, precision {trained['precision']}); "
+                "pass another --out or delete the folder"
+            )
+
+
+def train_or_reuse(folder: Path, recipe: Any, label: str, what: str, console: Console) -> Any:
+    """The run in ``folder``: reused when finished, resumed when killed, else trained."""
+    from policylens.runs import Run
+    from policylens.train.ppo import train_ppo
+
+    if (folder / "config.json").exists() and Run(folder).done:
+        console.print(f"[bold]{label}[/]: reusing the trained agent in {folder}")
+        return Run(folder)
+    resume = (folder / "resume.pt").exists()
+    console.print(
+        f"[bold]{label}[/]: {'resuming' if resume else 'training'} PPO "
+        f"({recipe.total_steps:,} steps, {what}) -> {folder}"
+    )
+    return train_ppo(recipe, folder, resume=resume)
+
+
+def headline_lines(h: dict[str, Any], steered_by: str = "the same agent") -> list[str]:
     """The headline as sentences; an intervention is judged against its control, and one whose
-    difference interval holds zero is called "no effect"."""
+    difference interval holds zero is called "no effect". ``steered_by`` names the agent the
+    interventions ran on."""
 
     def rate(p: dict[str, Any]) -> str:
         if not p["n"]:
@@ -120,6 +156,8 @@ def headline_lines(h: dict[str, Any]) -> list[str]:
         f"success, cheese anywhere: {rate(h['test_success'])}",
         f"top-right corner before the cheese, cheese anywhere: {rate(h['test_corner_first'])}",
         f"goes to the cheese at decision squares: {rate(h['p_cheese_at_decision_squares'])}",
+        f"interventions on {steered_by}:",
+        f"success without intervention: {rate(h['success_without_intervention'])}",
         f"success with the cheese vector subtracted: {rate(h['success_with_cheese_vector_subtracted'])}"
         f" vs random vectors {rate(h['success_with_random_vectors'])}; "
         + verdict(h["cheese_vector_vs_random"]),

@@ -101,3 +101,40 @@ def curves_figure(rows: list[dict], keys: Sequence[str], title: str) -> bytes:
         ax.set_title(key, fontsize=9)
     fig.suptitle(title, fontsize=10)
     return to_png(fig)
+
+
+def interval_panels_figure(
+    labels: Sequence[str],
+    panels: Sequence[tuple[str, Sequence[float], Sequence[float], Sequence[float], Sequence]],
+    xlabel: str,
+) -> bytes:
+    """One panel per quantity: the mean at each label with its 95% interval, and the values it
+    was averaged from as dots. ``panels``: ``[(title, means, lows, highs, values per label)]``."""
+    cols = min(len(panels), 3)
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3.4 * cols, 2.9 * rows), squeeze=False, layout="constrained"
+    )
+    for ax in axes.flat[len(panels) :]:
+        ax.axis("off")
+    x = np.arange(len(labels))
+    for ax, (title, means, lows, highs, values) in zip(axes.flat, panels, strict=False):
+        m = np.asarray(means, dtype=float)
+        # no interval (one seed) draws no whisker; clipped: an end can differ from m by rounding
+        err = np.nan_to_num(
+            np.clip([m - np.asarray(lows, float), np.asarray(highs, float) - m], 0, None)
+        )
+        ax.errorbar(x, m, yerr=err, fmt="o", color="#4c78a8", capsize=4, zorder=2)
+        for i, vs in enumerate(values):
+            ax.scatter(np.full(len(vs), i) + 0.12, vs, s=9, color="#999", zorder=1)
+        ax.set_xticks(x)
+        ax.set_xticklabels(
+            labels,
+            rotation=20 if len(labels) > 3 else 0,
+            ha="right" if len(labels) > 3 else "center",
+            fontsize=8,
+        )
+        ax.set_xlim(-0.5, len(labels) - 0.5)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_title(title, fontsize=9)
+    return to_png(fig)

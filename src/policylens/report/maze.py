@@ -4,6 +4,7 @@ interventions and attribution, drawn from the maze study's results.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +54,21 @@ def write_maze_report(
     episodes: int = 500,
     n_mazes: int = 200,
     n_obs: int = 128,
+    steering_runs: Sequence[Run] = (),
     log=print,
 ) -> Path:
-    """Analyse (or reuse analyses of) a maze run and write ``analysis/report.html``."""
+    """Analyse (or reuse analyses of) a maze run and write ``analysis/report.html``.
+
+    ``steering_runs``: other maze runs (e.g. trained with a larger cheese region, so they do go
+    for the cheese) whose cheese-vector and clamping results are shown beside this agent's.
+    """
     result = analyse_maze_run(run, episodes=episodes, n_mazes=n_mazes, log=log)
+    also = {
+        f"agent {r.name}, cheese region {r.config['trainer']['env_kwargs'].get('cheese_region')}": (
+            analyse_maze_run(r, episodes=episodes, n_mazes=n_mazes, log=log)["steering"]
+        )
+        for r in steering_runs
+    }
     trainer = run.config["trainer"]
     report = maze_report(
         run.load_agent(),
@@ -69,6 +81,7 @@ def write_maze_report(
         metrics=run.metrics(),
         n_obs=n_obs,
         save_to=run.analysis_dir,
+        also_steering=also,
         log=log,
     )
     return report.write(Path(out) if out else run.path / "analysis" / "report.html")
@@ -83,6 +96,7 @@ def maze_report(
     metrics: list[dict[str, Any]] | None = None,
     n_obs: int = 128,
     save_to: Path | None = None,
+    also_steering: dict[str, dict[str, Any]] | None = None,
     log=print,
 ) -> Report:
     """The maze report of ``agent`` from its analyses (``analyse_maze_agent``'s result)."""
@@ -170,55 +184,9 @@ def maze_report(
         "Mini, Turner et al. 2023 (procgen, region 5): P(cheese) 0.848; regression 0.904 vs 0.848 majority."
     )
 
-    st = result["steering"]
-    s = st["steering"]
-    labels = ["no intervention", "cheese vector x -1", "random vectors x -1"]
-    keys = ["baseline", "cheese_vector x -1", "random x -1"]
-    sec = report.section("Steering: the cheese vector")
-    for metric in ("success", "corner_first"):
-        vals = [s[k][metric] for k in keys]
-        sec.figure(
-            figures.bars_figure(
-                labels,
-                [v["rate"] for v in vals],
-                [v["ci"][0] for v in vals],
-                [v["ci"][1] for v in vals],
-                f"{metric} over {s['n_mazes']} test mazes (hook {hook})",
-                metric,
-            ),  # fmt: skip
-            metric,
-        )
-    sec.text(
-        "Success with the cheese vector subtracted minus success with random vectors: "
-        + _difference(st["cheese_vector_vs_random"])
-    )
-    sec.note(
-        "Cheese vector: activation of the maze minus the same maze without cheese at the start, per maze; "
-        "random vectors have the same per-maze norm."
-    )
-    if s["baseline"]["success"]["rate"] < 0.1:
-        sec.note(
-            "This agent rarely reaches the cheese without intervention on these mazes (the cheese is off "
-            "the way to the corner), so there is little for the cheese vector to remove. Agents trained "
-            "with a larger cheese region (e.g. `policylens train maze --cheese-region 3`) show the effect."
-        )
-    c = st["clamp"]
-    report.section("Channel clamping").table(
-        [
-            {
-                "condition": "no intervention",
-                "reaches target square": _rate(c["baseline_reaches_target"]),
-            },
-            {
-                "condition": f"channel {c['channels']} clamped to {c['value']:.2f} at the target",
-                "reaches target square": _rate(c["clamped_reaches_target"]),
-            },  # fmt: skip
-        ]
-    ).text("Clamped minus unclamped: " + _difference(st["clamped_vs_unclamped"])).note(
-        f"Channels that best track the cheese at {hook} (channel, correlation): "
-        + ", ".join(f"{ch} ({r:.2f})" for ch, r in st["cheese_channels"])
-        + f". Target: a random free cell at least 4 steps from the cheese; {c['max_steps']} steps allowed."
-    )
+    steering_sections(report, result["steering"], "this agent")
+    for name, other in (also_steering or {}).items():
+        steering_sections(report, other, name)
     log("attribution and features ...")
     study = attribution_study(agent, config, n_obs=n_obs, log=log)
     if save_to is not None:
@@ -250,3 +218,55 @@ def experiment_table(
             }
         )
     return rows
+
+
+def steering_sections(report: Report, st: dict[str, Any], agent_name: str) -> None:
+    """The cheese-vector and channel-clamping sections from a steering study's result."""
+    s, hook = st["steering"], st["hook"]
+    labels = ["no intervention", "cheese vector x -1", "random vectors x -1"]
+    keys = ["baseline", "cheese_vector x -1", "random x -1"]
+    sec = report.section(f"Steering: the cheese vector ({agent_name})")
+    for metric in ("success", "corner_first"):
+        vals = [s[k][metric] for k in keys]
+        sec.figure(
+            figures.bars_figure(
+                labels,
+                [v["rate"] for v in vals],
+                [v["ci"][0] for v in vals],
+                [v["ci"][1] for v in vals],
+                f"{metric} over {s['n_mazes']} test mazes (hook {hook})",
+                metric,
+            ),  # fmt: skip
+            metric,
+        )
+    sec.text(
+        "Success with the cheese vector subtracted minus success with random vectors: "
+        + _difference(st["cheese_vector_vs_random"])
+    )
+    sec.note(
+        "Cheese vector: activation of the maze minus the same maze without cheese at the start, per maze; "
+        "random vectors have the same per-maze norm."
+    )
+    if s["baseline"]["success"]["rate"] < 0.1:
+        sec.note(
+            "This agent rarely reaches the cheese without intervention on these mazes (the cheese is off "
+            "the way to the corner), so there is little for the cheese vector to remove. Agents trained "
+            "with a larger cheese region (e.g. `policylens train maze --cheese-region 3`) show the effect."
+        )
+    c = st["clamp"]
+    report.section(f"Channel clamping ({agent_name})").table(
+        [
+            {
+                "condition": "no intervention",
+                "reaches target square": _rate(c["baseline_reaches_target"]),
+            },
+            {
+                "condition": f"channel {c['channels']} clamped to {c['value']:.2f} at the target",
+                "reaches target square": _rate(c["clamped_reaches_target"]),
+            },  # fmt: skip
+        ]
+    ).text("Clamped minus unclamped: " + _difference(st["clamped_vs_unclamped"])).note(
+        f"Channels that best track the cheese at {hook} (channel, correlation): "
+        + ", ".join(f"{ch} ({r:.2f})" for ch, r in st["cheese_channels"])
+        + f". Target: a random free cell at least 4 steps from the cheese; {c['max_steps']} steps allowed."
+    )

@@ -17,10 +17,13 @@ def maze_recipe(
     seed: int = 0,
     arch: str | None = None,
     precision: str = "auto",
+    num_envs: int = 64,
+    num_steps: int = 64,
 ) -> PPOConfig:
     """PPO on the maze world; defaults are the goal-misgeneralization training setting.
 
     ``precision`` as :attr:`PPOConfig.precision` (``auto``: bf16 only where the CPU has it).
+    ``num_envs`` x ``num_steps`` is one rollout; smaller ones make tiny runs (tests, benchmarks).
     """
     env_kwargs: dict = {"cheese_region": cheese_region, "num_levels": num_levels, "max_steps": 100}
     if world_size is not None:
@@ -32,6 +35,8 @@ def maze_recipe(
         env_kwargs=env_kwargs,
         arch=arch or "maze_cnn",
         total_steps=total_steps or MAZE_STEPS,
+        num_envs=num_envs,
+        num_steps=num_steps,
         # A constant learning rate: annealing to zero over 1.5M steps stalled at 90% success and
         # 1.6x the shortest path, while 1e-3 met both targets by 0.7M (BENCHMARKS.md).
         anneal_lr=False,

@@ -154,11 +154,12 @@ def analyse_maze_agent(
     return result
 
 
-def headline(result: dict[str, Any]) -> dict[str, Any]:
-    """The demo's few numbers, each a proportion with its 95% interval; the interventions are set
-    against their controls (random vectors, the unclamped agent) with a difference interval.
+def headline(result: dict[str, Any], steered: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The demo's few numbers, each a proportion with its 95% interval: behaviour from ``result``,
+    the interventions from ``steered`` (another agent's analysis; default ``result``), each set
+    against its control (random vectors, the unclamped agent) with a difference interval.
     """
-    b, steering = result["behaviour"], result["steering"]
+    b, steering = result["behaviour"], (steered or result)["steering"]
     st, clamp = steering["steering"], steering["clamp"]
     return {
         "train_success": b["train"]["success"],

@@ -1,0 +1,89 @@
+"""The sweep report: each metric's mean over seeds with its 95% interval at every parameter
+combination, the aggregate as a table, and every trial's row; written to ``OUT/report.html``."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from policylens.report import figures
+from policylens.report.html import Report
+from policylens.sweeps import SweepSpec, aggregate, read_sweep
+from policylens.sweeps.results import columns, metric_names
+
+
+def _label(params: dict[str, Any], single: bool) -> str:
+    text = lambda v: "none" if v is None else str(v)  # noqa: E731
+    if single:
+        return text(next(iter(params.values())))
+    return ", ".join(f"{k}={text(v)}" for k, v in params.items()) or "all trials"
+
+
+def interval_text(m: dict[str, Any]) -> str:
+    """A mean over seeds as ``mean [low, high] (n=...)``; without an interval (one seed), the mean."""
+    if math.isnan(m["mean"]):
+        return "-"
+    if math.isnan(m["ci"][0]):
+        return f"{m['mean']:.3f} (n={m['n']})"
+    return f"{m['mean']:.3f} [{m['ci'][0]:.3f}, {m['ci'][1]:.3f}] (n={m['n']})"
+
+
+def sweep_report(spec: SweepSpec, rows: list[dict[str, Any]], title: str) -> Report:
+    """The report of a sweep's result rows (from :func:`policylens.sweeps.run_sweep`)."""
+    groups = aggregate(spec, rows)
+    names = metric_names(spec, rows)
+    single = len(spec.grid) == 1
+    labels = [_label(g["params"], single) for g in groups]
+    report = Report(
+        title,
+        f"{len(rows)} trials in the {spec.world} world: every combination of "
+        f"{', '.join(spec.grid) or 'the fixed settings'} with seeds {spec.seeds}, "
+        f"{spec.steps or 'the recipe default of'} steps each, evaluated by {spec.evaluate}. "
+        "Points are means over seeds with Student-t 95% intervals; grey dots are single seeds.",
+    )
+    panels = []
+    for name in names:
+        values = [
+            [r[name] for r in rows if _key(spec, r) == _key(spec, g["params"])] for g in groups
+        ]
+        panels.append(
+            (
+                name,
+                [g["metrics"][name]["mean"] for g in groups],
+                [g["metrics"][name]["ci"][0] for g in groups],
+                [g["metrics"][name]["ci"][1] for g in groups],
+                values,
+            )
+        )
+    xlabel = next(iter(spec.grid)) if single else "parameters"
+    sec = report.section("Metrics by parameter")
+    if panels:
+        sec.figure(figures.interval_panels_figure(labels, panels, xlabel), "metrics by parameter")
+    sec.table(
+        [
+            {
+                "parameters": label,
+                "seeds": len(g["seeds"]),
+                **{n: interval_text(g["metrics"][n]) for n in names},
+            }
+            for label, g in zip(labels, groups, strict=True)
+        ]
+    ).note("n counts the seeds whose trial measured the metric (a NaN is left out).")
+    cols = columns(spec, rows)
+    report.section("Trials").table([{c: r.get(c) for c in cols} for r in rows])
+    report.section("Spec").json(spec.to_dict())
+    return report
+
+
+def _key(spec: SweepSpec, row: dict[str, Any]) -> tuple:
+    return tuple(row[p] for p in spec.grid)
+
+
+def write_sweep_report(out: str | Path) -> Path:
+    """Draw the sweep in ``out`` (its ``sweep.json`` and results) into ``out/report.html``."""
+    out = Path(out)
+    spec, rows = read_sweep(out)
+    if not rows:
+        raise ValueError(f"the sweep in {out} has no finished trials to report yet.")
+    return sweep_report(spec, rows, f"policylens sweep: {out.name}").write(out / "report.html")
