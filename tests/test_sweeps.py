@@ -311,3 +311,22 @@ def test_ray_backend_without_ray_names_the_extra(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match=r"pip install 'policylens\[ray\]'"):
         run_sweep(tiny_spec(), tmp_path / "s", workers=2, backend="ray", quiet=True)
     assert not (tmp_path / "s" / "trials").exists()
+
+
+def test_maze_steering_metrics_set_each_intervention_against_its_control(tmp_path):
+    from policylens.studies.maze.sweep import maze_steering_metrics
+    from policylens.train.ppo import PPOConfig, train_ppo
+
+    config = PPOConfig(total_steps=16 * 32 * 2, num_envs=16, num_steps=32,
+                       env_kwargs={"cheese_region": None, "max_steps": 40})  # fmt: skip
+    run = train_ppo(config, tmp_path / "run", progress=False)
+    m = maze_steering_metrics(str(run.path), n_mazes=20)
+    for name, (a, b) in {
+        "cheese_vector": ("cheese_vector_success", "random_vector_success"),
+        "clamp": ("clamp_clamped_reach", "clamp_unclamped_reach"),
+    }.items():
+        assert m[f"{name}_diff"] == pytest.approx(m[a] - m[b])
+        assert m[f"{name}_diff_lo"] <= m[f"{name}_diff"] <= m[f"{name}_diff_hi"]
+        excludes_zero = m[f"{name}_diff_lo"] > 0 or m[f"{name}_diff_hi"] < 0
+        assert m[f"{name}_effect"] == float(excludes_zero)
+    assert -1 <= m["clamped_channel_correlation"] <= 1

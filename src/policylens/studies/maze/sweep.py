@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from policylens.runs import Run
 from policylens.studies.maze.decisions import decision_square_analysis
-from policylens.studies.maze.misgeneralization import behaviour_study, maze_config
+from policylens.studies.maze.misgeneralization import behaviour_study, maze_config, steering_study
 
 
 def maze_metrics(run_path: str, episodes: int = 500, n_mazes: int = 200) -> dict[str, float]:
@@ -30,3 +30,29 @@ def maze_metrics(run_path: str, episodes: int = 500, n_mazes: int = 200) -> dict
         "p_cheese_at_decision_squares": decisions["p_cheese"]["rate"],
         "train_path_ratio": train["path_ratio"],
     }
+
+
+def maze_steering_metrics(run_path: str, n_mazes: int = 200) -> dict[str, float]:
+    """The cheese vector and channel clamping on the run's latest agent, each against its
+    control (random vectors of the same norm; the unclamped agent): the rates, the differences
+    with their 95% intervals, whether each interval excludes zero (1.0) or not (0.0), and how
+    well the clamped channel tracks the cheese (its correlation)."""
+    run = Run(run_path)
+    st = steering_study(run.load_agent(), maze_config(run), n_mazes=n_mazes)
+    steer, clamp = st["steering"], st["clamp"]
+    out = {
+        "baseline_success": steer["baseline"]["success"]["rate"],
+        "cheese_vector_success": steer["cheese_vector x -1"]["success"]["rate"],
+        "random_vector_success": steer["random x -1"]["success"]["rate"],
+        "clamp_unclamped_reach": clamp["baseline_reaches_target"]["rate"],
+        "clamp_clamped_reach": clamp["clamped_reaches_target"]["rate"],
+        "clamped_channel_correlation": st["cheese_channels"][0][1],
+    }
+    for name, key in (
+        ("cheese_vector", "cheese_vector_vs_random"),
+        ("clamp", "clamped_vs_unclamped"),
+    ):
+        d = st[key]
+        out |= {f"{name}_diff": d["diff"], f"{name}_diff_lo": d["ci"][0],
+                f"{name}_diff_hi": d["ci"][1], f"{name}_effect": float(d["effect"])}  # fmt: skip
+    return out
