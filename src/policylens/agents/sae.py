@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -135,7 +136,7 @@ class SAEConfig:
 
 
 # -- architectures --------------------------------------------------------------------------------
-class SparseAutoencoder(nn.Module):
+class SparseAutoencoder(nn.Module, ABC):
     """A sparse autoencoder ``x -> z -> x_hat`` over ``(..., d_in)`` activations.
 
     Parameters use SAELens's names and shapes: ``W_enc (d_in, d_sae)``, ``b_enc (d_sae,)``,
@@ -185,9 +186,9 @@ class SparseAutoencoder(nn.Module):
         x = self._check(x)
         return (x - self.b_dec) @ self.W_enc + self.b_enc
 
+    @abstractmethod
     def activate(self, pre: Tensor) -> Tensor:
         """Latents from pre-activations (..., d_sae), zeros for inactive latents."""
-        raise NotImplementedError(f"{type(self).__name__} does not define activate().")
 
     def encode(self, x: Tensor) -> Tensor:
         """Latents: (..., d_in) -> (..., d_sae), dense with zeros for inactive latents."""
