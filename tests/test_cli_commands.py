@@ -56,8 +56,10 @@ def tiny(tmp_path_factory):
     runs = {}
     for region in ("1", "none"):
         out = root / f"region_{region}"
+        threads = 1 if region == "none" else 2
         summary = invoke("train", "maze", "--out", out, "--steps", 8192, "--cheese-region",
-                         region, "--world-size", 7, "--quiet", "--json")  # fmt: skip
+                         region, "--world-size", 7, "--threads", threads, "--quiet",
+                         "--json")  # fmt: skip
         runs[region] = (out, summary)
     return runs
 
@@ -68,6 +70,8 @@ def test_train_maze_completes_a_tiny_run(tiny):
     assert summary["env_kwargs"]["cheese_region"] == 1 and summary["env_kwargs"]["world_size"] == 7
     assert Run(out).load_agent().obs_shape == (3, 7, 7)
     assert tiny["none"][1]["env_kwargs"]["cheese_region"] is None
+    threads = [Run(tiny[r][0]).config["trainer"]["threads"] for r in ("1", "none")]
+    assert threads == [2, 1]  # --threads reaches the trainer
 
 
 def test_behaviour_json_is_the_python_analysis(tiny):
@@ -97,3 +101,16 @@ def test_report_and_table(tiny, tmp_path):
     rate = saved["behaviour"]["test"]["success"]["rate"]
     assert rows[0]["test success"].startswith(f"{rate:.3f}")
     assert np.isfinite(rate)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--steps", "0"], "total_steps 0 is smaller than one rollout"),
+        (["--resume"], "holds no run to continue (no config.json); drop --resume"),
+    ],
+)
+def test_train_maze_refuses_zero_steps_and_resuming_nothing(tmp_path, args, message):
+    r = runner.invoke(app, ["train", "maze", "--out", str(tmp_path / "new"), "--quiet", *args])
+    assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "new" / "checkpoints").exists()  # refused before any work

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import sys
@@ -112,6 +113,9 @@ def train_maze_cmd(
     precision: str = typer.Option(
         "auto", help="float32, bfloat16, or auto (bf16 where the CPU multiplies it natively)."
     ),
+    threads: int = typer.Option(
+        2, min=1, max=256, help="Torch threads (1 keeps its speed beside other busy processes)."
+    ),
     resume: bool = typer.Option(
         False, "--resume", help="Continue a killed run from its last saved state."
     ),
@@ -131,6 +135,13 @@ def train_maze_cmd(
         arch=arch,
         precision=precision,
     )
+    config = dataclasses.replace(config, threads=threads)
+    if resume and not (out / "config.json").exists():
+        raise FileNotFoundError(
+            f"--resume: {out} holds no run to continue (no config.json); drop --resume to start one"
+        )
+    if resume and not (out / "resume.pt").exists():
+        err_console.print(f"note: {out} was stopped before its first saved state; starting it over")
     run = train_ppo(config, out, resume=resume, progress=not quiet)
     summary = run.summary()
     if as_json:
