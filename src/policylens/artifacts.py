@@ -1,31 +1,163 @@
 """File I/O with one clear error: atomic writes (a killed process never leaves a half-written file
-that looks whole), JSON, and PyTorch checkpoints read without unpickling objects."""
+that looks whole), exclusive folder locks (two writers never interleave), JSON, and PyTorch
+checkpoints read without unpickling objects."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+LOCK_FILE = ".policylens.lock"
+"""The lock file a writer holds inside the folder it writes."""
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds."""
-    path = Path(path)
+    path = check_writable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield tmp
+        _fsync_file(tmp)
         os.replace(tmp, path)
+        _fsync_folder(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def check_writable(path: str | os.PathLike, what: str = "file") -> Path:
+    """``path`` as a Path if a ``what`` can be written there; else one sentence saying why not.
+
+    Commands call it on their output paths before any expensive work.
+    """
+    path = Path(path)
+    if what == "file" and path.is_dir():
+        raise ValueError(f"{path} is a folder; give a file name to write")
+    if what != "file" and path.exists() and not path.is_dir():
+        raise ValueError(f"{path} is a file; choose a folder for the {what}")
+    existing = path if path.is_dir() else path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"cannot write {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write {path}: {existing} is not writable; choose another path")
+    return path
+
+
+def _fsync_file(path: str) -> None:
+    """Flush a file's bytes to disk, so a power cut after the rename cannot leave it empty."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries to disk, so a rename survives a power cut."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FolderLock:
+    """An exclusive writer's lock on a folder, so two processes never write it at once.
+
+    The lock is an ``flock`` on ``LOCK_FILE`` inside the folder, taken without waiting: taking it
+    is the one atomic create-or-refuse step, and the kernel drops it when its holder exits or is
+    killed, so a lock left by a dead process is taken over with no race. The file records the
+    holder's PID for the refusal message. Use as a context manager or call ``release()``.
+    """
+
+    def __init__(self, folder: str | os.PathLike, what: str = "folder") -> None:
+        self.fd: int | None = None
+        self.folder = check_writable(folder, what)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.file = self.folder / LOCK_FILE
+        while True:
+            fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise ValueError(
+                    f"{self.folder} is being written by another process ({holder_text(self.file)}); "
+                    f"wait for it to finish, stop it, or choose another {what}."
+                ) from None
+            # A releasing holder may have unlinked the file we opened: lock the one on disk.
+            if _same_file(fd, self.file):
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                 "since": time.time()}).encode())  # fmt: skip
+        self.fd = fd
+
+    def release(self) -> None:
+        """Let other writers in (idempotent)."""
+        if self.fd is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.file)
+        os.close(self.fd)  # closing drops the flock
+        self.fd = None
+
+    def __enter__(self) -> FolderLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        self.release()
+
+
+def locked_by(folder: str | os.PathLike) -> str | None:
+    """Who is writing ``folder`` now ("PID 123 on host, since 12:00"), or None if nobody is."""
+    file = Path(folder) / LOCK_FILE
+    try:
+        fd = os.open(file, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return holder_text(file)
+    finally:
+        os.close(fd)
+    return None  # a lock file its dead holder left behind
+
+
+def holder_text(file: Path) -> str:
+    """The holder recorded in a lock file, in words."""
+    try:
+        info = json.loads(file.read_text())
+        since = time.strftime("%Y-%m-%d %H:%M", time.localtime(info["since"]))
+        return f"PID {info['pid']} on {info['host']}, since {since}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process that has not written its PID yet"
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import json
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,22 +24,105 @@ console = Console()
 err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line
 
 
+BUG_REPORT = "https://github.com/policylens/policylens/issues"
+debug_mode = {"on": False}
+"""Set by ``--debug``: every error shows its full traceback."""
+
+
+@app.callback()
+def options(
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback of any error."),
+) -> None:
+    """policylens: mechanistic interpretability for reinforcement-learning agents."""
+    debug_mode["on"] = debug
+
+
 def command(name: str | None = None, typer_app: typer.Typer = app) -> Callable:
-    """Register a command whose user errors end in one clear sentence, not a traceback."""
+    """Register a command whose foreseeable errors end in one clear sentence, not a traceback.
+
+    An unexpected exception (a bug) shows its traceback and where to report it; ``--debug``
+    shows the traceback of every error.
+    """
 
     def wrap(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def run(*args: Any, **kwargs: Any) -> Any:
             try:
                 return fn(*args, **kwargs)
-            except (ValueError, FileNotFoundError, KeyError) as e:
-                message = e.args[0] if isinstance(e, KeyError) and e.args else e
+            except (typer.Exit, typer.Abort, KeyboardInterrupt):
+                raise
+            except Exception as e:
+                if debug_mode["on"]:
+                    raise
+                message = user_error(e)
+                if message is None:
+                    traceback.print_exc()
+                    err_console.print(
+                        f"[bold red]This is a bug in policylens[/] ({type(e).__name__}); please "
+                        f"report it with the command you ran and the trace above at {BUG_REPORT}",
+                        highlight=False,
+                    )
+                    raise typer.Exit(1) from None
                 err_console.print(f"[bold red]error:[/] {message}", highlight=False)
                 raise typer.Exit(2) from None
 
         return typer_app.command(name)(run)
 
     return wrap
+
+
+def user_error(e: Exception) -> str | None:
+    """The one sentence for a foreseeable error (bad input, files, disk), or None for a bug."""
+    import errno
+
+    from safetensors import SafetensorError
+
+    if isinstance(e, OSError) and e.filename is not None:
+        file = e.filename
+        if isinstance(e, FileNotFoundError):
+            return f"{file} does not exist; check the path"
+        if isinstance(e, PermissionError):
+            return f"permission denied for {file}; choose a path you can read and write"
+        if isinstance(e, NotADirectoryError):
+            return f"{file}: part of this path is a file, not a folder; choose another path"
+        if isinstance(e, IsADirectoryError):
+            return f"{file} is a folder; give a file path"
+        if e.errno == errno.ENOSPC:
+            return f"no space left on the device writing {file}; free some space and run again"
+        if e.errno == errno.EROFS:
+            return f"{file} is on a read-only file system; choose a writable path"
+        return f"{file}: {e.strerror or e}"
+    if isinstance(e, KeyError):
+        return str(e.args[0]) if e.args else "unknown key"
+    if isinstance(e, ValueError | FileNotFoundError):
+        return str(e)
+    if isinstance(e, SafetensorError):
+        return f"a .safetensors file is corrupt or is not safetensors ({e}); re-save it"
+    if isinstance(e, EOFError):
+        return f"a file ended early: it is truncated ({e}); write it again"
+    return None
+
+
+MAZE = "policylens/Maze-v0"
+MAX_EPISODES = 1_000_000
+"""The most episodes (or mazes, or levels) a command plays: about a day of CPU at most."""
+MAX_STEPS = 10_000_000_000
+"""The most environment steps a training takes (weeks of CPU at policylens's speed)."""
+
+
+def open_run(path: Path, world: str | None = None):
+    """The Run at ``path`` (trained in ``world`` when given), with a note on stderr if it is
+    unfinished."""
+    from policylens.runs import Run
+
+    run = Run(path)
+    trained_in = run.config.get("trainer", {}).get("env_id")
+    if world is not None and trained_in != world:
+        raise ValueError(f"{path} is a run of {trained_in}; this command needs a {world} run")
+    note = run.unfinished_note()
+    if note:
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False)
+    return run
 
 
 def print_json(data: Any) -> None:
@@ -63,15 +147,17 @@ def envs_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) 
 @command("gallery")
 def gallery_cmd(
     out: Path = typer.Option(Path("maze_gallery.png"), help="PNG file to write."),
-    n: int = typer.Option(12, min=1, help="Number of levels."),
-    seed: int = typer.Option(0, help="First level seed."),
+    n: int = typer.Option(12, min=1, max=1000, help="Number of levels."),
+    seed: int = typer.Option(0, min=0, help="First level seed."),
     world_size: int = typer.Option(9, help="World side in cells (odd)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Render a gallery of maze levels with their shortest paths."""
+    from policylens.artifacts import check_writable
     from policylens.envs.maze import MazeConfig
     from policylens.report.gallery import maze_gallery
 
+    check_writable(out)
     stats = maze_gallery(
         out, MazeConfig(world_size=world_size, maze_sizes=(5, world_size)), n, seed
     )
@@ -107,8 +193,10 @@ def train_maze_cmd(
     world_size: int = typer.Option(
         None, help="World side in cells (odd); default of the maze world."
     ),
-    steps: int = typer.Option(None, help="Environment steps (default: the recipe's)."),
-    seed: int = typer.Option(0, help="Seed of envs, init and sampling."),
+    steps: int = typer.Option(
+        None, min=1, max=MAX_STEPS, help="Environment steps (default: the recipe's)."
+    ),
+    seed: int = typer.Option(0, min=0, help="Seed of envs, init and sampling."),
     arch: str = typer.Option(None, help="Network: maze_cnn (default), mlp, impala."),
     precision: str = typer.Option(
         "auto", help="float32, bfloat16, or auto (bf16 where the CPU multiplies it natively)."
@@ -123,6 +211,7 @@ def train_maze_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the run's summary as JSON."),
 ) -> None:
     """Train a PPO maze agent (default recipe: cheese in the top-right corner)."""
+    from policylens.runs import check_resume
     from policylens.train.ppo import train_ppo
     from policylens.train.recipes import maze_recipe
 
@@ -136,10 +225,7 @@ def train_maze_cmd(
         precision=precision,
     )
     config = dataclasses.replace(config, threads=threads)
-    if resume and not (out / "config.json").exists():
-        raise FileNotFoundError(
-            f"--resume: {out} holds no run to continue (no config.json); drop --resume to start one"
-        )
+    check_resume(out, resume)
     if resume and not (out / "resume.pt").exists():
         err_console.print(f"note: {out} was stopped before its first saved state; starting it over")
     run = train_ppo(config, out, resume=resume, progress=not quiet)
@@ -156,17 +242,16 @@ def train_maze_cmd(
 def eval_cmd(
     run: Path = typer.Argument(..., help="Run folder."),
     cheese_region: str = typer.Option(None, help="Override the cheese region ('none' = anywhere)."),
-    episodes: int = typer.Option(500, min=1, help="Episodes (one per maze)."),
+    episodes: int = typer.Option(500, min=1, max=MAX_EPISODES, help="Episodes (one per maze)."),
     step: int = typer.Option(None, help="Checkpoint step (default: latest)."),
-    seed: int = typer.Option(10_000, help="Seed of the evaluation mazes and sampling."),
+    seed: int = typer.Option(10_000, min=0, help="Seed of the evaluation mazes and sampling."),
     greedy: bool = typer.Option(False, "--greedy", help="Argmax actions instead of sampling."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Success rate, return, episode length and path efficiency of a run's agent."""
-    from policylens.runs import Run
     from policylens.studies.maze.behaviour import evaluate
 
-    r = Run(run)
+    r = open_run(run)
     agent = r.load_agent(step)
     trainer = r.config["trainer"]
     env_kwargs = dict(trainer.get("env_kwargs", {}))
@@ -200,6 +285,8 @@ def runs_cmd(
     """List runs with their key settings and latest metrics."""
     from policylens.runs import find_runs
 
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"{root} is a file; give the folder that holds the runs")
     summaries = [r.summary() for r in find_runs(root)]
     if as_json:
         print_json(summaries)
@@ -209,7 +296,8 @@ def runs_cmd(
     )
     for s in summaries:
         fmt = lambda v: "-" if v is None else f"{v:.3g}"  # noqa: E731
-        steps = f"{s['steps']}/{s['total_steps']}" + ("" if s["done"] else " (unfinished)")
+        state = "" if s["done"] else " (training)" if s["writer"] else " (unfinished)"
+        steps = f"{s['steps']}/{s['total_steps']}{state}"
         table.add_row(
             s["run"], s["kind"], s["env"], json.dumps(s["env_kwargs"]), s["arch"], str(s["seed"]),
             steps, str(s["checkpoints"]), fmt(s["success"]), fmt(s["return"]),
@@ -220,17 +308,18 @@ def runs_cmd(
 @command("behaviour")
 def behaviour_cmd(
     run: Path = typer.Argument(..., help="Maze run folder."),
-    episodes: int = typer.Option(500, min=1, help="Episodes per distribution."),
-    n_mazes: int = typer.Option(200, min=20, help="Mazes for the decision-square analysis."),
+    episodes: int = typer.Option(500, min=1, max=MAX_EPISODES, help="Episodes per distribution."),
+    n_mazes: int = typer.Option(
+        200, min=20, max=MAX_EPISODES, help="Mazes for the decision-square analysis."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Behaviour in and out of the training distribution, and decision squares."""
     from policylens.report.maze import behaviour_rows
-    from policylens.runs import Run
     from policylens.studies.maze.decisions import decision_square_analysis
     from policylens.studies.maze.misgeneralization import behaviour_study, maze_config
 
-    r = Run(run)
+    r = open_run(run, world=MAZE)
     config = maze_config(r)
     agent = r.load_agent()
     result = behaviour_study(agent, config, episodes)
@@ -264,26 +353,35 @@ def steer_cmd(
     coef: list[str] = typer.Option(
         ["-1"], help="Coefficient(s) of the cheese vector; repeat for several."
     ),
-    n_mazes: int = typer.Option(200, min=100, help="Test mazes (>= 100)."),
-    random_vectors: int = typer.Option(3, min=1, help="Random equal-norm control vectors."),
+    n_mazes: int = typer.Option(200, min=100, max=MAX_EPISODES, help="Test mazes (>= 100)."),
+    random_vectors: int = typer.Option(
+        3, min=1, max=1000, help="Random equal-norm control vectors."
+    ),
     clamp_channel: list[int] = typer.Option(
         None, help="Also clamp these channels at a target square."
     ),
     clamp_value: float = typer.Option(
         None, help="Value for --clamp-channel (default: 2x the typical max)."
     ),
-    seed: int = typer.Option(20_000, help="Seed of the test mazes and sampling."),
+    seed: int = typer.Option(20_000, min=0, help="Seed of the test mazes and sampling."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """The cheese vector vs random vectors (and optionally channel clamping), over many mazes."""
-    from policylens.runs import Run
+    from policylens.lenses.interventions import check_coefficient
     from policylens.studies.maze.misgeneralization import maze_config, steering_hook
-    from policylens.studies.maze.steering import maze_clamp_experiment, maze_steering_experiment
+    from policylens.studies.maze.steering import (
+        check_channels,
+        maze_clamp_experiment,
+        maze_steering_experiment,
+    )
 
-    r = Run(run)
+    r = open_run(run, world=MAZE)
     config = maze_config(r)
     agent = r.load_agent()
     hook = hook or steering_hook(agent, config)
+    check_channels(agent, config, hook, clamp_channel or [])  # every input before any work
+    for c in coef:
+        check_coefficient(c)
     result = maze_steering_experiment(
         agent, config, hook, coefs=coef, n_mazes=n_mazes, n_random=random_vectors, seed=seed
     )
@@ -326,16 +424,19 @@ def steer_cmd(
 def report_cmd(
     run: Path = typer.Argument(..., help="Run folder."),
     out: Path = typer.Option(None, help="HTML file (default RUN/analysis/report.html)."),
-    episodes: int = typer.Option(500, min=1, help="Episodes per distribution."),
-    n_mazes: int = typer.Option(200, min=100, help="Mazes per intervention."),
+    episodes: int = typer.Option(500, min=1, max=MAX_EPISODES, help="Episodes per distribution."),
+    n_mazes: int = typer.Option(200, min=100, max=MAX_EPISODES, help="Mazes per intervention."),
     as_json: bool = typer.Option(False, "--json", help="Print the report's path as JSON."),
 ) -> None:
     """Write a self-contained static HTML report of a run (analyses are computed once and reused)."""
+    from policylens.artifacts import check_writable
     from policylens.report.maze import write_maze_report
-    from policylens.runs import Run
 
+    r = open_run(run, world=MAZE)
+    if out is not None:
+        check_writable(out)
     path = write_maze_report(
-        Run(run), out, episodes=episodes, n_mazes=n_mazes, log=lambda m: err_console.print(m)
+        r, out, episodes=episodes, n_mazes=n_mazes, log=lambda m: err_console.print(m)
     )
     if as_json:
         print_json({"report": str(path)})
@@ -348,15 +449,15 @@ def table_cmd(
     runs: list[Path] = typer.Argument(
         ..., help="Maze run folders (e.g. trained with regions 1, 3, none)."
     ),
-    episodes: int = typer.Option(500, min=1, help="Episodes per distribution."),
-    n_mazes: int = typer.Option(200, min=100, help="Mazes per intervention."),
+    episodes: int = typer.Option(500, min=1, max=MAX_EPISODES, help="Episodes per distribution."),
+    n_mazes: int = typer.Option(200, min=100, max=MAX_EPISODES, help="Mazes per intervention."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """The goal-misgeneralization table: success in and out of distribution and corner bias per run."""
     from policylens.report.maze import experiment_table
-    from policylens.runs import Run
 
-    rows = experiment_table([Run(r) for r in runs], episodes, n_mazes)
+    opened = [open_run(r, world=MAZE) for r in runs]  # every run checked before any is evaluated
+    rows = experiment_table(opened, episodes, n_mazes)
     if as_json:
         print_json(rows)
         return

@@ -18,10 +18,21 @@ from typing import Any
 import torch
 
 from policylens.agents.load import run_checkpoints
-from policylens.artifacts import atomic_path, read_json, read_torch_weights, write_json, write_text
+from policylens.artifacts import (
+    FolderLock,
+    atomic_path,
+    locked_by,
+    read_json,
+    read_torch_weights,
+    write_json,
+    write_text,
+)
 
 DONE = "DONE"
 """The done marker's file name: its presence says training finished."""
+
+RESUME_SECONDS = 120.0
+"""Trainers save their resume state at least this often, so a kill loses at most this much work."""
 
 
 class Run:
@@ -34,25 +45,44 @@ class Run:
                 f"{self.path} is not a policylens run (no config.json); train one with `policylens train`"
             )
         self.config: dict[str, Any] = read_json(self.path / "config.json")
+        self.lock: FolderLock | None = None
 
     @classmethod
-    def create(cls, path: str | Path, config: dict[str, Any]) -> Run:
-        """Start a new run folder; refuses to overwrite a run that already has checkpoints."""
+    def create(cls, path: str | Path, config: dict[str, Any], restart: bool = False) -> Run:
+        """Start a new run folder, locked for writing until ``release()``.
+
+        Refuses to overwrite a run that already has checkpoints, unless ``restart`` and the run
+        there is an unfinished one of the same trainer config (its checkpoints are then removed,
+        one by one: nothing else in the folder is touched).
+        """
         path = Path(path)
-        if (path / "config.json").exists() and any(
-            (path / "checkpoints").glob("step_*.safetensors")
-        ):
-            raise ValueError(
-                f"{path} already holds a run; pass --resume to continue it or choose another --out"
-            )
-        (path / "checkpoints").mkdir(parents=True, exist_ok=True)
-        write_json(path / "config.json", config)
-        write_text(path / "metrics.csv", "")
-        return cls(path)
+        lock = FolderLock(path, "--out run folder")
+        try:
+            old = sorted((path / "checkpoints").glob("step_*.safetensors"))
+            if (path / "config.json").exists() and old:
+                same = read_json(path / "config.json").get("trainer") == config["trainer"]
+                if not (restart and same and not (path / DONE).exists()):
+                    raise ValueError(
+                        f"{path} already holds a run; pass --resume to continue it or choose "
+                        "another --out"
+                    )
+                for file in old:
+                    file.unlink()
+                (path / "resume.pt").unlink(missing_ok=True)
+            (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+            write_json(path / "config.json", config)
+            write_text(path / "metrics.csv", "")
+        except BaseException:
+            lock.release()
+            raise
+        run = cls(path)
+        run.lock = lock
+        return run
 
     @classmethod
     def start(cls, path: str | Path, config: dict[str, Any], resume: bool) -> tuple[Run, Any]:
-        """The run folder a trainer writes into, and the trainer state to continue from.
+        """The run folder a trainer writes into (locked until ``release()``), and the trainer
+        state to continue from.
 
         Without ``resume`` (or with nothing at ``path`` yet) a new run is created. With it, the
         folder must hold a run of the same trainer config; its ``resume.pt`` state is returned
@@ -61,15 +91,47 @@ class Run:
         path = Path(path)
         if not (resume and (path / "config.json").exists()):
             return cls.create(path, config), None
-        run = cls(path)
-        if run.config["trainer"] != config["trainer"]:
-            raise ValueError(
-                f"{path} was trained with another config; resume with the same options"
-            )
-        state = run.load_resume_state()
-        if state is None:
-            run.truncate_metrics(0)
+        lock = FolderLock(path, "--out run folder")
+        try:
+            run = cls(path)
+            if run.config["trainer"] != config["trainer"]:
+                raise ValueError(
+                    f"{path} was trained with another config; resume with the same options"
+                )
+            state = run.load_resume_state()
+            if state is None:
+                run.truncate_metrics(0)
+        except BaseException:
+            lock.release()
+            raise
+        run.lock = lock
         return run, state
+
+    def release(self) -> None:
+        """End this process's writing: other writers may take the folder."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def unfinished_note(self) -> str | None:
+        """A sentence saying the run is unfinished (and who is writing it), or None when done."""
+        if self.done:
+            return None
+        rows = self.metrics()
+        steps = int(rows[-1]["step"]) if rows and "step" in rows[-1] else 0
+        total = self.config.get("trainer", {}).get("total_steps")
+        of = f" of {total}" if total else ""
+        writer = self.writer
+        state = f"still training ({writer})" if writer else "stopped before it finished"
+        return (
+            f"{self.path} is unfinished: {state}, {steps}{of} steps trained; figures are for "
+            "its latest checkpoint"
+        )
+
+    @property
+    def writer(self) -> str | None:
+        """The process writing this run now (in words), or None."""
+        return locked_by(self.path)
 
     @property
     def done(self) -> bool:
@@ -193,11 +255,21 @@ class Run:
             "success": last.get("success"),
             "return": last.get("return"),
             "done": self.done,
+            "writer": self.writer,
         }
 
 
 def _fmt(v: Any) -> Any:
     return f"{v:.6g}" if isinstance(v, float) else v
+
+
+def check_resume(out: str | Path, resume: bool) -> None:
+    """Refuse ``--resume`` when ``out`` holds no run, so a typo never trains from scratch."""
+    out = Path(out)
+    if resume and not (out / "config.json").exists():
+        raise FileNotFoundError(
+            f"--resume: {out} holds no run to continue (no config.json); drop --resume to start one"
+        )
 
 
 def find_runs(root: str | Path) -> list[Run]:

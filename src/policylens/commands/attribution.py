@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from policylens.cli import command, console, print_json
+from policylens.cli import MAZE, command, console, open_run, print_json
 
 
 @command("attribute")
@@ -22,11 +22,11 @@ def attribute_cmd(
     ),
     layer: str = typer.Option(None, help="Hook name to attribute to (default: the input)."),
     baseline: str = typer.Option("zeros", help="zeros, blurred, mean or zero_input."),
-    n_steps: int = typer.Option(50, help="Integration steps (ig)."),
+    n_steps: int = typer.Option(50, min=1, max=10_000, help="Integration steps (ig)."),
     integration: str = typer.Option("gausslegendre", help="gausslegendre or riemann_trapezoid."),
-    n_obs: int = typer.Option(64, min=1, help="Maze observations to attribute."),
+    n_obs: int = typer.Option(64, min=1, max=100_000, help="Maze observations to attribute."),
     step: int = typer.Option(None, help="Checkpoint step (default: latest)."),
-    seed: int = typer.Option(0, help="Seed of the observations."),
+    seed: int = typer.Option(0, min=0, help="Seed of the observations."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Attribute the value or policy to the observation or a layer; saves a figure and the
@@ -37,11 +37,10 @@ def attribute_cmd(
     from policylens.envs.maze import ACTION_NAMES
     from policylens.lenses.attribution import attribute
     from policylens.report.attribution import attribution_rows_figure
-    from policylens.runs import Run
     from policylens.studies.maze import dataset as md
     from policylens.studies.maze.misgeneralization import maze_config
 
-    r = Run(run)
+    r = open_run(run, MAZE)
     agent = r.load_agent(step)
     names = ACTION_NAMES if agent.num_actions == 4 else None
     data = md.maze_dataset(maze_config(r), n_obs, seed=seed, agent=agent)
@@ -91,14 +90,20 @@ def attribute_cmd(
 @command("features")
 def features_cmd(
     run: Path = typer.Argument(..., help="Maze run folder."),
-    nmf: int = typer.Option(8, min=1, help="NMF features of the value attributions (Hilton)."),
+    nmf: int = typer.Option(
+        8, min=1, max=256, help="NMF features of the value attributions (Hilton)."
+    ),
     layer: str = typer.Option(None, help="Conv hook name (default: a middle residual layer)."),
-    n_steps: int = typer.Option(10, min=1, help="IG steps from the layer's zero baseline."),
-    clusters: int = typer.Option(4, min=2, help="Clusters of per-position channel vectors."),
+    n_steps: int = typer.Option(
+        10, min=1, max=10_000, help="IG steps from the layer's zero baseline."
+    ),
+    clusters: int = typer.Option(
+        4, min=2, max=256, help="Clusters of per-position channel vectors."
+    ),
     linkage: str = typer.Option("kmeans", help="kmeans, single, average or ward."),
-    n_obs: int = typer.Option(256, min=8, help="Maze observations."),
+    n_obs: int = typer.Option(256, min=8, max=100_000, help="Maze observations."),
     step: int = typer.Option(None, help="Checkpoint step (default: latest)."),
-    seed: int = typer.Option(0, help="Seed of observations, NMF and clustering."),
+    seed: int = typer.Option(0, min=0, help="Seed of observations, NMF and clustering."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """NMF features of a layer's value attributions, labelled by ground-truth objects, and
@@ -110,11 +115,10 @@ def features_cmd(
     from policylens.lenses.attribution import attribute, default_layer
     from policylens.lenses.nmf import attribution_nmf, label_features
     from policylens.report import features as rf
-    from policylens.runs import Run
     from policylens.studies.maze import dataset as md
     from policylens.studies.maze.misgeneralization import maze_config
 
-    r = Run(run)
+    r = open_run(run, MAZE)
     agent = r.load_agent(step)
     layer = layer or default_layer(agent)
     data = md.maze_dataset(maze_config(r), n_obs, seed=seed, agent=agent)

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.table import Table
 
-from policylens.cli import command, console, print_json, train_app
+from policylens.cli import (
+    MAX_EPISODES,
+    MAX_STEPS,
+    command,
+    console,
+    open_run,
+    print_json,
+    train_app,
+)
 from policylens.errors import check_known
 
 ALGOS = ("dqn", "ppo")
@@ -87,8 +96,10 @@ def train_chess_cmd(
     out: Path = typer.Option(..., help="Run folder to create (or continue with --resume)."),
     algo: str = typer.Option("dqn", help="Trainer: dqn or ppo."),
     opponent: str = typer.Option("random", help="Black's policy: random, greedy or chase."),
-    steps: int = typer.Option(None, help="Environment steps (default: the recipe's)."),
-    seed: int = typer.Option(0, help="Seed of envs, init, exploration and replay sampling."),
+    steps: int = typer.Option(
+        None, min=1, max=MAX_STEPS, help="Environment steps (default: the recipe's)."
+    ),
+    seed: int = typer.Option(0, min=0, help="Seed of envs, init, exploration and replay sampling."),
     mask_illegal: bool = typer.Option(
         False, "--mask-illegal", help="DQN only: act and bootstrap over legal moves only."
     ),
@@ -96,12 +107,19 @@ def train_chess_cmd(
         False, "--resume", help="Continue a killed run from its last saved state."
     ),
     eval_episodes: int = typer.Option(
-        1000, min=0, help="Episodes of the final evaluation against each opponent (0 = none)."
+        1000,
+        min=0,
+        max=MAX_EPISODES,
+        help="Episodes of the final evaluation against each opponent (0 = none).",
+    ),
+    threads: int = typer.Option(
+        None, min=1, max=256, help="Torch threads (default: the recipe's, 1 for these small nets)."
     ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print the evaluation as JSON."),
 ) -> None:
     """Train a rook-endgame agent (king and rook vs king on 5x5) with DQN or PPO."""
+    from policylens.runs import check_resume
     from policylens.train.recipes import chess_recipe
 
     _check_choice(algo, ALGOS, "--algo")
@@ -110,6 +128,9 @@ def train_chess_cmd(
     config = chess_recipe(
         algo=algo, opponent=opponent, total_steps=steps, seed=seed, mask_illegal=mask_illegal
     )
+    if threads is not None:
+        config = dataclasses.replace(config, threads=threads)
+    check_resume(out, resume)
     if algo == "dqn":
         from policylens.train.dqn import train_dqn
 
@@ -131,7 +152,9 @@ def train_chess_cmd(
 @command("chess-eval")
 def chess_eval_cmd(
     run: Path = typer.Argument(..., help="Rook-endgame run folder."),
-    episodes: int = typer.Option(1000, min=1, help="Episodes per opponent and epsilon."),
+    episodes: int = typer.Option(
+        1000, min=1, max=MAX_EPISODES, help="Episodes per opponent and epsilon."
+    ),
     opponent: list[str] = typer.Option(
         list(EVAL_OPPONENTS), help="Opponent(s) to play: random, greedy; repeat for several."
     ),
@@ -139,16 +162,16 @@ def chess_eval_cmd(
         [0.0, 0.05], help="Exploration rate(s) of the evaluated agent; repeat for several."
     ),
     step: int = typer.Option(None, help="Checkpoint step (default: latest)."),
-    seed: int = typer.Option(10_000, help="Seed of the start positions, opponent and exploration."),
+    seed: int = typer.Option(
+        10_000, min=0, help="Seed of the start positions, opponent and exploration."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Checkmate rate (95% Wilson CI) and outcome shares of a rook-endgame agent."""
-    from policylens.runs import Run
-
     for e in epsilon:
         if not 0 <= e <= 1:
             raise ValueError(f"--epsilon must lie in [0, 1], got {e}.")
-    r = Run(run)
+    r = open_run(run, "policylens/RookEndgame-v0")
     results = evaluate_chess_run(r, episodes, tuple(opponent), tuple(epsilon), step, seed)
     if as_json:
         print_json(results)

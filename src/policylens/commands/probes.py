@@ -12,7 +12,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from policylens.cli import app, command, console, print_json
+from policylens.cli import MAX_EPISODES, MAX_STEPS, app, command, console, open_run, print_json
 
 
 def parse_env_kwargs(items: list[str] | None) -> dict[str, Any]:
@@ -52,13 +52,17 @@ def collect_cmd(
     run: Path = typer.Argument(..., help="Run folder whose agent plays."),
     out: Path = typer.Option(None, help="Store folder (default RUN/analysis/rollouts/step_<N>)."),
     step: int = typer.Option(None, help="Checkpoint step (default: latest)."),
-    episodes: int = typer.Option(None, min=1, help="Whole episodes to store (default 100)."),
-    steps: int = typer.Option(None, min=1, help="Or: exactly this many steps (rows)."),
+    episodes: int = typer.Option(
+        None, min=1, max=MAX_EPISODES, help="Whole episodes to store (default 100)."
+    ),
+    steps: int = typer.Option(
+        None, min=1, max=MAX_STEPS, help="Or: exactly this many steps (rows)."
+    ),
     hook: list[str] = typer.Option(None, help="Hook whose activations to store; repeat."),
     env_kwarg: list[str] = typer.Option(
         None, help="World option KEY=VALUE (JSON value, e.g. cheese_region=null); repeat."
     ),
-    seed: int = typer.Option(0, help="Seed of the worlds and the action sampling."),
+    seed: int = typer.Option(0, min=0, help="Seed of the worlds and the action sampling."),
     num_envs: int = typer.Option(64, min=1, help="Environments stepped together."),
     chunk_size: int = typer.Option(8192, min=1, help="Rows per chunk file."),
     greedy: bool = typer.Option(False, "--greedy", help="Argmax actions instead of sampling."),
@@ -127,14 +131,16 @@ def probe_cmd(
     over_training: bool = typer.Option(
         False, "--over-training", help="Probe every checkpoint; plot score vs training step."
     ),
-    episodes: int = typer.Option(200, min=1, help="Episodes collected for a run's probe data."),
+    episodes: int = typer.Option(
+        200, min=1, max=MAX_EPISODES, help="Episodes collected for a run's probe data."
+    ),
     env_kwarg: list[str] = typer.Option(
         None, help="World option for a run's probe data, KEY=VALUE; repeat."
     ),
     max_samples: int = typer.Option(
         None, min=10, help="Rows sampled (default 10000; 5000 over training)."
     ),
-    seed: int = typer.Option(0, help="Seed of the data, split and controls."),
+    seed: int = typer.Option(0, min=0, help="Seed of the data, split and controls."),
     no_controls: bool = typer.Option(
         False, "--no-controls", help="Skip the random-init and shuffled controls."
     ),
@@ -143,6 +149,7 @@ def probe_cmd(
 ) -> None:
     """Linear probes for the world's concepts per layer, split by level, with controls."""
     from policylens import artifacts
+    from policylens.errors import check_known
     from policylens.lenses.probes import CONTROLS, probe, probe_checkpoints, probe_store_for_run
     from policylens.rollout.store import is_store
 
@@ -166,9 +173,8 @@ def probe_cmd(
             else:
                 console.print(_results_table(report, f"linear probes on {target}"))
             return
-        from policylens.runs import Run
-
-        run = Run(target)
+        run = open_run(target)
+        check_known(hooks or [], run.load_agent(step).hook_names(), "hook")  # before collecting
         if over_training:
             store = probe_store_for_run(
                 run, episodes=episodes, seed=seed, env_kwargs=parse_env_kwargs(env_kwarg)

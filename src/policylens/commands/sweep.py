@@ -9,7 +9,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from policylens.cli import command, console, err_console, print_json
+from policylens.cli import MAX_STEPS, command, console, err_console, print_json
 
 DEFAULT_EVALUATE = {"maze": "policylens.studies.maze.sweep:maze_metrics"}
 """The evaluation of each world's trials when neither the spec nor ``--evaluate`` names one."""
@@ -42,7 +42,9 @@ def sweep_cmd(
         None, help="NAME=VALUE: a recipe parameter shared by every trial; repeat."
     ),
     seeds: str = typer.Option(None, help="Seeds: a range 0-4, a list 0,2,5, or one (default 0)."),
-    steps: int = typer.Option(None, help="Environment steps per trial (default: the recipe's)."),
+    steps: int = typer.Option(
+        None, min=1, max=MAX_STEPS, help="Environment steps per trial (default: the recipe's)."
+    ),
     evaluate: str = typer.Option(
         None, help="module:function called on each finished run (default: the world's)."
     ),
@@ -51,6 +53,9 @@ def sweep_cmd(
     ),
     workers: int = typer.Option(
         1, min=1, max=256, help="Trials at once; each trains on CPUs // workers torch threads."
+    ),
+    threads: int = typer.Option(
+        None, min=1, max=256, help="Torch threads per trial (default: CPUs // workers)."
     ),
     backend: str = typer.Option("local", help="local (a process pool) or ray."),
     address: str = typer.Option(
@@ -79,7 +84,9 @@ def sweep_cmd(
     settings.setdefault("evaluate", DEFAULT_EVALUATE.get(settings.get("world", "maze"), ""))
     sweep = SweepSpec.from_dict(settings)
     try:
-        rows = run_sweep(sweep, out, workers, backend, address, quiet=quiet or as_json)
+        rows = run_sweep(
+            sweep, out, workers, backend, address, quiet=quiet or as_json, threads=threads
+        )
     except TrialsFailed as e:
         err_console.print(f"[bold red]error:[/] {e}", highlight=False)
         raise typer.Exit(1) from None

@@ -93,6 +93,9 @@ def run_cmd(
     seeds: str = typer.Option("0", help="Seeds: a range (0-9), a list (0,2,5) or both."),
     backend: str = typer.Option("builtin", help="Trainer: builtin or sb3 (SB3 PPO MlpPolicy)."),
     workers: int = typer.Option(1, min=1, help="Processes running jobs (seeds, variants)."),
+    threads: int = typer.Option(
+        1, min=1, max=256, help="Torch threads per job (one suits these small networks)."
+    ),
     episodes: int = typer.Option(50, min=1, help="Full evaluation episodes per model and seed."),
     salvage_steps: int = typer.Option(
         None, help="Steps retraining the subtracted model (default: steps1 / 4)."
@@ -143,7 +146,7 @@ def run_cmd(
         recipe=recipe,
     )
     log = None if as_json else (lambda m: console.print(m, highlight=False))
-    run_experiment(config, out, workers=workers, log=log)
+    run_experiment(config, out, workers=workers, log=log, threads=threads)
     show_analysis(analyze(out, report), Path(out), report, as_json)
 
 

@@ -48,6 +48,10 @@ MOUSE_RGB = np.array([120, 85, 60], np.uint8)
 CHEESE_RGB = np.array([250, 200, 30], np.uint8)
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class MazeConfig:
     """Options of the maze world; every field is a keyword of ``gymnasium.make``."""
@@ -74,6 +78,16 @@ class MazeConfig:
     """"rgb_array" to make ``render()`` return a large human view."""
 
     def __post_init__(self) -> None:
+        whole = ["world_size", "num_levels", "start_level", "max_steps", "rgb_size"]
+        wrong = [f"{n} must be an integer, got {getattr(self, n)!r}" for n in whole
+                 if not _is_int(getattr(self, n))]  # fmt: skip
+        if self.cheese_region is not None and not _is_int(self.cheese_region):
+            wrong.append(f"cheese_region must be an integer or None, got {self.cheese_region!r}")
+        sizes = self.maze_sizes
+        if not (isinstance(sizes, tuple | list) and len(sizes) == 2 and all(map(_is_int, sizes))):
+            wrong.append(f"maze_sizes must be two integers (min, max), got {sizes!r}")
+        if wrong:  # the range checks below need numbers
+            raise ValueError("Invalid maze option: " + "; ".join(wrong) + ".")
         lo, hi = self.maze_sizes
         problems = []
         if self.world_size < 3 or self.world_size % 2 == 0:

@@ -72,7 +72,12 @@ class StoreWriter:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
         self.path = Path(path)
         self.chunk_size = int(chunk_size)
-        _prepare_folder(self.path, overwrite)
+        self._lock = artifacts.FolderLock(self.path, "store folder")  # until close or failure
+        try:
+            _prepare_folder(self.path, overwrite)
+        except BaseException:
+            self._lock.release()
+            raise
         artifacts.write_text(
             self.path / WRITING, "a collection is being written into this folder\n"
         )
@@ -160,6 +165,7 @@ class StoreWriter:
         artifacts.write_json(self.path / MANIFEST, manifest)
         (self.path / WRITING).unlink(missing_ok=True)
         self._closed = True
+        self._lock.release()
         return Store(self.path)
 
     def __enter__(self) -> StoreWriter:
@@ -169,6 +175,7 @@ class StoreWriter:
         # On success the caller closes with its metadata; on failure no manifest is written.
         self._pending.clear()
         self._pending_rows = 0
+        self._lock.release()
 
 
 def _write_npy(path: Path, array: np.ndarray) -> None:
@@ -177,14 +184,17 @@ def _write_npy(path: Path, array: np.ndarray) -> None:
         np.save(f, np.ascontiguousarray(array), allow_pickle=False)
 
 
+def _reason(error: Exception) -> str:
+    """A short reason for an unreadable chunk, without numpy's pickle advice."""
+    text = str(error).split(";")[0].split("\n")[0].strip()
+    if "pickle" in text.lower() or not text:
+        return "not a NumPy array file"
+    return text
+
+
 def _prepare_folder(path: Path, overwrite: bool) -> None:
     """Make ``path`` an empty folder for a new store, refusing to clobber anything else."""
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{path} is a file; choose a folder for the store.")
-    if not path.exists():
-        path.mkdir(parents=True)
-        return
-    entries = list(path.iterdir())
+    entries = [e for e in path.iterdir() if e.name != artifacts.LOCK_FILE]
     if not entries:
         return
     complete = (path / MANIFEST).exists()
@@ -311,7 +321,18 @@ class Store:
                 f"Store {self.path} is damaged: chunk {file.name} of {name!r} is missing; "
                 "collect again."
             )
-        chunk = np.load(file, mmap_mode="r", allow_pickle=False)
+        damaged = f"Store {self.path} is damaged: chunk {name}/{file.name}"
+        try:
+            chunk = np.load(file, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:  # numpy's advice to allow pickles is unsafe
+            raise ValueError(f"{damaged} cannot be read ({_reason(e)}); collect again.") from None
+        spec = self._arrays[name]
+        expected = (int(self.chunk_rows[index]), *spec.row_shape)
+        if chunk.shape != expected or chunk.dtype != spec.dtype:
+            raise ValueError(
+                f"{damaged} holds {chunk.dtype} {chunk.shape}, the manifest says {spec.dtype} "
+                f"{expected}; collect again."
+            )
         self._cache[key] = chunk
         if len(self._cache) > _OPEN_CHUNKS:
             self._cache.popitem(last=False)

@@ -15,7 +15,7 @@ from concurrent import futures
 from pathlib import Path
 from typing import Any
 
-from policylens.artifacts import read_json, write_json, write_text
+from policylens.artifacts import LOCK_FILE, FolderLock, read_json, write_json, write_text
 from policylens.errors import check_known
 from policylens.runs import Run, config_json
 from policylens.sweeps.results import TIMING, metric_names, write_results
@@ -107,9 +107,9 @@ class LocalPool:
     """``workers`` trials at a time in processes started with "spawn" (a forked child of a process
     that has run torch can hang in its thread pools), each using ``threads`` torch threads."""
 
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, threads: int | None = None):
         self.workers = workers
-        self.threads = max(1, cpu_count() // workers)
+        self.threads = threads or max(1, cpu_count() // workers)
 
     def __enter__(self) -> LocalPool:
         import multiprocessing
@@ -143,9 +143,9 @@ class RayPool:
     nodes must see ``OUT`` on a shared filesystem.
     """
 
-    def __init__(self, workers: int, address: str | None):
-        self.workers, self.address = workers, address
-        self.threads = max(1, cpu_count() // workers)
+    def __init__(self, workers: int, address: str | None, threads: int | None = None):
+        self.workers, self.address, self.chosen = workers, address, threads
+        self.threads = threads or max(1, cpu_count() // workers)
 
     def __enter__(self) -> RayPool:
         try:
@@ -160,7 +160,7 @@ class RayPool:
             ray.init(address=self.address, **quiet)
         elif self.started:
             ray.init(num_cpus=self.workers * self.threads, include_dashboard=False, **quiet)
-        if self.address:
+        if self.address and not self.chosen:
             cpus = int(ray.cluster_resources().get("CPU", 1))
             self.threads = max(1, cpus // self.workers)
         self.task = ray.remote(num_cpus=self.threads)(run_trial)
@@ -200,7 +200,7 @@ def claim(out: Path, spec: SweepSpec) -> None:
                 "rerun it with its own spec or choose another output folder."
             )
         return
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()):
         raise ValueError(f"{out} is not empty and holds no sweep; choose a new or empty folder.")
     write_json(file, data)
 
@@ -212,10 +212,12 @@ def run_sweep(
     backend: str = "local",
     address: str | None = None,
     quiet: bool = False,
+    threads: int | None = None,
 ) -> list[dict[str, Any]]:
     """Run every unfinished trial of ``spec`` into ``out``; return all trials' rows in trial order.
 
-    ``workers`` trials run at once, each on ``max(1, CPUs // workers)`` torch threads, on a local
+    ``workers`` trials run at once, each on ``threads`` torch threads (default
+    ``max(1, CPUs // workers)``), on a local
     process pool (``backend="local"``) or as Ray tasks (``"ray"``, on a cluster at ``address`` if
     given). ``results.csv``/``results.json`` are rewritten after each trial; a live table of the
     trials goes to stderr unless ``quiet``. Raises :class:`TrialsFailed` after the other trials
@@ -226,8 +228,24 @@ def run_sweep(
         raise ValueError("an address applies to the ray backend only; add --backend ray.")
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}.")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}.")
     resolve_evaluate(spec)  # a bad evaluate fails now, not after the first trial's training
     out = Path(out).resolve()  # Ray workers may start elsewhere
+    with FolderLock(out, "sweep folder"):  # one sweep process per folder
+        return _run_trials(spec, out, workers, backend, address, quiet, threads)
+
+
+def _run_trials(
+    spec: SweepSpec,
+    out: Path,
+    workers: int,
+    backend: str,
+    address: str | None,
+    quiet: bool,
+    threads: int | None,
+) -> list[dict[str, Any]]:
+    """The body of :func:`run_sweep`, run while its folder is locked."""
     claim(out, spec)
     trials = spec.trials()
     rows: dict[str, dict[str, Any]] = {}
@@ -240,7 +258,11 @@ def run_sweep(
     failures: dict[str, BaseException] = {}
     pending = [t for t in trials if t.name not in rows]
     if pending:
-        pool = LocalPool(workers) if backend == "local" else RayPool(workers, address)
+        pool = (
+            LocalPool(workers, threads)
+            if backend == "local"
+            else RayPool(workers, address, threads)
+        )
         with pool, SweepProgress(not quiet, spec, trials, out, earlier) as progress:
             handles = {
                 pool.submit(spec, t, str(trial_path(out, t)), pool.threads): t for t in pending

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from policylens.envs import make_vec
 from policylens.rollout.engine import legal_actions
 from policylens.runs import (
+    RESUME_SECONDS,
     Run,
     TrainingProgress,
     config_json,
@@ -382,177 +383,188 @@ def train_dqn(
     run_config = {"kind": "dqn", "trainer": config_json(asdict(config)), "agent": agent.config}
 
     run, state = Run.start(out, run_config, resume)
-
-    next_obs, infos = envs.reset(seed=config.seed)
-    if config.mask_illegal and "legal_actions" not in infos:
-        raise ValueError(
-            f"mask_illegal needs a world that labels info['legal_actions']; {config.env_id} does "
-            "not, so train without masking."
-        )
-    outcomes = _outcome_columns(infos)
-    tracker = EpisodeTracker(N, outcomes)
-    tracker.start(infos, np.arange(N))
-    start_iter, elapsed, updates, rows_written = 0, 0.0, 0, 0
-    if state is not None:
-        agent.load_state_dict(state["agent"])
-        target.load_state_dict(state["target"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        buffer.load_state_dict(state["buffer"])
-        start_iter, elapsed = state["iteration"], state["elapsed"]
-        updates, rows_written = state["updates"], state["rows"]
-        if state["env"] is not None:
-            # worlds with a saved state are policylens vector envs, which define it; VectorEnv does not
-            envs.load_state_dict(env_from_saved(state["env"]))  # type: ignore[attr-defined]
-            tracker.load_state_dict(state["tracker"])
-            next_obs, infos = state["next_obs"].numpy(), {"legal_actions": state["masks"].numpy()}
-        else:  # worlds without a savable state (the rook endgame) restart their episodes
-            next_obs, infos = envs.reset(seed=config.seed + start_iter)
-        run.truncate_metrics(start_iter * N)
-
-    save_at = set(
-        checkpoint_updates(config.num_iterations, config.checkpoints, config.checkpoint_spacing)
-    )
-    if start_iter == 0:
-        run.save_checkpoint(agent, 0)
-    masks = _legal(infos, N, A) if config.mask_illegal else None  # (N, A) legal actions now
-    interval = {"loss": 0.0, "q": 0.0, "n": 0, "t": time.perf_counter(), "steps": 0}
-    bar = TrainingProgress(progress, "DQN", "steps", config.num_iterations * N, start_iter * N)
-    t_start = time.perf_counter() - elapsed
-    stop_at = None if stop_after_steps is None else start_iter * N + stop_after_steps
-
-    for iteration in range(start_iter, config.num_iterations):
-        step_before, step = iteration * N, (iteration + 1) * N
-
-        # -- act epsilon-greedily ------------------------------------------------------------------
-        epsilon = linear_schedule(
-            config.start_epsilon,
-            config.end_epsilon,
-            config.exploration_fraction * config.total_steps,
-            step_before,
-        )
-        obs = np.asarray(next_obs)
-        with torch.no_grad():
-            q = agent(torch.from_numpy(obs))[0]  # (N, A)
-            if masks is not None:
-                q = q.masked_fill(~torch.from_numpy(masks), -torch.inf)
-            greedy = q.argmax(dim=1)
-        explore = torch.rand(N, generator=generator) < epsilon
-        allowed = torch.ones(N, A) if masks is None else torch.from_numpy(masks).float()
-        allowed[allowed.sum(dim=1) == 0] = 1.0  # no legal move labelled: any move
-        random_actions = torch.multinomial(allowed, 1, generator=generator).squeeze(1)
-        actions = torch.where(explore, random_actions, greedy).numpy()
-
-        # -- step the worlds and store the transitions ----------------------------------------------
-        next_obs, reward, terminated, truncated, infos = envs.step(actions)
-        done = terminated | truncated
-        real_next = np.array(next_obs, copy=True)  # the obs each transition really led to
-        next_masks = None
-        if config.mask_illegal:
-            masks = _legal(infos, N, A)
-            next_masks = masks.copy()
-        if done.any():
-            idx = np.nonzero(done)[0]
-            real_next[idx] = _rows(infos["final_obs"], idx)
-            if next_masks is not None:
-                next_masks[idx] = _rows(infos["final_info"]["legal_actions"], idx)
-        reward = np.asarray(reward, dtype=np.float32)
-        buffer.add(obs, actions, reward * config.reward_scale, real_next, terminated, done,
-                   next_masks)  # fmt: skip
-        tracker.step(reward, terminated, truncated, infos)
-
-        # -- learn: one gradient step per train_frequency env steps --------------------------------
-        if config.anneal_lr:
-            optimizer.param_groups[0]["lr"] = config.learning_rate * (
-                1 - iteration / config.num_iterations
+    try:
+        next_obs, infos = envs.reset(seed=config.seed)
+        if config.mask_illegal and "legal_actions" not in infos:
+            raise ValueError(
+                f"mask_illegal needs a world that labels info['legal_actions']; {config.env_id} does "
+                "not, so train without masking."
             )
-        due = step // config.train_frequency - step_before // config.train_frequency
-        if step < config.learning_starts or buffer.filled < config.n_step:
-            due = 0
-        for _ in range(due):
-            b = buffer.sample(config.batch_size, config.n_step, config.gamma, generator)
-            q_all = agent(torch.from_numpy(b.obs))[0]  # (B, A)
-            q_taken = q_all.gather(1, torch.from_numpy(b.actions)[:, None]).squeeze(1)  # (B,)
+        outcomes = _outcome_columns(infos)
+        tracker = EpisodeTracker(N, outcomes)
+        tracker.start(infos, np.arange(N))
+        start_iter, elapsed, updates, rows_written = 0, 0.0, 0, 0
+        if state is not None:
+            agent.load_state_dict(state["agent"])
+            target.load_state_dict(state["target"])
+            optimizer.load_state_dict(state["optimizer"])
+            generator.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+            buffer.load_state_dict(state["buffer"])
+            start_iter, elapsed = state["iteration"], state["elapsed"]
+            updates, rows_written = state["updates"], state["rows"]
+            if state["env"] is not None:
+                # worlds with a saved state are policylens vector envs, which define it; VectorEnv does not
+                envs.load_state_dict(env_from_saved(state["env"]))  # type: ignore[attr-defined]
+                tracker.load_state_dict(state["tracker"])
+                next_obs, infos = (
+                    state["next_obs"].numpy(),
+                    {"legal_actions": state["masks"].numpy()},
+                )
+            else:  # worlds without a savable state (the rook endgame) restart their episodes
+                next_obs, infos = envs.reset(seed=config.seed + start_iter)
+            run.truncate_metrics(start_iter * N)
+
+        save_at = set(
+            checkpoint_updates(config.num_iterations, config.checkpoints, config.checkpoint_spacing)
+        )
+        if start_iter == 0:
+            run.save_checkpoint(agent, 0)
+        masks = _legal(infos, N, A) if config.mask_illegal else None  # (N, A) legal actions now
+        interval = {"loss": 0.0, "q": 0.0, "n": 0, "t": time.perf_counter(), "steps": 0}
+        bar = TrainingProgress(progress, "DQN", "steps", config.num_iterations * N, start_iter * N)
+        t_start = time.perf_counter() - elapsed
+        saved_at = time.perf_counter()  # of the resume state
+        stop_at = None if stop_after_steps is None else start_iter * N + stop_after_steps
+
+        for iteration in range(start_iter, config.num_iterations):
+            step_before, step = iteration * N, (iteration + 1) * N
+
+            # -- act epsilon-greedily ------------------------------------------------------------------
+            epsilon = linear_schedule(
+                config.start_epsilon,
+                config.end_epsilon,
+                config.exploration_fraction * config.total_steps,
+                step_before,
+            )
+            obs = np.asarray(next_obs)
             with torch.no_grad():
-                next_obs_t = torch.from_numpy(b.next_obs)
-                y = td_targets(
-                    torch.from_numpy(b.returns),
-                    torch.from_numpy(b.discounts),
-                    target(next_obs_t)[0],
-                    agent(next_obs_t)[0] if config.double_dqn else None,
-                    None if b.next_masks is None else torch.from_numpy(b.next_masks),
-                )
-            loss = F.huber_loss(q_taken, y, delta=config.huber_delta)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(agent.parameters(), config.max_grad_norm)
-            optimizer.step()
-            updates += 1
-            interval["loss"] += loss.item()
-            interval["q"] += q_taken.mean().item()
-            interval["n"] += 1
+                q = agent(torch.from_numpy(obs))[0]  # (N, A)
+                if masks is not None:
+                    q = q.masked_fill(~torch.from_numpy(masks), -torch.inf)
+                greedy = q.argmax(dim=1)
+            explore = torch.rand(N, generator=generator) < epsilon
+            allowed = torch.ones(N, A) if masks is None else torch.from_numpy(masks).float()
+            allowed[allowed.sum(dim=1) == 0] = 1.0  # no legal move labelled: any move
+            random_actions = torch.multinomial(allowed, 1, generator=generator).squeeze(1)
+            actions = torch.where(explore, random_actions, greedy).numpy()
 
-        # -- target network ------------------------------------------------------------------------
-        if step // config.target_update > step_before // config.target_update:
-            if config.tau == 1.0:
-                target.load_state_dict(agent.state_dict())
-            else:
+            # -- step the worlds and store the transitions ----------------------------------------------
+            next_obs, reward, terminated, truncated, infos = envs.step(actions)
+            done = terminated | truncated
+            real_next = np.array(next_obs, copy=True)  # the obs each transition really led to
+            next_masks = None
+            if config.mask_illegal:
+                masks = _legal(infos, N, A)
+                next_masks = masks.copy()
+            if done.any():
+                idx = np.nonzero(done)[0]
+                real_next[idx] = _rows(infos["final_obs"], idx)
+                if next_masks is not None:
+                    next_masks[idx] = _rows(infos["final_info"]["legal_actions"], idx)
+            reward = np.asarray(reward, dtype=np.float32)
+            buffer.add(obs, actions, reward * config.reward_scale, real_next, terminated, done,
+                       next_masks)  # fmt: skip
+            tracker.step(reward, terminated, truncated, infos)
+
+            # -- learn: one gradient step per train_frequency env steps --------------------------------
+            if config.anneal_lr:
+                optimizer.param_groups[0]["lr"] = config.learning_rate * (
+                    1 - iteration / config.num_iterations
+                )
+            due = step // config.train_frequency - step_before // config.train_frequency
+            if step < config.learning_starts or buffer.filled < config.n_step:
+                due = 0
+            for _ in range(due):
+                b = buffer.sample(config.batch_size, config.n_step, config.gamma, generator)
+                q_all = agent(torch.from_numpy(b.obs))[0]  # (B, A)
+                q_taken = q_all.gather(1, torch.from_numpy(b.actions)[:, None]).squeeze(1)  # (B,)
                 with torch.no_grad():
-                    for p_t, p in zip(target.parameters(), agent.parameters(), strict=True):
-                        p_t.lerp_(p, config.tau)
+                    next_obs_t = torch.from_numpy(b.next_obs)
+                    y = td_targets(
+                        torch.from_numpy(b.returns),
+                        torch.from_numpy(b.discounts),
+                        target(next_obs_t)[0],
+                        agent(next_obs_t)[0] if config.double_dqn else None,
+                        None if b.next_masks is None else torch.from_numpy(b.next_masks),
+                    )
+                loss = F.huber_loss(q_taken, y, delta=config.huber_delta)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(agent.parameters(), config.max_grad_norm)
+                optimizer.step()
+                updates += 1
+                interval["loss"] += loss.item()
+                interval["q"] += q_taken.mean().item()
+                interval["n"] += 1
 
-        # -- bookkeeping ---------------------------------------------------------------------------
-        interval["steps"] += N
-        done_iters = iteration + 1
-        last = done_iters == config.num_iterations
-        if step // config.log_every > step_before // config.log_every or last:
-            now = time.perf_counter()
-            n = interval["n"]
-            row = {
-                "step": step,
-                "time": now - t_start,
-                **tracker.drain(),
-                "loss": interval["loss"] / n if n else math.nan,
-                "q_mean": interval["q"] / n if n else math.nan,
-                "epsilon": epsilon,
-                "lr": optimizer.param_groups[0]["lr"],
-                "updates": updates,
-                "steps_per_s": interval["steps"] / max(now - interval["t"], 1e-9),
-            }
-            run.append_metrics(row)
-            rows_written += 1
-            interval = {"loss": 0.0, "q": 0.0, "n": 0, "t": now, "steps": 0}
-            bar.update(step, row, extra=f"eps {row['epsilon']:.2f}")
-            if rows_written % config.resume_every == 0 or last:
-                run.save_resume_state(
-                    {
-                        "iteration": done_iters,
-                        "elapsed": now - t_start,
-                        "updates": updates,
-                        "rows": rows_written,
-                        "agent": agent.state_dict(),
-                        "target": target.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "generator": generator.get_state(),
-                        "torch_rng": torch.get_rng_state(),
-                        "buffer": buffer.state_dict(),
-                        "env": saved_env_state(envs),
-                        "tracker": tracker.state_dict(),
-                        "next_obs": torch.from_numpy(np.array(next_obs)),
-                        "masks": torch.from_numpy(_legal(infos, N, A))
-                        if config.mask_illegal
-                        else torch.zeros(0),
-                    }
-                )
-        if done_iters in save_at:
-            run.save_checkpoint(agent, step)
-        if stop_at is not None and step >= stop_at:
-            break
-    else:
-        run.mark_done(config.num_iterations * N)
-    bar.close()
-    envs.close()
+            # -- target network ------------------------------------------------------------------------
+            if step // config.target_update > step_before // config.target_update:
+                if config.tau == 1.0:
+                    target.load_state_dict(agent.state_dict())
+                else:
+                    with torch.no_grad():
+                        for p_t, p in zip(target.parameters(), agent.parameters(), strict=True):
+                            p_t.lerp_(p, config.tau)
+
+            # -- bookkeeping ---------------------------------------------------------------------------
+            interval["steps"] += N
+            done_iters = iteration + 1
+            last = done_iters == config.num_iterations
+            if step // config.log_every > step_before // config.log_every or last:
+                now = time.perf_counter()
+                n = interval["n"]
+                row = {
+                    "step": step,
+                    "time": now - t_start,
+                    **tracker.drain(),
+                    "loss": interval["loss"] / n if n else math.nan,
+                    "q_mean": interval["q"] / n if n else math.nan,
+                    "epsilon": epsilon,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "updates": updates,
+                    "steps_per_s": interval["steps"] / max(now - interval["t"], 1e-9),
+                }
+                run.append_metrics(row)
+                rows_written += 1
+                interval = {"loss": 0.0, "q": 0.0, "n": 0, "t": now, "steps": 0}
+                bar.update(step, row, extra=f"eps {row['epsilon']:.2f}")
+                if (
+                    rows_written % config.resume_every == 0
+                    or last
+                    or time.perf_counter() - saved_at >= RESUME_SECONDS
+                ):
+                    saved_at = time.perf_counter()
+                    run.save_resume_state(
+                        {
+                            "iteration": done_iters,
+                            "elapsed": now - t_start,
+                            "updates": updates,
+                            "rows": rows_written,
+                            "agent": agent.state_dict(),
+                            "target": target.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "generator": generator.get_state(),
+                            "torch_rng": torch.get_rng_state(),
+                            "buffer": buffer.state_dict(),
+                            "env": saved_env_state(envs),
+                            "tracker": tracker.state_dict(),
+                            "next_obs": torch.from_numpy(np.array(next_obs)),
+                            "masks": torch.from_numpy(_legal(infos, N, A))
+                            if config.mask_illegal
+                            else torch.zeros(0),
+                        }
+                    )
+            if done_iters in save_at:
+                run.save_checkpoint(agent, step)
+            if stop_at is not None and step >= stop_at:
+                break
+        else:
+            run.mark_done(config.num_iterations * N)
+        bar.close()
+        envs.close()
+    finally:
+        run.release()
     return run
 
 

@@ -26,6 +26,7 @@ from torch import nn
 
 from policylens.envs import make_vec
 from policylens.runs import (
+    RESUME_SECONDS,
     Run,
     TrainingProgress,
     config_json,
@@ -196,181 +197,194 @@ def train_ppo(
     }
 
     run, state = Run.start(out, run_config, resume)
+    try:
+        next_obs, infos = envs.reset(seed=config.seed)
+        tracker.start(infos, np.arange(config.num_envs))
+        start_update, elapsed = 0, 0.0
+        if state is not None:
+            agent.load_state_dict(state["agent"])
+            optimizer.load_state_dict(state["optimizer"])
+            generator.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+            if state["env"] is not None:
+                # worlds with a saved state are policylens vector envs, which define it; VectorEnv does not
+                envs.load_state_dict(env_from_saved(state["env"]))  # type: ignore[attr-defined]
+                tracker.load_state_dict(state["tracker"])
+                next_obs = state["next_obs"].numpy()
+            else:  # worlds without a savable state (e.g. Box2D) restart their episodes, reseeded
+                next_obs, infos = envs.reset(seed=config.seed + state["update"])
+                tracker.start(infos, np.arange(config.num_envs))
+            start_update, elapsed = state["update"], state["elapsed"]
+            run.truncate_metrics(start_update * config.batch_size)
 
-    next_obs, infos = envs.reset(seed=config.seed)
-    tracker.start(infos, np.arange(config.num_envs))
-    start_update, elapsed = 0, 0.0
-    if state is not None:
-        agent.load_state_dict(state["agent"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        if state["env"] is not None:
-            # worlds with a saved state are policylens vector envs, which define it; VectorEnv does not
-            envs.load_state_dict(env_from_saved(state["env"]))  # type: ignore[attr-defined]
-            tracker.load_state_dict(state["tracker"])
-            next_obs = state["next_obs"].numpy()
-        else:  # worlds without a savable state (e.g. Box2D) restart their episodes, reseeded
-            next_obs, infos = envs.reset(seed=config.seed + state["update"])
-            tracker.start(infos, np.arange(config.num_envs))
-        start_update, elapsed = state["update"], state["elapsed"]
-        run.truncate_metrics(start_update * config.batch_size)
+        save_at = set(
+            checkpoint_updates(config.num_updates, config.checkpoints, config.checkpoint_spacing)
+        )
+        if start_update == 0:
+            run.save_checkpoint(agent, 0)
 
-    save_at = set(
-        checkpoint_updates(config.num_updates, config.checkpoints, config.checkpoint_spacing)
-    )
-    if start_update == 0:
-        run.save_checkpoint(agent, 0)
+        T, N = config.num_steps, config.num_envs
+        # Rollout buffers are NumPy arrays: the per-step bookkeeping on 64-row vectors runs several
+        # times faster in NumPy than as torch ops; training reads them as tensors without copying.
+        obs_buf = np.zeros((T, N, *obs_shape), dtype=obs_space.dtype)  # uint8 mazes
+        act_buf = np.zeros((T, N), dtype=np.int64)
+        logp_buf, rew_buf, done_buf, val_buf = (
+            np.zeros((T, N), dtype=np.float32) for _ in range(4)
+        )
 
-    T, N = config.num_steps, config.num_envs
-    # Rollout buffers are NumPy arrays: the per-step bookkeeping on 64-row vectors runs several
-    # times faster in NumPy than as torch ops; training reads them as tensors without copying.
-    obs_buf = np.zeros((T, N, *obs_shape), dtype=obs_space.dtype)  # uint8 mazes
-    act_buf = np.zeros((T, N), dtype=np.int64)
-    logp_buf, rew_buf, done_buf, val_buf = (np.zeros((T, N), dtype=np.float32) for _ in range(4))
+        bar = TrainingProgress(progress, "PPO", "updates", config.num_updates, start_update)
+        t_start = time.perf_counter() - elapsed
+        saved_at = time.perf_counter()  # of the resume state
+        for update in range(start_update, config.num_updates):
+            t_update = time.perf_counter()
+            if config.anneal_lr:
+                optimizer.param_groups[0]["lr"] = config.learning_rate * (
+                    1 - update / config.num_updates
+                )
 
-    bar = TrainingProgress(progress, "PPO", "updates", config.num_updates, start_update)
-    t_start = time.perf_counter() - elapsed
-    for update in range(start_update, config.num_updates):
-        t_update = time.perf_counter()
-        if config.anneal_lr:
-            optimizer.param_groups[0]["lr"] = config.learning_rate * (
-                1 - update / config.num_updates
-            )
-
-        # -- rollout -------------------------------------------------------------------------------
-        # One autocast region for the whole rollout: the weights do not change in it, so their
-        # bf16 copies are cast once per update (the fused MazeCNN casts them when built).
-        policy = agent.acting_forward(torch.bfloat16 if low else torch.float32, N)
-        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=low):
-            truncated_at = None  # (env indices, final observations) of the previous step
-            for t in range(T + 1):
-                obs_t = np.asarray(next_obs)
-                rows = obs_t if truncated_at is None else np.concatenate([obs_t, truncated_at[1]])
-                # truncated episodes' final values ride along in the same forward
-                out_logits, out_value = policy(torch.from_numpy(rows))
-                logits, value = out_logits[:N].float().numpy(), out_value.float().numpy()
-                if truncated_at is not None:  # bootstrap them from their final observation
-                    rew_buf[t - 1, truncated_at[0]] += config.gamma * value[N:]
-                    value = value[:N]
-                if t == T:
-                    next_value = value
-                    break
-                obs_buf[t] = obs_t
-                action, logp_buf[t] = sample_actions(logits, generator)
-                act_buf[t], val_buf[t] = action, value
-                next_obs, reward, terminated, truncated, infos = envs.step(action)
-                rew_buf[t] = reward
-                done_buf[t] = terminated | truncated
-                tracker.step(np.asarray(reward), terminated, truncated, infos)
-                idx = np.nonzero(truncated)[0]
-                truncated_at = (idx, _final_obs(infos, idx)) if len(idx) else None
-
-        # -- generalised advantage estimation ------------------------------------------------------
-        adv = np.zeros((T, N), dtype=np.float32)
-        last = np.zeros(N, dtype=np.float32)
-        for t in reversed(range(T)):
-            nonterminal = 1.0 - done_buf[t]
-            following = next_value if t == T - 1 else val_buf[t + 1]
-            delta = rew_buf[t] + config.gamma * following * nonterminal - val_buf[t]
-            last = delta + config.gamma * config.gae_lambda * nonterminal * last
-            adv[t] = last
-
-        # -- optimisation --------------------------------------------------------------------------
-        b_obs = torch.from_numpy(obs_buf).reshape(-1, *obs_shape)
-        b_act = torch.from_numpy(act_buf).reshape(-1)
-        b_logp = torch.from_numpy(logp_buf).reshape(-1)
-        b_adv = torch.from_numpy(adv).reshape(-1)
-        b_ret = torch.from_numpy(adv + val_buf).reshape(-1)  # the returns
-        b_val = torch.from_numpy(val_buf).reshape(-1)
-        mb = config.batch_size // config.num_minibatches
-        stats: dict[str, list[float]] = {k: [] for k in ("pg", "v", "ent", "kl", "clip")}
-        for _ in range(config.update_epochs):
-            perm = torch.randperm(config.batch_size, generator=generator)
-            for start in range(0, config.batch_size, mb):
-                i = perm[start : start + mb]
-                with torch.autocast("cpu", torch.bfloat16, enabled=low):
-                    # index_select: 17x faster than b_obs[i] for 1024 maze rows (measured)
-                    logits, value = agent(b_obs.index_select(0, i))
-                logits, value = logits.float(), value.float()
-                logp_all = torch.log_softmax(logits, dim=-1)
-                logp = logp_all.gather(1, b_act[i, None]).squeeze(1)
-                entropy = -(logp_all.exp() * logp_all).sum(-1).mean()
-                log_ratio = logp - b_logp[i]
-                ratio = log_ratio.exp()
-                a = b_adv[i]
-                if config.norm_adv:
-                    a = (a - a.mean()) / (a.std() + 1e-8)
-                pg_loss = torch.max(
-                    -a * ratio, -a * ratio.clamp(1 - config.clip_coef, 1 + config.clip_coef)
-                ).mean()
-                if config.clip_vloss:
-                    v_clipped = b_val[i] + (value - b_val[i]).clamp(
-                        -config.clip_coef, config.clip_coef
+            # -- rollout -------------------------------------------------------------------------------
+            # One autocast region for the whole rollout: the weights do not change in it, so their
+            # bf16 copies are cast once per update (the fused MazeCNN casts them when built).
+            policy = agent.acting_forward(torch.bfloat16 if low else torch.float32, N)
+            with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=low):
+                truncated_at = None  # (env indices, final observations) of the previous step
+                for t in range(T + 1):
+                    obs_t = np.asarray(next_obs)
+                    rows = (
+                        obs_t if truncated_at is None else np.concatenate([obs_t, truncated_at[1]])
                     )
-                    v_loss = (
-                        0.5 * torch.max((value - b_ret[i]) ** 2, (v_clipped - b_ret[i]) ** 2).mean()
-                    )
-                else:
-                    v_loss = 0.5 * ((value - b_ret[i]) ** 2).mean()
-                loss = pg_loss - config.ent_coef * entropy + config.vf_coef * v_loss
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(agent.parameters(), config.max_grad_norm)
-                optimizer.step()
-                with torch.no_grad():
-                    stats["pg"].append(pg_loss.item())
-                    stats["v"].append(v_loss.item())
-                    stats["ent"].append(entropy.item())
-                    stats["kl"].append(((ratio - 1) - log_ratio).mean().item())
-                    stats["clip"].append(
-                        ((ratio - 1).abs() > config.clip_coef).float().mean().item()
-                    )
+                    # truncated episodes' final values ride along in the same forward
+                    out_logits, out_value = policy(torch.from_numpy(rows))
+                    logits, value = out_logits[:N].float().numpy(), out_value.float().numpy()
+                    if truncated_at is not None:  # bootstrap them from their final observation
+                        rew_buf[t - 1, truncated_at[0]] += config.gamma * value[N:]
+                        value = value[:N]
+                    if t == T:
+                        next_value = value
+                        break
+                    obs_buf[t] = obs_t
+                    action, logp_buf[t] = sample_actions(logits, generator)
+                    act_buf[t], val_buf[t] = action, value
+                    next_obs, reward, terminated, truncated, infos = envs.step(action)
+                    rew_buf[t] = reward
+                    done_buf[t] = terminated | truncated
+                    tracker.step(np.asarray(reward), terminated, truncated, infos)
+                    idx = np.nonzero(truncated)[0]
+                    truncated_at = (idx, _final_obs(infos, idx)) if len(idx) else None
 
-        # -- bookkeeping ---------------------------------------------------------------------------
-        done_updates = update + 1
-        step = done_updates * config.batch_size
-        var_ret = b_ret.var().item()
-        episodes = tracker.drain()
-        row = {
-            "step": step,
-            "time": time.perf_counter() - t_start,
-            **episodes,
-            "policy_loss": float(np.mean(stats["pg"])),
-            "value_loss": float(np.mean(stats["v"])),
-            "entropy": float(np.mean(stats["ent"])),
-            "approx_kl": float(np.mean(stats["kl"])),
-            "clipfrac": float(np.mean(stats["clip"])),
-            "explained_variance": math.nan
-            if var_ret == 0
-            else 1 - (b_ret - b_val).var().item() / var_ret,
-            "lr": optimizer.param_groups[0]["lr"],
-            "steps_per_s": config.batch_size / (time.perf_counter() - t_update),
-        }
-        run.append_metrics(row)
-        if done_updates in save_at:
-            run.save_checkpoint(agent, step)
-        if done_updates % config.resume_every == 0 or done_updates == config.num_updates:
-            run.save_resume_state(
-                {
-                    "update": done_updates,
-                    "elapsed": time.perf_counter() - t_start,
-                    "agent": agent.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "generator": generator.get_state(),
-                    "torch_rng": torch.get_rng_state(),
-                    "env": saved_env_state(envs),
-                    "tracker": tracker.state_dict(),
-                    "next_obs": torch.from_numpy(np.array(next_obs)),
-                }
-            )
-        bar.update(done_updates, row)
-        if stop_after_updates is not None and done_updates - start_update >= stop_after_updates:
-            break
-    else:
-        run.mark_done(config.num_updates * config.batch_size)
-    bar.close()
-    envs.close()
+            # -- generalised advantage estimation ------------------------------------------------------
+            adv = np.zeros((T, N), dtype=np.float32)
+            last = np.zeros(N, dtype=np.float32)
+            for t in reversed(range(T)):
+                nonterminal = 1.0 - done_buf[t]
+                following = next_value if t == T - 1 else val_buf[t + 1]
+                delta = rew_buf[t] + config.gamma * following * nonterminal - val_buf[t]
+                last = delta + config.gamma * config.gae_lambda * nonterminal * last
+                adv[t] = last
+
+            # -- optimisation --------------------------------------------------------------------------
+            b_obs = torch.from_numpy(obs_buf).reshape(-1, *obs_shape)
+            b_act = torch.from_numpy(act_buf).reshape(-1)
+            b_logp = torch.from_numpy(logp_buf).reshape(-1)
+            b_adv = torch.from_numpy(adv).reshape(-1)
+            b_ret = torch.from_numpy(adv + val_buf).reshape(-1)  # the returns
+            b_val = torch.from_numpy(val_buf).reshape(-1)
+            mb = config.batch_size // config.num_minibatches
+            stats: dict[str, list[float]] = {k: [] for k in ("pg", "v", "ent", "kl", "clip")}
+            for _ in range(config.update_epochs):
+                perm = torch.randperm(config.batch_size, generator=generator)
+                for start in range(0, config.batch_size, mb):
+                    i = perm[start : start + mb]
+                    with torch.autocast("cpu", torch.bfloat16, enabled=low):
+                        # index_select: 17x faster than b_obs[i] for 1024 maze rows (measured)
+                        logits, value = agent(b_obs.index_select(0, i))
+                    logits, value = logits.float(), value.float()
+                    logp_all = torch.log_softmax(logits, dim=-1)
+                    logp = logp_all.gather(1, b_act[i, None]).squeeze(1)
+                    entropy = -(logp_all.exp() * logp_all).sum(-1).mean()
+                    log_ratio = logp - b_logp[i]
+                    ratio = log_ratio.exp()
+                    a = b_adv[i]
+                    if config.norm_adv:
+                        a = (a - a.mean()) / (a.std() + 1e-8)
+                    pg_loss = torch.max(
+                        -a * ratio, -a * ratio.clamp(1 - config.clip_coef, 1 + config.clip_coef)
+                    ).mean()
+                    if config.clip_vloss:
+                        v_clipped = b_val[i] + (value - b_val[i]).clamp(
+                            -config.clip_coef, config.clip_coef
+                        )
+                        v_loss = (
+                            0.5
+                            * torch.max((value - b_ret[i]) ** 2, (v_clipped - b_ret[i]) ** 2).mean()
+                        )
+                    else:
+                        v_loss = 0.5 * ((value - b_ret[i]) ** 2).mean()
+                    loss = pg_loss - config.ent_coef * entropy + config.vf_coef * v_loss
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    nn.utils.clip_grad_norm_(agent.parameters(), config.max_grad_norm)
+                    optimizer.step()
+                    with torch.no_grad():
+                        stats["pg"].append(pg_loss.item())
+                        stats["v"].append(v_loss.item())
+                        stats["ent"].append(entropy.item())
+                        stats["kl"].append(((ratio - 1) - log_ratio).mean().item())
+                        stats["clip"].append(
+                            ((ratio - 1).abs() > config.clip_coef).float().mean().item()
+                        )
+
+            # -- bookkeeping ---------------------------------------------------------------------------
+            done_updates = update + 1
+            step = done_updates * config.batch_size
+            var_ret = b_ret.var().item()
+            episodes = tracker.drain()
+            row = {
+                "step": step,
+                "time": time.perf_counter() - t_start,
+                **episodes,
+                "policy_loss": float(np.mean(stats["pg"])),
+                "value_loss": float(np.mean(stats["v"])),
+                "entropy": float(np.mean(stats["ent"])),
+                "approx_kl": float(np.mean(stats["kl"])),
+                "clipfrac": float(np.mean(stats["clip"])),
+                "explained_variance": math.nan
+                if var_ret == 0
+                else 1 - (b_ret - b_val).var().item() / var_ret,
+                "lr": optimizer.param_groups[0]["lr"],
+                "steps_per_s": config.batch_size / (time.perf_counter() - t_update),
+            }
+            run.append_metrics(row)
+            if done_updates in save_at:
+                run.save_checkpoint(agent, step)
+            if (
+                done_updates % config.resume_every == 0
+                or done_updates == config.num_updates
+                or time.perf_counter() - saved_at >= RESUME_SECONDS
+            ):
+                saved_at = time.perf_counter()
+                run.save_resume_state(
+                    {
+                        "update": done_updates,
+                        "elapsed": time.perf_counter() - t_start,
+                        "agent": agent.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "generator": generator.get_state(),
+                        "torch_rng": torch.get_rng_state(),
+                        "env": saved_env_state(envs),
+                        "tracker": tracker.state_dict(),
+                        "next_obs": torch.from_numpy(np.array(next_obs)),
+                    }
+                )
+            bar.update(done_updates, row)
+            if stop_after_updates is not None and done_updates - start_update >= stop_after_updates:
+                break
+        else:
+            run.mark_done(config.num_updates * config.batch_size)
+        bar.close()
+        envs.close()
+    finally:
+        run.release()
     return run
 
 

@@ -160,7 +160,17 @@ def train_sb3(
             "sb3": config_json({**ppo_kwargs, "version": sb3.__version__, "policy": "MlpPolicy"}),
             "agent": agent_config,
         },
+        restart=True,
     )
+    try:
+        _learn(model, run, agent, config, progress)
+    finally:
+        run.release()
+    return run
+
+
+def _learn(model, run: Run, agent, config: PPOConfig, progress: bool) -> None:
+    """SB3's training loop, writing checkpoints and metrics into ``run``; marks it done."""
     save_at = set(
         checkpoint_updates(config.num_updates, config.checkpoints, config.checkpoint_spacing)
     )
@@ -173,9 +183,8 @@ def train_sb3(
         log_interval=None,  # type: ignore[arg-type]  # SB3 accepts None; its hint says int
     )
     bar.close()
-    env.close()
+    model.get_env().close()
     run.mark_done(config.num_updates * config.batch_size)
-    return run
 
 
 @functools.cache

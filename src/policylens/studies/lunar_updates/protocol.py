@@ -21,7 +21,6 @@ import concurrent.futures as cf
 import json
 import math
 import multiprocessing
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -205,7 +204,8 @@ def train_phase(backend: str, ppo_config, out: Path, init_from: Path | None = No
     """Train one phase with ``backend`` into ``out`` (reused when finished); returns the Run.
 
     The built-in trainer resumes an unfinished folder from ``resume.pt``; SB3 has no exact
-    resume, so an unfinished SB3 folder is trained again from the start.
+    resume, so an unfinished SB3 run of the same config is trained again from the start (its
+    checkpoints replaced; nothing else in the folder is deleted).
     """
     from policylens.runs import Run
 
@@ -218,8 +218,6 @@ def train_phase(backend: str, ppo_config, out: Path, init_from: Path | None = No
         return train_ppo(ppo_config, out, resume=resume, progress=False, init_from=init_from)
     from policylens.train.sb3_backend import train_sb3
 
-    if out.exists():
-        shutil.rmtree(out)
     return train_sb3(ppo_config, out, init_from=init_from, progress=False)
 
 
@@ -267,11 +265,13 @@ class Job:
     """Reward of this job's training phase."""
     config: dict[str, Any]
     """The experiment's UpdatesConfig as JSON."""
+    threads: int = 1
+    """Torch threads of the job (one suits these small MLPs; workers add parallelism)."""
 
 
 def run_job(job: Job) -> dict[str, Any]:
     """Run one job and return a plain summary; everything it needs is in ``job``."""
-    torch.set_num_threads(1)
+    torch.set_num_threads(job.threads)
     ensure_lunar_world()
     config = UpdatesConfig.from_json(job.config)
     t0 = time.perf_counter()
@@ -372,16 +372,16 @@ def _phase2(job: Job, config: UpdatesConfig) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- the experiment
-def plan_jobs(config: UpdatesConfig, root: str | Path) -> list[Job]:
+def plan_jobs(config: UpdatesConfig, root: str | Path, threads: int = 1) -> list[Job]:
     """Phase-1 jobs (one per seed); phase-2 jobs follow from :func:`phase2_jobs`."""
     data = config.to_json()
-    return [Job("phase1", str(root), s, config.phase1, data) for s in config.seeds]
+    return [Job("phase1", str(root), s, config.phase1, data, threads) for s in config.seeds]
 
 
-def phase2_jobs(config: UpdatesConfig, root: str | Path, seed: int) -> list[Job]:
+def phase2_jobs(config: UpdatesConfig, root: str | Path, seed: int, threads: int = 1) -> list[Job]:
     """One job per phase-2 variant (control included) for ``seed``."""
     data = config.to_json()
-    return [Job("phase2", str(root), seed, v, data) for v in config.units]
+    return [Job("phase2", str(root), seed, v, data, threads) for v in config.units]
 
 
 def run_experiment(
@@ -389,16 +389,26 @@ def run_experiment(
     out: str | Path,
     workers: int = 1,
     log: Callable[[str], None] | None = None,
+    threads: int = 1,
 ) -> list[dict[str, Any]]:
     """Run every job of the protocol into ``out``; returns the jobs' summaries (``jobs.json``).
 
-    ``workers > 1`` runs the jobs in a local process pool (spawned processes, one torch thread
-    each); a phase-2 job starts as soon as its seed's phase 1 is done. Finished phases in ``out``
+    ``workers > 1`` runs the jobs in a local process pool (spawned processes, ``threads`` torch
+    threads each); a phase-2 job starts as soon as its seed's phase 1 is done. Finished phases in ``out``
     are reused, so a killed experiment continues where it stopped. Analyse the folder with
     :func:`~policylens.studies.lunar_updates.analysis.analyze_experiment`.
     """
-    log = log or (lambda _m: None)
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}.")
     out = Path(out)
+    with artifacts.FolderLock(out, "experiment folder"):  # one process writes an experiment
+        return _run_jobs(config, out, workers, log or (lambda _m: None), threads)
+
+
+def _run_jobs(
+    config: UpdatesConfig, out: Path, workers: int, log: Callable[[str], None], threads: int
+) -> list[dict[str, Any]]:
+    """The body of :func:`run_experiment`, run while its folder is locked."""
     meta_file = out / EXPERIMENT_FILE
     env_id = ensure_lunar_world()
     if meta_file.exists():
@@ -424,22 +434,22 @@ def run_experiment(
         )
 
     if workers <= 1:
-        for job in plan_jobs(config, out):
+        for job in plan_jobs(config, out, threads):
             done(run_job(job))
-            for j2 in phase2_jobs(config, out, job.seed):
+            for j2 in phase2_jobs(config, out, job.seed, threads):
                 done(run_job(j2))
     else:
         ctx = multiprocessing.get_context("spawn")
         pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
         try:
-            pending = {pool.submit(run_job, j): j for j in plan_jobs(config, out)}
+            pending = {pool.submit(run_job, j): j for j in plan_jobs(config, out, threads)}
             while pending:
                 finished, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
                 for fut in finished:
                     job = pending.pop(fut)
                     done(fut.result())  # re-raises a job's error here
                     if job.kind == "phase1":
-                        for j2 in phase2_jobs(config, out, job.seed):
+                        for j2 in phase2_jobs(config, out, job.seed, threads):
                             pending[pool.submit(run_job, j2)] = j2
         finally:
             pool.shutdown(wait=True, cancel_futures=True)

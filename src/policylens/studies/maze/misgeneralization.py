@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from policylens.artifacts import read_json, write_json
+from policylens.artifacts import FolderLock, read_json, write_json
 from policylens.envs.maze import MazeBatch, MazeConfig, MazeState
 from policylens.lenses.interventions import activation, add_vector
 from policylens.rollout import stats
@@ -112,23 +112,25 @@ def analyse_maze_run(
 ) -> dict[str, Any]:
     """:func:`analyse_maze_agent` on the run's latest checkpoint, saved as analysis/maze.json and
     reused while the checkpoint and the budget are unchanged."""
+    config = maze_config(run)
     step, _ = run.checkpoint()
     file = run.path / "analysis" / "maze.json"
-    if file.exists() and not force:
-        cached = read_json(file)
-        if (
-            cached.get("step") == step
-            and cached.get("version") == ANALYSIS_VERSION
-            and cached.get("episodes") == episodes
-            and cached.get("n_mazes") == n_mazes
-        ):
-            return cached
-    result = {
-        "step": step,
-        "version": ANALYSIS_VERSION,
-        **analyse_maze_agent(run.load_agent(), maze_config(run), episodes, n_mazes, hook, log),
-    }
-    write_json(file, result)
+    with FolderLock(file.parent, "analysis folder"):  # one analysis of a run at a time
+        if file.exists() and not force:
+            cached = read_json(file)
+            if (
+                cached.get("step") == step
+                and cached.get("version") == ANALYSIS_VERSION
+                and cached.get("episodes") == episodes
+                and cached.get("n_mazes") == n_mazes
+            ):
+                return cached
+        result = {
+            "step": step,
+            "version": ANALYSIS_VERSION,
+            **analyse_maze_agent(run.load_agent(), config, episodes, n_mazes, hook, log),
+        }
+        write_json(file, result)
     return result
 
 

@@ -130,6 +130,24 @@ def maze_steering_experiment(
     return result
 
 
+def check_channels(agent, config: MazeConfig, hook: str, channels: Sequence[int]) -> None:
+    """Refuse a hook without channel maps, or a channel it does not have, in one sentence."""
+    from policylens.envs.maze import MazeBatch
+
+    check_hook(agent, hook)
+    obs = MazeBatch(config, 1).obs_space.sample()[None] * 0
+    act = activation(agent, obs, hook)
+    if act.ndim != 4:
+        raise ValueError(
+            f"{hook} has no channel maps (shape {tuple(act.shape)}); clamp a conv layer"
+        )
+    for ch in channels:
+        if not 0 <= ch < act.shape[1]:
+            raise ValueError(
+                f"--clamp-channel {ch} does not exist at {hook} (channels 0 to {act.shape[1] - 1})"
+            )
+
+
 def maze_clamp_experiment(
     agent,
     config: MazeConfig,
@@ -144,7 +162,7 @@ def maze_clamp_experiment(
     the cheese, mapped to the layer's grid) and measure how often the mouse visits that cell
     within ``max_steps``, against the same mazes without the clamp.
     """
-    check_hook(agent, hook)
+    check_channels(agent, config, hook, channels)
     rng = np.random.default_rng(seed)
     states = test_levels(config, n_mazes, seed, off_path=False)
     targets = []
@@ -163,10 +181,6 @@ def maze_clamp_experiment(
     def clamp(act: torch.Tensor, hook) -> torch.Tensor:
         out = act.clone()
         for ch in channels:
-            if not 0 <= ch < act.shape[1]:
-                raise ValueError(
-                    f"channel {ch} does not exist at {hook.name} ({act.shape[1]} channels)"
-                )
             out[:, ch] = mask.to(act.dtype) * value
         return out
 
