@@ -1,12 +1,14 @@
 """Hook overhead of HookedAgent, and PPO-relevant speed of MazeCNN designs.
 
-Part 1 (default): for maze_cnn at batch 256 (3x9x9) and IMPALA at batch 32 (64x64x3), time
+Part 1 (default): for maze_cnn at batch 256 (3x9x9) and IMPALA at batch 32 and 64 (64x64x3
+uint8 frames), time
 - ``bare``: a hand-written functional forward with the same weights and no HookPoint modules,
 - ``plain``: ``agent(obs)`` with no hooks attached (idle HookPoints),
 - ``cached``: ``agent.run_with_cache(obs)`` caching every hook point,
 all under ``torch.no_grad()``, interleaved over rounds, and print median times and the ratios
-cached/plain (target <= 1.15) and plain/bare (cost of idle hook points); then again after
-``retain_freed_memory()`` (glibc keeps freed memory, so dropped caches cost no page faults).
+cached/plain (target <= 1.15) and plain/bare (cost of idle hook points), as a user gets them: the
+first ``run_with_cache`` turns on ``retain_freed_memory()`` (glibc keeps freed memory, so dropped
+caches cost no page faults).
 
 Part 2 (``--designs``): forward + backward + Adam step samples/s at batch 512 on 9x9 grids for
 MazeCNN variants and two references (the 3-conv 16-channel CNN and the 243-256-256 MLP of the
@@ -27,7 +29,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from policylens.agents import HookedAgent, build_agent
-from policylens.agents.hooks import retain_freed_memory
 
 
 def bare_residual(res: nn.Module, x: Tensor) -> Tensor:
@@ -85,6 +86,7 @@ def hook_overhead(rounds: int) -> None:
     cases = [
         ("maze_cnn", (3, 9, 9), 4, 256, bare_maze_cnn, {}, 50),
         ("impala", (64, 64, 3), 15, 32, bare_impala, {}, 3),
+        ("impala", (64, 64, 3), 15, 64, bare_impala, {}, 2),
     ]
     print("Hook overhead (no_grad forward; median of interleaved rounds)")
     for arch, shape, actions, batch, bare, kwargs, iters in cases:
@@ -190,9 +192,6 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock")
     hook_overhead(args.rounds)
-    if retain_freed_memory():
-        print("after policylens.agents.retain_freed_memory() (glibc keeps freed memory):")
-        hook_overhead(args.rounds)
     if args.designs:
         designs(args.rounds)
 

@@ -32,6 +32,7 @@ from policylens.agents.hooks import (
     ModuleOutputHook,
     NameFilter,
     caching_hook,
+    retain_freed_memory_once,
     unknown_name_message,
 )
 
@@ -55,7 +56,8 @@ class HookedAgent(nn.Module):
             image, ``(8,)`` vector).
         num_actions: number of discrete actions.
         obs_kind: ``"grid"`` (channels-first, used as float as-is), ``"image"`` (``(H, W, 3)``
-            pixel values, converted to ``(3, H, W)`` / 255) or ``"vector"`` (float as-is).
+            uint8 pixels converted to ``(3, H, W)`` / 255, or floats already in [0, 1]) or
+            ``"vector"`` (float as-is).
         config: JSON-able recipe that rebuilds ``net`` (``arch``, ``kwargs``, ``obs_shape``,
             ``num_actions``, ``obs_kind``); written beside the weights by :meth:`save`.
         output: what ``net`` returns: ``"policy_value"`` (a ``(logits, value)`` pair), ``"q"``
@@ -246,7 +248,15 @@ class HookedAgent(nn.Module):
         Accepts one observation of shape ``obs_shape`` or a batch ``(N, *obs_shape)``, as a NumPy
         array or a tensor; a single observation becomes a batch of one.
         """
-        x = obs if isinstance(obs, Tensor) else torch.as_tensor(np.asarray(obs))
+        if not isinstance(obs, Tensor):
+            array = np.asarray(obs)
+            if array.dtype.kind not in "biuf":
+                raise ValueError(
+                    f"Expected numeric observations (an array of shape {self.obs_shape}), got "
+                    f"{type(obs).__name__} of dtype {array.dtype}."
+                )
+            obs = torch.as_tensor(array)
+        x = obs
         shape = tuple(x.shape)
         if shape == self.obs_shape:
             x = x.unsqueeze(0)
@@ -255,11 +265,15 @@ class HookedAgent(nn.Module):
                 f"Expected observations of shape {self.obs_shape} or a batch "
                 f"(N, {_fmt(self.obs_shape)}), got {shape}."
             )
+        scaled = x.is_floating_point()
+        if scaled:
+            _check_float_obs(x, image=self.obs_kind == "image")
         t = self._first_tensor()
         device, dtype = (t.device, t.dtype) if t is not None else (x.device, torch.float32)
         x = x.to(device=device, dtype=dtype)
-        if self.obs_kind == "image":
-            x = (x.permute(0, 3, 1, 2) / 255.0).contiguous()  # (batch, 3, H, W) in [0, 1]
+        if self.obs_kind == "image":  # (batch, 3, H, W) in [0, 1]
+            x = x.permute(0, 3, 1, 2)
+            x = (x if scaled else x / 255.0).contiguous()
         return x
 
     # ------------------------------------------------------------------ running the policy
@@ -410,6 +424,7 @@ class HookedAgent(nn.Module):
             with_grad: keep cached tensors in the autograd graph (the pass runs with grad on) so
                 outputs can be differentiated with respect to them.
         """
+        retain_freed_memory_once()  # dropped caches then cost no page faults (bench_hooks.py)
         store: dict[str, Tensor] = {}
         fn = caching_hook(store, with_grad, self._clone_cache)
         handles = [p.add_hook(fn) for p in self._resolve(names)]
@@ -500,6 +515,21 @@ def check_state_dict(net: nn.Module, state: dict[str, Tensor], source: str, arch
 def _list(items: list[str], n: int = 5) -> str:
     more = f" and {len(items) - n} more" if len(items) > n else ""
     return ", ".join(items[:n]) + more
+
+
+def _check_float_obs(x: Tensor, image: bool) -> None:
+    """Refuse NaN/infinite observations, and float images outside [0, 1], in one sentence."""
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(
+            "Observations contain NaN or infinite values; check the world or preprocessing."
+        )
+    if image and x.numel():
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0 or hi > 1:
+            raise ValueError(
+                f"Float image observations must lie in [0, 1], got values in [{lo:g}, {hi:g}]; "
+                "pass the uint8 frame (0-255) or divide by 255."
+            )
 
 
 def _fmt(shape: Sequence[int]) -> str:

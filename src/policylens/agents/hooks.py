@@ -19,6 +19,7 @@ with no hooks registered, so PyTorch takes its fast call path (about a microseco
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
@@ -183,8 +184,9 @@ def retain_freed_memory(
     dropped; by default glibc hands that memory back to the OS, and the next pass pays a page
     fault per 4 KiB touched (measured: ~1,900 faults and +25% time per cached maze_cnn forward at
     batch 256). Keeping up to ``trim_threshold`` bytes of freed memory removes that cost (and
-    speeds up plain forwards too) at the price of a larger resident size. Process-wide and
-    opt-in; returns False where glibc's ``mallopt`` is not available (macOS, Windows, musl).
+    speeds up plain forwards too) at the price of a larger resident size. Process-wide; the
+    first ``run_with_cache`` calls it (:func:`retain_freed_memory_once`), and so does the CLI.
+    Returns False where glibc's ``mallopt`` is not available (macOS, Windows, musl).
     """
     import ctypes
     import ctypes.util
@@ -200,3 +202,9 @@ def retain_freed_memory(
     m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
     ok = mallopt(m_trim_threshold, int(trim_threshold)) == 1
     return mallopt(m_mmap_threshold, int(mmap_threshold)) == 1 and ok
+
+
+@functools.cache
+def retain_freed_memory_once() -> bool:
+    """:func:`retain_freed_memory` with its defaults, once per process (caching turns it on)."""
+    return retain_freed_memory()

@@ -1,0 +1,332 @@
+"""Reliability: bad inputs refused before any work, corrupt artefacts named in one sentence,
+concurrent writers refused (and dead ones' locks taken over), killed trainings resumed exactly,
+and pickled files never unpickled. Each case is one a reliability pass found or could find.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from policylens import load_agent
+from policylens.artifacts import LOCK_FILE, FolderLock, locked_by, write_json
+from policylens.cli import app
+from policylens.rollout.store import Store, write_store
+from policylens.runs import Run
+from policylens.train.ppo import train_ppo
+from policylens.train.recipes import maze_recipe
+
+runner = CliRunner()
+POLICYLENS = [str(Path(sys.executable).parent / "policylens")]  # the installed command
+
+
+def tiny_recipe(steps: int = 4096):
+    return maze_recipe(total_steps=steps, world_size=7, precision="float32")
+
+
+@pytest.fixture(scope="module")
+def maze_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("rel") / "maze"
+    train_ppo(tiny_recipe(), out, progress=False)
+    return out
+
+
+def refused(args: list, *fragments: str) -> str:
+    """Run the CLI; assert a one-sentence refusal (exit 2, no traceback) holding ``fragments``."""
+    r = runner.invoke(app, [str(a) for a in args])
+    text = " ".join(r.output.replace("│", " ").split())  # typer boxes and wraps its errors
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output and "bug in policylens" not in r.output, r.output
+    for fragment in fragments:
+        assert fragment in text, text
+    return text
+
+
+# ------------------------------------------------------------------ bad inputs, before any work
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["steer", "{run}", "--clamp-channel", "999"], ["--clamp-channel 999 does not exist"]),
+        (["steer", "{run}", "--coef", "banana"], ["coefficient must be a number"]),
+        (["steer", "{run}", "--hook", "nosuch"], ["Unknown hook 'nosuch'"]),
+        (["report", "{run}", "--out", "{file}/report.html"], ["is a file, not a folder"]),
+        (["report", "{run}", "--out", "{tmp}"], ["is a folder; give a file name"]),
+        (["eval", "{run}", "--episodes", str(10**12)], ["Invalid value for '--episodes'"]),
+        (["eval", "{run}", "--seed", "-1"], ["Invalid value for '--seed'"]),
+        (["gallery", "--n", str(10**12)], ["Invalid value for '--n'"]),
+        (["gallery", "--out", "{file}/g.png"], ["is a file, not a folder"]),
+        (["train", "maze", "--out", "{tmp}/x", "--steps", str(10**12)], ["'--steps'"]),
+        (["train", "maze", "--out", "{tmp}/x", "--steps", "0"], ["'--steps'"]),
+        (["train", "maze", "--out", "{tmp}/x", "--resume"], ["holds no run to continue"]),
+        (["train", "maze", "--out", "{file}"], ["is a file; choose a folder"]),
+        (["train", "maze", "--out", "{run}"], ["already holds a run"]),
+        (["train", "chess", "--out", "{tmp}/y", "--resume"], ["holds no run to continue"]),
+        (["collect", "{run}", "--env-kwarg", "cheese_region=banana"], ["cheese_region must be"]),
+        (["collect", "{run}", "--out", "{file}"], ["is a file; choose a folder"]),
+        (["collect", "{run}", "--hook", "nosuch"], ["Unknown hook 'nosuch'"]),
+        (["probe", "{run}", "--hook", "nosuch"], ["Unknown hook 'nosuch'"]),
+        (["chess-eval", "{run}"], ["needs a policylens/RookEndgame-v0 run"]),
+        (["table", "{run}", "{tmp}"], ["is not a policylens run"]),
+        (["runs", "{file}"], ["is a file; give the folder"]),
+        (["eval", "{tmp}/nosuch"], ["is not a policylens run"]),
+    ],
+)
+def test_bad_input_is_refused_before_any_work(maze_run, tmp_path, monkeypatch, args, fragments):
+    from policylens.envs.chess import RookEndgameEnv
+    from policylens.envs.maze import MazeBatch
+
+    def work(*_args, **_kwargs):
+        raise AssertionError("a world was stepped before the input was refused")
+
+    monkeypatch.setattr(MazeBatch, "step", work)  # every maze rollout and training steps it
+    monkeypatch.setattr(RookEndgameEnv, "step", work)
+    file = tmp_path / "a_file.txt"
+    file.write_text("x")
+    fill = {"run": maze_run, "file": file, "tmp": tmp_path}
+    before = (
+        sorted(p.name for p in (maze_run / "analysis").glob("*"))
+        if (maze_run / "analysis").exists()
+        else []
+    )
+    refused([a.format(**fill) for a in args], *fragments)
+    after = (
+        sorted(p.name for p in (maze_run / "analysis").glob("*"))
+        if (maze_run / "analysis").exists()
+        else []
+    )
+    assert after == before  # nothing was computed or written
+
+
+def test_python_api_validates_device_dtype_source_and_observations(maze_run):
+    for kwargs, fragment in [
+        ({"device": "banana"}, "is not a device"),
+        ({"dtype": "int8"}, "is not a float dtype"),
+    ]:
+        with pytest.raises(ValueError, match=fragment):
+            load_agent(maze_run, **kwargs)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no usable CUDA"):
+            load_agent(maze_run, device="cuda")
+    with pytest.raises(ValueError, match="takes a path"):
+        load_agent(123)
+    assert load_agent(maze_run, dtype="bfloat16").dtype == torch.bfloat16
+    agent = load_agent(maze_run)
+    with pytest.raises(ValueError, match="numeric observations"):
+        agent("not an observation")
+    with pytest.raises(ValueError, match="NaN"):
+        agent(np.full(agent.obs_shape, np.nan, dtype=np.float32))
+    with pytest.raises(ValueError, match=r"shape \(3, 7, 7\)"):
+        agent(np.zeros((2, 3, 5, 5), dtype=np.uint8))
+
+
+def test_float_images_must_be_scaled_and_give_the_uint8_answer():
+    from policylens.agents import build_agent
+
+    agent = build_agent("impala", (64, 64, 3), 15, seed=0)
+    frames = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    logits, _ = agent(frames)
+    scaled, _ = agent(frames / 255.0)
+    torch.testing.assert_close(logits, scaled)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\].*uint8"):
+        agent(frames.astype(np.float32))
+
+
+# ------------------------------------------------------------------ corrupt artefacts
+def corrupt(file: Path, kind: str) -> None:
+    data = file.read_bytes()
+    payload = {
+        "truncated": data[: len(data) // 2],
+        "random": np.random.default_rng(0).bytes(max(64, len(data) // 4)),
+        "empty": b"",
+    }[kind]
+    file.write_bytes(payload)
+
+
+@pytest.mark.parametrize("kind", ["truncated", "random", "empty"])
+def test_corrupt_checkpoint_is_named(maze_run, tmp_path, kind):
+    file = tmp_path / "step.safetensors"
+    file.write_bytes(Run(maze_run).checkpoint()[1].read_bytes())
+    corrupt(file, kind)
+    with pytest.raises(ValueError, match="corrupt or truncated") as e:
+        load_agent(file, config=Run(maze_run).config["agent"])
+    assert str(file) in str(e.value)
+
+
+def test_checkpoint_of_the_wrong_shape_is_named(maze_run, tmp_path):
+    state = load_file(str(Run(maze_run).checkpoint()[1]))
+    name = next(iter(state))
+    state[name] = torch.zeros(3)
+    from safetensors.torch import save_file
+
+    save_file(state, str(tmp_path / "w.safetensors"))
+    with pytest.raises(ValueError, match=name.replace(".", r"\.")):
+        load_agent(tmp_path / "w.safetensors", config=Run(maze_run).config["agent"])
+
+
+@pytest.mark.parametrize("kind", ["truncated", "random", "empty", "shape"])
+def test_corrupt_store_chunk_is_named_without_unsafe_advice(tmp_path, kind):
+    store = write_store(tmp_path / "s", {"x": np.arange(40, dtype=np.float32).reshape(20, 2)},
+                        chunk_size=8)  # fmt: skip
+    chunk = store.path / "x" / "000001.npy"
+    if kind == "shape":
+        np.save(chunk, np.zeros((8, 3), dtype=np.float32))
+    else:
+        corrupt(chunk, kind)
+    with pytest.raises(ValueError) as e:
+        Store(store.path)["x"][:]
+    message = str(e.value)
+    assert "x/000001.npy" in message and "collect again" in message
+    assert "allow_pickle" not in message
+
+
+def test_malformed_metrics_rows_and_corrupt_config(maze_run, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    for f in ("config.json", "metrics.csv"):
+        (run / f).write_bytes((maze_run / f).read_bytes())
+    (run / "checkpoints").mkdir()
+    (run / "metrics.csv").write_text((maze_run / "metrics.csv").read_text() + "1,banana,,\n")
+    r = runner.invoke(app, ["runs", str(tmp_path), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)[0]["steps"] == 4096  # the malformed row is skipped
+    (run / "config.json").write_text('{"kind": ')
+    refused(["eval", run], "is not valid JSON", "config.json")
+
+
+# ------------------------------------------------------------------ concurrent writers
+def test_second_writer_is_refused_with_the_holders_pid(tmp_path):
+    out = tmp_path / "run"
+    run, _ = Run.start(out, {"kind": "ppo", "trainer": {"a": 1}, "agent": {}}, resume=False)
+    try:
+        assert locked_by(out) is not None and f"PID {os.getpid()}" in locked_by(out)
+        with pytest.raises(
+            ValueError, match=f"being written by another process \\(PID {os.getpid()}"
+        ):
+            Run.start(out, {"kind": "ppo", "trainer": {"a": 1}, "agent": {}}, resume=True)
+        with pytest.raises(ValueError, match="being written"):
+            write_store(out, {"x": np.zeros((2, 1))})
+    finally:
+        run.release()
+    assert locked_by(out) is None
+    Run.start(out, {"kind": "ppo", "trainer": {"a": 1}, "agent": {}}, resume=True)[0].release()
+
+
+def test_lock_of_a_killed_process_is_taken_over(tmp_path):
+    folder = tmp_path / "store"
+    code = (
+        "import os, sys; from policylens.artifacts import FolderLock; "
+        f"lock = FolderLock({str(folder)!r}); print('locked', flush=True); "
+        "os.kill(os.getpid(), 9)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "locked" in done.stdout and done.returncode == -signal.SIGKILL
+    assert (folder / LOCK_FILE).exists()  # the dead holder's file is still there ...
+    assert locked_by(folder) is None  # ... but nobody holds it
+    with FolderLock(folder):
+        assert "PID" in str(locked_by(folder))
+
+
+@pytest.mark.slow
+def test_two_trainings_into_one_folder_one_is_refused_and_runs_notices(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "maze", "--out", str(out), "--steps", "200000", "--world-size", "7",
+            "--threads", "1", "--quiet"]  # fmt: skip
+    first = subprocess.Popen([*POLICYLENS, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while not (out / "metrics.csv").exists() or locked_by(out) is None:
+            assert time.time() < deadline and first.poll() is None, first.stderr.read().decode()
+            time.sleep(0.2)
+        second = subprocess.run([*POLICYLENS, *args, "--resume"], capture_output=True, text=True)
+        assert second.returncode == 2
+        assert f"being written by another process (PID {first.pid}" in " ".join(
+            second.stderr.split()
+        )
+        listed = runner.invoke(app, ["runs", str(tmp_path), "--json"])
+        assert f"PID {first.pid}" in json.loads(listed.stdout)[0]["writer"]
+    finally:
+        first.kill()
+        first.wait()
+    (listed,) = json.loads(runner.invoke(app, ["runs", str(tmp_path), "--json"]).stdout)
+    assert listed["writer"] is None and not listed["done"]
+    note = runner.invoke(app, ["eval", str(out), "--episodes", "2"])
+    assert note.exit_code == 0 and "is unfinished: stopped before it finished" in " ".join(
+        note.output.split()
+    )
+
+
+# ------------------------------------------------------------------ kill and resume
+@pytest.mark.slow
+def test_killed_training_resumes_to_the_uninterrupted_result(tmp_path):
+    args = ["--steps", "61440", "--world-size", "7", "--threads", "1", "--precision", "float32",
+            "--quiet"]  # fmt: skip
+    # 15 updates of 4,096 steps; the resume state is first saved after update 10
+    whole = tmp_path / "whole"
+    subprocess.run([*POLICYLENS, "train", "maze", "--out", str(whole), *args], check=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*POLICYLENS, "train", "maze", "--out", str(killed), *args])
+    deadline = time.time() + 120
+    while not (killed / "resume.pt").exists():
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not Run(killed).done
+    subprocess.run([*POLICYLENS, "train", "maze", "--out", str(killed), *args, "--resume"],
+                   check=True)  # fmt: skip
+    assert Run(killed).done
+    a, b = Run(whole), Run(killed)
+    assert [s for s, _ in a.checkpoints()] == [s for s, _ in b.checkpoints()]
+    wa, wb = load_file(str(a.checkpoint()[1])), load_file(str(b.checkpoint()[1]))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    keep = ("step", "episodes", "success", "return", "policy_loss", "value_loss")
+    assert [{k: r[k] for k in keep if k in r} for r in a.metrics()] == [
+        {k: r[k] for k in keep if k in r} for r in b.metrics()
+    ]
+
+
+# ------------------------------------------------------------------ pickles are never run
+class Boom:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+@pytest.mark.parametrize("where", ["resume.pt", "agent.pt", "chunk.npy", "sae"])
+def test_malicious_pickles_are_never_unpickled(maze_run, tmp_path, monkeypatch, where):
+    monkeypatch.chdir(tmp_path)
+    if where == "resume.pt":
+        run = tmp_path / "run"
+        train_ppo(tiny_recipe(), run, progress=False, stop_after_updates=1)
+        torch.save({"update": Boom()}, run / "resume.pt")
+        refused(["train", "maze", "--out", run, "--steps", 4096, "--world-size", 7,
+                 "--precision", "float32", "--resume", "--quiet"], "pickled Python objects")  # fmt: skip
+    elif where == "agent.pt":
+        torch.save({"model_state_dict": Boom()}, tmp_path / "agent.pt")
+        with pytest.raises(ValueError, match="pickled Python objects"):
+            load_agent(tmp_path / "agent.pt")
+    elif where == "chunk.npy":
+        store = write_store(tmp_path / "s", {"x": np.zeros((4, 2), dtype=np.float32)})
+        with open(store.path / "x" / "000000.npy", "wb") as f:
+            np.save(f, np.array([Boom()], dtype=object), allow_pickle=True)
+        with pytest.raises(ValueError, match="cannot be read"):
+            Store(store.path)["x"][:]
+    else:
+        folder = tmp_path / "sae"
+        folder.mkdir()
+        write_json(folder / "cfg.json", {"d_in": 4, "d_sae": 8})
+        (folder / "sae_weights.safetensors").write_bytes(pickle.dumps(Boom()))
+        r = runner.invoke(app, ["sae", "eval", str(maze_run), str(folder)])
+        assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "PWNED").exists()
