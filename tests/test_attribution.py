@@ -13,7 +13,13 @@ from typer.testing import CliRunner
 
 from policylens.agents import HookedAgent, build_agent
 from policylens.envs.maze import MazeBatch, MazeConfig
-from policylens.lenses.attribution import attribute, integration_rule, is_cut, parse_target
+from policylens.lenses.attribution import (
+    attribute,
+    integration_rule,
+    is_cut,
+    layer_activation,
+    parse_target,
+)
 
 
 @pytest.fixture(scope="module")
@@ -226,3 +232,31 @@ def test_attribute_command(tmp_path):
     assert (run.analysis_dir / "attribution_ig_value_res1.hook_out.png").is_file()
     bad = CliRunner().invoke(app, ["attribute", str(run.path), "--target", "logit:7"])
     assert bad.exit_code == 2 and "Action 7 does not exist" in bad.output
+
+
+def test_layer_ig_runs_only_the_network_above_a_cut_layer():
+    """The tail built by torch.fx gives the hook-based result exactly, keeps later hooks firing,
+    and is refused inside a residual block (the skip connection reads from below the layer)."""
+    from policylens.lenses.attribution import _TAILS, tail_network
+
+    agent = build_agent("impala", (64, 64, 3), 15, seed=0).eval()
+    layer = "embedder.block2.res2.hook_out"
+    tail = tail_network(agent, layer)
+    assert tail is not None
+    assert tail_network(agent, "embedder.block2.res2.hook_relu1") is None  # inside a residual
+    obs = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    x = agent.preprocess(obs)
+    with torch.no_grad():
+        act = layer_activation(agent, x, layer)
+        fired = []
+        with agent.hooks([("embedder.hook_fc", lambda a, h: fired.append(a.shape))]):
+            logits, value = agent.heads(tail(act))
+        ref_logits, ref_value = agent.forward_input(x)
+    assert fired == [(3, 256)]
+    torch.testing.assert_close(logits, ref_logits)
+    torch.testing.assert_close(value, ref_value)
+    fast = attribute(agent, obs, "ig", "value", layer, n_steps=8)
+    assert fast.info["cut_layer"]
+    _TAILS[agent] = {layer: None}  # the hook-based path, for comparison
+    slow = attribute(agent, obs, "ig", "value", layer, n_steps=8)
+    torch.testing.assert_close(fast.attributions, slow.attributions)

@@ -179,7 +179,7 @@ class HookedAgent(nn.Module):
                         "and obs_kind."
                     ) from e
                 try:
-                    logits, value = self._heads(out)
+                    logits, value = self.heads(out)
                     shapes = (tuple(logits.shape), tuple(value.shape))
                 except Exception as e:
                     raise ValueError(self._output_message(out)) from e
@@ -283,9 +283,9 @@ class HookedAgent(nn.Module):
 
     def forward_input(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Run on an already preprocessed input ``(batch, *input_shape)`` (for attribution)."""
-        return self._heads(self.net(x))
+        return self.heads(self.net(x))
 
-    def _heads(self, out: Any) -> tuple[Tensor, Tensor]:
+    def heads(self, out: Any) -> tuple[Tensor, Tensor]:
         """The network's output -> ``(logits, value)`` through ``hook_logits`` and ``hook_value``."""
         if self.output == "q":
             logits = self.hook_logits(out)  # (batch, num_actions) Q-values

@@ -77,6 +77,7 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
 
 
 # --------------------------------------------------------------------------- residual blocks
+@torch.fx.wrap  # one traced call: it branches on the map's layout (see lenses.attribution.tail_network)
 def linear_over_map(x: Tensor, fc: nn.Linear) -> Tensor:
     """``fc(x.flatten(1))`` for a ``(batch, c, h, w)`` map, in whatever memory layout it has.
 

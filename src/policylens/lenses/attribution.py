@@ -50,9 +50,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from policylens.agents.hooks import unknown_name_message
+from policylens.agents.hooks import HookPoint, unknown_name_message
 from policylens.errors import check_known, unknown_message
 
 METHODS = ("saliency", "gradient", "grad_x_input", "ig", "occlusion")
@@ -402,6 +402,75 @@ def is_cut(agent: Any, layer: str, x: Tensor) -> bool:
     return bool(ok)
 
 
+_TAILS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def tail_network(agent: Any, layer: str) -> nn.Module | None:
+    """The network above hook ``layer`` as a module of its own: activation in, output out.
+
+    Built once per agent and layer with torch.fx (not by hand per architecture): the network is
+    traced with the hook point as a leaf, and the nodes that depend on it are copied into a new
+    graph whose input is the activation. Layer attributions then run only this part for their
+    interpolated points; the part below runs once. None when the network cannot be traced or
+    the tail also reads something computed below the layer (a skip connection around it).
+    The tail shares the network's modules and parameters, so hooks on later layers still fire.
+    """
+    import torch.fx as fx
+
+    cache = _TAILS.setdefault(agent, {})
+    if layer in cache:
+        return cache[layer]
+    point = agent.hook_dict[layer]
+    target_module = getattr(point, "module", point)
+    names = {m: n for n, m in agent.net.named_modules()}
+    tail = None
+    if target_module in names:
+        target = names[target_module]
+
+        class LeafAtLayer(fx.Tracer):  # hook points stay modules, so their hooks fire
+            def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+                return (
+                    m is target_module
+                    or isinstance(m, HookPoint)
+                    or super().is_leaf_module(m, qualname)
+                )
+
+        try:
+            graph = LeafAtLayer().trace(agent.net)
+            tail = _graph_above(agent.net, graph, target)
+        except Exception:  # untraceable Python in the network: the hook-based path serves
+            tail = None
+    cache[layer] = tail
+    return tail
+
+
+def _graph_above(root: nn.Module, graph: Any, target: str) -> nn.Module | None:
+    """The sub-graph of ``graph`` computed from the output of module ``target``, or None."""
+    import torch.fx as fx
+
+    start = next((n for n in graph.nodes if n.op == "call_module" and n.target == target), None)
+    if start is None:
+        return None
+    above = {start}
+    for node in graph.nodes:
+        if any(a in above for a in node.all_input_nodes):
+            above.add(node)
+    tail = fx.Graph()
+    env = {start: tail.placeholder("activation")}
+    for node in graph.nodes:
+        if node is start or node not in above:
+            continue
+        for a in node.all_input_nodes:
+            if a not in env:
+                if a.op != "get_attr":
+                    return None  # reads something computed below the layer: not a cut
+                env[a] = tail.node_copy(a, env.__getitem__)
+        env[node] = tail.node_copy(node, env.__getitem__)
+    if not any(n.op == "output" for n in tail.nodes):
+        return None
+    return fx.GraphModule(root, tail)
+
+
 class _Substitute:
     """Runs the agent with the attributed tensor set to given rows (input or a hook point)."""
 
@@ -410,6 +479,7 @@ class _Substitute:
         with torch.no_grad():
             self.act = x if layer is None else layer_activation(agent, x, layer)  # (B, ...)
         self.cut = layer is not None and fast and is_cut(agent, layer, x)
+        self.tail = tail_network(agent, layer) if self.cut and layer is not None else None
         self.channels_last = self.act.dim() == 4 and (
             self.act.is_contiguous(memory_format=torch.channels_last)
             and not self.act.is_contiguous()
@@ -426,6 +496,8 @@ class _Substitute:
         row ``i`` belongs to observation ``index[i]``."""
         if self.layer is None:
             return self.agent.forward_input(rows)
+        if self.tail is not None:  # only the layers above run
+            return self.agent.heads(self.tail(rows))
         # A cut layer: the prefix only has to produce something to replace, one observation.
         feed = self.x[index[:1]] if self.cut else self.x[index]
         with self.agent.hooks([(self.layer, lambda act, hook: rows)]):
@@ -552,16 +624,18 @@ def _resolve_baseline(
 _SAMPLE_BYTES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _memory_chunk(agent: Any, x: Tensor, budget_mb: float) -> int:
-    """Rows per internal batch so that the recorded activations stay within ``budget_mb``."""
-    key = (tuple(x.shape[1:]), x.dtype)
+def _memory_chunk(agent: Any, x: Tensor, budget_mb: float, above: str | None = None) -> int:
+    """Rows per internal batch so that the recorded activations stay within ``budget_mb``;
+    with ``above`` (a cut layer), only the activations from that layer on count: the layers
+    below run once, not per interpolated row."""
+    key = (tuple(x.shape[1:]), x.dtype, above)
     known = _SAMPLE_BYTES.setdefault(agent, {})
     if key not in known:
-        known[key] = _sample_bytes(agent, x)
+        known[key] = _sample_bytes(agent, x, above)
     return max(1, int(budget_mb * 2**20 // known[key]))
 
 
-def _sample_bytes(agent: Any, x: Tensor) -> int:
+def _sample_bytes(agent: Any, x: Tensor, above: str | None) -> int:
     """Bytes of activations (x3: forward, saved, gradient) one sample needs."""
     sizes: dict[str, int] = {}
 
@@ -571,8 +645,13 @@ def _sample_bytes(agent: Any, x: Tensor) -> int:
 
     with torch.no_grad(), agent.hooks([(lambda name: True, size)]):
         agent.forward_input(x[:1])
+    if above is not None:  # hooks fire in forward order
+        names = list(sizes)
+        total = sum(sizes[n] for n in names[names.index(above) :])
+    else:
+        total = max(sum(sizes.values()), x[:1].numel() * x.element_size())
     # Each activation is stored for the backward pass and has a gradient of its size.
-    return 3 * max(sum(sizes.values()), x[:1].numel() * x.element_size())
+    return 3 * total
 
 
 def _plan(batch: int, steps: int, rows: int) -> tuple[int, int]:
@@ -649,7 +728,7 @@ def attribute(
                 if result is not None:
                     return result
         sub = _Substitute(agent, x, layer, fast=fast)
-        rows = internal_batch_size or _memory_chunk(agent, x, memory_mb)
+        rows = internal_batch_size or _memory_chunk(agent, x, memory_mb, layer if sub.cut else None)
         if method == "occlusion":
             _require_spatial(sub, layer, "occlusion")
             base, desc = _resolve_baseline(agent, baseline, x, sub, ref, blur_sigma)
