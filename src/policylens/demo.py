@@ -13,6 +13,7 @@ same steps on a small budget (CI runs it, so the main command cannot break silen
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,9 @@ def run_demo(
     for line in headline_lines(numbers, steered_by):
         console.print(f"   {line}", highlight=False)
     console.print(f"[bold]report[/]: {report.resolve()}")
+    console.print(
+        f"[bold]explore it[/]: policylens explore {shlex.quote(str(out))}", highlight=False
+    )
     return {"gallery": gallery, "solver": solved, "headline": numbers, "report": str(report)}
 
 

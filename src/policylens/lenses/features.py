@@ -229,6 +229,8 @@ def examples_from_maps(
     best = flat.argmax(1)
     peak = flat[np.arange(n), best]
     order = np.argsort(-peak, kind="stable")[: min(k, n)]
+    if obs.ndim != 4:  # vector observations: nothing to crop, the example is the whole row
+        return [Example(int(i), divmod(int(best[i]), w), float(peak[i]), obs[i]) for i in order]
     grid = obs.ndim == 4 and obs.shape[1] == 3 and obs.shape[-1] != 3
     H, W = (obs.shape[2], obs.shape[3]) if grid else (obs.shape[1], obs.shape[2])
     r = radius if radius is not None else max(1, max(H, W) // 4)

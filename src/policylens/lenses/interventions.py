@@ -137,12 +137,13 @@ def clamp_channels(
     """A hook fixing ``channels`` to ``value`` at ``positions`` (all positions when None).
 
     With ``zero_elsewhere`` the rest of each clamped channel is set to 0, so the channel encodes
-    only the chosen place (Mini, Turner et al. retarget the mouse this way).
+    only the chosen place (Mini, Turner et al. retarget the mouse this way). A layer of plain
+    units ``(batch, units)`` has its ``channels`` (units) clamped, without positions.
     """
     value = check_coefficient(value)
 
     def fn(act: torch.Tensor, hook) -> torch.Tensor:
-        if act.ndim != 4:
+        if act.ndim != 4 and not (act.ndim == 2 and positions is None):
             raise ValueError(f"{hook.name} has no channels x positions (shape {tuple(act.shape)})")
         out = act.clone()
         for ch in channels:

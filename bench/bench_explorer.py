@@ -1,0 +1,283 @@
+"""Latency of each explorer interaction as a user feels it: from the click, key or slider move to
+the answer drawn, measured by the page itself (``window.__latencies``) in Debian's Chromium driven
+by Playwright, with the server started as ``policylens explore RUN --no-browser`` (one torch
+thread, its default).
+
+Interactions on the maze (maze_cnn) and the rook endgame (MLP 256-256 Q-network with a 4x SAE):
+scrubbing with an overlay or the activations shown, the arrow keys, toggling overlays, opening a
+channel, moving the cheese, toggling a wall, dragging the steering slider (two vector fields and
+two 50-step trajectories), labelling a cluster, opening an SAE latent, splicing an SAE in. Each
+is warmed up once (the first answer may start a background job), then repeated ``--repeats``
+times; p50 and p95 are printed against the 100 ms budget.
+
+Named peer: the wire format. One episode bundle is decoded in the page from our binary message
+and from the same arrays as JSON lists (FastAPI's default answer); the ratio is printed.
+
+Run: ``.venv/bin/python bench/bench_explorer.py [--maze RUN] [--rook RUN] [--repeats 30]``.
+Without runs it builds untrained ones of the built-in architectures (latency does not depend on
+training). Timings on a machine shared with other jobs are inflated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def build_runs(root: Path) -> tuple[Path, Path]:
+    """Untrained runs of the built-in maze and rook architectures (the rook one with an SAE)."""
+    from policylens.agents import build_agent
+    from policylens.runs import Run
+    from policylens.studies.rook_sae.runs import train_run_sae
+
+    torch.manual_seed(0)
+    maze = build_agent("maze_cnn", (3, 9, 9), 4)
+    with torch.no_grad():
+        maze.net.fc_policy.weight.mul_(300.0)  # decisive, so paths differ when steered
+    trainer = {"env_id": "policylens/Maze-v0", "env_kwargs": {"cheese_region": 1, "max_steps": 100},
+               "gamma": 0.95, "gae_lambda": 0.9}  # fmt: skip
+    run = Run.create(root / "maze", {"kind": "ppo", "agent": maze.config, "trainer": trainer})
+    run.save_checkpoint(maze, 0)
+    rook = build_agent("mlp", (75,), 24, head="q", hidden=[256, 256])
+    trainer = {"env_id": "policylens/RookEndgame-v0", "env_kwargs": {}, "gamma": 0.99}
+    rrun = Run.create(root / "rook", {"kind": "dqn", "agent": rook.config, "trainer": trainer})
+    rrun.save_checkpoint(rook, 0)
+    train_run_sae(rrun.path, "layers.0.hook_act", arch="topk", expansion=4, samples=20_000,
+                  steps=2000)  # fmt: skip
+    return run.path, rrun.path
+
+
+def explore(run: Path) -> tuple[subprocess.Popen, str]:
+    """``policylens explore RUN`` in its own process, as a user runs it (a server thread in this
+    process would share the GIL with Playwright and inflate every answer); returns it and its URL."""
+    cli = Path(sys.executable).parent / "policylens"
+    server = subprocess.Popen([str(cli), "explore", str(run), "--no-browser"],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert server.stdout is not None
+    for line in server.stdout:
+        found = re.search(r"http://127\.0\.0\.1:\d+/\S+/", line)
+        if found:
+            return server, found.group(0)
+    raise RuntimeError(f"policylens explore {run} printed no URL")
+
+
+def wait(page, condition: str, timeout_ms: int = 120_000) -> None:
+    """Poll a JavaScript condition (the page's CSP forbids Playwright's eval-based waits)."""
+    for _ in range(timeout_ms // 20):
+        if page.evaluate(f"() => Boolean({condition})"):
+            return
+        page.wait_for_timeout(20)
+    raise TimeoutError(condition)
+
+
+def recorded(page, name: str) -> int:
+    return page.evaluate(f"() => window.__latencies.filter(l => l.name === {name!r}).length")
+
+
+def repeat(page, name: str, action, n: int, settle: str = "true") -> list[float]:
+    """Do ``action(i)`` n + 1 times (the first one warms up), each time waiting until the page has
+    recorded one more latency under ``name``; returns the n measured ones (ms)."""
+    for i in range(n + 1):
+        before = recorded(page, name)
+        action(i)
+        wait(page, f"window.__latencies.filter(l => l.name === {name!r}).length > {before}")
+        wait(page, settle)
+        page.wait_for_timeout(30)  # a user's next move comes later than the last answer
+    values = page.evaluate(
+        f"() => window.__latencies.filter(l => l.name === {name!r}).map(l => l.ms)"
+    )
+    return values[-n:]
+
+
+def maze_interactions(page, url: str, n: int) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    rng = np.random.default_rng(0)
+    page.goto(f"{url}#/observation?seed=1&overlay=saliency")
+    wait(page, "document.querySelector('#board')?.dataset.overlay === 'saliency'")
+    length = int(page.inner_text("#frame-label").split("/")[1])
+    frames = rng.integers(0, length + 1, size=n + 1)
+    out["scrub (saliency overlay)"] = repeat(
+        page, "scrub", lambda i: page.fill("#frame-slider", str(frames[i])), n
+    )
+    out["arrow key (saliency overlay)"] = repeat(
+        page, "arrow key", lambda i: page.keyboard.press("ArrowRight" if i % 2 else "ArrowLeft"), n
+    )
+    kinds = ["ig", "saliency", "grad_x_input", "ig-layer"]
+    out["toggle overlay"] = repeat(
+        page, "toggle overlay", lambda i: page.select_option("#overlay", kinds[i % 4]), n
+    )
+    page.select_option("#overlay", "nmf")
+    wait(page, "document.querySelector('#nmf-legend')")
+    out["scrub (NMF features)"] = repeat(
+        page, "scrub", lambda i: page.fill("#frame-slider", str(frames[i])), n
+    )
+
+    page.goto(f"{url}#/activations?seed=1")
+    wait(page, "document.querySelectorAll('canvas.channel').length > 0")
+    out["scrub (activations)"] = repeat(
+        page, "scrub", lambda i: page.fill("#frame-slider", str(frames[i])), n
+    )
+    page.locator("canvas.channel").nth(0).click()
+    wait(page, "document.querySelectorAll('#examples canvas').length > 0")
+    out["open channel"] = repeat(
+        page, "open channel", lambda i: page.locator("canvas.channel").nth(i % 16).click(), n,
+        "document.querySelectorAll('#examples canvas').length > 0",
+    )  # fmt: skip
+
+    page.goto(f"{url}#/trajectory?seed=1")
+    wait(page, "document.querySelector('#board')?.dataset.frame")
+    out["scrub (trajectory, timelines)"] = repeat(
+        page, "scrub", lambda i: page.fill("#frame-slider", str(frames[i])), n
+    )
+
+    page.goto(f"{url}#/editor?level=3")
+    wait(page, "document.querySelector('#board')?.dataset.field")
+    state = page.evaluate("() => fetch('api/maze/level?level=3').then(r => r.json())")
+    size = len(state["walls"])
+    free = [(r, c) for r in range(size) for c in range(size) if state["walls"][r][c] == "."]
+    inner = [
+        (r, c)
+        for r in range(1, size - 1)
+        for c in range(1, size - 1)
+        if state["walls"][r][c] == "#"
+    ]
+    box = page.locator("#board").bounding_box()
+    cell = box["width"] / size
+
+    def click(rc) -> None:
+        page.locator("#board").click(
+            position={"x": (rc[1] + 0.5) * cell, "y": (rc[0] + 0.5) * cell}
+        )
+
+    page.check("#mode-cheese")
+    out["move the cheese"] = repeat(
+        page, "edit maze (cheese)", lambda i: click(free[(7 * i) % len(free)]), n
+    )
+    page.check("#mode-wall")
+    wall = inner[len(inner) // 2]  # removing a wall keeps the maze valid; putting it back too
+    out["toggle a wall"] = repeat(page, "edit maze (wall)", lambda i: click(wall), n)
+
+    page.goto(f"{url}#/interventions?level=3&vector=cheese&coef=-1")
+    wait(page, "document.querySelector('#board-mod')?.dataset.path")
+    coefs = [-3, -1, 1, 3, 5, -5]
+    path_done = "window.__latencies.filter(l => l.name === 'steering slider: path').length"
+    out["drag the steering slider (fields)"] = repeat(
+        page, "steering slider", lambda i: page.fill("#coef", str(coefs[i % len(coefs)])), n,
+        f"{path_done} >= window.__latencies.filter(l => l.name === 'steering slider').length",
+    )  # fmt: skip
+    paths = page.evaluate(
+        "() => window.__latencies.filter(l => l.name === 'steering slider: path').map(l => l.ms)"
+    )
+    out["drag the steering slider (paths)"] = paths[-n:]
+
+    page.goto(f"{url}#/clusters?k=4")
+    wait(page, "document.querySelector('#cluster-label-0')")
+
+    def label(i: int) -> None:
+        page.fill("#cluster-label-0", f"label {i}")
+        page.locator("#cluster-label-0").dispatch_event("change")
+
+    out["label a cluster"] = repeat(page, "label cluster", label, n)
+    return out
+
+
+def rook_interactions(page, url: str, n: int) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    page.goto(f"{url}#/activations?seed=3")
+    wait(page, "document.querySelector('#units')")
+    length = int(page.inner_text("#frame-label").split("/")[1])
+    out["rook: arrow key (activations)"] = (
+        repeat(page, "arrow key", lambda i: page.keyboard.press("End" if i % 2 else "Home"), n)
+        if length
+        else []
+    )
+    page.goto(f"{url}#/sae")
+    wait(page, "document.querySelector('#histogram')")
+    rows = page.locator("#sae-ranking tr[data-latent]")
+    count = rows.count()
+    out["rook: open an SAE latent"] = repeat(
+        page, "open latent", lambda i: rows.nth(i % count).click(), n
+    )
+    sae = page.evaluate("() => fetch('api/run').then(r => r.json()).then(i => i.saes[0].id)")
+    page.goto(f"{url}#/interventions?seed=3&sae={sae}")
+    wait(page, "document.querySelector('#intervention-summary th')")
+    out["rook: splice the SAE in / out"] = repeat(
+        page, "splice SAE", lambda i: page.select_option("#sae", "" if i % 2 else sae), n
+    )
+    return out
+
+
+def wire_peer(page, url: str) -> tuple[float, float, int, int]:
+    """Decode time of one episode bundle (ms) as our binary message and as JSON lists."""
+    page.goto(f"{url}#/overview")
+    wait(page, "document.querySelector('#curves')")
+    return page.evaluate(
+        """async () => {
+          const api = await import('./static/api.js');
+          const buf = await (await fetch('api/episode?seed=1')).arrayBuffer();
+          const m = api.unpack(buf);
+          const nested = (t) => { const rows = t.shape[0] || 1; const size = t.data.length / rows;
+            return Array.from({length: rows}, (_, i) => Array.from(t.data.subarray(i * size, (i + 1) * size))); };
+          const text = JSON.stringify(Object.fromEntries(Object.entries(m.tensors).map(([k, t]) => [k, nested(t)])));
+          const time = (f) => { const s = performance.now(); for (let i = 0; i < 50; i++) f(); return (performance.now() - s) / 50; };
+          return [time(() => api.unpack(buf)), time(() => JSON.parse(text)), buf.byteLength, text.length];
+        }"""
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--maze", type=Path, help="A maze run (default: an untrained maze_cnn run)."
+    )
+    parser.add_argument("--rook", type=Path, help="A rook run with an SAE (default: built).")
+    parser.add_argument("--repeats", type=int, default=30)
+    args = parser.parse_args()
+
+    from playwright.sync_api import sync_playwright
+
+    torch.set_num_threads(1)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-explorer-"))
+    maze_run, rook_run = (args.maze, args.rook) if args.maze and args.rook else build_runs(tmp)
+    results: dict[str, list[float]] = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        for run, measure in ((maze_run, maze_interactions), (rook_run, rook_interactions)):
+            server, url = explore(run)
+            try:
+                results.update(measure(page, url, args.repeats))
+                if run == maze_run:
+                    peer = wire_peer(page, url)
+            finally:
+                server.terminate()
+                server.wait(10)
+        browser.close()
+    print(f"explorer latency through Chromium, {args.repeats} repeats each (ms; budget 100 at p95)")
+    print(f"{'interaction':34s} {'p50':>7s} {'p95':>7s}  p95/budget")
+    for name, values in results.items():
+        if not values:
+            continue
+        p50 = statistics.median(values)
+        p95 = float(np.percentile(values, 95))
+        print(f"{name:34s} {p50:7.1f} {p95:7.1f}  {p95 / 100:.2f}{'' if p95 < 100 else '  over'}")
+    binary_ms, json_ms, binary_bytes, json_bytes = peer
+    print(
+        f"peer, JSON lists: decoding one episode bundle takes {binary_ms:.3f} ms as binary "
+        f"({binary_bytes / 1024:.0f} KB) vs {json_ms:.3f} ms as JSON lists ({json_bytes / 1024:.0f} KB): "
+        f"{json_ms / max(binary_ms, 1e-6):.0f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()

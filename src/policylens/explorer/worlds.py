@@ -1,0 +1,383 @@
+"""What the explorer knows about each world, behind one small adapter per world.
+
+The rest of the explorer is world-agnostic: it plays episodes, draws observations and labels
+positions only through a :class:`World`. :class:`MazeWorld` adds what only the maze has (levels,
+state editing, vector fields, the cheese vector); :class:`RookWorld` draws the board from the
+observation's planes and labels rows with the endgame's boolean concepts. Another world (the
+hazard world) adds one subclass and one line in :data:`ADAPTERS`; any other run gets the generic
+adapter (observations drawn as images or bars, no ground truth).
+
+Everything here calls the rollout engine and the studies; nothing is computed that a lens or study
+already computes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from policylens.lenses.attribution import Attribution
+from policylens.report.sae import action_names
+from policylens.rollout import engine
+from policylens.runs import Run
+from policylens.studies.rook_sae.runs import run_world
+
+Progress = Any  # jobs.Progress; kept loose so worlds do not import the server's job module
+
+
+@dataclass
+class Episode:
+    """One played episode: every observation the agent saw (and the last one) with its outputs."""
+
+    seed: int
+    level: int | None
+    obs: np.ndarray
+    """(T + 1, *obs_shape): the observations acted on, then the episode's last one."""
+    logits: np.ndarray
+    """(T + 1, actions) float32: the agent's logits (Q-values for a Q-network) at each."""
+    values: np.ndarray
+    """(T + 1,): the value head (max Q for a Q-network)."""
+    actions: np.ndarray
+    """(T,) the actions taken."""
+    rewards: np.ndarray
+    """(T,) the rewards received."""
+    outcome: str
+    """How it ended, in the world's words ("cheese", "checkmate", "truncated", ...)."""
+    success: bool
+    anywhere: bool = False
+    """Maze: the cheese could be anywhere (the test distribution)."""
+
+    @property
+    def length(self) -> int:
+        return len(self.actions)
+
+
+@dataclass
+class Dataset:
+    """Observations for dataset examples, clustering and NMF, with the world's ground truth."""
+
+    obs: np.ndarray
+    truth: Any
+    """Maze: the states behind the observations; other worlds: ``{label: bool (N,)}``."""
+
+
+def advantages(
+    rewards: np.ndarray, values: np.ndarray, terminal: bool, gamma: float, lam: float
+) -> np.ndarray:
+    """Generalised advantage estimates ``(T,)`` of one episode, as PPO computes them in training
+    (train/ppo.py), from ``values`` ``(T + 1,)`` (the last one bootstraps unless ``terminal``).
+    ``lam = 0`` gives the one-step TD error."""
+    T = len(rewards)
+    following = values[1:].astype(np.float64).copy()
+    if terminal:
+        following[-1] = 0.0
+    delta = rewards + gamma * following - values[:T]
+    adv = np.zeros(T)
+    last = 0.0
+    for t in reversed(range(T)):
+        last = delta[t] + gamma * lam * last
+        adv[t] = last
+    return adv.astype(np.float32)
+
+
+class World:
+    """The generic adapter: plays any registered world; draws observations as images or bars."""
+
+    kind: ClassVar[str] = "generic"
+    has_levels: ClassVar[bool] = False
+    editable: ClassVar[bool] = False
+    end_labels: ClassVar[tuple[str, ...]] = ()
+    labels: ClassVar[tuple[str, ...]] = ()
+    """Boolean ``info`` labels whose correlation with each unit the activations view shows."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.setup = run_world(run)
+        self.env_id: str = self.setup["env_id"]
+        self.env_kwargs: dict[str, Any] = self.setup["env_kwargs"]
+        self.policy = engine.Policy(
+            greedy=self.setup["greedy"], mask_illegal=self.setup["mask_illegal"]
+        )
+        trainer = run.config.get("trainer", {})
+        self.gamma = float(trainer.get("gamma", 0.99))
+        self.gae_lambda = float(trainer.get("gae_lambda", 0.0))
+        agent = run.config.get("agent", {})
+        self.obs_shape = tuple(agent.get("obs_shape", ()))
+        self.action_names = action_names(
+            self.env_id, self.env_kwargs, int(agent.get("num_actions", 0))
+        )
+
+    # -- drawing ----------------------------------------------------------------------------------
+    def render(self) -> dict[str, Any]:
+        """How the page draws an observation of this world."""
+        if len(self.obs_shape) == 3 and self.obs_shape[-1] == 3:
+            return {"kind": "image"}
+        return {"kind": "vector"}
+
+    def input_map(self, attribution: Attribution) -> np.ndarray:
+        """An input attribution of one observation as a map over the drawn observation."""
+        if attribution.is_spatial:
+            return attribution.spatial()[0].detach().numpy()
+        return attribution.attributions[0].detach().reshape(1, -1).numpy()
+
+    # -- playing ----------------------------------------------------------------------------------
+    def reset(self, seed: int, level: int | None, anywhere: bool) -> tuple[Any, Any, Any]:
+        """A one-env vector world reset to ``seed`` (levels are the maze's)."""
+        from policylens.envs import make_vec
+
+        envs = make_vec(self.env_id, 1, **self.env_kwargs)
+        obs, infos = envs.reset(seed=seed)
+        return envs, obs, infos
+
+    def outcome(self, ep: engine.Episode) -> str:
+        if ep.end.get("truncated"):
+            return "truncated"
+        return "success" if ep.success else "failure"
+
+    def play(
+        self,
+        agent: Any,
+        seed: int,
+        level: int | None = None,
+        anywhere: bool = False,
+        fwd_hooks: engine.Hooks = (),
+        progress: Progress | None = None,
+    ) -> Episode:
+        """One episode through the rollout engine, keeping every observation and output."""
+        envs, obs, infos = self.reset(seed, level, anywhere)
+        frames: list[np.ndarray] = []
+        logits: list[torch.Tensor] = []
+        values: list[torch.Tensor] = []
+        actions: list[int] = []
+        rewards: list[float] = []
+        last: list[np.ndarray] = []
+        limit = int(self.env_kwargs.get("max_steps", 500))
+
+        def record(step: engine.Step, active: np.ndarray) -> None:
+            if not active[0]:
+                return
+            frames.append(np.asarray(step.obs[0]).copy())
+            logits.append(step.logits[0])
+            values.append(step.values[0])
+            actions.append(int(step.actions[0]))
+            rewards.append(float(step.reward[0]))
+            if step.done[0]:
+                last.append(np.asarray(step.next_infos["final_obs"][0]).copy())
+            if progress is not None:
+                progress(len(frames) / limit, f"step {len(frames)}")
+
+        try:
+            (ep,) = engine.first_episodes(
+                agent, envs, obs, infos, self.policy, torch.Generator().manual_seed(seed),
+                fwd_hooks, end_labels=self.end_labels, on_step=record,
+            )  # fmt: skip
+        finally:
+            envs.close()
+        with torch.no_grad():
+            end_logits, end_value = agent.run_with_hooks(last[0][None], fwd_hooks=list(fwd_hooks))
+        return Episode(
+            seed=seed,
+            level=level,
+            obs=np.stack(frames + last),
+            logits=torch.cat([torch.stack(logits), end_logits.float()]).numpy(),
+            values=torch.cat([torch.stack(values), end_value.float().reshape(1)]).numpy(),
+            actions=np.array(actions, dtype=np.int32),
+            rewards=np.array(rewards, dtype=np.float32),
+            outcome=self.outcome(ep),
+            success=ep.success,
+            anywhere=anywhere,
+        )
+
+    def advantages(self, ep: Episode) -> np.ndarray:
+        """The episode's advantage estimates with the run's own discount (and GAE lambda)."""
+        terminal = ep.outcome != "truncated"
+        return advantages(ep.rewards, ep.values, terminal, self.gamma, self.gae_lambda)
+
+    # -- data for dataset examples, labels and clusters --------------------------------------------
+    def dataset(self, agent: Any, n: int, seed: int) -> Dataset:
+        """``n`` observations of the agent playing (many episodes at once), with their labels."""
+        from policylens.envs import make_vec
+
+        envs = make_vec(self.env_id, min(16, n), **self.env_kwargs)
+        rows: list[np.ndarray] = []
+        labels: dict[str, list[np.ndarray]] = {k: [] for k in self.labels}
+        try:
+            obs, infos = envs.reset(seed=seed)
+            gen = torch.Generator().manual_seed(seed)
+            stream = engine.steps(agent, envs, obs, infos, self.policy, gen)
+            for step in stream:
+                rows.append(np.asarray(step.obs).copy())
+                for k in labels:
+                    labels[k].append(np.asarray(step.infos[k], dtype=bool).reshape(-1))
+                if sum(len(r) for r in rows) >= n:
+                    stream.close()
+                    break
+        finally:
+            envs.close()
+        truth = {k: np.concatenate(v)[:n] for k, v in labels.items()}
+        return Dataset(np.concatenate(rows)[:n], truth)
+
+    def masks(self, data: Dataset, hw: tuple[int, int]) -> dict[str, np.ndarray]:
+        """Ground truth ``name -> bool (N, h, w)`` at a layer's resolution (a row label covers
+        every position of its row)."""
+        h, w = hw
+        return {k: np.broadcast_to(v[:, None, None], (len(v), h, w)) for k, v in data.truth.items()}
+
+    def categories(
+        self, data: Dataset, hw: tuple[int, int]
+    ) -> tuple[np.ndarray, tuple[str, ...]] | None:
+        """Ground-truth category per position (for scoring clusters), where the world has one."""
+        return None
+
+
+class RookWorld(World):
+    """The rook endgame: the board drawn from the observation's three one-hot planes."""
+
+    kind = "rook"
+    end_labels = ("outcome",)
+    labels = ("in_check", "can_mate", "rook_en_prise")
+
+    def render(self) -> dict[str, Any]:
+        return {"kind": "chess", "size": int(self.env_kwargs.get("board_size", 5))}
+
+    def input_map(self, attribution: Attribution) -> np.ndarray:
+        n = int(self.env_kwargs.get("board_size", 5))
+        return attribution.attributions[0].detach().reshape(3, n, n).sum(0).numpy()
+
+    def outcome(self, ep: engine.Episode) -> str:
+        return str(ep.end.get("outcome") or ("truncated" if ep.end.get("truncated") else "end"))
+
+
+class MazeWorld(World):
+    """The maze: levels by number, state editing, vector fields and the cheese vector."""
+
+    kind = "maze"
+    has_levels = True
+    editable = True
+
+    def __init__(self, run: Run) -> None:
+        from policylens.studies.maze.misgeneralization import maze_config
+
+        super().__init__(run)
+        self.config = maze_config(run)
+
+    def render(self) -> dict[str, Any]:
+        if self.config.obs_mode == "rgb":
+            return {"kind": "image"}
+        return {"kind": "maze", "world_size": self.config.world_size}
+
+    def config_for(self, anywhere: bool):
+        """The run's maze options; ``anywhere`` puts the cheese on any free cell (the test
+        distribution of the goal-misgeneralization study)."""
+        return replace(self.config, cheese_region=None) if anywhere else self.config
+
+    def reset(self, seed: int, level: int | None, anywhere: bool) -> tuple[Any, Any, Any]:
+        from policylens.envs.maze import MazeVecEnv
+
+        config = self.config_for(anywhere)
+        envs = MazeVecEnv(num_envs=1, **config.__dict__)
+        obs, infos = envs.reset(seed=seed)
+        if level is not None:
+            envs.set_state(0, self.level_state(level, anywhere))
+            obs, infos = envs.batch.obs.copy(), envs.batch.infos()
+        return envs, obs, infos
+
+    def outcome(self, ep: engine.Episode) -> str:
+        if ep.success:
+            return "cheese"
+        return "truncated" if ep.end.get("truncated") else "failure"
+
+    # -- editing ----------------------------------------------------------------------------------
+    def level_state(self, level: int, anywhere: bool = False):
+        from policylens.envs.maze import generate_level
+
+        if level < 0:
+            raise ValueError(f"level must be a number >= 0, got {level}")
+        return generate_level(level, self.config_for(anywhere))
+
+    def parse_state(self, data: dict[str, Any]):
+        """A maze state the page sent (``MazeState.to_dict`` form), checked against the rules."""
+        from policylens.envs.maze import MazeState
+
+        try:
+            state = MazeState.from_dict(data)
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise ValueError(
+                f"the maze state is malformed ({type(e).__name__}); send walls, mouse, cheese, "
+                "maze_size as MazeState.to_dict() writes them"
+            ) from None
+        world = self.config.world_size
+        if state.walls.shape != (world, world):
+            raise ValueError(
+                f"the maze must be {world}x{world} cells like this run's world, got "
+                f"{state.walls.shape[0]}x{state.walls.shape[1] if state.walls.ndim > 1 else 0}"
+            )
+        state.validate()
+        return state
+
+    def observe(self, state: Any) -> np.ndarray:
+        from policylens.envs.maze import MazeBatch
+
+        return MazeBatch(self.config, 1).observe(state)
+
+    def vector_field(self, agent: Any, state: Any, fwd_hooks: list | None = None):
+        from policylens.studies.maze.vector_fields import vector_field
+
+        return vector_field(agent, state, self.config, fwd_hooks)
+
+    def cheese_vector(self, agent: Any, state: Any, hook: str) -> torch.Tensor:
+        """The cheese vector of this maze at ``hook`` (Mini, Turner et al.): the activation with
+        the cheese minus without it, as the maze study computes it."""
+        from policylens.lenses.interventions import activation
+        from policylens.studies.maze.steering import without_cheese
+
+        obs = self.observe(state)[None]
+        return (
+            activation(agent, obs, hook) - activation(agent, without_cheese(obs, self.config), hook)
+        )[0]
+
+    def trajectory(
+        self, agent: Any, state: Any, fwd_hooks: list, seed: int, max_steps: int
+    ) -> dict[str, Any]:
+        """One sampled episode from ``state``, at most ``max_steps`` long (the same seed gives
+        two conditions equal luck: the same uniforms)."""
+        from policylens.studies.maze.behaviour import run_episodes_from_states
+
+        limited = replace(self.config, max_steps=min(self.config.max_steps, max_steps))
+        (ep,) = run_episodes_from_states(agent, [state], limited, fwd_hooks, seed=seed)
+        return {"positions": ep.positions, "success": ep.success, "length": ep.length}
+
+    # -- ground truth -------------------------------------------------------------------------------
+    def dataset(self, agent: Any, n: int, seed: int) -> Dataset:
+        """Test mazes (cheese anywhere) with the mouse on cells the agent itself visits."""
+        from policylens.studies.maze.dataset import maze_dataset
+
+        data = maze_dataset(self.config, n, seed=seed, agent=agent)
+        return Dataset(data.obs, data.states)
+
+    def masks(self, data: Dataset, hw: tuple[int, int]) -> dict[str, np.ndarray]:
+        from policylens.studies.maze import dataset as md
+
+        return md.resize_masks(md.object_masks(data.truth), hw)
+
+    def categories(
+        self, data: Dataset, hw: tuple[int, int]
+    ) -> tuple[np.ndarray, tuple[str, ...]] | None:
+        from policylens.studies.maze import dataset as md
+
+        return md.categories(self.masks(data, hw)), md.CATEGORIES
+
+
+ADAPTERS: dict[str, type[World]] = {
+    "policylens/Maze-v0": MazeWorld,
+    "policylens/RookEndgame-v0": RookWorld,
+}
+"""World id -> its adapter; a world not listed gets the generic :class:`World`."""
+
+
+def world_for(run: Run) -> World:
+    """The adapter for a run's world."""
+    return ADAPTERS.get(run_world(run)["env_id"], World)(run)
