@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# The CPU build of torch (from local disk here); an unpinned install pulls a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[dev,sb3]"
+	$(BIN)/python -m pip install -q -e ".[dev,sb3,procgen]"
 	rm -f $(VENV)/.installed-*
 	touch $@
 
