@@ -14,11 +14,15 @@ from policylens.train.ppo import (
     PPOConfig,
     checkpoint_updates,
     compute_dtype,
+    gae,
     sample_actions,
     train_ppo,
 )
 
-TINY = dict(total_steps=16 * 32 * 6, num_envs=16, num_steps=32, checkpoints=3, resume_every=2)
+# threads pinned: a run repeats bit for bit only with a fixed thread count (train/threads.py)
+TINY = dict(
+    total_steps=16 * 32 * 6, num_envs=16, num_steps=32, checkpoints=3, resume_every=2, threads=1
+)
 
 
 def tiny(**kw) -> PPOConfig:
@@ -38,6 +42,25 @@ def test_sampled_actions_follow_the_softmax_and_the_seed():
         # 0.01 is at least 2.9 binomial standard deviations here
         np.testing.assert_allclose(freq, probs[r], atol=0.01)
     assert (action[20_000:] != 1).all()  # a probability of 1e-15 is not drawn
+
+
+def test_gae_matches_a_hand_computation():
+    rewards = np.array([[0, 1], [1, 0], [0, 2]], np.float32)  # (T=3 steps, 2 envs)
+    values = np.array([[1, 0.5], [2, 1], [3, 0]], np.float32)
+    dones = np.array([[0, 0], [1, 0], [0, 0]], np.float32)  # env 0's episode ends at step 1
+    next_value = np.array([4, 1], np.float32)
+    # gamma 0.9, lambda 0.5: delta_t = r_t + 0.9 V_t+1 (0 after a done) - V_t; A_t = delta_t +
+    # 0.45 A_t+1, the trace cut at a done
+    env0 = [0.8 + 0.45 * -1, 1 - 2, 0 + 0.9 * 4 - 3]
+    env1 = [1.4 + 0.45 * (-1 + 0.45 * 2.9), -1 + 0.45 * 2.9, 2 + 0.9 * 1 - 0]
+    adv = gae(rewards, values, dones, next_value, 0.9, 0.5)
+    assert adv.dtype == np.float32 and adv.shape == (3, 2)
+    np.testing.assert_allclose(adv, np.array([env0, env1]).T, rtol=1e-6)
+    one = gae(rewards[:, 1], values[:, 1], dones[:, 1], 1.0, 0.9, 0.5)  # one episode, (T,)
+    np.testing.assert_allclose(one, env1, rtol=1e-6)
+    np.testing.assert_allclose(  # lambda 0: one-step TD errors
+        gae(rewards[:, 1], values[:, 1], dones[:, 1], 1.0, 0.9, 0.0), [1.4, -1, 2.9], rtol=1e-6
+    )
 
 
 def test_checkpoint_schedule_is_log_spaced_and_includes_ends():
@@ -180,3 +203,52 @@ def test_bfloat16_training_keeps_float32_weights_and_tracks_float32(tmp_path):
     for key in ("value_loss", "entropy"):
         assert np.isfinite(first["bfloat16"][key])
         assert first["bfloat16"][key] == pytest.approx(first["float32"][key], rel=0.05)
+
+
+def test_thread_governor_follows_the_free_cores(monkeypatch):
+    """Alone it keeps the most threads; with another process busy on all but one core it drops
+    to one; a pinned count never changes."""
+    from policylens.train import threads
+
+    monkeypatch.setattr(threads, "usable_cores", lambda: [0, 1])
+    clock = {"t": 0.0, "busy": 0.0, "own": 0.0}
+    monkeypatch.setattr(threads.time, "perf_counter", lambda: clock["t"])
+    monkeypatch.setattr(threads.time, "process_time", lambda: clock["own"])
+    monkeypatch.setattr(threads, "busy_seconds", lambda cores: clock["busy"])
+    before = torch.get_num_threads()
+    try:
+        governor = threads.ThreadGovernor(0, every_s=2.0)
+        assert governor.current == 2 and torch.get_num_threads() == 2
+
+        def elapse(seconds: float, own_cores: float, other_cores: float) -> int:
+            clock["t"] += seconds
+            clock["own"] += own_cores * seconds
+            clock["busy"] += (own_cores + other_cores) * seconds
+            return governor.update()
+
+        assert elapse(3, own_cores=2, other_cores=0.1) == 2  # alone
+        assert elapse(1, own_cores=1.3, other_cores=0.7) == 2  # not yet time to look
+        assert elapse(3, own_cores=1.3, other_cores=0.7) == 1  # a busy neighbour
+        assert torch.get_num_threads() == 1
+        assert elapse(3, own_cores=1, other_cores=1) == 1
+        assert elapse(3, own_cores=1, other_cores=0) == 2  # it left
+        pinned = threads.ThreadGovernor(2)
+        clock["t"] += 10
+        clock["busy"] += 20
+        assert pinned.update() == 2
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="threads must be >= 0"):
+        threads.ThreadGovernor(-1)
+
+
+def test_resume_may_change_threads_but_not_what_is_learned(tmp_path):
+    part = train_ppo(tiny(threads=0), tmp_path / "r", progress=False,
+                     stop_after_updates=1)  # fmt: skip
+    assert not part.done
+    run = train_ppo(tiny(threads=2), tmp_path / "r", resume=True,
+                    progress=False)  # fmt: skip
+    assert run.done and {r["threads"] for r in run.metrics()} <= {1.0, 2.0}
+    with pytest.raises(ValueError, match="another config"):
+        train_ppo(tiny(threads=1, seed=9), tmp_path / "r", resume=True,
+                  progress=False)  # fmt: skip

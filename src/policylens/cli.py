@@ -202,7 +202,11 @@ def train_maze_cmd(
         "auto", help="float32, bfloat16, or auto (bf16 where the CPU multiplies it natively)."
     ),
     threads: int = typer.Option(
-        2, min=1, max=256, help="Torch threads (1 keeps its speed beside other busy processes)."
+        None,
+        min=1,
+        max=256,
+        help="Torch threads (default: the cores other processes leave free, up to 2; pin a count "
+        "to reproduce a run bit for bit).",
     ),
     resume: bool = typer.Option(
         False, "--resume", help="Continue a killed run from its last saved state."
@@ -224,7 +228,8 @@ def train_maze_cmd(
         arch=arch,
         precision=precision,
     )
-    config = dataclasses.replace(config, threads=threads)
+    if threads is not None:
+        config = dataclasses.replace(config, threads=threads)
     check_resume(out, resume)
     if resume and not (out / "resume.pt").exists():
         err_console.print(f"note: {out} was stopped before its first saved state; starting it over")

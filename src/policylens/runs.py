@@ -94,7 +94,7 @@ class Run:
         lock = FolderLock(path, "--out run folder")
         try:
             run = cls(path)
-            if run.config["trainer"] != config["trainer"]:
+            if _outcome_settings(run.config["trainer"]) != _outcome_settings(config["trainer"]):
                 raise ValueError(
                     f"{path} was trained with another config; resume with the same options"
                 )
@@ -261,6 +261,14 @@ class Run:
 
 def _fmt(v: Any) -> Any:
     return f"{v:.6g}" if isinstance(v, float) else v
+
+
+RUN_ONLY_SETTINGS = ("threads",)
+"""Trainer settings a resumed run may change: how it runs, not what it learns."""
+
+
+def _outcome_settings(trainer: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in trainer.items() if k not in RUN_ONLY_SETTINGS}
 
 
 def check_resume(out: str | Path, resume: bool) -> None:

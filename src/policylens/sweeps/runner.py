@@ -6,7 +6,6 @@ Ray tasks, and give the same results on either.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import time
@@ -47,8 +46,7 @@ def run_trial(spec: SweepSpec, trial: Trial, path: str, threads: int) -> dict[st
     """Train ``trial`` into the run folder ``path`` (resuming a partial one; a finished run is not
     retrained), evaluate it, and save and return its row: parameters, seed, metrics, timing.
 
-    ``threads`` torch threads train and evaluate it; a partial run keeps the count it started
-    with, since resuming needs the same trainer config.
+    ``threads`` torch threads train and evaluate it.
     """
     import torch
 
@@ -59,9 +57,6 @@ def run_trial(spec: SweepSpec, trial: Trial, path: str, threads: int) -> dict[st
     (folder / ERROR_FILE).unlink(missing_ok=True)
     try:
         config = spec.config(trial, threads)
-        if (folder / "config.json").is_file():
-            saved = Run(folder).config["trainer"].get("threads", threads)
-            config = dataclasses.replace(config, threads=saved)
         if not ((folder / "config.json").is_file() and Run(folder).done):
             train_ppo(config, folder, resume=True, progress=False)
         torch.set_num_threads(config.threads)

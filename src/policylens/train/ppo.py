@@ -34,6 +34,7 @@ from policylens.runs import (
     saved_env_state,
 )
 from policylens.train.episodes import EpisodeTracker
+from policylens.train.threads import ThreadGovernor
 
 
 @dataclass
@@ -80,8 +81,9 @@ class PPOConfig:
     """Global gradient-norm clip."""
     seed: int = 0
     """Seed of the envs, the network init and the action sampling."""
-    threads: int = 2
-    """Torch CPU threads."""
+    threads: int = 0
+    """Torch CPU threads; 0 = as many as the cores other processes leave free, up to 2, re-checked
+    every few seconds (see train/threads.py; pin a count to reproduce a run bit for bit)."""
     precision: str = "auto"
     """'float32', 'bfloat16' (autocast; weights and optimiser stay float32), or 'auto': bfloat16
     for convolutional networks where the CPU multiplies bf16 natively (AVX512-BF16 or AMX),
@@ -112,11 +114,12 @@ class PPOConfig:
             "num_steps",
             "update_epochs",
             "num_minibatches",
-            "threads",
             "resume_every",
         ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1")
+        if self.threads < 0:
+            problems.append("threads must be >= 0 (0 = adapt to the free cores)")
         if not 0 <= self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
             problems.append("gamma and gae_lambda must lie in [0, 1]")
         if problems:
@@ -171,7 +174,7 @@ def train_ppo(
     """
     from policylens.agents import build_agent
 
-    torch.set_num_threads(config.threads)
+    governor = ThreadGovernor(config.threads)
     envs = make_vec(config.env_id, config.num_envs, **config.env_kwargs)
     obs_space, act_space = envs.single_observation_space, envs.single_action_space
     obs_shape = obs_space.shape
@@ -237,6 +240,7 @@ def train_ppo(
         saved_at = time.perf_counter()  # of the resume state
         for update in range(start_update, config.num_updates):
             t_update = time.perf_counter()
+            governor.update()
             if config.anneal_lr:
                 optimizer.param_groups[0]["lr"] = config.learning_rate * (
                     1 - update / config.num_updates
@@ -273,14 +277,7 @@ def train_ppo(
                     truncated_at = (idx, _final_obs(infos, idx)) if len(idx) else None
 
             # -- generalised advantage estimation ------------------------------------------------------
-            adv = np.zeros((T, N), dtype=np.float32)
-            last = np.zeros(N, dtype=np.float32)
-            for t in reversed(range(T)):
-                nonterminal = 1.0 - done_buf[t]
-                following = next_value if t == T - 1 else val_buf[t + 1]
-                delta = rew_buf[t] + config.gamma * following * nonterminal - val_buf[t]
-                last = delta + config.gamma * config.gae_lambda * nonterminal * last
-                adv[t] = last
+            adv = gae(rew_buf, val_buf, done_buf, next_value, config.gamma, config.gae_lambda)
 
             # -- optimisation --------------------------------------------------------------------------
             b_obs = torch.from_numpy(obs_buf).reshape(-1, *obs_shape)
@@ -353,6 +350,7 @@ def train_ppo(
                 else 1 - (b_ret - b_val).var().item() / var_ret,
                 "lr": optimizer.param_groups[0]["lr"],
                 "steps_per_s": config.batch_size / (time.perf_counter() - t_update),
+                "threads": governor.current,
             }
             run.append_metrics(row)
             if done_updates in save_at:
@@ -386,6 +384,34 @@ def train_ppo(
     finally:
         run.release()
     return run
+
+
+def gae(
+    rewards: np.ndarray,
+    values: np.ndarray,
+    dones: np.ndarray,
+    next_value: np.ndarray | float,
+    gamma: float,
+    lam: float,
+) -> np.ndarray:
+    """Generalised advantage estimates (Schulman et al. 2016), float32, shaped like ``rewards``.
+
+    ``rewards``, ``values`` (of each step's observation) and ``dones`` (1 where an episode ended
+    at that step) are ``(T, ...)``: ``(T, envs)`` in training, ``(T,)`` for one episode;
+    ``next_value`` values the observation after step ``T - 1``. A done step bootstraps nothing
+    and cuts the trace, so a truncated episode's final value must already be in its reward (as
+    :func:`train_ppo` adds it), or its last step left not done. ``lam = 0``: one-step TD errors.
+    """
+    T = len(rewards)
+    adv = np.zeros(np.shape(rewards), dtype=np.float32)
+    last = np.zeros(np.shape(rewards)[1:], dtype=np.float32)
+    for t in reversed(range(T)):
+        nonterminal = 1.0 - dones[t]
+        following = next_value if t == T - 1 else values[t + 1]
+        delta = rewards[t] + gamma * following * nonterminal - values[t]
+        last = delta + gamma * lam * nonterminal * last
+        adv[t] = last
+    return adv
 
 
 def _final_obs(infos: dict[str, Any], idx: np.ndarray) -> np.ndarray:

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from policylens.agents import HookedAgent, load_agent
 from policylens.agents.sb3 import (
@@ -39,6 +38,7 @@ from policylens.agents.sb3 import (
 from policylens.runs import Run, TrainingProgress, config_json
 from policylens.train.episodes import EpisodeTracker
 from policylens.train.ppo import PPOConfig, checkpoint_updates
+from policylens.train.threads import ThreadGovernor
 
 
 def sb3_policy_kwargs(config: PPOConfig) -> dict[str, Any]:
@@ -134,7 +134,7 @@ def train_sb3(
 
     policy_kwargs = sb3_policy_kwargs(config)
     ppo_kwargs = sb3_ppo_kwargs(config)
-    torch.set_num_threads(config.threads)
+    ThreadGovernor(config.threads)  # SB3's loop is its own: the count chosen now is kept
     env = DummyVecEnv([_make_env_fn(config.env_id, config.env_kwargs)] * config.num_envs)
     args = dict(ppo_kwargs)
     lr = args.pop("learning_rate")
