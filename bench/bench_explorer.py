@@ -4,9 +4,11 @@ by Playwright, with the server started as ``policylens explore RUN --no-browser`
 thread, its default).
 
 Interactions on the maze (maze_cnn) and the rook endgame (MLP 256-256 Q-network with a 4x SAE):
-scrubbing with an overlay or the activations shown, the arrow keys, toggling overlays, opening a
-channel, moving the cheese, toggling a wall, dragging the steering slider (two vector fields and
-two 50-step trajectories), labelling a cluster, opening an SAE latent, splicing an SAE in. Each
+scrubbing with an overlay, the activations or the frame's clusters shown, the arrow keys,
+toggling overlays, opening a channel, moving the cheese, toggling a wall, dragging the steering
+slider (the steered agent's vector field; then the two sampled paths of up to 40 steps, the
+agent's cached, the steered one played), moving the cheese in the interventions view (both
+paths played as one batch), labelling a cluster, opening an SAE latent, splicing an SAE in. Each
 is warmed up once (the first answer may start a background job), then repeated ``--repeats``
 times; p50 and p95 are printed against the 100 ms budget.
 
@@ -180,8 +182,33 @@ def maze_interactions(page, url: str, n: int) -> dict[str, list[float]]:
     )
     out["drag the steering slider (paths)"] = paths[-n:]
 
-    page.goto(f"{url}#/clusters?k=4")
-    wait(page, "document.querySelector('#cluster-label-0')")
+    page.check("#mode-cheese")  # a new maze: both agents' paths are played, as one batch
+    box = page.locator("#board-base").bounding_box()
+    cell = box["width"] / size
+    fields_name, paths_name = "edit maze (cheese)", "edit maze (cheese): path"
+    settle = (
+        f"window.__latencies.filter(l => l.name === {paths_name!r}).length - "
+        f"{recorded(page, paths_name)} >= window.__latencies.filter(l => l.name === "
+        f"{fields_name!r}).length - {recorded(page, fields_name)}"
+    )
+
+    def move(i: int) -> None:
+        rc = free[(7 * i) % len(free)]
+        page.locator("#board-base").click(
+            position={"x": (rc[1] + 0.5) * cell, "y": (rc[0] + 0.5) * cell}
+        )
+
+    repeat(page, fields_name, move, n, settle)
+    paths = page.evaluate(
+        f"() => window.__latencies.filter(l => l.name === {paths_name!r}).map(l => l.ms)"
+    )
+    out["move the cheese (interventions, paths)"] = paths[-n:]
+
+    page.goto(f"{url}#/clusters?k=4&seed=1")
+    wait(page, "document.querySelector('#cluster-frame')?.dataset.frame")
+    out["scrub (frame clusters)"] = repeat(
+        page, "scrub", lambda i: page.fill("#frame-slider", str(frames[i])), n
+    )
 
     def label(i: int) -> None:
         page.fill("#cluster-label-0", f"label {i}")

@@ -22,7 +22,6 @@ from policylens.explorer import Explorer, create_app
 from policylens.explorer.app import free_socket
 from policylens.explorer.security import loopback_hosts
 from policylens.explorer.tensors import pack, unpack
-from policylens.explorer.worlds import advantages
 
 CHESS = "policylens/RookEndgame-v0"
 MAZE = "policylens/Maze-v0"
@@ -129,15 +128,24 @@ def test_tensor_messages_round_trip_narrowed_and_aligned():
     assert all(e["offset"] % 8 == 0 for e in offsets.values())  # typed arrays view them in place
 
 
-def test_advantages_are_ppos_gae():
-    rewards = np.array([0.0, 0.0, 10.0], np.float32)
-    values = np.array([1.0, 2.0, 4.0, 9.0], np.float32)
-    gamma, lam = 0.9, 0.5
-    d = [0 + 0.9 * 2 - 1, 0 + 0.9 * 4 - 2, 10 + 0 - 4]  # terminal: no bootstrap from the last
-    expected = [d[0] + 0.45 * (d[1] + 0.45 * d[2]), d[1] + 0.45 * d[2], d[2]]
-    np.testing.assert_allclose(advantages(rewards, values, True, gamma, lam), expected, rtol=1e-6)
-    truncated = advantages(rewards, values, False, gamma, 0.0)
-    np.testing.assert_allclose(truncated[-1], 10 + 0.9 * 9 - 4, rtol=1e-6)
+def test_episode_advantages_are_ppos_gae_with_the_runs_discount(maze, rook):
+    seen = set()
+    # the maze run's trainer has gamma 0.95, lambda 0.9; the rook run's none: 0.99, lambda 0
+    for client, gamma, lam in ((maze, 0.95, 0.9), (rook, 0.99, 0.0)):
+        for seed in (1, 2):
+            arrays, meta = unpack(get(client, f"/api/episode?seed={seed}").content)
+            r, v, adv = arrays["rewards"], arrays["values"], arrays["advantages"]
+            assert adv.shape == r.shape == (meta["length"],)
+            truncated = meta["outcome"] == "truncated"
+            seen.add(truncated)
+            # the last step bootstraps from the final observation only when the step limit cut it
+            last = r[-1] + (gamma * v[-1] if truncated else 0.0) - v[-2]
+            np.testing.assert_allclose(adv[-1], last, rtol=1e-5, atol=1e-5)
+            delta = r[:-1] + gamma * v[1:-1] - v[:-2]
+            np.testing.assert_allclose(
+                adv[:-1], delta + gamma * lam * adv[1:], rtol=1e-5, atol=1e-5
+            )
+    assert seen == {True, False}  # both endings checked
 
 
 # -- security ---------------------------------------------------------------------------------------------
@@ -295,16 +303,14 @@ def test_maze_editor_answers_the_vector_field_and_the_cheese_vector_changes_it(m
     state = get(maze, "/api/maze/level?level=5").json()
     r = post(maze, "/api/maze", {"state": state, "layer": "res1.hook_out"})
     arrays, meta = unpack(r.content)
-    assert set(meta) == {"base"} and meta["base"]["trajectory"] is None
+    assert set(meta) == {"base"}
     direct = vector_field(ex.agent(ex.step(None)), MazeState.from_dict(state), ex.world.config)
     np.testing.assert_allclose(arrays["base_field"], direct.probs, rtol=1e-5)
     assert arrays["base_cells"].tolist() == [list(c) for c in direct.cells]
     steer = {"vector": "cheese", "coef": 3.0}
     arrays, meta = unpack(post(maze, "/api/maze", {"state": state, "layer": "res1.hook_out",
-                                                   "intervention": steer, "trajectory": True}).content)  # fmt: skip
+                                                   "intervention": steer}).content)  # fmt: skip
     assert not np.allclose(arrays["mod_field"], arrays["base_field"])
-    path = meta["base"]["trajectory"]["positions"]
-    assert path[0] == state["mouse"] and 1 <= len(path) <= 41
     moved = dict(state, cheese=state["mouse"])  # the cheese on the mouse is still a maze...
     walled = dict(state, walls=["#" * 9] * 9)  # ...but walls everywhere is not
     r = post(maze, "/api/maze", {"state": walled, "layer": "res1.hook_out"})
@@ -314,6 +320,40 @@ def test_maze_editor_answers_the_vector_field_and_the_cheese_vector_changes_it(m
         == 400
     )
     assert post(maze, "/api/maze", {"state": moved, "layer": "res1.hook_out"}).status_code == 200
+
+
+def test_maze_paths_play_both_agents_in_one_batch_on_equal_luck(maze):
+    from dataclasses import replace
+
+    from policylens.envs.maze import MazeState
+    from policylens.explorer.session import Intervention
+    from policylens.studies.maze.behaviour import run_episodes_from_states
+
+    ex = explorer_of(maze)
+    step, world = ex.step(None), ex.world
+    state = get(maze, "/api/maze/level?level=4").json()
+    paths = {}
+    for coef in (5.0, -5.0):  # the second finds the agent's path cached: only the change plays
+        body = {"state": state, "seed": 7, "intervention": {"vector": "cheese", "coef": coef}}
+        paths[coef] = post(maze, "/api/maze/paths", body).json()
+    assert paths[5.0]["base"] == paths[-5.0]["base"]
+    base, steered = paths[5.0]["base"], paths[5.0]["mod"]
+    assert base["positions"][0] == steered["positions"][0] == state["mouse"]
+    assert base["positions"] != steered["positions"]  # this decisive agent goes elsewhere
+    for p in (base, steered):
+        assert len(p["positions"]) == p["length"] + 1 <= 41
+    # each row is its own condition, whatever plays beside it: alone, each path is the same, and
+    # the agent's is the maze study's own sampled episode with that seed
+    maze_state = MazeState.from_dict(state)
+    agent = ex.agent(step)
+    hooks = ex.hooks_for(step, Intervention("cheese", 5.0), maze_state)
+    assert world.trajectories(agent, maze_state, [hooks], 7, 40) == [steered]
+    assert world.trajectories(agent, maze_state, [[], hooks, []], 7, 40) == [base, steered, base]
+    limited = replace(world.config, max_steps=min(world.config.max_steps, 40))
+    (study,) = run_episodes_from_states(agent, [maze_state], limited, seed=7)
+    assert [list(c) for c in study.positions] == base["positions"]
+    unchanged = post(maze, "/api/maze/paths", {"state": state, "seed": 7}).json()
+    assert unchanged == {"base": base}
 
 
 def test_cluster_labels_are_validated_saved_atomically_and_reloaded(maze, maze_run):
@@ -335,6 +375,22 @@ def test_cluster_labels_are_validated_saved_atomically_and_reloaded(maze, maze_r
     }
     explorer_of(again).jobs.close()
     assert post(maze, "/api/clusters/label", {**body, "label": ""}, "PUT").json()["names"] == {}
+
+
+def test_a_frames_clusters_are_its_positions_nearest_centres(maze):
+    ex = explorer_of(maze)
+    step, layer = ex.step(None), "res1.hook_out"
+    query = f"/api/frame/clusters?seed=1&layer={layer}&k=3"
+    labels = {t: unpack(get(maze, f"{query}&t={t}").content)[0]["labels"] for t in (0, 5)}
+    found = ex.clusters(step, layer, 3, "kmeans")["clusters"]
+    ep = ex.episode(step, 1, None, False)
+    for t, got in labels.items():
+        acts = ex.activations(step, ep.obs[t][None], layer)  # (channels, 9, 9)
+        points = acts.reshape(len(acts), -1).T / found.scale
+        nearest = ((points[:, None] - found.anchors[None]) ** 2).sum(-1).argmin(1)
+        assert got.shape == (9, 9) and np.array_equal(got.reshape(-1), nearest)
+    assert get(maze, f"{query}&t=999").status_code == 400
+    assert get(maze, "/api/frame/clusters?seed=1&t=0&layer=hook_value").status_code == 400
 
 
 def test_saved_vectors_steer_and_channel_pages_show_examples(maze):
@@ -419,6 +475,27 @@ def test_a_taken_port_and_a_folder_without_a_run_fail_in_one_sentence(tmp_path):
         sock.close()
     res = CliRunner().invoke(app, ["explore", str(tmp_path), "--no-browser"])
     assert res.exit_code == 2 and "not a policylens run" in res.output
+
+
+def test_the_server_sends_each_answer_without_waiting_for_acknowledgements(maze_run):
+    """TCP_NODELAY on every connection: with Nagle's algorithm, a kept-alive connection held
+    each answer's body until the page acknowledged its headers (about 40 ms)."""
+    import http.client
+    import socket
+
+    from policylens.explorer.app import Background
+
+    server = Background(Explorer(maze_run))
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port)
+        conn.request("GET", f"/{server.token}/api/maze/level?level=1")
+        assert conn.getresponse().read()  # the connection stays open
+        (protocol,) = server.server.server_state.connections
+        sock = protocol.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        conn.close()
+    finally:
+        server.close()
 
 
 # -- fuzz ---------------------------------------------------------------------------------------------------

@@ -174,9 +174,15 @@ def test_drag_the_steering_slider_and_the_trajectory_changes(page, maze_server):
     assert "coef=-5" in page.url
 
 
-def test_label_a_cluster_and_find_the_label_after_a_reload(page, maze_server):
-    _open(page, maze_server, "clusters?k=3", "canvas.cluster-board")
-    page.locator("canvas.cluster-board").first.click(position={"x": 75, "y": 140})
+def test_scrub_the_frames_clusters_label_one_and_find_it_after_a_reload(page, maze_server):
+    _open(page, maze_server, "clusters?k=3&seed=5&t=0", "#cluster-label-0")
+    until(page, "document.querySelector('#cluster-frame')?.dataset.frame === '0'")
+    first = page.get_attribute("#cluster-frame", "data-labels")
+    assert len(first.split(",")) == 81  # the frame's own 9x9 positions
+    page.keyboard.press("End")  # the mouse has moved: the frame's clusters follow it
+    until(page, "document.querySelector('#cluster-frame').dataset.frame !== '0'")
+    assert page.get_attribute("#cluster-frame", "data-labels") != first
+    page.locator("#cluster-frame").click(position={"x": 75, "y": 140})
     focused = page.evaluate("document.activeElement.id")
     assert focused.startswith("cluster-label-")
     page.keyboard.type("corridor")

@@ -71,6 +71,14 @@ def test_clustering_recovers_planted_categories(data, method, tmp_path):
     cl = fe.cluster_positions(acts, 4, method, seed=0, max_points=1000, layer="x")
     cl.scores = fe.alignment_scores(cl.labels, truth, md.CATEGORIES)
     assert cl.scores["ami"] > 0.99
+    # new activations (frames not clustered) go to their nearest centre / clustered position
+    assert np.array_equal(fe.assign_positions(cl, acts), cl.labels)
+    new_truth = np.roll(truth, 1, axis=2)
+    new = np.eye(4)[new_truth].transpose(0, 3, 1, 2).repeat(3, 1) + 0.01 * rng.random(acts.shape)
+    cluster_of = np.array([np.bincount(cl.labels[truth == t]).argmax() for t in range(4)])
+    assert np.array_equal(fe.assign_positions(cl, new[:4]), cluster_of[new_truth[:4]])
+    with pytest.raises(ValueError, match="clustered layer"):
+        fe.assign_positions(cl, new[:, :5])
     path = fe.save_clusters(tmp_path, cl)
     back = fe.load_clusters(path)
     assert np.array_equal(back.labels, cl.labels) and back.scores["ami"] == cl.scores["ami"]

@@ -183,7 +183,8 @@ def clusters(
     ex: Ex, layer: Layer, k: ClusterK = 4, method: ClusterMethod = "kmeans", step: Step = None
 ) -> Response:
     """Clusters of per-position channel vectors over the dataset: labels of the first dataset
-    observations, scores against the ground truth, and the names given to clusters."""
+    observations, scores against the ground truth, and the names given to clusters (a frame's
+    clusters: /api/frame/clusters)."""
     found = ex.clusters(ex.step(step), layer, k, method)
     c = found["clusters"]
     return tensors(
@@ -191,6 +192,17 @@ def clusters(
          "sizes": np.bincount(c.labels.reshape(-1), minlength=k)},
         {"scores": c.scores, "names": found["labels"], "k": k, "method": method},
     )  # fmt: skip
+
+
+@router.get("/api/frame/clusters")
+def frame_clusters(
+    ex: Ex, p: EpisodeQuery, t: Frame, layer: Layer, k: ClusterK = 4,
+    method: ClusterMethod = "kmeans",
+) -> Response:  # fmt: skip
+    """One frame's positions labelled by the dataset's clusters: (h, w) cluster numbers."""
+    step, ep = _episode(ex, p)
+    labels = ex.frame_clusters(step, ex.frame(ep, t), layer, k, method)
+    return tensors({"labels": labels}, {"t": t})
 
 
 class ClusterLabel(BaseModel):
@@ -231,15 +243,23 @@ class InterventionBody(BaseModel):
         )  # fmt: skip
 
 
-class MazeBody(BaseModel):
+class MazeQuestion(BaseModel):
     model_config = ConfigDict(extra="forbid")
     state: dict[str, Any]
     """The maze as MazeState.to_dict() writes it."""
-    layer: str = Field(min_length=1, max_length=200)
     step: int | None = Field(None, ge=0)
-    seed: int = Field(0, ge=0, le=2**31 - 1)
-    trajectory: bool = False
     intervention: InterventionBody | None = None
+
+    def iv(self) -> Intervention:
+        return (self.intervention or InterventionBody.model_validate({})).intervention()
+
+
+class MazeBody(MazeQuestion):
+    layer: str = Field(min_length=1, max_length=200)
+
+
+class MazePathsBody(MazeQuestion):
+    seed: int = Field(0, ge=0, le=2**31 - 1)
 
 
 @router.get("/api/maze/level")
@@ -252,17 +272,23 @@ def maze_level(
 
 @router.post("/api/maze")
 def maze(ex: Ex, body: MazeBody) -> Response:
-    """For one maze state: the vector field, action probabilities and value at the mouse, the
-    layer's activations and (optionally) a sampled trajectory, of the agent ("base_*") and of
-    the agent with the intervention ("mod_*")."""
-    iv = (body.intervention or InterventionBody.model_validate({})).intervention()
-    out = ex.maze(ex.step(body.step), body.state, body.layer, iv, body.seed, body.trajectory)
+    """For one maze state: the vector field, action probabilities and value at the mouse and the
+    layer's activations, of the agent ("base_*") and of the agent with the intervention
+    ("mod_*")."""
+    out = ex.maze(ex.step(body.step), body.state, body.layer, body.iv())
     arrays, meta = {}, {}
     for which, o in out.items():
         for name in ("cells", "field", "probs", "acts"):
             arrays[f"{which}_{name}"] = o[name]
-        meta[which] = {"value": o["value"], "trajectory": o["trajectory"]}
+        meta[which] = {"value": o["value"]}
     return tensors(arrays, meta)
+
+
+@router.post("/api/maze/paths")
+def maze_paths(ex: Ex, body: MazePathsBody) -> JSONResponse:
+    """A sampled path from the maze state (up to 40 steps: cells, success, length) of the agent
+    ("base") and of the agent with the intervention ("mod"), on equal luck (one ``seed``)."""
+    return JSONResponse(ex.maze_paths(ex.step(body.step), body.state, body.iv(), body.seed))
 
 
 class InterveneBody(BaseModel):

@@ -86,8 +86,12 @@ def create_app(explorer: Explorer, token: str, hosts: Iterable[str]) -> Any:
 
 def free_socket(port: int = 0) -> socket.socket:
     """A listening socket on 127.0.0.1 (``port`` 0: one the OS picks), with a clear error when
-    the port is taken."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    the port is taken.
+
+    Made with ``IPPROTO_TCP`` named: asyncio turns Nagle's algorithm off (TCP_NODELAY) only on
+    connections whose socket says so, and with it on, a kept-alive connection held each answer's
+    body back until the page acknowledged its headers, about 40 ms (measured)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.bind(("127.0.0.1", port))
     except OSError:

@@ -43,8 +43,8 @@ SERVED = {".html", ".png", ".svg", ".json", ".csv", ".txt"}
 LABELS_FILE = Path("analysis") / "explorer" / "labels.json"
 VECTORS_DIR = Path("analysis") / "vectors"
 TRAJECTORY_STEPS = 40
-"""Steps of a maze path drawn in the interventions view (about 1 ms each on 2 cores; a 9x9 maze's
-shortest paths are shorter)."""
+"""Steps of a maze path drawn in the interventions view (about 0.5 ms of CPU each for one row of
+the 9x9 maze CNN, measured; a 9x9 maze's shortest paths are shorter)."""
 
 
 @dataclass
@@ -402,6 +402,16 @@ class Explorer:
             "labels": self.cluster_labels(step, layer, k, method),
         }
 
+    def frame_clusters(
+        self, step: int, obs: np.ndarray, layer: str, k: int, method: str
+    ) -> np.ndarray:
+        """One observation's positions ``(h, w)`` labelled by the dataset's clusters (the nearest
+        k-means centre, or a linkage's nearest clustered position)."""
+        from policylens.lenses.features import assign_positions
+
+        found = self.clusters(step, layer, k, method)["clusters"]
+        return assign_positions(found, self.activations(step, obs, layer)[None])[0]
+
     def _labels_key(self, step: int, layer: str, k: int, method: str) -> str:
         return f"{layer}|{method}|k{k}|seed{self.seed}|step{step}"
 
@@ -531,30 +541,26 @@ class Explorer:
             raise ValueError(f"{self.world.env_id} has no maze to edit; this view is the maze's")
         return self.world
 
-    def maze(
-        self, step: int, state_data: dict, layer: str, iv: Intervention, seed: int,
-        trajectory: bool,
-    ) -> dict[str, Any]:  # fmt: skip
-        """Everything the maze editor and the interventions view draw for one maze state: the
-        vector field, the action probabilities and value at the mouse, the layer's activations and
-        (``trajectory``) a sampled path, for the agent ("base") and, with an intervention, the
-        changed agent ("mod"). The base is cached, so dragging a slider reruns only the change."""
+    def maze(self, step: int, state_data: dict, layer: str, iv: Intervention) -> dict[str, Any]:
+        """Everything the maze editor and the interventions view draw at once for one maze state:
+        the vector field, the action probabilities and value at the mouse and the layer's
+        activations, for the agent ("base") and, with an intervention, the changed agent ("mod").
+        The base is cached, so dragging a slider reruns only the change."""
         world = self.maze_world()
         state = world.parse_state(state_data)
         self.check_layer(step, layer)
         key = json.dumps(state.to_dict(), sort_keys=True)
         out = {"base": self.memo(
-            f"maze:{step}:{key}:{layer}:{seed}:{trajectory}",
-            lambda: self._maze_outputs(step, state, layer, None, seed, trajectory),
+            f"maze:{step}:{key}:{layer}",
+            lambda: self._maze_outputs(step, state, layer, None),
         )}  # fmt: skip
         if iv.active:
-            out["mod"] = self._maze_outputs(step, state, layer, iv, seed, trajectory)
+            out["mod"] = self._maze_outputs(step, state, layer, iv)
         return out
 
     def _maze_outputs(
-        self, step: int, state: Any, layer: str, iv: Intervention | None, seed: int,
-        trajectory: bool,
-    ) -> dict[str, Any]:  # fmt: skip
+        self, step: int, state: Any, layer: str, iv: Intervention | None
+    ) -> dict[str, Any]:
         world = self.maze_world()
         obs = world.observe(state)[None]
         with self.lock:
@@ -563,19 +569,38 @@ class Explorer:
             field = world.vector_field(agent, state, hooks)
             with torch.no_grad(), agent.hooks(fwd_hooks=hooks):
                 (logits, value), cache = agent.run_with_cache(obs, names=[layer])
-            path = (
-                world.trajectory(agent, state, hooks, seed, TRAJECTORY_STEPS)
-                if trajectory
-                else None
-            )
         return {
             "cells": np.array(field.cells, dtype=np.int32).reshape(-1, 2),
             "field": field.probs,
             "probs": torch.softmax(logits.float(), -1)[0].numpy(),
             "value": float(value[0]),
             "acts": cache[layer][0].float().numpy(),
-            "trajectory": path,
         }
+
+    def maze_paths(
+        self, step: int, state_data: dict, iv: Intervention, seed: int
+    ) -> dict[str, Any]:
+        """A sampled path (at most :data:`TRAJECTORY_STEPS`) from the maze state for the agent
+        ("base") and, with an intervention, the changed agent ("mod"), on equal luck. Both play
+        as one batch; the base is cached, so dragging a slider plays only the changed agent."""
+        world = self.maze_world()
+        state = world.parse_state(state_data)
+        key = f"mazepath:{step}:{json.dumps(state.to_dict(), sort_keys=True)}:{seed}"
+        with self._memo_lock:
+            base = self._memo.get(key)
+        with self.lock:
+            hooks = self.hooks_for(step, iv, state) if iv.active else None
+            conditions = ([[]] if base is None else []) + ([hooks] if hooks is not None else [])
+            agent = self.agent(step)
+            played = (
+                world.trajectories(agent, state, conditions, seed, TRAJECTORY_STEPS)
+                if conditions
+                else []
+            )
+        out = {"base": base if base is not None else self.memo(key, lambda: played[0])}
+        if hooks is not None:
+            out["mod"] = played[-1]
+        return out
 
     def intervene(self, step: int, ep: Episode, t: int, iv: Intervention) -> dict[str, Any]:
         """The changed agent on frame ``t`` of an episode, and the episode replayed from the

@@ -13,7 +13,7 @@ already computes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -24,6 +24,7 @@ from policylens.report.sae import action_names
 from policylens.rollout import engine
 from policylens.runs import Run
 from policylens.studies.rook_sae.runs import run_world
+from policylens.train.ppo import gae
 
 Progress = Any  # jobs.Progress; kept loose so worlds do not import the server's job module
 
@@ -47,6 +48,8 @@ class Episode:
     outcome: str
     """How it ended, in the world's words ("cheese", "checkmate", "truncated", ...)."""
     success: bool
+    truncated: bool = False
+    """Cut off by the step limit (its last value bootstraps the advantages)."""
     anywhere: bool = False
     """Maze: the cheese could be anywhere (the test distribution)."""
 
@@ -64,23 +67,38 @@ class Dataset:
     """Maze: the states behind the observations; other worlds: ``{label: bool (N,)}``."""
 
 
-def advantages(
-    rewards: np.ndarray, values: np.ndarray, terminal: bool, gamma: float, lam: float
-) -> np.ndarray:
-    """Generalised advantage estimates ``(T,)`` of one episode, as PPO computes them in training
-    (train/ppo.py), from ``values`` ``(T + 1,)`` (the last one bootstraps unless ``terminal``).
-    ``lam = 0`` gives the one-step TD error."""
-    T = len(rewards)
-    following = values[1:].astype(np.float64).copy()
-    if terminal:
-        following[-1] = 0.0
-    delta = rewards + gamma * following - values[:T]
-    adv = np.zeros(T)
-    last = 0.0
-    for t in reversed(range(T)):
-        last = delta[t] + gamma * lam * last
-        adv[t] = last
-    return adv.astype(np.float32)
+@dataclass(frozen=True)
+class SharedUniforms(engine.Policy):
+    """A :class:`~policylens.rollout.engine.Policy` whose batch rows all draw the same uniforms,
+    one pair per step from its own seeded ``uniforms`` generator (the engine's draws go unused):
+    rows playing different conditions from one state are compared on equal luck, and a row's
+    path is the same whatever the batch size (with one row: the engine's own draws, for the same
+    seed)."""
+
+    uniforms: torch.Generator = field(default_factory=torch.Generator)
+
+    def choose(
+        self, logits: torch.Tensor, uniforms: torch.Tensor, legal: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        shared = torch.rand(2, 1, generator=self.uniforms).expand(2, len(logits))
+        return super().choose(logits, shared, legal)
+
+
+def on_rows(fwd_hooks: list, rows: slice) -> list:
+    """``fwd_hooks`` changed to act on the batch ``rows`` only; the other rows pass unchanged."""
+
+    def restrict(fn: Any) -> Any:
+        def hook_fn(act: torch.Tensor, hook: Any) -> torch.Tensor:
+            out = fn(act[rows], hook)
+            if out is None:  # changed in place, through the view
+                return act
+            act = act.clone()
+            act[rows] = out
+            return act
+
+        return hook_fn
+
+    return [(name, restrict(fn)) for name, fn in fwd_hooks]
 
 
 class World:
@@ -188,13 +206,17 @@ class World:
             rewards=np.array(rewards, dtype=np.float32),
             outcome=self.outcome(ep),
             success=ep.success,
+            truncated=bool(ep.end.get("truncated")),
             anywhere=anywhere,
         )
 
     def advantages(self, ep: Episode) -> np.ndarray:
-        """The episode's advantage estimates with the run's own discount (and GAE lambda)."""
-        terminal = ep.outcome != "truncated"
-        return advantages(ep.rewards, ep.values, terminal, self.gamma, self.gae_lambda)
+        """The episode's advantage estimates ``(T,)`` as PPO computes them in training, with the
+        run's own discount and GAE lambda (0, one-step TD errors, for runs without one): the last
+        value bootstraps a truncated episode, not an ended one."""
+        dones = np.zeros(ep.length, dtype=np.float32)
+        dones[-1] = not ep.truncated
+        return gae(ep.rewards, ep.values[:-1], dones, ep.values[-1], self.gamma, self.gae_lambda)
 
     # -- data for dataset examples, labels and clusters --------------------------------------------
     def dataset(self, agent: Any, n: int, seed: int) -> Dataset:
@@ -339,16 +361,34 @@ class MazeWorld(World):
             activation(agent, obs, hook) - activation(agent, without_cheese(obs, self.config), hook)
         )[0]
 
-    def trajectory(
-        self, agent: Any, state: Any, fwd_hooks: list, seed: int, max_steps: int
-    ) -> dict[str, Any]:
-        """One sampled episode from ``state``, at most ``max_steps`` long (the same seed gives
-        two conditions equal luck: the same uniforms)."""
-        from policylens.studies.maze.behaviour import run_episodes_from_states
+    def trajectories(
+        self, agent: Any, state: Any, conditions: list[list], seed: int, max_steps: int
+    ) -> list[dict[str, Any]]:
+        """One sampled path from ``state`` per condition (its forward hooks; ``[]``: the agent
+        itself), at most ``max_steps`` long, all played as one batch through the rollout engine:
+        every forward serves all conditions, each row hooked by its own condition only, and every
+        row draws the same uniforms, so paths differ by the change alone (equal luck) and a
+        condition's path does not depend on which others it was played with."""
+        from policylens.envs.maze import MazeVecEnv
 
         limited = replace(self.config, max_steps=min(self.config.max_steps, max_steps))
-        (ep,) = run_episodes_from_states(agent, [state], limited, fwd_hooks, seed=seed)
-        return {"positions": ep.positions, "success": ep.success, "length": ep.length}
+        envs = MazeVecEnv(num_envs=len(conditions), **limited.__dict__)
+        envs.reset(seed=seed)
+        for i in range(len(conditions)):
+            envs.set_state(i, state)
+        hooks = [h for i, hs in enumerate(conditions) for h in on_rows(hs, slice(i, i + 1))]
+        policy = SharedUniforms(
+            greedy=engine.policy_for(agent).greedy, uniforms=torch.Generator().manual_seed(seed)
+        )
+        eps = engine.first_episodes(
+            agent, envs, envs.batch.obs.copy(), envs.batch.infos(), policy,
+            torch.Generator().manual_seed(seed), hooks, trace_labels=("mouse_pos",),
+        )  # fmt: skip
+        return [
+            {"positions": [[int(r), int(c)] for r, c in ep.trace["mouse_pos"]],
+             "success": ep.success, "length": ep.length}
+            for ep in eps
+        ]  # fmt: skip
 
     # -- ground truth -------------------------------------------------------------------------------
     def dataset(self, agent: Any, n: int, seed: int) -> Dataset:

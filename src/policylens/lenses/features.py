@@ -63,6 +63,12 @@ class Clusters:
     layer: str = ""
     seed: int = 0
     scores: dict[str, Any] = field(default_factory=dict)
+    anchors: np.ndarray | None = None
+    """Points ``(M, channel)`` that label new positions by nearness (:func:`assign_positions`):
+    k-means' centres, or the positions a linkage clustered; in the scaled space. Not saved."""
+    anchor_labels: np.ndarray | None = None
+    scale: np.ndarray | None = None
+    """Per-channel divisor applied before clustering (``normalize``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"layer": self.layer, "method": self.method, "k": self.k, "seed": self.seed,
@@ -95,12 +101,38 @@ def cluster_positions(
     points = acts.transpose(0, 2, 3, 1).reshape(-1, c).astype(np.float64)
     if not 2 <= k <= len(points):
         raise ValueError(f"k must be between 2 and the number of positions {len(points)}, got {k}.")
-    if normalize:
-        points = points / np.maximum(points.std(0, keepdims=True), 1e-8)
+    scale = np.maximum(points.std(0), 1e-8) if normalize else np.ones(c)
+    points = points / scale
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1):
-        return _cluster(points, n, h, w, k, method, seed, max_points, layer)
+        found = _cluster(points, n, h, w, k, method, seed, max_points, layer)
+    found.scale = scale
+    return found
+
+
+def assign_positions(clusters: Clusters, acts: np.ndarray) -> np.ndarray:
+    """Cluster labels ``(N, h, w)`` of new activations ``acts (N, C, h, w)`` of the clustered
+    layer (e.g. the frame on screen), by the rule the clustering labels its own positions with:
+    the nearest k-means centre, or a linkage's nearest clustered position."""
+    if clusters.anchors is None or clusters.anchor_labels is None or clusters.scale is None:
+        raise ValueError("These clusters keep no centres (loaded from a file); cluster again.")
+    if acts.ndim != 4 or acts.shape[1] != clusters.anchors.shape[1]:
+        raise ValueError(
+            f"Activations of shape {acts.shape} are not (N, {clusters.anchors.shape[1]}, h, w) "
+            "like the clustered layer's."
+        )
+    n, c, h, w = acts.shape
+    points = acts.transpose(0, 2, 3, 1).reshape(-1, c).astype(np.float64) / clusters.scale
+    return _nearest(clusters.anchors, clusters.anchor_labels, points).reshape(n, h, w)
+
+
+def _nearest(anchors: np.ndarray, anchor_labels: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """The label of each point's nearest anchor."""
+    from sklearn.neighbors import NearestNeighbors
+
+    nn = NearestNeighbors(n_neighbors=1).fit(anchors)
+    return anchor_labels[nn.kneighbors(points, return_distance=False)[:, 0]]
 
 
 def _cluster(
@@ -117,7 +149,8 @@ def _cluster(
     from sklearn.cluster import AgglomerativeClustering, KMeans
 
     if method == "kmeans":
-        labels = KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(points)
+        km = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(points)
+        labels, anchors, anchor_labels = km.labels_, km.cluster_centers_, np.arange(k)
     else:
         rng = np.random.default_rng(seed)
         pick = rng.permutation(len(points))[:max_points]
@@ -126,11 +159,12 @@ def _cluster(
         labels[pick] = sub
         rest = np.setdiff1d(np.arange(len(points)), pick)
         if len(rest):
-            from sklearn.neighbors import NearestNeighbors
-
-            nn = NearestNeighbors(n_neighbors=1).fit(points[pick])
-            labels[rest] = sub[nn.kneighbors(points[rest], return_distance=False)[:, 0]]
-    return Clusters(labels.reshape(n, h, w).astype(np.int64), method, k, layer, seed)
+            labels[rest] = _nearest(points[pick], sub, points[rest])
+        anchors, anchor_labels = points[pick], sub
+    return Clusters(
+        labels.reshape(n, h, w).astype(np.int64), method, k, layer, seed,
+        anchors=anchors, anchor_labels=anchor_labels.astype(np.int64),
+    )  # fmt: skip
 
 
 def alignment_scores(

@@ -413,20 +413,24 @@ async function clusters(root, app) {
   const layer = select("layer", spatial.map((l) => l.name), layerName, (v) => reload({ layer: v }));
   const k = select("k", [2, 3, 4, 5, 6, 8], p.k || "4", (v) => reload({ k: v }));
   const method = select("method", ["kmeans", "average", "ward", "single"], p.method || "kmeans", (v) => reload({ method: v }));
+  const bar = el("div", {});
+  const board = newBoard("cluster-frame", 300);
+  board.classList.add("cluster-board");
   const boards = el("div", { id: "cluster-boards", class: "grid" });
   const legend = el("div", { id: "cluster-legend" });
-  root.append(el("div", { class: "controls" }, field("layer", layer), field("clusters", k), field("method", method)),
-    el("p", { class: "note", text: "Every position's channel vector over the explorer's dataset (test mazes, cheese anywhere, the agent's own positions), clustered; click a cell to name its cluster. Names are saved in the run folder." }),
-    el("div", { class: "row" }, boards, legend));
+  root.append(bar, el("div", { class: "controls" }, field("layer", layer), field("clusters", k), field("method", method)),
+    el("p", { class: "note", text: "Every position's channel vector over the explorer's dataset (test mazes, cheese anywhere, the agent's own positions) is clustered; this frame's positions take the cluster of the nearest k-means centre (a linkage: of the nearest clustered position). Click a cell to name its cluster. Names are saved in the run folder." }),
+    el("div", { class: "row" }, el("figure", {}, board, el("figcaption", { text: "this frame, coloured by cluster" })), legend),
+    panel("The clustered dataset (its first mazes)", boards));
+  let frame = 0;
+  const { ep } = await episodeBar(bar, app, async (t) => { frame = t; await drawFrame(); });
+  frame = Number(app.params.t || 0);
   const q = api.query({ step: app.step(), layer: layer.value, k: k.value, method: method.value });
   const r = await api.timed("cluster", () => api.getTensors(`api/clusters?${q}`));
-  const labels = r.tensors.labels;
-  const [n, h, w] = labels.shape;
-  const shape = r.tensors.obs.shape.slice(1);
   const inputs = [];
   const scores = r.meta.scores || {};
   const per = new Map((scores.clusters || []).map((c) => [c.cluster, c]));
-  legend.append(el("p", { id: "cluster-scores", text: scores.ami !== undefined ? `against wall / path / mouse / cheese: AMI ${draw.fmt(scores.ami)}, purity ${draw.fmt(scores.purity)}` : "no ground truth to score against" }));
+  legend.append(el("p", { id: "cluster-scores", text: scores.ami !== undefined ? `dataset against wall / path / mouse / cheese: AMI ${draw.fmt(scores.ami)}, purity ${draw.fmt(scores.purity)}` : "no ground truth to score against" }));
   for (let c = 0; c < Number(k.value); c++) {
     const input = el("input", { id: `cluster-label-${c}`, type: "text", maxlength: 40, placeholder: "name this cluster", value: r.meta.names[String(c)] || "" });
     input.addEventListener("change", () => save(c, input));
@@ -445,10 +449,10 @@ async function clusters(root, app) {
       fail(app, e);
     }
   }
-  for (let i = 0; i < n; i++) {
-    const c = draw.canvas(150, 150, "cluster-board");
-    const g = draw.drawObs(c, app.info.render, draw.item(r.tensors.obs, i), shape);
-    const lab = draw.item(labels, i);
+
+  // An observation with its positions' clusters over it; a click picks the cell's cluster.
+  function paint(c, obs, shape, lab, h, w) {
+    const g = draw.drawObs(c, app.info.render, obs, shape);
     const ctx = c.getContext("2d");
     const ch = c.cssHeight / h;
     const cw = c.cssWidth / w;
@@ -466,8 +470,25 @@ async function clusters(root, app) {
       inputs[cluster].focus();
     };
     c.dataset.grid = `${g.rows}x${g.cols}`;
+    c.dataset.labels = Array.from(lab).join(",");
+  }
+
+  async function drawFrame() {
+    const fq = api.query({ t: frame, layer: layer.value, k: k.value, method: method.value });
+    const f = await api.getTensors(`api/frame/clusters?${ep.query}&${fq}`, "frame-clusters");
+    const [h, w] = f.tensors.labels.shape;
+    paint(board, obsAt(ep, frame), obsShape(app, ep.tensors.obs), f.tensors.labels.data, h, w);
+    board.dataset.frame = frame;
+  }
+
+  const labels = r.tensors.labels;
+  const [n, h, w] = labels.shape;
+  for (let i = 0; i < n; i++) {
+    const c = draw.canvas(120, 120, "cluster-board");
+    paint(c, draw.item(r.tensors.obs, i), r.tensors.obs.shape.slice(1), draw.item(labels, i), h, w);
     boards.append(c);
   }
+  await drawFrame();
 }
 
 // -- The maze: a board the user edits (editor, interventions) ----------------------------------------------
@@ -657,15 +678,19 @@ async function mazeInterventions(root, app) {
   const n = state.walls.length;
 
   // A change answers twice: the vector fields and probabilities at once, then the two sampled
-  // paths (up to 40 steps each) from a second request.
+  // paths (up to 40 steps each, played as one batch) drawn over them from a second request.
+  let latest = 0;
   function update(name = "intervene") {
+    const ticket = ++latest;
     const iv = ivc.read(target);
-    const body = { state: JSON.parse(JSON.stringify(state)), layer: app.layer(), step: Number(app.step()), intervention: iv, seed: Number(app.params.seed || 0) };
+    const asked = { state: JSON.parse(JSON.stringify(state)), step: Number(app.step()), intervention: iv };
     app.set(stateParams(state));
-    const fields = api.timed(name, async () => drawFields(await api.sendJSON("POST", "api/maze", body, "intervene", true)));
+    const fields = api.timed(name, async () => drawFields(await api.sendJSON("POST", "api/maze", { ...asked, layer: app.layer() }, "intervene", true)));
     const paths = api.timed(`${name}: path`, async () => {
       await fields.catch(() => {}); // asked after the fields, so it never delays them
-      drawPaths(await api.sendJSON("POST", "api/maze", { ...body, trajectory: true }, "intervene-path", true));
+      const r = await api.sendJSON("POST", "api/maze/paths", { ...asked, seed: Number(app.params.seed || 0) }, "intervene-path");
+      if (ticket !== latest) throw new DOMException("a newer change was asked", "AbortError");
+      drawPaths(r);
     });
     paths.catch((e) => fail(app, e));
     return fields;
@@ -693,15 +718,14 @@ async function mazeInterventions(root, app) {
     summary.append(el("tr", {}, el("th", { text: "value" }), el("td", { text: `agent ${draw.fmt(r.meta.base.value)}${r.meta.mod ? `, intervened ${draw.fmt(r.meta.mod.value)}` : ""}` })));
   }
 
+  // The paths over the fields drawn for the same change.
   function drawPaths(r) {
-    drawFields(r);
-    draw.path(base, r.meta.base.trajectory.positions, n, "#2a5bd7");
-    base.dataset.path = JSON.stringify(r.meta.base.trajectory.positions);
-    mod.dataset.path = r.meta.mod ? JSON.stringify(r.meta.mod.trajectory.positions) : "";
-    if (r.meta.mod) draw.path(mod, r.meta.mod.trajectory.positions, n, "#d62728");
-    for (const [name, m] of [["agent", r.meta.base], ["intervened", r.meta.mod]]) {
-      if (!m) continue;
-      const tr = m.trajectory;
+    draw.path(base, r.base.positions, n, "#2a5bd7");
+    base.dataset.path = JSON.stringify(r.base.positions);
+    mod.dataset.path = r.mod ? JSON.stringify(r.mod.positions) : "";
+    if (r.mod) draw.path(mod, r.mod.positions, n, "#d62728");
+    for (const [name, tr] of [["agent", r.base], ["intervened", r.mod]]) {
+      if (!tr) continue;
       summary.append(el("tr", {}, el("th", { text: name }), el("td", { text: `sampled path of ${tr.length} steps ${tr.success ? "reaches the cheese" : "does not reach the cheese"}` })));
     }
     summary.append(el("tr", {}, el("td", { colspan: 2, class: "note", text: "One sampled path per condition (same luck): an example, not a measurement (policylens steer measures over many mazes with intervals)." })));
