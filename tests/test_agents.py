@@ -415,7 +415,7 @@ def test_from_module_hook_names_are_the_hooks_that_fire() -> None:
     ]
     _, cache = agent.run_with_cache(np.zeros((2, 3), np.float32))
     assert list(cache) == names
-    with pytest.raises(ValueError, match="Unknown hook name 'unused.hook_out'"):
+    with pytest.raises(ValueError, match="Unknown hook 'unused.hook_out'"):
         agent.run_with_cache(np.zeros((2, 3), np.float32), names=["unused.hook_out"])
 
 

@@ -119,7 +119,7 @@ def test_cache_key_error_suggests_close_names(maze_agent: HookedAgent) -> None:
 def test_unknown_hook_name_lists_closest(impala_agent: HookedAgent) -> None:
     with pytest.raises(ValueError, match=r"embedder\.block2\.res1\.hook_out"):
         impala_agent.run_with_cache(image_obs(), names=["embedder.block2.res1.hookout"])
-    with pytest.raises(ValueError, match="Unknown hook name"):
+    with pytest.raises(ValueError, match="Unknown hook "):
         impala_agent.run_with_hooks(image_obs(), fwd_hooks=[("embeder.hook_fc", lambda a, h: a)])
 
 

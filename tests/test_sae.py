@@ -20,6 +20,7 @@ from policylens.agents.sae import (
 )
 from policylens.lenses.sae import (
     _train_step,
+    behaviour_loss,
     evaluate_sae,
     resample_dead,
     synthetic_activations,
@@ -96,7 +97,12 @@ class _Step(torch.autograd.Function):
         return None, (-kernel * g).sum(0), None
 
 
-def _reference_loss(sae: SparseAutoencoder, x: torch.Tensor) -> torch.Tensor:
+def _recon(sae: SparseAutoencoder, x: torch.Tensor) -> torch.Tensor:
+    """The training-time reconstruction (batchtopk's batch top-k, jumprelu's straight-through)."""
+    return _reference_loss(sae, x, recon=True)
+
+
+def _reference_loss(sae: SparseAutoencoder, x: torch.Tensor, recon: bool = False) -> torch.Tensor:
     """The training loss written with autograd-friendly ops, for checking hand gradients."""
     c, B = sae.config, x.shape[0]
     pre = sae.pre_activations(x)
@@ -114,11 +120,16 @@ def _reference_loss(sae: SparseAutoencoder, x: torch.Tensor) -> torch.Tensor:
     else:
         z = _JumpReLU.apply(pre, sae.threshold, c.jumprelu_bandwidth)
         extra = c.l0_coeff * _Step.apply(pre, sae.threshold, c.jumprelu_bandwidth).sum() / B
+    if recon:
+        return z @ sae.W_dec + sae.b_dec
     return (z @ sae.W_dec + sae.b_dec - x).pow(2).sum(-1).mean() + extra
 
 
+@pytest.mark.parametrize("behaviour", [False, True], ids=["mse", "with-behaviour"])
 @pytest.mark.parametrize("arch", [*ARCH_KWARGS, "relu-sparse"])
-def test_hand_gradients_match_autograd(arch: str) -> None:
+def test_hand_gradients_match_autograd(arch: str, behaviour: bool) -> None:
+    """Every architecture's hand gradients equal autograd's, also with a behaviour term added
+    to the reconstruction's gradient (as the kl and logits objectives add it)."""
     torch.manual_seed(0)
     kw = {"sparse_below": 1.0} if arch == "relu-sparse" else {"sparse_below": 0.0}
     cfg = SAEConfig(
@@ -138,11 +149,25 @@ def test_hand_gradients_match_autograd(arch: str) -> None:
         sae.b_enc.normal_(0, 0.1)
         sae.W_enc.mul_(13.0)
     x = torch.randn(32, 16)
+    head, target = torch.randn(16, 5), torch.randn(32, 5)  # a stand-in for the rest of the agent
+
+    def kl_of(recon: torch.Tensor) -> torch.Tensor:
+        return behaviour_loss("kl", recon @ head, target, temperature=0.7) * 3.0
+
+    def term(recon: torch.Tensor) -> tuple[float, torch.Tensor]:
+        with torch.enable_grad():
+            leaf = recon.detach().requires_grad_(True)
+            loss = kl_of(leaf)
+            return loss.item(), torch.autograd.grad(loss, leaf)[0]
+
     with torch.no_grad():
-        step = _train_step(sae, x)
+        step = _train_step(sae, x, behaviour=term if behaviour else None)
     hand = {n: p.grad.clone() for n, p in sae.named_parameters()}
     sae.zero_grad(set_to_none=True)
     loss = _reference_loss(sae, x)
+    if behaviour:
+        loss = loss + kl_of(_recon(sae, x))
+        assert step.behaviour > 0
     loss.backward()
     assert step.loss == pytest.approx(float(loss.detach()), rel=1e-5)
     for name, p in sae.named_parameters():

@@ -131,16 +131,20 @@ def test_trained_sae_keeps_the_agents_actions_and_zero_ablation_does_not(chess_d
     assert history[-1]["explained_variance"] > history[0]["explained_variance"]
     fresh = gather_activations(agent, MLP_HOOK, CHESS, steps=600, seed=1, greedy=True)
     result = evaluate_spliced(agent, sae, data.site, fresh, CHESS, episodes=40, greedy=True)
-    off, world = result["offline"], result["in_world"]
+    spliced, zero, mean = result["spliced"], result["zero_ablation"], result["mean_ablation"]
     assert result["reconstruction"]["explained_variance"] > 0.999
-    assert off["sae"]["action_agreement"] > 0.97
-    assert off["zero"]["action_agreement"] < 0.5 and off["mean"]["action_agreement"] < 0.5
-    assert off["sae"]["value_error"] < 0.1 * off["zero"]["value_error"]
-    assert world["original"]["action_agreement"] == 1.0 and world["original"]["value_error"] == 0
-    assert world["sae"]["action_agreement"] > 0.95 > 0.5 > world["zero"]["action_agreement"]
-    assert world["sae"]["value_error"] < 0.1 * world["mean"]["value_error"]
-    r = world["sae"]["return"]
-    assert r["ci"][0] <= r["mean"] <= r["ci"][1] and world["sae"]["episodes"] == 40
+    assert spliced["offline_action_agreement"] > 0.97
+    assert zero["offline_action_agreement"] < 0.5 and mean["offline_action_agreement"] < 0.5
+    assert spliced["offline_value_error"] < 0.1 * zero["offline_value_error"]
+    assert spliced["regret"] < 0.1 * zero["regret"] and spliced["margin_kept"] > 0.9
+    original = result["original"]
+    assert original["action_agreement"] == 1.0 and original["value_error"] == 0
+    assert spliced["action_agreement"] > 0.95 > 0.5 > zero["action_agreement"]
+    assert spliced["value_error"] < 0.1 * mean["value_error"]
+    lo, hi = spliced["return_ci"]
+    assert lo <= spliced["return"] <= hi and spliced["episodes"] == 40
+    lo, hi = spliced["success_rate_ci"]
+    assert lo <= spliced["success_rate"] <= hi
 
 
 def test_latent_ablation_matches_removing_that_latent_by_hand(chess_data) -> None:
@@ -266,7 +270,7 @@ def test_cli_train_eval_dashboard(tmp_path) -> None:
     res = runner.invoke(app, [
         "sae", "train", str(run.path), "--hook", MLP_HOOK, "--arch", "relu", "--l1-coeff", "1e-6",
         "--expansion", "2", "--samples", "30000", "--steps", "1000", "--batch-size", "256",
-        "--lr", "1e-2", "--out", str(sae_dir), "--saelens", "--json",
+        "--lr", "1e-2", "--out", str(sae_dir), "--saelens", "--objective", "mse", "--json",
     ])  # fmt: skip
     assert res.exit_code == 0, res.output
     info = json.loads(res.stdout)
@@ -280,9 +284,12 @@ def test_cli_train_eval_dashboard(tmp_path) -> None:
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     result = json.loads(res.stdout)
-    assert set(result["in_world"]) == {"original", "sae", "zero", "mean"} and result["greedy"]
-    assert (
-        result["offline"]["sae"]["action_agreement"] > result["offline"]["zero"]["action_agreement"]
+    assert result["greedy"] and result["objective"] == "mse"
+    assert {"original", "spliced", "zero_ablation", "mean_ablation"} <= set(result)
+    spliced, zero = result["spliced"], result["zero_ablation"]
+    assert spliced["offline_action_agreement"] > zero["offline_action_agreement"]
+    assert {"success_rate", "success_rate_ci", "success_kept", "action_agreement", "kl"} <= set(
+        spliced
     )
     assert len(result["latent_ablation"]) == 3 and (sae_dir / "eval.json").is_file()
     res = runner.invoke(
@@ -307,8 +314,10 @@ def test_site_mismatch_with_the_trained_shape_is_refused(tmp_path) -> None:
     assert isinstance(site, HookSite)
     with pytest.raises(ValueError, match=r"activations of shape \(64,\) but this agent's are"):
         site_for_sae(wider, {"hook": MLP_HOOK, "layout": "vector", "shape": [64]})
-    out = compare_outputs(agent, np.zeros((4, 75), np.uint8), [], Policy(greedy=True))
-    assert out == {"action_agreement": 1.0, "kl": 0.0, "value_error": 0.0}
+    obs = np.random.default_rng(0).integers(0, 2, (4, 75), dtype=np.uint8)
+    out = compare_outputs(agent, obs, [], Policy(greedy=True))
+    same = {"action_agreement": 1.0, "kl": 0.0, "regret": 0.0, "margin_kept": 1.0}
+    assert {k: out[k] for k in same} == same and out["value_error"] == 0.0
 
 
 def test_gathered_rows_are_the_agents_outputs_on_them(chess_data) -> None:

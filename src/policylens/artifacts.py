@@ -206,6 +206,23 @@ def read_torch_weights(file: str | os.PathLike | IO[bytes], source: str | os.Pat
         ) from e
 
 
+def read_safetensors(file: str | os.PathLike) -> dict[str, Any]:
+    """The tensors of a ``.safetensors`` file, with one sentence naming a missing or corrupt one."""
+    from safetensors.torch import load_file
+
+    file = Path(file)
+    if not file.is_file():
+        raise FileNotFoundError(f"No weights file at {file}; check the path.")
+    try:
+        return load_file(str(file))
+    except Exception as e:  # safetensors raises several types for damaged files
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(
+            f"{file} is corrupt or truncated and cannot be read as safetensors ({reason}); "
+            "re-save it or use another file."
+        ) from e
+
+
 def _jsonable(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()

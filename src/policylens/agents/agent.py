@@ -33,8 +33,8 @@ from policylens.agents.hooks import (
     NameFilter,
     caching_hook,
     retain_freed_memory_once,
-    unknown_name_message,
 )
+from policylens.errors import unknown_message
 
 OBS_KINDS = ("grid", "image", "vector")
 OUTPUT_KINDS = ("policy_value", "q")
@@ -358,7 +358,7 @@ class HookedAgent(nn.Module):
         points = []
         for name in spec:
             if name not in self._points:
-                raise ValueError(unknown_name_message("hook name", name, list(self._points)))
+                raise ValueError(unknown_message("hook", name, list(self._points)))
             points.append(self._points[name])
         return points
 
@@ -464,18 +464,7 @@ class HookedAgent(nn.Module):
 
     def load_weights(self, file: str | os.PathLike) -> None:
         """Load weights from one ``.safetensors`` file, strictly (every name and shape must fit)."""
-        from safetensors.torch import load_file
-
-        file = Path(file)
-        if not file.is_file():
-            raise FileNotFoundError(f"No weights file at {file}; check the path.")
-        try:
-            state = load_file(str(file))
-        except Exception as e:
-            raise ValueError(
-                f"{file} is corrupt or truncated and cannot be read as safetensors ({e}); "
-                "re-save it or use another checkpoint."
-            ) from e
+        state = artifacts.read_safetensors(file)
         self.load_net_state_dict(state, source=str(file))
 
     def load_net_state_dict(self, state: dict[str, Tensor], source: str = "the state dict") -> None:

@@ -18,7 +18,6 @@ with no hooks registered, so PyTorch takes its fast call path (about a microseco
 
 from __future__ import annotations
 
-import difflib
 import functools
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
@@ -26,6 +25,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
+
+from policylens.errors import unknown_message
 
 HookFn = Callable[[Tensor, Any], Tensor | None]
 """``fn(activation_or_grad, hook) -> replacement or None``."""
@@ -101,23 +102,6 @@ class ModuleOutputHook:
         return f"ModuleOutputHook({self.name!r}, {type(self.module).__name__})"
 
 
-def close_names(name: str, valid: list[str], n: int = 3) -> list[str]:
-    """The valid names closest to ``name`` (difflib), for error messages."""
-    close = difflib.get_close_matches(name, valid, n=n, cutoff=0.5)
-    if not close:
-        # Fall back on names sharing the last path component, e.g. "hook_out" in another block.
-        tail = name.rsplit(".", 1)[-1]
-        close = [v for v in valid if v.rsplit(".", 1)[-1] == tail][:n]
-    return close
-
-
-def unknown_name_message(kind: str, name: str, valid: list[str]) -> str:
-    """One sentence naming an unknown ``name`` and the closest valid ones."""
-    close = close_names(name, valid)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    return f"Unknown {kind} {name!r}.{hint} Call hook_names() to list all {len(valid)} valid names."
-
-
 class ActivationCache(Mapping[str, Tensor]):
     """Activations recorded by ``run_with_cache``: a read-only mapping ``hook name -> tensor``.
 
@@ -135,7 +119,7 @@ class ActivationCache(Mapping[str, Tensor]):
             return self._data[name]
         except KeyError:
             raise KeyError(
-                unknown_name_message("activation", name, list(self._data)) + " (not in this cache)"
+                unknown_message("activation", name, list(self._data)) + " (not in this cache)"
             ) from None
 
     def __iter__(self) -> Iterator[str]:

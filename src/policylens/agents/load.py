@@ -7,6 +7,9 @@
   config is passed as ``config=`` or found beside it (see :func:`find_agent_config`);
 - a ``.pt``/``.pth`` file from the goal-misgeneralization research code (procgen maze IMPALA
   agents): ``{"model_state_dict": ...}`` or a bare state dict;
+- a ``.pt``/``.pth`` state dict of a Q-network that is a chain of Linear layers with ReLUs
+  between them (``nn.Sequential`` keys ``0.weight``, ``2.weight``, ... or ``fc1``, ``fc2``, ...,
+  as DuPlessie's rook-endgame networks; play them with ``rules="duplessie"``);
 - a Stable-Baselines3 PPO/A2C model, or its ``.zip`` (``MlpPolicy``).
 
 Weights are read from safetensors or with ``torch.load(weights_only=True)``; nothing is unpickled.
@@ -15,6 +18,7 @@ Weights are read from safetensors or with ``torch.load(weights_only=True)``; not
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import re
@@ -65,8 +69,43 @@ def load_agent(
             "wrap a PyTorch module with HookedAgent.from_module(module, obs_shape, num_actions)."
         )
     if device is not None or dtype is not None:
-        agent.to(device=device, dtype=dtype)
+        agent.to(device=check_device(device), dtype=check_dtype(dtype))
     return agent.eval()
+
+
+FLOAT_DTYPES = {"float32": torch.float32, "float64": torch.float64,
+                "bfloat16": torch.bfloat16, "float16": torch.float16}  # fmt: skip
+
+
+def check_device(device: str | torch.device | None) -> torch.device | None:
+    """``device`` as a torch device this machine has, or one sentence saying why not."""
+    if device is None:
+        return None
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"device={device!r} is not a device; use 'cpu', 'cuda', 'cuda:1' or 'mps'."
+        ) from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={device!r}, but this PyTorch has no usable CUDA GPU; use device='cpu'."
+        )
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={device!r}, but MPS is not available here; use device='cpu'.")
+    return parsed
+
+
+def check_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """``dtype`` (a torch float dtype or its name) as a torch dtype, or one sentence."""
+    if dtype is None or dtype in FLOAT_DTYPES.values():
+        return dtype  # type: ignore[return-value]
+    if isinstance(dtype, str) and dtype.removeprefix("torch.") in FLOAT_DTYPES:
+        return FLOAT_DTYPES[dtype.removeprefix("torch.")]
+    raise ValueError(
+        f"dtype={dtype!r} is not a float dtype agents run in; use one of "
+        f"{', '.join(FLOAT_DTYPES)} (or torch.float32, ...)."
+    )
 
 
 def _load_path(path: Path, config: dict[str, Any] | None) -> HookedAgent:
@@ -80,6 +119,9 @@ def _load_path(path: Path, config: dict[str, Any] | None) -> HookedAgent:
         cfg = config if config is not None else find_agent_config(path)
         return _from_config(cfg, path, "the agent config")
     if path.suffix in (".pt", ".pth"):
+        state = _state_dict_of(artifacts.read_torch_weights(path, path), path)
+        if _linear_chain(state):
+            return load_linear_qnet(path)
         return load_research_impala(path)
     if path.suffix == ".zip":
         return load_sb3_zip(path)
@@ -179,6 +221,53 @@ def load_research_impala(path: str | os.PathLike) -> HookedAgent:
     return agent
 
 
+LINEAR_KEY = re.compile(r"^(?:fc)?(\d+)\.(weight|bias)$")
+"""A Linear layer's key in an ``nn.Sequential`` (``2.weight``) or numbered (``fc2.weight``)."""
+
+
+def _linear_chain(state: dict[str, Tensor]) -> list[tuple[Tensor, Tensor]]:
+    """``[(weight, bias), ...]`` in order when ``state`` is a chain of Linear layers, else []."""
+    layers: dict[int, dict[str, Tensor]] = {}
+    for key, value in state.items():
+        m = LINEAR_KEY.match(key)
+        if m is None:
+            return []
+        layers.setdefault(int(m.group(1)), {})[m.group(2)] = value
+    chain = [layers[i] for i in sorted(layers)]
+    if not chain or any(set(c) != {"weight", "bias"} or c["weight"].ndim != 2 for c in chain):
+        return []
+    if any(a["weight"].shape[0] != b["weight"].shape[1] for a, b in itertools.pairwise(chain)):
+        return []
+    return [(c["weight"], c["bias"]) for c in chain]
+
+
+def load_linear_qnet(path: str | os.PathLike) -> HookedAgent:
+    """A Q-network saved as the state dict of Linear layers with ReLUs between them, as an
+    ``mlp`` Q agent (hooks ``layers.<i>.hook_act`` after each hidden ReLU).
+
+    DuPlessie's rook-endgame networks are such chains over his 75 one-hot inputs and 24 actions;
+    they play in ``policylens/RookEndgame-v0`` with ``rules="duplessie"``. Re-save a pickled
+    module first with ``torch.save(net.state_dict(), path)`` (nothing is unpickled here).
+    """
+    path = Path(path)
+    chain = _linear_chain(_state_dict_of(artifacts.read_torch_weights(path, path), path))
+    if not chain:
+        raise ValueError(
+            f"{path} is not a chain of Linear layers (keys 0.weight, 0.bias, 2.weight, ... or "
+            "fc1.weight, ...); wrap other networks with HookedAgent.from_module."
+        )
+    hidden = [int(w.shape[0]) for w, _ in chain[:-1]]
+    agent = build_agent(
+        "mlp", (int(chain[0][0].shape[1]),), int(chain[-1][0].shape[0]),
+        hidden=hidden, activation="relu", head="q", init="default",
+    )  # fmt: skip
+    names = [f"layers.{i}.linear" for i in range(len(hidden))] + ["q_head"]
+    state = {f"{n}.{p}": t for n, (w, b) in zip(names, chain, strict=True) for p, t in
+             (("weight", w), ("bias", b))}  # fmt: skip
+    agent.load_net_state_dict(state, source=str(path))
+    return agent
+
+
 def load_sb3_zip(path: str | os.PathLike) -> HookedAgent:
     """A PPO/A2C ``MlpPolicy`` saved with SB3's ``model.save()``, read without unpickling.
 
@@ -218,6 +307,7 @@ def _state_dict_of(data: Any, path: Path) -> dict[str, Tensor]:
 __all__ = [
     "find_agent_config",
     "load_agent",
+    "load_linear_qnet",
     "load_research_impala",
     "load_sb3_zip",
     "run_checkpoints",

@@ -4,7 +4,9 @@ An SAE maps activations ``x -> z -> x_hat``. Every architecture has a pre-encode
 is subtracted before encoding and added back after decoding) and unit-norm decoder rows; they
 differ in how pre-activations become latents. Each is one :class:`SparseAutoencoder` subclass
 registered by name in :data:`SAE_ARCHITECTURES` (with :func:`register_sae`); :func:`build_sae`
-makes the one a config names. Training lives in :mod:`policylens.lenses.sae`.
+makes the one a config names. Training lives in :mod:`policylens.lenses.sae`; what it minimises
+is named by ``SAEConfig.objective`` (:data:`SAE_OBJECTIVES`: reconstruction alone, or with a term
+that keeps the agent's behaviour with the SAE spliced in).
 
 A :class:`HookSite` says how a hook's activation becomes SAE input vectors; :func:`splice`,
 :func:`remove_latent`, :func:`zero_ablation` and :func:`mean_ablation` return ordinary
@@ -32,12 +34,12 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from policylens.agents.hooks import HookFn, unknown_name_message
-from policylens.artifacts import atomic_path, read_json, write_json
-from policylens.errors import check_known
+from policylens.agents.hooks import HookFn
+from policylens.artifacts import atomic_path, read_json, read_safetensors, write_json
+from policylens.errors import check_known, unknown_message
 
 FORMAT = "policylens-sae/1"
 CONFIG_FILE = "config.json"
@@ -51,6 +53,16 @@ SAELENS_FORMAT_VERSION = "6.0.0"
 
 
 # -- config ---------------------------------------------------------------------------------------
+SAE_OBJECTIVES: dict[str, str] = {
+    "mse": "reconstruction only: squared error of the activations",
+    "kl": "reconstruction + KL(original || spliced) of the agent's action distributions",
+    "logits": "reconstruction + squared error of the spliced agent's logits (Q-values), "
+    "relative to their variance",
+}
+"""What SAE training can minimise (implemented once for every architecture in
+:mod:`policylens.lenses.sae`); the behaviour-keeping ones need the agent and its observations."""
+
+
 @dataclass
 class SAEConfig:
     """Shape, architecture and training recipe of a sparse autoencoder."""
@@ -102,9 +114,23 @@ class SAEConfig:
     """Norm of a resampled encoder column relative to the mean alive one (None: the trainer's)."""
     log_every: int = 50
     """Steps between entries of the training history."""
+    objective: str = "mse"
+    """A name in :data:`SAE_OBJECTIVES`: what training minimises besides the sparsity penalty."""
+    behaviour_coeff: float = 1.0
+    """Weight of the behaviour term of a behaviour-keeping objective, in units of the
+    activations' total variance (so 1.0 weighs one nat of KL like all of the variance)."""
+    temperature: float | None = None
+    """Temperature of the action distributions the ``kl`` objective compares (None: 1 for a
+    policy's logits; for Q-values the median gap between the best and second-best action)."""
 
     def __post_init__(self) -> None:
         check_known([str(self.arch)], SAE_ARCHITECTURES, "SAE architecture")
+        check_known([str(self.objective)], SAE_OBJECTIVES, "SAE objective")
+        if self.behaviour_coeff < 0 or (self.temperature is not None and self.temperature <= 0):
+            raise ValueError(
+                "SAEConfig.behaviour_coeff must be >= 0 and temperature > 0 (or None), got "
+                f"{self.behaviour_coeff} and {self.temperature}."
+            )
         for name in ("d_in", "d_sae", "batch_size", "samples", "dead_window", "log_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(
@@ -384,7 +410,7 @@ class HookSite:
 def hook_site(agent, hook: str, layout: str = "auto") -> HookSite:
     """The site of ``hook`` on ``agent`` (its activation shape read from one forward pass)."""
     if hook not in agent.hook_names():
-        raise ValueError(unknown_name_message("hook name", hook, agent.hook_names()))
+        raise ValueError(unknown_message("hook", hook, agent.hook_names()))
     dtype = torch.uint8 if agent.obs_kind == "image" else agent.dtype
     obs = torch.zeros((1, *agent.obs_shape), dtype=dtype, device=agent.device)
     with torch.no_grad():
@@ -540,7 +566,7 @@ def export_saelens(
 def _load_weights(path: Path, expected: dict[str, tuple[int, ...]]) -> dict[str, Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"No SAE weights at {path}; save the SAE there first.")
-    tensors = load_file(path)
+    tensors = read_safetensors(path)
     missing = sorted(set(expected) - set(tensors))
     if missing:
         raise ValueError(
@@ -651,6 +677,7 @@ def read_site(path: str | os.PathLike) -> dict[str, Any]:
 __all__ = [
     "LAYOUTS",
     "SAE_ARCHITECTURES",
+    "SAE_OBJECTIVES",
     "BatchTopKSAE",
     "HookSite",
     "JumpReLUSAE",

@@ -17,6 +17,20 @@ sae_app = typer.Typer(
 app.add_typer(sae_app, name="sae")
 
 
+def threads_option() -> Any:
+    return typer.Option(
+        None, min=1, help="Torch threads (default: torch's; 1 is fastest on a shared machine)."
+    )
+
+
+def set_threads(threads: int | None) -> None:
+    """Pin torch's CPU threads when asked (before any work)."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def parse_latents(value: str | None) -> list[int] | None:
     """'0,5,12' -> [0, 5, 12]; None stays None."""
     if value is None or not value.strip():
@@ -27,14 +41,6 @@ def parse_latents(value: str | None) -> list[int] | None:
         raise ValueError(
             f"--latents must be comma-separated latent numbers like 0,5,12, got {value!r}."
         ) from None
-
-
-def _ci(entry: dict[str, Any]) -> str:
-    if "rate" in entry:
-        lo, hi = entry["ci"]
-        return f"{entry['rate']:.3f} [{lo:.3f}, {hi:.3f}]"
-    lo, hi = entry["ci"]
-    return f"{entry['mean']:.2f} [{lo:.2f}, {hi:.2f}]"
 
 
 @command("train", typer_app=sae_app)
@@ -48,22 +54,43 @@ def sae_train_cmd(
     k: int = typer.Option(None, help="Active latents (topk/batchtopk); default min(32, d_in/2)."),
     expansion: int = typer.Option(8, min=1, help="Latents per input dimension (d_sae / d_in)."),
     l1_coeff: float = typer.Option(None, help="L1 penalty weight (relu)."),
-    samples: int = typer.Option(1_000_000, min=1, help="Training samples (vectors) in total."),
+    objective: str = typer.Option(
+        "kl",
+        help="What training keeps: mse (reconstruction only), kl (+ KL between the original and "
+        "spliced action distributions) or logits (+ error of the spliced logits/Q-values).",
+    ),
+    behaviour_coeff: float = typer.Option(
+        1.0,
+        min=0.0,
+        help="Weight of the behaviour term (kl, logits), in units of the activations' variance.",
+    ),
+    temperature: float = typer.Option(
+        None,
+        help="kl: temperature of the action distributions (default: 1 for a policy, the "
+        "median best-minus-second-best Q gap for a Q-network).",
+    ),
+    samples: int = typer.Option(3_000_000, min=1, help="Training samples (vectors) in total."),
     steps: int = typer.Option(
-        20_000, min=2, help="Environment steps to gather (a store: most rows read)."
+        60_000, min=2, help="Environment steps to gather (a store: most rows read)."
     ),
     layout: str = typer.Option("auto", help="vector, channels (per-position), flat, or auto."),
     step: int = typer.Option(None, help="Checkpoint step of the run (default: latest)."),
-    seed: int = typer.Option(0, help="Seed of the rollouts, SAE init and data order."),
+    seed: int = typer.Option(0, min=0, help="Seed of the rollouts, SAE init and data order."),
     batch_size: int = typer.Option(1024, min=1, help="Vectors per optimisation step."),
     lr: float = typer.Option(3e-3, help="Adam learning rate."),
     saelens: bool = typer.Option(False, "--saelens", help="Also export in SAELens's layout."),
+    threads: int = threads_option(),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Train an SAE on a hook of a run's agent (its own rollouts) or of a collect store."""
+    """Train an SAE on a hook of a run's agent (its own rollouts) or of a collect store.
+
+    By default it keeps the agent's behaviour (--objective kl): plain reconstruction can explain
+    97% of a Q-network's variance and still change its greedy actions.
+    """
     from policylens.studies.rook_sae.runs import train_run_sae
 
+    set_threads(threads)
     folder, info = train_run_sae(
         source,
         hook,
@@ -72,6 +99,7 @@ def sae_train_cmd(
         expansion=expansion,
         k=k,
         l1_coeff=l1_coeff,
+        objective=objective,
         samples=samples,
         steps=steps,
         step=step,
@@ -79,17 +107,24 @@ def sae_train_cmd(
         seed=seed,
         saelens=saelens,
         progress=not (quiet or as_json),
-        config_overrides={"batch_size": batch_size, "lr": lr},
+        config_overrides={
+            "batch_size": batch_size,
+            "lr": lr,
+            "behaviour_coeff": behaviour_coeff,
+            "temperature": temperature,
+        },
     )
     if as_json:
         print_json(info)
         return
     m = info["metrics"]
     console.print(
-        f"SAE ({arch}, {info['d_sae']} latents) on {info['layout']} activations of {hook!r} -> "
-        f"{folder}\nheld out: explained variance {m['explained_variance']:.4f}, mse "
+        f"SAE ({arch}, {info['d_sae']} latents, objective {objective}) on {info['layout']} "
+        f"activations of {hook!r} -> {folder}\n"
+        f"held out: explained variance {m['explained_variance']:.4f}, mse "
         f"{m['mse']:.4g}, L0 {m['l0']:.1f}, dead {m['dead_fraction']:.1%} "
-        f"({m['samples']} samples at {m['samples_per_s']:.0f}/s)"
+        f"({m['samples']} samples at {m['samples_per_s']:.0f}/s)\n"
+        f"judge it by behaviour: policylens sae eval {info.get('run') or 'RUN'} {folder}"
     )
 
 
@@ -103,44 +138,75 @@ def sae_eval_cmd(
         None, help="Hook to splice into (default: the one it was trained on)."
     ),
     step: int = typer.Option(None, help="Checkpoint step (default: the SAE's, else latest)."),
-    seed: int = typer.Option(10_000, help="Seed of the evaluation rollouts and episodes."),
+    seed: int = typer.Option(10_000, min=0, help="Seed of the evaluation rollouts and episodes."),
     ablation_top: int = typer.Option(10, min=0, help="Latents listed by ablation effect."),
+    threads: int = threads_option(),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Reconstruction, and the agent with the SAE spliced in vs zero/mean ablation of the hook."""
+    """The agent with the SAE spliced in vs the original and zero/mean ablation of the hook
+    (success, return, action agreement, KL), then reconstruction and sparsity.
+
+    --json keys: spliced.success_rate, spliced.success_kept, spliced.action_agreement,
+    spliced.offline_action_agreement, spliced.kl, original.success_rate,
+    zero_ablation.success_rate, mean_ablation.success_rate, reconstruction.explained_variance,
+    reconstruction.dead_latents, ... (each rate with a *_ci interval).
+    """
     from policylens.studies.rook_sae.runs import eval_run_sae
 
+    set_threads(threads)
     result = eval_run_sae(
         run, sae_dir, episodes, steps, step=step, hook=hook, seed=seed, ablation_top=ablation_top
     )
     if as_json:
         print_json(result)
         return
+    print_evaluation(result)
+
+
+def _rate(entry: dict[str, Any], key: str) -> str:
+    lo, hi = entry[f"{key}_ci"]
+    return f"{entry[key]:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def print_evaluation(result: dict[str, Any]) -> None:
+    """Behaviour with the SAE spliced in (against the original and the ablation floor) first,
+    then reconstruction and sparsity."""
+    from policylens.studies.rook_sae.evaluation import CONDITIONS
+
     rec = result["reconstruction"]
-    console.print(
-        f"{result['arch']} SAE on {result['hook']!r}: explained variance "
-        f"{rec['explained_variance']:.4f}, mse {rec['mse']:.4g}, L0 {rec['l0']:.1f}, "
-        f"dead {rec['dead_fraction']:.1%}"
-    )
     table = Table(
-        "at hook", "return (95% CI)", "success (95% CI)", "agree", "|dV|", "offline agree",
-        "offline KL", title=f"{result['env_id']}, {episodes} episodes each; agree = action "
-        "agreement with the original agent on the same observations",
+        "at hook", "success (95% CI)", "kept", "return (95% CI)", "agree in world (95% CI)",
+        "agree held-out", "KL", "regret / gap",
+        title=f"Behaviour: {result['env_id']}, {result['episodes']} episodes per condition from "
+        "the same starts; agree = same action as the original agent on the same observation",
     )  # fmt: skip
-    for cond, w in result["in_world"].items():
-        off = result["offline"].get(cond, {})
+    for cond in CONDITIONS:
+        e = result.get(cond)
+        if e is None:
+            continue
+        hooked = cond != "original"
         table.add_row(
-            cond,
-            _ci(w["return"]),
-            _ci(w["success"]),
-            f"{w['action_agreement']:.3f}",
-            f"{w['value_error']:.4g}",
-            f"{off['action_agreement']:.3f}" if off else "",
-            f"{off['kl']:.4g}" if off else "",
+            cond.replace("_", " "),
+            _rate(e, "success_rate"),
+            f"{e['success_kept']:.3f}" if hooked and "success_kept" in e else "",
+            f"{e['return']:.2f} [{e['return_ci'][0]:.2f}, {e['return_ci'][1]:.2f}]",
+            _rate(e, "action_agreement") if hooked else "",
+            f"{e['offline_action_agreement']:.3f}" if hooked else "",
+            f"{e['kl']:.3g}" if hooked else "",
+            f"{e['regret']:.3g} / {e['gap']:.3g}" if hooked else "",
         )
     console.print(table)
     if "return_recovered" in result:
-        console.print(f"return recovered (sae vs zero ablation): {result['return_recovered']:.3f}")
+        console.print(
+            f"return recovered (spliced vs zero ablation): {result['return_recovered']:.3f}"
+        )
+    console.print(
+        f"Reconstruction ({result['arch']} SAE, {result['d_sae']} latents, objective "
+        f"{result['objective']}, on {result['observations']} held-out observations of "
+        f"{result['hook']!r}): explained variance {rec['explained_variance']:.4f}, mse "
+        f"{rec['mse']:.4g}, L0 {rec['l0']:.1f}, dead latents {rec['dead_latents']} "
+        f"({rec['dead_fraction']:.1%})"
+    )
     if result.get("latent_ablation"):
         t = Table(
             "latent", "frequency", "KL when firing", "flips when firing", "dV",
@@ -164,16 +230,79 @@ def sae_dashboard_cmd(
     out: Path = typer.Option(None, help="Dashboard folder (default SAE_DIR/dashboard)."),
     hook: str = typer.Option(None, help="Hook (default: the one the SAE was trained on)."),
     step: int = typer.Option(None, help="Checkpoint step (default: the SAE's, else latest)."),
-    seed: int = typer.Option(10_000, help="Seed of the rollouts."),
+    seed: int = typer.Option(10_000, min=0, help="Seed of the rollouts."),
+    episodes: int = typer.Option(
+        100, min=0, help="Episodes per condition for the behaviour table (0: none)."
+    ),
+    threads: int = threads_option(),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Feature dashboards: top observations, activation histogram and action effects per latent."""
+    """Feature dashboards: behaviour with the SAE spliced in, each live latent's best ground-truth
+    concept, and per latent its top observations, activation histogram and action effects."""
     from policylens.report.sae import dashboard_run_sae
 
+    set_threads(threads)
     html, summaries = dashboard_run_sae(
-        run, sae_dir, parse_latents(latents), top, steps, step=step, hook=hook, out=out, seed=seed
-    )
+        run, sae_dir, parse_latents(latents), top, steps, step=step, hook=hook, out=out, seed=seed,
+        episodes=episodes,
+    )  # fmt: skip
     if as_json:
         print_json({"html": str(html), "latents": summaries})
         return
     console.print(f"wrote {html} ({len(summaries)} latents, a PNG each beside it)")
+
+
+@command("dead-latents", typer_app=sae_app)
+def sae_dead_latents_cmd(
+    runs: list[Path] = typer.Argument(..., help="Run folders (e.g. one per seed)."),
+    hook: str = typer.Option(..., help="Hook name the SAEs read."),
+    fractions: str = typer.Option(
+        "0.1,0.25,0.5,1", help="Checkpoints nearest these fractions of each run's training."
+    ),
+    arch: str = typer.Option("topk", help="relu, topk, batchtopk or jumprelu."),
+    k: int = typer.Option(20, help="Active latents (topk/batchtopk)."),
+    expansion: int = typer.Option(4, min=1, help="Latents per input dimension."),
+    objective: str = typer.Option("mse", help="SAE objective: mse, kl or logits."),
+    samples: int = typer.Option(500_000, min=1, help="Training samples per SAE."),
+    steps: int = typer.Option(20_000, min=10, help="Environment steps gathered per checkpoint."),
+    episodes: int = typer.Option(500, min=1, help="Episodes to score each checkpoint's agent."),
+    seed: int = typer.Option(0, min=0, help="Seed of the rollouts and SAEs."),
+    out: Path = typer.Option(None, help="Also write the result as JSON here."),
+    threads: int = threads_option(),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Dead SAE latents against the agent's quality over runs and checkpoints (R^2, permutation p)."""
+    from policylens.artifacts import write_json
+    from policylens.studies.rook_sae.quality import dead_vs_quality
+
+    set_threads(threads)
+    try:
+        fracs = [float(f) for f in fractions.split(",") if f.strip()]
+    except ValueError:
+        raise ValueError(
+            f"--fractions must be numbers like 0.1,0.5,1, got {fractions!r}."
+        ) from None
+
+    def show(row: dict[str, Any]) -> None:
+        if not as_json:
+            console.print(
+                f"{row['run']} @ {row['checkpoint_step']}: dead {row['dead_latents']}/"
+                f"{row['d_sae']}, success {row['success_rate']:.3f}, return {row['return']:.1f}"
+            )
+
+    result = dead_vs_quality(
+        runs, hook, fracs, arch, expansion, k, objective, samples, steps, episodes=episodes,
+        seed=seed, progress=show,
+    )  # fmt: skip
+    if out is not None:
+        write_json(out, result)
+    if as_json:
+        print_json(result)
+        return
+    for score, rel in result["relations"].items():
+        lo, hi = rel["r2_ci"]
+        console.print(
+            f"{score} vs dead latents over {rel['n']} SAEs ({rel['groups']} runs): slope "
+            f"{rel['slope']:+.4g} per latent, r {rel['r']:+.3f}, R^2 {rel['r2']:.3f} "
+            f"[{lo:.3f}, {hi:.3f}] (runs resampled), permutation p {rel['p_permutation']:.4f}"
+        )

@@ -18,6 +18,32 @@ or stalemate -- each ends the episode; ``-1`` for any other move. Episodes are t
 (uniform among its legal moves), ``"greedy"`` (takes the rook when it can, else steps toward the
 centre) or ``"chase"`` (DuPlessie's scripted opponent: toward the rook, then the centre).
 
+``rules="duplessie"`` plays DuPlessie's own environment (``envs/chess_env.py`` and
+``train_dqn.py`` of github.com/ColemanDuPlessie/Simple-Chess-RL-SAE), so Q-networks trained
+there act here unchanged. What differs from the default rules:
+
+- observation planes ``(white rook, white king, black king)`` (his one-hot ``wRook``, ``wKing``,
+  ``bKing`` concatenated; square index ``x + y * n`` with ``x`` the column and ``y`` the row, as
+  here);
+- actions: king 0-7 move E, SE, S, SW, W, NW, N, NE (his ``[1, 0], [1, 1], [0, 1], ...`` in
+  ``(x, y)``, i.e. the default numbering turned by two steps), then the rook right, down, left,
+  up by 1..n-1 squares (on 5 x 5: 8-11 right, 12-15 down, 16-19 left, 20-23 up; the default
+  has up first and right last);
+- black plays ``"chase"`` (his "smart" opponent, used to train his published networks; his
+  ``random_opponent=True`` is ``opponent="random"``), the rook hangs by ``"hanging"`` (his
+  ``_can_black_win``: the game ends -100 when white leaves the rook next to the black king and
+  undefended), and the move limit loses: the 50th white move that does not end the game gives
+  -100 and ends it (``terminated``, outcome "truncated"); the default truncates at -1;
+- starts: the rook on a uniform square, the white king on a uniform other one, the black king
+  on a uniform square where it is not attacked (his rejection sampling), not uniform over
+  positions;
+- a white king moving next to the black king is "illegal" here and a blunder there: both -100
+  and the end. Rewards are otherwise the same (+100 mate, -100 illegal, stalemate or blunder,
+  -1 a move; his training divided them by 100, like the DQN recipe's ``reward_scale``).
+
+``info``'s action masks are in the rules' numbering; :func:`rules_actions` maps it to the
+default's and :func:`position_from_obs` reads a position from either observation.
+
 Ground-truth labels in ``info`` every step (see :meth:`RookEndgameEnv.step`) cover check,
 attacked squares, the black king's distance to the edge, piece positions, the outcome and masks
 of legal, mating and safe white moves. Every position's labels are computed once and cached per
@@ -59,17 +85,58 @@ NO_POS = (-1, -1)
 OUTCOMES = ("", "checkmate", "illegal", "blunder", "stalemate", "truncated")
 """Values of ``info["outcome"]``; "" while the episode goes on."""
 OPPONENTS = ("random", "greedy", "chase")
+RULES = ("policylens", "duplessie")
+"""Rule sets of :class:`RookEndgameConfig` (``rules``); see the module doc for what differs."""
+PLANE_PIECES = {
+    "policylens": (WHITE_KING, WHITE_ROOK, BLACK_KING),
+    "duplessie": (WHITE_ROOK, WHITE_KING, BLACK_KING),
+}
+"""The piece of each observation plane, per rule set."""
+DUPLESSIE_KING_DIRS = ((0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1), (-1, 0), (-1, 1))
+"""Row/col deltas of DuPlessie's king actions 0-7 (his ``(x, y)`` deltas with row = y)."""
+DUPLESSIE_ROOK_DIRS = ((0, 1), (1, 0), (0, -1), (-1, 0))
+"""Row/col deltas of DuPlessie's rook directions, in his action order: right, down, left, up."""
 
 Position = tuple[int, int, int]
 """(white king, white rook, black king) square indices; the rook is ``CAPTURED`` once taken."""
 RC = tuple[int, int]
 
 
-def action_names(board_size: int = 5) -> tuple[str, ...]:
-    """Readable names of the actions, e.g. ``king_ne`` or ``rook_left_2``."""
+def rules_actions(board_size: int = 5, rules: str = "policylens") -> np.ndarray:
+    """For each action of ``rules``, the same move in the default numbering: ``(num_actions,)``.
+
+    ``mask[rules_actions(n, rules)]`` turns a default-numbered mask into the rules' numbering.
+    """
+    check_known([rules], RULES, "rook endgame rules")
+    n = board_size
+    if rules == "policylens":
+        return np.arange(8 + 4 * (n - 1))
+    kings = [KING_DIRS.index(d) for d in DUPLESSIE_KING_DIRS]
+    rooks = [
+        8 + ROOK_DIRS.index(d) * (n - 1) + k for d in DUPLESSIE_ROOK_DIRS for k in range(n - 1)
+    ]
+    return np.array(kings + rooks, dtype=np.int64)
+
+
+def action_names(board_size: int = 5, rules: str = "policylens") -> tuple[str, ...]:
+    """Readable names of the actions of ``rules``, e.g. ``king_ne`` or ``rook_left_2``."""
     kings = tuple(f"king_{d}" for d in KING_DIR_NAMES)
     rooks = tuple(f"rook_{d}_{k}" for d in ROOK_DIR_NAMES for k in range(1, board_size))
-    return kings + rooks
+    names = kings + rooks
+    return tuple(names[a] for a in rules_actions(board_size, rules))
+
+
+def position_from_obs(obs: np.ndarray, rules: str = "policylens") -> tuple[RC, RC, RC]:
+    """(white king, white rook, black king) ``(row, col)`` from an observation of ``rules``
+    (flat or planes; the rook ``(-1, -1)`` when its plane is empty)."""
+    check_known([rules], RULES, "rook endgame rules")
+    planes = np.asarray(obs).reshape(3, -1)
+    n = int(round(np.sqrt(planes.shape[1])))
+    found: dict[int, RC] = {}
+    for plane, piece in zip(planes, PLANE_PIECES[rules], strict=True):
+        idx = np.flatnonzero(plane > 0.5)
+        found[piece] = (int(idx[0]) // n, int(idx[0]) % n) if len(idx) else NO_POS
+    return found[WHITE_KING], found[WHITE_ROOK], found[BLACK_KING]
 
 
 ACTION_NAMES = action_names(5)
@@ -79,19 +146,29 @@ ACTION_NAMES = action_names(5)
 class RookEndgameConfig:
     """Options of the rook endgame; every field is a keyword of ``gymnasium.make``."""
 
-    opponent: str = "random"
-    """Black's policy: "random", "greedy" (take the rook, else toward the centre) or "chase"."""
+    rules: str = "policylens"
+    """"policylens" or "duplessie" (DuPlessie's encoding, action numbering, starts and move-limit
+    loss; see the module doc). It also sets the defaults of opponent, blunder_rule and
+    timeout_reward."""
+    opponent: str | None = None
+    """Black's policy: "random", "greedy" (take the rook, else toward the centre) or "chase"
+    (None: "random", or "chase" under DuPlessie's rules)."""
     max_steps: int = 50
-    """Episodes are truncated after this many white moves (DuPlessie used 50)."""
+    """Episodes end after this many white moves (DuPlessie used 50)."""
+    timeout_reward: float | None = None
+    """None: the episode is truncated at ``max_steps`` (the last move earns ``step_reward``); a
+    number: the move limit is a loss, ending the episode (terminated) with this reward
+    (DuPlessie's rules: -100)."""
     board_size: int = 5
     """Side of the square board (4..6; per-position caches grow as n**6); the study used 5."""
     obs_mode: str = "flat"
     """"flat": ``(3 * n * n,)`` one-hot vector (for MLPs); "planes": ``(3, n, n)`` (for CNNs)."""
     obs_dtype: str = "uint8"
     """"uint8" or "float32"."""
-    blunder_rule: str = "capture"
+    blunder_rule: str | None = None
     """"capture": a blunder ends the episode when black takes the rook; "hanging": as soon as a
-    white move leaves the rook where the black king can take it (DuPlessie's rule)."""
+    white move leaves the rook where the black king can take it (DuPlessie's rule). None: the
+    rules' default ("capture", or "hanging" under DuPlessie's rules)."""
     mate_reward: float = 100.0
     illegal_reward: float = -100.0
     blunder_reward: float = -100.0
@@ -104,9 +181,20 @@ class RookEndgameConfig:
     """"ansi" (text board) or "rgb_array" (picture) for ``render()``."""
 
     def __post_init__(self) -> None:
+        if self.rules not in RULES:
+            raise ValueError(unknown_message("rook endgame rules", self.rules, RULES))
+        duplessie = self.rules == "duplessie"
+        defaults = {
+            "opponent": "chase" if duplessie else "random",
+            "blunder_rule": "hanging" if duplessie else "capture",
+            "timeout_reward": -100.0 if duplessie else None,
+        }
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)  # frozen: resolve the rules' default once
         problems = []
         if self.opponent not in OPPONENTS:
-            problems.append(unknown_message("opponent", self.opponent, OPPONENTS).rstrip("."))
+            problems.append(unknown_message("opponent", str(self.opponent), OPPONENTS).rstrip("."))
         if not 4 <= self.board_size <= 6:
             problems.append(f"board_size must be in 4..6, got {self.board_size}")
         if self.max_steps < 1:
@@ -392,7 +480,8 @@ class RookEndgameEnv(gym.Env):
 
     Options are the fields of :class:`RookEndgameConfig`. ``reset(options={"position":
     (white_king, white_rook, black_king)})`` (``(row, col)`` pairs) starts from a hand-made
-    position; otherwise starts are drawn uniformly from all legal positions with white to move.
+    position; otherwise starts are drawn uniformly from all legal positions with white to move
+    (under DuPlessie's rules, as his environment draws them).
     """
 
     metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 2}
@@ -408,6 +497,14 @@ class RookEndgameEnv(gym.Env):
         self.observation_space = spaces.Box(0, 1, self._obs_shape, dtype=self._dtype)
         self.action_space = spaces.Discrete(self.config.num_actions)
         self._opponent = self.config.opponent
+        # the rules' action numbering (to_board[a]: the same move in the board's numbering) and
+        # plane order (obs_map[i]: where the board's one-hot index i goes)
+        self._to_board = rules_actions(n, self.config.rules)
+        n2 = n * n
+        planes = PLANE_PIECES[self.config.rules]
+        self._obs_map = np.array(
+            [planes.index(piece) * n2 + sq for piece in range(3) for sq in range(n2)]
+        )
         self._opp_rng: random.Random | None = None
         self._pos: Position = self._board.starts[0]
         self._steps = 0
@@ -428,7 +525,9 @@ class RookEndgameEnv(gym.Env):
             raise ValueError(
                 f"Unknown reset option(s) {', '.join(map(repr, options))}; the only option is 'position'."
             )
-        if position is None:
+        if position is None and self.config.rules == "duplessie":
+            self._pos = self._duplessie_start()
+        elif position is None:
             starts = self._board.starts
             self._pos = starts[int(self.np_random.integers(len(starts)))]
         else:
@@ -451,7 +550,7 @@ class RookEndgameEnv(gym.Env):
         ``black_king_moves`` (squares the black king could step to), ``steps``; with
         ``tablebase_labels`` also ``mate_distance`` and ``optimal_actions``.
         """
-        a = self._check_action(action)
+        a = int(self._to_board[self._check_action(action)])
         if self._over:
             raise ValueError("The episode has ended; call reset() before step().")
         cfg = self.config
@@ -482,6 +581,8 @@ class RookEndgameEnv(gym.Env):
             self._pos = (wk, CAPTURED, to)
             return self._end("blunder", cfg.blunder_reward, black.check)
         self._pos = (wk, wr, to)
+        if self._steps >= cfg.max_steps and cfg.timeout_reward is not None:
+            return self._end("truncated", cfg.timeout_reward, black.check)
         if self._steps >= cfg.max_steps:
             self._over, self._outcome = True, "truncated"
             return self._obs(), float(cfg.step_reward), False, True, self._info()
@@ -516,7 +617,7 @@ class RookEndgameEnv(gym.Env):
 
     def action_masks(self) -> np.ndarray:
         """Legal white moves, shape ``(num_actions,)`` bool (sb3-contrib's MaskablePPO reads this)."""
-        return self._board.white(self._pos).legal.copy()
+        return self._board.white(self._pos).legal[self._to_board]
 
     def observe(
         self, white_king: Sequence[int], white_rook: Sequence[int], black_king: Sequence[int]
@@ -525,6 +626,20 @@ class RookEndgameEnv(gym.Env):
         return self._obs(self._board.position(white_king, white_rook, black_king))
 
     # -- internals ----------------------------------------------------------------------------
+    def _duplessie_start(self) -> Position:
+        """A start drawn as DuPlessie's environment draws it: the rook on a uniform square, the
+        white king on a uniform other one, the black king on a uniform unattacked square."""
+        board, rng = self._board, self.np_random
+        wr = int(rng.integers(board.num_squares))
+        wk = int(rng.integers(board.num_squares - 1))
+        wk += wk >= wr  # uniform over the squares other than the rook's
+        free = [
+            s
+            for s in range(board.num_squares)
+            if s not in (wk, wr) and board.legal_to_move(wk, wr, s)
+        ]
+        return (wk, wr, free[int(rng.integers(len(free)))])
+
     def _parse_position(self, position: Any) -> Position:
         if isinstance(position, dict):
             keys = ("white_king", "white_rook", "black_king")
@@ -560,7 +675,7 @@ class RookEndgameEnv(gym.Env):
     def _obs(self, pos: Position | None = None) -> np.ndarray:
         view = self._board.white(self._pos if pos is None else pos)
         obs = np.zeros(3 * self._board.num_squares, self._dtype)  # (3 * n * n,)
-        obs[view.obs_index] = 1
+        obs[self._obs_map[view.obs_index]] = 1
         return obs.reshape(self._obs_shape)
 
     def _info(self) -> dict[str, Any]:
@@ -576,9 +691,9 @@ class RookEndgameEnv(gym.Env):
             "white_king_pos": wk,
             "white_rook_pos": wr,
             "black_king_pos": bk,
-            "legal_actions": view.legal.copy(),
-            "mate_actions": view.mate.copy(),
-            "safe_actions": view.safe.copy(),
+            "legal_actions": view.legal[self._to_board],
+            "mate_actions": view.mate[self._to_board],
+            "safe_actions": view.safe[self._to_board],
             "can_mate": bool(view.mate.any()),
             "rook_en_prise": view.rook_en_prise,
             "black_king_moves": view.black_moves,
@@ -586,7 +701,7 @@ class RookEndgameEnv(gym.Env):
         }
         if self._tablebase is not None:
             info["mate_distance"] = self._tablebase.mate_distance_of(self._pos)
-            info["optimal_actions"] = self._tablebase.optimal_actions_of(self._pos)
+            info["optimal_actions"] = self._tablebase.optimal_actions_of(self._pos)[self._to_board]
         return info
 
 
@@ -688,13 +803,17 @@ class ScriptedEndgamePlayer:
     ``policy="one_ply"``: mate if a move mates, else a random safe move (no stalemate, rook not
     left en prise), else a random legal move. ``policy="tablebase"``: perfect play (a random move
     among those keeping the shortest forced mate). ``policy="random_legal"``: a random legal move.
+    Moves are numbered as in ``rules`` (the world's).
     """
 
     POLICIES = ("one_ply", "tablebase", "random_legal")
 
-    def __init__(self, policy: str = "one_ply", board_size: int = 5, seed: int = 0):
+    def __init__(
+        self, policy: str = "one_ply", board_size: int = 5, seed: int = 0, rules: str = "policylens"
+    ):
         check_known([policy], self.POLICIES, "player policy")
         self.policy = policy
+        self.to_board = rules_actions(board_size, rules)
         self.board = _board(board_size)
         self.tablebase = get_tablebase(board_size) if policy == "tablebase" else None
         self.rng = np.random.default_rng(seed)
@@ -705,7 +824,7 @@ class ScriptedEndgamePlayer:
             pos = self.board.position(
                 info["white_king_pos"], info["white_rook_pos"], info["black_king_pos"]
             )
-            best = self.tablebase.optimal_actions_of(pos)
+            best = self.tablebase.optimal_actions_of(pos)[self.to_board]
             if best.any():
                 return int(self.rng.choice(np.flatnonzero(best)))
         keys = (

@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from policylens.agents.hooks import HookPoint, unknown_name_message
+from policylens.agents.hooks import HookPoint
 from policylens.errors import check_known, unknown_message
 
 METHODS = ("saliency", "gradient", "grad_x_input", "ig", "occlusion")
@@ -345,7 +345,7 @@ def check_layer(agent: Any, layer: str) -> None:
     """ValueError naming the closest hook names when ``layer`` is not one of the agent's."""
     names = agent.hook_names()
     if layer not in names:
-        raise ValueError(unknown_name_message("layer", layer, names))
+        raise ValueError(unknown_message("layer", layer, names))
 
 
 def layer_activation(agent: Any, x: Tensor, layer: str, stop: bool = True) -> Tensor:

@@ -13,21 +13,41 @@ their component along each (unit) decoder row removed before Adam, and rows are 
 
 Dead latents are those that did not fire in the last ``dead_window`` training samples; with
 ``resample_every`` set they are re-initialised toward inputs the SAE reconstructs badly.
+
+Objectives (``SAEConfig.objective``, :data:`~policylens.agents.sae.SAE_OBJECTIVES`): ``mse``
+reconstructs the activations; ``kl`` and ``logits`` also keep the agent's behaviour with the SAE
+spliced in. A :class:`Downstream` runs the agent with a batch's reconstruction at the hook and
+returns the behaviour term's gradient with respect to the reconstruction (autograd through the
+rest of the network); every architecture's step adds it to its reconstruction gradient, so each
+objective works for every architecture without a line of its own.
+
+Why one file of this length: the steps, their shared sparse-gradient helpers, the objectives
+that feed them and the training loop are one algorithm; split, each part would reach into the
+others' internals (``_Step``, ``_output_grad``, ``_batches``).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from policylens.agents.sae import SAE_ARCHITECTURES, SAEConfig, SparseAutoencoder, build_sae
+from policylens.agents.sae import (
+    SAE_ARCHITECTURES,
+    SAE_OBJECTIVES,
+    HookSite,
+    SAEConfig,
+    SparseAutoencoder,
+    build_sae,
+)
 
 
 def synthetic_activations(
@@ -65,6 +85,26 @@ class _Step:
     l0: float  # mean active latents per sample
     loss: float
     min_kept: float = math.nan  # smallest activation kept (batchtopk's threshold estimate)
+    behaviour: float = math.nan  # the behaviour term of the loss (behaviour-keeping objectives)
+
+
+Behaviour = Callable[[Tensor], tuple[float, Tensor]]
+"""``behaviour(recon)``: a batch's behaviour term and its gradient w.r.t. the reconstruction
+``recon`` (B, d_in), for the batch the step is training on."""
+
+
+def _output_grad(
+    err: Tensor, recon: Tensor, behaviour: Behaviour | None
+) -> tuple[float, Tensor, float]:
+    """(loss, dL/dx_hat (B, d_in), behaviour term) of the reconstruction error ``err`` and,
+    with ``behaviour``, the objective's behaviour term: the one place every step gets them."""
+    B = err.shape[0]
+    loss = float(err.pow(2).sum()) / B
+    gr = err * (2.0 / B)
+    if behaviour is None:
+        return loss, gr, math.nan
+    extra, g = behaviour(recon)
+    return loss + extra, gr.add_(g), extra
 
 
 def _sparse_grads(
@@ -76,12 +116,13 @@ def _sparse_grads(
     vals: Tensor,
     offsets: Tensor,
     l1: float = 0.0,
+    behaviour: Behaviour | None = None,
 ) -> _Step:
     """Loss and gradients when the active latents are given as a row-major sparse list.
 
     ``rows``/``cols``/``vals``: (nnz,) sample, latent, pre-activation (> 0) of each active latent,
     grouped by sample; ``offsets``: (batch,) start of each sample's group; ``l1``: coefficient of
-    an L1 penalty on the latents (relu).
+    an L1 penalty on the latents (relu); ``behaviour``: the objective's behaviour term.
     """
     B, d_in = x.shape
     S = sae.config.d_sae
@@ -90,8 +131,7 @@ def _sparse_grads(
     recon = F.embedding_bag(cols, W_dec, offsets, mode="sum", per_sample_weights=vals)  # (B, d_in)
     recon += sae.b_dec
     err = recon - x
-    loss = float(err.pow(2).sum()) / B
-    gr = err.mul(2.0 / B)  # dL/dx_hat (B, d_in)
+    loss, gr, extra = _output_grad(err, recon, behaviour)  # gr: dL/dx_hat (B, d_in)
     # dL/dz for active entries only: dot of the sample's gradient with the latent's decoder row.
     crow = torch.cat([offsets, offsets.new_tensor([cols.numel()])])
     with warnings.catch_warnings():
@@ -119,7 +159,7 @@ def _sparse_grads(
     sae.b_enc.grad = g_benc
     sae.b_dec.grad = gr.sum(0) - W_enc @ g_benc  # b_dec enters the output and (negated) the input
     fired = counts > 0
-    return _Step(err=err, fired=fired, l0=cols.numel() / B, loss=loss)
+    return _Step(err=err, fired=fired, l0=cols.numel() / B, loss=loss, behaviour=extra)
 
 
 def _buffer(work: dict[str, Tensor] | None, name: str, shape: tuple[int, ...]) -> Tensor:
@@ -158,9 +198,13 @@ def _entries(pre: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]
 
 
 # -- one trainer per architecture -----------------------------------------------------------------
-StepFn = Callable[[SparseAutoencoder, Tensor, Tensor, Tensor, dict[str, Tensor] | None], _Step]
-"""``step(sae, x, xc, pre, work)``: loss and gradients (left in ``.grad``) for a batch ``x``
-(B, d_in), ``xc = x - b_dec`` and pre-activations ``pre`` (B, d_sae) (which it may overwrite)."""
+StepFn = Callable[
+    [SparseAutoencoder, Tensor, Tensor, Tensor, dict[str, Tensor] | None, Behaviour | None], _Step
+]
+"""``step(sae, x, xc, pre, work, behaviour)``: loss and gradients (left in ``.grad``) for a batch
+``x`` (B, d_in), ``xc = x - b_dec`` and pre-activations ``pre`` (B, d_sae) (which it may
+overwrite); the reconstruction's gradient comes from :func:`_output_grad` (which adds the
+objective's ``behaviour`` term)."""
 
 
 @dataclass(frozen=True)
@@ -207,7 +251,12 @@ def trainer_for(arch: str) -> SAETrainer:
 
 @sae_trainer("relu", resample_scale=0.2)
 def _relu_step(
-    sae: SparseAutoencoder, x: Tensor, xc: Tensor, pre: Tensor, work: dict[str, Tensor] | None
+    sae: SparseAutoencoder,
+    x: Tensor,
+    xc: Tensor,
+    pre: Tensor,
+    work: dict[str, Tensor] | None,
+    behaviour: Behaviour | None = None,
 ) -> _Step:
     """ReLU + L1: the sparse path below ``sparse_below`` density, else the dense one.
 
@@ -218,7 +267,7 @@ def _relu_step(
     head = pre[:256]
     if int((head > 0).sum()) < c.sparse_below * head.numel():  # density estimate
         rows, cols, vals, offsets = _entries(pre, pre > 0)
-        return _sparse_grads(sae, x, xc, rows, cols, vals, offsets, l1=c.l1_coeff)
+        return _sparse_grads(sae, x, xc, rows, cols, vals, offsets, c.l1_coeff, behaviour)
     B = x.shape[0]
     g_pre = _buffer(work, "grad", tuple(pre.shape))
     z = pre.relu_()  # (B, d_sae)
@@ -226,8 +275,7 @@ def _relu_step(
     l0 = float(torch.sign(z, out=g_pre).sum()) / B  # g_pre is free until the gradient
     recon = torch.addmm(sae.b_dec, z, sae.W_dec)  # (B, d_in)
     err = recon - x
-    loss = float(err.pow(2).sum()) / B
-    gr = err * (2.0 / B)  # dL/dx_hat (B, d_in)
+    loss, gr, extra = _output_grad(err, recon, behaviour)  # gr: dL/dx_hat (B, d_in)
     sparsity = float(z.sum()) / B  # decoder rows are unit norm, so this is SAELens's L1
     loss += c.l1_coeff * sparsity
     # dL/dpre = (gr W_dec^T + l1 / B) where z > 0, else 0
@@ -235,12 +283,17 @@ def _relu_step(
     torch.addmm(l1, gr, sae.W_dec.T, out=g_pre)
     torch.ops.aten.threshold_backward.grad_input(g_pre, z, 0.0, grad_input=g_pre)
     _weight_grads(sae, xc, z, gr, g_pre)
-    return _Step(err=err, fired=fired, l0=l0, loss=loss)
+    return _Step(err=err, fired=fired, l0=l0, loss=loss, behaviour=extra)
 
 
 @sae_trainer("topk", resample_scale=1.0)
 def _topk_step(
-    sae: SparseAutoencoder, x: Tensor, xc: Tensor, pre: Tensor, work: dict[str, Tensor] | None
+    sae: SparseAutoencoder,
+    x: Tensor,
+    xc: Tensor,
+    pre: Tensor,
+    work: dict[str, Tensor] | None,
+    behaviour: Behaviour | None = None,
 ) -> _Step:
     """TopK: the k largest pre-activations of each sample, through the sparse path."""
     c = sae.config
@@ -255,18 +308,23 @@ def _topk_step(
         rows = torch.arange(B).repeat_interleave(c.k)[keep]
         vals, cols = vals[keep], cols[keep]
         offsets = torch.searchsorted(rows, torch.arange(B))
-    return _sparse_grads(sae, x, xc, rows, cols, vals, offsets)
+    return _sparse_grads(sae, x, xc, rows, cols, vals, offsets, behaviour=behaviour)
 
 
 @sae_trainer("batchtopk", resample_scale=1.0, threshold_from_cutoffs=True)
 def _batchtopk_step(
-    sae: SparseAutoencoder, x: Tensor, xc: Tensor, pre: Tensor, work: dict[str, Tensor] | None
+    sae: SparseAutoencoder,
+    x: Tensor,
+    xc: Tensor,
+    pre: Tensor,
+    work: dict[str, Tensor] | None,
+    behaviour: Behaviour | None = None,
 ) -> _Step:
     """BatchTopK: the k * B largest pre-activations of the batch; reports the batch cutoff."""
     B = x.shape[0]
     kth = pre.reshape(-1).topk(B * sae.config.k, sorted=False).values.min()
     rows, cols, vals, offsets = _entries(pre, (pre >= kth) & (pre > 0))
-    step = _sparse_grads(sae, x, xc, rows, cols, vals, offsets)
+    step = _sparse_grads(sae, x, xc, rows, cols, vals, offsets, behaviour=behaviour)
     if vals.numel():
         step.min_kept = float(vals.min())
     return step
@@ -285,7 +343,12 @@ def _threshold(sae: SparseAutoencoder) -> Tensor:
 
 @sae_trainer("jumprelu", resample_scale=0.2)
 def _jumprelu_step(
-    sae: SparseAutoencoder, x: Tensor, xc: Tensor, pre: Tensor, work: dict[str, Tensor] | None
+    sae: SparseAutoencoder,
+    x: Tensor,
+    xc: Tensor,
+    pre: Tensor,
+    work: dict[str, Tensor] | None,
+    behaviour: Behaviour | None = None,
 ) -> _Step:
     """JumpReLU: L0 penalty, thresholds trained with straight-through estimators (dense)."""
     c = sae.config
@@ -299,8 +362,7 @@ def _jumprelu_step(
     fired, l0 = n_active > 0, float(n_active.sum()) / B
     recon = torch.addmm(sae.b_dec, z, sae.W_dec)  # (B, d_in)
     err = recon - x
-    loss = float(err.pow(2).sum()) / B
-    gr = err * (2.0 / B)  # dL/dx_hat (B, d_in)
+    loss, gr, extra = _output_grad(err, recon, behaviour)  # gr: dL/dx_hat (B, d_in)
     g_z = torch.mm(gr, sae.W_dec.T, out=g_pre)  # (B, d_sae)
     loss += c.l0_coeff * l0
     # Straight-through estimators (Rajamanoharan et al.): rectangle kernel of width eps.
@@ -311,22 +373,112 @@ def _jumprelu_step(
     threshold.grad = g_theta
     g_pre = g_z.mul_(active)
     _weight_grads(sae, xc, z, gr, g_pre)
-    return _Step(err=err, fired=fired, l0=l0, loss=loss)
+    return _Step(err=err, fired=fired, l0=l0, loss=loss, behaviour=extra)
 
 
-def _train_step(sae: SparseAutoencoder, x: Tensor, work: dict[str, Tensor] | None = None) -> _Step:
+def _train_step(
+    sae: SparseAutoencoder,
+    x: Tensor,
+    work: dict[str, Tensor] | None = None,
+    behaviour: Behaviour | None = None,
+) -> _Step:
     """Forward pass and hand-computed gradients (left in ``.grad``) for one batch ``x`` (B, d_in).
 
-    ``work`` keeps scratch buffers between steps (see :func:`_buffer`).
+    ``work`` keeps scratch buffers between steps (see :func:`_buffer`); ``behaviour`` adds a
+    behaviour-keeping objective's term for this batch.
     """
     B = x.shape[0]
     xc = x - sae.b_dec  # (B, d_in)
     pre = torch.addmm(sae.b_enc, xc, sae.W_enc, out=_buffer(work, "pre", (B, sae.config.d_sae)))
-    return trainer_for(sae.config.arch).step(sae, x, xc, pre, work)
+    return trainer_for(sae.config.arch).step(sae, x, xc, pre, work, behaviour)
 
 
-def _batches(data: Tensor | Iterable[Tensor], config: SAEConfig) -> Iterator[Tensor]:
-    """Training batches: seeded shuffled epochs over a tensor, or an iterable's batches as given."""
+# -- behaviour-keeping objectives -----------------------------------------------------------------
+def median_gap(logits: Tensor) -> float:
+    """Median gap between the largest and second-largest of each row of ``logits`` (N, A)."""
+    top = logits.float().topk(2, dim=-1).values  # (N, 2)
+    return float((top[:, 0] - top[:, 1]).median())
+
+
+def behaviour_loss(objective: str, new: Tensor, orig: Tensor, temperature: float) -> Tensor:
+    """The behaviour term of ``objective`` per observation, averaged: ``new`` and ``orig`` are the
+    spliced and original agent's logits (batch, actions).
+
+    ``kl``: KL(softmax(orig / T) || softmax(new / T)); ``logits``: squared error summed over
+    actions (:class:`Downstream` divides it by the logits' variance).
+    """
+    if objective == "kl":
+        lp_o = F.log_softmax(orig.float() / temperature, -1)
+        lp_n = F.log_softmax(new.float() / temperature, -1)
+        return (lp_o.exp() * (lp_o - lp_n)).sum(-1).mean()
+    if objective == "logits":
+        return (new.float() - orig.float()).pow(2).sum(-1).mean()
+    raise ValueError(
+        f"The SAE objective {objective!r} has no behaviour term; use one of "
+        f"{', '.join(o for o in SAE_OBJECTIVES if o != 'mse')}."
+    )
+
+
+class Downstream:
+    """The rest of an agent after a hook, for the behaviour-keeping objectives.
+
+    ``obs`` (N, *obs_shape) are the observations the training vectors came from, in their order
+    (observation i gave vectors ``i * positions`` to ``(i + 1) * positions - 1``), and ``logits``
+    (N, actions) the unmodified agent's outputs on them. :meth:`loss_and_grad` runs the agent
+    with a batch's reconstruction in place of the hook's activation.
+    """
+
+    def __init__(
+        self, agent, site: HookSite, obs: np.ndarray | Tensor, logits: Tensor, config: SAEConfig
+    ) -> None:
+        if config.objective == "mse":
+            raise ValueError("The mse objective needs no Downstream; train without one.")
+        if len(obs) != len(logits) or len(obs) == 0:
+            raise ValueError(
+                f"Downstream needs one row of logits per observation, got {len(obs)} observations "
+                f"and {len(logits)} rows of logits."
+            )
+        self.agent, self.site, self.obs = agent, site, obs
+        self.logits = logits.detach().float().cpu()  # (N, actions)
+        self.objective = config.objective
+        is_q = getattr(agent, "output", None) == "q"
+        temperature = config.temperature
+        if temperature is None:  # a Q-network acts on gaps between Q-values: set T to their scale
+            temperature = max(median_gap(self.logits), 1e-6) if is_q else 1.0
+        self.temperature = float(temperature)
+        # the logits objective compares errors with the logits' spread (total variance)
+        self.scale = 1.0
+        if self.objective == "logits":
+            self.scale = 1.0 / max(float(self.logits.var(0).sum()), 1e-12)
+
+    def __len__(self) -> int:
+        return len(self.obs)
+
+    def loss_and_grad(self, recon: Tensor, rows: Tensor, weight: float) -> tuple[float, Tensor]:
+        """``weight`` x the behaviour term on observations ``rows`` whose reconstructed vectors
+        are ``recon`` (len(rows) * positions, d_in), and its gradient w.r.t. ``recon``."""
+        idx = rows.numpy()
+        with torch.enable_grad():
+            leaf = recon.detach().requires_grad_(True)
+            act = self.site.from_vectors(leaf, len(idx))
+            new, _ = self.agent.run_with_hooks(
+                self.obs[idx], fwd_hooks=[(self.site.hook, lambda a, hook: act.to(a.dtype))]
+            )
+            loss = behaviour_loss(self.objective, new, self.logits[rows], self.temperature)
+            loss = loss * (weight * self.scale)
+            (grad,) = torch.autograd.grad(loss, leaf)
+        return loss.item(), grad
+
+
+def _batches(
+    data: Tensor | Iterable[Tensor], config: SAEConfig, positions: int | None = None
+) -> Iterator[tuple[Tensor, Tensor | None]]:
+    """Training batches ``(x, rows)``: seeded shuffled epochs over a tensor, or an iterable's
+    batches as given (``rows`` None).
+
+    With ``positions`` (a behaviour-keeping objective), a batch holds every vector of
+    ``batch_size // positions`` whole observations, and ``rows`` says which.
+    """
     if isinstance(data, Tensor):
         if data.ndim != 2:
             raise ValueError(
@@ -336,11 +488,20 @@ def _batches(data: Tensor | Iterable[Tensor], config: SAEConfig) -> Iterator[Ten
         if n == 0:
             raise ValueError("No activations to train on; pass a non-empty (samples, d_in) tensor.")
         gen = torch.Generator().manual_seed(config.seed + 1)
-        bs = min(config.batch_size, n)
+        if positions is None:
+            bs = min(config.batch_size, n)
+            while True:
+                perm = torch.randperm(n, generator=gen)
+                for i in range(0, n - bs + 1, bs):
+                    yield data[perm[i : i + bs]], None
+        n_obs = n // positions
+        bo = max(1, min(config.batch_size // positions, n_obs))
+        offsets = torch.arange(positions)
         while True:
-            perm = torch.randperm(n, generator=gen)
-            for i in range(0, n - bs + 1, bs):
-                yield data[perm[i : i + bs]]
+            perm = torch.randperm(n_obs, generator=gen)
+            for i in range(0, n_obs - bo + 1, bo):
+                rows = perm[i : i + bo]
+                yield data[(rows[:, None] * positions + offsets).reshape(-1)], rows
     else:
         for batch in data:
             batch = torch.as_tensor(batch)
@@ -348,7 +509,7 @@ def _batches(data: Tensor | Iterable[Tensor], config: SAEConfig) -> Iterator[Ten
                 raise ValueError(
                     f"Activation batches must be 2-D (batch, d_in), got shape {tuple(batch.shape)}."
                 )
-            yield batch
+            yield batch, None
 
 
 def _lr_at(config: SAEConfig, step: int, steps: int) -> float:
@@ -416,10 +577,11 @@ def resample_dead(
 
 @torch.no_grad()
 def _log_entry(entry: dict[str, float], x: Tensor, out: _Step, seconds: float) -> dict[str, float]:
-    """A history entry: the step's bookkeeping plus loss, mse, explained variance and l0 of its batch."""
+    """A history entry: the step's bookkeeping plus loss, mse, explained variance and l0 of its
+    batch (and the behaviour term of a behaviour-keeping objective)."""
     sq = out.err.pow(2).sum()
     var = (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
-    return {
+    logged = {
         **entry,
         "loss": out.loss,
         "mse": float(sq) / x.numel(),
@@ -427,6 +589,9 @@ def _log_entry(entry: dict[str, float], x: Tensor, out: _Step, seconds: float) -
         "l0": out.l0,
         "seconds": seconds,
     }
+    if not math.isnan(out.behaviour):
+        logged["behaviour"] = out.behaviour
+    return logged
 
 
 def train_sae(
@@ -434,15 +599,38 @@ def train_sae(
     config: SAEConfig,
     sae: SparseAutoencoder | None = None,
     progress: bool = False,
+    downstream: Downstream | None = None,
 ) -> tuple[SparseAutoencoder, list[dict[str, float]]]:
     """Train an SAE on ``activations``: a (samples, d_in) tensor or an iterable of (batch, d_in).
 
     A tensor is read in seeded shuffled epochs of ``config.batch_size``; an iterable's batches are
     used as they come until ``config.samples`` or its end. ``sae`` continues training an existing
-    SAE (same d_in, d_sae and arch; ``b_dec`` is then kept) instead of a fresh one. Returns the SAE
-    (in eval mode) and a history: one dict every ``log_every`` steps with step, samples, loss, mse,
-    explained_variance and l0 (of that batch), dead_fraction, resampled, lr and seconds.
+    SAE (same d_in, d_sae and arch; ``b_dec`` is then kept) instead of a fresh one. A
+    behaviour-keeping ``config.objective`` needs ``downstream``: the agent and the observations
+    the rows of ``activations`` (a tensor) came from; its term weighs ``behaviour_coeff`` x the
+    activations' total variance per vector (measured on the first batch). Returns the SAE (in eval
+    mode) and a history: one dict every ``log_every`` steps with step, samples, loss, mse,
+    explained_variance and l0 (of that batch), behaviour (the behaviour term, if any),
+    dead_fraction, resampled, lr and seconds.
     """
+    positions = None
+    if config.objective != "mse":
+        if downstream is None:
+            raise ValueError(
+                f"The {config.objective!r} objective keeps the agent's behaviour, so it needs the "
+                "agent: pass downstream=Downstream(agent, site, obs, logits, config), or use "
+                "objective='mse'."
+            )
+        positions = downstream.site.positions
+        if (
+            not isinstance(activations, Tensor)
+            or activations.shape[0] != len(downstream) * positions
+        ):
+            raise ValueError(
+                f"With a behaviour-keeping objective the activations must be one tensor of "
+                f"{len(downstream)} observations x {positions} positions, in the observations' "
+                "order."
+            )
     if sae is None:
         sae = build_sae(config)
         init_b_dec = config.init_b_dec_mean
@@ -478,20 +666,27 @@ def train_sae(
         bar = Progress(transient=True)
         bar.start()
         task = bar.add_task("training SAE", total=steps)
-    batches = _batches(activations, c)
+    batches = _batches(activations, c, positions)
+    weight = 0.0  # of the behaviour term: behaviour_coeff x the activations' variance per vector
     try:
         for step in range(steps):
-            x = next(batches, None)
-            if x is None:
+            batch = next(batches, None)
+            if batch is None:
                 break
+            x, rows = batch
             x = sae._check(x).contiguous()
             if step == 0 and init_b_dec:
                 sae.b_dec.data.copy_(x.mean(0))
+            if step == 0:
+                weight = c.behaviour_coeff * float((x - x.mean(0)).pow(2).sum(1).mean())
             lr = _lr_at(c, step, steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
+            behaviour = None
+            if downstream is not None and rows is not None:
+                behaviour = functools.partial(downstream.loss_and_grad, rows=rows, weight=weight)
             with torch.no_grad():
-                out = _train_step(sae, x, work)
+                out = _train_step(sae, x, work, behaviour)
                 _project_decoder_grad(sae)
                 optimizer.step()
                 sae.apply_constraints()
@@ -576,7 +771,10 @@ def evaluate_sae(
 
 __all__ = [
     "SAE_TRAINERS",
+    "Downstream",
     "SAETrainer",
+    "behaviour_loss",
+    "median_gap",
     "evaluate_sae",
     "resample_dead",
     "sae_trainer",

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from policylens.artifacts import read_safetensors
+
 StateDict = dict[str, Tensor]
 """Parameter name -> tensor, as ``nn.Module.state_dict()`` gives it."""
 
@@ -39,17 +41,12 @@ TOP_FRACS = (0.01, 0.05, 0.1)
 # ----------------------------------------------------------------------------- loading, checks
 def load_state(file: str | os.PathLike) -> StateDict:
     """A ``.safetensors`` checkpoint as a state dict, with a clear error for a missing file."""
-    from safetensors.torch import load_file
-
     file = Path(file)
     if not file.is_file():
         raise FileNotFoundError(
             f"No checkpoint at {file}; train that phase first or check the path."
         )
-    try:
-        return load_file(str(file))
-    except Exception as e:
-        raise ValueError(f"{file} cannot be read as safetensors ({e}); the file is corrupt.") from e
+    return read_safetensors(file)
 
 
 def save_state(state: Mapping[str, Tensor], file: str | os.PathLike) -> Path:

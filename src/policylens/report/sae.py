@@ -1,9 +1,12 @@
-"""Feature dashboards for SAE latents: top-activating observations, histogram, action effects.
+"""Feature dashboards for SAE latents: behaviour first, then what each latent means and does.
 
-One PNG per latent (``latent_<j>.png``) and an ``index.html`` (a :class:`~policylens.report.html.Report`
-with the same figures embedded) in the dashboard folder. Observations are drawn the way their
-world looks: maze grids as mazes (the strongest position of a per-position latent framed in red),
-rook-endgame positions as boards, images as images, other vectors as bar plots.
+The ``index.html`` (a :class:`~policylens.report.html.Report`) opens with the agent's behaviour
+with the SAE spliced in against the original and zero/mean ablation of the hook, then every live
+latent's best-matching ground-truth concept with the chance level, then one card per chosen
+latent: top-activating observations, activation histogram, effect on the actions (also written
+as ``latent_<j>.png``). Observations are drawn the way their world looks: maze grids as mazes
+(the strongest position of a per-position latent framed in red), rook-endgame positions as boards
+(in either rule set's encoding), images as images, other vectors as bar plots.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ def action_names(env_id: str | None, env_kwargs: dict[str, Any], num_actions: in
     elif env_id and "RookEndgame" in env_id:
         from policylens.envs.chess import action_names as chess_names
 
-        names = chess_names(int(env_kwargs.get("board_size", 5)))
+        rules = str(env_kwargs.get("rules", "policylens"))
+        names = chess_names(int(env_kwargs.get("board_size", 5)), rules)
     if len(names) != num_actions:
         names = [f"a{i}" for i in range(num_actions)]
     return list(names)
@@ -55,7 +59,9 @@ def maze_state_from_grid(obs: np.ndarray):
     return MazeState(walls=walls, mouse=mouse, cheese=cheese, maze_size=maze_size)
 
 
-def observation_image(obs: np.ndarray, env_id: str | None) -> np.ndarray | None:
+def observation_image(
+    obs: np.ndarray, env_id: str | None, env_kwargs: dict[str, Any] | None = None
+) -> np.ndarray | None:
     """An RGB picture of one observation, or None for a plain vector (drawn as bars)."""
     obs = np.asarray(obs)
     if env_id and "Maze" in env_id and obs.ndim == 3 and obs.shape[0] == 3:
@@ -63,17 +69,10 @@ def observation_image(obs: np.ndarray, env_id: str | None) -> np.ndarray | None:
 
         return human_view(maze_state_from_grid(obs), cell_px=16)
     if env_id and "RookEndgame" in env_id:
-        from policylens.envs.chess import board_image
+        from policylens.envs.chess import board_image, position_from_obs
 
-        planes = obs.reshape(3, -1)
-        n = int(round(np.sqrt(planes.shape[1])))
-
-        def square(plane: np.ndarray) -> tuple[int, int]:
-            idx = np.flatnonzero(plane > 0.5)
-            return (int(idx[0]) // n, int(idx[0]) % n) if len(idx) else (-1, -1)
-
-        pos = (square(planes[0]), square(planes[1]), square(planes[2]))
-        return board_image(pos, board_size=n, cell_px=24)
+        pos = position_from_obs(obs, str((env_kwargs or {}).get("rules", "policylens")))
+        return board_image(pos, board_size=int(round(np.sqrt(obs.size / 3))), cell_px=24)
     if obs.ndim == 3 and obs.shape[-1] == 3:
         return obs.astype(np.uint8) if obs.dtype != np.uint8 else obs
     if obs.ndim == 3 and obs.shape[0] in (1, 3):
@@ -83,8 +82,10 @@ def observation_image(obs: np.ndarray, env_id: str | None) -> np.ndarray | None:
     return None
 
 
-def _draw_obs(ax, obs: np.ndarray, env_id: str | None, position, title: str) -> None:
-    img = observation_image(obs, env_id)
+def _draw_obs(
+    ax, obs: np.ndarray, env_id: str | None, env_kwargs: dict[str, Any], position, title: str
+) -> None:
+    img = observation_image(obs, env_id, env_kwargs)
     ax.set_title(title, fontsize=8)
     if img is None:
         flat = np.asarray(obs, dtype=float).ravel()
@@ -108,8 +109,15 @@ def _draw_obs(ax, obs: np.ndarray, env_id: str | None, position, title: str) -> 
             )
 
 
-def latent_figure(card, env_id: str | None, actions: Sequence[str], site: dict[str, Any]) -> bytes:
-    """One latent's dashboard: top observations, activation histogram, effect on actions."""
+def latent_figure(
+    card,
+    env_id: str | None,
+    actions: Sequence[str],
+    site: dict[str, Any],
+    env_kwargs: dict[str, Any] | None = None,
+) -> bytes:
+    """One latent's dashboard: top observations, activation histogram, effect on actions, and its
+    best-matching ground-truth concept in the title."""
     n_top = max(1, len(card.top_rows))
     fig = plt.figure(figsize=(max(9.0, 1.9 * n_top), 6.2))
     top_row, bottom_row = fig.subfigures(2, 1, squeeze=False, height_ratios=[1.0, 1.15])[:, 0]
@@ -119,7 +127,8 @@ def latent_figure(card, env_id: str | None, actions: Sequence[str], site: dict[s
         if i < len(card.top_rows):
             pos = card.top_positions[i]
             where = f" @ {pos}" if pos is not None else ""
-            _draw_obs(ax, card.top_obs[i], env_id, pos, f"{card.top_values[i]:.2f}{where}")
+            title = f"{card.top_values[i]:.2f}{where}"
+            _draw_obs(ax, card.top_obs[i], env_id, env_kwargs or {}, pos, title)
         else:
             ax.axis("off")
             ax.set_title("never fires", fontsize=8)
@@ -145,21 +154,68 @@ def latent_figure(card, env_id: str | None, actions: Sequence[str], site: dict[s
         fontsize=8,
     )
     ax_act.tick_params(axis="y", labelsize=7)
-    fig.suptitle(f"latent {card.latent} of {site.get('hook', '?')}", fontsize=10, y=1.02)
+    meaning = ""
+    if card.concept:
+        meaning = f"\nbest concept: {card.concept['concept']} (r = {card.concept['r']:+.2f})"
+    fig.suptitle(
+        f"latent {card.latent} of {site.get('hook', '?')}{meaning}",
+        fontsize=10,
+        y=1.08 if meaning else 1.02,
+    )
     return to_png(fig)
 
 
+def behaviour_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One table row per condition of a spliced-in evaluation (``evaluate_spliced``'s result)."""
+    from policylens.studies.rook_sae.evaluation import CONDITIONS
+
+    def ci(e: dict[str, Any], key: str) -> str:
+        lo, hi = e[f"{key}_ci"]
+        return f"{e[key]:.3f} [{lo:.3f}, {hi:.3f}]"
+
+    rows = []
+    for cond in CONDITIONS:
+        e = result.get(cond)
+        if e is None:
+            continue
+        hooked = cond != "original"
+        rows.append(
+            {
+                "at the hook": cond.replace("_", " "),
+                "success (95% CI)": ci(e, "success_rate"),
+                "kept": e.get("success_kept", "") if hooked else "",
+                "return (95% CI)": f"{e['return']:.2f} [{e['return_ci'][0]:.2f}, "
+                f"{e['return_ci'][1]:.2f}]",
+                "agree in world (95% CI)": ci(e, "action_agreement") if hooked else "",
+                "agree held-out": e["offline_action_agreement"] if hooked else "",
+                "KL": e["kl"] if hooked else "",
+                "regret / gap": f"{e['regret']:.3g} / {e['gap']:.3g}" if hooked else "",
+            }
+        )
+    return rows
+
+
 def write_sae_dashboard(
-    folder: str | Path, cards: list, context: dict[str, Any], num_actions: int
+    folder: str | Path,
+    cards: list,
+    context: dict[str, Any],
+    num_actions: int,
+    behaviour: dict[str, Any] | None = None,
+    concepts: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``latent_<j>.png`` per card and ``index.html`` into ``folder``; returns the HTML path."""
+    """Write ``latent_<j>.png`` per card and ``index.html`` into ``folder``; returns the HTML path.
+
+    ``behaviour`` (``evaluate_spliced``'s result) opens the page; ``concepts``
+    (``match_concepts``'s result) lists every live latent's best ground-truth concept.
+    """
     from policylens.artifacts import atomic_path, write_json
     from policylens.report.html import Report
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     env_id = context.get("env_id")
-    actions = action_names(env_id, context.get("env_kwargs", {}), num_actions)
+    env_kwargs = context.get("env_kwargs", {})
+    actions = action_names(env_id, env_kwargs, num_actions)
     site = context.get("site", {})
     report = Report(
         f"SAE feature dashboard: {site.get('hook', '?')}",
@@ -168,6 +224,62 @@ def write_sae_dashboard(
         f"{context.get('run')} at step {context.get('checkpoint_step')}, "
         f"{context.get('observations')} observations of {env_id}.",
     )
+    if behaviour is not None:
+        rec = behaviour["reconstruction"]
+        section = report.section("Behaviour with the SAE spliced in")
+        section.note(
+            f"{behaviour['episodes']} episodes per condition from the same starts. The SAE "
+            "replaces the hook's activation by its reconstruction (spliced); zero and mean "
+            "ablation of the whole hook are the floor. Kept: success over the original's. "
+            "Agree: the same action as the original agent on the same observation, in the world "
+            "and on held-out observations; regret: the original's logit (Q-value) of its own "
+            "choice minus that of the spliced choice, beside its mean best-minus-second gap."
+        )
+        section.table(behaviour_rows(behaviour))
+        section.note(
+            f"Reconstruction on the held-out observations: explained variance "
+            f"{rec['explained_variance']:.4f}, L0 {rec['l0']:.1f}, dead latents "
+            f"{rec['dead_latents']} of {behaviour['d_sae']} (objective {behaviour['objective']})."
+        )
+    if concepts is not None:
+        section = report.section("What the live latents track (ground truth)")
+        section.note(
+            f"For each of the {concepts['live']} live latents, the world label its activation "
+            "correlates with most (Pearson r over observations; per position for per-position "
+            f"latents). Chance level (95th percentile of the best |r| with the observations "
+            f"shuffled): {concepts['chance']:.3f}; {concepts['above_chance']:.0%} of live latents "
+            "beat it. Precision: share of firing observations where a yes/no concept holds; "
+            "recall: share of those where it holds that the latent fires on."
+            + (
+                f" Constant on these observations, so left out: {', '.join(concepts['constant'])}."
+                if concepts.get("constant")
+                else ""
+            )
+        )
+        section.text("Each concept's best latent (by |r|):")
+        section.table(
+            [
+                {"concept": name, "latent": e["latent"], "r": e["r"]}
+                for name, e in sorted(
+                    concepts["by_concept"].items(), key=lambda kv: -abs(kv[1]["r"])
+                )
+            ]
+        )
+        section.text("Each live latent's best concept:")
+        ranked = sorted(concepts["latents"].items(), key=lambda kv: -kv[1]["score"])
+        section.table(
+            [
+                {
+                    "latent": j,
+                    "best concept": e["concept"],
+                    "r": e["r"],
+                    "precision": e.get("precision", ""),
+                    "recall": e.get("recall", ""),
+                    "runner-up": f"{e['runner_up']} ({e['runner_up_r']:+.2f})",
+                }
+                for j, e in ranked
+            ]
+        )
     summary = report.section("Latents by effect")
     summary.note(
         "Each latent is removed from the real activation (its decoder contribution subtracted, "
@@ -187,20 +299,34 @@ def write_sae_dashboard(
                 "dV": -c.ablation.get("value_change", 0.0),
                 "kl_all": c.ablation.get("kl_all", 0.0),
                 "flips_all": c.ablation.get("flip_all", 0.0),
+                "best concept (r)": f"{c.concept['concept']} ({c.concept['r']:+.2f})"
+                if c.concept
+                else "",
             }
             for c in cards
         ]
     )
     summary.json(context)
     for card in cards:
-        png = latent_figure(card, env_id, actions, site)
+        png = latent_figure(card, env_id, actions, site, env_kwargs)
         with atomic_path(folder / f"latent_{card.latent}.png") as tmp:
             Path(tmp).write_bytes(png)
         report.section(f"Latent {card.latent}").figure(png, f"dashboard of latent {card.latent}")
     write_json(
-        folder / "latents.json", {"context": context, "latents": [c.summary() for c in cards]}
+        folder / "latents.json",
+        {
+            "context": context,
+            "latents": [c.summary() for c in cards],
+            **({"behaviour": behaviour} if behaviour is not None else {}),
+            **({"concepts": _json_keys(concepts)} if concepts is not None else {}),
+        },
     )
     return report.write(folder / "index.html")
+
+
+def _json_keys(concepts: dict[str, Any]) -> dict[str, Any]:
+    """``match_concepts``'s result with latent numbers as strings (JSON object keys)."""
+    return {**concepts, "latents": {str(j): e for j, e in concepts["latents"].items()}}
 
 
 def dashboard_run_sae(
@@ -213,23 +339,28 @@ def dashboard_run_sae(
     hook: str | None = None,
     out: str | os.PathLike | None = None,
     seed: int = 10_000,
+    episodes: int = 100,
 ) -> tuple[Path, list[dict[str, Any]]]:
     """Feature dashboards (PNG per latent + ``index.html``) for an SAE folder on a run's agent.
 
-    The study computes the cards (:func:`~policylens.studies.rook_sae.runs.dashboard_data`, on
-    ``steps`` fresh steps seeded with ``seed``); they are drawn into ``out`` (default
+    The study computes the cards, the behaviour with the SAE spliced in (``episodes`` per
+    condition; 0: none) and the concepts (:func:`~policylens.studies.rook_sae.runs.dashboard_data`,
+    on ``steps`` fresh steps seeded with ``seed``); they are drawn into ``out`` (default
     ``<sae_dir>/dashboard``). Returns the HTML path and each latent's summary.
     """
     from policylens.studies.rook_sae.runs import dashboard_data
 
-    data = dashboard_data(run_path, sae_dir, latents, top, steps, step, hook, seed)
+    data = dashboard_data(run_path, sae_dir, latents, top, steps, step, hook, seed, episodes)
     folder = Path(out) if out is not None else Path(sae_dir) / "dashboard"
-    html = write_sae_dashboard(folder, data.cards, data.context, num_actions=data.num_actions)
+    html = write_sae_dashboard(
+        folder, data.cards, data.context, data.num_actions, data.behaviour, data.concepts
+    )
     return html, [c.summary() for c in data.cards]
 
 
 __all__ = [
     "action_names",
+    "behaviour_rows",
     "dashboard_run_sae",
     "latent_figure",
     "maze_state_from_grid",

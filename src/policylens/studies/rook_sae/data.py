@@ -18,6 +18,7 @@ from torch import Tensor
 
 from policylens.agents.sae import HookSite, hook_site
 from policylens.rollout import engine
+from policylens.rollout.collect import numeric_labels
 
 
 @dataclass
@@ -36,6 +37,9 @@ class ActivationData:
     legal: np.ndarray | None = None
     """(N, num_actions) bool legal-action masks where the world labels them."""
     meta: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, np.ndarray] = field(default_factory=dict)
+    """The world's numeric ``info`` labels of each observation, ``(N, ...)`` (see
+    :func:`policylens.rollout.collect.numeric_labels`), for matching latents to concepts."""
 
     def __len__(self) -> int:
         return int(self.obs.shape[0])
@@ -69,6 +73,7 @@ class ActivationData:
             part(self.values),
             part(self.legal),
             dict(self.meta),
+            {k: v[rows] for k, v in self.labels.items()},
         )
 
 
@@ -89,7 +94,7 @@ def gather_activations(
     Environments autoreset, so the rows cover many episodes; actions are sampled (or the argmax
     with ``greedy``, the right policy for a Q-network), over legal actions only with
     ``mask_illegal`` (worlds that label ``info["legal_actions"]``). ``seed`` seeds the worlds and
-    the sampling.
+    the sampling. The world's numeric labels of each observation are kept in ``labels``.
     """
     from policylens.envs import make_vec
 
@@ -100,6 +105,7 @@ def gather_activations(
     n = min(num_envs, steps)
     envs = make_vec(env_id, n, **env_kwargs)
     parts: dict[str, list] = {"obs": [], "acts": [], "logits": [], "values": [], "legal": []}
+    labels: dict[str, list[np.ndarray]] = {}
     rows = 0
     try:
         engine.check_world(agent, envs, env_id)
@@ -116,6 +122,8 @@ def gather_activations(
                 parts["values"].append(step.values[:take])
                 if step.legal is not None:
                     parts["legal"].append(step.legal[:take].numpy())
+                for key, value in numeric_labels(step.infos, n)[0].items():
+                    labels.setdefault(key, []).append(value[:take])
                 rows += take
                 if rows >= steps:
                     break
@@ -136,6 +144,7 @@ def gather_activations(
             "greedy": greedy,
             "mask_illegal": mask_illegal,
         },
+        labels={k: np.concatenate(v) for k, v in labels.items() if len(v) == len(parts["obs"])},
     )
 
 
@@ -169,6 +178,7 @@ def activations_from_store(
         return store[name][rows].astype(dtype) if name in store else None
 
     logits, values = optional("logits", np.float32), optional("values", np.float32)
+    labels = {key: store[f"labels/{key}"][rows] for key in store.labels}
     return ActivationData(
         site=site,
         obs=store["obs"][rows],
@@ -184,6 +194,7 @@ def activations_from_store(
             "checkpoint_step": meta.get("checkpoint_step"),
             "greedy": meta.get("greedy", False),
         },
+        labels=labels,
     )
 
 

@@ -1,9 +1,12 @@
 """The agent with an SAE spliced in, against the original and zero/mean ablation of the hook.
 
-An SAE can explain most of a layer's variance and still wreck a Q-network's policy, so SAEs are
-judged by behaviour: :func:`compare_outputs` on fixed observations, :func:`play_spliced` in the
-world (episodes through the rollout engine), and :func:`evaluate_spliced` for every condition of
-:data:`CONDITIONS`.
+An SAE can explain most of a layer's variance and still wreck a Q-network's policy (the gaps
+between a Q-network's best and second-best actions are small next to the activations' variance),
+so SAEs are judged by behaviour first: :func:`compare_outputs` on held-out observations (action
+agreement, KL, regret, margin kept), :func:`play_spliced` in the world (success and return with
+95% intervals, action agreement step by step), and :func:`evaluate_spliced` for every condition
+of :data:`CONDITIONS`, with reconstruction and sparsity beside them. Zero- and mean-ablation of
+the whole hook are the floor an SAE must rise above.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from policylens.rollout import stats
 from policylens.rollout.engine import Policy, Step, run_episodes
 from policylens.studies.rook_sae.data import ActivationData
 
-CONDITIONS = ("original", "sae", "zero", "mean")
+CONDITIONS = ("original", "spliced", "zero_ablation", "mean_ablation")
 """What sits at the hook in :func:`evaluate_spliced`: nothing changed, the SAE reconstruction,
 zeros, the hook's mean activation."""
 
@@ -46,15 +49,22 @@ def compare_outputs(
     seed: int = 0,
     legal: np.ndarray | None = None,
     batch_size: int = 2048,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """How far a hooked agent's outputs are from the original's on the same observations.
 
     action_agreement: fraction of observations where ``policy`` chooses the same action (argmax,
-    or sampled with the same uniforms, drawn with ``seed``); kl: mean KL(original || hooked) of
-    the action distributions; value_error: mean |V_hooked - V_original|.
+    or sampled with the same uniforms, drawn with ``seed``), with its Wilson interval; kl: mean
+    KL(original || hooked) of the action distributions (softmax of the logits); regret: mean
+    of the original's logit (Q-value) of its own choice minus that of the hooked agent's choice,
+    beside gap, the original's mean gap between its best and second-best logit; margin_kept: the
+    median over observations of the hooked agent's margin for the original's best action (its
+    logit minus the best other) divided by the original's margin (1: kept, below 0: flipped;
+    observations where the original ties are left out);
+    value_error: mean |V_hooked - V_original|.
     """
     gen = torch.Generator().manual_seed(seed)
-    agree = kl = verr = 0.0
+    agree = kl = verr = regret = gap = 0.0
+    margins = []
     n = len(obs)
     for start in range(0, n, batch_size):
         o = obs[start : start + batch_size]
@@ -68,7 +78,29 @@ def compare_outputs(
         lpo, lph = F.log_softmax(lo, -1), F.log_softmax(lh, -1)
         kl += float((lpo.exp() * (lpo - lph)).sum())
         verr += float((vh - vo).abs().sum())
-    return {"action_agreement": agree / n, "kl": kl / n, "value_error": verr / n}
+        regret += float((lo.gather(1, a_o[:, None]) - lo.gather(1, a_h[:, None])).sum())
+        top = lo.topk(2, dim=-1)
+        gap += float((top.values[:, 0] - top.values[:, 1]).sum())
+        best = top.indices[:, :1]  # (B, 1) the original's best action
+        m_o = _margin(lo, best)
+        kept = m_o > 1e-12  # the original's best action is unique there
+        margins.append(_margin(lh, best)[kept] / m_o[kept])
+    agreed = round(agree)
+    return {
+        "action_agreement": agree / n,
+        "action_agreement_ci": list(stats.wilson(agreed, n)),
+        "kl": kl / n,
+        "regret": regret / n,
+        "gap": gap / n,
+        "margin_kept": float(ratios.median()) if len(ratios := torch.cat(margins)) else math.nan,
+        "value_error": verr / n,
+    }
+
+
+def _margin(logits: Tensor, best: Tensor) -> Tensor:
+    """``logits[best]`` minus the largest other logit, per row: (B, A), (B, 1) -> (B,)."""
+    others = logits.scatter(1, best, -torch.inf)
+    return (logits.gather(1, best) - others.max(dim=1, keepdim=True).values).squeeze(1)
 
 
 class _Switchable:
@@ -113,7 +145,9 @@ def play_spliced(
     Each env slot contributes its first episode (:func:`~policylens.rollout.engine.run_episodes`,
     seeded with ``seed``). Returns return, success and length (95% intervals) and, over all steps
     played, action_agreement (the hooked agent's action equals the one the original would choose
-    with the same uniforms and legal actions) and value_error (mean |dV|).
+    with the same uniforms and legal actions; its Wilson interval treats steps as independent,
+    which steps of one episode are not, so it is narrower than it should be) and value_error
+    (mean |dV|).
     """
     policy = policy or Policy()
     hooks = _Switchable(fwd_hooks)
@@ -144,6 +178,7 @@ def play_spliced(
         "length": stats.mean([e.length for e in eps]),
         "steps": tally["steps"],
         "action_agreement": tally["agree"] / n,
+        "action_agreement_ci": list(stats.wilson(int(tally["agree"]), int(n))),
         "value_error": tally["verr"] / n,
     }
 
@@ -154,11 +189,11 @@ def condition_hooks(
     """``fwd_hooks`` that put ``condition``'s activation (see :data:`CONDITIONS`) at the hook."""
     if condition == "original":
         return []
-    if condition == "sae":
+    if condition == "spliced":
         return [splice(sae, site)]
-    if condition == "zero":
+    if condition == "zero_ablation":
         return [zero_ablation(site)]
-    if condition == "mean":
+    if condition == "mean_ablation":
         if mean_act is None:
             raise ValueError("Mean ablation needs the hook's mean activation; pass data.")
         return [mean_ablation(site, mean_act)]
@@ -178,13 +213,21 @@ def evaluate_spliced(
     mask_illegal: bool = False,
     conditions: Sequence[str] = CONDITIONS,
 ) -> dict[str, Any]:
-    """The SAE's quality as a replacement for the hook, with zero/mean ablation for scale.
+    """The SAE judged as a replacement for the hook: behaviour first, zero/mean ablation as the floor.
 
     ``data`` (observations of the original agent, e.g. from
     :func:`~policylens.studies.rook_sae.data.gather_activations` with a seed not used for
-    training) gives the reconstruction metrics, the hook's mean activation, and offline output
-    comparisons; then every condition plays ``episodes`` episodes in the world, seeded with
-    ``seed``. ``return_recovered`` is (R_sae - R_zero) / (R_original - R_zero).
+    training) gives the held-out comparisons, the hook's mean activation and the reconstruction
+    metrics; then every condition plays ``episodes`` episodes in the world from the same starts
+    (seeded with ``seed``). Each condition's entry (``result["spliced"]`` ...) holds
+    ``success_rate`` with ``success_rate_ci`` (Wilson), ``return`` with ``return_ci``, ``length``,
+    ``action_agreement`` in the world (with ``action_agreement_ci``) and ``value_error``; the
+    hooked ones also ``success_kept`` (their success rate over the original's),
+    ``success_vs_original`` (the difference with Newcombe's interval) and the held-out figures of
+    :func:`compare_outputs` (``offline_action_agreement``, ``kl``, ``regret``, ``gap``,
+    ``margin_kept``, ``offline_value_error``). ``reconstruction`` holds explained variance, mse,
+    L0 and dead latents on ``data``; ``return_recovered`` is (R_spliced - R_zero) / (R_original -
+    R_zero).
     """
     check_sae_fits(sae, site)
     if data.site != site:
@@ -198,32 +241,59 @@ def evaluate_spliced(
     mean_act = data.acts.mean(0)  # (*site.shape)
     legal = data.legal if mask_illegal else None
     policy = Policy(greedy=greedy, mask_illegal=mask_illegal)
+    reconstruction = evaluate_sae(sae, data.vectors())
+    dead = round(reconstruction["dead_fraction"] * sae.config.d_sae)
     result: dict[str, Any] = {
         "hook": site.hook,
         "layout": site.layout,
         "d_in": site.d_in,
         "d_sae": sae.config.d_sae,
         "arch": sae.config.arch,
+        "k": sae.config.k if type(sae).uses_k else None,
+        "objective": sae.config.objective,
         "env_id": env_id,
         "env_kwargs": dict(env_kwargs or {}),
         "greedy": greedy,
         "mask_illegal": mask_illegal,
-        "reconstruction": evaluate_sae(sae, data.vectors()),
-        "offline": {"observations": len(data)},
-        "in_world": {},
+        "episodes": episodes,
+        "observations": len(data),
+        "reconstruction": {**reconstruction, "dead_latents": dead},
     }
+    worlds = {}
     for c in conditions:
         hooks = condition_hooks(c, sae, site, mean_act)
+        w = worlds[c] = play_spliced(agent, episodes, env_id, env_kwargs, seed, policy, hooks)
+        entry: dict[str, Any] = {
+            "success_rate": w["success"]["rate"],
+            "success_rate_ci": w["success"]["ci"],
+            "return": w["return"]["mean"],
+            "return_ci": w["return"]["ci"],
+            "length": w["length"]["mean"],
+            "episodes": w["episodes"],
+            "steps": w["steps"],
+            "action_agreement": w["action_agreement"],
+            "action_agreement_ci": w["action_agreement_ci"],
+            "value_error": w["value_error"],
+        }
         if c != "original":
-            result["offline"][c] = compare_outputs(
-                agent, data.obs, hooks, policy, seed=seed, legal=legal
+            off = compare_outputs(agent, data.obs, hooks, policy, seed=seed, legal=legal)
+            entry.update(
+                offline_action_agreement=off["action_agreement"],
+                offline_action_agreement_ci=off["action_agreement_ci"],
+                kl=off["kl"],
+                regret=off["regret"],
+                gap=off["gap"],
+                margin_kept=off["margin_kept"],
+                offline_value_error=off["value_error"],
             )
-        result["in_world"][c] = play_spliced(
-            agent, episodes, env_id, env_kwargs, seed, policy, hooks
-        )
-    w = result["in_world"]
-    if {"original", "sae", "zero"} <= set(w):
-        r_o, r_s, r_z = (w[c]["return"]["mean"] for c in ("original", "sae", "zero"))
+            if "original" in worlds:
+                base = worlds["original"]["success"]
+                rate = base["rate"]
+                entry["success_kept"] = entry["success_rate"] / rate if rate > 0 else math.nan
+                entry["success_vs_original"] = stats.difference(w["success"], base)
+        result[c] = entry
+    if {"original", "spliced", "zero_ablation"} <= set(worlds):
+        r_o, r_s, r_z = (result[c]["return"] for c in ("original", "spliced", "zero_ablation"))
         gap = r_o - r_z
         result["return_recovered"] = (r_s - r_z) / gap if abs(gap) > 1e-9 else math.nan
     return result

@@ -178,6 +178,9 @@ class LatentCard:
     """Non-zero activations of the latent over all observations and positions (histogram)."""
     ablation: dict[str, Any]
     """This latent's :func:`latent_ablation` entry."""
+    concept: dict[str, Any] | None = None
+    """Its best-matching ground-truth concept
+    (:func:`~policylens.studies.rook_sae.concepts.match_concepts`), if matched."""
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -186,6 +189,7 @@ class LatentCard:
             "max_activation": float(self.top_values[0]) if self.top_values else 0.0,
             "top_rows": self.top_rows,
             **{k: v for k, v in self.ablation.items() if k not in ("latent", "frequency")},
+            **({"concept": self.concept} if self.concept is not None else {}),
         }
 
 
@@ -201,17 +205,21 @@ def latent_cards(
     max_rows: int = 512,
     greedy: bool = True,
     seed: int = 0,
+    encoded: tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]] | None = None,
+    ranking: list[dict[str, Any]] | None = None,
 ) -> tuple[list[LatentCard], list[dict[str, Any]]]:
     """Dashboard cards for ``latents`` (default: the ``top`` latents by ablation effect).
 
     Returns the cards and the full ablation ranking (every latent that fires on ``data``).
+    ``encoded`` (:func:`latent_activity`, :func:`latent_entries`) and ``ranking`` computed once
+    for ``data`` may be passed in, so an interactive page draws one card without recomputing them.
     """
-    activity, where = latent_activity(sae, data)
-    entries = latent_entries(sae, data)
-    ranking = latent_ablation(
-        agent, sae, site, data, None, max_rows=max_rows, greedy=greedy, entries=entries,
-        seed=seed,
-    )  # fmt: skip
+    (activity, where), entries = encoded or (latent_activity(sae, data), latent_entries(sae, data))
+    if ranking is None:
+        ranking = latent_ablation(
+            agent, sae, site, data, None, max_rows=max_rows, greedy=greedy, entries=entries,
+            seed=seed,
+        )  # fmt: skip
     by_latent = {e["latent"]: e for e in ranking}
     if latents is None:
         latents = [e["latent"] for e in ranking[:top]]

@@ -27,7 +27,8 @@ from policylens.agents.sae import (
     site_for_sae,
 )
 from policylens.artifacts import write_json
-from policylens.lenses.sae import evaluate_sae, train_sae
+from policylens.lenses.sae import Downstream, evaluate_sae, train_sae
+from policylens.studies.rook_sae.concepts import match_concepts
 from policylens.studies.rook_sae.data import (
     ActivationData,
     activations_from_store,
@@ -37,6 +38,9 @@ from policylens.studies.rook_sae.evaluation import evaluate_spliced
 from policylens.studies.rook_sae.latents import LatentCard, latent_ablation, latent_cards
 
 HISTORY_FILE = "history.json"
+DEFAULT_OBJECTIVE = "kl"
+"""The objective ``sae train`` uses unless told: the one that kept the rook DQN's mate rate and
+greedy actions (BENCHMARKS.md, "SAEs judged by behaviour"); plain ``mse`` did not."""
 
 
 def run_world(run) -> dict[str, Any]:
@@ -89,11 +93,14 @@ def train_agent_sae(
     config: SAEConfig,
     holdout: float = 0.1,
     progress: bool = False,
+    agent=None,
 ) -> tuple[SparseAutoencoder, list[dict[str, float]], dict[str, Any]]:
     """Train an SAE on ``data``'s vectors, holding out the last observations for its metrics.
 
-    Returns the SAE, its training history and a summary: held-out mse, explained variance, l0,
-    dead fraction, training samples per second, vectors used.
+    A behaviour-keeping ``config.objective`` needs ``agent`` (the one ``data`` came from) and
+    ``data.logits``. Returns the SAE, its training history and a summary: held-out mse,
+    explained variance, l0, dead fraction, objective (and its temperature), training samples per
+    second, vectors used.
     """
     if config.d_in != data.site.d_in:
         raise ValueError(
@@ -102,13 +109,23 @@ def train_agent_sae(
         )
     train, test = data.split(holdout)
     x_train = train.vectors()  # (N_train * positions, d_in)
+    downstream = None
+    if config.objective != "mse":
+        if agent is None or train.logits is None:
+            raise ValueError(
+                f"The {config.objective!r} objective needs the agent and its logits on the data; "
+                "pass agent= (and gather the data from it), or use objective 'mse'."
+            )
+        downstream = Downstream(agent, data.site, train.obs, train.logits, config)
     t0 = time.perf_counter()
-    sae, history = train_sae(x_train, config, progress=progress)
+    sae, history = train_sae(x_train, config, progress=progress, downstream=downstream)
     seconds = time.perf_counter() - t0
     metrics = evaluate_sae(sae, test.vectors())
     seen = history[-1]["samples"] if history else 0
     summary = {
         **metrics,
+        "objective": config.objective,
+        "temperature": downstream.temperature if downstream is not None else None,
         "train_vectors": int(x_train.shape[0]),
         "test_vectors": int(test.vectors().shape[0]),
         "samples": int(seen),
@@ -127,8 +144,9 @@ def train_run_sae(
     expansion: int = 8,
     k: int | None = None,
     l1_coeff: float | None = None,
-    samples: int = 500_000,
-    steps: int = 20_000,
+    objective: str = DEFAULT_OBJECTIVE,
+    samples: int = 3_000_000,
+    steps: int = 60_000,
     step: int | None = None,
     layout: str = "auto",
     seed: int = 0,
@@ -139,16 +157,19 @@ def train_run_sae(
 ) -> tuple[Path, dict[str, Any]]:
     """Train an SAE on a run's agent (``steps`` steps of play) or on a collect store's activations.
 
-    Writes the SAE folder (default ``RUN/analysis/sae/<hook>-<arch>-x<expansion>``) and returns it
-    with the summary stored in its ``site.json``.
+    ``objective`` names what training keeps (:data:`~policylens.agents.sae.SAE_OBJECTIVES`); a
+    behaviour-keeping one runs the agent (a store's, from the run it was collected from). Writes
+    the SAE folder (default ``RUN/analysis/sae/<hook>-<arch>-x<expansion>``) and returns it with
+    the summary stored in its ``site.json``.
     """
     from policylens.rollout import is_store, open_store
     from policylens.runs import Run
 
-    overrides = dict(config_overrides or {})
+    overrides = dict(config_overrides or {}, objective=objective)
     if l1_coeff is not None:
         overrides["l1_coeff"] = l1_coeff
     meta: dict[str, Any]
+    agent = None
     if is_store(source):
         store = open_store(source)
         data = activations_from_store(store, hook, layout, max_rows=steps, seed=seed)
@@ -161,12 +182,19 @@ def train_run_sae(
             "env_id": data.meta.get("env_id"),
             "env_kwargs": data.meta.get("env_kwargs", {}),
         }
+        if not run_path and out is None:
+            raise ValueError(
+                f"Store {store.path} was not collected from a run; pass --out for the SAE."
+            )
+        if not run_path and objective != "mse":
+            raise ValueError(
+                f"Store {store.path} was not collected from a run, so the {objective!r} "
+                "objective has no agent to keep; use --objective mse."
+            )
         if out is None:
-            if not run_path:
-                raise ValueError(
-                    f"Store {store.path} was not collected from a run; pass --out for the SAE."
-                )
-            out = default_sae_dir(Run(run_path), hook, arch, expansion)
+            out = default_sae_dir(Run(str(run_path)), hook, arch, expansion)
+        if objective != "mse":
+            agent = Run(str(run_path)).load_agent(data.meta.get("checkpoint_step"))
     else:
         run = Run(source)
         ckpt, _ = run.checkpoint(step)
@@ -180,7 +208,7 @@ def train_run_sae(
         if out is None:
             out = default_sae_dir(run, hook, arch, expansion)
     config = sae_config_for(data.site, arch, expansion, k, samples, seed, **overrides)
-    sae, history, summary = train_agent_sae(data, config, holdout, progress)
+    sae, history, summary = train_agent_sae(data, config, holdout, progress, agent)
     meta.update(steps_gathered=len(data), seed=seed, metrics=summary)
     folder = save_sae(sae, out, data.site, meta)
     write_json(folder / HISTORY_FILE, history)
@@ -264,6 +292,10 @@ class DashboardData:
     context: dict[str, Any]
     """Run, checkpoint, SAE folder, site, d_sae, arch, observations, alive fraction, world."""
     num_actions: int
+    behaviour: dict[str, Any] | None = None
+    """:func:`evaluate_spliced` on the same data (None when no episodes were asked for)."""
+    concepts: dict[str, Any] | None = None
+    """:func:`match_concepts` on the same data: every live latent's best ground-truth concept."""
 
 
 def dashboard_data(
@@ -275,9 +307,11 @@ def dashboard_data(
     step: int | None = None,
     hook: str | None = None,
     seed: int = 10_000,
+    episodes: int = 100,
 ) -> DashboardData:
     """Cards for ``latents`` (default: the ``top`` by ablation effect) on ``steps`` fresh steps
-    of a run's agent, seeded with ``seed``."""
+    of a run's agent, seeded with ``seed``; the agent's behaviour with the SAE spliced in over
+    ``episodes`` episodes per condition (0: none); every live latent's best-matching concept."""
     run, ckpt, agent, sae, site = load_run_sae(run_path, sae_dir, step, hook)
     world = run_world(run)
     data = gather_activations(
@@ -287,6 +321,15 @@ def dashboard_data(
     cards, ranking = latent_cards(
         agent, sae, site, data, latents, top=top, greedy=world["greedy"], seed=seed
     )
+    concepts = match_concepts(sae, data, seed=seed) if data.labels else None
+    for card in cards:
+        card.concept = concepts["latents"].get(card.latent) if concepts else None
+    behaviour = None
+    if episodes > 0:
+        behaviour = evaluate_spliced(
+            agent, sae, site, data, world["env_id"], world["env_kwargs"], episodes, seed,
+            world["greedy"], world["mask_illegal"],
+        )  # fmt: skip
     context = {
         "run": str(run.path),
         "checkpoint_step": ckpt,
@@ -298,7 +341,7 @@ def dashboard_data(
         "alive_fraction": len(ranking) / sae.config.d_sae,
         **world,
     }
-    return DashboardData(cards, context, agent.num_actions)
+    return DashboardData(cards, context, agent.num_actions, behaviour, concepts)
 
 
 __all__ = [
