@@ -89,7 +89,7 @@ def attribute_cmd(
 
 @command("features")
 def features_cmd(
-    run: Path = typer.Argument(..., help="Maze run folder."),
+    run: Path = typer.Argument(..., help="Maze or hazard-world run folder."),
     nmf: int = typer.Option(
         8, min=1, max=256, help="NMF features of the value attributions (Hilton)."
     ),
@@ -111,6 +111,7 @@ def features_cmd(
     import numpy as np
 
     from policylens.artifacts import atomic_path, write_json
+    from policylens.commands.rl_vision import hazard_features_cmd, is_hazard_run
     from policylens.lenses import features as fe
     from policylens.lenses.attribution import attribute, default_layer
     from policylens.lenses.nmf import attribution_nmf, label_features
@@ -118,6 +119,8 @@ def features_cmd(
     from policylens.studies.maze import dataset as md
     from policylens.studies.maze.misgeneralization import maze_config
 
+    if is_hazard_run(run):  # the hazard world: features named from its object masks
+        return hazard_features_cmd(run, nmf, layer, n_steps, n_obs, step, seed, as_json)
     r = open_run(run, MAZE)
     agent = r.load_agent(step)
     layer = layer or default_layer(agent)

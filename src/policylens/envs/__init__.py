@@ -8,6 +8,7 @@ from __future__ import annotations
 import gymnasium as gym
 
 from policylens.envs.maze import MazeConfig, MazeEnv, MazeSolver, MazeState, MazeVecEnv
+from policylens.envs.procgen import procgen_worlds
 from policylens.errors import check_known
 
 WORLDS: dict[str, str] = {}
@@ -28,9 +29,18 @@ register_world(
 )
 
 register_world(
+    "policylens/Hazards-v0",
+    "CoinRun-like platformer: saws, patrolling enemies, lava, chasms; ground truth (positions, "
+    "occlusion, masks, cause of death) in info (Understanding RL Vision)",
+    entry_point="policylens.envs.hazards:HazardsEnv",
+    vector_entry_point="policylens.envs.hazards:HazardsVecEnv",
+)
+
+register_world(
     "policylens/RookEndgame-v0",
-    "king+rook vs king checkmate on 5x5 (DuPlessie's SAE-on-DQN study): one-hot 75-d obs, "
-    "24 actions, chess concept labels, exact tablebase",
+    "king+rook vs king checkmate on 5x5 (DuPlessie's SAE-on-DQN study; rules='duplessie' for his "
+    "encoding, actions and rules): one-hot 75-d obs, 24 actions, chess concept labels, exact "
+    "tablebase",
     entry_point="policylens.envs.chess:RookEndgameEnv",
 )
 
@@ -42,6 +52,9 @@ register_world(
     max_episode_steps=1000,
     reward_threshold=200,
 )
+
+for world in procgen_worlds():  # policylens/procgen-<Game>; envpool is needed only to make one
+    register_world(**world)
 
 
 def make(env_id: str, **kwargs) -> gym.Env:

@@ -1,0 +1,122 @@
+"""Hazard-world commands: ``policylens train hazards``, ``policylens failures`` and
+``policylens hazards-report``."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from policylens.cli import command, console, err_console, print_json, train_app
+
+
+@command("hazards", typer_app=train_app)
+def train_hazards_cmd(
+    out: Path = typer.Option(..., help="Run folder to create (or continue with --resume)."),
+    num_levels: int = typer.Option(
+        None, help="Distinct training levels (0 = unlimited; default: the recipe's 1,000)."
+    ),
+    start_level: int = typer.Option(0, help="First training level seed."),
+    distribution_mode: str = typer.Option(
+        "hard", help="hard, or easy (no enemies on flat ground)."
+    ),
+    max_difficulty: int = typer.Option(
+        2, help="Level difficulties 1..this (3: procgen's full range, much slower to learn)."
+    ),
+    steps: int = typer.Option(None, help="Environment steps (default: the recipe's)."),
+    seed: int = typer.Option(0, min=0, help="Seed of envs, init and sampling."),
+    precision: str = typer.Option(
+        "auto", help="float32, bfloat16, or auto (bf16 where the CPU multiplies it natively)."
+    ),
+    threads: int = typer.Option(
+        2, min=1, max=256, help="Torch threads (1 keeps its speed beside other busy processes)."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue a killed run from its last saved state."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    as_json: bool = typer.Option(False, "--json", help="Print the run's summary as JSON."),
+) -> None:
+    """Train a PPO agent in the hazard world (CoinRun-like; default recipe: 1,000 levels of
+    difficulty 1-2)."""
+    from policylens.train.ppo import train_ppo
+    from policylens.train.recipes import HAZARDS_LEVELS, hazards_recipe
+
+    config = hazards_recipe(
+        num_levels=HAZARDS_LEVELS if num_levels is None else num_levels,
+        start_level=start_level,
+        distribution_mode=distribution_mode,
+        max_difficulty=max_difficulty,
+        total_steps=steps,
+        seed=seed,
+        precision=precision,
+    )
+    config = dataclasses.replace(config, threads=threads)
+    if resume and not (out / "config.json").exists():
+        raise FileNotFoundError(
+            f"--resume: {out} holds no run to continue (no config.json); drop --resume to start one"
+        )
+    if resume and not (out / "resume.pt").exists():
+        err_console.print(f"note: {out} was stopped before its first saved state; starting it over")
+    run = train_ppo(config, out, resume=resume, progress=not (quiet or as_json))
+    summary = run.summary()
+    if as_json:
+        print_json(summary)
+        return
+    console.print(
+        f"trained {summary['steps']} steps -> {run.path} (last completion {summary['success']})"
+    )
+
+
+@command("failures")
+def failures_cmd(
+    run: Path = typer.Argument(..., help="Hazard-world run folder."),
+    levels: int = typer.Option(1000, min=1, help="Levels (episodes) per split and observation."),
+    invisible: list[str] = typer.Option(
+        [], help="Also hide this hazard from the observation: saws or enemies; repeat for both."
+    ),
+    step: int = typer.Option(None, help="Checkpoint step (default: latest)."),
+    seed: int = typer.Option(10_000, min=0, help="Seed of the evaluation levels and sampling."),
+    greedy: bool = typer.Option(False, "--greedy", help="Argmax actions instead of sampling."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Completion rate and the failure table by cause (95% intervals), on unseen and training
+    levels, optionally with saws or enemies invisible."""
+    from policylens.report.hazards import difference_rows, failure_rows
+    from policylens.runs import Run
+    from policylens.studies.hazards.failures import failure_study
+
+    result = failure_study(Run(run), levels, tuple(invisible), seed=seed, greedy=greedy, step=step)
+    if as_json:
+        print_json(result)
+        return
+    _print(failure_rows(result), f"{Path(run).name} at step {result['step']:,}: share of levels")
+    if invisible:
+        _print(difference_rows(result), "hidden minus shown (95% CI; '(none)': holds zero)")
+
+
+def _print(rows: list[dict], title: str) -> None:
+    table = Table(*rows[0].keys(), title=title)
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    console.print(table)
+
+
+@command("hazards-report")
+def hazards_report_cmd(
+    run: Path = typer.Argument(..., help="Hazard-world run folder."),
+    out: Path = typer.Option(None, help="HTML file (default RUN/analysis/hazards_report.html)."),
+    levels: int = typer.Option(500, min=1, help="Levels per split and observation."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report's path as JSON."),
+) -> None:
+    """A static HTML report: level gallery, the agent's play (frames, GIF), failure tables."""
+    from policylens.report.hazards import write_hazards_report
+    from policylens.runs import Run
+
+    path = write_hazards_report(Run(run), out, levels=levels, log=lambda m: err_console.print(m))
+    if as_json:
+        print_json({"report": str(path)})
+        return
+    console.print(f"report: {path}")

@@ -1,0 +1,182 @@
+"""The hazard world's pictures and report: a level gallery with hazards outlined, the trained
+agent's play as a frame strip and a GIF, and the failure tables, drawn from the study's results."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from policylens.artifacts import atomic_path
+from policylens.envs.hazards import HazardsConfig, generate_level, render_level, save_png
+from policylens.report.html import Report, Section
+from policylens.runs import Run
+from policylens.studies.hazards.episodes import HazardsEpisode, play_levels
+from policylens.studies.hazards.failures import FAILURE_CAUSES, failure_study
+
+GAP = 4
+
+
+def _grid(images: Sequence[np.ndarray], cols: int) -> np.ndarray:
+    """Images (of equal height) in a white-gapped grid, left-aligned."""
+    rows = -(-len(images) // cols)
+    h = max(im.shape[0] for im in images)
+    w = max(im.shape[1] for im in images)
+    canvas = np.full((rows * (h + GAP) - GAP, cols * (w + GAP) - GAP, 3), 255, np.uint8)
+    for k, im in enumerate(images):
+        r, c = divmod(k, cols)
+        canvas[
+            r * (h + GAP) : r * (h + GAP) + im.shape[0], c * (w + GAP) : c * (w + GAP) + im.shape[1]
+        ] = im
+    return canvas
+
+
+def level_gallery(
+    n: int = 8, seed: int = 0, config: HazardsConfig | None = None, tile_px: int = 8, cols: int = 2
+) -> np.ndarray:
+    """Levels ``seed .. seed + n - 1`` drawn whole, hazards outlined, in a grid."""
+    if n < 1:
+        raise ValueError(f"the gallery needs at least one level, got n={n}.")
+    return _grid(
+        [render_level(generate_level(s, config), tile_px) for s in range(seed, seed + n)], cols
+    )
+
+
+def episode_frames(episode: HazardsEpisode, tile_px: int = 8, every: int = 1) -> list[np.ndarray]:
+    """The episode drawn whole at every ``every``-th step (the last included), path so far drawn."""
+    last = len(episode.agent) - 1
+    steps = sorted({*range(0, last + 1, every), last})
+    return [
+        render_level(
+            episode.state_at(t), tile_px, trajectory=[tuple(p) for p in episode.agent[: t + 1]]
+        )
+        for t in steps
+    ]
+
+
+def frame_strip(episode: HazardsEpisode, frames: int = 6, tile_px: int = 8) -> np.ndarray:
+    """``frames`` evenly spaced moments of an episode stacked top to bottom."""
+    every = max(1, -(-(len(episode.agent) - 1) // max(frames - 1, 1)))
+    return _grid(episode_frames(episode, tile_px, every), cols=1)
+
+
+def gif_bytes(frames: Sequence[np.ndarray], ms_per_frame: int = 80) -> bytes:
+    """An animated GIF (looping) of RGB frames."""
+    from PIL import Image
+
+    pics = [Image.fromarray(f) for f in frames]
+    buf = io.BytesIO()
+    pics[0].save(
+        buf, format="GIF", save_all=True, append_images=pics[1:], duration=ms_per_frame, loop=0
+    )
+    return buf.getvalue()
+
+
+def _rate(p: dict[str, Any]) -> str:
+    return f"{p['rate']:.3f} [{p['ci'][0]:.3f}, {p['ci'][1]:.3f}]"
+
+
+def failure_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per split and observation: completion and each cause's share of levels (95% CI)."""
+    rows = []
+    for split, tables in result["splits"].items():
+        conditions = {"all shown": tables["shown"]}
+        conditions |= {f"{h} invisible": t for h, t in tables["hidden"].items()}
+        for label, t in conditions.items():
+            row = {"levels": split, "observation": label, "n": t["episodes"],
+                   "completion": _rate(t["completion"])}  # fmt: skip
+            row |= {cause: _rate(t["failures"][cause]["of_levels"]) for cause in FAILURE_CAUSES}
+            rows.append(row)
+    return rows
+
+
+def difference_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per split and hidden hazard: hidden minus shown, for completion and each cause (95%
+    Newcombe interval; "(none)" where it holds zero)."""
+    rows = []
+    for split, tables in result["splits"].items():
+        for hazard, d in tables["hidden_vs_shown"].items():
+            row: dict[str, Any] = {"levels": split, "hidden": hazard}
+            for key in ("completion", *FAILURE_CAUSES):
+                v = d[key]
+                ci = f"{v['diff']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}]"
+                row[key] = ci if v["effect"] else f"{ci} (none)"
+            rows.append(row)
+    return rows
+
+
+def _gif_part(section: Section, data: bytes, alt: str) -> None:
+    encoded = base64.b64encode(data).decode()
+    section.parts.append(f'<img alt="{alt}" src="data:image/gif;base64,{encoded}">')
+
+
+def write_hazards_report(
+    run: Run,
+    out: str | Path | None = None,
+    levels: int = 500,
+    invisible: Sequence[str] = ("saws", "enemies"),
+    gallery_levels: int = 8,
+    seed: int = 10_000,
+    log=print,
+) -> Path:
+    """The run's report: level gallery, the agent on a few unseen levels (frame strips, a GIF),
+    and the failure tables over ``levels`` levels with each hazard in ``invisible`` hidden in turn.
+    Writes ``analysis/hazards_report.html`` (or ``out``) and ``analysis/agent.gif``."""
+    trainer = run.config["trainer"]
+    env_kwargs = trainer.get("env_kwargs", {})
+    config = HazardsConfig.from_kwargs({**env_kwargs, "masks": False})
+    report = Report(
+        f"policylens hazards report: {run.name}",
+        f"PPO agent ({run.config['agent'].get('arch')}) trained in {trainer['env_id']} with "
+        f"{env_kwargs}, seed {trainer['seed']}. Sampled actions; intervals are 95%.",
+    )
+    log("drawing the level gallery")
+    gallery = level_gallery(gallery_levels, seed=0, config=config)
+    save_png(gallery, str(run.analysis_dir / "level_gallery.png"))
+    report.section("Levels").figure(_png(gallery), "level gallery").note(
+        f"Training levels 0-{gallery_levels - 1}, drawn whole. Outlines: saws red, enemies "
+        "magenta, lava orange, chasms dark red; the agent is blue at the left, the coin yellow."
+    )
+    log("playing unseen levels")
+    num = int(env_kwargs.get("num_levels", 0))
+    unseen = {
+        **env_kwargs,
+        "num_levels": 0,
+        "start_level": int(env_kwargs.get("start_level", 0)) + num,
+    }
+    episodes = play_levels(run.load_agent(), unseen, 4, seed=seed)
+    section = report.section("The agent on unseen levels")
+    for k, ep in enumerate(episodes):
+        section.figure(_png(frame_strip(ep)), f"episode {k}").note(
+            f"Level {ep.start.level_seed}: {'coin' if ep.success else ep.death_cause} after "
+            f"{len(ep.agent) - 1} steps (white: the path so far)."
+        )
+    gif = gif_bytes(episode_frames(episodes[0], every=2))
+    with atomic_path(run.analysis_dir / "agent.gif") as tmp:
+        Path(tmp).write_bytes(gif)
+    _gif_part(section, gif, "the agent playing an unseen level")
+    log(f"failure tables over {levels} levels per split and observation")
+    result = failure_study(run, levels, tuple(invisible), seed=seed)
+    s = report.section("Failure table")
+    s.table(failure_rows(result)).note(
+        "Each cause's share of all levels; 'multiple': several hazards struck in the same step. "
+        "Unseen levels are those after the training levels' seeds."
+    )
+    if invisible:
+        s.text("Hiding a hazard from the observation: hidden minus shown, on the same levels "
+               "with the same random numbers.")  # fmt: skip
+        s.table(difference_rows(result))
+    s.json(result)
+    return report.write(Path(out) if out else run.analysis_dir / "hazards_report.html")
+
+
+def _png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,0 +1,60 @@
+"""Whole episodes of an agent in the hazard world, kept step by step for galleries and GIFs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from policylens.envs.hazards import HazardsConfig, HazardsState, generate_level
+from policylens.rollout.engine import policy_for, run_episodes
+
+ENV_ID = "policylens/Hazards-v0"
+TRACE = ("agent_pos", "enemy_pos", "enemy_dir", "enemy_valid", "level_seed")
+
+
+@dataclass
+class HazardsEpisode:
+    """One played level: its start, where the agent and enemies were at every step, how it ended."""
+
+    start: HazardsState
+    agent: np.ndarray
+    """(steps + 1, 2) agent centres, the start included."""
+    enemies: np.ndarray
+    """(steps + 1, E, 2) enemy centres."""
+    enemy_dirs: np.ndarray
+    """(steps + 1, E) enemy directions."""
+    success: bool
+    death_cause: str
+
+    def state_at(self, t: int) -> HazardsState:
+        """The level as it stood after ``t`` steps."""
+        return self.start.copy(
+            agent=tuple(self.agent[t]), enemies=self.enemies[t], enemy_dirs=self.enemy_dirs[t]
+        )
+
+
+def play_levels(
+    agent: Any, env_kwargs: dict[str, Any], n: int, *, seed: int = 30_000, greedy: bool = False
+) -> list[HazardsEpisode]:
+    """``n`` episodes of ``agent`` (one per env slot, levels drawn as ``env_kwargs`` say)."""
+    eps = run_episodes(
+        agent, n, ENV_ID, {**env_kwargs, "masks": False}, seed=seed,
+        policy=policy_for(agent, greedy), trace_labels=TRACE, end_labels=("death_cause",),
+    )  # fmt: skip
+    config = HazardsConfig.from_kwargs({**env_kwargs, "masks": False})
+    out = []
+    for e in eps:
+        valid = np.asarray(e.trace["enemy_valid"][0], dtype=bool)
+        out.append(
+            HazardsEpisode(
+                start=generate_level(int(e.trace["level_seed"][0]), config),
+                agent=np.array(e.trace["agent_pos"], dtype=float),
+                enemies=np.array(e.trace["enemy_pos"], dtype=float)[:, valid],
+                enemy_dirs=np.array(e.trace["enemy_dir"])[:, valid],
+                success=e.success,
+                death_cause=str(e.end["death_cause"]),
+            )
+        )
+    return out

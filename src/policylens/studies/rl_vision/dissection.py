@@ -1,0 +1,140 @@
+"""Failure dissection: for each failed level, what the agent saw in its last steps, and why it died.
+
+Hilton et al. (2020) dissected CoinRun failures frame by frame. Here the last ``window`` steps of
+every failed episode are kept (observation, value, the world's in-view and occluded flags of every
+saw and enemy, whether lava was in view), and each death by a hazard is classified from those
+labels: the hazard that killed (the one of its kind nearest the agent at death) was
+
+- **seen and ignored**: in view and not occluded in at least one of the last steps;
+- **occluded**: in view in some of them but covered (an enemy over a saw, ...) in all of those;
+- **not in view**: outside the observation in all of them.
+
+Lava is a tile and cannot be occluded: seen if any lava was in view. Falls and timeouts have no
+hazard to see and are counted as such.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from policylens.rollout import stats
+from policylens.rollout.engine import Step, policy_for, run_episodes
+from policylens.studies.hazards.failures import ENV_ID
+
+MAX_LEVELS = 1024
+"""Levels dissected at once: one batch of envs, each keeping its last steps in memory."""
+CLASSES = ("seen and ignored", "occluded", "not in view")
+KEEP = ("saw_pos", "saw_valid", "saw_in_view", "saw_occluded", "enemy_pos", "enemy_valid",
+        "enemy_in_view", "enemy_occluded", "agent_pos", "mask_lava")  # fmt: skip
+
+
+@dataclass
+class FailedEpisode:
+    """The last steps of one failed level (oldest first) and how it ended."""
+
+    episode: int
+    cause: str
+    obs: np.ndarray
+    values: np.ndarray
+    flags: dict[str, np.ndarray]
+    """Per step: the labels in :data:`KEEP` (arrays over saw / enemy slots, or the lava mask)."""
+    final_agent: np.ndarray
+    """The agent's position at death."""
+
+
+def killer_flags(ep: FailedEpisode) -> dict[str, np.ndarray] | None:
+    """Per step ``in_view`` and ``occluded`` of the hazard that killed (None: no hazard did)."""
+    if ep.cause == "lava":
+        seen = np.array([m.any() for m in ep.flags["mask_lava"]])
+        return {"in_view": seen, "occluded": np.zeros_like(seen)}
+    if ep.cause not in ("saw", "enemy"):
+        return None
+    pos = ep.flags[f"{ep.cause}_pos"][-1]
+    valid = ep.flags[f"{ep.cause}_valid"][-1]
+    dist = np.where(valid, np.linalg.norm(pos - ep.final_agent, axis=-1), np.inf)
+    slot = int(np.argmin(dist))
+    return {
+        "in_view": np.array([f[slot] for f in ep.flags[f"{ep.cause}_in_view"]], dtype=bool),
+        "occluded": np.array([f[slot] for f in ep.flags[f"{ep.cause}_occluded"]], dtype=bool),
+    }
+
+
+def classify(in_view: np.ndarray, occluded: np.ndarray) -> str:
+    """One of :data:`CLASSES` from the killer's per-step flags over the last steps."""
+    in_view, occluded = np.asarray(in_view, bool), np.asarray(occluded, bool)
+    if (in_view & ~occluded).any():
+        return "seen and ignored"
+    return "occluded" if in_view.any() else "not in view"
+
+
+def failed_episodes(
+    agent: Any, env_kwargs: dict[str, Any], levels: int, *, window: int = 8, seed: int = 10_000
+) -> tuple[int, list[FailedEpisode]]:
+    """Play ``levels`` levels; the last ``window`` steps of each failed one."""
+    if window < 1:
+        raise ValueError(f"--window must be >= 1, got {window}.")
+    if not 1 <= levels <= MAX_LEVELS:
+        raise ValueError(f"--levels must lie in 1..{MAX_LEVELS} (one batch of envs), got {levels}.")
+    buffers: dict[int, deque] = {}
+
+    def keep(step: Step, active: np.ndarray) -> None:
+        for i in np.nonzero(active)[0].tolist():
+            buf = buffers.setdefault(i, deque(maxlen=window))
+            flags = {k: np.array(step.infos[k][i]) for k in KEEP}
+            buf.append((step.obs[i], float(step.values[i]), flags))
+
+    eps = run_episodes(
+        agent, levels, ENV_ID, {**env_kwargs, "masks": True}, seed=seed,
+        policy=policy_for(agent), max_envs=levels, on_step=keep,
+        end_labels=("death_cause", "agent_pos"),
+    )  # fmt: skip
+    out = []
+    for i, e in enumerate(eps):
+        if e.success:
+            continue
+        steps = list(buffers[i])
+        out.append(
+            FailedEpisode(
+                episode=i,
+                cause=str(e.end["death_cause"]),
+                obs=np.stack([s[0] for s in steps]),
+                values=np.array([s[1] for s in steps]),
+                flags={k: np.stack([s[2][k] for s in steps]) for k in KEEP},
+                final_agent=np.asarray(e.end["agent_pos"], dtype=float),
+            )
+        )
+    return len(eps), out
+
+
+def dissect(
+    agent: Any, env_kwargs: dict[str, Any], levels: int, *, window: int = 8, seed: int = 10_000
+) -> tuple[dict[str, Any], list[FailedEpisode]]:
+    """Counts of each class per cause (with Wilson intervals of their share), and the episodes."""
+    played, failed = failed_episodes(agent, env_kwargs, levels, window=window, seed=seed)
+    rows: dict[str, dict[str, Any]] = {}
+    for cause in ("saw", "enemy", "lava"):
+        of_cause = [ep for ep in failed if ep.cause == cause]
+        classes = [classify(**killer_flags(ep)) for ep in of_cause]  # type: ignore[arg-type]
+        rows[cause] = {
+            "deaths": len(of_cause),
+            **{c: stats.proportion([x == c for x in classes]) for c in CLASSES},
+        }
+    other = {c: sum(ep.cause == c for ep in failed) for c in ("fell", "timeout", "multiple")}
+    summary = {
+        "levels": played,
+        "failed": len(failed),
+        "window": window,
+        "seed": seed,
+        "by_cause": rows,
+        "other": other,
+        "episodes": [
+            {"episode": ep.episode, "cause": ep.cause, "values": ep.values.tolist(),
+             "class": classify(**kf) if (kf := killer_flags(ep)) else None}
+            for ep in failed
+        ],
+    }  # fmt: skip
+    return summary, failed

@@ -1,0 +1,158 @@
+"""Model editing: blind the agent to one feature by projecting its direction out of the next layer.
+
+Hilton et al. (2020) removed an NMF direction ``v`` (a channel direction at a middle layer) from the
+weights of the layer that reads it: ``W <- W P`` on the input-channel side with
+``P = I - v v^T / |v|^2``, so the next layer no longer responds to activations along ``v`` and
+responds as before to everything orthogonal to it. The effect is read from the failure table on
+unseen levels, against two controls: the hazard made invisible in the observation (what full
+blindness costs), and projecting out random directions (what any rank-one edit costs; ``P``
+depends only on the direction, so random directions are of equal norm by construction).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from policylens.artifacts import write_json
+from policylens.rollout import stats
+from policylens.runs import Run
+from policylens.studies.hazards.failures import FAILURE_CAUSES, INVISIBLE, failure_table
+
+READERS = {"hook_conv": None, "hook_relu": "fc"}
+"""Layers whose reader is not found by name (``res<i>.hook_relu<j>`` is read by ``res<i>.conv<j>``;
+``hook_conv`` feeds both a conv and the skip connection, so no single layer reads it)."""
+
+
+def reader_of(layer: str) -> str:
+    """The module that alone reads ``layer``'s activation (a conv, or the fc over the map)."""
+    parts = layer.split(".")
+    if len(parts) == 2 and parts[0].startswith("res") and parts[1] in ("hook_relu1", "hook_relu2"):
+        return f"{parts[0]}.conv{parts[1][-1]}"
+    reader = READERS.get(layer)
+    if reader is None:
+        raise ValueError(
+            f"--layer {layer} has no single reader to edit; use res<i>.hook_relu1, "
+            "res<i>.hook_relu2 or hook_relu."
+        )
+    return reader
+
+
+def project_out(weight: torch.Tensor, v: np.ndarray | torch.Tensor, channels: int) -> torch.Tensor:
+    """``weight`` with direction ``v`` removed from its input channels.
+
+    ``weight`` is a conv weight ``(out, channels, kh, kw)`` or a linear weight over a
+    ``(channels, h, w)`` map ``(out, channels * h * w)``; ``P = I - v v^T / |v|^2`` acts on the
+    channel axis, so the layer's output along ``v`` is zero and unchanged orthogonal to it.
+    """
+    v = torch.as_tensor(np.asarray(v, dtype=np.float64)).reshape(-1)
+    if v.shape[0] != channels or not torch.any(v != 0):
+        raise ValueError(f"The direction needs {channels} entries, not all zero; got {v.shape[0]}.")
+    p = torch.eye(channels, dtype=torch.float64) - torch.outer(v, v) / (v @ v)
+    w = weight.detach().to(torch.float64)
+    shaped = w.reshape(w.shape[0], channels, -1)  # (out, channels, rest)
+    edited = torch.einsum("ocr,cd->odr", shaped, p)
+    return edited.reshape(w.shape).to(weight.dtype)
+
+
+def edit_agent(agent: Any, layer: str, direction: np.ndarray) -> Any:
+    """A copy of ``agent`` whose reader of ``layer`` ignores ``direction``."""
+    edited = copy.deepcopy(agent)
+    module = edited.net.get_submodule(reader_of(layer))
+    channels = len(direction)
+    if isinstance(module, nn.Conv2d):
+        if module.in_channels != channels:
+            raise ValueError(
+                f"{layer} has {module.in_channels} channels, the direction {channels}."
+            )
+    elif not isinstance(module, nn.Linear) or module.in_features % channels:
+        raise ValueError(
+            f"The reader of {layer} is neither a conv nor a linear layer over its map."
+        )
+    with torch.no_grad():
+        module.weight.copy_(project_out(module.weight, direction, channels))
+    return edited
+
+
+def random_directions(channels: int, n: int, seed: int) -> np.ndarray:
+    """``n`` random unit directions ``(n, channels)`` (Gaussian, normalised), seeded."""
+    d = np.random.default_rng(seed).standard_normal((n, channels))
+    return d / np.linalg.norm(d, axis=1, keepdims=True)
+
+
+def save_edited(agent: Any, source: Run, out: Path, edit: dict[str, Any]) -> Run:
+    """Write ``agent`` as a run folder ``out`` (a copy of the source's config, one checkpoint)."""
+    out = Path(out)
+    if (out / "config.json").exists():
+        raise ValueError(f"--out {out} already holds a run; pick a new folder.")
+    step, _ = source.checkpoint()
+    run = Run.create(out, {**source.config, "edit": edit})
+    try:
+        run.save_checkpoint(agent, step)
+        write_json(run.analysis_dir / "edit.json", edit)
+        run.mark_done(step)
+    finally:
+        run.release()
+    return run
+
+
+def _moves(table: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """Per cause: the rates, their difference (Newcombe) and the ratio of rates."""
+    out = {}
+    for cause in ("completion", *FAILURE_CAUSES):
+        a = table["completion"] if cause == "completion" else table["failures"][cause]["of_levels"]
+        b = base["completion"] if cause == "completion" else base["failures"][cause]["of_levels"]
+        ratio = a["rate"] / b["rate"] if b["rate"] > 0 else float("inf") if a["rate"] else 1.0
+        out[cause] = {"rate": a, "baseline": b, "diff": stats.difference(a, b), "ratio": ratio}
+    return out
+
+
+def edit_experiment(
+    agent: Any,
+    layer: str,
+    directions: dict[str, np.ndarray],
+    env_kwargs: dict[str, Any],
+    levels: int,
+    *,
+    random_controls: int = 3,
+    seed: int = 10_000,
+    log: Any = None,
+) -> dict[str, Any]:
+    """Failure tables of the agent, of each feature projected out, of each hazard invisible and of
+    random directions projected out, on the same ``levels`` levels and random numbers.
+
+    ``directions``: hazard name ("saw", "enemy") -> its feature's channel direction.
+    """
+
+    def table(name: str, a: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if log:
+            log(f"{name}: {levels} levels")
+        return failure_table(a, levels, kwargs, seed=seed)
+
+    base = table("unedited", agent, env_kwargs)
+    rows: dict[str, Any] = {}
+    for name, v in directions.items():
+        rows[f"edit:{name}"] = table(f"edit {name}", edit_agent(agent, layer, v), env_kwargs)
+        hidden = {"saw": "saws", "enemy": "enemies"}.get(name)
+        if hidden:
+            kwargs = {**env_kwargs, INVISIBLE[hidden]: True}
+            rows[f"invisible:{name}"] = table(f"invisible {hidden}", agent, kwargs)
+    channels = len(next(iter(directions.values())))
+    for j, v in enumerate(random_directions(channels, random_controls, seed)):
+        rows[f"random:{j}"] = table(
+            f"random direction {j}", edit_agent(agent, layer, v), env_kwargs
+        )
+    return {
+        "layer": layer,
+        "levels": levels,
+        "seed": seed,
+        "env_kwargs": env_kwargs,
+        "baseline": base,
+        "tables": rows,
+        "moves": {name: _moves(t, base) for name, t in rows.items()},
+    }

@@ -1,0 +1,181 @@
+"""The "Understanding RL Vision" study on the hazard world: editing, labels, dissection,
+hallucinations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from policylens.agents.agent import HookedAgent
+from policylens.envs.hazards import HazardsConfig
+from policylens.lenses.nmf import label_features
+from policylens.studies.rl_vision import dissection, editing, hallucinations
+from policylens.studies.rl_vision.features import resize_masks, velocity_mask
+
+
+# -- editing -----------------------------------------------------------------------------------
+def _conv(seed: int = 0) -> nn.Conv2d:
+    torch.manual_seed(seed)
+    return nn.Conv2d(6, 5, kernel_size=3, padding=1)
+
+
+def test_projection_kills_exactly_the_direction():
+    conv = _conv()
+    v = np.random.default_rng(1).standard_normal(6)
+    edited = _conv()
+    with torch.no_grad():
+        edited.weight.copy_(editing.project_out(conv.weight, v, 6))
+    vt = torch.tensor(v, dtype=torch.float32)
+    along = vt[None, :, None, None] * torch.rand(1, 1, 7, 7)  # every cell along v
+    bias = edited.bias[None, :, None, None]
+    assert torch.allclose(edited(along) - bias, torch.zeros(1, 5, 7, 7), atol=1e-5)
+    x = torch.randn(2, 6, 7, 7)
+    orth = x - torch.einsum("bchw,c->bhw", x, vt)[:, None] * vt[None, :, None, None] / (vt @ vt)
+    assert torch.allclose(edited(orth), conv(orth), atol=1e-5)
+    assert not torch.allclose(edited(x), conv(x), atol=1e-3)  # x has a part along v
+
+
+def test_projection_over_a_linear_map_reader():
+    fc = nn.Linear(3 * 4 * 4, 2)
+    v = np.array([1.0, -2.0, 0.5])
+    w = editing.project_out(fc.weight, v, 3)
+    along = (torch.tensor(v, dtype=torch.float32)[:, None, None] * torch.rand(1, 4, 4)).flatten()
+    assert torch.allclose(w @ along, torch.zeros(2), atol=1e-5)
+
+
+def test_random_direction_control_is_another_edit():
+    conv = _conv()
+    v = np.random.default_rng(0).standard_normal(6)
+    (r,) = editing.random_directions(6, 1, seed=3)
+    assert np.isclose(np.linalg.norm(r), 1.0)
+    w_feature = editing.project_out(conv.weight, v, 6)
+    w_random = editing.project_out(conv.weight, r, 6)
+    # each edit kills its own direction only
+    rt = torch.tensor(r, dtype=torch.float32)[None, :, None, None].expand(1, 6, 3, 3)
+    assert torch.allclose((w_random * rt).sum(1), torch.zeros(5, 3, 3), atol=1e-5)
+    assert (w_feature * rt).sum(1).abs().max() > 1e-3
+    # the projector depends on the direction only, so the "equal norm" control is exact
+    assert torch.allclose(editing.project_out(conv.weight, 7 * r, 6), w_random, atol=1e-6)
+    assert not np.allclose(editing.random_directions(6, 2, 0), editing.random_directions(6, 2, 1))
+
+
+def test_edit_agent_edits_the_reader_and_leaves_the_source():
+    from policylens.agents.models import build_agent
+
+    agent = build_agent("maze_cnn", (9, 13, 13), 15, channels=4, hidden=8)
+    before = agent.net.res1.conv2.weight.detach().clone()
+    v = np.array([1.0, 0.0, 0.0, 0.0])
+    edited = editing.edit_agent(agent, "res1.hook_relu2", v)
+    assert torch.equal(agent.net.res1.conv2.weight, before)
+    assert torch.allclose(edited.net.res1.conv2.weight[:, 0], torch.zeros_like(before[:, 0]))
+    assert torch.allclose(edited.net.res1.conv2.weight[:, 1:], before[:, 1:])
+    assert editing.reader_of("hook_relu") == "fc"
+    with pytest.raises(ValueError, match="no single reader"):
+        editing.reader_of("hook_conv")
+
+
+# -- automatic labels ---------------------------------------------------------------------------
+def test_labels_on_a_world_with_known_features():
+    rng = np.random.default_rng(0)
+    n, h, w = 40, 13, 13
+    saw = rng.random((n, h, w)) < 0.03
+    enemy = rng.random((n, h, w)) < 0.03
+    wall = rng.random((n, h, w)) < 0.3
+    maps = np.stack(
+        [saw * 2.0 + rng.random((n, h, w)) * 0.1, enemy * 1.0, wall * 0.5 + 0.2 * enemy], -1
+    )
+    masks = {"saw": saw, "enemy": enemy, "wall": wall}
+    labels = label_features(maps, masks)
+    assert [lab["label"] for lab in labels] == ["saw", "enemy", "wall"]
+    assert labels[1]["correlation"] == pytest.approx(1.0)
+    assert labels[0]["correlation"] > 0.9
+
+
+def test_masks_resize_and_velocity_marker():
+    m = np.zeros((1, 4, 4), bool)
+    m[0, 3, 3] = True
+    small = resize_masks({"saw": m}, (2, 2))["saw"]
+    assert small[0].tolist() == [[False, False], [False, True]]
+    vel = velocity_mask(HazardsConfig(obs_mode="rgb", tile_px=3))
+    assert vel.sum() == 3 * 6 and vel[:3, :6].all()
+    assert not velocity_mask(HazardsConfig(paint_vel_info=False)).any()
+
+
+# -- dissection --------------------------------------------------------------------------------
+def _episode(cause: str, in_view: list[bool], occluded: list[bool], lava: bool = False):
+    t = len(in_view)
+    saw_pos = np.array([[[5.0, 5.0], [5.0, 20.0]]] * t)
+    flags = {
+        "saw_pos": saw_pos, "saw_valid": np.ones((t, 2), bool),
+        "saw_in_view": np.array([[v, False] for v in in_view]),
+        "saw_occluded": np.array([[o, True] for o in occluded]),
+        "enemy_pos": np.zeros((t, 1, 2)), "enemy_valid": np.zeros((t, 1), bool),
+        "enemy_in_view": np.zeros((t, 1), bool), "enemy_occluded": np.zeros((t, 1), bool),
+        "agent_pos": np.zeros((t, 2)), "mask_lava": np.full((t, 3, 3), lava),
+    }  # fmt: skip
+    return dissection.FailedEpisode(0, cause, np.zeros((t, 1)), np.zeros(t), flags,
+                                    np.array([5.0, 5.6]))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("in_view", "occluded", "expected"),
+    [
+        ([False, True, True], [False, False, True], "seen and ignored"),
+        ([False, True, True], [False, True, True], "occluded"),
+        ([False, False, False], [False, False, False], "not in view"),
+    ],
+)
+def test_dissection_classifier_on_hand_built_episodes(in_view, occluded, expected):
+    ep = _episode("saw", in_view, occluded)
+    flags = dissection.killer_flags(ep)
+    assert flags is not None
+    # the killer is the nearer saw (slot 0), whose flags are the hand-built ones
+    assert flags["in_view"].tolist() == in_view
+    assert dissection.classify(**flags) == expected
+
+
+def test_dissection_lava_and_falls():
+    assert dissection.classify(
+        **dissection.killer_flags(_episode("lava", [0, 0], [0, 0], True))
+    ) == ("seen and ignored")
+    assert dissection.killer_flags(_episode("fell", [True], [False])) is None
+
+
+# -- hallucinations -----------------------------------------------------------------------------
+class _ChannelSum(nn.Module):
+    """A network whose value is the sum of channel 0 of its first layer's output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 1, bias=False)
+        with torch.no_grad():
+            self.conv.weight.fill_(1.0)
+
+    def forward(self, x):
+        a = self.conv(x)
+        s = a.sum((1, 2, 3))
+        return torch.zeros(len(x), 2), s
+
+
+def test_hallucinations_found_and_checked_by_patching():
+    n, h, w = 6, 5, 5
+    maps = np.zeros((n, h, w, 1))
+    saw = np.zeros((n, h, w), bool)
+    saw[:3, 1, 1] = True
+    maps[:3, 1, 1, 0] = 1.0  # real saws
+    maps[4, 3, 3, 0] = 2.0  # a strong response with no saw near: a hallucination
+    found, counts = hallucinations.find_hallucinations(
+        maps, {"saw": saw}, [{"label": "saw", "correlation": 0.9}]
+    )
+    assert [(f.frame, f.cell) for f in found] == [(4, (3, 3))]
+    assert counts["0:saw"]["cells"] == 1
+    # the agent's value reads the map itself: patching the hallucinated cell from a clean frame
+    # removes exactly its strength; the control patch elsewhere changes nothing
+    agent = HookedAgent.from_module(_ChannelSum(), obs_shape=(1, h, w), num_actions=2)
+    obs = maps[..., 0][:, None].astype(np.float32)
+    check = hallucinations.intervention_check(agent, obs, maps, "conv.hook_out", found, radius=0)
+    row = check["rows"][0]
+    assert row["patched"] == pytest.approx(-2.0)
+    assert row["control"] == pytest.approx(0.0)
