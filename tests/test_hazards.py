@@ -462,3 +462,18 @@ def test_report_pictures(tiny_run) -> None:
     assert len(frames) == len(range(0, last + 1, 5)) + (last % 5 != 0)  # the last step too
     assert frame_strip(ep, frames=3).shape[0] > frames[0].shape[0]
     assert gif_bytes(frames[:3])[:6] == b"GIF89a"
+
+
+@pytest.mark.slow
+def test_report_reuses_saved_failure_tables(tiny_run, tmp_path) -> None:
+    from policylens.report.hazards import write_hazards_report
+    from policylens.studies.hazards.failures import failure_study
+
+    tables = failure_study(tiny_run, 4, ("enemies",), seed=1)
+    path = write_hazards_report(tiny_run, tmp_path / "r.html", failures=tables, log=lambda m: None)
+    page = path.read_text()
+    assert "enemies invisible" in page and "data:image/gif;base64," in page
+    assert (tiny_run.analysis_dir / "agent.gif").stat().st_size > 0
+    other = {**tables, "run": str(tmp_path)}
+    with pytest.raises(ValueError, match="not"):
+        write_hazards_report(tiny_run, tmp_path / "x.html", failures=other, log=lambda m: None)

@@ -109,13 +109,20 @@ def hazards_report_cmd(
     run: Path = typer.Argument(..., help="Hazard-world run folder."),
     out: Path = typer.Option(None, help="HTML file (default RUN/analysis/hazards_report.html)."),
     levels: int = typer.Option(500, min=1, help="Levels per split and observation."),
+    failures: Path = typer.Option(
+        None, help="Reuse failure tables saved from `policylens failures RUN --json` instead."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the report's path as JSON."),
 ) -> None:
     """A static HTML report: level gallery, the agent's play (frames, GIF), failure tables."""
+    from policylens.artifacts import read_json
     from policylens.report.hazards import write_hazards_report
     from policylens.runs import Run
 
-    path = write_hazards_report(Run(run), out, levels=levels, log=lambda m: err_console.print(m))
+    tables = read_json(failures) if failures is not None else None
+    path = write_hazards_report(
+        Run(run), out, levels=levels, failures=tables, log=lambda m: err_console.print(m)
+    )
     if as_json:
         print_json({"report": str(path)})
         return

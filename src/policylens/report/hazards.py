@@ -16,7 +16,7 @@ from policylens.envs.hazards import HazardsConfig, generate_level, render_level,
 from policylens.report.html import Report, Section
 from policylens.runs import Run
 from policylens.studies.hazards.episodes import HazardsEpisode, play_levels
-from policylens.studies.hazards.failures import FAILURE_CAUSES, failure_study
+from policylens.studies.hazards.failures import FAILURE_CAUSES, failure_study, level_splits
 
 GAP = 4
 
@@ -121,11 +121,16 @@ def write_hazards_report(
     invisible: Sequence[str] = ("saws", "enemies"),
     gallery_levels: int = 8,
     seed: int = 10_000,
+    failures: dict[str, Any] | None = None,
     log=print,
 ) -> Path:
     """The run's report: level gallery, the agent on a few unseen levels (frame strips, a GIF),
-    and the failure tables over ``levels`` levels with each hazard in ``invisible`` hidden in turn.
-    Writes ``analysis/hazards_report.html`` (or ``out``) and ``analysis/agent.gif``."""
+    and the failure tables over ``levels`` levels with each hazard in ``invisible`` hidden in turn
+    (or ``failures``, a :func:`failure_study` result of this run, as ``policylens failures
+    --json`` prints it). Writes ``analysis/hazards_report.html`` (or ``out``) and
+    ``analysis/agent.gif``."""
+    if failures is not None and Path(failures["run"]).resolve() != run.path.resolve():
+        raise ValueError(f"the failure tables given are of {failures['run']}, not {run.path}.")
     trainer = run.config["trainer"]
     env_kwargs = trainer.get("env_kwargs", {})
     config = HazardsConfig.from_kwargs({**env_kwargs, "masks": False})
@@ -135,21 +140,17 @@ def write_hazards_report(
         f"{env_kwargs}, seed {trainer['seed']}. Sampled actions; intervals are 95%.",
     )
     log("drawing the level gallery")
-    gallery = level_gallery(gallery_levels, seed=0, config=config)
+    first = int(env_kwargs.get("start_level", 0))
+    gallery = level_gallery(gallery_levels, seed=first, config=config)
     save_png(gallery, str(run.analysis_dir / "level_gallery.png"))
     report.section("Levels").figure(_png(gallery), "level gallery").note(
-        f"Training levels 0-{gallery_levels - 1}, drawn whole. Outlines: saws red, enemies "
+        f"Training levels {first}-{first + gallery_levels - 1}, drawn whole. Outlines: saws red, enemies "
         "magenta, lava orange, chasms dark red; the agent is blue at the left, the coin yellow."
     )
     log("playing unseen levels")
-    num = int(env_kwargs.get("num_levels", 0))
-    unseen = {
-        **env_kwargs,
-        "num_levels": 0,
-        "start_level": int(env_kwargs.get("start_level", 0)) + num,
-    }
-    episodes = play_levels(run.load_agent(), unseen, 4, seed=seed)
-    section = report.section("The agent on unseen levels")
+    splits = level_splits(env_kwargs)
+    episodes = play_levels(run.load_agent(), splits.get("unseen", splits["training"]), 4, seed=seed)
+    section = report.section("The agent on unseen levels" if "unseen" in splits else "The agent")
     for k, ep in enumerate(episodes):
         section.figure(_png(frame_strip(ep)), f"episode {k}").note(
             f"Level {ep.start.level_seed}: {'coin' if ep.success else ep.death_cause} after "
@@ -159,18 +160,19 @@ def write_hazards_report(
     with atomic_path(run.analysis_dir / "agent.gif") as tmp:
         Path(tmp).write_bytes(gif)
     _gif_part(section, gif, "the agent playing an unseen level")
-    log(f"failure tables over {levels} levels per split and observation")
-    result = failure_study(run, levels, tuple(invisible), seed=seed)
+    if failures is None:
+        log(f"failure tables over {levels} levels per split and observation")
+        failures = failure_study(run, levels, tuple(invisible), seed=seed)
     s = report.section("Failure table")
-    s.table(failure_rows(result)).note(
+    s.table(failure_rows(failures)).note(
         "Each cause's share of all levels; 'multiple': several hazards struck in the same step. "
         "Unseen levels are those after the training levels' seeds."
     )
-    if invisible:
+    if failures["invisible"]:
         s.text("Hiding a hazard from the observation: hidden minus shown, on the same levels "
                "with the same random numbers.")  # fmt: skip
-        s.table(difference_rows(result))
-    s.json(result)
+        s.table(difference_rows(failures))
+    s.json(failures)
     return report.write(Path(out) if out else run.analysis_dir / "hazards_report.html")
 
 

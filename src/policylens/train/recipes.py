@@ -46,7 +46,8 @@ def maze_recipe(
 
 
 HAZARDS_STEPS = 3_000_000
-"""Default training length of the hazards recipe (see BENCHMARKS.md for its completion rates)."""
+"""Default training length of the hazards recipe: about 5 minutes on 2 quiet cores (measured
+9.7k steps/s); seeds 0-2 ended at 90-94% completion on training levels, 88-89% on unseen ones."""
 HAZARDS_LEVELS = 1000
 """Training levels of the hazards recipe; unseen levels are those from start_level + this up."""
 
@@ -64,14 +65,15 @@ def hazards_recipe(
 ) -> PPOConfig:
     """PPO on the hazard world: the symbolic 13 x 13-tile agent-centred view and a one-conv CNN.
 
-    Levels of difficulty 1-2 (1-3 sections; difficulty 3's 3-5 sections with wide pits held a
-    PPO agent near 25% completion after 1.5M steps, see BENCHMARKS.md). The network is a 3 x 3
-    conv (16 channels) under a 256-unit layer: residual blocks learned no faster per step and cost
-    1.6x the compute. PPO takes 2 epochs of 8 minibatches of 1,024 per 8,192-step rollout at
-    lr 1e-3 with a small entropy bonus (0.003): with 4 minibatches at 5e-4 the policy moved too
-    little per update (approximate KL 0.002), and 3 epochs learned no more per step than 2. Episodes end at 500 steps (the world's default is procgen's 1,000; a
-    competent agent finishes any of these levels in under 100). ``num_envs`` x ``num_steps`` is
-    one rollout; smaller ones make tiny runs (tests).
+    Levels of difficulty 1-2 (1-3 sections). On difficulties 1-3 the same PPO finished 72% of
+    its training episodes after 1.5M steps and about a quarter of its difficulty-3 levels (3-5
+    sections, wide pits). The network is a 3 x 3 conv (16 channels) under a 256-unit layer:
+    a residual block learned no faster per step and cost 1.6x the compute. PPO takes 2 epochs of
+    8 minibatches of 1,024 per 8,192-step rollout at lr 1e-3 with a small entropy bonus (0.003):
+    with 4 minibatches at 5e-4 the policy moved too little per update (approximate KL 0.002),
+    and 3 epochs learned no more per step than 2. Episodes end at 500 steps (the world's default
+    is procgen's 1,000; a competent agent finishes any of these levels in under 100).
+    ``num_envs`` x ``num_steps`` is one rollout; smaller ones make tiny runs (tests).
     """
     from policylens.envs.hazards import HazardsConfig
 
