@@ -63,7 +63,7 @@ def edit_cmd(
     random: int = typer.Option(3, min=0, max=100, help="Random-direction controls."),
     nmf: int = typer.Option(8, min=1, max=64, help="NMF features."),
     n_obs: int = typer.Option(512, min=8, max=100_000, help="Frames for the NMF."),
-    layer: str = typer.Option(None, help="Layer (default res1.hook_relu2; its reader is edited)."),
+    layer: str = typer.Option(None, help="Layer (default hook_relu; its reader is edited)."),
     seed: int = typer.Option(0, min=0, help="Seed of frames and NMF (levels: 10,000 + seed)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:

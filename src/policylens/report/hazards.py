@@ -149,7 +149,9 @@ def write_hazards_report(
     )
     log("playing unseen levels")
     splits = level_splits(env_kwargs)
-    episodes = play_levels(run.load_agent(), splits.get("unseen", splits["training"]), 4, seed=seed)
+    played = play_levels(run.load_agent(), splits.get("unseen", splits["training"]), 32, seed=seed)
+    # two completed levels and two failed ones (as many as there are)
+    episodes = [e for e in played if e.success][:2] + [e for e in played if not e.success][:2]
     section = report.section("The agent on unseen levels" if "unseen" in splits else "The agent")
     for k, ep in enumerate(episodes):
         section.figure(_png(frame_strip(ep)), f"episode {k}").note(

@@ -21,8 +21,8 @@ from policylens.rollout.engine import Step, policy_for, run_episodes
 from policylens.runs import Run
 from policylens.studies.hazards.failures import ENV_ID, level_splits
 
-DEFAULT_LAYER = "res1.hook_relu2"
-"""The middle conv layer of the recipe's network (after conv1, read only by conv2)."""
+DEFAULT_LAYER = "hook_relu"
+"""The recipe network's conv map after its ReLU (16 x 13 x 13), read only by ``fc``."""
 OBJECTS = ("saw", "enemy", "coin", "agent", "wall", "crate", "lava", "velocity")
 """Ground-truth masks a feature may be named after."""
 HAZARDS = ("saw", "enemy", "lava")
