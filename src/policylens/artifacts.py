@@ -223,6 +223,14 @@ def read_safetensors(file: str | os.PathLike) -> dict[str, Any]:
         ) from e
 
 
+def write_png(path: str | os.PathLike, image: Any) -> None:
+    """Write an RGB uint8 array ``(H, W, 3)`` to a PNG atomically."""
+    from PIL import Image
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
+
+
 def _jsonable(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()

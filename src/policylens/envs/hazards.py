@@ -1110,16 +1110,6 @@ def _stamp(
     img[rows[ok], cols[ok]] = sprite.rgb[dy[ok], dx[ok]]
 
 
-def save_png(image: np.ndarray, path: str) -> None:
-    """Write an RGB array to a PNG atomically."""
-    from PIL import Image
-
-    from policylens.artifacts import atomic_path
-
-    with atomic_path(path) as tmp:
-        Image.fromarray(image).save(tmp, format="PNG")
-
-
 # -- Gymnasium envs ----------------------------------------------------------------------------------
 class HazardsEnv(gym.Env):
     """One hazard level as a Gymnasium environment (``gymnasium.make("policylens/Hazards-v0")``)."""

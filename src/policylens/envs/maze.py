@@ -722,16 +722,6 @@ def human_view(
     return out
 
 
-def save_png(image: np.ndarray, path: str) -> None:
-    """Write an RGB array to a PNG atomically."""
-    from PIL import Image
-
-    from policylens.artifacts import atomic_path
-
-    with atomic_path(path) as tmp:
-        Image.fromarray(image).save(tmp, format="PNG")
-
-
 class MazeEnv(gym.Env):
     """One maze as a Gymnasium environment (``gymnasium.make("policylens/Maze-v0")``)."""
 

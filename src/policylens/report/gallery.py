@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from policylens.envs.maze import MazeConfig, MazeSolver, generate_level, human_view, save_png
+from policylens.artifacts import write_png
+from policylens.envs.maze import MazeConfig, MazeSolver, generate_level, human_view
 
 
 def maze_gallery(
@@ -30,7 +31,7 @@ def maze_gallery(
     for k, tile in enumerate(tiles):
         r, c = divmod(k, cols)
         canvas[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = tile
-    save_png(canvas, str(out))
+    write_png(out, canvas)
     return {
         "path": str(out),
         "levels": n,

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from policylens.artifacts import atomic_path
-from policylens.envs.hazards import HazardsConfig, generate_level, render_level, save_png
+from policylens.artifacts import atomic_path, write_png
+from policylens.envs.hazards import HazardsConfig, generate_level, render_level
 from policylens.report.html import Report, Section
 from policylens.runs import Run
 from policylens.studies.hazards.episodes import HazardsEpisode, play_levels
@@ -142,7 +142,7 @@ def write_hazards_report(
     log("drawing the level gallery")
     first = int(env_kwargs.get("start_level", 0))
     gallery = level_gallery(gallery_levels, seed=first, config=config)
-    save_png(gallery, str(run.analysis_dir / "level_gallery.png"))
+    write_png(run.analysis_dir / "level_gallery.png", gallery)
     report.section("Levels").figure(_png(gallery), "level gallery").note(
         f"Training levels {first}-{first + gallery_levels - 1}, drawn whole. Outlines: saws red, enemies "
         "magenta, lava orange, chasms dark red; the agent is blue at the left, the coin yellow."
