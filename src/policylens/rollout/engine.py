@@ -140,11 +140,19 @@ def steps(
     generator: torch.Generator,
     fwd_hooks: Hooks = (),
     cache: Sequence[str] = (),
+    active: np.ndarray | None = None,
 ) -> Generator[Step, None, None]:
     """Step ``envs`` (already reset to ``obs, infos``) forever, one :class:`Step` per call.
 
     Hooks stay attached and the agent in eval mode while the caller iterates; both are undone
     when the caller stops (``break`` or garbage collection closes the generator).
+
+    ``active``: a bool mask ``(n,)`` the caller may update between steps; rows it marks False
+    (episodes the caller is done with) skip the agent's forward pass, their logits and values
+    are zero and their actions meaningless. A wave of evaluation episodes waits for its longest
+    one (a 500-step timeout among 100-step levels: 7x the useful work, measured). Only without
+    hooks and cache, which may address batch rows. The uniforms are drawn for every row, so the
+    active rows' random numbers are those of a full pass.
     """
     n = envs.num_envs
     if policy.mask_illegal and "legal_actions" not in infos:
@@ -156,6 +164,17 @@ def steps(
             while True:
                 if cache:
                     (logits, values), acts = agent.run_with_cache(obs, names=list(cache))
+                elif active is not None and not fwd_hooks and not active.all():
+                    rows = torch.from_numpy(np.nonzero(active)[0])
+                    part_logits, part_values = agent(obs[rows.numpy()]) if len(rows) else (
+                        torch.zeros(0, agent.num_actions), torch.zeros(0))  # fmt: skip
+                    logits = torch.zeros(n, part_logits.shape[-1])
+                    values = torch.zeros(n)
+                    logits[rows], values[rows] = (
+                        part_logits.float().cpu(),
+                        part_values.float().cpu(),
+                    )
+                    acts = {}
                 else:
                     (logits, values), acts = agent(obs), {}
                 logits, values = logits.float().cpu(), values.float().cpu()
@@ -226,7 +245,7 @@ def first_episodes(
         ep.trace = {k: [_label(infos, k, i)] for k in trace_labels if k in infos}
         ep.sums = {k: 0.0 for k in sum_labels}
     active = np.ones(n, dtype=bool)
-    for step in steps(agent, envs, obs, infos, policy, generator, fwd_hooks):
+    for step in steps(agent, envs, obs, infos, policy, generator, fwd_hooks, active=active):
         if on_step is not None:
             on_step(step, active)
         done = step.done
