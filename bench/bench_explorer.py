@@ -3,21 +3,25 @@ the answer drawn, measured by the page itself (``window.__latencies``) in Debian
 by Playwright, with the server started as ``policylens explore RUN --no-browser`` (one torch
 thread, its default).
 
-Interactions on the maze (maze_cnn) and the rook endgame (MLP 256-256 Q-network with a 4x SAE):
-scrubbing with an overlay, the activations or the frame's clusters shown, the arrow keys,
-toggling overlays, opening a channel, moving the cheese, toggling a wall, dragging the steering
+Interactions on the maze (maze_cnn), the rook endgame (MLP 256-256 Q-network with a 4x SAE) and
+the hazard world (the recipe's one-conv maze_cnn on the symbolic 13 x 13 view, its frames drawn
+by the server): scrubbing with an overlay, the activations or the frame's clusters shown, the
+arrow keys, toggling overlays, opening a channel, labelling a cluster (every world with episodes
+and conv maps: maze and hazards); moving the cheese, toggling a wall, dragging the steering
 slider (the steered agent's vector field; then the two sampled paths of up to 40 steps, the
 agent's cached, the steered one played), moving the cheese in the interventions view (both
-paths played as one batch), labelling a cluster, opening an SAE latent, splicing an SAE in. Each
-is warmed up once (the first answer may start a background job), then repeated ``--repeats``
-times; p50 and p95 are printed against the 100 ms budget.
+paths played as one batch) (maze); opening an SAE latent, splicing an SAE in (rook). Each is
+warmed up once (the first answer may start a background job), then repeated ``--repeats`` times;
+p50 and p95 are printed against the 100 ms budget.
 
 Named peer: the wire format. One episode bundle is decoded in the page from our binary message
 and from the same arrays as JSON lists (FastAPI's default answer); the ratio is printed.
 
-Run: ``.venv/bin/python bench/bench_explorer.py [--maze RUN] [--rook RUN] [--repeats 30]``.
-Without runs it builds untrained ones of the built-in architectures (latency does not depend on
-training). Timings on a machine shared with other jobs are inflated.
+Run: ``.venv/bin/python bench/bench_explorer.py [--maze RUN] [--rook RUN] [--hazards RUN]
+[--worlds maze,rook,hazards] [--repeats 30]``. A world without a run given gets an untrained one
+of its built-in architecture (latency does not depend on training). Labelling a cluster writes
+into the run's ``analysis/explorer/labels.json``. Timings on a machine shared with other jobs are
+inflated.
 """
 
 from __future__ import annotations
@@ -36,11 +40,10 @@ import torch
 CHROMIUM = "/usr/bin/chromium"
 
 
-def build_runs(root: Path) -> tuple[Path, Path]:
-    """Untrained runs of the built-in maze and rook architectures (the rook one with an SAE)."""
+def build_maze_run(root: Path) -> Path:
+    """An untrained run of the built-in maze architecture."""
     from policylens.agents import build_agent
     from policylens.runs import Run
-    from policylens.studies.rook_sae.runs import train_run_sae
 
     torch.manual_seed(0)
     maze = build_agent("maze_cnn", (3, 9, 9), 4)
@@ -50,13 +53,39 @@ def build_runs(root: Path) -> tuple[Path, Path]:
                "gamma": 0.95, "gae_lambda": 0.9}  # fmt: skip
     run = Run.create(root / "maze", {"kind": "ppo", "agent": maze.config, "trainer": trainer})
     run.save_checkpoint(maze, 0)
+    return run.path
+
+
+def build_rook_run(root: Path) -> Path:
+    """An untrained rook-endgame Q-network run with a 4x SAE on its first layer."""
+    from policylens.agents import build_agent
+    from policylens.runs import Run
+    from policylens.studies.rook_sae.runs import train_run_sae
+
     rook = build_agent("mlp", (75,), 24, head="q", hidden=[256, 256])
     trainer = {"env_id": "policylens/RookEndgame-v0", "env_kwargs": {}, "gamma": 0.99}
     rrun = Run.create(root / "rook", {"kind": "dqn", "agent": rook.config, "trainer": trainer})
     rrun.save_checkpoint(rook, 0)
     train_run_sae(rrun.path, "layers.0.hook_act", arch="topk", expansion=4, samples=20_000,
                   steps=2000)  # fmt: skip
-    return run.path, rrun.path
+    return rrun.path
+
+
+def build_hazards_run(root: Path) -> Path:
+    """An untrained run of the hazard recipe's network in the recipe's world."""
+    from policylens.agents import build_agent
+    from policylens.envs.hazards import CHANNELS
+    from policylens.runs import Run
+    from policylens.train.recipes import hazards_recipe
+
+    recipe = hazards_recipe()
+    view = 13  # the world's default symbolic view, as the recipe trains on
+    agent = build_agent(recipe.arch, (len(CHANNELS), view, view), 15, **recipe.arch_kwargs)
+    trainer = {"env_id": recipe.env_id, "env_kwargs": recipe.env_kwargs, "gamma": recipe.gamma,
+               "gae_lambda": recipe.gae_lambda}  # fmt: skip
+    run = Run.create(root / "hazards", {"kind": "ppo", "agent": agent.config, "trainer": trainer})
+    run.save_checkpoint(agent, 0)
+    return run.path
 
 
 def explore(run: Path) -> tuple[subprocess.Popen, str]:
@@ -101,7 +130,9 @@ def repeat(page, name: str, action, n: int, settle: str = "true") -> list[float]
     return values[-n:]
 
 
-def maze_interactions(page, url: str, n: int) -> dict[str, list[float]]:
+def episode_interactions(page, url: str, n: int, prefix: str = "") -> dict[str, list[float]]:
+    """The views every world with episodes and conv maps has: overlays, NMF, activations, a
+    channel's page, the trajectory, the frame's clusters and naming a cluster."""
     out: dict[str, list[float]] = {}
     rng = np.random.default_rng(0)
     page.goto(f"{url}#/observation?seed=1&overlay=saliency")
@@ -129,10 +160,12 @@ def maze_interactions(page, url: str, n: int) -> dict[str, list[float]]:
     out["scrub (activations)"] = repeat(
         page, "scrub", lambda i: page.fill("#frame-slider", str(frames[i])), n
     )
-    page.locator("canvas.channel").nth(0).click()
+    channels = page.locator("canvas.channel")
+    channels.nth(0).click()
     wait(page, "document.querySelectorAll('#examples canvas').length > 0")
+    count = channels.count()
     out["open channel"] = repeat(
-        page, "open channel", lambda i: page.locator("canvas.channel").nth(i % 16).click(), n,
+        page, "open channel", lambda i: channels.nth(i % count).click(), n,
         "document.querySelectorAll('#examples canvas').length > 0",
     )  # fmt: skip
 
@@ -142,6 +175,22 @@ def maze_interactions(page, url: str, n: int) -> dict[str, list[float]]:
         page, "scrub", lambda i: page.fill("#frame-slider", str(frames[i])), n
     )
 
+    page.goto(f"{url}#/clusters?k=4&seed=1")
+    wait(page, "document.querySelector('#cluster-frame')?.dataset.frame")
+    out["scrub (frame clusters)"] = repeat(
+        page, "scrub", lambda i: page.fill("#frame-slider", str(frames[i])), n
+    )
+
+    def label(i: int) -> None:
+        page.fill("#cluster-label-0", f"label {i}")
+        page.locator("#cluster-label-0").dispatch_event("change")
+
+    out["label a cluster"] = repeat(page, "label cluster", label, n)
+    return {f"{prefix}{name}": values for name, values in out.items()}
+
+
+def maze_interactions(page, url: str, n: int) -> dict[str, list[float]]:
+    out = episode_interactions(page, url, n)
     page.goto(f"{url}#/editor?level=3")
     wait(page, "document.querySelector('#board')?.dataset.field")
     state = page.evaluate("() => fetch('api/maze/level?level=3').then(r => r.json())")
@@ -203,19 +252,11 @@ def maze_interactions(page, url: str, n: int) -> dict[str, list[float]]:
         f"() => window.__latencies.filter(l => l.name === {paths_name!r}).map(l => l.ms)"
     )
     out["move the cheese (interventions, paths)"] = paths[-n:]
-
-    page.goto(f"{url}#/clusters?k=4&seed=1")
-    wait(page, "document.querySelector('#cluster-frame')?.dataset.frame")
-    out["scrub (frame clusters)"] = repeat(
-        page, "scrub", lambda i: page.fill("#frame-slider", str(frames[i])), n
-    )
-
-    def label(i: int) -> None:
-        page.fill("#cluster-label-0", f"label {i}")
-        page.locator("#cluster-label-0").dispatch_event("change")
-
-    out["label a cluster"] = repeat(page, "label cluster", label, n)
     return out
+
+
+def hazards_interactions(page, url: str, n: int) -> dict[str, list[float]]:
+    return episode_interactions(page, url, n, prefix="hazards: ")
 
 
 def rook_interactions(page, url: str, n: int) -> dict[str, list[float]]:
@@ -262,47 +303,67 @@ def wire_peer(page, url: str) -> tuple[float, float, int, int]:
     )
 
 
+WORLDS = {
+    "maze": (build_maze_run, maze_interactions),
+    "rook": (build_rook_run, rook_interactions),
+    "hazards": (build_hazards_run, hazards_interactions),
+}
+"""World -> how to build an untrained run of it, and its interactions."""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--maze", type=Path, help="A maze run (default: an untrained maze_cnn run)."
     )
     parser.add_argument("--rook", type=Path, help="A rook run with an SAE (default: built).")
+    parser.add_argument(
+        "--hazards", type=Path, help="A hazard-world run (default: an untrained recipe network)."
+    )
+    parser.add_argument(
+        "--worlds", default=",".join(WORLDS), help="Worlds to measure, comma-separated."
+    )
     parser.add_argument("--repeats", type=int, default=30)
     args = parser.parse_args()
+    worlds = [w.strip() for w in args.worlds.split(",") if w.strip()]
+    unknown = [w for w in worlds if w not in WORLDS]
+    if unknown or not worlds:
+        parser.error(f"--worlds takes some of {', '.join(WORLDS)}; got {args.worlds!r}")
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
 
     from playwright.sync_api import sync_playwright
 
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="bench-explorer-"))
-    maze_run, rook_run = (args.maze, args.rook) if args.maze and args.rook else build_runs(tmp)
+    runs = {w: getattr(args, w) or WORLDS[w][0](tmp) for w in worlds}
     results: dict[str, list[float]] = {}
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1280, "height": 900})
-        for run, measure in ((maze_run, maze_interactions), (rook_run, rook_interactions)):
+        for world, run in runs.items():
             server, url = explore(run)
             try:
-                results.update(measure(page, url, args.repeats))
-                if run == maze_run:
+                results.update(WORLDS[world][1](page, url, args.repeats))
+                if world == worlds[0]:
                     peer = wire_peer(page, url)
             finally:
                 server.terminate()
                 server.wait(10)
         browser.close()
     print(f"explorer latency through Chromium, {args.repeats} repeats each (ms; budget 100 at p95)")
-    print(f"{'interaction':34s} {'p50':>7s} {'p95':>7s}  p95/budget")
+    print(f"{'interaction':40s} {'p50':>7s} {'p95':>7s}  p95/budget")
     for name, values in results.items():
         if not values:
             continue
         p50 = statistics.median(values)
         p95 = float(np.percentile(values, 95))
-        print(f"{name:34s} {p50:7.1f} {p95:7.1f}  {p95 / 100:.2f}{'' if p95 < 100 else '  over'}")
+        print(f"{name:40s} {p50:7.1f} {p95:7.1f}  {p95 / 100:.2f}{'' if p95 < 100 else '  over'}")
     binary_ms, json_ms, binary_bytes, json_bytes = peer
     print(
-        f"peer, JSON lists: decoding one episode bundle takes {binary_ms:.3f} ms as binary "
-        f"({binary_bytes / 1024:.0f} KB) vs {json_ms:.3f} ms as JSON lists ({json_bytes / 1024:.0f} KB): "
-        f"{json_ms / max(binary_ms, 1e-6):.0f}x"
+        f"peer, JSON lists: decoding one episode bundle of the {worlds[0]} run takes "
+        f"{binary_ms:.3f} ms as binary ({binary_bytes / 1024:.0f} KB) vs {json_ms:.3f} ms as JSON "
+        f"lists ({json_bytes / 1024:.0f} KB): {json_ms / max(binary_ms, 1e-6):.0f}x"
     )
 
 

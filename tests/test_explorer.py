@@ -1,6 +1,6 @@
-"""The explorer's API through FastAPI's test client: what each route answers, the security checks
-(token, Host, Origin, no CORS, CSP, run files only), label writes, and a hypothesis fuzz of the
-OpenAPI spec (no 5xx; no file outside the run)."""
+"""The explorer's API through FastAPI's test client on maze, rook-endgame and hazard-world runs:
+what each route answers, the security checks (token, Host, Origin, no CORS, CSP, run files only),
+label writes, and a hypothesis fuzz of the OpenAPI spec (no 5xx; no file outside the run)."""
 
 from __future__ import annotations
 
@@ -462,6 +462,155 @@ def test_rook_episodes_units_and_sae_pages(rook):
     assert post(rook, "/api/maze", {"state": {}, "layer": MLP_HOOK}).status_code == 400
 
 
+# -- the API on a hazard-world run ---------------------------------------------------------------------------
+HAZARD_LAYER = "hook_relu"
+
+
+@pytest.fixture(scope="module")
+def hazards_run(tiny_hazard_run, tmp_path_factory) -> Path:
+    """A copy of the shared tiny hazard run (the explorer may write into the run it serves), with
+    a small SAE on its conv map."""
+    import shutil
+
+    from policylens.studies.rook_sae.runs import train_run_sae
+
+    run = tmp_path_factory.mktemp("explorer") / "hazards"
+    shutil.copytree(tiny_hazard_run.path, run)
+    train_run_sae(run, HAZARD_LAYER, arch="topk", k=4, expansion=2, samples=4000, steps=300)
+    return run
+
+
+@pytest.fixture(scope="module")
+def hazards(hazards_run):
+    client = client_for(hazards_run)
+    yield client
+    client.app.app.state.explorer.jobs.close()
+
+
+def test_hazard_episodes_are_drawn_as_tiles_and_end_by_the_worlds_cause(hazards):
+    from policylens.envs.hazards import CAUSES, HazardsVecEnv
+    from policylens.report.rl_vision import symbolic_rgb
+    from policylens.rollout import engine
+
+    info = get(hazards, "/api/run").json()
+    assert info["world"] == "hazards" and info["has_levels"] and not info["editable"]
+    assert info["render"]["kind"] == "image"
+    kinds = {name for name, _ in info["render"]["legend"]}
+    assert {"saw", "enemy", "lava", "coin", "wall", "crate", "agent"} <= kinds
+    assert info["default_layer"] == HAZARD_LAYER  # the RL-vision study's conv map
+    ex = explorer_of(hazards)
+    outcomes = set()
+    for seed in range(4):
+        arrays, meta = unpack(get(hazards, f"/api/episode?seed={seed}").content)
+        T = meta["length"]
+        ep = ex.episode(ex.step(None), seed, None, False)
+        assert arrays["obs"].shape == (T + 1, 13, 13, 3) and arrays["obs"].dtype == np.uint8
+        for t in (0, T):  # each frame is the study's picture of the symbolic view, one px a tile
+            assert np.array_equal(arrays["obs"][t], symbolic_rgb(ep.obs[t], px=1))
+        # the outcome is the world's own: the same level replayed with the same actions
+        envs = HazardsVecEnv(1, **ex.world.env_kwargs)
+        envs.reset(seed=seed)
+        for t, a in enumerate(arrays["actions"]):
+            _, _, terminated, truncated, infos = envs.step(np.array([a]))
+            assert bool(terminated[0] or truncated[0]) == (t == T - 1)
+        cause = str(infos["final_info"]["death_cause"][0])
+        assert meta["outcome"] == ("coin" if cause == "none" else cause)
+        assert meta["success"] == (meta["outcome"] == "coin")
+        assert meta["bookmarks"][-1]["label"] == meta["outcome"]
+        outcomes.add(meta["outcome"])
+    assert outcomes <= {"coin", *CAUSES[1:]}
+    # the tiny run's agent times out; the other endings read the same label
+    for success, cause, outcome in ((True, "none", "coin"), (False, "saw", "saw"),
+                                    (False, "fell", "fell"), (False, "timeout", "timeout")):  # fmt: skip
+        ended = engine.Episode(success=success, end={"death_cause": cause, "truncated": False})
+        assert ex.world.outcome(ended) == outcome
+    # level N is the world's level seed N
+    arrays, meta = unpack(get(hazards, "/api/episode?seed=0&level=7").content)
+    envs, obs, _ = ex.world.reset(0, 7, False)
+    assert envs.unwrapped.get_state(0).level_seed == 7 and meta["level"] == 7
+    assert np.array_equal(arrays["obs"][0], symbolic_rgb(obs[0], px=1))
+    envs.close()
+
+
+def test_hazard_channels_correlate_with_the_worlds_object_masks(hazards):
+    from policylens.studies.rl_vision.features import OBJECTS
+
+    ex = explorer_of(hazards)
+    step = ex.step(None)
+    query = f"seed=1&t=0&layer={HAZARD_LAYER}"
+    assert unpack(get(hazards, f"/api/frame/activations?{query}").content)[0]["acts"].shape == (
+        16, 13, 13,
+    )  # fmt: skip
+    arrays, meta = unpack(get(hazards, f"/api/channel?layer={HAZARD_LAYER}&channel=5").content)
+    assert arrays["obs"].shape == (6, 13, 13, 3)  # dataset examples, drawn
+    correlations = meta["correlations"]["correlations"]
+    assert set(correlations) == set(OBJECTS)
+    data = ex.dataset(step)
+    assert len(data.obs) == 256
+    # the masks are the world's, cell for cell with what the agent sees
+    assert np.array_equal(data.truth["agent"], data.obs[:, 7] > 0)
+    assert data.truth["agent"].any((1, 2)).all()
+    assert ((data.obs[:, 0] > 0) <= data.truth["wall"]).all()
+    acts = ex.dataset_acts(step, HAZARD_LAYER)[:, 5].reshape(-1)
+    wall = data.truth["wall"].reshape(-1).astype(float)
+    np.testing.assert_allclose(correlations["wall"], np.corrcoef(acts, wall)[0, 1], rtol=1e-6)
+
+
+def test_hazard_clusters_are_scored_against_each_cells_object(hazards):
+    from policylens.explorer.worlds import HazardsWorld
+
+    ex = explorer_of(hazards)
+    arrays, meta = unpack(get(hazards, f"/api/clusters?layer={HAZARD_LAYER}&k=3").content)
+    data = ex.dataset(ex.step(None))
+    assert arrays["labels"].shape == (12, 13, 13) and arrays["obs"].shape == (12, 13, 13, 3)
+    assert arrays["sizes"].sum() == len(data.obs) * 13 * 13
+    scores = meta["scores"]
+    assert scores["categories"] == list(HazardsWorld.CATEGORIES) and 0 <= scores["ami"] <= 1
+    assert {c["majority"] for c in scores["clusters"]} <= set(HazardsWorld.CATEGORIES)
+    cat, names = ex.world.categories(data, (13, 13))
+    assert (cat[data.truth["agent"]] == names.index("agent")).all()  # the agent is on top
+    anything = np.logical_or.reduce([data.truth[n] for n in names[1:]])
+    assert (cat[~anything] == names.index("empty")).all() and (cat[anything] > 0).all()
+    query = f"/api/frame/clusters?seed=1&t=2&layer={HAZARD_LAYER}&k=3"
+    labels = unpack(get(hazards, query).content)[0]["labels"]
+    assert labels.shape == (13, 13) and labels.min() >= 0 and labels.max() <= 2
+
+
+def test_hazard_overlays_and_nmf_features_named_by_object_masks(hazards):
+    from policylens.studies.rl_vision.features import OBJECTS
+
+    for q in ("method=saliency", "method=ig&target=action", f"method=ig&layer={HAZARD_LAYER}"):
+        amap = unpack(get(hazards, f"/api/frame/attribution?seed=1&t=1&{q}").content)[0]["map"]
+        assert amap.shape == (13, 13) and np.isfinite(amap).all(), q
+    query = f"/api/frame/nmf?seed=1&t=1&layer={HAZARD_LAYER}&k=4"
+    arrays, meta = unpack(get(hazards, query).content)
+    assert arrays["maps"].shape == (13, 13, 4) and (arrays["maps"] >= 0).all()
+    assert arrays["example_obs"].shape == (16, 13, 13, 3)
+    for f in meta["features"]:  # named as the RL-vision study names them: the best object mask
+        assert f["label"] in OBJECTS
+        assert f["correlation"] == max(f["correlations"].values())
+
+
+def test_hazard_interventions_and_sae_pages(hazards):
+    from policylens.envs.hazards import CAUSES
+
+    info = get(hazards, "/api/run").json()
+    (sae,) = info["saes"]
+    clamp = {"episode": {"seed": 1}, "t": 1,
+             "intervention": {"clamp_channels": list(range(16)), "clamp_value": 5.0}}  # fmt: skip
+    arrays, meta = unpack(post(hazards, "/api/intervene", clamp).content)
+    assert not np.allclose(arrays["probs"], arrays["base_probs"])
+    assert arrays["final_obs"].shape == (13, 13, 3)
+    assert {meta["outcome"], meta["base_outcome"]} <= {"coin", *CAUSES[1:]}
+    over, meta = unpack(get(hazards, f"/api/sae/{sae['id']}").content)
+    latent = int(np.argmax(over["frequency"]))
+    card = unpack(get(hazards, f"/api/sae/{sae['id']}/latent/{latent}").content)[0]
+    assert card["top_obs"].shape[1:] == (13, 13, 3)
+    spliced = {"episode": {"seed": 1}, "t": 1, "intervention": {"sae": sae["id"]}}
+    assert post(hazards, "/api/intervene", spliced).status_code == 200
+    assert post(hazards, "/api/maze", {"state": {}, "layer": HAZARD_LAYER}).status_code == 400
+
+
 def test_a_taken_port_and_a_folder_without_a_run_fail_in_one_sentence(tmp_path):
     from typer.testing import CliRunner
 
@@ -526,14 +675,16 @@ json_values = st.recursive(
 
 
 @pytest.mark.slow
-def test_fuzzing_the_openapi_spec_gives_no_server_error_and_no_outside_file(maze, maze_run):
-    spec = maze.app.app.openapi()
+@pytest.mark.parametrize("world", ["maze", "hazards"])
+def test_fuzzing_the_openapi_spec_gives_no_server_error_and_no_outside_file(world, request):
+    client, run = request.getfixturevalue(world), request.getfixturevalue(f"{world}_run")
+    spec = client.app.app.openapi()
     operations = [
         (path, method, op) for path, item in spec["paths"].items() for method, op in item.items()
     ]
     run_files = {
         p.read_bytes()
-        for p in maze_run.rglob("*")
+        for p in run.rglob("*")
         if p.is_file() and p.suffix in (".json", ".html", ".csv")
     }
     body_keys = st.sampled_from(["state", "layer", "intervention", "episode", "t", "name", "k",
@@ -556,7 +707,7 @@ def test_fuzzing_the_openapi_spec_gives_no_server_error_and_no_outside_file(maze
             body = data.draw(
                 st.one_of(json_values, st.dictionaries(body_keys, json_values, max_size=6))
             )
-        r = maze.request(method.upper(), f"/{TOKEN}{url}", params=params, json=body)
+        r = client.request(method.upper(), f"/{TOKEN}{url}", params=params, json=body)
         assert r.status_code < 500, (method, url, params, body, r.text[:300])
         if url.startswith("/files/") and r.status_code == 200:
             assert r.content in run_files

@@ -67,6 +67,13 @@ def rook_server(tmp_path_factory):
     server.close()
 
 
+@pytest.fixture(scope="module")
+def hazards_server(tiny_hazard_run):
+    server = _serve(tiny_hazard_run.path)  # scrubbing and overlays write nothing into the run
+    yield server
+    server.close()
+
+
 @pytest.fixture
 def page(browser):
     page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -215,3 +222,33 @@ def test_sae_pages_and_interventions_on_the_rook_endgame(page, rook_server):
     sae = rook_server.explorer.saes()[0]["id"]
     _open(page, rook_server, f"interventions?seed=2&sae={sae}", "#intervention-summary th")
     assert "actions first differ" in page.inner_text("#intervention-summary")
+
+
+def test_scrub_a_hazard_episode_and_toggle_an_overlay(page, hazards_server):
+    from policylens.envs.hazards import AGENT, CAUSES, COLOURS
+
+    _open(page, hazards_server, "trajectory?seed=1", "#frame-label")
+    until(page, "document.querySelector('#board')?.dataset.frame === '0'")
+    assert page.locator("#anywhere").count() == 0 and page.locator("#level").count() == 1
+    assert {"saw", "enemy", "lava", "coin", "agent"} <= set(page.inner_text("#colour-key").split())
+    outcome = page.inner_text("#episode-summary").split(": ")[1].split(",")[0]
+    assert outcome in {"coin", *CAUSES[1:]}
+    # the view is centred on the agent: the board's middle is the agent's colour
+    middle = (
+        "(() => { const c = document.querySelector('#board'); return Array.from("
+        "c.getContext('2d').getImageData(c.width / 2, c.height / 2, 1, 1).data.slice(0, 3)); })()"
+    )
+    assert tuple(page.evaluate(middle)) == COLOURS[AGENT]
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    until(page, "document.querySelector('#board').dataset.frame === '2'")
+    assert "t=2" in page.url and tuple(page.evaluate(middle)) == COLOURS[AGENT]
+    page.locator("#nav-observation").click()
+    page.wait_for_selector("#overlay")
+    until(page, "document.querySelector('#board')?.dataset.overlay === 'saliency'")
+    assert page.inner_text("#frame-label").startswith("t = 2")  # the frame travels with the link
+    page.select_option("#overlay", "none")
+    until(page, "document.querySelector('#board').dataset.overlay === 'none'")
+    page.select_option("#overlay", "ig")
+    until(page, "document.querySelector('#board').dataset.overlay === 'ig'")
+    assert page.inner_text("#overlay-range").startswith("ig of value:")

@@ -386,22 +386,11 @@ def test_render_level_outlines_hazards() -> None:
 
 
 # -- the recipe, the failure study and the commands, on a tiny run ---------------------------------
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    from policylens.train.ppo import train_ppo
-    from policylens.train.recipes import hazards_recipe
-
-    out = tmp_path_factory.mktemp("runs") / "hazards"
-    config = hazards_recipe(num_levels=20, total_steps=8 * 32 * 2, num_envs=8, num_steps=32)
-    config.env_kwargs["max_steps"] = 40  # an untrained agent's levels end soon
-    return train_ppo(config, out, progress=False)
-
-
 @pytest.mark.slow
-def test_failure_table_counts_every_level_once(tiny_run) -> None:
+def test_failure_table_counts_every_level_once(tiny_hazard_run) -> None:
     from policylens.studies.hazards.failures import FAILURE_CAUSES, failure_study
 
-    result = failure_study(tiny_run, 12, ("saws",), seed=3)
+    result = failure_study(tiny_hazard_run, 12, ("saws",), seed=3)
     assert set(result["splits"]) == {"unseen", "training"}
     for split in result["splits"].values():
         for table in (split["shown"], split["hidden"]["saws"]):
@@ -420,7 +409,7 @@ def test_failure_table_counts_every_level_once(tiny_run) -> None:
 
 
 @pytest.mark.slow
-def test_failures_command_and_bad_input(tiny_run) -> None:
+def test_failures_command_and_bad_input(tiny_hazard_run) -> None:
     import json
 
     from typer.testing import CliRunner
@@ -428,25 +417,29 @@ def test_failures_command_and_bad_input(tiny_run) -> None:
     from policylens.cli import app
 
     runner = CliRunner()
-    r = runner.invoke(app, ["failures", str(tiny_run.path), "--levels", "6", "--json"])
+    r = runner.invoke(app, ["failures", str(tiny_hazard_run.path), "--levels", "6", "--json"])
     assert r.exit_code == 0, r.output
     data = json.loads(r.output)
     assert data["splits"]["training"]["shown"]["episodes"] == 6
-    r = runner.invoke(app, ["failures", str(tiny_run.path), "--levels", "6", "--invisible", "lava"])
+    r = runner.invoke(
+        app, ["failures", str(tiny_hazard_run.path), "--levels", "6", "--invisible", "lava"]
+    )
     assert r.exit_code == 2 and "--invisible choice" in r.output
-    r = runner.invoke(app, ["train", "hazards", "--out", str(tiny_run.path.parent / "nothing"),
+    r = runner.invoke(app, ["train", "hazards", "--out", str(tiny_hazard_run.path.parent / "nothing"),
                             "--resume", "--steps", "8192"])  # fmt: skip
     assert r.exit_code == 2 and "no run to continue" in r.output
 
 
 @pytest.mark.slow
-def test_report_pictures(tiny_run) -> None:
+def test_report_pictures(tiny_hazard_run) -> None:
     from policylens.report.hazards import episode_frames, frame_strip, gif_bytes, level_gallery
     from policylens.studies.hazards.episodes import play_levels
 
     gallery = level_gallery(4, config=HazardsConfig())
     assert gallery.ndim == 3 and gallery.shape[2] == 3
-    [ep] = play_levels(tiny_run.load_agent(), tiny_run.config["trainer"]["env_kwargs"], 1, seed=4)
+    [ep] = play_levels(
+        tiny_hazard_run.load_agent(), tiny_hazard_run.config["trainer"]["env_kwargs"], 1, seed=4
+    )
     assert len(ep.agent) >= 2 and ep.death_cause in (
         "none",
         "saw",
@@ -465,15 +458,41 @@ def test_report_pictures(tiny_run) -> None:
 
 
 @pytest.mark.slow
-def test_report_reuses_saved_failure_tables(tiny_run, tmp_path) -> None:
+def test_report_reuses_saved_failure_tables(tiny_hazard_run, tmp_path) -> None:
     from policylens.report.hazards import write_hazards_report
     from policylens.studies.hazards.failures import failure_study
 
-    tables = failure_study(tiny_run, 4, ("enemies",), seed=1)
-    path = write_hazards_report(tiny_run, tmp_path / "r.html", failures=tables, log=lambda m: None)
+    tables = failure_study(tiny_hazard_run, 4, ("enemies",), seed=1)
+    path = write_hazards_report(
+        tiny_hazard_run, tmp_path / "r.html", failures=tables, log=lambda m: None
+    )
     page = path.read_text()
     assert "enemies invisible" in page and "data:image/gif;base64," in page
-    assert (tiny_run.analysis_dir / "agent.gif").stat().st_size > 0
+    assert (tiny_hazard_run.analysis_dir / "agent.gif").stat().st_size > 0
     other = {**tables, "run": str(tmp_path)}
     with pytest.raises(ValueError, match="not"):
-        write_hazards_report(tiny_run, tmp_path / "x.html", failures=other, log=lambda m: None)
+        write_hazards_report(
+            tiny_hazard_run, tmp_path / "x.html", failures=other, log=lambda m: None
+        )
+
+
+def test_action_names_say_which_way_the_agent_goes() -> None:
+    from policylens.envs.hazards import ACTION_NAMES
+    from policylens.report.sae import action_names
+
+    assert action_names("policylens/Hazards-v0", {}, 15) == list(ACTION_NAMES)
+    cols = {}
+    for name in ("left", "noop", "right"):
+        envs = HazardsVecEnv(4, max_difficulty=1)
+        envs.reset(seed=5)
+        for _ in range(6):
+            _, _, _, _, infos = envs.step(np.full(4, ACTION_NAMES.index(name)))
+        cols[name] = infos["agent_pos"][:, 1]
+    assert (cols["left"] < cols["noop"]).all() and (cols["noop"] < cols["right"]).all()
+    envs = HazardsVecEnv(4, max_difficulty=1)
+    _, infos = envs.reset(seed=5)
+    row = infos["agent_pos"][:, 0].copy()
+    _, _, _, _, infos = envs.step(np.full(4, ACTION_NAMES.index("jump")))
+    for _ in range(2):
+        _, _, _, _, infos = envs.step(np.full(4, ACTION_NAMES.index("noop")))
+    assert (infos["agent_pos"][:, 0] < row).all()  # rows grow downward: a jump rises

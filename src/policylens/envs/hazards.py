@@ -91,6 +91,12 @@ MAX_GROUND, MAX_STEP_UP, MAX_PIT = 8, 4, 5
 carry 8 at top speed)."""
 RGB64_TILE_PX = 5
 
+ACTION_NAMES = (
+    "left+down", "left", "left+jump", "down", "noop", "jump", "right+down", "right", "right+jump",
+    "noop (d)", "noop (a)", "noop (w)", "noop (s)", "noop (q)", "noop (e)",
+)  # fmt: skip
+"""procgen's 15 actions: 0-8 are (left, none, right) x (down, none, jump); 9-14 do nothing here."""
+
 # Colours of the RGB observation and the level renderer.
 SKY = (170, 210, 245)
 COLOURS = {

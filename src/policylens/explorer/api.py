@@ -1,7 +1,8 @@
 """The explorer's HTTP API: thin routes over :class:`~policylens.explorer.session.Explorer`.
 
-JSON for small answers; tensors as :mod:`~policylens.explorer.tensors` messages. Work that is
-not ready answers 202 with its job (the page shows its progress and asks again); a bad request
+JSON for small answers; tensors as :mod:`~policylens.explorer.tensors` messages. Observations go out
+as the world draws them (:meth:`~policylens.explorer.worlds.World.drawn`). Work that is not ready
+answers 202 with its job (the page shows its progress and asks again); a bad request
 answers 400 with one sentence; unknown ids 404. Nothing here reads a path a client sends: run
 files are looked up by their path inside the run in an index of what may be served.
 """
@@ -26,7 +27,7 @@ router = APIRouter()
 
 Seed = Annotated[int, Query(ge=0, le=2**31 - 1, description="Seed of the episode.")]
 Step = Annotated[int | None, Query(ge=0, description="Checkpoint step (default: latest).")]
-Level = Annotated[int | None, Query(ge=0, le=10**9, description="Maze level number.")]
+Level = Annotated[int | None, Query(ge=0, le=10**9, description="Level number (maze, hazards).")]
 Frame = Annotated[int, Query(ge=0, le=100_000, description="Frame of the episode.")]
 Layer = Annotated[str, Query(min_length=1, max_length=200, description="Hook name.")]
 
@@ -43,7 +44,8 @@ def tensors(arrays: dict[str, Any], meta: dict[str, Any] | None = None) -> Respo
 
 
 class EpisodeParams(BaseModel):
-    """Which episode: a checkpoint, a seed and (maze) a level and the cheese distribution."""
+    """Which episode: a checkpoint, a seed, a level (maze, hazards) and the maze's cheese
+    distribution."""
 
     model_config = ConfigDict(extra="forbid")
     step: int | None = Field(None, ge=0)
@@ -92,7 +94,8 @@ def job(ex: Ex, job_id: Annotated[str, PathParam(max_length=64)]) -> JSONRespons
 # -- episodes and frames ---------------------------------------------------------------------------------
 @router.get("/api/episode")
 def episode(ex: Ex, p: EpisodeQuery) -> Response:
-    """An episode: observations, logits, values, advantages, actions, rewards, bookmarks."""
+    """An episode: observations (as drawn), logits, values, advantages, actions, rewards,
+    bookmarks."""
     _, ep = _episode(ex, p)
     adv = ex.world.advantages(ep)
     top = np.argsort(-np.abs(adv), kind="stable")[:5]
@@ -100,7 +103,7 @@ def episode(ex: Ex, p: EpisodeQuery) -> Response:
     marks.append({"t": ep.length, "kind": "success" if ep.success else "end", "label": ep.outcome})
     probs = torch.softmax(torch.from_numpy(ep.logits), -1).numpy()
     return tensors(
-        {"obs": ep.obs, "logits": ep.logits, "probs": probs, "values": ep.values,
+        {"obs": ex.world.drawn(ep.obs), "logits": ep.logits, "probs": probs, "values": ep.values,
          "advantages": adv, "actions": ep.actions, "rewards": ep.rewards},
         {"outcome": ep.outcome, "success": ep.success, "length": ep.length, "seed": ep.seed,
          "level": ep.level, "bookmarks": marks, "return": float(ep.rewards.sum())},
@@ -151,7 +154,7 @@ def frame_nmf(
     features = nmf.to_dict()["features"]
     shown = [e for ex_list in examples for e in ex_list]
     return tensors(
-        {"maps": maps, "example_obs": ex.dataset(step).obs[[e.index for e in shown]]},
+        {"maps": maps, "example_obs": ex.pictures(step)[[e.index for e in shown]]},
         {"features": features, "explained": nmf.explained,
          "examples": [[{"index": e.index, "position": e.position, "value": e.value} for e in f]
                       for f in examples]},
@@ -307,7 +310,7 @@ def intervene(ex: Ex, body: InterveneBody) -> Response:
     base = torch.softmax(torch.from_numpy(ep.logits[body.t]), -1).numpy()
     return tensors(
         {"probs": out["probs"], "base_probs": base, "actions": played.actions,
-         "base_actions": ep.actions, "final_obs": played.obs[-1]},
+         "base_actions": ep.actions, "final_obs": ex.world.drawn(played.obs[-1:])[0]},
         {"value": out["value"], "base_value": float(ep.values[body.t]),
          "outcome": played.outcome, "length": played.length, "base_outcome": ep.outcome,
          "base_length": ep.length},
@@ -364,7 +367,8 @@ def sae_latent(
     values, and what removing it does to the Q-values / logits and the value."""
     card = ex.sae_latent(ex.step(step), sae_id, latent)
     return tensors(
-        {"top_obs": card.top_obs, "top_values": np.array(card.top_values, dtype=np.float32),
+        {"top_obs": ex.world.drawn(card.top_obs),
+         "top_values": np.array(card.top_values, dtype=np.float32),
          "activations": card.activations},
         {"latent": card.latent, "frequency": card.frequency, "positions": card.top_positions,
          "ablation": card.ablation},

@@ -156,10 +156,13 @@ class Explorer:
         return self.memo(f"layers:{step}", make)
 
     def default_layer(self, step: int) -> str:
-        """A middle residual conv layer where there is one (as the studies), else the first
-        hidden layer."""
+        """The layer the world's study reads where the agent has it, else a middle residual conv
+        layer where there is one (as the studies), else the first hidden layer."""
         from policylens.lenses.attribution import default_layer, spatial_layers
 
+        studied = self.world.study_layer()
+        if studied is not None and studied in {x["name"] for x in self.layers(step)}:
+            return studied
         with self.lock:
             agent = self.agent(step)
             if spatial_layers(agent):
@@ -186,6 +189,7 @@ class Explorer:
             "render": world.render(),
             "has_levels": world.has_levels,
             "editable": world.editable,
+            "dataset": world.about_dataset,
             "actions": world.action_names,
             "greedy": world.policy.greedy,
             "kind": self.run.config.get("kind"),
@@ -286,6 +290,11 @@ class Explorer:
             lambda: self.world.dataset(self.own_agent(step), self.dataset_size, self.seed),
         )
 
+    def pictures(self, step: int) -> np.ndarray:
+        """The dataset's observations as the page draws them (:meth:`World.drawn`); dataset
+        examples are found on these, so their crops are of what the page shows."""
+        return self.memo(f"pictures:{step}", lambda: self.world.drawn(self.dataset(step).obs))
+
     def dataset_acts(self, step: int, layer: str) -> np.ndarray:
         """The dataset's activations at ``layer`` as ``(N, channel, h, w)`` (vectors: h = w = 1)."""
         from policylens.lenses.interventions import activation
@@ -326,10 +335,10 @@ class Explorer:
         self.compute(f"channelprep:{step}:{layer}", make)
         acts = self.dataset_acts(step, layer)
         maps = feature_strength(acts, channel)  # checks the channel exists
-        examples = examples_from_maps(maps, self.dataset(step).obs, k=6)
+        examples = examples_from_maps(maps, self.pictures(step), k=6)
         return {
             "examples": examples,
-            "obs": self.dataset(step).obs[[e.index for e in examples]],
+            "obs": self.pictures(step)[[e.index for e in examples]],
             "correlations": self.correlations(step, layer)[channel],
             "map_range": [float(maps.min()), float(maps.max())],
         }
@@ -362,7 +371,8 @@ class Explorer:
             masks = self.world.masks(data, result.maps.shape[1:3])
             if masks:
                 result.labels = label_features(result.maps, masks)
-            examples = [examples_from_maps(result.maps[..., i], data.obs, 4) for i in range(k)]
+            pictures = self.pictures(step)
+            examples = [examples_from_maps(result.maps[..., i], pictures, 4) for i in range(k)]
             return {"nmf": result, "examples": examples}
 
         return self.compute(f"nmf:{step}:{layer}:{k}", make)
@@ -392,13 +402,14 @@ class Explorer:
             found = cluster_positions(acts, k, method, seed=self.seed, layer=layer)
             truth = self.world.categories(self.dataset(step), acts.shape[2:])
             if truth is not None:
-                found.scores = alignment_scores(found.labels, truth[0], truth[1])
+                scores = alignment_scores(found.labels, truth[0], truth[1])
+                found.scores = {**scores, "categories": list(truth[1])}
             return found
 
         self.check_layer(step, layer)
         return {
             "clusters": self.compute(f"clusters:{step}:{layer}:{k}:{method}", make),
-            "obs": self.dataset(step).obs[:SHOWN],
+            "obs": self.pictures(step)[:SHOWN],
             "labels": self.cluster_labels(step, layer, k, method),
         }
 

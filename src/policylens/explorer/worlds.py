@@ -3,9 +3,11 @@
 The rest of the explorer is world-agnostic: it plays episodes, draws observations and labels
 positions only through a :class:`World`. :class:`MazeWorld` adds what only the maze has (levels,
 state editing, vector fields, the cheese vector); :class:`RookWorld` draws the board from the
-observation's planes and labels rows with the endgame's boolean concepts. Another world (the
-hazard world) adds one subclass and one line in :data:`ADAPTERS`; any other run gets the generic
-adapter (observations drawn as images or bars, no ground truth).
+observation's planes and labels rows with the endgame's boolean concepts; :class:`HazardsWorld`
+draws the hazard world's tiles as the RL-vision study does, names how each episode ended and takes
+its ground truth from the world's per-cell object masks. Another world adds one subclass and one
+line in :data:`ADAPTERS`; any other run gets the generic adapter (observations drawn as images or
+bars, no ground truth).
 
 Everything here calls the rollout engine and the studies; nothing is computed that a lens or study
 already computes.
@@ -19,10 +21,13 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from policylens.envs.hazards import COLOURS, KINDS, SKY, HazardsConfig
 from policylens.lenses.attribution import Attribution
+from policylens.report.rl_vision import symbolic_rgb
 from policylens.report.sae import action_names
 from policylens.rollout import engine
 from policylens.runs import Run
+from policylens.studies.rl_vision import features as rl_vision
 from policylens.studies.rook_sae.runs import run_world
 from policylens.train.ppo import gae
 
@@ -64,7 +69,8 @@ class Dataset:
 
     obs: np.ndarray
     truth: Any
-    """Maze: the states behind the observations; other worlds: ``{label: bool (N,)}``."""
+    """Maze: the states behind the observations; hazards: ``{object: bool (N, h, w)}`` masks at
+    observation resolution; other worlds: ``{label: bool (N,)}``."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,8 @@ class World:
     end_labels: ClassVar[tuple[str, ...]] = ()
     labels: ClassVar[tuple[str, ...]] = ()
     """Boolean ``info`` labels whose correlation with each unit the activations view shows."""
+    about_dataset: ClassVar[str] = "the agent's own play, 16 games at once, consecutive steps"
+    """What the dataset behind examples, correlations, clusters and NMF is, for the page."""
 
     def __init__(self, run: Run) -> None:
         self.run = run
@@ -135,18 +143,30 @@ class World:
             return {"kind": "image"}
         return {"kind": "vector"}
 
+    def drawn(self, obs: np.ndarray) -> np.ndarray:
+        """A batch of observations as the page receives them to draw (here: unchanged)."""
+        return obs
+
     def input_map(self, attribution: Attribution) -> np.ndarray:
         """An input attribution of one observation as a map over the drawn observation."""
         if attribution.is_spatial:
             return attribution.spatial()[0].detach().numpy()
         return attribution.attributions[0].detach().reshape(1, -1).numpy()
 
+    def study_layer(self) -> str | None:
+        """The layer this world's study reads, opened first where the agent has it."""
+        return None
+
     # -- playing ----------------------------------------------------------------------------------
+    def level_kwargs(self, level: int | None) -> dict[str, Any]:
+        """The world's options for playing ``level`` (None: the run's own distribution)."""
+        return self.env_kwargs
+
     def reset(self, seed: int, level: int | None, anywhere: bool) -> tuple[Any, Any, Any]:
-        """A one-env vector world reset to ``seed`` (levels are the maze's)."""
+        """A one-env vector world reset to ``seed``, on ``level`` where the world numbers them."""
         from policylens.envs import make_vec
 
-        envs = make_vec(self.env_id, 1, **self.env_kwargs)
+        envs = make_vec(self.env_id, 1, **self.level_kwargs(level))
         obs, infos = envs.reset(seed=seed)
         return envs, obs, infos
 
@@ -279,6 +299,7 @@ class MazeWorld(World):
     kind = "maze"
     has_levels = True
     editable = True
+    about_dataset = "test mazes, cheese anywhere, the mouse on cells the agent itself visits"
 
     def __init__(self, run: Run) -> None:
         from policylens.studies.maze.misgeneralization import maze_config
@@ -411,9 +432,81 @@ class MazeWorld(World):
         return md.categories(self.masks(data, hw)), md.CATEGORIES
 
 
+class HazardsWorld(World):
+    """The hazard world: the symbolic view drawn as a tile picture in the world's colours (the
+    RL-vision study's :func:`~policylens.report.rl_vision.symbolic_rgb`), episodes ending by
+    cause of death or the coin, levels by number, and the world's per-cell object masks as
+    ground truth (the masks the study names NMF features by)."""
+
+    kind = "hazards"
+    has_levels = True
+    end_labels = ("death_cause",)
+    CATEGORIES = ("empty", "wall", "crate", "lava", "coin", "saw", "enemy", "agent", "velocity")
+    """A position's ground-truth category: the world's kinds in drawing order, bottom to top,
+    named as the study's masks (:data:`~policylens.studies.rl_vision.features.OBJECTS`)."""
+    DATASET_EVERY = 4
+    """The dataset keeps every 4th step of ``n // 5`` episodes, so its ``n`` frames span about 20
+    steps of each level: a trained agent's whole level, not only its first steps."""
+    about_dataset = "the agent's own play, every 4th step, with the world's object masks"
+
+    def __init__(self, run: Run) -> None:
+        super().__init__(run)
+        self.config = HazardsConfig.from_kwargs(self.env_kwargs)
+
+    def render(self) -> dict[str, Any]:
+        """An image, with the colour of each kind for the page's key (the velocity's two cells
+        top left run from black to white with the speed)."""
+        kinds = [["sky", SKY]] + [[KINDS[code], rgb] for code, rgb in COLOURS.items()]
+        legend = [[name, f"rgb{tuple(rgb)}"] for name, rgb in kinds]
+        legend.append(["velocity (top left)", "linear-gradient(90deg, black, white)"])
+        return {"kind": "image", "legend": legend}
+
+    def drawn(self, obs: np.ndarray) -> np.ndarray:
+        """Symbolic observations as pictures of one pixel per tile (image views pass)."""
+        if self.config.obs_mode != "symbolic":
+            return obs
+        pictures = [symbolic_rgb(o, px=1) for o in obs]
+        return np.stack(pictures) if pictures else np.zeros((0, *obs.shape[2:], 3), np.uint8)
+
+    def study_layer(self) -> str | None:
+        return rl_vision.DEFAULT_LAYER
+
+    def level_kwargs(self, level: int | None) -> dict[str, Any]:
+        """Level ``N`` is the world's level seed ``N``: ``start_level=N, num_levels=1``."""
+        if level is None:
+            return self.env_kwargs
+        return {**self.env_kwargs, "start_level": level, "num_levels": 1}
+
+    def outcome(self, ep: engine.Episode) -> str:
+        """The coin, or the cause of death: saw, enemy, lava, fell, multiple, timeout."""
+        return "coin" if ep.success else str(ep.end["death_cause"])
+
+    def dataset(self, agent: Any, n: int, seed: int) -> Dataset:
+        """Frames of the agent's play with the world's object masks, collected as the RL-vision
+        study collects them."""
+        frames = rl_vision.collect_frames(
+            agent, self.env_kwargs, n, episodes=max(1, n // 5), every=self.DATASET_EVERY, seed=seed
+        )
+        return Dataset(frames.obs, frames.masks)
+
+    def masks(self, data: Dataset, hw: tuple[int, int]) -> dict[str, np.ndarray]:
+        return rl_vision.resize_masks(data.truth, hw)
+
+    def categories(
+        self, data: Dataset, hw: tuple[int, int]
+    ) -> tuple[np.ndarray, tuple[str, ...]] | None:
+        """Each position's top-most object (:data:`CATEGORIES`), "empty" where there is none."""
+        masks = self.masks(data, hw)
+        cat = np.zeros(masks["wall"].shape, dtype=np.int64)
+        for i, name in enumerate(self.CATEGORIES[1:], start=1):
+            cat[masks[name]] = i
+        return cat, self.CATEGORIES
+
+
 ADAPTERS: dict[str, type[World]] = {
     "policylens/Maze-v0": MazeWorld,
     "policylens/RookEndgame-v0": RookWorld,
+    "policylens/Hazards-v0": HazardsWorld,
 }
 """World id -> its adapter; a world not listed gets the generic :class:`World`."""
 

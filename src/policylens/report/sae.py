@@ -28,6 +28,10 @@ def action_names(env_id: str | None, env_kwargs: dict[str, Any], num_actions: in
         from policylens.envs.maze import ACTION_NAMES
 
         names = ACTION_NAMES
+    elif env_id and "Hazards" in env_id:
+        from policylens.envs.hazards import ACTION_NAMES as HAZARD_ACTIONS
+
+        names = HAZARD_ACTIONS
     elif env_id and "RookEndgame" in env_id:
         from policylens.envs.chess import action_names as chess_names
 

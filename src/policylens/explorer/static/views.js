@@ -67,6 +67,16 @@ function newBoard(id, size = BOARD) {
   return c;
 }
 
+// The colour of each kind under a board, for a world the server draws as a picture (the hazard
+// world); else null.
+function colourKey(app, board) {
+  const legend = app.info.render.legend;
+  if (!legend) return null;
+  const key = el("div", { class: "legend colour-key", id: "colour-key", style: `max-width:${board.cssWidth}px` });
+  for (const [name, colour] of legend) key.append(el("span", {}, el("span", { class: "swatch", style: `--c:${colour}` }), name));
+  return key;
+}
+
 // -- the episode bar: seed, level, play; the frame slider with arrow keys; bookmarks ------------------
 async function episodeBar(root, app, onFrame) {
   const p = app.params;
@@ -81,7 +91,7 @@ async function episodeBar(root, app, onFrame) {
   const controls = el("div", { class: "controls" },
     field("seed", seed),
     app.info.has_levels ? field("level", level) : null,
-    app.info.has_levels ? field("cheese anywhere", anywhere) : null,
+    app.info.world === "maze" ? field("cheese anywhere", anywhere) : null,
     el("button", { id: "play", text: "Play", onclick: play }),
     el("button", { id: "new-seed", text: "New seed", onclick: () => { seed.value = Number(seed.value || 0) + 1; play(); } }),
   );
@@ -181,7 +191,7 @@ async function trajectory(root, app) {
   const probChart = draw.canvas(560, 140);
   probChart.id = "prob-chart";
   const legend = el("div", { class: "legend" });
-  const left = el("div", {}, board);
+  const left = el("div", {}, board, colourKey(app, board));
   const right = el("div", { class: "stack" }, info, valueChart, probChart, legend);
   const bar = el("div", {});
   root.append(bar, el("div", { class: "row" }, left, right));
@@ -234,7 +244,7 @@ async function observation(root, app) {
   const legend = el("div", { id: "overlay-legend", class: "legend-box" });
   const bar = el("div", {});
   root.append(bar, el("div", { class: "controls" }, field("overlay", overlay), field("target", target), field("layer", layer), field("NMF features", k), field("opacity", opacity)),
-    el("div", { class: "row" }, board, legend));
+    el("div", { class: "row" }, el("div", {}, board, colourKey(app, board)), legend));
   let frame = 0;
   let answer = null;
   const { ep } = await episodeBar(bar, app, async (t) => { frame = t; await refresh(); });
@@ -419,9 +429,9 @@ async function clusters(root, app) {
   const boards = el("div", { id: "cluster-boards", class: "grid" });
   const legend = el("div", { id: "cluster-legend" });
   root.append(bar, el("div", { class: "controls" }, field("layer", layer), field("clusters", k), field("method", method)),
-    el("p", { class: "note", text: "Every position's channel vector over the explorer's dataset (test mazes, cheese anywhere, the agent's own positions) is clustered; this frame's positions take the cluster of the nearest k-means centre (a linkage: of the nearest clustered position). Click a cell to name its cluster. Names are saved in the run folder." }),
+    el("p", { class: "note", text: `Every position's channel vector over the explorer's dataset (${app.info.dataset}) is clustered; this frame's positions take the cluster of the nearest k-means centre (a linkage: of the nearest clustered position). Click a cell to name its cluster. Names are saved in the run folder.` }),
     el("div", { class: "row" }, el("figure", {}, board, el("figcaption", { text: "this frame, coloured by cluster" })), legend),
-    panel("The clustered dataset (its first mazes)", boards));
+    panel("The clustered dataset (its first observations)", boards));
   let frame = 0;
   const { ep } = await episodeBar(bar, app, async (t) => { frame = t; await drawFrame(); });
   frame = Number(app.params.t || 0);
@@ -430,7 +440,7 @@ async function clusters(root, app) {
   const inputs = [];
   const scores = r.meta.scores || {};
   const per = new Map((scores.clusters || []).map((c) => [c.cluster, c]));
-  legend.append(el("p", { id: "cluster-scores", text: scores.ami !== undefined ? `dataset against wall / path / mouse / cheese: AMI ${draw.fmt(scores.ami)}, purity ${draw.fmt(scores.purity)}` : "no ground truth to score against" }));
+  legend.append(el("p", { id: "cluster-scores", text: scores.ami !== undefined ? `dataset against ${scores.categories.join(" / ")}: AMI ${draw.fmt(scores.ami)}, purity ${draw.fmt(scores.purity)}` : "no ground truth to score against" }));
   for (let c = 0; c < Number(k.value); c++) {
     const input = el("input", { id: `cluster-label-${c}`, type: "text", maxlength: 40, placeholder: "name this cluster", value: r.meta.names[String(c)] || "" });
     input.addEventListener("change", () => save(c, input));
