@@ -179,3 +179,145 @@ def test_hallucinations_found_and_checked_by_patching():
     row = check["rows"][0]
     assert row["patched"] == pytest.approx(-2.0)
     assert row["control"] == pytest.approx(0.0)
+
+
+# -- the edit's verdict, the table cache, attribution on objects --------------------------------
+def _table(n: int, deaths: dict[str, int]) -> dict:
+    """A failure table of ``n`` levels with these deaths per cause (the rest completed)."""
+    from policylens.rollout import stats
+    from policylens.studies.hazards.failures import FAILURE_CAUSES
+
+    causes = np.array(sum(([c] * deaths.get(c, 0) for c in FAILURE_CAUSES), []) + ["none"] * (
+        n - sum(deaths.values())))  # fmt: skip
+    return {
+        "completion": stats.proportion(causes == "none"),
+        "failures": {c: {"of_levels": stats.proportion(causes == c)} for c in FAILURE_CAUSES},
+    }
+
+
+def _experiment(base: dict, tables: dict) -> dict:
+    return {"baseline": base, "tables": tables,
+            "moves": {k: editing._moves(t, base) for k, t in tables.items()}}  # fmt: skip
+
+
+def test_edit_verdict_met_only_when_the_cause_rises_alone_beyond_random():
+    base = _table(10_000, {"saw": 40, "enemy": 500, "lava": 60})
+    blinded = _table(10_000, {"saw": 1200, "enemy": 520, "lava": 55})
+    shuffled = _table(10_000, {"saw": 60, "enemy": 510, "lava": 70})
+    exp = _experiment(base, {"edit:saw": blinded, "invisible:saw": blinded, "random:0": shuffled})
+    v = editing.edit_verdict(exp, "saw")
+    assert v["effect"] and v["beats_random"] and v["target_met"]
+    assert v["ratio"] == pytest.approx(30.0)
+    assert "met." in editing.verdict_sentence(v) and "no effect" not in editing.verdict_sentence(v)
+
+    collateral = _table(10_000, {"saw": 1200, "enemy": 1100, "lava": 60})  # enemies x2.2 too
+    v = editing.edit_verdict(
+        _experiment(base, {"edit:saw": collateral, "random:0": shuffled}), "saw"
+    )
+    assert v["effect"] and not v["target_met"] and v["other_ratios"]["enemy"] > 2
+
+    same = _table(10_000, {"saw": 43, "enemy": 500, "lava": 60})
+    v = editing.edit_verdict(_experiment(base, {"edit:saw": same, "random:0": shuffled}), "saw")
+    assert not v["effect"] and not v["target_met"]
+    assert "no effect" in editing.verdict_sentence(v)
+
+    v = editing.edit_verdict(_experiment(base, {"edit:saw": blinded, "random:0": blinded}), "saw")
+    assert not v["beats_random"] and not v["target_met"]  # any rank-one edit does as much
+    with pytest.raises(ValueError, match="no edit of 'enemy'"):
+        editing.edit_verdict(exp, "enemy")
+
+
+def test_attribution_on_objects_compares_object_cells_with_the_rest():
+    from policylens.studies.rl_vision.features import attribution_on_objects
+
+    attr = np.ones((2, 3, 4, 4))
+    saw = np.zeros((2, 4, 4), bool)
+    saw[0, 1, 1] = True
+    attr[0, :, 1, 1] = 5.0
+    out = attribution_on_objects(attr, {"saw": saw, "none": np.zeros_like(saw)})
+    assert out["saw"]["on"] == pytest.approx(15.0) and out["saw"]["off"] == pytest.approx(3.0)
+    assert out["saw"]["ratio"] == pytest.approx(5.0) and "none" not in out
+
+
+# -- on a tiny trained hazard run ---------------------------------------------------------------
+@pytest.mark.slow
+def test_edit_experiment_saves_and_reuses_its_tables(tiny_hazard_run, tmp_path):
+    agent = tiny_hazard_run.load_agent()
+    env = {**tiny_hazard_run.config["trainer"]["env_kwargs"], "start_level": 20, "num_levels": 0}
+    v = np.random.default_rng(0).standard_normal(16)
+    logs: list[str] = []
+    first = editing.edit_experiment(agent, "hook_relu", {"saw": v}, env, 3, random_controls=1,
+                                    cache=tmp_path, log=logs.append)  # fmt: skip
+    assert len(list(tmp_path.glob("*.json"))) == 4  # unedited, edit, invisible saws, random
+    assert not any("saved earlier" in m for m in logs)
+    logs.clear()
+    again = editing.edit_experiment(agent, "hook_relu", {"saw": v}, env, 3, random_controls=1,
+                                    cache=tmp_path, log=logs.append)  # fmt: skip
+    assert len(logs) == 4 and all("saved earlier" in m for m in logs)
+    assert again["moves"] == first["moves"]
+    edited = editing.edit_agent(agent, "hook_relu", v)
+    assert editing.table_key(agent, env, 3, 0) != editing.table_key(edited, env, 3, 0)
+    assert editing.table_key(agent, env, 3, 0) != editing.table_key(agent, env, 4, 0)
+
+
+@pytest.mark.slow
+def test_study_commands_end_to_end(tiny_hazard_run, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from policylens.cli import app
+
+    run = str(tiny_hazard_run.path)
+    cli = CliRunner()
+
+    def ok(*args: str) -> dict:
+        r = cli.invoke(app, [*args, "--json"])
+        assert r.exit_code == 0, r.output
+        return json.loads(r.stdout)  # progress lines go to stderr
+
+    features = ok("features", run, "--n-obs", "16", "--nmf", "3")
+    assert features["layer"] == "hook_relu" and len(features["nmf"]["features"]) == 3
+    assert set(features["best_alignment"]) >= {"saw", "enemy", "coin", "wall"}
+    edited = tmp_path / "edited"
+    result = ok("edit", run, "--feature", "saw", "--out", str(edited), "--levels", "3",
+                "--random", "1", "--n-obs", "16", "--nmf", "3")  # fmt: skip
+    assert result["experiment"]["verdict"]["feature"] == "saw"
+    assert set(result["experiment"]["tables"]) == {"edit:saw", "invisible:saw", "random:0"}
+    reader = tiny_hazard_run.load_agent().net.fc.weight
+    v = torch.tensor(result["edit"]["direction"], dtype=torch.float32)
+    w = tiny_hazard_run.__class__(edited).load_agent().net.fc.weight.reshape(len(reader), 16, -1)
+    assert torch.einsum("ocr,c->or", w, v).abs().max() < 1e-4  # the direction is gone
+    r = cli.invoke(app, ["edit", run, "--feature", "saw", "--out", str(edited)])
+    assert r.exit_code == 2 and "already holds a run" in r.output
+    r = cli.invoke(app, ["edit", run, "--feature", "banana", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "--feature must be one of" in r.output
+    dissected = ok("dissect", run, "--levels", "3")
+    assert dissected["levels"] == 3
+    found = ok("hallucinations", run, "--n-obs", "16", "--nmf", "3", "--limit", "4")
+    assert found["frames"] == 16
+    r = cli.invoke(app, ["rl-vision-report", run, "--edit", str(edited),
+                         "--out", str(tmp_path / "r.html")])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    html = (tmp_path / "r.html").read_text()
+    assert "Feature legend" in html and "Model editing" in html and "Failure dissection" in html
+
+
+@pytest.mark.slow
+def test_diversity_sweep_and_its_report(tmp_path):
+    from policylens.report.rl_vision import write_rl_vision_report
+    from policylens.sweeps import SweepSpec, run_sweep
+
+    spec = SweepSpec(world="hazards", grid={"num_levels": [5, 50]}, seeds=[0, 1], steps=512,
+                     fixed={"num_envs": 8, "num_steps": 32},
+                     evaluate="policylens.studies.rl_vision.diversity:diversity_metrics",
+                     evaluate_kwargs={"levels": 3, "frames": 16, "k": 3})  # fmt: skip
+    rows = run_sweep(spec, tmp_path / "sweep", quiet=True, threads=1)
+    assert len(rows) == 4
+    for row in rows:
+        assert 0 <= row["training_completion"] <= 1 and 0 <= row["unseen_completion"] <= 1
+        assert -1 <= row["interpretability_score"] <= 1
+    html = write_rl_vision_report(tmp_path, tmp_path / "r.html", sweep=tmp_path / "sweep")
+    assert "The diversity hypothesis" in html.read_text()
+    with pytest.raises(FileNotFoundError, match="holds no sweep"):
+        write_rl_vision_report(tmp_path, tmp_path / "r.html", sweep=tmp_path)

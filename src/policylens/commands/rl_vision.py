@@ -46,6 +46,11 @@ def hazard_features_cmd(
     console.print(f"NMF explains {hf.nmf.explained:.1%} of the squared attribution.")
     named = ", ".join(f"{h} {'yes' if ok else 'no'}" for h, ok in summary["hazards_named"].items())
     console.print(f"hazards met with a feature aligned >= 0.6: {named or 'none met'}")
+    on = summary["attribution_on_objects"]
+    console.print(
+        "|attribution| per cell on each object / elsewhere: "
+        + ", ".join(f"{k} x{v['ratio']:.1f}" for k, v in on.items())
+    )
     for kind, path in summary["files"].items():
         console.print(f"{kind}: {path}")
 
@@ -71,6 +76,7 @@ def edit_cmd(
     and with --levels compare failure tables with the invisible-hazard and random controls."""
     from policylens.artifacts import check_writable, write_json
     from policylens.report.rl_vision import edit_rows
+    from policylens.studies.hazards.failures import FAILURE_CAUSES
     from policylens.studies.rl_vision import editing
     from policylens.studies.rl_vision.features import DEFAULT_LAYER, hazard_env_kwargs, run_features
 
@@ -95,7 +101,10 @@ def edit_cmd(
         exp = editing.edit_experiment(
             agent, layer, {name: v}, hazard_env_kwargs(r), levels, random_controls=random,
             seed=10_000 + seed, log=lambda m: err_console.print(m),
+            cache=r.analysis_dir / "failure_tables",
         )  # fmt: skip
+        if name in FAILURE_CAUSES:
+            exp["verdict"] = editing.edit_verdict(exp, name)
         write_json(edited.analysis_dir / "edit_experiment.json", exp)
         result["experiment"] = exp
     if as_json:
@@ -107,6 +116,8 @@ def edit_cmd(
     )
     if levels:
         _print(edit_rows(result["experiment"]), f"failure table on {levels} unseen levels")
+        if "verdict" in result["experiment"]:
+            console.print(editing.verdict_sentence(result["experiment"]["verdict"]))
 
 
 @command("dissect")
@@ -194,6 +205,9 @@ def _print(rows: list[dict], title: str) -> None:
 def rl_vision_report_cmd(
     run: Path = typer.Argument(..., help="Hazard-world run folder (after features/dissect/...)."),
     edit: list[Path] = typer.Option([], help="An edited run from `policylens edit --levels N`."),
+    sweep: Path = typer.Option(
+        None, help="A diversity sweep folder (`policylens sweep --world hazards ...`) to include."
+    ),
     out: Path = typer.Option(None, help="HTML file (default RUN/analysis/rl_vision_report.html)."),
 ) -> None:
     """One HTML page of the study from what the commands wrote: legend, overlays, failures,
@@ -202,6 +216,6 @@ def rl_vision_report_cmd(
 
     r = open_run(run, HAZARDS)
     path = write_rl_vision_report(
-        r.analysis_dir, out or r.analysis_dir / "rl_vision_report.html", edit
+        r.analysis_dir, out or r.analysis_dir / "rl_vision_report.html", edit, sweep
     )
     console.print(f"report: {path}")

@@ -11,7 +11,10 @@ from rich.table import Table
 
 from policylens.cli import MAX_STEPS, command, console, err_console, print_json
 
-DEFAULT_EVALUATE = {"maze": "policylens.studies.maze.sweep:maze_metrics"}
+DEFAULT_EVALUATE = {
+    "maze": "policylens.studies.maze.sweep:maze_metrics",
+    "hazards": "policylens.studies.rl_vision.diversity:diversity_metrics",
+}
 """The evaluation of each world's trials when neither the spec nor ``--evaluate`` names one."""
 
 

@@ -15,8 +15,11 @@ from policylens.envs.hazards import AGENT, CHANNELS, COIN, COLOURS, CRATE, ENEMY
 from policylens.report.features import nmf_figure
 from policylens.report.figures import curves_figure
 from policylens.report.html import Report
+from policylens.report.sweeps import metrics_by_parameter
 from policylens.studies.hazards.failures import FAILURE_CAUSES
+from policylens.studies.rl_vision.editing import verdict_sentence
 from policylens.studies.rl_vision.features import HazardFeatures, feature_maps_of
+from policylens.sweeps import read_sweep
 
 SKY_RGB = (170, 210, 245)
 _CHANNEL_KIND = {"wall": WALL, "crate": CRATE, "lava": LAVA, "coin": COIN, "saw": SAW,
@@ -135,8 +138,41 @@ def dissection_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def write_rl_vision_report(analysis: Path, out: Path, edits: list[Path] = ()) -> Path:  # type: ignore[assignment]
-    """One HTML page from the JSON results the commands wrote under a run's ``analysis/``."""
+DIVERSITY_METRICS = ["training_completion", "unseen_completion", "interpretability_score",
+                     "alignment_saw", "alignment_enemy"]  # fmt: skip
+"""The diversity sweep's metrics the report plots (:mod:`policylens.studies.rl_vision.diversity`)."""
+
+
+def diversity_section(report: Report, sweep: Path) -> None:
+    """The diversity hypothesis: completion and interpretability by number of training levels."""
+    spec, rows = read_sweep(sweep)
+    if not rows:
+        raise ValueError(f"the sweep in {sweep} has no finished trials to report yet.")
+    missing = [m for m in DIVERSITY_METRICS if m not in rows[0]]
+    if missing or "num_levels" not in spec.grid:
+        raise ValueError(
+            f"{sweep} is not a diversity sweep (`policylens sweep --world hazards --grid "
+            f"num_levels=100,1000,10000`); it lacks {', '.join(missing) or 'a num_levels grid'}."
+        )
+    figure, table = metrics_by_parameter(spec, rows, DIVERSITY_METRICS)
+    s = report.section("The diversity hypothesis")
+    s.text(f"{len(rows)} agents of the hazards recipe by number of training levels (seeds "
+           f"{spec.seeds}); completion on 1,000 training and 1,000 unseen levels; the "
+           "interpretability score is the mean best alignment of the NMF features to an object "
+           "mask. Means over seeds with Student-t 95% intervals.")  # fmt: skip
+    if figure:
+        s.figure(figure, "diversity hypothesis")
+    s.table(table)
+
+
+def write_rl_vision_report(
+    analysis: Path,
+    out: Path,
+    edits: list[Path] = (),  # type: ignore[assignment]
+    sweep: Path | None = None,
+) -> Path:
+    """One HTML page from the JSON results the commands wrote under a run's ``analysis/`` (and
+    the diversity sweep's folder, if given)."""
     report = Report(
         "Understanding RL Vision on the hazard world",
         "Hilton et al. (2020) reproduced on a policylens agent: NMF features of the value named "
@@ -154,7 +190,12 @@ def write_rl_vision_report(analysis: Path, out: Path, edits: list[Path] = ()) ->
                f"{features['nmf']['k']} features (explains {features['nmf']['explained']:.1%}). "
                "Alignment: correlation of the feature map with the named object mask.")  # fmt: skip
         s.table(legend_rows(features))
-        s.table([{"object": k, "best alignment": v} for k, v in features["best_alignment"].items()])
+        on = features.get("attribution_on_objects", {})
+        s.table([
+            {"object": k, "best alignment": round(v, 3),
+             "|attribution| on / off the object": f"x{on[k]['ratio']:.1f}" if k in on else "-"}
+            for k, v in features["best_alignment"].items()
+        ])  # fmt: skip
         strip = analysis / "rl_vision_features.png"
         if strip.exists():
             s.figure(strip.read_bytes(), "feature overlay strip")
@@ -180,7 +221,11 @@ def write_rl_vision_report(analysis: Path, out: Path, edits: list[Path] = ()) ->
         exp = json.loads(exp_file.read_text())
         s = report.section(f"Model editing: {Path(edit).name}")
         s.text(f"{exp['levels']} unseen levels, seed {exp['seed']}, layer {exp['layer']}.")
+        if "verdict" in exp:
+            s.text(verdict_sentence(exp["verdict"]))
         s.table(edit_rows(exp))
         s.note("Rate ratio to the unedited agent (difference, Newcombe 95% interval):")
         s.table(ratio_rows(exp))
+    if sweep is not None:
+        diversity_section(report, Path(sweep))
     return report.write(out)

@@ -29,19 +29,15 @@ def interval_text(m: dict[str, Any]) -> str:
     return f"{m['mean']:.3f} [{m['ci'][0]:.3f}, {m['ci'][1]:.3f}] (n={m['n']})"
 
 
-def sweep_report(spec: SweepSpec, rows: list[dict[str, Any]], title: str) -> Report:
-    """The report of a sweep's result rows (from :func:`policylens.sweeps.run_sweep`)."""
+def metrics_by_parameter(
+    spec: SweepSpec, rows: list[dict[str, Any]], names: list[str] | None = None
+) -> tuple[bytes | None, list[dict[str, Any]]]:
+    """The metrics ``names`` (default all) at every parameter combination: a figure of the means
+    over seeds with Student-t 95% intervals and the single seeds as dots, and the same as a table."""
     groups = aggregate(spec, rows)
-    names = metric_names(spec, rows)
+    names = metric_names(spec, rows) if names is None else names
     single = len(spec.grid) == 1
     labels = [_label(g["params"], single) for g in groups]
-    report = Report(
-        title,
-        f"{len(rows)} trials in the {spec.world} world: every combination of "
-        f"{', '.join(spec.grid) or 'the fixed settings'} with seeds {spec.seeds}, "
-        f"{spec.steps or 'the recipe default of'} steps each, evaluated by {spec.evaluate}. "
-        "Points are means over seeds with Student-t 95% intervals; grey dots are single seeds.",
-    )
     panels = []
     for name in names:
         values = [
@@ -57,19 +53,32 @@ def sweep_report(spec: SweepSpec, rows: list[dict[str, Any]], title: str) -> Rep
             )
         )
     xlabel = next(iter(spec.grid)) if single else "parameters"
+    figure = figures.interval_panels_figure(labels, panels, xlabel) if panels else None
+    table = [
+        {
+            "parameters": label,
+            "seeds": len(g["seeds"]),
+            **{n: interval_text(g["metrics"][n]) for n in names},
+        }
+        for label, g in zip(labels, groups, strict=True)
+    ]
+    return figure, table
+
+
+def sweep_report(spec: SweepSpec, rows: list[dict[str, Any]], title: str) -> Report:
+    """The report of a sweep's result rows (from :func:`policylens.sweeps.run_sweep`)."""
+    report = Report(
+        title,
+        f"{len(rows)} trials in the {spec.world} world: every combination of "
+        f"{', '.join(spec.grid) or 'the fixed settings'} with seeds {spec.seeds}, "
+        f"{spec.steps or 'the recipe default of'} steps each, evaluated by {spec.evaluate}. "
+        "Points are means over seeds with Student-t 95% intervals; grey dots are single seeds.",
+    )
+    figure, table = metrics_by_parameter(spec, rows)
     sec = report.section("Metrics by parameter")
-    if panels:
-        sec.figure(figures.interval_panels_figure(labels, panels, xlabel), "metrics by parameter")
-    sec.table(
-        [
-            {
-                "parameters": label,
-                "seeds": len(g["seeds"]),
-                **{n: interval_text(g["metrics"][n]) for n in names},
-            }
-            for label, g in zip(labels, groups, strict=True)
-        ]
-    ).note("n counts the seeds whose trial measured the metric (a NaN is left out).")
+    if figure:
+        sec.figure(figure, "metrics by parameter")
+    sec.table(table).note("n counts the seeds whose trial measured the metric (a NaN is left out).")
     cols = columns(spec, rows)
     report.section("Trials").table([{c: r.get(c) for c in cols} for r in rows])
     report.section("Spec").json(spec.to_dict())

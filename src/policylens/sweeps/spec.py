@@ -33,9 +33,9 @@ from typing import Any
 
 from policylens.errors import check_known
 from policylens.train.ppo import PPOConfig
-from policylens.train.recipes import maze_recipe
+from policylens.train.recipes import hazards_recipe, maze_recipe
 
-RECIPES: dict[str, Callable[..., PPOConfig]] = {"maze": maze_recipe}
+RECIPES: dict[str, Callable[..., PPOConfig]] = {"maze": maze_recipe, "hazards": hazards_recipe}
 """World name -> the recipe a sweep's parameters go to; each returns the PPO config of one run."""
 
 CONTROLLED = ("seed", "total_steps")

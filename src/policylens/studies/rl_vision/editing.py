@@ -12,6 +12,8 @@ depends only on the direction, so random directions are of equal norm by constru
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from policylens.artifacts import write_json
+from policylens.artifacts import read_json, write_json
 from policylens.rollout import stats
 from policylens.runs import Run
 from policylens.studies.hazards.failures import FAILURE_CAUSES, INVISIBLE, failure_table
@@ -101,6 +103,17 @@ def save_edited(agent: Any, source: Run, out: Path, edit: dict[str, Any]) -> Run
     return run
 
 
+def table_key(agent: Any, env_kwargs: dict[str, Any], levels: int, seed: int) -> str:
+    """What a failure table depends on: the agent's weights, the world's options, levels, seed."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(agent.net.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    what = json.dumps({"env_kwargs": env_kwargs, "levels": levels, "seed": seed}, sort_keys=True)
+    digest.update(what.encode())
+    return digest.hexdigest()[:24]
+
+
 def _moves(table: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
     """Per cause: the rates, their difference (Newcombe) and the ratio of rates."""
     out = {}
@@ -122,17 +135,28 @@ def edit_experiment(
     random_controls: int = 3,
     seed: int = 10_000,
     log: Any = None,
+    cache: Path | None = None,
 ) -> dict[str, Any]:
     """Failure tables of the agent, of each feature projected out, of each hazard invisible and of
     random directions projected out, on the same ``levels`` levels and random numbers.
 
-    ``directions``: hazard name ("saw", "enemy") -> its feature's channel direction.
+    ``directions``: hazard name ("saw", "enemy") -> its feature's channel direction. Each table is
+    saved under ``cache`` (if given) by :func:`table_key`, so a killed experiment resumes and the
+    next feature's experiment reuses the unedited, invisible and random-direction tables.
     """
 
     def table(name: str, a: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        file = None if cache is None else cache / f"{table_key(a, kwargs, levels, seed)}.json"
+        if file is not None and file.is_file():
+            if log:
+                log(f"{name}: {levels} levels (saved earlier: {file.name})")
+            return read_json(file)
         if log:
             log(f"{name}: {levels} levels")
-        return failure_table(a, levels, kwargs, seed=seed)
+        result = failure_table(a, levels, kwargs, seed=seed)
+        if file is not None:
+            write_json(file, result)
+        return result
 
     base = table("unedited", agent, env_kwargs)
     rows: dict[str, Any] = {}
@@ -156,3 +180,75 @@ def edit_experiment(
         "tables": rows,
         "moves": {name: _moves(t, base) for name, t in rows.items()},
     }
+
+
+TARGET_RATIO = 10.0
+TARGET_RISE = 0.05
+"""The issue's bar for an edit: the targeted cause rises at least 10x, or by at least 5 points
+of levels (the stricter reading of "to >= 5 percentage points": the paper's buzzsaw deaths rose
+from 0.37% to 12.76%; here the unedited agent already dies on saws in about 4% of levels)."""
+OTHERS_RATIO = 2.0
+"""...while every other cause moves less than 2x."""
+
+
+def edit_verdict(exp: dict[str, Any], feature: str) -> dict[str, Any]:
+    """Whether projecting out ``feature`` blinded the agent to that hazard, against the controls.
+
+    ``effect``: the targeted cause's rise has a 95% interval above zero. ``beats_random``: it rose
+    more than under every random direction. ``target_met``: the issue's bar (:data:`TARGET_RATIO`
+    or :data:`TARGET_RISE`, every other cause below :data:`OTHERS_RATIO`x, beating random).
+    """
+    if f"edit:{feature}" not in exp["moves"]:
+        raise ValueError(f"The experiment has no edit of {feature!r}; it has {list(exp['moves'])}.")
+    if feature not in FAILURE_CAUSES:
+        raise ValueError(f"{feature!r} is not a failure cause ({', '.join(FAILURE_CAUSES)}).")
+    moves = exp["moves"][f"edit:{feature}"]
+    target = moves[feature]
+    others = {c: moves[c]["ratio"] for c in FAILURE_CAUSES
+              if c != feature and moves[c]["baseline"]["rate"] > 0}  # fmt: skip
+    randoms = [
+        m[feature]["diff"]["diff"] for k, m in exp["moves"].items() if k.startswith("random:")
+    ]
+    invisible = exp["moves"].get(f"invisible:{feature}")
+    rise = target["diff"]["diff"]
+    beats_random = bool(randoms) and rise > max(randoms)
+    big_enough = target["ratio"] >= TARGET_RATIO or rise >= TARGET_RISE
+    calm = all(r < OTHERS_RATIO for r in others.values())
+    return {
+        "feature": feature,
+        "rate": target["rate"],
+        "baseline": target["baseline"],
+        "ratio": target["ratio"],
+        "diff": target["diff"],
+        "effect": bool(target["diff"]["effect"] and rise > 0),
+        "invisible_diff": invisible[feature]["diff"] if invisible else None,
+        "random_diffs": randoms,
+        "beats_random": beats_random,
+        "other_ratios": others,
+        "target_met": bool(big_enough and calm and beats_random),
+    }
+
+
+def verdict_sentence(v: dict[str, Any]) -> str:
+    """The verdict in one sentence, saying "no effect" where the interval includes zero."""
+    d = v["diff"]
+    head = (
+        f"{v['feature']} deaths {v['baseline']['rate']:.2%} -> {v['rate']['rate']:.2%} of levels "
+        f"(x{v['ratio']:.2f}, {d['diff']:+.2%} [{d['ci'][0]:+.2%}, {d['ci'][1]:+.2%}])"
+    )
+    if not v["effect"]:
+        head += ": no effect"
+    parts = [head]
+    if v["invisible_diff"]:
+        i = v["invisible_diff"]
+        parts.append(f"hazard invisible {i['diff']:+.2%} [{i['ci'][0]:+.2%}, {i['ci'][1]:+.2%}]")
+    if v["random_diffs"]:
+        parts.append("random directions " + ", ".join(f"{r:+.2%}" for r in v["random_diffs"]))
+    if v["other_ratios"]:
+        worst = max(v["other_ratios"], key=lambda c: abs(np.log(max(v["other_ratios"][c], 1e-9))))
+        parts.append(f"largest other move {worst} x{v['other_ratios'][worst]:.2f}")
+    met = "met" if v["target_met"] else "not met"
+    return (
+        "; ".join(parts) + f". Target (x{TARGET_RATIO:.0f} or +5 points, others < x2, "
+        f"above every random direction): {met}."
+    )

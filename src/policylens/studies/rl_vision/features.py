@@ -72,7 +72,8 @@ def collect_frames(
     every: int = 4,
     seed: int = 20_000,
 ) -> Frames:
-    """Every ``every``-th step of ``episodes`` sampled episodes, until ``n_frames`` are kept."""
+    """``n_frames`` frames drawn at random (seeded) from every ``every``-th step of ``episodes``
+    sampled episodes, so that they cover whole levels, not only their first steps."""
     if n_frames < 1 or episodes < 1 or every < 1:
         raise ValueError("n_frames, episodes and every must be >= 1.")
     config = HazardsConfig.from_kwargs({**env_kwargs, "masks": True})
@@ -84,8 +85,6 @@ def collect_frames(
     def keep(step: Step, active: np.ndarray) -> None:
         if t[0] % every == 0:
             for i in np.nonzero(active)[0].tolist():
-                if len(rows["obs"]) >= n_frames:
-                    break
                 rows["obs"].append(step.obs[i])
                 rows["values"].append(float(step.values[i]))
                 rows["episode"].append(i)
@@ -97,13 +96,13 @@ def collect_frames(
         agent, episodes, ENV_ID, {**env_kwargs, "masks": True}, seed=seed,
         policy=policy_for(agent), max_envs=episodes, on_step=keep,
     )  # fmt: skip
-    if not rows["obs"]:
-        raise ValueError("No frames were collected; raise n_frames or episodes.")
+    n = len(rows["obs"])
+    pick = np.sort(np.random.default_rng(seed).permutation(n)[:n_frames])
     return Frames(
-        obs=np.stack(rows["obs"]),
-        masks={k: np.stack(v).astype(bool) for k, v in masks.items()},
-        values=np.array(rows["values"]),
-        episode=np.array(rows["episode"]),
+        obs=np.stack(rows["obs"])[pick],
+        masks={k: np.stack(v)[pick].astype(bool) for k, v in masks.items()},
+        values=np.array(rows["values"])[pick],
+        episode=np.array(rows["episode"])[pick],
     )
 
 
@@ -171,7 +170,28 @@ class HazardFeatures:
             "hazards_met": [h for h in HAZARDS if present[h]],
             "hazards_named": {h: best[h] >= GOOD_ALIGNMENT for h in HAZARDS if present[h]},
             "interpretability_score": interpretability_score(self.nmf.labels),
+            "attribution_on_objects": attribution_on_objects(
+                self.attributions, resize_masks(self.frames.masks, self.attributions.shape[2:])
+            ),
         }
+
+
+def attribution_on_objects(
+    attributions: np.ndarray, masks: dict[str, np.ndarray]
+) -> dict[str, dict[str, float]]:
+    """Per object: the mean |attribution| of a layer cell on it and off it, and their ratio.
+
+    Where the value looks, whether or not one NMF feature isolates the object: a sparse object
+    (a saw covers ~0.2% of cells) can draw several times the attribution of other cells and
+    still correlate weakly with every feature map. Objects never present are left out.
+    """
+    total = np.abs(attributions).sum(1)  # (n, h, w)
+    out = {}
+    for name, mask in masks.items():
+        if mask.any() and not mask.all():
+            on, off = float(total[mask].mean()), float(total[~mask].mean())
+            out[name] = {"on": on, "off": off, "ratio": on / off if off > 0 else float("inf")}
+    return out
 
 
 def interpretability_score(labels: list[dict[str, Any]]) -> float:
