@@ -115,7 +115,7 @@ def _episode(cause: str, in_view: list[bool], occluded: list[bool], lava: bool =
         "enemy_in_view": np.zeros((t, 1), bool), "enemy_occluded": np.zeros((t, 1), bool),
         "agent_pos": np.zeros((t, 2)), "mask_lava": np.full((t, 3, 3), lava),
     }  # fmt: skip
-    return dissection.FailedEpisode(0, cause, np.zeros((t, 1)), np.zeros(t), flags,
+    return dissection.FailedEpisode(0, cause, np.zeros((t, 1)), np.zeros(t), np.zeros(t), flags,
                                     np.array([5.0, 5.6]))  # fmt: skip
 
 
@@ -292,8 +292,15 @@ def test_study_commands_end_to_end(tiny_hazard_run, tmp_path):
     assert r.exit_code == 2 and "already holds a run" in r.output
     r = cli.invoke(app, ["edit", run, "--feature", "banana", "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "--feature must be one of" in r.output
-    dissected = ok("dissect", run, "--levels", "3")
+    dissected = ok("dissect", run, "--levels", "3", "--window", "4")
     assert dissected["levels"] == 3
+    gamma = tiny_hazard_run.config["trainer"]["gamma"]
+    lam = tiny_hazard_run.config["trainer"]["gae_lambda"]
+    assert dissected["episodes"]
+    for ep in dissected["episodes"]:  # a failed level earns nothing: A_t = gV_t+1 - V_t + gl A_t+1
+        v, a = np.array(ep["values"]), np.array(ep["advantages"])
+        assert len(v) == len(a) == 4
+        assert a[:-1] == pytest.approx(gamma * v[1:] - v[:-1] + gamma * lam * a[1:], abs=1e-4)
     found = ok("hallucinations", run, "--n-obs", "16", "--nmf", "3", "--limit", "4")
     assert found["frames"] == 16
     r = cli.invoke(app, ["rl-vision-report", run, "--edit", str(edited),

@@ -129,8 +129,8 @@ def dissect_cmd(
     step: int = typer.Option(None, help="Checkpoint step (default: latest)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Failed levels' last steps (frames with the NMF overlay, value), and each death classified
-    as hazard seen and ignored / occluded / not in view, from ground-truth flags."""
+    """Failed levels' last steps (frames with the NMF overlay, value, advantage), each death
+    classified as hazard seen and ignored / occluded / not in view from ground-truth flags."""
     from policylens.artifacts import write_json
     from policylens.report.rl_vision import dissection_rows, save_dissection_figures
     from policylens.studies.rl_vision.dissection import dissect
@@ -138,7 +138,11 @@ def dissect_cmd(
 
     r = open_run(run, HAZARDS)
     agent, hf = run_features(r, n_frames=256, step=step)
-    summary, failed = dissect(agent, hazard_env_kwargs(r), levels, window=window, seed=seed)
+    trainer = r.config.get("trainer", {})
+    summary, failed = dissect(
+        agent, hazard_env_kwargs(r), levels, window=window, seed=seed,
+        gamma=float(trainer.get("gamma", 0.99)), gae_lambda=float(trainer.get("gae_lambda", 0.95)),
+    )  # fmt: skip
     summary["files"] = save_dissection_figures(agent, hf, failed, r.analysis_dir)
     write_json(r.analysis_dir / "rl_vision_dissection.json", summary)
     if as_json:

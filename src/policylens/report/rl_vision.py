@@ -75,23 +75,30 @@ def save_feature_figures(hf: HazardFeatures, out: Path) -> dict[str, str]:
 
 def save_dissection_figures(agent: Any, hf: HazardFeatures, failed: list, out: Path,
                             show: int = 4) -> dict[str, str]:  # fmt: skip
-    """Per shown failure: its last frames with the NMF overlay, and the value over those steps."""
+    """Per shown failure: its last frames with the NMF overlay (titles: value and advantage), and
+    the value and the advantage over those steps."""
     files = {}
     for ep in failed[:show]:
         maps = feature_maps_of(agent, hf, ep.obs)
         obs = np.stack([symbolic_rgb(o) for o in ep.obs])
-        titles = [f"t-{len(ep.obs) - 1 - t} v={v:.2f}" for t, v in enumerate(ep.values)]
+        titles = [f"t-{len(ep.obs) - 1 - t} v={v:.2f} A={a:+.2f}"
+                  for t, (v, a) in enumerate(zip(ep.values, ep.advantages, strict=True))]  # fmt: skip
         files[f"failure_{ep.episode}_{ep.cause}"] = _write_png(
             out / f"rl_vision_failure_{ep.episode}.png",
             nmf_figure(obs, maps, hf.nmf.colours, titles),
         )
-    if failed:
-        rows = [{"step": t, **{f"{ep.cause} {ep.episode}": float(ep.values[t]) for ep in failed[:show]
-                               if t < len(ep.values)}} for t in range(max(len(e.values) for e in failed[:show]))]  # fmt: skip
-        keys = [f"{ep.cause} {ep.episode}" for ep in failed[:show]]
-        files["values"] = _write_png(
-            out / "rl_vision_failure_values.png",
-            curves_figure(rows, keys, "value over the last steps before failing"),
+    shown = failed[:show]
+    keys = [f"{ep.cause} {ep.episode}" for ep in shown]
+    for kind in ("values", "advantages") if shown else ():
+        rows = [
+            {"step": t, **{k: float(getattr(ep, kind)[t]) for k, ep in zip(keys, shown, strict=True)
+                           if t < len(ep.values)}}
+            for t in range(max(len(e.values) for e in shown))
+        ]  # fmt: skip
+        name = "value" if kind == "values" else "advantage"
+        files[kind] = _write_png(
+            out / f"rl_vision_failure_{kind}.png",
+            curves_figure(rows, keys, f"{name} over the last steps before failing"),
         )
     return files
 

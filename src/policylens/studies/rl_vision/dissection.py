@@ -1,7 +1,7 @@
 """Failure dissection: for each failed level, what the agent saw in its last steps, and why it died.
 
 Hilton et al. (2020) dissected CoinRun failures frame by frame. Here the last ``window`` steps of
-every failed episode are kept (observation, value, the world's in-view and occluded flags of every
+every failed episode are kept (observation, value, advantage, the world's in-view and occluded flags of every
 saw and enemy, whether lava was in view), and each death by a hazard is classified from those
 labels: the hazard that killed (the one of its kind nearest the agent at death) was
 
@@ -20,10 +20,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from policylens.rollout import stats
 from policylens.rollout.engine import Step, policy_for, run_episodes
 from policylens.studies.hazards.failures import ENV_ID
+from policylens.train.ppo import gae
 
 MAX_LEVELS = 1024
 """Levels dissected at once: one batch of envs, each keeping its last steps in memory."""
@@ -40,6 +42,8 @@ class FailedEpisode:
     cause: str
     obs: np.ndarray
     values: np.ndarray
+    advantages: np.ndarray
+    """GAE advantages of those steps, as PPO computes them (the episode's end included)."""
     flags: dict[str, np.ndarray]
     """Per step: the labels in :data:`KEEP` (arrays over saw / enemy slots, or the lava mask)."""
     final_agent: np.ndarray
@@ -72,20 +76,31 @@ def classify(in_view: np.ndarray, occluded: np.ndarray) -> str:
 
 
 def failed_episodes(
-    agent: Any, env_kwargs: dict[str, Any], levels: int, *, window: int = 8, seed: int = 10_000
+    agent: Any,
+    env_kwargs: dict[str, Any],
+    levels: int,
+    *,
+    window: int = 8,
+    seed: int = 10_000,
+    gamma: float = 0.99,
+    gae_lambda: float = 0.95,
 ) -> tuple[int, list[FailedEpisode]]:
-    """Play ``levels`` levels; the last ``window`` steps of each failed one."""
+    """Play ``levels`` levels; the last ``window`` steps of each failed one, with advantages by
+    the run's discount and GAE lambda (a timeout bootstraps from its last observation's value)."""
     if window < 1:
         raise ValueError(f"--window must be >= 1, got {window}.")
     if not 1 <= levels <= MAX_LEVELS:
         raise ValueError(f"--levels must lie in 1..{MAX_LEVELS} (one batch of envs), got {levels}.")
     buffers: dict[int, deque] = {}
+    final_obs: dict[int, np.ndarray] = {}
 
     def keep(step: Step, active: np.ndarray) -> None:
         for i in np.nonzero(active)[0].tolist():
             buf = buffers.setdefault(i, deque(maxlen=window))
             flags = {k: np.array(step.infos[k][i]) for k in KEEP}
-            buf.append((step.obs[i], float(step.values[i]), flags))
+            buf.append((step.obs[i], float(step.values[i]), flags, float(step.reward[i])))
+            if step.truncated[i] and not step.terminated[i]:
+                final_obs[i] = np.asarray(step.next_infos["final_obs"][i]).copy()
 
     eps = run_episodes(
         agent, levels, ENV_ID, {**env_kwargs, "masks": True}, seed=seed,
@@ -97,12 +112,22 @@ def failed_episodes(
         if e.success:
             continue
         steps = list(buffers[i])
+        values = np.array([s[1] for s in steps], dtype=np.float32)
+        dones = np.zeros(len(steps), dtype=np.float32)
+        bootstrap = 0.0
+        if i in final_obs:  # cut off by the step limit: its last observation is worth something
+            with torch.no_grad():
+                bootstrap = float(agent(final_obs[i][None])[1].float().reshape(()))
+        else:
+            dones[-1] = 1.0
+        rewards = np.array([s[3] for s in steps], dtype=np.float32)
         out.append(
             FailedEpisode(
                 episode=i,
                 cause=str(e.end["death_cause"]),
                 obs=np.stack([s[0] for s in steps]),
-                values=np.array([s[1] for s in steps]),
+                values=values,
+                advantages=gae(rewards, values, dones, bootstrap, gamma, gae_lambda),
                 flags={k: np.stack([s[2][k] for s in steps]) for k in KEEP},
                 final_agent=np.asarray(e.end["agent_pos"], dtype=float),
             )
@@ -111,10 +136,19 @@ def failed_episodes(
 
 
 def dissect(
-    agent: Any, env_kwargs: dict[str, Any], levels: int, *, window: int = 8, seed: int = 10_000
+    agent: Any,
+    env_kwargs: dict[str, Any],
+    levels: int,
+    *,
+    window: int = 8,
+    seed: int = 10_000,
+    gamma: float = 0.99,
+    gae_lambda: float = 0.95,
 ) -> tuple[dict[str, Any], list[FailedEpisode]]:
     """Counts of each class per cause (with Wilson intervals of their share), and the episodes."""
-    played, failed = failed_episodes(agent, env_kwargs, levels, window=window, seed=seed)
+    played, failed = failed_episodes(
+        agent, env_kwargs, levels, window=window, seed=seed, gamma=gamma, gae_lambda=gae_lambda
+    )
     rows: dict[str, dict[str, Any]] = {}
     for cause in ("saw", "enemy", "lava"):
         of_cause = [ep for ep in failed if ep.cause == cause]
@@ -133,6 +167,7 @@ def dissect(
         "other": other,
         "episodes": [
             {"episode": ep.episode, "cause": ep.cause, "values": ep.values.tolist(),
+             "advantages": ep.advantages.tolist(),
              "class": classify(**kf) if (kf := killer_flags(ep)) else None}
             for ep in failed
         ],
