@@ -189,3 +189,16 @@ def test_generate_level_corner_matches_obs_derivation():
     corners = md.object_masks(obs=obs)["corner"]
     for s, m in zip(states, corners, strict=True):
         assert m[s.corner] and m.sum() == 1
+
+
+def test_examples_crop_many_plane_grids_around_the_peak():
+    """A channels-first grid of any plane count (the hazard world's 9) is cropped around the
+    peak with wall outside, as the maze's 3 planes are."""
+    obs = np.zeros((2, 9, 13, 13), np.uint8)
+    obs[1, 4, 1, 3] = 1  # a saw at (1, 3) in the second frame
+    maps = np.zeros((2, 13, 13))
+    maps[1, 1, 3] = 5.0
+    (ex,) = fe.examples_from_maps(maps, obs, k=1, radius=2)
+    assert ex.index == 1 and ex.position == (1, 3) and ex.value == 5.0
+    assert ex.crop.shape == (9, 5, 5) and ex.crop[4, 2, 2] == 1  # the saw at the centre
+    assert ex.crop[0, 0].all() and not ex.crop[0, 1:].any()  # above the grid's row 0: wall

@@ -233,7 +233,7 @@ class Example:
     position: tuple[int, int]
     value: float
     crop: np.ndarray
-    """The observation cropped around the position (grid ``(3, s, s)`` or image ``(s, s, 3)``)."""
+    """The observation cropped around the position (grid ``(planes, s, s)`` or image ``(s, s, 3)``)."""
 
 
 def feature_strength(acts: np.ndarray, feature: int | np.ndarray) -> np.ndarray:
@@ -265,7 +265,7 @@ def examples_from_maps(
     order = np.argsort(-peak, kind="stable")[: min(k, n)]
     if obs.ndim != 4:  # vector observations: nothing to crop, the example is the whole row
         return [Example(int(i), divmod(int(best[i]), w), float(peak[i]), obs[i]) for i in order]
-    grid = obs.ndim == 4 and obs.shape[1] == 3 and obs.shape[-1] != 3
+    grid = obs.shape[-1] != 3  # channels-first one-hot planes (maze, hazard world), not HWC RGB
     H, W = (obs.shape[2], obs.shape[3]) if grid else (obs.shape[1], obs.shape[2])
     r = radius if radius is not None else max(1, max(H, W) // 4)
     out = []
@@ -279,7 +279,7 @@ def examples_from_maps(
 def _crop(o: np.ndarray, r: int, c: int, radius: int, grid: bool) -> np.ndarray:
     if grid:
         pad = np.zeros((o.shape[0], o.shape[1] + 2 * radius, o.shape[2] + 2 * radius), o.dtype)
-        pad[WALL] = 1  # outside the world is wall
+        pad[WALL] = 1  # outside the world is wall (plane 0 in the maze and the hazard world)
         pad[:, radius:-radius, radius:-radius] = o
         return pad[:, r : r + 2 * radius + 1, c : c + 2 * radius + 1]
     pad = np.zeros((o.shape[0] + 2 * radius, o.shape[1] + 2 * radius, 3), o.dtype)
