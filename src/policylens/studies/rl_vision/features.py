@@ -59,8 +59,6 @@ class Frames:
     masks: dict[str, np.ndarray]
     """Name -> bool ``(n, side, side)`` at observation resolution (see :data:`OBJECTS`)."""
     values: np.ndarray
-    episode: np.ndarray
-    """Index of the episode each frame came from."""
 
 
 def collect_frames(
@@ -68,17 +66,23 @@ def collect_frames(
     env_kwargs: dict[str, Any],
     n_frames: int,
     *,
-    episodes: int = 64,
+    episodes: int | None = None,
     every: int = 4,
     seed: int = 20_000,
 ) -> Frames:
     """``n_frames`` frames drawn at random (seeded) from every ``every``-th step of ``episodes``
-    sampled episodes, so that they cover whole levels, not only their first steps."""
+    sampled episodes, so that they cover whole levels, not only their first steps.
+
+    ``episodes`` defaults to ``max(64, n_frames // 8)``: an episode of the recipe's agent gives
+    about 10-25 frames at ``every=4``, so there are more to draw from than are kept. Fewer frames
+    than asked are returned only when the episodes are too short to give them.
+    """
+    episodes = max(64, n_frames // 8) if episodes is None else episodes
     if n_frames < 1 or episodes < 1 or every < 1:
         raise ValueError("n_frames, episodes and every must be >= 1.")
     config = HazardsConfig.from_kwargs({**env_kwargs, "masks": True})
     hud = velocity_mask(config)
-    rows: dict[str, list[Any]] = {"obs": [], "values": [], "episode": []}
+    rows: dict[str, list[Any]] = {"obs": [], "values": []}
     masks: dict[str, list[np.ndarray]] = {name: [] for name in OBJECTS}
     t = [0]
 
@@ -87,14 +91,13 @@ def collect_frames(
             for i in np.nonzero(active)[0].tolist():
                 rows["obs"].append(step.obs[i])
                 rows["values"].append(float(step.values[i]))
-                rows["episode"].append(i)
                 for name in OBJECTS:
                     masks[name].append(hud if name == "velocity" else step.infos[f"mask_{name}"][i])
         t[0] += 1
 
     run_episodes(
         agent, episodes, ENV_ID, {**env_kwargs, "masks": True}, seed=seed,
-        policy=policy_for(agent), max_envs=episodes, on_step=keep,
+        policy=policy_for(agent), max_envs=min(episodes, 256), on_step=keep,
     )  # fmt: skip
     n = len(rows["obs"])
     pick = np.sort(np.random.default_rng(seed).permutation(n)[:n_frames])
@@ -102,7 +105,6 @@ def collect_frames(
         obs=np.stack(rows["obs"])[pick],
         masks={k: np.stack(v)[pick].astype(bool) for k, v in masks.items()},
         values=np.array(rows["values"])[pick],
-        episode=np.array(rows["episode"])[pick],
     )
 
 
