@@ -239,6 +239,27 @@ def test_attribution_on_objects_compares_object_cells_with_the_rest():
     assert out["saw"]["ratio"] == pytest.approx(5.0) and "none" not in out
 
 
+def test_object_direction_is_the_objects_mean_activation_minus_the_rest():
+    from policylens.studies.rl_vision.features import OBJECTS, Frames, object_direction
+
+    rng = np.random.default_rng(0)
+    saw = rng.random((6, 5, 5)) < 0.2
+    act = rng.normal(0, 0.01, (6, 4, 5, 5))
+    act[:, 2] += 3.0 * saw  # channel 2 fires on saws
+
+    class Cached:  # an agent whose conv map is known
+        def run_with_cache(self, obs, names):
+            return (None, None), {names[0]: torch.tensor(act)}
+
+    masks = {name: saw if name == "saw" else np.zeros_like(saw) for name in OBJECTS}
+    frames = Frames(obs=np.zeros((6, 9, 5, 5)), masks=masks, values=np.zeros(6))
+    v = object_direction(Cached(), frames, "hook_relu", "saw")
+    assert v.shape == (4,) and v[2] == pytest.approx(3.0, abs=0.05)
+    assert np.abs(np.delete(v, 2)).max() < 0.05
+    with pytest.raises(ValueError, match="No enemy is in view"):
+        object_direction(Cached(), frames, "hook_relu", "enemy")
+
+
 # -- on a tiny trained hazard run ---------------------------------------------------------------
 @pytest.mark.slow
 def test_edit_experiment_saves_and_reuses_its_tables(tiny_hazard_run, tmp_path):
@@ -290,6 +311,12 @@ def test_study_commands_end_to_end(tiny_hazard_run, tmp_path):
     assert torch.einsum("ocr,c->or", w, v).abs().max() < 1e-4  # the direction is gone
     r = cli.invoke(app, ["edit", run, "--feature", "saw", "--out", str(edited)])
     assert r.exit_code == 2 and "already holds a run" in r.output
+    by_mask = ok("edit", run, "--feature", "wall", "--direction", "object", "--n-obs", "16",
+                 "--out", str(tmp_path / "no-wall"))  # fmt: skip
+    assert by_mask["edit"]["direction_from"] == "object" and len(by_mask["edit"]["direction"]) == 16
+    r = cli.invoke(app, ["edit", run, "--feature", "saw", "--direction", "banana",
+                         "--out", str(tmp_path / "y")])  # fmt: skip
+    assert r.exit_code == 2 and "--direction" in r.output and not (tmp_path / "y").exists()
     r = cli.invoke(app, ["edit", run, "--feature", "banana", "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "--feature must be one of" in r.output
     dissected = ok("dissect", run, "--levels", "3", "--window", "4")

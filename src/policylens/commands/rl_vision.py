@@ -66,6 +66,11 @@ def edit_cmd(
         0, min=0, max=1_000_000, help="Also measure the failure table on this many unseen levels."
     ),
     random: int = typer.Option(3, min=0, max=100, help="Random-direction controls."),
+    direction: str = typer.Option(
+        "nmf",
+        help="nmf: the best-aligned NMF feature's direction (the paper); object: the object's "
+        "mean activation minus the rest, from the masks (the best one direction can do).",
+    ),
     nmf: int = typer.Option(8, min=1, max=64, help="NMF features."),
     n_obs: int = typer.Option(512, min=8, max=100_000, help="Frames for the NMF."),
     layer: str = typer.Option(None, help="Layer (default hook_relu; its reader is edited)."),
@@ -75,10 +80,17 @@ def edit_cmd(
     """Project one NMF feature's direction out of the next layer's weights; save the edited agent,
     and with --levels compare failure tables with the invisible-hazard and random controls."""
     from policylens.artifacts import check_writable, write_json
+    from policylens.errors import check_known
     from policylens.report.rl_vision import edit_rows
     from policylens.studies.hazards.failures import FAILURE_CAUSES
     from policylens.studies.rl_vision import editing
-    from policylens.studies.rl_vision.features import DEFAULT_LAYER, hazard_env_kwargs, run_features
+    from policylens.studies.rl_vision.features import (
+        DEFAULT_LAYER,
+        OBJECTS,
+        hazard_env_kwargs,
+        object_direction,
+        run_features,
+    )
 
     r = open_run(run, HAZARDS)
     check_writable(out, "--out run folder")
@@ -86,12 +98,20 @@ def edit_cmd(
         raise ValueError(f"--out {out} already holds a run; pick a new folder.")
     layer = layer or DEFAULT_LAYER
     editing.reader_of(layer)  # a layer without a single reader fails before any work
+    check_known([direction], ("nmf", "object"), "--direction")
+    if direction == "object" and feature not in OBJECTS:
+        raise ValueError(f"--direction object needs --feature one of {', '.join(OBJECTS)}.")
     agent, hf = run_features(r, n_frames=n_obs, k=nmf, layer=layer, seed=seed)
     index = hf.feature_for(feature)
-    v = hf.direction(index)
     label = hf.nmf.labels[index]
+    if direction == "object":
+        v = object_direction(agent, hf.frames, layer, feature)
+        label = {"label": feature, "correlation": float("nan"), "correlations": {}}
+    else:
+        v = hf.direction(index)
     edit = {"source": str(r.path), "layer": layer, "reader": editing.reader_of(layer),
-            "feature": index, "requested": feature, "label": label["label"],
+            "direction_from": direction, "feature": index if direction == "nmf" else None,
+            "requested": feature, "label": label["label"],
             "alignment": label["correlations"].get(feature, label["correlation"]),
             "direction": v.tolist(), "nmf_seed": seed}  # fmt: skip
     edited = editing.save_edited(editing.edit_agent(agent, layer, v), r, out, edit)
@@ -110,10 +130,13 @@ def edit_cmd(
     if as_json:
         print_json(result)
         return
-    console.print(
-        f"removed feature {index} ({label['label']}, alignment with {feature}: "
-        f"{edit['alignment']:.2f}) from {edit['reader']} -> {edited.path}"
+    removed = (
+        f"the {feature} direction from its masks"
+        if direction == "object"
+        else f"feature {index} ({label['label']}, alignment with {feature}: "
+        f"{edit['alignment']:.2f})"
     )
+    console.print(f"removed {removed} from {edit['reader']} -> {edited.path}")
     if levels:
         _print(edit_rows(result["experiment"]), f"failure table on {levels} unseen levels")
         if "verdict" in result["experiment"]:

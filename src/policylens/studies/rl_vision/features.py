@@ -196,6 +196,26 @@ def attribution_on_objects(
     return out
 
 
+def object_direction(agent: Any, frames: Frames, layer: str, name: str) -> np.ndarray:
+    """The channel direction of object ``name`` at ``layer``, from ground truth, not NMF: the mean
+    activation over cells on the object minus the mean over the other cells ``(channel,)``.
+
+    What an edit can do at best with one direction: if removing it does not blind the agent to
+    the object, no NMF feature aligned with the object would either.
+    """
+    if name not in OBJECTS:
+        raise ValueError(f"--feature must be one of {', '.join(OBJECTS)} for an object direction.")
+    _, cache = agent.run_with_cache(frames.obs, names=[layer])
+    act = cache[layer].float().numpy()
+    if act.ndim != 4:
+        raise ValueError(f"--layer {layer} is not a conv layer; pick one with (channel, h, w).")
+    mask = resize_masks({name: frames.masks[name]}, act.shape[2:])[name]
+    if not mask.any():
+        raise ValueError(f"No {name} is in view in the frames; raise --n-obs.")
+    cells = act.transpose(0, 2, 3, 1)  # (n, h, w, channel)
+    return cells[mask].mean(0) - cells[~mask].mean(0)
+
+
 def interpretability_score(labels: list[dict[str, Any]]) -> float:
     """Mean best alignment (correlation) of the features with an object mask."""
     return float(np.mean([lab["correlation"] for lab in labels])) if labels else float("nan")
