@@ -35,17 +35,15 @@ others' internals.
 from __future__ import annotations
 
 import functools
-import json
 import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
-from gymnasium.vector import AutoresetMode, VectorEnv
 from numpy.lib.stride_tricks import sliding_window_view
 
+from policylens.envs.batched import BatchedEnv, BatchedVecEnv, LevelBatch
 from policylens.errors import check_known
 
 # -- kinds and world geometry ------------------------------------------------------------------
@@ -150,6 +148,10 @@ class HazardsConfig:
     """Put per-kind masks and the top-most kind/object maps in info every step (off: faster)."""
     render_mode: str | None = None
     """"rgb_array" to make ``render()`` return the whole level."""
+
+    @property
+    def num_actions(self) -> int:
+        return len(ACTION_NAMES)
 
     def __post_init__(self) -> None:
         problems = []
@@ -458,14 +460,20 @@ def _tiled(table: np.ndarray, codes: np.ndarray) -> np.ndarray:
 
 
 # -- the batched world -----------------------------------------------------------------------------
-class HazardsBatch:
+class HazardsBatch(LevelBatch):
     """N levels stepped together with array operations (no Python loop over levels in ``step``)."""
 
-    LEVEL_CACHE = 4096
+    WORLD = "the hazard world (procgen's actions)"
+    ARRAYS = (
+        "kind", "solid", "saw_slot", "pos", "vel", "support", "saw_pos", "saw_valid", "enemy_pos",
+        "enemy_dir", "enemy_valid", "coin", "level_seed", "difficulty", "steps", "cause",
+        "enemy_side", "success",
+    )  # fmt: skip
 
     def __init__(self, config: HazardsConfig, num_envs: int):
         self.config = config
         self.n = n = num_envs
+        super().__init__()
         self.m = m = config.margin
         self.p = config.pixels_per_tile
         self.side = config.obs_side
@@ -490,8 +498,6 @@ class HazardsBatch:
         self.success = np.zeros(n, dtype=bool)
         self._all = np.arange(n)
         self._env_base = self._all * self.shape_pad[0] * self.shape_pad[1]
-        self.rngs = [np.random.default_rng() for _ in range(n)]
-        self._cache: dict[int, HazardsState] = {}
         self.obs_space = self._observation_space()
         self.obs = np.zeros((n, *self.obs_space.shape), dtype=np.uint8)
         self.labels: dict[str, np.ndarray] = {}
@@ -516,22 +522,14 @@ class HazardsBatch:
         return spaces.Box(0, 255, (self.side, self.side, 3), np.uint8)
 
     # -- levels --------------------------------------------------------------------------------
-    def seed(self, i: int, seed: int | None) -> None:
-        self.rngs[i] = np.random.default_rng(seed)
+    def generate(self, level_seed: int) -> HazardsState:
+        return generate_level(level_seed, self.config)
 
-    def draw_level_seed(self, i: int) -> int:
-        cfg = self.config
-        if cfg.num_levels == 0:
-            return cfg.start_level + int(self.rngs[i].integers(2**31 - 1 - cfg.start_level))
-        return cfg.start_level + int(self.rngs[i].integers(cfg.num_levels))
-
-    def level(self, level_seed: int) -> HazardsState:
-        state = self._cache.get(level_seed)
-        if state is None:
-            state = generate_level(level_seed, self.config)
-            if self.config.num_levels and len(self._cache) < self.LEVEL_CACHE:
-                self._cache[level_seed] = state
-        return state
+    def reset_slots(self, envs: np.ndarray) -> None:
+        """Start a new level in each slot of ``envs``, drawing their observations at once."""
+        for i in envs:
+            self.reset_slot(int(i), observe=False)
+        self.observe(envs)
 
     def reset_slot(self, i: int, observe: bool = True) -> None:
         self.load(i, self.level(self.draw_level_seed(i)), observe)
@@ -594,48 +592,13 @@ class HazardsBatch:
         state.validate()
         self.load(i, state)
 
-    _ARRAYS = (
-        "kind", "solid", "saw_slot", "pos", "vel", "support", "saw_pos", "saw_valid", "enemy_pos",
-        "enemy_dir", "enemy_valid", "coin", "level_seed", "difficulty", "steps", "cause",
-        "enemy_side", "success",
-    )  # fmt: skip
-
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly where this batch is (for resumable training)."""
-        return {
-            "arrays": {name: getattr(self, name).copy() for name in self._ARRAYS},
-            "rngs": [json.dumps(rng.bit_generator.state) for rng in self.rngs],
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for name in self._ARRAYS:
-            getattr(self, name)[...] = state["arrays"][name]
-        for rng, rng_state in zip(self.rngs, state["rngs"], strict=True):
-            rng.bit_generator.state = json.loads(rng_state)
+    def redraw(self) -> None:
         if self.config.obs_mode != "symbolic":
             for i in range(self.n):
                 self._paint_canvas(i)
         self.observe(np.arange(self.n))
 
     # -- physics -------------------------------------------------------------------------------
-    def check_actions(self, actions: Any) -> np.ndarray:
-        actions = np.asarray(actions)
-        integral = np.issubdtype(actions.dtype, np.integer) or (
-            np.issubdtype(actions.dtype, np.floating) and np.all(np.mod(actions, 1) == 0)
-        )
-        if actions.shape != (self.n,) or not integral:
-            raise ValueError(
-                f"expected {self.n} integer action(s), got shape {actions.shape} dtype {actions.dtype}"
-            )
-        actions = actions.astype(np.int64)
-        bad = (actions < 0) | (actions >= 15)
-        if bad.any():
-            raise ValueError(
-                f"action {int(actions[bad][0])} is out of range: the hazard world has procgen's 15 "
-                "actions (0..14)"
-            )
-        return actions
-
     def _lookup(
         self, grid: np.ndarray, rows: np.ndarray, cols: np.ndarray, envs: np.ndarray | None = None
     ) -> np.ndarray:
@@ -697,7 +660,8 @@ class HazardsBatch:
         return blocked
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Move every agent and enemy; returns (reward, terminated, truncated)."""
+        """Move every agent and enemy and draw the observations; returns (reward, terminated,
+        truncated)."""
         actions = self.check_actions(actions)
         move = np.where(actions < 9, actions, 4)
         ax, ay = move // 3 - 1, move % 3 - 1
@@ -792,6 +756,7 @@ class HazardsBatch:
         side = np.where(above, 3, np.where(front, 1, 2))
         self.enemy_side = np.where(enemy_hit.any(axis=1), side, 0).astype(np.int8)
         reward = np.where(self.success, COIN_REWARD, 0.0).astype(np.float32)
+        self.observe(idx)
         return reward, terminated, truncated
 
     # -- observation and labels ----------------------------------------------------------------
@@ -1117,135 +1082,21 @@ def _stamp(
 
 
 # -- Gymnasium envs ----------------------------------------------------------------------------------
-class HazardsEnv(gym.Env):
+class HazardsEnv(BatchedEnv):
     """One hazard level as a Gymnasium environment (``gymnasium.make("policylens/Hazards-v0")``)."""
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 15}
-
-    def __init__(self, **options: Any):
-        self.config = HazardsConfig.from_kwargs(options)
-        self.render_mode = self.config.render_mode
-        self._batch = HazardsBatch(self.config, 1)
-        self.observation_space = self._batch.obs_space
-        self.action_space = spaces.Discrete(15)
-        self._needs_reset = True
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        super().reset(seed=seed)
-        if seed is not None or self._needs_reset:
-            self._batch.seed(0, seed if seed is not None else int(self.np_random.integers(2**31)))
-        self._needs_reset = False
-        state = (options or {}).get("state")
-        if state is not None:
-            self.set_state(state)
-        else:
-            self._batch.reset_slot(0)
-        return self._batch.obs[0].copy(), self._info()
-
-    def step(self, action):
-        reward, terminated, truncated = self._batch.step(np.array([action]))
-        self._batch.observe(np.array([0]))
-        return (
-            self._batch.obs[0].copy(),
-            float(reward[0]),
-            bool(terminated[0]),
-            bool(truncated[0]),
-            self._info(),
-        )
-
-    def _info(self) -> dict[str, Any]:
-        return {
-            k: (v[0] if v.ndim > 1 else v[0].item())
-            for k, v in self._batch.infos().items()
-            if not k.startswith("_")
-        }
-
-    def render(self) -> np.ndarray:
-        return render_level(self.get_state())
-
-    def get_state(self) -> HazardsState:
-        """The current level as a plain value (edit it, then :meth:`set_state`)."""
-        return self._batch.get_state(0)
-
-    def set_state(self, state: HazardsState | dict) -> None:
-        if isinstance(state, dict):
-            state = HazardsState.from_dict(state)
-        self._batch.set_state(0, state)
+    config_class = HazardsConfig
+    batch_class = HazardsBatch
+    state_class = HazardsState
+    render_state = staticmethod(render_level)
 
 
-class HazardsVecEnv(VectorEnv):
-    """N hazard levels as one NumPy-batched Gymnasium ``VectorEnv``.
+class HazardsVecEnv(BatchedVecEnv):
+    """N hazard levels as one NumPy-batched Gymnasium ``VectorEnv`` (same-step autoreset; the
+    ended level's labels, ``death_cause`` among them, in ``infos["final_info"]``)."""
 
-    Autoreset is same-step (``metadata["autoreset_mode"]``): when a level ends, the step returns
-    the first observation of the next, ``infos["final_obs"]`` (mask ``infos["_final_obs"]``) the
-    last of the ended one, and ``infos["final_info"]`` its labels (``death_cause`` among them).
-    """
-
-    metadata = {"render_modes": ["rgb_array"], "autoreset_mode": AutoresetMode.SAME_STEP}
-
-    def __init__(self, num_envs: int = 1, **options: Any):
-        if num_envs < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-        self.config = HazardsConfig.from_kwargs(options)
-        self.num_envs = num_envs
-        self.render_mode = self.config.render_mode
-        self.batch = HazardsBatch(self.config, num_envs)
-        self.single_observation_space = self.batch.obs_space
-        self.single_action_space = spaces.Discrete(15)
-        self.observation_space = gym.vector.utils.batch_space(
-            self.single_observation_space, num_envs
-        )
-        self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
-        self._seeded = False
-
-    def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None):
-        if seed is None and not self._seeded:
-            seed = int(np.random.SeedSequence().generate_state(1)[0])
-        if seed is not None:
-            seeds = seed if isinstance(seed, list) else [seed + i for i in range(self.num_envs)]
-            for i, s in enumerate(seeds):
-                self.batch.seed(i, s)
-            self._seeded = True
-        for i in range(self.num_envs):
-            self.batch.reset_slot(i, observe=False)
-        self.batch.observe(np.arange(self.num_envs))
-        return self.batch.obs.copy(), self.batch.infos()
-
-    def step(self, actions):
-        reward, terminated, truncated = self.batch.step(actions)
-        self.batch.observe(np.arange(self.num_envs))
-        infos = self.batch.infos()
-        ended = terminated | truncated
-        if ended.any():
-            # infos() returns fresh arrays, so the ended episodes' labels need no copy
-            final_info = {k: (ended if k[0] == "_" else v) for k, v in infos.items()}
-            final_obs = self.batch.obs.copy()
-            done = np.nonzero(ended)[0]
-            for i in done:
-                self.batch.reset_slot(int(i), observe=False)
-            self.batch.observe(done)
-            infos = self.batch.infos()
-            infos.update(
-                final_obs=final_obs, _final_obs=ended, final_info=final_info, _final_info=ended
-            )
-        return self.batch.obs.copy(), reward, terminated, truncated, infos
-
-    def render(self) -> tuple[np.ndarray, ...]:
-        """One whole-level frame per env, as Gymnasium's ``VectorEnv.render`` promises."""
-        return tuple(render_level(self.batch.get_state(i)) for i in range(self.num_envs))
-
-    def get_state(self, i: int = 0) -> HazardsState:
-        return self.batch.get_state(i)
-
-    def set_state(self, i: int, state: HazardsState | dict) -> None:
-        if isinstance(state, dict):
-            state = HazardsState.from_dict(state)
-        self.batch.set_state(i, state)
-
-    def state_dict(self) -> dict[str, Any]:
-        """The whole batch, rngs included, so a resumed run continues exactly."""
-        return self.batch.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.batch.load_state_dict(state)
-        self._seeded = True
+    config_class = HazardsConfig
+    batch_class = HazardsBatch
+    state_class = HazardsState
+    render_state = staticmethod(render_level)

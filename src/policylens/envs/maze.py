@@ -18,15 +18,13 @@ others' internals.
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
-from gymnasium.vector import AutoresetMode, VectorEnv
 
+from policylens.envs.batched import BatchedEnv, BatchedVecEnv, LevelBatch
 from policylens.errors import check_known
 
 WALL, MOUSE, CHEESE = 0, 1, 2
@@ -105,8 +103,8 @@ class MazeConfig:
                 f"cheese_region {self.cheese_region} does not fit in the smallest maze (side "
                 f"{self.smallest_maze}); use 1..{self.smallest_maze} or None"
             )
-        if self.num_levels < 0 or self.start_level < 0:
-            problems.append("num_levels and start_level must be >= 0")
+        if self.num_levels < 0 or not 0 <= self.start_level < 2**31 - 1:
+            problems.append("num_levels must be >= 0 and start_level in [0, 2**31 - 1)")
         if self.max_steps < 1:
             problems.append(f"max_steps must be >= 1, got {self.max_steps}")
         if self.obs_mode not in ("grid", "rgb"):
@@ -404,14 +402,19 @@ class _Level:
         self.fork = decision_square(state, self.move_cheese, self.move_corner)
 
 
-class MazeBatch:
+class MazeBatch(LevelBatch):
     """N mazes stepped together with array operations (no Python loop over mazes in ``step``)."""
 
-    LEVEL_CACHE = 4096
+    WORLD = "this maze"
+    ARRAYS = (
+        "walls", "mouse", "cheese", "start", "corner", "fork", "maze_size", "level_seed", "steps",
+        "dist_cheese", "dist_corner", "move_cheese", "move_corner",
+    )  # fmt: skip
 
     def __init__(self, config: MazeConfig, num_envs: int):
         self.config = config
         self.n = num_envs
+        super().__init__()
         w = config.world_size
         self.walls = np.ones((num_envs, w, w), dtype=bool)
         self.mouse = np.zeros((num_envs, 2), dtype=np.int64)
@@ -426,8 +429,6 @@ class MazeBatch:
         self.dist_corner = np.zeros((num_envs, w, w), dtype=np.int32)
         self.move_cheese = np.zeros((num_envs, w, w), dtype=np.int64)
         self.move_corner = np.zeros((num_envs, w, w), dtype=np.int64)
-        self.rngs = [np.random.default_rng() for _ in range(num_envs)]
-        self._cache: dict[int, _Level] = {}
         self.action_to_move = PROCGEN_TO_MOVE if config.procgen_actions else FOUR_TO_MOVE
         self.obs_space = self._observation_space()
         self.obs = np.zeros((num_envs, *self.obs_space.shape), dtype=np.uint8)
@@ -441,22 +442,8 @@ class MazeBatch:
         return spaces.Box(0, 255, (cfg.rgb_size, cfg.rgb_size, 3), np.uint8)
 
     # -- levels -------------------------------------------------------------------------------
-    def seed(self, i: int, seed: int | None) -> None:
-        self.rngs[i] = np.random.default_rng(seed)
-
-    def draw_level_seed(self, i: int) -> int:
-        cfg = self.config
-        if cfg.num_levels == 0:
-            return int(self.rngs[i].integers(2**31 - 1))
-        return cfg.start_level + int(self.rngs[i].integers(cfg.num_levels))
-
-    def level(self, level_seed: int) -> _Level:
-        level = self._cache.get(level_seed)
-        if level is None:
-            level = _Level(generate_level(level_seed, self.config))
-            if self.config.num_levels and len(self._cache) < self.LEVEL_CACHE:
-                self._cache[level_seed] = level
-        return level
+    def generate(self, level_seed: int) -> _Level:
+        return _Level(generate_level(level_seed, self.config))
 
     def load(self, i: int, level: _Level, state: MazeState | None = None) -> None:
         """Put a level (optionally with mouse/cheese/steps from ``state``) into slot ``i``."""
@@ -499,45 +486,11 @@ class MazeBatch:
         state.validate()
         self.load(i, _Level(state), state)
 
-    _ARRAYS = (
-        "walls", "mouse", "cheese", "start", "corner", "fork", "maze_size", "level_seed", "steps",
-        "dist_cheese", "dist_corner", "move_cheese", "move_corner",
-    )  # fmt: skip
-
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly where this batch is (for resumable training)."""
-        return {
-            "arrays": {name: getattr(self, name).copy() for name in self._ARRAYS},
-            "rngs": [json.dumps(rng.bit_generator.state) for rng in self.rngs],
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for name in self._ARRAYS:
-            getattr(self, name)[...] = state["arrays"][name]
-        for rng, rng_state in zip(self.rngs, state["rngs"], strict=True):
-            rng.bit_generator.state = json.loads(rng_state)
+    def redraw(self) -> None:
         for i in range(self.n):
             self._draw_full(i)
 
     # -- dynamics -----------------------------------------------------------------------------
-    def check_actions(self, actions: Any) -> np.ndarray:
-        actions = np.asarray(actions)
-        integral = np.issubdtype(actions.dtype, np.integer) or (
-            np.issubdtype(actions.dtype, np.floating) and np.all(np.mod(actions, 1) == 0)
-        )
-        if actions.shape != (self.n,) or not integral:
-            raise ValueError(
-                f"expected {self.n} integer action(s), got shape {actions.shape} dtype {actions.dtype}"
-            )
-        actions = actions.astype(np.int64)
-        bad = (actions < 0) | (actions >= self.config.num_actions)
-        if bad.any():
-            raise ValueError(
-                f"action {int(actions[bad][0])} is out of range: this maze has "
-                f"{self.config.num_actions} actions (0..{self.config.num_actions - 1})"
-            )
-        return actions
-
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Move every mouse; returns (reward, terminated, truncated)."""
         actions = self.check_actions(actions)
@@ -722,59 +675,19 @@ def human_view(
     return out
 
 
-class MazeEnv(gym.Env):
+class MazeEnv(BatchedEnv):
     """One maze as a Gymnasium environment (``gymnasium.make("policylens/Maze-v0")``)."""
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+    config_class = MazeConfig
+    state_class = MazeState
+    batch_class = MazeBatch
+    render_state = staticmethod(human_view)
 
-    def __init__(self, **options: Any):
-        self.config = MazeConfig.from_kwargs(options)
-        self.render_mode = self.config.render_mode
-        self._batch = MazeBatch(self.config, 1)
-        self.observation_space = self._batch.obs_space
-        self.action_space = spaces.Discrete(self.config.num_actions)
-        self._needs_reset = True
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        super().reset(seed=seed)
-        if seed is not None or self._needs_reset:
-            self._batch.seed(0, seed if seed is not None else int(self.np_random.integers(2**31)))
-        self._needs_reset = False
-        state = (options or {}).get("state")
-        if state is not None:
-            self.set_state(state)
-        else:
-            self._batch.reset_slot(0)
-        return self._batch.obs[0].copy(), self._info()
-
-    def step(self, action):
-        reward, terminated, truncated = self._batch.step(np.array([action]))
-        return (
-            self._batch.obs[0].copy(),
-            float(reward[0]),
-            bool(terminated[0]),
-            bool(truncated[0]),
-            self._info(),
-        )
-
-    def _info(self) -> dict[str, Any]:
-        return {
-            k: (v[0].tolist() if v.ndim > 1 else v[0].item())
-            for k, v in self._batch.infos().items()
-            if not k.startswith("_")
-        }
-
-    def render(self) -> np.ndarray:
-        return human_view(self.get_state())
-
-    def get_state(self) -> MazeState:
-        """The current maze as a plain value (edit it, then :meth:`set_state`)."""
-        return self._batch.get_state(0)
-
-    def set_state(self, state: MazeState | dict) -> None:
-        if isinstance(state, dict):
-            state = MazeState.from_dict(state)
-        self._batch.set_state(0, state)
+    @staticmethod
+    def single_info(value: np.ndarray) -> Any:
+        """Plain Python values (positions as lists), so two infos compare with ``==``."""
+        return value[0].tolist()
 
     def observe(self, state: MazeState) -> np.ndarray:
         return self._batch.observe(state)
@@ -801,77 +714,11 @@ def observations_at_all_positions(
     return batch.obs.copy(), cells
 
 
-class MazeVecEnv(VectorEnv):
-    """N mazes as one NumPy-batched Gymnasium ``VectorEnv``.
+class MazeVecEnv(BatchedVecEnv):
+    """N mazes as one NumPy-batched Gymnasium ``VectorEnv`` (same-step autoreset; the ended
+    maze's labels in ``infos["final_info"]``)."""
 
-    Autoreset is same-step (declared in ``metadata["autoreset_mode"]``): when a maze ends, the
-    step returns the first observation of the next level, and ``infos["final_obs"]`` (with mask
-    ``infos["_final_obs"]``) holds the last observation of the ended one; ``infos["final_info"]``
-    holds its labels.
-    """
-
-    metadata = {"render_modes": ["rgb_array"], "autoreset_mode": AutoresetMode.SAME_STEP}
-
-    def __init__(self, num_envs: int = 1, **options: Any):
-        if num_envs < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-        self.config = MazeConfig.from_kwargs(options)
-        self.num_envs = num_envs
-        self.render_mode = self.config.render_mode
-        self.batch = MazeBatch(self.config, num_envs)
-        self.single_observation_space = self.batch.obs_space
-        self.single_action_space = spaces.Discrete(self.config.num_actions)
-        self.observation_space = gym.vector.utils.batch_space(
-            self.single_observation_space, num_envs
-        )
-        self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
-        self._seeded = False
-
-    def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None):
-        if seed is None and not self._seeded:
-            seed = int(np.random.SeedSequence().generate_state(1)[0])
-        if seed is not None:
-            seeds = seed if isinstance(seed, list) else [seed + i for i in range(self.num_envs)]
-            for i, s in enumerate(seeds):
-                self.batch.seed(i, s)
-            self._seeded = True
-        for i in range(self.num_envs):
-            self.batch.reset_slot(i)
-        return self.batch.obs.copy(), self.batch.infos()
-
-    def step(self, actions):
-        reward, terminated, truncated = self.batch.step(actions)
-        infos = self.batch.infos()
-        done = np.nonzero(terminated | truncated)[0]
-        if len(done):
-            ended = terminated | truncated
-            # infos() returns fresh arrays, so the ended episodes' labels need no copy
-            final_info = {k: (ended if k[0] == "_" else v) for k, v in infos.items()}
-            final_obs = self.batch.obs.copy()
-            for i in done:
-                self.batch.reset_slot(int(i))
-            infos = self.batch.infos()
-            infos.update(
-                final_obs=final_obs, _final_obs=ended, final_info=final_info, _final_info=ended
-            )
-        return self.batch.obs.copy(), reward, terminated, truncated, infos
-
-    def render(self) -> tuple[np.ndarray, ...]:
-        """One human-view frame per env, as Gymnasium's ``VectorEnv.render`` promises."""
-        return tuple(human_view(self.batch.get_state(i)) for i in range(self.num_envs))
-
-    def get_state(self, i: int = 0) -> MazeState:
-        return self.batch.get_state(i)
-
-    def state_dict(self) -> dict[str, Any]:
-        """The whole batch, rngs included, so a resumed run continues exactly."""
-        return self.batch.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.batch.load_state_dict(state)
-        self._seeded = True
-
-    def set_state(self, i: int, state: MazeState | dict) -> None:
-        if isinstance(state, dict):
-            state = MazeState.from_dict(state)
-        self.batch.set_state(i, state)
+    config_class = MazeConfig
+    batch_class = MazeBatch
+    state_class = MazeState
+    render_state = staticmethod(human_view)
