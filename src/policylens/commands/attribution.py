@@ -33,7 +33,7 @@ def attribute_cmd(
     attributions under RUN/analysis/ and reports the IG completeness check."""
     import numpy as np
 
-    from policylens.artifacts import atomic_path
+    from policylens.artifacts import atomic_path, write_bytes
     from policylens.envs.maze import ACTION_NAMES
     from policylens.lenses.attribution import attribute
     from policylens.report.attribution import attribution_rows_figure
@@ -61,8 +61,7 @@ def attribute_cmd(
             data.obs[:show], [result.spatial()[:show].numpy()], [f"{method} -> {target}"],
             [f"obs {i}" for i in range(show)],
         )  # fmt: skip
-        with atomic_path(png) as tmp, open(tmp, "wb") as f:
-            f.write(fig)
+        write_bytes(png, fig)
         summary["files"]["figure"] = str(png)
     if as_json:
         print_json(summary)
@@ -93,7 +92,9 @@ def features_cmd(
     nmf: int = typer.Option(
         8, min=1, max=256, help="NMF features of the value attributions (Hilton)."
     ),
-    layer: str = typer.Option(None, help="Conv hook name (default: a middle residual layer)."),
+    layer: str = typer.Option(
+        None, help="Conv hook name (default: a middle residual layer; hazards: hook_relu)."
+    ),
     n_steps: int = typer.Option(
         10, min=1, max=10_000, help="IG steps from the layer's zero baseline."
     ),
@@ -101,7 +102,9 @@ def features_cmd(
         4, min=2, max=256, help="Clusters of per-position channel vectors."
     ),
     linkage: str = typer.Option("kmeans", help="kmeans, single, average or ward."),
-    n_obs: int = typer.Option(256, min=8, max=100_000, help="Maze observations."),
+    n_obs: int = typer.Option(
+        256, min=8, max=100_000, help="Observations (maze) or frames (hazards)."
+    ),
     step: int = typer.Option(None, help="Checkpoint step (default: latest)."),
     seed: int = typer.Option(0, min=0, help="Seed of observations, NMF and clustering."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
@@ -110,7 +113,7 @@ def features_cmd(
     clusters of its activations; figures, cluster labels and NMF results go to RUN/analysis/."""
     import numpy as np
 
-    from policylens.artifacts import atomic_path, write_json
+    from policylens.artifacts import atomic_path, write_bytes, write_json
     from policylens.commands.rl_vision import hazard_features_cmd, is_hazard_run
     from policylens.lenses import features as fe
     from policylens.lenses.attribution import attribute, default_layer
@@ -144,8 +147,7 @@ def features_cmd(
         ("feature_maps", rf.feature_maps_figure(data.obs[0], acts[0], title=layer)),
     ):
         path = out / f"{stem}_{name}.png"
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            f.write(png)
+        write_bytes(path, png)
         files[name] = str(path)
     npz = out / f"{stem}_nmf.npz"
     with atomic_path(npz) as tmp, open(tmp, "wb") as f:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from policylens.artifacts import atomic_path, write_png
+from policylens.artifacts import write_bytes, write_png
 from policylens.envs.hazards import HazardsConfig, generate_level, render_level
 from policylens.report.html import Report, Section
 from policylens.runs import Run
@@ -159,8 +159,7 @@ def write_hazards_report(
             f"{len(ep.agent) - 1} steps (white: the path so far)."
         )
     gif = gif_bytes(episode_frames(episodes[0], every=2))
-    with atomic_path(run.analysis_dir / "agent.gif") as tmp:
-        Path(tmp).write_bytes(gif)
+    write_bytes(run.analysis_dir / "agent.gif", gif)
     _gif_part(section, gif, "the agent playing an unseen level")
     if failures is None:
         log(f"failure tables over {levels} levels per split and observation")

@@ -14,8 +14,7 @@ from policylens.report.figures import plt, to_png
 def write_probe_curves(curves: ProbeCurves, path: str | Path, title: str) -> Path:
     """Draw ``curves`` into the PNG file ``path`` (atomically)."""
     path = Path(path)
-    with artifacts.atomic_path(path) as tmp:
-        Path(tmp).write_bytes(probe_curves_figure(curves, title))
+    artifacts.write_bytes(path, probe_curves_figure(curves, title))
     return path
 
 

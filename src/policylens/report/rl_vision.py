@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from policylens.artifacts import atomic_path
+from policylens.artifacts import write_bytes
 from policylens.envs.hazards import AGENT, CHANNELS, COIN, COLOURS, CRATE, ENEMY, LAVA, SAW, WALL
 from policylens.report.features import nmf_figure
 from policylens.report.figures import curves_figure
@@ -55,8 +55,7 @@ def legend_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _write_png(path: Path, png: bytes) -> str:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        f.write(png)
+    write_bytes(path, png)
     return str(path)
 
 

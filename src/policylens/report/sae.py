@@ -212,7 +212,7 @@ def write_sae_dashboard(
     ``behaviour`` (``evaluate_spliced``'s result) opens the page; ``concepts``
     (``match_concepts``'s result) lists every live latent's best ground-truth concept.
     """
-    from policylens.artifacts import atomic_path, write_json
+    from policylens.artifacts import write_bytes, write_json
     from policylens.report.html import Report
 
     folder = Path(folder)
@@ -313,8 +313,7 @@ def write_sae_dashboard(
     summary.json(context)
     for card in cards:
         png = latent_figure(card, env_id, actions, site, env_kwargs)
-        with atomic_path(folder / f"latent_{card.latent}.png") as tmp:
-            Path(tmp).write_bytes(png)
+        write_bytes(folder / f"latent_{card.latent}.png", png)
         report.section(f"Latent {card.latent}").figure(png, f"dashboard of latent {card.latent}")
     write_json(
         folder / "latents.json",
