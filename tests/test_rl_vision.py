@@ -181,6 +181,20 @@ def test_hallucinations_found_and_checked_by_patching():
     assert row["control"] == pytest.approx(0.0)
 
 
+def test_hallucination_sentence_tells_unchecked_from_none_found():
+    sentence = hallucinations.hallucination_sentence
+    unnamed = sentence({"counts": {}, "check": {"checked": 0}})
+    assert "none could be checked" in unnamed and "no evidence either way" in unnamed
+    quiet = {"0:saw": {"feature": 0, "label": "saw"}}
+    assert sentence({"counts": quiet, "check": {"checked": 0}}).startswith("No hallucinations")
+    checked = {"checked": 5, "abs_value_change": {"mean": 0.2},
+               "abs_value_change_control": {"mean": 0.1},
+               "difference": {"mean": 0.1, "ci": [-0.05, 0.25]}}  # fmt: skip
+    assert sentence({"counts": quiet, "check": checked}).endswith("(no effect).")
+    checked["difference"]["ci"] = [0.05, 0.15]
+    assert "no effect" not in sentence({"counts": quiet, "check": checked})
+
+
 # -- the edit's verdict, the table cache, attribution on objects --------------------------------
 def _table(n: int, deaths: dict[str, int]) -> dict:
     """A failure table of ``n`` levels with these deaths per cause (the rest completed)."""

@@ -189,7 +189,11 @@ def hallucinations_cmd(
     that region is patched from a clean frame (vs the same patch elsewhere)."""
     from policylens.artifacts import write_json
     from policylens.studies.rl_vision.features import resize_masks, run_features
-    from policylens.studies.rl_vision.hallucinations import find_hallucinations, intervention_check
+    from policylens.studies.rl_vision.hallucinations import (
+        find_hallucinations,
+        hallucination_sentence,
+        intervention_check,
+    )
 
     r = open_run(run, HAZARDS)
     agent, hf = run_features(r, n_frames=n_obs, k=nmf, seed=seed)
@@ -208,15 +212,7 @@ def hallucinations_cmd(
              f"{c['frames']['ci'][1]:.3f}]"} for c in counts.values()]  # fmt: skip
     if rows:
         _print(rows, f"{r.name}: hallucinations at {hf.layer}")
-    if check["checked"]:
-        d = check["difference"]
-        console.print(
-            f"|value change| patched {check['abs_value_change']['mean']:.4f} vs control "
-            f"{check['abs_value_change_control']['mean']:.4f}; difference {d['mean']:.4f} "
-            f"[{d['ci'][0]:.4f}, {d['ci'][1]:.4f}] over {check['checked']} hallucinations"
-        )
-    else:
-        console.print("no hallucinations found")
+    console.print(hallucination_sentence(result))
 
 
 def _print(rows: list[dict], title: str) -> None:

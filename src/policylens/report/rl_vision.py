@@ -19,6 +19,7 @@ from policylens.report.sweeps import metrics_by_parameter
 from policylens.studies.hazards.failures import FAILURE_CAUSES
 from policylens.studies.rl_vision.editing import verdict_sentence
 from policylens.studies.rl_vision.features import HazardFeatures, feature_maps_of
+from policylens.studies.rl_vision.hallucinations import hallucination_sentence
 from policylens.sweeps import read_sweep
 
 SKY_RGB = (170, 210, 245)
@@ -216,6 +217,7 @@ def write_rl_vision_report(
     hal = load("rl_vision_hallucinations.json")
     if hal:
         s = report.section("Hallucinations")
+        s.text(hallucination_sentence(hal))
         s.table([{"feature": c["feature"], "label": c["label"], "cells": c["cells"],
                   "frames with one": _ci(c["frames"])} for c in hal["counts"].values()])  # fmt: skip
         if hal["check"]["checked"]:

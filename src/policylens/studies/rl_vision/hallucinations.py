@@ -86,6 +86,28 @@ def find_hallucinations(
     return found, counts
 
 
+def hallucination_sentence(result: dict[str, Any], min_correlation: float = 0.3) -> str:
+    """What a hallucination search found, in one sentence; it says when no feature was named
+    well enough to be checked (no evidence either way) rather than "none found"."""
+    counts, check = result["counts"], result["check"]
+    if not counts:
+        return (
+            f"No feature is named for {', '.join(NAMED)} at correlation >= {min_correlation}, "
+            "so none could be checked for hallucinations: no evidence either way."
+        )
+    names = ", ".join(f"{c['feature']} ({c['label']})" for c in counts.values())
+    if not check["checked"]:
+        return f"No hallucinations: features {names} never fired strongly away from their object."
+    d = check["difference"]
+    return (
+        f"Features {names}: patching {check['checked']} hallucinated regions from a clean frame "
+        f"changed |value| by {check['abs_value_change']['mean']:.4f} against "
+        f"{check['abs_value_change_control']['mean']:.4f} for the same patch where the feature "
+        f"is quiet; difference {d['mean']:.4f} [{d['ci'][0]:.4f}, {d['ci'][1]:.4f}]"
+        + (" (no effect)." if d["ci"][0] <= 0 <= d["ci"][1] else ".")
+    )
+
+
 def _patched_value(agent: Any, obs: np.ndarray, layer: str, clean: torch.Tensor,
                    region: tuple[slice, slice]) -> float:  # fmt: skip
     def patch(act: torch.Tensor, hook: Any) -> torch.Tensor:
