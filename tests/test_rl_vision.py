@@ -349,6 +349,8 @@ def test_study_commands_end_to_end(tiny_hazard_run, tmp_path):
     assert r.exit_code == 0, r.output
     html = (tmp_path / "r.html").read_text()
     assert "Feature legend" in html and "Model editing" in html and "Failure dissection" in html
+    assert "aligned &gt;= 0.6" in html or "No hazard appeared" in html
+    assert "Hallucinations" in html and ("hallucinat" in html.split("Hallucinations", 1)[1])
 
 
 @pytest.mark.slow

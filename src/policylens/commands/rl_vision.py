@@ -29,7 +29,7 @@ def hazard_features_cmd(
     """``policylens features`` on a hazard run: NMF features named by object masks."""
     from policylens.artifacts import write_json
     from policylens.report.rl_vision import legend_rows, save_feature_figures
-    from policylens.studies.rl_vision.features import DEFAULT_LAYER, run_features
+    from policylens.studies.rl_vision.features import DEFAULT_LAYER, named_sentence, run_features
 
     r = open_run(run, HAZARDS)
     _, hf = run_features(
@@ -44,8 +44,7 @@ def hazard_features_cmd(
         return
     _print(legend_rows(summary), f"{r.name}: NMF features of the value at {hf.layer}")
     console.print(f"NMF explains {hf.nmf.explained:.1%} of the squared attribution.")
-    named = ", ".join(f"{h} {'yes' if ok else 'no'}" for h, ok in summary["hazards_named"].items())
-    console.print(f"hazards met with a feature aligned >= 0.6: {named or 'none met'}")
+    console.print(named_sentence(summary))
     on = summary["attribution_on_objects"]
     console.print(
         "|attribution| per cell on each object / elsewhere: "

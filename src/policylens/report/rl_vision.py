@@ -18,7 +18,7 @@ from policylens.report.html import Report
 from policylens.report.sweeps import metrics_by_parameter
 from policylens.studies.hazards.failures import FAILURE_CAUSES
 from policylens.studies.rl_vision.editing import verdict_sentence
-from policylens.studies.rl_vision.features import HazardFeatures, feature_maps_of
+from policylens.studies.rl_vision.features import HazardFeatures, feature_maps_of, named_sentence
 from policylens.studies.rl_vision.hallucinations import hallucination_sentence
 from policylens.sweeps import read_sweep
 
@@ -197,6 +197,7 @@ def write_rl_vision_report(
                f"{features['nmf']['k']} features (explains {features['nmf']['explained']:.1%}). "
                "Alignment: correlation of the feature map with the named object mask.")  # fmt: skip
         s.table(legend_rows(features))
+        s.text(named_sentence(features))
         on = features.get("attribution_on_objects", {})
         s.table([
             {"object": k, "best alignment": round(v, 3),

@@ -178,6 +178,18 @@ class HazardFeatures:
         }
 
 
+def named_sentence(summary: dict[str, Any]) -> str:
+    """Whether each hazard the agent met got a feature aligned at the bar, in one sentence."""
+    named = summary["hazards_named"]
+    if not named:
+        return "No hazard appeared in the frames."
+    verdicts = ", ".join(
+        f"{h} {'yes' if ok else 'no'} ({summary['best_alignment'][h]:.2f})"
+        for h, ok in named.items()
+    )
+    return f"Hazards met with a feature aligned >= {GOOD_ALIGNMENT}: {verdicts}."
+
+
 def attribution_on_objects(
     attributions: np.ndarray, masks: dict[str, np.ndarray]
 ) -> dict[str, dict[str, float]]:
