@@ -10,7 +10,7 @@ import policylens
 
 PACKAGE = Path(policylens.__file__).parent
 LAYERS = [
-    ["errors", "artifacts"],
+    ["errors", "artifacts", "lazy"],
     ["envs"],
     ["agents"],
     ["rollout", "runs"],

@@ -1,18 +1,5 @@
 """Goal misgeneralization in the maze (Langosco et al. 2022; Mini, Turner et al. 2023)."""
 
-import importlib
-import pkgutil
-from types import ModuleType
+from policylens.lazy import lazy_submodules
 
-__all__ = sorted(m.name for m in pkgutil.iter_modules(__path__))
-
-
-def __getattr__(name: str) -> ModuleType:
-    """Submodules load on first use, so ``policylens.studies.maze.<name>`` works after ``import policylens``."""
-    if name in __all__:
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return list(__all__)
+__all__, __getattr__, __dir__ = lazy_submodules(__name__, __path__)
