@@ -223,6 +223,18 @@ def test_edit_verdict_met_only_when_the_cause_rises_alone_beyond_random():
     assert v["effect"] and v["beats_random"] and v["target_met"]
     assert v["ratio"] == pytest.approx(30.0)
     assert "met." in editing.verdict_sentence(v) and "no effect" not in editing.verdict_sentence(v)
+    assert v["share_of_invisible"] == pytest.approx(1.0) and v["invisible_reaches_target"]
+
+    half = _table(10_000, {"saw": 70, "enemy": 500, "lava": 60})  # +0.3 points
+    invisible = _table(10_000, {"saw": 100, "enemy": 500, "lava": 60})  # +0.6: below the bar too
+    v = editing.edit_verdict(
+        _experiment(base, {"edit:saw": half, "invisible:saw": invisible, "random:0": base}),
+        "saw",
+    )
+    assert v["effect"] and not v["target_met"] and v["share_of_invisible"] == pytest.approx(0.5)
+    assert v["invisible_reaches_target"] is False
+    sentence = editing.verdict_sentence(v)
+    assert "50% of what invisibility does" in sentence and "so no edit could" in sentence
 
     collateral = _table(10_000, {"saw": 1200, "enemy": 1100, "lava": 60})  # enemies x2.2 too
     v = editing.edit_verdict(

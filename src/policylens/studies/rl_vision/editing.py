@@ -197,6 +197,9 @@ def edit_verdict(exp: dict[str, Any], feature: str) -> dict[str, Any]:
     ``effect``: the targeted cause's rise has a 95% interval above zero. ``beats_random``: it rose
     more than under every random direction. ``target_met``: the issue's bar (:data:`TARGET_RATIO`
     or :data:`TARGET_RISE`, every other cause below :data:`OTHERS_RATIO`x, beating random).
+    ``share_of_invisible``: the edit's rise over the invisible-hazard control's (a point estimate),
+    the fraction of complete blindness the edit achieves; ``invisible_reaches_target``: whether
+    complete blindness itself clears the bar (where it does not, no edit can).
     """
     if f"edit:{feature}" not in exp["moves"]:
         raise ValueError(f"The experiment has no edit of {feature!r}; it has {list(exp['moves'])}.")
@@ -214,6 +217,7 @@ def edit_verdict(exp: dict[str, Any], feature: str) -> dict[str, Any]:
     beats_random = bool(randoms) and rise > max(randoms)
     big_enough = target["ratio"] >= TARGET_RATIO or rise >= TARGET_RISE
     calm = all(r < OTHERS_RATIO for r in others.values())
+    blind = invisible[feature] if invisible else None
     return {
         "feature": feature,
         "rate": target["rate"],
@@ -221,7 +225,15 @@ def edit_verdict(exp: dict[str, Any], feature: str) -> dict[str, Any]:
         "ratio": target["ratio"],
         "diff": target["diff"],
         "effect": bool(target["diff"]["effect"] and rise > 0),
-        "invisible_diff": invisible[feature]["diff"] if invisible else None,
+        "invisible_diff": blind["diff"] if blind else None,
+        "share_of_invisible": (
+            rise / blind["diff"]["diff"] if blind and blind["diff"]["diff"] > 0 else None
+        ),
+        "invisible_reaches_target": (
+            bool(blind["ratio"] >= TARGET_RATIO or blind["diff"]["diff"] >= TARGET_RISE)
+            if blind
+            else None
+        ),
         "random_diffs": randoms,
         "beats_random": beats_random,
         "other_ratios": others,
@@ -242,12 +254,16 @@ def verdict_sentence(v: dict[str, Any]) -> str:
     if v["invisible_diff"]:
         i = v["invisible_diff"]
         parts.append(f"hazard invisible {i['diff']:+.2%} [{i['ci'][0]:+.2%}, {i['ci'][1]:+.2%}]")
+        if v.get("share_of_invisible") is not None and v["effect"]:
+            parts.append(f"the edit does {v['share_of_invisible']:.0%} of what invisibility does")
     if v["random_diffs"]:
         parts.append("random directions " + ", ".join(f"{r:+.2%}" for r in v["random_diffs"]))
     if v["other_ratios"]:
         worst = max(v["other_ratios"], key=lambda c: abs(np.log(max(v["other_ratios"][c], 1e-9))))
         parts.append(f"largest other move {worst} x{v['other_ratios'][worst]:.2f}")
     met = "met" if v["target_met"] else "not met"
+    if v.get("invisible_reaches_target") is False:
+        met += " (the invisible hazard itself does not reach it, so no edit could)"
     return (
         "; ".join(parts) + f". Target (x{TARGET_RATIO:.0f} or +5 points, others < x2, "
         f"above every random direction): {met}."
