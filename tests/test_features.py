@@ -103,7 +103,9 @@ def test_nmf_recovers_and_labels_planted_features(data):
     assert nmf.labels[labels["wall"]]["correlation"] > 0.95
     assert nmf.sign[labels["wall"]] > 0.9 and nmf.sign[labels["cheese"]] < 0.1
     assert np.allclose(nmf.transform(attr), nmf.maps, atol=0.05 * nmf.maps.max())
-    assert rf.nmf_figure(data.obs[:2], nmf.maps[:2], nmf.colours).startswith(PNG)
+    assert nmf.names()[labels["wall"]].startswith(f"{labels['wall']} wall ")
+    figure = rf.nmf_figure(data.obs[:2], nmf.maps[:2], nmf.colours, names=nmf.names())
+    assert figure.startswith(PNG)
     x, shape = split_sign(attr)
     assert x.shape == (24 * 81, 32) and (x >= 0).all() and shape == (24, 9, 9)
     with pytest.raises(ValueError, match="k must be"):

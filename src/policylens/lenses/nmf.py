@@ -62,6 +62,13 @@ class AttributionNMF:
     def colours(self) -> list[str]:
         return [PALETTE[i % len(PALETTE)] for i in range(self.k)]
 
+    def names(self) -> list[str]:
+        """Each feature's figure label: index, object and alignment once labelled (``3 crate
+        0.32``), else ``feature 3``."""
+        if not self.labels:
+            return [f"feature {i}" for i in range(self.k)]
+        return [f"{i} {lab['label']} {lab['correlation']:.2f}" for i, lab in enumerate(self.labels)]
+
     def directions(self) -> np.ndarray:
         """Signed channel directions ``(k, channel)``: positive part minus negative part."""
         c = self.channels

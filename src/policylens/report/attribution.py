@@ -111,7 +111,10 @@ def attribution_section(report: Report, study: MazeAttribution) -> None:
 
     nmf = study.nmf
     sec = report.section("NMF features of value attributions")
-    sec.figure(rf.nmf_figure(obs[show], nmf.maps[show], nmf.colours, cols), "NMF feature maps")
+    sec.figure(
+        rf.nmf_figure(obs[show], nmf.maps[show], nmf.colours, cols, names=nmf.names()),
+        "NMF feature maps",
+    )
     sec.table(
         [
             {

@@ -126,9 +126,11 @@ def nmf_figure(
     colours: Sequence[str],
     titles: Sequence[str] | None = None,
     scale: np.ndarray | None = None,
+    names: Sequence[str] | None = None,
 ) -> bytes:
     """PNG: observations (top row), all features mixed (second row, Hilton's view: each cell
-    takes the strength-weighted mix of the feature colours), then one row per feature alone.
+    takes the strength-weighted mix of the feature colours), then one row per feature alone,
+    labelled ``names[i]`` (default ``feature i``).
 
     ``maps``: feature maps ``(n, h, w, k)`` of the ``n`` observations, stretched over them. A
     feature's opacity is its strength over ``scale[i]`` (default: its 99th percentile in ``maps``).
@@ -163,7 +165,8 @@ def nmf_figure(
             axes[i + 2, j].imshow(one, extent=(0, w, h, 0), interpolation="nearest")
     axes[1, 0].set_ylabel("all features", fontsize=8)
     for i in range(k):
-        axes[i + 2, 0].set_ylabel(f"feature {i}", fontsize=8, color=colours[i])
+        name = names[i] if names else f"feature {i}"
+        axes[i + 2, 0].set_ylabel(name, fontsize=8, color=colours[i])
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])

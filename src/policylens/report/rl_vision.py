@@ -65,7 +65,7 @@ def feature_strip(hf: HazardFeatures, frames: list[int] | None = None) -> bytes:
     frames = frames or [ex[0]["frame"] for ex in hf.examples][:6]
     obs = np.stack([symbolic_rgb(hf.frames.obs[i]) for i in frames])
     titles = [f"frame {i}" for i in frames]
-    return nmf_figure(obs, hf.nmf.maps[frames], hf.nmf.colours, titles)
+    return nmf_figure(obs, hf.nmf.maps[frames], hf.nmf.colours, titles, names=hf.nmf.names())
 
 
 def save_feature_figures(hf: HazardFeatures, out: Path) -> dict[str, str]:
@@ -85,7 +85,7 @@ def save_dissection_figures(agent: Any, hf: HazardFeatures, failed: list, out: P
                   for t, (v, a) in enumerate(zip(ep.values, ep.advantages, strict=True))]  # fmt: skip
         files[f"failure_{ep.episode}_{ep.cause}"] = _write_png(
             out / f"rl_vision_failure_{ep.episode}.png",
-            nmf_figure(obs, maps, hf.nmf.colours, titles),
+            nmf_figure(obs, maps, hf.nmf.colours, titles, names=hf.nmf.names()),
         )
     shown = failed[:show]
     keys = [f"{ep.cause} {ep.episode}" for ep in shown]
