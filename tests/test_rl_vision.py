@@ -340,6 +340,8 @@ def test_study_commands_end_to_end(tiny_hazard_run, tmp_path):
     by_mask = ok("edit", run, "--feature", "wall", "--direction", "object", "--n-obs", "16",
                  "--out", str(tmp_path / "no-wall"))  # fmt: skip
     assert by_mask["edit"]["direction_from"] == "object" and len(by_mask["edit"]["direction"]) == 16
+    assert editing.edit_description(by_mask["edit"]).startswith("Removed the wall direction")
+    assert "NMF feature" in editing.edit_description(result["edit"])
     r = cli.invoke(app, ["edit", run, "--feature", "saw", "--direction", "banana",
                          "--out", str(tmp_path / "y")])  # fmt: skip
     assert r.exit_code == 2 and "--direction" in r.output and not (tmp_path / "y").exists()
@@ -362,6 +364,7 @@ def test_study_commands_end_to_end(tiny_hazard_run, tmp_path):
     html = (tmp_path / "r.html").read_text()
     assert "Feature legend" in html and "Model editing" in html and "Failure dissection" in html
     assert "aligned &gt;= 0.6" in html or "No hazard appeared" in html
+    assert "Removed NMF feature" in html  # which feature the edit removed, and its label
     assert "Hallucinations" in html and ("hallucinat" in html.split("Hallucinations", 1)[1])
 
 

@@ -124,18 +124,13 @@ def edit_cmd(
         )  # fmt: skip
         if name in FAILURE_CAUSES:
             exp["verdict"] = editing.edit_verdict(exp, name)
+        exp["edit"] = {k: v for k, v in edit.items() if k != "direction"}
         write_json(edited.analysis_dir / "edit_experiment.json", exp)
         result["experiment"] = exp
     if as_json:
         print_json(result)
         return
-    removed = (
-        f"the {feature} direction from its masks"
-        if direction == "object"
-        else f"feature {index} ({label['label']}, alignment with {feature}: "
-        f"{edit['alignment']:.2f})"
-    )
-    console.print(f"removed {removed} from {edit['reader']} -> {edited.path}")
+    console.print(f"{editing.edit_description(edit)} Edited agent: {edited.path}")
     if levels:
         _print(edit_rows(result["experiment"]), f"failure table on {levels} unseen levels")
         if "verdict" in result["experiment"]:

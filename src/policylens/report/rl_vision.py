@@ -17,7 +17,7 @@ from policylens.report.figures import curves_figure
 from policylens.report.html import Report
 from policylens.report.sweeps import metrics_by_parameter
 from policylens.studies.hazards.failures import FAILURE_CAUSES
-from policylens.studies.rl_vision.editing import edit_verdict, verdict_sentence
+from policylens.studies.rl_vision.editing import edit_description, edit_verdict, verdict_sentence
 from policylens.studies.rl_vision.features import HazardFeatures, feature_maps_of, named_sentence
 from policylens.studies.rl_vision.hallucinations import hallucination_sentence
 from policylens.sweeps import read_sweep
@@ -230,6 +230,8 @@ def write_rl_vision_report(
         exp = json.loads(exp_file.read_text())
         s = report.section(f"Model editing: {Path(edit).name}")
         s.text(f"{exp['levels']} unseen levels, seed {exp['seed']}, layer {exp['layer']}.")
+        if "edit" in exp:
+            s.text(edit_description(exp["edit"]))
         if "verdict" in exp:  # judged again from the tables, by today's rule
             s.text(verdict_sentence(edit_verdict(exp, exp["verdict"]["feature"])))
         s.table(edit_rows(exp))

@@ -241,6 +241,18 @@ def edit_verdict(exp: dict[str, Any], feature: str) -> dict[str, Any]:
     }
 
 
+def edit_description(edit: dict[str, Any]) -> str:
+    """What an edit removed, from where, in one sentence (the CLI and the report)."""
+    if edit["direction_from"] == "object":
+        what = f"the {edit['requested']} direction from its masks"
+    else:
+        what = (
+            f"NMF feature {edit['feature']} (labelled {edit['label']}; alignment with "
+            f"{edit['requested']}: {edit['alignment']:.2f})"
+        )
+    return f"Removed {what} at {edit['layer']} from the weights of {edit['reader']}."
+
+
 def verdict_sentence(v: dict[str, Any]) -> str:
     """The verdict in one sentence, saying "no effect" where the interval includes zero."""
     d = v["diff"]
