@@ -241,6 +241,11 @@ def test_edit_verdict_met_only_when_the_cause_rises_alone_beyond_random():
         _experiment(base, {"edit:saw": collateral, "random:0": shuffled}), "saw"
     )
     assert v["effect"] and not v["target_met"] and v["other_ratios"]["enemy"] > 2
+    assert v["largest_rise"] == "saw" and "not specific" not in editing.verdict_sentence(v)
+    v = editing.edit_verdict(_experiment(base, {"edit:enemy": collateral}), "enemy")
+    assert v["largest_rise"] == "saw" and "not specific: saw deaths rose more" in (
+        editing.verdict_sentence(v)
+    )
 
     same = _table(10_000, {"saw": 43, "enemy": 500, "lava": 60})
     v = editing.edit_verdict(_experiment(base, {"edit:saw": same, "random:0": shuffled}), "saw")

@@ -218,6 +218,7 @@ def edit_verdict(exp: dict[str, Any], feature: str) -> dict[str, Any]:
     big_enough = target["ratio"] >= TARGET_RATIO or rise >= TARGET_RISE
     calm = all(r < OTHERS_RATIO for r in others.values())
     blind = invisible[feature] if invisible else None
+    rises = {c: moves[c]["diff"]["diff"] for c in FAILURE_CAUSES}
     return {
         "feature": feature,
         "rate": target["rate"],
@@ -237,6 +238,8 @@ def edit_verdict(exp: dict[str, Any], feature: str) -> dict[str, Any]:
         "random_diffs": randoms,
         "beats_random": beats_random,
         "other_ratios": others,
+        "largest_rise": max(rises, key=lambda c: rises[c]),
+        "rises": rises,
         "target_met": bool(big_enough and calm and beats_random),
     }
 
@@ -270,6 +273,9 @@ def verdict_sentence(v: dict[str, Any]) -> str:
             parts.append(f"the edit does {v['share_of_invisible']:.0%} of what invisibility does")
     if v["random_diffs"]:
         parts.append("random directions " + ", ".join(f"{r:+.2%}" for r in v["random_diffs"]))
+    top = v.get("largest_rise", v["feature"])
+    if top != v["feature"]:
+        parts.append(f"not specific: {top} deaths rose more ({v['rises'][top]:+.2%})")
     if v["other_ratios"]:
         worst = max(v["other_ratios"], key=lambda c: abs(np.log(max(v["other_ratios"][c], 1e-9))))
         parts.append(f"largest other move {worst} x{v['other_ratios'][worst]:.2f}")
