@@ -120,20 +120,23 @@ def _episode(cause: str, in_view: list[bool], occluded: list[bool], lava: bool =
 
 
 @pytest.mark.parametrize(
-    ("in_view", "occluded", "expected"),
+    ("in_view", "occluded", "expected", "visible"),
     [
-        ([False, True, True], [False, False, True], "seen and ignored"),
-        ([False, True, True], [False, True, True], "occluded"),
-        ([False, False, False], [False, False, False], "not in view"),
+        ([False, True, True], [False, False, True], "seen and ignored", 0),
+        ([False, True, True], [False, False, False], "seen and ignored", 2),
+        ([True, True, True], [False, False, False], "seen and ignored", 3),
+        ([False, True, True], [False, True, True], "occluded", 0),
+        ([False, False, False], [False, False, False], "not in view", 0),
     ],
 )
-def test_dissection_classifier_on_hand_built_episodes(in_view, occluded, expected):
+def test_dissection_classifier_on_hand_built_episodes(in_view, occluded, expected, visible):
     ep = _episode("saw", in_view, occluded)
     flags = dissection.killer_flags(ep)
     assert flags is not None
     # the killer is the nearer saw (slot 0), whose flags are the hand-built ones
     assert flags["in_view"].tolist() == in_view
     assert dissection.classify(**flags) == expected
+    assert dissection.visible_steps(**flags) == visible  # unbroken sight, counted back from death
 
 
 def test_dissection_lava_and_falls():

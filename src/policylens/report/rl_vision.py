@@ -139,8 +139,8 @@ def dissection_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for cause, r in summary["by_cause"].items():
         row: dict[str, Any] = {"cause": cause, "deaths": r["deaths"]}
-        for cls in ("seen and ignored", "occluded", "not in view"):
-            row[cls] = _ci(r[cls]) if r["deaths"] else "-"
+        for cls in ("seen and ignored", "occluded", "not in view", "seen the whole window"):
+            row[cls] = _ci(r[cls]) if r["deaths"] and cls in r else "-"
         rows.append(row)
     return rows
 
@@ -211,7 +211,10 @@ def write_rl_vision_report(
     if dis:
         s = report.section("Failure dissection")
         s.text(f"{dis['failed']} of {dis['levels']} unseen levels failed; deaths by a hazard "
-               f"classified from the last {dis['window']} steps' ground-truth flags.")  # fmt: skip
+               f"classified from the last {dis['window']} steps' ground-truth flags. The view is "
+               "centred on the agent, so the killer is in view at death by construction; 'seen "
+               "the whole window' counts deaths whose killer was in sight, unbroken, for all "
+               f"{dis['window']} steps before.")  # fmt: skip
         s.table(dissection_rows(dis))
         for png in sorted(analysis.glob("rl_vision_failure*.png")):
             s.figure(png.read_bytes(), png.stem)

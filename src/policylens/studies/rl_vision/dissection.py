@@ -10,7 +10,10 @@ labels: the hazard that killed (the one of its kind nearest the agent at death) 
 - **not in view**: outside the observation in all of them.
 
 Lava is a tile and cannot be occluded: seen if any lava was in view. Falls and timeouts have no
-hazard to see and are counted as such.
+hazard to see and are counted as such. With an agent-centred view the killer is in view at the
+moment of death by construction, so the dissection also counts how long before death it was in
+sight without a break (``visible_steps``, at most ``window``): a hazard seen for the whole window
+left the agent time to react.
 """
 
 from __future__ import annotations
@@ -73,6 +76,13 @@ def classify(in_view: np.ndarray, occluded: np.ndarray) -> str:
     if (in_view & ~occluded).any():
         return "seen and ignored"
     return "occluded" if in_view.any() else "not in view"
+
+
+def visible_steps(in_view: np.ndarray, occluded: np.ndarray) -> int:
+    """How many of the last steps, counted back from death, had the killer in sight unbroken."""
+    seen = np.asarray(in_view, bool) & ~np.asarray(occluded, bool)
+    gaps = np.nonzero(~seen[::-1])[0]
+    return int(gaps[0]) if len(gaps) else len(seen)
 
 
 def failed_episodes(
@@ -152,10 +162,13 @@ def dissect(
     rows: dict[str, dict[str, Any]] = {}
     for cause in ("saw", "enemy", "lava"):
         of_cause = [ep for ep in failed if ep.cause == cause]
-        classes = [classify(**killer_flags(ep)) for ep in of_cause]  # type: ignore[arg-type]
+        flags = [killer_flags(ep) for ep in of_cause]
+        classes = [classify(**f) for f in flags]  # type: ignore[arg-type]
+        seen = [visible_steps(**f) for f in flags]  # type: ignore[arg-type]
         rows[cause] = {
             "deaths": len(of_cause),
             **{c: stats.proportion([x == c for x in classes]) for c in CLASSES},
+            "seen the whole window": stats.proportion([s == window for s in seen]),
         }
     other = {c: sum(ep.cause == c for ep in failed) for c in ("fell", "timeout", "multiple")}
     summary = {
@@ -168,7 +181,8 @@ def dissect(
         "episodes": [
             {"episode": ep.episode, "cause": ep.cause, "values": ep.values.tolist(),
              "advantages": ep.advantages.tolist(),
-             "class": classify(**kf) if (kf := killer_flags(ep)) else None}
+             "class": classify(**kf) if (kf := killer_flags(ep)) else None,
+             "visible_steps": visible_steps(**kf) if kf else None}
             for ep in failed
         ],
     }  # fmt: skip
