@@ -122,10 +122,10 @@ def _episode(cause: str, in_view: list[bool], occluded: list[bool], lava: bool =
 @pytest.mark.parametrize(
     ("in_view", "occluded", "expected", "visible"),
     [
-        ([False, True, True], [False, False, True], "seen and ignored", 0),
-        ([False, True, True], [False, False, False], "seen and ignored", 2),
+        ([False, True, True], [False, False, True], "seen and ignored", 2),
+        ([True, False, True], [False, False, False], "seen and ignored", 1),
         ([True, True, True], [False, False, False], "seen and ignored", 3),
-        ([False, True, True], [False, True, True], "occluded", 0),
+        ([False, True, True], [False, True, True], "occluded", 2),
         ([False, False, False], [False, False, False], "not in view", 0),
     ],
 )
@@ -136,7 +136,7 @@ def test_dissection_classifier_on_hand_built_episodes(in_view, occluded, expecte
     # the killer is the nearer saw (slot 0), whose flags are the hand-built ones
     assert flags["in_view"].tolist() == in_view
     assert dissection.classify(**flags) == expected
-    assert dissection.visible_steps(**flags) == visible  # unbroken sight, counted back from death
+    assert dissection.visible_steps(**flags) == visible  # unbroken view, counted back from death
 
 
 def test_dissection_lava_and_falls():

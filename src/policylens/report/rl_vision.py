@@ -213,7 +213,7 @@ def write_rl_vision_report(
         s.text(f"{dis['failed']} of {dis['levels']} unseen levels failed; deaths by a hazard "
                f"classified from the last {dis['window']} steps' ground-truth flags. The view is "
                "centred on the agent, so the killer is in view at death by construction; 'seen "
-               "the whole window' counts deaths whose killer was in sight, unbroken, for all "
+               "the whole window' counts deaths whose killer was in view, unbroken, for all "
                f"{dis['window']} steps before.")  # fmt: skip
         s.table(dissection_rows(dis))
         for png in sorted(analysis.glob("rl_vision_failure*.png")):

@@ -12,8 +12,9 @@ labels: the hazard that killed (the one of its kind nearest the agent at death) 
 Lava is a tile and cannot be occluded: seen if any lava was in view. Falls and timeouts have no
 hazard to see and are counted as such. With an agent-centred view the killer is in view at the
 moment of death by construction, so the dissection also counts how long before death it was in
-sight without a break (``visible_steps``, at most ``window``): a hazard seen for the whole window
-left the agent time to react.
+view without a break (``visible_steps``, at most ``window``): a hazard in view for the whole
+window left the agent time to react. Occlusion does not break the count: at contact the agent's
+own box covers the killer.
 """
 
 from __future__ import annotations
@@ -79,8 +80,9 @@ def classify(in_view: np.ndarray, occluded: np.ndarray) -> str:
 
 
 def visible_steps(in_view: np.ndarray, occluded: np.ndarray) -> int:
-    """How many of the last steps, counted back from death, had the killer in sight unbroken."""
-    seen = np.asarray(in_view, bool) & ~np.asarray(occluded, bool)
+    """How many of the last steps, counted back from death, had the killer in view unbroken
+    (``occluded`` is taken for the classifier's signature and does not count, see above)."""
+    seen = np.asarray(in_view, bool)
     gaps = np.nonzero(~seen[::-1])[0]
     return int(gaps[0]) if len(gaps) else len(seen)
 
