@@ -206,6 +206,19 @@ def test_malformed_metrics_rows_and_corrupt_config(maze_run, tmp_path):
 
 
 # ------------------------------------------------------------------ concurrent writers
+def test_atomic_writes_get_the_mode_of_a_plain_write(tmp_path):
+    from policylens import artifacts
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    artifacts.write_text(tmp_path / "atomic.txt", "x")
+    artifacts.write_bytes(tmp_path / "atomic.png", b"x")
+    mode = plain.stat().st_mode & 0o777
+    assert (tmp_path / "atomic.txt").stat().st_mode & 0o777 == mode
+    assert (tmp_path / "atomic.png").stat().st_mode & 0o777 == mode
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
+
+
 def test_second_writer_is_refused_with_the_holders_pid(tmp_path):
     out = tmp_path / "run"
     run, _ = Run.start(out, {"kind": "ppo", "trainer": {"a": 1}, "agent": {}}, resume=False)

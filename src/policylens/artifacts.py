@@ -19,6 +19,18 @@ LOCK_FILE = ".policylens.lock"
 """The lock file a writer holds inside the folder it writes."""
 
 
+def _plain_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: 0o666 less the umask (read once, at import:
+    reading the umask sets it, which is not safe while other threads create files)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+FILE_MODE = _plain_file_mode()
+"""Mode of every file written atomically: a temporary file is private (0o600) until chmod."""
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds."""
@@ -27,6 +39,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, FILE_MODE)  # as readable as a plain write: reports and runs get shared
         yield tmp
         _fsync_file(tmp)
         os.replace(tmp, path)
