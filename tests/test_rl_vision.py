@@ -3,6 +3,8 @@ hallucinations."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -374,6 +376,22 @@ def test_study_commands_end_to_end(tiny_hazard_run, tmp_path):
     assert "aligned &gt;= 0.6" in html or "No hazard appeared" in html
     assert "Removed NMF feature" in html  # which feature the edit removed, and its label
     assert "Hallucinations" in html and ("hallucinat" in html.split("Hallucinations", 1)[1])
+
+
+def test_diversity_effects_compare_the_ends_and_say_no_effect():
+    from policylens.studies.rl_vision.diversity import diversity_effects
+
+    rows = [{"num_levels": n, "seed": s, "unseen": u, "score": c}
+            for n, s, u, c in [(100, 0, 0.86, 0.2), (100, 1, 0.87, 0.3), (100, 2, 0.87, 0.1),
+                               (1000, 0, 0.5, 0.9),
+                               (10000, 0, 0.90, 0.25), (10000, 1, 0.89, 0.1),
+                               (10000, 2, 0.90, math.nan)]]  # fmt: skip
+    unseen, score = diversity_effects(rows, ["unseen", "score"])
+    assert (
+        unseen.startswith("unseen, 10,000 vs 100 training levels: +0.030")
+        and "no effect" not in unseen
+    )
+    assert score.endswith("no effect")  # the NaN seed is left out, the middle setting unused
 
 
 @pytest.mark.slow

@@ -177,6 +177,18 @@ def test_aggregate_is_student_t_over_seeds():
     assert all(math.isnan(v) for v in second["metrics"]["a"]["ci"])  # one seed: no interval
 
 
+def test_welch_difference_matches_scipy():
+    from policylens.rollout.stats import welch_difference
+
+    a, b = [0.90, 0.89, 0.89], [0.87, 0.87, 0.866]
+    d = welch_difference(a, b)
+    ci = scipy_stats.ttest_ind(a, b, equal_var=False).confidence_interval()
+    assert d["diff"] == pytest.approx(np.mean(a) - np.mean(b))
+    assert d["ci"] == pytest.approx([ci.low, ci.high]) and d["effect"]
+    assert not welch_difference([0.2, 0.1, 0.3], [0.25, 0.15, 0.2])["effect"]
+    assert math.isnan(welch_difference([1.0], [2.0, 3.0])["ci"][0])  # one value: no interval
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -17,6 +17,7 @@ from policylens.report.figures import curves_figure
 from policylens.report.html import Report
 from policylens.report.sweeps import metrics_by_parameter
 from policylens.studies.hazards.failures import FAILURE_CAUSES
+from policylens.studies.rl_vision.diversity import diversity_effects
 from policylens.studies.rl_vision.editing import edit_description, edit_verdict, verdict_sentence
 from policylens.studies.rl_vision.features import HazardFeatures, feature_maps_of, named_sentence
 from policylens.studies.rl_vision.hallucinations import hallucination_sentence
@@ -170,6 +171,7 @@ def diversity_section(report: Report, sweep: Path) -> None:
     if figure:
         s.figure(figure, "diversity hypothesis")
     s.table(table)
+    s.text("; ".join(diversity_effects(rows, DIVERSITY_METRICS)) + " (Welch 95% intervals).")
 
 
 def write_rl_vision_report(

@@ -65,6 +65,24 @@ def t_mean(values) -> dict[str, Any]:
     return {"mean": m, "n": int(x.size), "ci": [m - half, m + half]}
 
 
+def welch_difference(a, b) -> dict[str, Any]:
+    """Difference of two means (``mean(a) - mean(b)``, e.g. one metric over seeds at two
+    settings) with Welch's 95% interval, and whether it excludes zero (``effect``)."""
+    from scipy.stats import t
+
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    d = float(x.mean() - y.mean()) if x.size and y.size else math.nan
+    if x.size < 2 or y.size < 2:
+        return {"diff": d, "ci": [math.nan, math.nan], "effect": False}
+    vx, vy = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
+    se = math.sqrt(vx + vy)
+    if se == 0:
+        return {"diff": d, "ci": [d, d], "effect": d != 0}
+    dof = (vx + vy) ** 2 / (vx**2 / (x.size - 1) + vy**2 / (y.size - 1))
+    half = float(t.ppf(0.975, dof)) * se
+    return {"diff": d, "ci": [d - half, d + half], "effect": bool(d - half > 0 or d + half < 0)}
+
+
 def difference(a: dict[str, Any], b: dict[str, Any], z: float = Z95) -> dict[str, Any]:
     """Difference of two proportions (``a - b``, as made by :func:`proportion`) with Newcombe's
     hybrid-score 95% interval, and whether that interval excludes zero (``effect``).

@@ -5,6 +5,10 @@ over seeds (``policylens sweep --world hazards``); this is the evaluation each t
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
+from policylens.rollout import stats
 from policylens.runs import Run
 from policylens.studies.hazards.failures import failure_table, level_splits
 from policylens.studies.rl_vision.features import HAZARDS, OBJECTS, hazard_env_kwargs, run_features
@@ -29,4 +33,27 @@ def diversity_metrics(
     out["interpretability_score"] = summary["interpretability_score"]
     for name in (*HAZARDS, *(o for o in OBJECTS if o not in HAZARDS)):
         out[f"alignment_{name}"] = summary["best_alignment"][name]
+    return out
+
+
+def diversity_effects(rows: list[dict[str, Any]], metrics: list[str]) -> list[str]:
+    """One sentence per metric: the most-levels agents minus the fewest-levels ones, over seeds,
+    with Welch's 95% interval, saying "no effect" where it includes zero."""
+    levels = sorted({r["num_levels"] for r in rows})
+    if len(levels) < 2:
+        return []
+    few, many = levels[0], levels[-1]
+    out = []
+    for m in metrics:
+        # over seeds at each end; a trial that did not measure the metric is left out
+        at = {
+            n: [r[m] for r in rows if r["num_levels"] == n and math.isfinite(r.get(m, math.nan))]
+            for n in (few, many)
+        }
+        d = stats.welch_difference(at[many], at[few])
+        verdict = "" if d["effect"] else ": no effect"
+        out.append(
+            f"{m}, {many:,} vs {few:,} training levels: {d['diff']:+.3f} "
+            f"[{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]{verdict}"
+        )
     return out
