@@ -8,6 +8,7 @@ and vector-env APIs on it, so a world only says which config, batch, state and r
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -17,7 +18,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 
 
-class LevelBatch:
+class LevelBatch(ABC):
     """What the batched worlds share: a random generator per slot drawing level seeds as procgen
     does, a cache of generated levels, action checks, and the state that resumes a run.
 
@@ -39,14 +40,17 @@ class LevelBatch:
         self.rngs = [np.random.default_rng() for _ in range(self.n)]
         self._cache: dict[int, Any] = {}
 
+    @abstractmethod
     def generate(self, level_seed: int) -> Any:
-        raise NotImplementedError
+        """The level with seed ``level_seed``, as :meth:`reset_slot` loads it."""
 
+    @abstractmethod
     def reset_slot(self, i: int) -> None:
-        raise NotImplementedError
+        """Load slot ``i`` with its next level (:meth:`draw_level_seed`) and observe it."""
 
+    @abstractmethod
     def redraw(self) -> None:
-        raise NotImplementedError
+        """Draw every slot's observation again from its arrays (after a loaded state)."""
 
     def seed(self, i: int, seed: int | None) -> None:
         self.rngs[i] = np.random.default_rng(seed)
