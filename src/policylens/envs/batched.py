@@ -1,4 +1,4 @@
-"""Gymnasium wrappers shared by the NumPy-batched worlds (the maze, the hazard world).
+"""What the NumPy-batched worlds (the maze, the hazard world) share: the batch base and the wrappers.
 
 Each such world keeps all its levels in one :class:`LevelBatch` that steps every level at once
 with array operations; :class:`BatchedEnv` and :class:`BatchedVecEnv` put Gymnasium's single-env
