@@ -138,7 +138,7 @@ def test_dissection_classifier_on_hand_built_episodes(in_view, occluded, expecte
     # the killer is the nearer saw (slot 0), whose flags are the hand-built ones
     assert flags["in_view"].tolist() == in_view
     assert dissection.classify(**flags) == expected
-    assert dissection.visible_steps(**flags) == visible  # unbroken view, counted back from death
+    assert dissection.visible_steps(flags["in_view"]) == visible  # unbroken, back from death
 
 
 def test_dissection_lava_and_falls():

@@ -79,9 +79,8 @@ def classify(in_view: np.ndarray, occluded: np.ndarray) -> str:
     return "occluded" if in_view.any() else "not in view"
 
 
-def visible_steps(in_view: np.ndarray, occluded: np.ndarray) -> int:
-    """How many of the last steps, counted back from death, had the killer in view unbroken
-    (``occluded`` is taken for the classifier's signature and does not count, see above)."""
+def visible_steps(in_view: np.ndarray) -> int:
+    """How many of the last steps, counted back from death, had the killer in view unbroken."""
     seen = np.asarray(in_view, bool)
     gaps = np.nonzero(~seen[::-1])[0]
     return int(gaps[0]) if len(gaps) else len(seen)
@@ -166,7 +165,7 @@ def dissect(
         of_cause = [ep for ep in failed if ep.cause == cause]
         flags = [killer_flags(ep) for ep in of_cause]
         classes = [classify(**f) for f in flags]  # type: ignore[arg-type]
-        seen = [visible_steps(**f) for f in flags]  # type: ignore[arg-type]
+        seen = [visible_steps(f["in_view"]) for f in flags]  # type: ignore[index]
         rows[cause] = {
             "deaths": len(of_cause),
             **{c: stats.proportion([x == c for x in classes]) for c in CLASSES},
@@ -184,7 +183,7 @@ def dissect(
             {"episode": ep.episode, "cause": ep.cause, "values": ep.values.tolist(),
              "advantages": ep.advantages.tolist(),
              "class": classify(**kf) if (kf := killer_flags(ep)) else None,
-             "visible_steps": visible_steps(**kf) if kf else None}
+             "visible_steps": visible_steps(kf["in_view"]) if kf else None}
             for ep in failed
         ],
     }  # fmt: skip
