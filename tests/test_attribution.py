@@ -100,6 +100,18 @@ def test_layer_ig_agrees_with_captum(agent64, obs, layer):
     assert ours.attributions.shape == ref.shape
     assert (ours.attributions - ref).abs().max().item() < 1e-5
     assert ours.info["cut_layer"] == (layer == "res1.hook_out")
+    # the outputs at the baseline: each row's input with the layer set to a zero input's
+    # activation; at a cut that is the zero observation's output for every row
+    base_act = layer_activation(agent64, torch.zeros_like(x), layer)
+    with agent64.hooks([(layer, lambda act, hook: base_act)]):
+        base_logits, base_value = agent64.forward_input(x)
+    assert torch.allclose(ours.baseline_outputs, base_value, atol=1e-5)
+    assert (base_value.std() < 1e-6) == (layer == "res1.hook_out")  # a skip carries each input
+    actions = np.arange(len(x)) % base_logits.shape[1]
+    per_action = attribute(agent64, obs, "ig", "action", layer, baseline="zero_input",
+                           n_steps=4, actions=actions)  # fmt: skip
+    expected = torch.log_softmax(base_logits, -1)[torch.arange(len(x)), actions]
+    assert torch.allclose(per_action.baseline_outputs, expected, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- correctness

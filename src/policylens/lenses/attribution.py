@@ -532,10 +532,19 @@ def _target_values(
 def _endpoint_values(
     sub: _Substitute, a: Tensor, base: Tensor, target: Target, actions: Tensor | None
 ) -> tuple[Tensor, Tensor]:
-    """Target at the inputs and at the baselines ``(B,)`` each, in one pass."""
-    index = torch.arange(len(a), device=a.device).repeat(2)
-    both = _target_values(sub, torch.cat([a, base]), index, target, actions)
-    return both[: len(a)], both[len(a) :]
+    """Target at the inputs and at the baselines ``(B,)`` each, in one pass. A baseline that is
+    the same for every row (zeros, a zero input, a mean) is run once when the outputs depend on
+    nothing else: the input itself or a cut layer (no skip connection carries each row's input
+    around it), and no per-row action in the target."""
+    n = len(a)
+    alone = sub.layer is None or sub.cut
+    shared = alone and actions is None and bool(torch.equal(base, base[:1].expand_as(base)))
+    rows = torch.cat([a, base[:1] if shared else base])
+    index = torch.cat(
+        [torch.arange(n, device=a.device), torch.arange(len(rows) - n, device=a.device)]
+    )
+    both = _target_values(sub, rows, index, target, actions)
+    return both[:n], both[n:].expand(n).clone() if shared else both[n:]
 
 
 # --------------------------------------------------------------------------- baselines
@@ -598,6 +607,8 @@ def _resolve_baseline(
             if baseline == "mean":
                 return act.mean(0, keepdim=True).expand_as(act).clone(), baseline
             b = _input_baseline(baseline, x, reference, blur_sigma)
+            if baseline == "zero_input":  # one zero observation's activation serves every row
+                return layer_activation(agent, b[:1], sub.layer).expand_as(act).clone(), baseline
             return layer_activation(agent, b, sub.layer).clone(), baseline
     if not isinstance(baseline, Tensor | np.ndarray):
         raise ValueError(
