@@ -386,6 +386,26 @@ def test_render_level_outlines_hazards() -> None:
 
 
 # -- the recipe, the failure study and the commands, on a tiny run ---------------------------------
+def test_recipe_network_can_be_deeper_or_wider(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from policylens.agents import build_agent
+    from policylens.cli import app
+    from policylens.sweeps.spec import recipe_parameters
+    from policylens.train.recipes import hazards_recipe
+
+    assert hazards_recipe().arch_kwargs == {"channels": 16, "res_blocks": 0, "hidden": 256}
+    deeper = hazards_recipe(channels=8, res_blocks=1)
+    agent = build_agent(deeper.arch, (9, 13, 13), 15, **deeper.arch_kwargs)
+    assert "res1.hook_out" in agent.hook_dict and agent.net.conv.out_channels == 8
+    assert {"channels", "res_blocks"} <= set(recipe_parameters("hazards"))  # sweepable
+    with pytest.raises(ValueError, match="res_blocks >= 0"):
+        hazards_recipe(res_blocks=-1)
+    r = CliRunner().invoke(app, ["train", "hazards", "--out", str(tmp_path / "x"),
+                                 "--res-blocks", "9"])  # fmt: skip
+    assert r.exit_code == 2 and "--res-blocks" in r.output and not (tmp_path / "x").exists()
+
+
 @pytest.mark.slow
 def test_failure_table_counts_every_level_once(tiny_hazard_run) -> None:
     from policylens.studies.hazards.failures import FAILURE_CAUSES, failure_study

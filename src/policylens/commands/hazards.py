@@ -26,6 +26,10 @@ def train_hazards_cmd(
         2, help="Level difficulties 1..this (3: procgen's full range, much slower to learn)."
     ),
     steps: int = typer.Option(None, help="Environment steps (default: the recipe's)."),
+    channels: int = typer.Option(16, min=1, max=256, help="Conv channels of the network."),
+    res_blocks: int = typer.Option(
+        0, min=0, max=8, help="Residual blocks after the first conv (the recipe has none)."
+    ),
     seed: int = typer.Option(0, min=0, help="Seed of envs, init and sampling."),
     precision: str = typer.Option(
         "auto", help="float32, bfloat16, or auto (bf16 where the CPU multiplies it natively)."
@@ -52,6 +56,8 @@ def train_hazards_cmd(
         total_steps=steps,
         seed=seed,
         precision=precision,
+        channels=channels,
+        res_blocks=res_blocks,
     )
     config = dataclasses.replace(config, threads=threads)
     if resume and not (out / "config.json").exists():

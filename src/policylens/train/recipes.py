@@ -63,6 +63,8 @@ def hazards_recipe(
     precision: str = "auto",
     num_envs: int = 64,
     num_steps: int = 128,
+    channels: int = 16,
+    res_blocks: int = 0,
 ) -> PPOConfig:
     """PPO on the hazard world: the symbolic 13 x 13-tile agent-centred view and a one-conv CNN.
 
@@ -75,9 +77,12 @@ def hazards_recipe(
     and 3 epochs learned no more per step than 2. Episodes end at 500 steps (the world's default
     is procgen's 1,000; a competent agent finishes any of these levels in under 100).
     ``num_envs`` x ``num_steps`` is one rollout; smaller ones make tiny runs (tests).
+    ``channels`` and ``res_blocks`` vary the network (a sweep may try deeper or wider agents).
     """
     from policylens.envs.hazards import HazardsConfig
 
+    if channels < 1 or res_blocks < 0:
+        raise ValueError(f"channels must be >= 1 and res_blocks >= 0, got {channels}, {res_blocks}")
     env_kwargs: dict = {
         "num_levels": num_levels,
         "start_level": start_level,
@@ -91,7 +96,7 @@ def hazards_recipe(
         env_id="policylens/Hazards-v0",
         env_kwargs=env_kwargs,
         arch="maze_cnn",
-        arch_kwargs={"channels": 16, "res_blocks": 0, "hidden": 256},
+        arch_kwargs={"channels": channels, "res_blocks": res_blocks, "hidden": 256},
         total_steps=HAZARDS_STEPS if total_steps is None else total_steps,
         num_envs=num_envs,
         num_steps=num_steps,
