@@ -180,8 +180,7 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
+    write_bytes(path, text.encode("utf-8"))
 
 
 def write_json(path: str | os.PathLike, data: Any, sort_keys: bool = True) -> None:

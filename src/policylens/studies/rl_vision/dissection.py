@@ -160,16 +160,18 @@ def dissect(
     played, failed = failed_episodes(
         agent, env_kwargs, levels, window=window, seed=seed, gamma=gamma, gae_lambda=gae_lambda
     )
+    # per failed episode, once: its class and how long its killer was in view (None: no hazard)
+    judged = []
+    for ep in failed:
+        kf = killer_flags(ep)
+        judged.append((classify(**kf), visible_steps(kf["in_view"])) if kf else (None, None))
     rows: dict[str, dict[str, Any]] = {}
     for cause in ("saw", "enemy", "lava"):
-        of_cause = [ep for ep in failed if ep.cause == cause]
-        flags = [killer_flags(ep) for ep in of_cause]
-        classes = [classify(**f) for f in flags]  # type: ignore[arg-type]
-        seen = [visible_steps(f["in_view"]) for f in flags]  # type: ignore[index]
+        of_cause = [j for ep, j in zip(failed, judged, strict=True) if ep.cause == cause]
         rows[cause] = {
             "deaths": len(of_cause),
-            **{c: stats.proportion([x == c for x in classes]) for c in CLASSES},
-            "seen the whole window": stats.proportion([s == window for s in seen]),
+            **{c: stats.proportion([cls == c for cls, _ in of_cause]) for c in CLASSES},
+            "seen the whole window": stats.proportion([seen == window for _, seen in of_cause]),
         }
     other = {c: sum(ep.cause == c for ep in failed) for c in ("fell", "timeout", "multiple")}
     summary = {
@@ -182,9 +184,8 @@ def dissect(
         "episodes": [
             {"episode": ep.episode, "cause": ep.cause, "values": ep.values.tolist(),
              "advantages": ep.advantages.tolist(),
-             "class": classify(**kf) if (kf := killer_flags(ep)) else None,
-             "visible_steps": visible_steps(kf["in_view"]) if kf else None}
-            for ep in failed
+             "class": cls, "visible_steps": seen}
+            for ep, (cls, seen) in zip(failed, judged, strict=True)
         ],
     }  # fmt: skip
     return summary, failed
