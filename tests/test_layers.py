@@ -1,14 +1,18 @@
-"""The house's order: every import (function-local ones included) runs down the layers, and no
-modules import each other in a circle. A failure names the file and line."""
+"""The house's order: every import (function-local and ``importlib`` ones included) runs down the
+layers, no modules import each other in a circle, world ids live only in ``envs/`` and
+``worlds/``, and docs/architecture.md's layer table says what this file enforces. A failure names
+the file and line."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import policylens
 
 PACKAGE = Path(policylens.__file__).parent
+ARCHITECTURE = PACKAGE.parent.parent / "docs" / "architecture.md"
 LAYERS = [
     ["errors", "artifacts", "lazy"],
     ["envs"],
@@ -16,11 +20,14 @@ LAYERS = [
     ["rollout", "runs"],
     ["train", "sweeps"],
     ["lenses"],
+    ["worlds"],
     ["studies"],
     ["report"],
     ["cli", "commands", "demo", "explorer", "__main__"],
 ]
 """Bottom first, as in docs/architecture.md; a module may import its own layer and those below."""
+WORLD_IDS = re.compile(r"Maze-v0|Hazards-v0|RookEndgame|LunarLander|procgen-|MiniGrid-")
+"""What names a world: its id (or the env's own name), which only envs/ and worlds/ may write."""
 
 
 def module_name(path: Path) -> str:
@@ -63,7 +70,31 @@ def parse_imports(source: str, module: str, is_package: bool) -> list[tuple[str,
                 for a in node.names
                 if a.name.startswith("policylens.")
             ]
+        elif (name := imported_by_name(node)) is not None:
+            found.append((name, node.lineno))
     return found
+
+
+def imported_by_name(node: ast.AST) -> str | None:
+    """The policylens module an ``importlib.import_module(...)`` call names, when its argument is
+    text or an f-string starting with a module path (``f"policylens.commands.{name}"`` counts as
+    the ``commands`` package); None for any other node."""
+    if not (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute | ast.Name)
+        and (node.func.attr if isinstance(node.func, ast.Attribute) else node.func.id)
+        == "import_module"
+        and node.args
+    ):
+        return None
+    arg = node.args[0]
+    if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+        text = arg.value
+    elif isinstance(arg, ast.JoinedStr) and arg.values and isinstance(arg.values[0], ast.Constant):
+        text = str(arg.values[0].value).rstrip(".")
+    else:
+        return None
+    return text.removeprefix("policylens.") if text.startswith("policylens.") else None
 
 
 def modules() -> dict[str, Path]:
@@ -118,3 +149,44 @@ def test_the_checker_sees_function_local_and_relative_imports():
     source = "def f():\n    from policylens.report.html import Report\n    from ..runs import Run\n"
     assert parse_imports(source, "lenses.probes", False) == [("report.html", 2), ("runs", 3)]
     assert parse_imports("from . import engine\n", "rollout", True) == [("rollout.engine", 1)]
+
+
+def test_the_checker_follows_importlib():
+    source = (
+        "import importlib\n"
+        "def f(name):\n"
+        "    importlib.import_module(f'policylens.commands.{name}')\n"
+        "    importlib.import_module('policylens.report.html')\n"
+    )
+    assert parse_imports(source, "cli", False) == [("commands", 3), ("report.html", 4)]
+
+
+def test_world_ids_live_only_in_envs_and_worlds():
+    found = [
+        f"{path.relative_to(PACKAGE.parent)}:{n}: {line.strip()}"
+        for name, path in modules().items()
+        if name.split(".")[0] not in ("envs", "worlds")
+        for n, line in enumerate(path.read_text().splitlines(), start=1)
+        if WORLD_IDS.search(line)
+    ]
+    assert found == []
+
+
+def layer_table() -> dict[str, int]:
+    """docs/architecture.md's layer table: each module named in a row -> its layer number."""
+    rows: dict[str, int] = {}
+    for line in ARCHITECTURE.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 2 and cells[0].isdigit():
+            for module in re.findall(r"`([\w./]+)`", cells[1]):
+                rows[module.strip("/").removesuffix(".py").replace("/", ".")] = int(cells[0])
+    return rows
+
+
+def test_the_architecture_page_has_the_enforced_layers():
+    table = layer_table()
+    assert table, "docs/architecture.md has no layer table"
+    wrong = {m: n for m, n in table.items() if layer_of(m) is None or layer_of(m) + 1 != n}
+    assert wrong == {}, "rows whose layer differs from LAYERS (1-based)"
+    tops = {m.split(".")[0] for m in modules()} - {"__main__"}
+    assert sorted(tops - {m.split(".")[0] for m in table}) == [], "top-level modules with no row"

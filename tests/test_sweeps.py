@@ -13,6 +13,7 @@ import pytest
 from scipy import stats as scipy_stats
 from typer.testing import CliRunner
 
+from policylens import worlds
 from policylens.cli import app
 from policylens.runs import Run
 from policylens.sweeps import SweepSpec, aggregate, load_spec, parse_seeds, run_sweep
@@ -22,6 +23,7 @@ from policylens.sweeps.spec import MAX_STEPS, resolve_evaluate
 
 runner = CliRunner()
 MAZE_METRICS = "policylens.studies.maze.sweep:maze_metrics"
+MAZE_RECIPE = "policylens.worlds.maze:maze_recipe"
 TINY = {"world_size": 5, "num_envs": 8, "num_steps": 16}
 """One PPO update of 128 steps on 5x5 mazes: a trial trains in well under a second."""
 TINY_FLAGS = [f"--fixed={k}={v}" for k, v in TINY.items()]
@@ -29,6 +31,7 @@ TINY_FLAGS = [f"--fixed={k}={v}" for k, v in TINY.items()]
 
 def tiny_spec(**changes) -> SweepSpec:
     settings = {
+        "recipe": MAZE_RECIPE,
         "grid": {"cheese_region": [1, "none"]},
         "fixed": TINY,
         "seeds": "0-1",
@@ -88,7 +91,7 @@ def test_spec_trials_names_and_text_values():
         ({"grid": {"cheese_region": [1, 1]}}, "lists a value twice"),
         ({"grid": {"arch": ["a/b"]}}, "cannot name a trial folder"),
         ({"grid": {"cheese_region": [9]}}, "does not fit in the smallest maze"),
-        ({"world": "mazee"}, "Unknown world 'mazee'"),
+        ({"recipe": "policylens.worlds.maze:maze_recipee"}, "has no function maze_recipee"),
         ({"seeds": [1, 1]}, "distinct"),
         ({"steps": MAX_STEPS + 1}, "steps must be an integer from 1"),
         ({"steps": 64}, "smaller than one rollout"),
@@ -105,7 +108,7 @@ def test_bad_specs_are_one_sentence(changes, message):
 def test_toml_spec_with_flag_overrides(tmp_path):
     file = tmp_path / "spec.toml"
     file.write_text(
-        'world = "maze"\nseeds = [0, 2]\nsteps = 256\nevaluate = "m:f"\n'
+        f'world = "maze"\nrecipe = "{MAZE_RECIPE}"\nseeds = [0, 2]\nsteps = 256\nevaluate = "m:f"\n'
         '[grid]\ncheese_region = [1, 3, "none"]\nnum_levels = [0]\n'
         "[fixed]\nworld_size = 5\nnum_envs = 8\nnum_steps = 16\n"
     )
@@ -198,6 +201,7 @@ def test_welch_difference_matches_scipy():
         (["--grid", "cheese_region=1", "--seeds", "0-500"], "at most 100"),
         (["--grid", "cheese_region=1", "--address", "x:1"], "ray backend only"),
         (["/nonexistent/spec.toml"], "does not exist"),
+        (["--world", "mazee"], "Unknown world 'mazee'"),
     ],
 )
 def test_cli_bad_input_is_one_clear_line(args, message, tmp_path):
@@ -329,7 +333,7 @@ def test_maze_steering_metrics_set_each_intervention_against_its_control(tmp_pat
     from policylens.studies.maze.sweep import maze_steering_metrics
     from policylens.train.ppo import PPOConfig, train_ppo
 
-    config = PPOConfig(total_steps=16 * 32 * 2, num_envs=16, num_steps=32,
+    config = PPOConfig(env_id=worlds.get("maze").env_id, total_steps=16 * 32 * 2, num_envs=16, num_steps=32,
                        env_kwargs={"cheese_region": None, "max_steps": 40})  # fmt: skip
     run = train_ppo(config, tmp_path / "run", progress=False)
     m = maze_steering_metrics(str(run.path), n_mazes=20)

@@ -1,1 +1,1 @@
-"""CLI commands by area; each module registers its commands on ``policylens.cli.app`` on import."""
+"""CLI commands by area; each module registers its commands on ``framework.app`` on import (``cli`` imports them all)."""

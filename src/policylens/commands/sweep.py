@@ -9,13 +9,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from policylens.cli import MAX_STEPS, command, console, err_console, print_json
-
-DEFAULT_EVALUATE = {
-    "maze": "policylens.studies.maze.sweep:maze_metrics",
-    "hazards": "policylens.studies.rl_vision.diversity:diversity_metrics",
-}
-"""The evaluation of each world's trials when neither the spec nor ``--evaluate`` names one."""
+from policylens.commands.framework import MAX_STEPS, command, console, err_console, print_json
 
 
 def _assignments(items: list[str] | None, option: str, many: bool) -> dict[str, Any] | None:
@@ -71,8 +65,16 @@ def sweep_cmd(
     ),
 ) -> None:
     """Sweep a recipe's parameters times seeds; each trial is a run folder under OUT/trials/."""
+    from policylens import worlds
     from policylens.report.sweeps import interval_text, write_sweep_report
-    from policylens.sweeps import SweepSpec, TrialsFailed, aggregate, run_sweep, spec_settings
+    from policylens.sweeps import (
+        SweepSpec,
+        TrialsFailed,
+        aggregate,
+        function_path,
+        run_sweep,
+        spec_settings,
+    )
 
     settings = spec_settings(
         spec,
@@ -84,7 +86,9 @@ def sweep_cmd(
         evaluate=evaluate,
         evaluate_kwargs=_assignments(eval_arg, "--eval-arg", many=False),
     )
-    settings.setdefault("evaluate", DEFAULT_EVALUATE.get(settings.get("world", "maze"), ""))
+    world_of_spec = worlds.get(settings.setdefault("world", "maze"))
+    settings.setdefault("recipe", function_path(worlds.recipe(world_of_spec.name)))
+    settings.setdefault("evaluate", world_of_spec.sweep_metrics or "")
     sweep = SweepSpec.from_dict(settings)
     try:
         rows = run_sweep(

@@ -73,12 +73,19 @@ OPTIONS = (
 number of worker threads."""
 
 OBS_SHAPE = (64, 64, 3)
-NUM_ACTIONS = 15
+ACTIONS = (
+    "left_down", "left", "left_up", "down", "noop", "up", "right_down", "right", "right_up",
+    "d", "a", "w", "s", "q", "e",
+)  # fmt: skip
+"""procgen's 15 button combinations, in its action order (the last six are game-specific keys)."""
+NUM_ACTIONS = len(ACTIONS)
 _LABELS = ("level_seed", "steps", "success")
+PREFIX = "policylens/procgen-"
+"""Every procgen world's id is this and the game's name."""
 
 
 def world_id(game: str) -> str:
-    return f"policylens/procgen-{game}"
+    return f"{PREFIX}{game}"
 
 
 def procgen_worlds() -> list[dict[str, Any]]:

@@ -8,9 +8,9 @@ rows it returns (also in ``OUT/results.csv``), ``read_sweep`` reads a sweep fold
 from policylens.sweeps.results import aggregate, read_sweep, write_results
 from policylens.sweeps.runner import BACKENDS, TrialsFailed, run_sweep, run_trial, training_metrics
 from policylens.sweeps.spec import (
-    RECIPES,
     SweepSpec,
     Trial,
+    function_path,
     load_spec,
     parse_seeds,
     parse_value,
@@ -19,7 +19,7 @@ from policylens.sweeps.spec import (
 
 __all__ = [
     "BACKENDS",
-    "RECIPES",
+    "function_path",
     "SweepSpec",
     "Trial",
     "TrialsFailed",

@@ -1,9 +1,12 @@
 """What a sweep runs: a world's recipe, a grid over its parameters, seeds, a training length and
 the evaluation called on each finished run folder. Built from a TOML file, from CLI flags, or both.
 
-A spec written in TOML::
+The recipe and the evaluation are named as ``module:function`` and imported when the sweep runs,
+so this layer names no world (``policylens sweep`` fills both from the world's defaults; a user's
+own world brings its own). A spec written in TOML::
 
     world = "maze"
+    recipe = "policylens.worlds.maze:maze_recipe"
     seeds = "0-4"                       # or [0, 1, 2], or "0,2,5"
     steps = 500000
     evaluate = "policylens.studies.maze.sweep:maze_metrics"
@@ -33,15 +36,11 @@ from typing import Any
 
 from policylens.errors import check_known
 from policylens.train.ppo import PPOConfig
-from policylens.train.recipes import hazards_recipe, maze_recipe
-
-RECIPES: dict[str, Callable[..., PPOConfig]] = {"maze": maze_recipe, "hazards": hazards_recipe}
-"""World name -> the recipe a sweep's parameters go to; each returns the PPO config of one run."""
 
 CONTROLLED = ("seed", "total_steps")
 """Recipe parameters the sweep sets itself, from ``seeds`` and ``steps``."""
 
-SETTINGS = ("world", "grid", "fixed", "seeds", "steps", "evaluate", "evaluate_kwargs")
+SETTINGS = ("world", "recipe", "grid", "fixed", "seeds", "steps", "evaluate", "evaluate_kwargs")
 """The keys of a spec (a TOML file's top level, ``sweep.json``)."""
 
 MAX_STEPS = 100_000_000
@@ -53,11 +52,38 @@ _LABEL = re.compile(r"^[A-Za-z0-9_.+-]+$")
 """What a grid value may look like as text: it becomes part of a folder name."""
 
 
-def recipe_parameters(world: str) -> list[str]:
-    """The parameters of ``world``'s recipe a sweep may vary or fix."""
-    check_known([world], RECIPES, "world")
-    names = inspect.signature(RECIPES[world]).parameters
+def recipe_parameters(recipe: Callable[..., Any]) -> list[str]:
+    """The parameters of ``recipe`` a sweep may vary or fix."""
+    names = inspect.signature(recipe).parameters
     return [n for n in names if n not in CONTROLLED]
+
+
+def function_path(fn: Callable[..., Any]) -> str:
+    """``module:function`` naming ``fn``, as a spec's ``recipe`` and ``evaluate`` are written."""
+    return f"{fn.__module__}:{fn.__qualname__}"
+
+
+def check_function_path(path: str, setting: str) -> None:
+    """Refuse a ``setting`` that is not written ``module:function``, in one sentence."""
+    if not re.fullmatch(r"[\w.]+:\w+", path or ""):
+        raise ValueError(
+            f"{setting} must name a function as 'module:function' (e.g. "
+            f"policylens.studies.maze.sweep:maze_metrics), got {path!r}."
+        )
+
+
+def import_function(path: str, setting: str) -> Callable[..., Any]:
+    """The function a spec's ``setting`` names as ``module:function``, in one sentence if not."""
+    check_function_path(path, setting)
+    module_name, _, name = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"cannot import {module_name} (from {setting} {path}): {e}.") from e
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise ValueError(f"module {module_name} has no function {name} (from {setting}).")
+    return fn
 
 
 def parse_value(value: Any) -> Any:
@@ -136,6 +162,9 @@ class SweepSpec:
     """
 
     world: str = "maze"
+    """The world's name, for people: what runs is ``recipe``."""
+    recipe: str = ""
+    """``module:function`` returning one run's trainer config from the grid's parameters."""
     grid: dict[str, list[Any]] = field(default_factory=dict)
     """Recipe parameter -> the values it takes (e.g. ``{"cheese_region": [1, 3, None]}``)."""
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -163,7 +192,7 @@ class SweepSpec:
         self._validate()
 
     def _validate(self) -> None:
-        valid = recipe_parameters(self.world)
+        valid = recipe_parameters(import_function(self.recipe, "recipe"))
         check_known([*self.grid, *self.fixed], valid, f"parameter of the {self.world} recipe")
         for name, values in self.grid.items():
             if not values:
@@ -195,11 +224,7 @@ class SweepSpec:
         n = len(self.trials())
         if n > MAX_TRIALS:
             raise ValueError(f"the sweep has {n} trials; one sweep runs at most {MAX_TRIALS}.")
-        if not re.fullmatch(r"[\w.]+:\w+", self.evaluate or ""):
-            raise ValueError(
-                "evaluate must name a function as 'module:function' (e.g. "
-                f"policylens.studies.maze.sweep:maze_metrics), got {self.evaluate!r}."
-            )
+        check_function_path(self.evaluate, "evaluate")  # imported when the sweep runs
         for params in self._combinations():  # the recipe checks the values with its own words
             self.config(Trial(params, self.seeds[0]), threads=1)
 
@@ -215,7 +240,7 @@ class SweepSpec:
         """The trainer config of ``trial``, running on ``threads`` torch threads."""
         kwargs = {**self.fixed, **trial.params, "seed": trial.seed, "total_steps": self.steps}
         try:
-            config = RECIPES[self.world](**kwargs)
+            config = import_function(self.recipe, "recipe")(**kwargs)
         except TypeError as e:  # a value of the wrong type deep in the recipe
             raise ValueError(f"the {self.world} recipe rejects {trial.params}: {e}.") from e
         return dataclasses.replace(config, threads=threads)
@@ -264,16 +289,7 @@ def load_spec(path: str | Path | None = None, **overrides: Any) -> SweepSpec:
 
 def resolve_evaluate(spec: SweepSpec) -> Callable[..., dict[str, float]]:
     """Import the spec's evaluate function and check it takes ``(run_path, **evaluate_kwargs)``."""
-    module_name, _, name = spec.evaluate.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ValueError(
-            f"cannot import {module_name} (from evaluate {spec.evaluate}): {e}."
-        ) from e
-    fn = getattr(module, name, None)
-    if not callable(fn):
-        raise ValueError(f"module {module_name} has no function {name} (from evaluate).")
+    fn = import_function(spec.evaluate, "evaluate")
     try:
         inspect.signature(fn).bind("run", **spec.evaluate_kwargs)
     except TypeError as e:

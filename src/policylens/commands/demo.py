@@ -1,0 +1,32 @@
+"""``policylens demo``: the README's main job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from policylens.commands.framework import command, console, err_console, print_json
+
+
+@command("demo")
+def demo_cmd(
+    out: Path = typer.Option(
+        None, help="Folder for the demo's outputs (default runs/demo, or runs/demo-quick)."
+    ),
+    quick: bool = typer.Option(
+        False, "--quick", help="Every step on a small budget (about a minute; barely trained)."
+    ),
+    precision: str = typer.Option(
+        "auto", help="Training precision: float32, bfloat16, or auto (bf16 where native)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Also print the headline as JSON."),
+) -> None:
+    """The end-to-end demo (the README's main job)."""
+    from policylens.demo import FULL, QUICK, run_demo
+
+    out = out or Path("runs/demo-quick" if quick else "runs/demo")
+    result = run_demo(out, console=err_console if as_json else console,
+                      budget=QUICK if quick else FULL, precision=precision)  # fmt: skip
+    if as_json:
+        print_json(result)

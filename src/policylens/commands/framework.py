@@ -1,0 +1,140 @@
+"""The command framework: the typer ``app``, the ``command`` decorator that turns foreseeable
+errors into one sentence, ``open_run``, ``--json`` output and the shared bounds. Every command
+module builds on this; none imports another command module."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.console import Console
+
+if TYPE_CHECKING:
+    from policylens.runs import Run
+
+app = typer.Typer(
+    help="policylens: mechanistic interpretability for reinforcement-learning agents.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line
+
+
+BUG_REPORT = "https://github.com/policylens/policylens/issues"
+debug_mode = {"on": False}
+"""Set by ``--debug``: every error shows its full traceback."""
+
+
+@app.callback()
+def options(
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback of any error."),
+) -> None:
+    """policylens: mechanistic interpretability for reinforcement-learning agents."""
+    debug_mode["on"] = debug
+
+
+def command(name: str | None = None, typer_app: typer.Typer = app) -> Callable:
+    """Register a command whose foreseeable errors end in one clear sentence, not a traceback.
+
+    An unexpected exception (a bug) shows its traceback and where to report it; ``--debug``
+    shows the traceback of every error.
+    """
+
+    def wrap(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except (typer.Exit, typer.Abort, KeyboardInterrupt):
+                raise
+            except Exception as e:
+                if debug_mode["on"]:
+                    raise
+                message = user_error(e)
+                if message is None:
+                    traceback.print_exc()
+                    err_console.print(
+                        f"[bold red]This is a bug in policylens[/] ({type(e).__name__}); please "
+                        f"report it with the command you ran and the trace above at {BUG_REPORT}",
+                        highlight=False,
+                    )
+                    raise typer.Exit(1) from None
+                err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+                raise typer.Exit(2) from None
+
+        return typer_app.command(name)(run)
+
+    return wrap
+
+
+def user_error(e: Exception) -> str | None:
+    """The one sentence for a foreseeable error (bad input, files, disk), or None for a bug."""
+    import errno
+
+    from safetensors import SafetensorError
+
+    if isinstance(e, OSError) and e.filename is not None:
+        file = e.filename
+        if isinstance(e, FileNotFoundError):
+            return f"{file} does not exist; check the path"
+        if isinstance(e, PermissionError):
+            return f"permission denied for {file}; choose a path you can read and write"
+        if isinstance(e, NotADirectoryError):
+            return f"{file}: part of this path is a file, not a folder; choose another path"
+        if isinstance(e, IsADirectoryError):
+            return f"{file} is a folder; give a file path"
+        if e.errno == errno.ENOSPC:
+            return f"no space left on the device writing {file}; free some space and run again"
+        if e.errno == errno.EROFS:
+            return f"{file} is on a read-only file system; choose a writable path"
+        return f"{file}: {e.strerror or e}"
+    if isinstance(e, KeyError):
+        return str(e.args[0]) if e.args else "unknown key"
+    if isinstance(e, ValueError | FileNotFoundError):
+        return str(e)
+    if isinstance(e, SafetensorError):
+        return f"a .safetensors file is corrupt or is not safetensors ({e}); re-save it"
+    if isinstance(e, EOFError):
+        return f"a file ended early: it is truncated ({e}); write it again"
+    return None
+
+
+MAX_EPISODES = 1_000_000
+"""The most episodes (or mazes, or levels) a command plays: about a day of CPU at most."""
+MAX_STEPS = 10_000_000_000
+"""The most environment steps a training takes (weeks of CPU at policylens's speed)."""
+
+
+def open_run(path: Path, world: str | None = None) -> Run:
+    """The Run at ``path`` (trained in the world called ``world`` when given: maze, hazards,
+    rook, ...), with a note on stderr if it is unfinished."""
+    from policylens import worlds
+    from policylens.runs import Run
+
+    run = Run(path)
+    if world is not None:
+        trained_in = worlds.of_run(run).name
+        if trained_in != world:
+            raise ValueError(
+                f"{path} is a run of the {trained_in} world; this command needs a {world} run"
+            )
+    note = run.unfinished_note()
+    if note:
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False)
+    return run
+
+
+def print_json(data: Any) -> None:
+    """Machine-readable output for ``--json``: plain JSON on stdout."""
+    sys.stdout.write(json.dumps(data, indent=2, default=lambda v: v.tolist()) + "\n")
+
+
+train_app = typer.Typer(help="Train an agent into a run folder.", no_args_is_help=True)
+app.add_typer(train_app, name="train")

@@ -1,0 +1,319 @@
+"""Maze commands (goal misgeneralization): gallery, train maze, eval, behaviour, steer, report,
+table."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from policylens.commands.framework import (
+    MAX_EPISODES,
+    MAX_STEPS,
+    command,
+    console,
+    err_console,
+    open_run,
+    print_json,
+    train_app,
+)
+
+
+@command("gallery")
+def gallery_cmd(
+    out: Path = typer.Option(Path("maze_gallery.png"), help="PNG file to write."),
+    n: int = typer.Option(12, min=1, max=1000, help="Number of levels."),
+    seed: int = typer.Option(0, min=0, help="First level seed."),
+    world_size: int = typer.Option(9, help="World side in cells (odd)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Render a gallery of maze levels with their shortest paths."""
+    from policylens.artifacts import check_writable
+    from policylens.envs.maze import MazeConfig
+    from policylens.report.gallery import maze_gallery
+
+    check_writable(out)
+    stats = maze_gallery(
+        out, MazeConfig(world_size=world_size, maze_sizes=(5, world_size)), n, seed
+    )
+    if as_json:
+        print_json(stats)
+        return
+    console.print(
+        f"wrote {stats['path']} ({n} levels, mean shortest path {stats['mean_shortest_path']:.1f})"
+    )
+
+
+def parse_region(value: str | None) -> int | None:
+    """'none' (cheese anywhere) or a positive integer region side."""
+    if value is None or value.lower() == "none":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(
+            f"--cheese-region must be a positive integer or 'none', got {value!r}"
+        ) from None
+
+
+@command("maze", typer_app=train_app)
+def train_maze_cmd(
+    out: Path = typer.Option(..., help="Run folder to create (or continue with --resume)."),
+    cheese_region: str = typer.Option("1", help="Top-right region side for the cheese, or 'none'."),
+    num_levels: int = typer.Option(0, help="Distinct training levels (0 = unlimited)."),
+    world_size: int = typer.Option(
+        None, help="World side in cells (odd); default of the maze world."
+    ),
+    steps: int = typer.Option(
+        None, min=1, max=MAX_STEPS, help="Environment steps (default: the recipe's)."
+    ),
+    seed: int = typer.Option(0, min=0, help="Seed of envs, init and sampling."),
+    arch: str = typer.Option(None, help="Network: maze_cnn (default), mlp, impala."),
+    precision: str = typer.Option(
+        "auto", help="float32, bfloat16, or auto (bf16 where the CPU multiplies it natively)."
+    ),
+    threads: int = typer.Option(
+        None,
+        min=1,
+        max=256,
+        help="Torch threads (default: the cores other processes leave free, up to 2; pin a count "
+        "to reproduce a run bit for bit).",
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue a killed run from its last saved state."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    as_json: bool = typer.Option(False, "--json", help="Print the run's summary as JSON."),
+) -> None:
+    """Train a PPO maze agent (default recipe: cheese in the top-right corner)."""
+    from policylens.runs import check_resume
+    from policylens.train.ppo import train_ppo
+    from policylens.worlds.maze import maze_recipe
+
+    config = maze_recipe(
+        cheese_region=parse_region(cheese_region),
+        num_levels=num_levels,
+        world_size=world_size,
+        total_steps=steps,
+        seed=seed,
+        arch=arch,
+        precision=precision,
+    )
+    if threads is not None:
+        config = dataclasses.replace(config, threads=threads)
+    check_resume(out, resume)
+    if resume and not (out / "resume.pt").exists():
+        err_console.print(f"note: {out} was stopped before its first saved state; starting it over")
+    run = train_ppo(config, out, resume=resume, progress=not quiet)
+    summary = run.summary()
+    if as_json:
+        print_json(summary)
+        return
+    console.print(
+        f"trained {summary['steps']} steps -> {run.path} (last success {summary['success']})"
+    )
+
+
+@command("eval")
+def eval_cmd(
+    run: Path = typer.Argument(..., help="Run folder."),
+    cheese_region: str = typer.Option(None, help="Override the cheese region ('none' = anywhere)."),
+    episodes: int = typer.Option(500, min=1, max=MAX_EPISODES, help="Episodes (one per maze)."),
+    step: int = typer.Option(None, help="Checkpoint step (default: latest)."),
+    seed: int = typer.Option(10_000, min=0, help="Seed of the evaluation mazes and sampling."),
+    greedy: bool = typer.Option(False, "--greedy", help="Argmax actions instead of sampling."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Success rate, return, episode length and path efficiency of a run's agent."""
+    from policylens.studies.maze.behaviour import evaluate
+
+    r = open_run(run)
+    agent = r.load_agent(step)
+    trainer = r.config["trainer"]
+    env_kwargs = dict(trainer.get("env_kwargs", {}))
+    if cheese_region is not None:
+        env_kwargs["cheese_region"] = parse_region(cheese_region)
+    result = evaluate(agent, episodes, trainer["env_id"], env_kwargs, seed=seed, greedy=greedy)
+    if as_json:
+        print_json(result)
+        return
+    table = Table("metric", "value", "95% CI", title=f"{r.name} on {env_kwargs}")
+    for key in ("success", "corner_first"):
+        if key in result:
+            v = result[key]
+            table.add_row(
+                key, f"{v['rate']:.3f} (n={v['n']})", f"[{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]"
+            )
+    for key in ("return", "length", "shortest"):
+        if key in result:
+            v = result[key]
+            table.add_row(key, f"{v['mean']:.2f}", f"[{v['ci'][0]:.2f}, {v['ci'][1]:.2f}]")
+    if "path_ratio" in result:
+        table.add_row("length / shortest path", f"{result['path_ratio']:.2f}", "")
+    console.print(table)
+
+
+@command("behaviour")
+def behaviour_cmd(
+    run: Path = typer.Argument(..., help="Maze run folder."),
+    episodes: int = typer.Option(500, min=1, max=MAX_EPISODES, help="Episodes per distribution."),
+    n_mazes: int = typer.Option(
+        200, min=20, max=MAX_EPISODES, help="Mazes for the decision-square analysis."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Behaviour in and out of the training distribution, and decision squares."""
+    from policylens.report.maze import behaviour_rows
+    from policylens.studies.maze.decisions import decision_square_analysis
+    from policylens.studies.maze.misgeneralization import behaviour_study
+    from policylens.worlds.maze import maze_config
+
+    r = open_run(run, world="maze")
+    config = maze_config(r)
+    agent = r.load_agent()
+    result = behaviour_study(agent, config, episodes)
+    result["decisions"] = decision_square_analysis(
+        agent, config, n_mazes, exclude_region=config.cheese_region
+    )
+    if as_json:
+        print_json(result)
+        return
+    rows = behaviour_rows(result)
+    table = Table(*rows[0].keys(), title=f"{r.name}: behaviour ({episodes} episodes each)")
+    for row in rows:
+        table.add_row(*(f"{v:.2f}" if isinstance(v, float) else str(v) for v in row.values()))
+    console.print(table)
+    d = result["decisions"]
+    console.print(
+        f"P(goes to cheese) at decision squares: {d['p_cheese']['rate']:.3f} (n={d['p_cheese']['n']})"
+    )
+    if "test_accuracy" in d["regression"]:
+        reg = d["regression"]
+        console.print(
+            f"logistic regression on maze features: held-out accuracy {reg['test_accuracy']:.3f} "
+            f"vs majority {reg['majority_baseline']:.3f}"
+        )
+
+
+@command("steer")
+def steer_cmd(
+    run: Path = typer.Argument(..., help="Maze run folder."),
+    hook: str = typer.Option(None, help="Hook to steer at (default: a middle residual layer)."),
+    coef: list[str] = typer.Option(
+        ["-1"], help="Coefficient(s) of the cheese vector; repeat for several."
+    ),
+    n_mazes: int = typer.Option(200, min=100, max=MAX_EPISODES, help="Test mazes (>= 100)."),
+    random_vectors: int = typer.Option(
+        3, min=1, max=1000, help="Random equal-norm control vectors."
+    ),
+    clamp_channel: list[int] = typer.Option(
+        None, help="Also clamp these channels at a target square."
+    ),
+    clamp_value: float = typer.Option(
+        None, help="Value for --clamp-channel (default: 2x the typical max)."
+    ),
+    seed: int = typer.Option(20_000, min=0, help="Seed of the test mazes and sampling."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """The cheese vector vs random vectors (and optionally channel clamping), over many mazes."""
+    from policylens.lenses.interventions import check_coefficient
+    from policylens.studies.maze.misgeneralization import steering_hook
+    from policylens.studies.maze.steering import (
+        check_channels,
+        maze_clamp_experiment,
+        maze_steering_experiment,
+    )
+    from policylens.worlds.maze import maze_config
+
+    r = open_run(run, world="maze")
+    config = maze_config(r)
+    agent = r.load_agent()
+    hook = hook or steering_hook(agent, config)
+    check_channels(agent, config, hook, clamp_channel or [])  # every input before any work
+    for c in coef:
+        check_coefficient(c)
+    result = maze_steering_experiment(
+        agent, config, hook, coefs=coef, n_mazes=n_mazes, n_random=random_vectors, seed=seed
+    )
+    if clamp_channel:
+        value = clamp_value
+        if value is None:
+            from policylens.studies.maze.misgeneralization import steering_study
+
+            value = steering_study(agent, config, hook, n_mazes=n_mazes)["clamp"]["value"]
+        result["clamp"] = maze_clamp_experiment(
+            agent, config, hook, clamp_channel, value, n_mazes=n_mazes, seed=seed
+        )
+    if as_json:
+        print_json(result)
+        return
+    table = Table(
+        "condition",
+        "success",
+        "corner first",
+        title=f"{r.name}: steering at {hook}, {n_mazes} mazes",
+    )
+    for key, v in result.items():
+        if isinstance(v, dict) and "success" in v:
+            s, c = v["success"], v["corner_first"]
+            table.add_row(
+                key,
+                f"{s['rate']:.3f} [{s['ci'][0]:.2f}, {s['ci'][1]:.2f}]",
+                f"{c['rate']:.3f} [{c['ci'][0]:.2f}, {c['ci'][1]:.2f}]",
+            )
+    console.print(table)
+    if "clamp" in result:
+        c = result["clamp"]
+        console.print(
+            f"clamping {c['channels']} = {c['value']:.2f} at a target square: reaches it "
+            f"{c['clamped_reaches_target']['rate']:.3f} vs {c['baseline_reaches_target']['rate']:.3f} without"
+        )
+
+
+@command("report")
+def report_cmd(
+    run: Path = typer.Argument(..., help="Run folder."),
+    out: Path = typer.Option(None, help="HTML file (default RUN/analysis/report.html)."),
+    episodes: int = typer.Option(500, min=1, max=MAX_EPISODES, help="Episodes per distribution."),
+    n_mazes: int = typer.Option(200, min=100, max=MAX_EPISODES, help="Mazes per intervention."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report's path as JSON."),
+) -> None:
+    """Write a self-contained static HTML report of a run (analyses are computed once and reused)."""
+    from policylens.artifacts import check_writable
+    from policylens.report.maze import write_maze_report
+
+    r = open_run(run, world="maze")
+    if out is not None:
+        check_writable(out)
+    path = write_maze_report(
+        r, out, episodes=episodes, n_mazes=n_mazes, log=lambda m: err_console.print(m)
+    )
+    if as_json:
+        print_json({"report": str(path)})
+        return
+    console.print(f"report: {path}")
+
+
+@command("table")
+def table_cmd(
+    runs: list[Path] = typer.Argument(
+        ..., help="Maze run folders (e.g. trained with regions 1, 3, none)."
+    ),
+    episodes: int = typer.Option(500, min=1, max=MAX_EPISODES, help="Episodes per distribution."),
+    n_mazes: int = typer.Option(200, min=100, max=MAX_EPISODES, help="Mazes per intervention."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """The goal-misgeneralization table: success in and out of distribution and corner bias per run."""
+    from policylens.report.maze import experiment_table
+
+    opened = [open_run(r, world="maze") for r in runs]  # every run checked before any is evaluated
+    rows = experiment_table(opened, episodes, n_mazes)
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(*rows[0].keys(), title="goal misgeneralization by training cheese region")
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    console.print(table)
