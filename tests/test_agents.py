@@ -95,6 +95,30 @@ def test_mlp_hooks_and_q_head() -> None:
     assert flat.net.layers[0].linear.in_features == 243 and flat(grid_obs())[0].shape == (4, 4)
 
 
+def test_clear_cnn_layers_hooks_and_l2_pooling() -> None:
+    from policylens.agents.models import l2_pool
+
+    agent = build_agent("clear_cnn", (52, 52, 3), 15, seed=1)
+    obs = np.random.default_rng(0).integers(0, 256, (2, 52, 52, 3), dtype=np.uint8)
+    (logits, value), cache = agent.run_with_cache(obs)
+    assert logits.shape == (2, 15) and value.shape == (2,)
+    # stride 2 then three 2x2 pools: 52 -> 26 -> 13 (conv2a/2b, a cell per tile at 4 px) -> 7 -> 4
+    assert cache["conv1a.hook_out"].shape == (2, 16, 26, 26)
+    assert cache["conv2b.hook_out"].shape == (2, 32, 13, 13)
+    assert cache["hook_pool3"].shape == (2, 32, 4, 4)
+    assert agent.net.fc.in_features == 32 * 4 * 4
+    assert {"hook_value", "conv2b.hook_conv", "hook_fc"} <= set(agent.hook_names())
+    x = torch.tensor([[[[3.0, 4.0, 0.0], [0.0, 0.0, 0.0]]]], requires_grad=True)  # (1, 1, 2, 3)
+    pooled = l2_pool(x)
+    torch.testing.assert_close(pooled, torch.tensor([[[[2.5, 0.0]]]]), atol=1e-3, rtol=0)
+    pooled.sum().backward()  # an all-zero window (after a ReLU) has a finite gradient
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    with pytest.raises(ValueError, match="first_stride 1, 2 or 4"):
+        build_agent("clear_cnn", (52, 52, 3), 15, first_stride=3)
+    with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
+        build_agent("clear_cnn", (9, 13, 13), 15)
+
+
 def test_maze_cnn_channels_last_gives_same_values() -> None:
     a = small_maze(seed=3, channels_last=True)
     b = small_maze(seed=3, channels_last=False)
@@ -239,9 +263,9 @@ def test_save_load_roundtrip_bit_exact(tmp_path: Path) -> None:
     agent = build_agent("mlp", (8,), 4, hidden=[16], head="q", seed=4)
     with torch.no_grad():
         agent.net.q_head.bias.add_(0.123)  # differ from a fresh init
-    out = agent.save(tmp_path / "agent")
+    out = agent.save_pretrained(tmp_path / "agent")
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
-    config = json.loads((out / "config.json").read_text())
+    config = json.loads((out / "config.json").read_text())["agent"]
     assert config["arch"] == "mlp" and config["kwargs"]["head"] == "q"
     loaded = load_agent(out)
     for k, v in agent.net.state_dict().items():
@@ -295,7 +319,7 @@ def test_load_agent_takes_agents_and_refuses_other_objects() -> None:
 
 
 def test_wrong_architecture_names_parameters(tmp_path: Path) -> None:
-    small_maze().save(tmp_path / "a")
+    small_maze().save_pretrained(tmp_path / "a")
     other = build_agent("maze_cnn", (3, 9, 9), 4, channels=16, hidden=32)
     with pytest.raises(ValueError) as err:
         other.load_weights(tmp_path / "a" / "model.safetensors")
@@ -312,7 +336,7 @@ def test_wrong_architecture_names_parameters(tmp_path: Path) -> None:
 
 
 def test_truncated_or_missing_checkpoint(tmp_path: Path) -> None:
-    out = small_maze().save(tmp_path / "a")
+    out = small_maze().save_pretrained(tmp_path / "a")
     weights = out / "model.safetensors"
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])
@@ -323,8 +347,8 @@ def test_truncated_or_missing_checkpoint(tmp_path: Path) -> None:
         load_agent(out)
     with pytest.raises(FileNotFoundError, match="No agent at"):
         load_agent(tmp_path / "nowhere")
-    with pytest.raises(ValueError, match="takes a directory"):
-        small_maze().save(tmp_path / "x.safetensors")
+    with pytest.raises(ValueError, match="takes a folder"):
+        small_maze().save_pretrained(tmp_path / "x.safetensors")
 
 
 # --------------------------------------------------------------------------- from_module
@@ -341,7 +365,7 @@ def test_from_module_q_network(tmp_path: Path) -> None:
     assert agent.hook_names()[:3] == ["0.hook_out", "1.hook_out", "2.hook_out"]
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     # Weights save; rebuilding from the file alone is refused with a clear sentence.
-    agent.save(tmp_path / "q")
+    agent.save_pretrained(tmp_path / "q")
     with pytest.raises(ValueError, match="from_module"):
         load_agent(tmp_path / "q")
     twin = HookedAgent.from_module(
@@ -581,7 +605,7 @@ def test_sb3_zip_loads_without_unpickling(tmp_path: Path, monkeypatch) -> None:
         torch.testing.assert_close(agent(obs)[0], expected)
     assert any(n.startswith("policy.mlp_extractor.value_net.2") for n in agent.hook_names())
     # The rebuilt agent saves and loads like any other.
-    again = load_agent(agent.save(tmp_path / "agent"))
+    again = load_agent(agent.save_pretrained(tmp_path / "agent"))
     torch.testing.assert_close(again(obs)[1], agent(obs)[1])
     sb3.DQN("MlpPolicy", "CartPole-v1", device="cpu").save(tmp_path / "dqn.zip")
     with pytest.raises(ValueError, match=r"holds an SB3 DQNPolicy policy.*pass the model to load"):

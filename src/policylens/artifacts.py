@@ -241,6 +241,17 @@ def read_safetensors(file: str | os.PathLike) -> dict[str, Any]:
         ) from e
 
 
+def sha256_of(file: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes, as hex (how pretrained agents pin their weights)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def write_png(path: str | os.PathLike, image: Any) -> None:
     """Write an RGB uint8 array ``(H, W, 3)`` to a PNG atomically."""
     from PIL import Image

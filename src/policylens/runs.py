@@ -17,13 +17,16 @@ from typing import Any
 
 import torch
 
+from policylens.agents.agent import WEIGHTS_FILE
 from policylens.agents.load import run_checkpoints
+from policylens.agents.pretrained import check_files, read_config, source_folder, source_name
 from policylens.artifacts import (
     FolderLock,
     atomic_path,
     locked_by,
     read_json,
     read_torch_weights,
+    write_bytes,
     write_json,
     write_text,
 )
@@ -39,7 +42,9 @@ class Run:
     """One training run's folder."""
 
     def __init__(self, path: str | os.PathLike[str]):
-        self.path = Path(path)
+        """Open the run at ``path``; ``zoo:NAME`` and ``hf://org/name`` open the pretrained agent's
+        run as laid out in the local cache (:func:`run_folder`)."""
+        self.path = run_folder(path)
         if not (self.path / "config.json").is_file():
             raise FileNotFoundError(
                 f"{self.path} is not a policylens run (no config.json); train one with `policylens train`"
@@ -263,12 +268,53 @@ def _fmt(v: Any) -> Any:
     return f"{v:.6g}" if isinstance(v, float) else v
 
 
-RUN_ONLY_SETTINGS = ("threads",)
-"""Trainer settings a resumed run may change: how it runs, not what it learns."""
+RUN_ONLY_SETTINGS = ("threads", "init_weights")
+"""Trainer settings a resumed run may change: how it runs, not what it learns (a resumed run takes
+its weights from resume.pt, whatever file a new one would start from)."""
 
 
 def _outcome_settings(trainer: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in trainer.items() if k not in RUN_ONLY_SETTINGS}
+
+
+def cache_home() -> Path:
+    """Where pretrained agents' run folders are laid out: ``$POLICYLENS_HOME`` or
+    ``~/.cache/policylens``."""
+    home = os.environ.get("POLICYLENS_HOME")
+    return Path(home) if home else Path.home() / ".cache" / "policylens"
+
+
+def run_folder(source: str | os.PathLike[str]) -> Path:
+    """The run folder behind ``source``: the path itself, or for ``zoo:NAME`` and
+    ``hf://org/name[@rev]`` a finished run folder laid out once in :func:`cache_home` from the
+    pretrained agent (its run config, its weights as the last checkpoint, the done marker), where
+    analyses then write their results. Laid out again when the agent's sha256 changes."""
+    text = str(source)
+    folder = source_folder(text)
+    if folder is None:
+        return Path(source)
+    config = read_config(folder)
+    check_files(folder, config)
+    if not isinstance(config.get("run"), dict):
+        raise ValueError(
+            f"{text} was saved without its training run (no run entry in config.json); "
+            "load it with load_agent instead of as a run."
+        )
+    home = cache_home() / "zoo" / source_name(text)
+    here = home / "config.json"
+    pinned = {"source": text, "sha256": config["sha256"]}
+    if here.is_file() and read_json(here).get("pretrained") == pinned:
+        return home
+    steps = int(config.get("provenance", {}).get("steps", config["run"]["trainer"]["total_steps"]))
+    for _, old in run_checkpoints(home):
+        old.unlink()
+    (home / "checkpoints").mkdir(parents=True, exist_ok=True)
+    write_bytes(
+        home / "checkpoints" / f"step_{steps}.safetensors", (folder / WEIGHTS_FILE).read_bytes()
+    )
+    write_json(home / DONE, {"step": steps})
+    write_json(here, {**config["run"], "pretrained": pinned})  # last: it marks the layout whole
+    return home
 
 
 def check_resume(out: str | Path, resume: bool) -> None:

@@ -40,6 +40,8 @@ OBS_KINDS = ("grid", "image", "vector")
 OUTPUT_KINDS = ("policy_value", "q")
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+PRETRAINED_FORMAT = 1
+"""The version of the layout :meth:`HookedAgent.save_pretrained` writes (``config.json["policylens"]``)."""
 
 HookSpec = tuple[NameFilter, HookFn]
 """``(name or name filter, fn)``, as in TransformerLens' ``fwd_hooks``."""
@@ -437,21 +439,45 @@ class HookedAgent(nn.Module):
         return out, ActivationCache(store, with_grad)
 
     # ------------------------------------------------------------------ weights
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write ``<path>/model.safetensors`` and ``<path>/config.json`` (atomically).
+    def save_pretrained(
+        self,
+        folder: str | os.PathLike,
+        extra: dict[str, Any] | None = None,
+        overwrite: bool = False,
+    ) -> Path:
+        """Write the agent into ``folder`` in the Hugging Face layout: ``model.safetensors`` and
+        ``config.json`` (``{"policylens": 1, "agent": ..., "sha256": ...}`` plus ``extra``
+        entries such as ``run`` and ``provenance``), each atomically.
 
-        ``policylens.load_agent(path)`` rebuilds the agent from them.
+        ``policylens.load_agent(folder)`` rebuilds it, checking the weights' sha256. A folder that
+        already holds a ``config.json`` (a run's, another agent's) is refused unless
+        ``overwrite``: nothing is written over a file this call did not create.
         """
-        path = Path(path)
-        if path.suffix in (".safetensors", ".pt", ".pth", ".json"):
+        folder = Path(folder)
+        if folder.suffix in (".safetensors", ".pt", ".pth", ".json"):
             raise ValueError(
-                f"save() takes a directory, got the file name {path}; use save_weights() for a "
-                "single .safetensors file."
+                f"save_pretrained takes a folder, got the file name {folder}; use save_weights() "
+                "for a single .safetensors file."
             )
-        path.mkdir(parents=True, exist_ok=True)
-        self.save_weights(path / WEIGHTS_FILE)
-        artifacts.write_json(path / CONFIG_FILE, self.config)
-        return path
+        config_file = folder / CONFIG_FILE
+        if config_file.exists() and not overwrite:
+            raise ValueError(
+                f"{config_file} already exists; pass overwrite=True to replace the agent there, "
+                "or choose an empty folder."
+            )
+        reserved = sorted({"policylens", "agent", "sha256"} & set(extra or {}))
+        if reserved:
+            raise ValueError(f"extra may not set {reserved}: save_pretrained writes them.")
+        folder.mkdir(parents=True, exist_ok=True)
+        self.save_weights(folder / WEIGHTS_FILE)
+        config = {
+            "policylens": PRETRAINED_FORMAT,
+            "agent": self.config,
+            "sha256": {WEIGHTS_FILE: artifacts.sha256_of(folder / WEIGHTS_FILE)},
+            **(extra or {}),
+        }
+        artifacts.write_json(config_file, config)
+        return folder
 
     def save_weights(self, file: str | os.PathLike) -> None:
         """Write the network's weights to one ``.safetensors`` file (atomically)."""

@@ -2,7 +2,10 @@
 
 - a run folder (``config.json`` with ``"trainer"`` and ``"agent"``, and
   ``checkpoints/step_<N>.safetensors``): its latest checkpoint;
-- a folder written by :meth:`HookedAgent.save` (``model.safetensors`` + ``config.json``);
+- a folder written by :meth:`HookedAgent.save_pretrained` (``model.safetensors`` + ``config.json``,
+  the Hugging Face layout; the weights' sha256 checked), a zoo agent ``zoo:NAME`` shipped with
+  the package (``policylens zoo list``), or ``hf://org/name[@revision]`` from the hub (the ``hub``
+  extra; ``HF_HUB_OFFLINE=1`` reads its cache only);
 - one ``.safetensors`` file (e.g. a run's ``checkpoints/step_<N>.safetensors``) whose agent
   config is passed as ``config=`` or found beside it (see :func:`find_agent_config`);
 - a ``.pt``/``.pth`` file from the goal-misgeneralization research code (procgen maze IMPALA
@@ -30,8 +33,9 @@ import torch
 from torch import Tensor
 
 from policylens import artifacts
-from policylens.agents.agent import CONFIG_FILE, WEIGHTS_FILE, HookedAgent
+from policylens.agents.agent import CONFIG_FILE, HookedAgent
 from policylens.agents.models import agent_from_config, build_agent
+from policylens.agents.pretrained import load_pretrained, source_folder
 from policylens.agents.sb3 import sb3_agent, sb3_agent_from_zip
 
 RESEARCH_OBS_SHAPE = (64, 64, 3)
@@ -49,14 +53,16 @@ def load_agent(
     """Load an agent, in eval mode, from a path or a Stable-Baselines3 model (see the module doc).
 
     Args:
-        source: a run folder, an agent folder, a ``.safetensors``, ``.pt``/``.pth`` or SB3
-            ``.zip`` file, or an SB3 PPO/A2C model (wrapped, sharing its parameters).
+        source: a run folder, an agent folder, ``zoo:NAME``, ``hf://org/name[@rev]``, a
+            ``.safetensors``, ``.pt``/``.pth`` or SB3 ``.zip`` file, or an SB3 PPO/A2C model
+            (wrapped, sharing its parameters).
         config: the agent config (``arch``, ``kwargs``, ``obs_shape``, ``num_actions``) of a bare
             ``.safetensors`` file, when it is not stored beside the file.
         device, dtype: where to put the loaded agent.
     """
     if isinstance(source, str | os.PathLike):
-        agent = _load_path(Path(source), config)
+        folder = source_folder(str(source))
+        agent = _load_path(folder if folder is not None else Path(source), config)
     elif config is not None:
         raise ValueError("config= is for a .safetensors file; a model object needs none.")
     elif isinstance(source, HookedAgent):
@@ -126,13 +132,14 @@ def _load_path(path: Path, config: dict[str, Any] | None) -> HookedAgent:
     if path.suffix == ".zip":
         return load_sb3_zip(path)
     raise ValueError(
-        f"Cannot load {path}: expected a run folder, a folder written by HookedAgent.save, a "
+        f"Cannot load {path}: expected a run folder, a folder written by save_pretrained, a "
         ".safetensors checkpoint, a .pt/.pth research checkpoint or a Stable-Baselines3 .zip."
     )
 
 
 def _load_folder(folder: Path) -> HookedAgent:
-    """A run folder (its latest checkpoint) or a folder written by :meth:`HookedAgent.save`."""
+    """A run folder (its latest checkpoint) or a folder written by
+    :meth:`HookedAgent.save_pretrained`."""
     config_file = folder / CONFIG_FILE
     config = artifacts.read_json(config_file) if config_file.is_file() else None
     if isinstance(config, dict) and {"trainer", "agent"} <= config.keys():
@@ -140,11 +147,11 @@ def _load_folder(folder: Path) -> HookedAgent:
         if not found:
             raise FileNotFoundError(f"Run {folder} has no checkpoints yet; train it first.")
         return _from_config(config["agent"], found[-1][1], config_file)
-    if config is not None and (folder / WEIGHTS_FILE).is_file():
-        return _from_config(config, folder / WEIGHTS_FILE, config_file)
+    if isinstance(config, dict) and "policylens" in config:
+        return load_pretrained(folder)
     raise ValueError(
         f"{folder} is neither a run folder (config.json and checkpoints/) nor an agent folder "
-        "written by HookedAgent.save (config.json and model.safetensors)."
+        "written by HookedAgent.save_pretrained (config.json and model.safetensors)."
     )
 
 
@@ -246,7 +253,7 @@ def load_linear_qnet(path: str | os.PathLike) -> HookedAgent:
     ``mlp`` Q agent (hooks ``layers.<i>.hook_act`` after each hidden ReLU).
 
     DuPlessie's rook-endgame networks are such chains over his 75 one-hot inputs and 24 actions;
-    they play in ``policylens/RookEndgame-v0`` with ``rules="duplessie"``. Re-save a pickled
+    they play in the rook-endgame world (``rules="duplessie"``). Re-save a pickled
     module first with ``torch.save(net.state_dict(), path)`` (nothing is unpickled here).
     """
     path = Path(path)

@@ -141,7 +141,7 @@ def sb3_agent_from_config(agent_config: dict[str, Any]) -> HookedAgent:
         obs_space, act_space, lambda _: 0.0, **torch_policy_kwargs(kw)
     )  # the optimiser is never used here
     agent = sb3_agent(policy)
-    agent.config = dict(agent_config)  # so agent.save() writes a config that rebuilds it
+    agent.config = dict(agent_config)  # so save_pretrained() writes a config that rebuilds it
     return agent
 
 
