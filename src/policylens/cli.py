@@ -19,6 +19,7 @@ from policylens.commands import (  # noqa: F401  (imported to register their com
     sae,
     sweep,
     updates,
+    zoo,
 )
 from policylens.commands.framework import app
 

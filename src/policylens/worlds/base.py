@@ -140,6 +140,9 @@ class World:
     sweep_metrics: ClassVar[str | None] = None
     """``module:function`` a sweep calls on each finished run of this world (imported by name at
     run time, as any user-given evaluation is)."""
+    headline: ClassVar[str | None] = None
+    """``module:function`` measuring a run's headline figures with intervals (a zoo entry's
+    ``results.json``), called as ``function(run, **options)``."""
     concepts: ClassVar[tuple[str, ...]] = ()
     """``info`` labels probes read by default (any label can be probed by name)."""
     probe_options: ClassVar[Mapping[str, Any]] = {}
@@ -265,8 +268,8 @@ class World:
 
         try:
             (ep,) = engine.first_episodes(
-                agent, envs, obs, infos, self.policy, torch.Generator().manual_seed(seed),
-                fwd_hooks, end_labels=self.end_labels, on_step=record,
+                agent, envs, (obs, infos), self.policy, torch.Generator().manual_seed(seed),
+                fwd_hooks, engine.Labels(end=self.end_labels), on_step=record,
             )  # fmt: skip
         finally:
             envs.close()
@@ -303,9 +306,8 @@ class World:
         rows: list[np.ndarray] = []
         labels: dict[str, list[np.ndarray]] = {k: [] for k in self.labels}
         try:
-            obs, infos = envs.reset(seed=seed)
             gen = torch.Generator().manual_seed(seed)
-            stream = engine.steps(agent, envs, obs, infos, self.policy, gen)
+            stream = engine.steps(agent, envs, envs.reset(seed=seed), self.policy, gen)
             for step in stream:
                 rows.append(np.asarray(step.obs).copy())
                 for k in labels:
