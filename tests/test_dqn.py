@@ -22,7 +22,8 @@ from policylens.train.dqn import (
     td_targets,
     train_dqn,
 )
-from policylens.train.recipes import chess_recipe
+from policylens.worlds.rook import ENV_ID as ROOK
+from policylens.worlds.rook import chess_recipe
 
 CHESS = "policylens/RookEndgame-v0"
 
@@ -30,6 +31,7 @@ CHESS = "policylens/RookEndgame-v0"
 def tiny_config(**overrides) -> DQNConfig:
     """A run of a few thousand steps with a small network (a second or two)."""
     options = dict(
+        env_id=ROOK,
         arch_kwargs={"hidden": [32], "activation": "relu"},
         total_steps=3_200,
         num_envs=8,
@@ -158,7 +160,7 @@ def test_replay_buffer_state_round_trip():
 )
 def test_bad_config_is_one_clear_value_error(options, message):
     with pytest.raises(ValueError, match=message):
-        DQNConfig(**options)
+        DQNConfig(**{"env_id": ROOK, **options})
 
 
 def test_architecture_without_q_head_and_masking_without_labels_are_refused(tmp_path):
@@ -179,7 +181,7 @@ def test_from_module_wraps_a_plain_q_network():
     torch.testing.assert_close(value, net(obs).max(dim=1).values)
     assert agent.act(obs, greedy=True).tolist() == net(obs).argmax(dim=1).tolist()
     assert cache["1.hook_out"].shape == (5, 16)  # the ReLU, named by module path
-    evaluated = evaluate_q_agent(agent, episodes=8, env_kwargs={"max_steps": 5})
+    evaluated = evaluate_q_agent(agent, ROOK, episodes=8, env_kwargs={"max_steps": 5})
     assert evaluated["episodes"] == 8
 
 
@@ -212,7 +214,7 @@ def test_evaluating_scripted_q_networks_gives_known_outcomes():
     # Perfect play mates from every 5x5 start (tablebase: at most 10 moves, within max_steps 50)
     # against any defence; each episode pays -1 per move but the last, then +100.
     perfect = HookedAgent.from_module(TablebaseQ(False), (75,), 24, output="q")
-    ev = evaluate_q_agent(perfect, episodes=30, seed=3)
+    ev = evaluate_q_agent(perfect, ROOK, episodes=30, seed=3)
     assert ev["episodes"] == 30 and ev["success"]["rate"] == 1.0 and ev["success"]["n"] == 30
     assert ev["success"]["ci"] == pytest.approx([30 / (30 + z2), 1.0], abs=1e-9)
     assert ev["outcomes"] == {"checkmate": {"rate": 1.0, "n": 30, "ci": ev["success"]["ci"]}}
@@ -220,7 +222,7 @@ def test_evaluating_scripted_q_networks_gives_known_outcomes():
     assert ev["return"]["mean"] == pytest.approx(101 - ev["length"]["mean"])
     # The same network preferring an always-illegal move: every episode ends at once, -100.
     blunderer = HookedAgent.from_module(TablebaseQ(True), (75,), 24, output="q")
-    ev = evaluate_q_agent(blunderer, episodes=30, seed=3)
+    ev = evaluate_q_agent(blunderer, ROOK, episodes=30, seed=3)
     assert ev["success"]["rate"] == 0.0 and ev["success"]["ci"][0] == 0.0
     (illegal,) = ev["outcomes"].values()
     assert set(ev["outcomes"]) == {"illegal"} and illegal["rate"] == 1.0 and illegal["n"] == 30
@@ -228,7 +230,7 @@ def test_evaluating_scripted_q_networks_gives_known_outcomes():
     assert ev["return"] == {"mean": -100.0, "n": 30, "ci": [-100.0, -100.0]}
     assert ev["length"] == {"mean": 1.0, "n": 30, "ci": [1.0, 1.0]}
     # Masking illegal moves leaves the perfect moves as the best: it mates again.
-    ev = evaluate_q_agent(blunderer, episodes=30, seed=3, mask_illegal=True)
+    ev = evaluate_q_agent(blunderer, ROOK, episodes=30, seed=3, mask_illegal=True)
     assert ev["success"]["rate"] == 1.0 and set(ev["outcomes"]) == {"checkmate"}
 
 
@@ -314,8 +316,10 @@ def test_evaluation_with_masking_never_plays_an_illegal_move():
     nn.init.zeros_(net[1].weight)
     nn.init.zeros_(net[1].bias)  # all Q equal: argmax always plays action 0 (king north)
     agent = HookedAgent.from_module(net, (75,), 24, output="q")
-    plain = evaluate_q_agent(agent, episodes=100, env_kwargs={"max_steps": 10})
-    masked = evaluate_q_agent(agent, episodes=100, env_kwargs={"max_steps": 10}, mask_illegal=True)
+    plain = evaluate_q_agent(agent, ROOK, episodes=100, env_kwargs={"max_steps": 10})
+    masked = evaluate_q_agent(
+        agent, ROOK, episodes=100, env_kwargs={"max_steps": 10}, mask_illegal=True
+    )
     assert plain["outcomes"]["illegal"]["rate"] > 0.5
     assert "illegal" not in masked["outcomes"]
     shares = sum(v["rate"] for v in masked["outcomes"].values())
@@ -361,3 +365,23 @@ def test_cli_bad_options_end_in_one_line(tmp_path):
     assert result.exit_code == 2 and "DQN only" in result.output
     result = runner.invoke(app, ["chess-eval", str(tmp_path / "nothing")])
     assert result.exit_code == 2 and "not a policylens run" in result.output
+
+
+def test_chess_eval_refuses_other_worlds_and_bad_options(tmp_path):
+    from policylens import worlds
+    from policylens.agents import build_agent
+    from policylens.runs import Run
+    from policylens.studies.rook_sae.play import ChessEvalOptions, evaluate_chess_run
+
+    agent = build_agent("mlp", (8,), 4)
+    run = Run.create(tmp_path / "lunar", {"kind": "ppo", "agent": agent.config,
+                                          "trainer": {"env_id": worlds.get("lunar").env_id}})  # fmt: skip
+    run.save_checkpoint(agent, 0)
+    result = CliRunner().invoke(app, ["chess-eval", str(run.path)])
+    assert result.exit_code == 2 and "a run of the lunar world" in " ".join(result.output.split())
+    with pytest.raises(ValueError, match="not the rook endgame"):
+        evaluate_chess_run(run, ChessEvalOptions(episodes=1))
+    with pytest.raises(ValueError, match="Did you mean 'greedy'"):
+        ChessEvalOptions(opponents=("greddy",))
+    with pytest.raises(ValueError, match=r"epsilons must lie in \[0, 1\]"):
+        ChessEvalOptions(epsilons=(1.5,))

@@ -24,7 +24,7 @@ from policylens.envs.chess import (
     position_from_obs,
     rules_actions,
 )
-from policylens.rollout.engine import Policy, run_episodes
+from policylens.rollout.engine import EpisodeOptions, Policy, run_episodes
 
 SIZE = 5
 CHESS = "policylens/RookEndgame-v0"
@@ -233,8 +233,9 @@ def test_a_network_trained_in_his_encoding_loads_and_mates(tmp_path) -> None:
     with torch.no_grad():
         torch.testing.assert_close(agent(obs[:64])[0], net(x[:64]))
     policy = Policy(greedy=True)
-    his_world = run_episodes(agent, 200, CHESS, {"rules": "duplessie"}, seed=0, policy=policy)
-    ours = run_episodes(agent, 200, CHESS, {"opponent": "chase"}, seed=0, policy=policy)
+    options = EpisodeOptions(seed=0, policy=policy)
+    his_world = run_episodes(agent, 200, CHESS, {"rules": "duplessie"}, options)
+    ours = run_episodes(agent, 200, CHESS, {"opponent": "chase"}, options)
     mate_his = np.mean([e.success for e in his_world])
     mate_ours = np.mean([e.success for e in ours])
     assert mate_his > 0.75 and mate_ours < 0.5 * mate_his  # the encoding is his, not ours

@@ -26,7 +26,7 @@ from policylens.cli import app
 from policylens.rollout.store import Store, write_store
 from policylens.runs import Run
 from policylens.train.ppo import train_ppo
-from policylens.train.recipes import maze_recipe
+from policylens.worlds.maze import maze_recipe
 
 runner = CliRunner()
 POLICYLENS = [str(Path(sys.executable).parent / "policylens")]  # the installed command
@@ -77,7 +77,7 @@ def refused(args: list, *fragments: str) -> str:
         (["collect", "{run}", "--out", "{file}"], ["is a file; choose a folder"]),
         (["collect", "{run}", "--hook", "nosuch"], ["Unknown hook 'nosuch'"]),
         (["probe", "{run}", "--hook", "nosuch"], ["Unknown hook 'nosuch'"]),
-        (["chess-eval", "{run}"], ["needs a policylens/RookEndgame-v0 run"]),
+        (["chess-eval", "{run}"], ["needs a rook run"]),
         (["table", "{run}", "{tmp}"], ["is not a policylens run"]),
         (["runs", "{file}"], ["is a file; give the folder"]),
         (["eval", "{tmp}/nosuch"], ["is not a policylens run"]),

@@ -25,13 +25,25 @@ from policylens.agents.sae import (
     splice,
 )
 from policylens.rollout.engine import Policy
-from policylens.studies.rook_sae.data import gather_activations
+from policylens.studies.rook_sae.data import PlaySetting, gather_activations
 from policylens.studies.rook_sae.evaluation import compare_outputs, evaluate_spliced
-from policylens.studies.rook_sae.latents import latent_ablation, latent_cards
-from policylens.studies.rook_sae.runs import sae_config_for, train_agent_sae, train_run_sae
+from policylens.studies.rook_sae.latents import (
+    AblationOptions,
+    latent_ablation,
+    latent_cards,
+    survey_latents,
+)
+from policylens.studies.rook_sae.runs import (
+    SAEDashboard,
+    SAESpec,
+    SAETrainOptions,
+    train_agent_sae,
+    train_run_sae,
+)
 
 CHESS = "policylens/RookEndgame-v0"
 MAZE = "policylens/Maze-v0"
+GREEDY_CHESS = PlaySetting(CHESS, greedy=True)
 MLP_HOOK = "layers.0.hook_act"
 CNN_HOOK = "res1.hook_out"
 
@@ -62,7 +74,7 @@ def exact_sae(d_in: int) -> SparseAutoencoder:
 @pytest.fixture(scope="module")
 def chess_data():
     agent = chess_agent()
-    data = gather_activations(agent, MLP_HOOK, CHESS, steps=2000, seed=0, greedy=True)
+    data = gather_activations(agent, MLP_HOOK, GREEDY_CHESS, steps=2000, seed=0)
     return agent, data
 
 
@@ -114,7 +126,7 @@ def test_an_sae_of_another_width_is_refused_clearly(chess_data) -> None:
     with pytest.raises(ValueError, match=msg):
         splice(sae, data.site)
     with pytest.raises(ValueError, match="reads 32-wide"):
-        latent_ablation(agent, sae, data.site, data)
+        latent_ablation(agent, sae, data)
     cnn_site = hook_site(maze_agent(), CNN_HOOK)
     with pytest.raises(ValueError, match="16-wide channel vectors at 9x9 positions"):
         splice(sae, cnn_site)
@@ -123,39 +135,47 @@ def test_an_sae_of_another_width_is_refused_clearly(chess_data) -> None:
 @pytest.mark.slow
 def test_trained_sae_keeps_the_agents_actions_and_zero_ablation_does_not(chess_data) -> None:
     agent, data = chess_data
-    cfg = sae_config_for(
-        data.site, "relu", expansion=2, samples=60_000, batch_size=256, l1_coeff=1e-6, lr=1e-2
-    )
-    sae, history, summary = train_agent_sae(data, cfg, holdout=0.1)
+    spec = SAESpec("relu", expansion=2, objective="mse", samples=60_000, batch_size=256,
+                   lr=1e-2, l1_coeff=1e-6)  # fmt: skip
+    sae, history, summary = train_agent_sae(data, spec.config(data.site), holdout=0.1)
     assert summary["explained_variance"] > 0.999 and summary["test_vectors"] == 200
     assert history[-1]["explained_variance"] > history[0]["explained_variance"]
-    fresh = gather_activations(agent, MLP_HOOK, CHESS, steps=600, seed=1, greedy=True)
-    result = evaluate_spliced(agent, sae, data.site, fresh, CHESS, episodes=40, greedy=True)
-    spliced, zero, mean = result["spliced"], result["zero_ablation"], result["mean_ablation"]
-    assert result["reconstruction"]["explained_variance"] > 0.999
-    assert spliced["offline_action_agreement"] > 0.97
-    assert zero["offline_action_agreement"] < 0.5 and mean["offline_action_agreement"] < 0.5
-    assert spliced["offline_value_error"] < 0.1 * zero["offline_value_error"]
-    assert spliced["regret"] < 0.1 * zero["regret"] and spliced["margin_kept"] > 0.9
-    original = result["original"]
-    assert original["action_agreement"] == 1.0 and original["value_error"] == 0
-    assert spliced["action_agreement"] > 0.95 > 0.5 > zero["action_agreement"]
-    assert spliced["value_error"] < 0.1 * mean["value_error"]
-    lo, hi = spliced["return_ci"]
-    assert lo <= spliced["return"] <= hi and spliced["episodes"] == 40
-    lo, hi = spliced["success_rate_ci"]
-    assert lo <= spliced["success_rate"] <= hi
+    fresh = gather_activations(agent, MLP_HOOK, GREEDY_CHESS, steps=600, seed=1)
+    result = evaluate_spliced(agent, sae, fresh, GREEDY_CHESS, episodes=40)
+    conditions = result.conditions
+    spliced, zero, mean = (conditions[c] for c in ("spliced", "zero_ablation", "mean_ablation"))
+    assert spliced.held_out and zero.held_out and mean.held_out
+    assert result.reconstruction["explained_variance"] > 0.999
+    assert spliced.held_out.action_agreement > 0.97
+    assert zero.held_out.action_agreement < 0.5 and mean.held_out.action_agreement < 0.5
+    assert spliced.held_out.value_error < 0.1 * zero.held_out.value_error
+    assert spliced.held_out.regret < 0.1 * zero.held_out.regret
+    assert spliced.held_out.margin_kept > 0.9
+    original = conditions["original"]
+    assert original.action_agreement == 1.0 and original.value_error == 0
+    assert original.held_out is None and spliced.success_kept is not None
+    assert spliced.action_agreement > 0.95 > 0.5 > zero.action_agreement
+    assert spliced.value_error < 0.1 * mean.value_error
+    lo, hi = spliced.return_ci
+    assert lo <= spliced.mean_return <= hi and spliced.episodes == 40
+    lo, hi = spliced.success_rate_ci
+    assert lo <= spliced.success_rate <= hi
+    # The JSON form keeps the flat keys of every condition.
+    as_json = result.to_json()
+    assert as_json["spliced"]["offline_action_agreement"] == spliced.held_out.action_agreement
+    assert as_json["spliced"]["return"] == spliced.mean_return and as_json["greedy"]
+    assert "offline_action_agreement" not in as_json["original"]
 
 
 def test_latent_ablation_matches_removing_that_latent_by_hand(chess_data) -> None:
     agent, data = chess_data
     data = data.take(slice(0, 300))
     sae = exact_sae(64)  # latent j < 64 is relu(x_j), latent 64 + j is relu(-x_j)
-    ranking = latent_ablation(agent, sae, data.site, data, greedy=True)
+    ranking = latent_ablation(agent, sae, data, options=AblationOptions(greedy=True))
     assert [e["flip_all"] for e in ranking] == sorted(
         (e["flip_all"] for e in ranking), reverse=True
     )
-    by_kl = latent_ablation(agent, sae, data.site, data, greedy=False)
+    by_kl = latent_ablation(agent, sae, data, options=AblationOptions(greedy=False))
     assert [e["kl_all"] for e in by_kl] == sorted((e["kl_all"] for e in by_kl), reverse=True)
     fires = (data.acts > 0).float().mean(0)
     for entry in ranking[:3] + ranking[-2:]:
@@ -187,20 +207,23 @@ def test_latent_ablation_matches_removing_that_latent_by_hand(chess_data) -> Non
 
 @pytest.mark.slow
 def test_maze_cnn_sae_per_position_training_cards_and_dashboard(tmp_path) -> None:
-    from policylens.report.sae import maze_state_from_grid, observation_image, write_sae_dashboard
+    from policylens.report.sae import render
+    from policylens.worlds import for_env
+    from policylens.worlds.maze import state_from_grid
 
     agent = maze_agent()
-    data = gather_activations(agent, CNN_HOOK, MAZE, steps=300, seed=0)
+    data = gather_activations(agent, CNN_HOOK, PlaySetting(MAZE), steps=300, seed=0)
     assert data.vectors().shape == (300 * 81, 16)
-    cfg = sae_config_for(
-        data.site, "topk", expansion=4, k=8, samples=40_000, batch_size=256, lr=1e-2
-    )
-    sae, _, summary = train_agent_sae(data, cfg)
+    spec = SAESpec("topk", expansion=4, k=8, objective="mse", samples=40_000, batch_size=256,
+                   lr=1e-2)  # fmt: skip
+    sae, _, summary = train_agent_sae(data, spec.config(data.site))
     assert summary["explained_variance"] > 0.85 and summary["l0"] == pytest.approx(8, abs=0.05)
-    cards, ranking = latent_cards(
-        agent, sae, data.site, data, top=2, n_examples=3, max_rows=96, greedy=False
-    )
-    assert [c.latent for c in cards] == [e["latent"] for e in ranking[:2]]
+    options = AblationOptions(max_rows=96, greedy=False)
+    survey = survey_latents(agent, sae, data, options)
+    cards = latent_cards(agent, sae, data, top=2, n_examples=3, options=options, survey=survey)
+    assert [c.latent for c in cards] == [e["latent"] for e in survey.ranking[:2]]
+    again = latent_cards(agent, sae, data, top=2, n_examples=3, options=options)  # own survey
+    assert [(c.latent, c.top_rows) for c in again] == [(c.latent, c.top_rows) for c in cards]
     card = cards[0]
     assert card.top_values == sorted(card.top_values, reverse=True) and len(card.top_obs) == 3
     r, c = card.top_positions[0]
@@ -212,19 +235,20 @@ def test_maze_cnn_sae_per_position_training_cards_and_dashboard(tmp_path) -> Non
         card.top_values[0]
     )
     # The grid observation is drawn as the maze it encodes.
-    state = maze_state_from_grid(data.obs[0])
+    state = state_from_grid(data.obs[0])
     assert state.walls.tolist() == (data.obs[0][0] > 0).tolist()
     assert data.obs[0][1][state.mouse] == 1 and data.obs[0][2][state.cheese] == 1
-    assert observation_image(data.obs[0], MAZE).shape == (9 * 16, 9 * 16, 3)
+    assert for_env(MAZE).picture(data.obs[0], {}).shape == (9 * 16, 9 * 16, 3)
     context = {"env_id": MAZE, "site": data.site.to_dict(), "d_sae": 64, "arch": "topk"}
-    html = write_sae_dashboard(tmp_path / "dash", cards, context, num_actions=4)
+    actions = for_env(MAZE).names_of_actions({}, 4)
+    html = render(SAEDashboard(cards, context, actions), tmp_path / "dash")
     text = html.read_text()
     assert text.count("data:image/png;base64") == 2 and f"Latent {card.latent}" in text
     assert (tmp_path / "dash" / f"latent_{card.latent}.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_sae_folder_round_trip_and_store_source(tmp_path, chess_data) -> None:
-    from policylens.rollout import collect
+    from policylens.rollout import CollectOptions, collect
     from policylens.runs import Run
 
     agent, data = chess_data
@@ -241,14 +265,19 @@ def test_sae_folder_round_trip_and_store_source(tmp_path, chess_data) -> None:
     run = Run.create(tmp_path / "run", {"kind": "dqn", "trainer": {"env_id": CHESS},
                                          "agent": agent.config})  # fmt: skip
     run.save_checkpoint(agent, 0)
-    store = collect(run.load_agent(), CHESS, out=tmp_path / "store", steps=400, hooks=[MLP_HOOK],
+    store = collect(run.load_agent(), CHESS, None, tmp_path / "store",
+                    CollectOptions(steps=400, hooks=[MLP_HOOK]),
                     meta={"run": str(run.path), "checkpoint_step": 0})  # fmt: skip
-    out, summary = train_run_sae(store.path, MLP_HOOK, arch="topk", k=8, expansion=2,
-                                 samples=4000, steps=300)  # fmt: skip
-    assert out == run.path / "analysis" / "sae" / f"{MLP_HOOK}-topk-x2"
+    spec = SAESpec("topk", k=8, expansion=2, samples=4000)
+    trained = train_run_sae(store.path, SAETrainOptions(MLP_HOOK, spec, steps=300))
+    assert trained.folder == run.path / "analysis" / "sae" / f"{MLP_HOOK}-topk-x2"
+    summary = trained.to_json()
     assert summary["source"] == "store" and summary["steps_gathered"] == 300
+    assert summary["sae_dir"] == str(trained.folder) and trained.run == str(run.path)
+    assert read_site(trained.folder)["metrics"] == trained.metrics
+    assert not (trained.folder / ".policylens.lock").exists()  # the lock is gone once written
     with pytest.raises(ValueError, match="Unknown hook in store .* Did you mean"):
-        train_run_sae(store.path, "layers.1.hook_actt", out=tmp_path / "no")
+        train_run_sae(store.path, SAETrainOptions("layers.1.hook_actt", out=tmp_path / "no"))
 
 
 def _flat(text: str) -> str:
@@ -292,12 +321,16 @@ def test_cli_train_eval_dashboard(tmp_path) -> None:
         spliced
     )
     assert len(result["latent_ablation"]) == 3 and (sae_dir / "eval.json").is_file()
-    res = runner.invoke(
-        app, ["sae", "dashboard", str(run.path), str(sae_dir), "--latents", "0,3", "--steps", "200"]
-    )
+    res = runner.invoke(app, ["sae", "dashboard", str(run.path), str(sae_dir), "--latents", "0,3",
+                              "--steps", "200", "--json"])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert (sae_dir / "dashboard" / "index.html").is_file()
     assert (sae_dir / "dashboard" / "latent_3.png").is_file()
+    shown = json.loads(res.stdout)
+    assert shown["html"] == str(sae_dir / "dashboard" / "index.html")
+    assert [e["latent"] for e in shown["latents"]] == [0, 3]
+    saved = json.loads((sae_dir / "dashboard" / "latents.json").read_text())
+    assert [e["latent"] for e in saved["latents"]] == [0, 3] and "behaviour" in saved
     # Bad input: one clear sentence, exit code 2.
     res = runner.invoke(app, ["sae", "eval", str(run.path), str(sae_dir), "--hook", "hook_logits"])
     assert res.exit_code == 2 and "SAE reads 64-wide vectors" in _flat(res.output)
@@ -317,7 +350,7 @@ def test_site_mismatch_with_the_trained_shape_is_refused(tmp_path) -> None:
     obs = np.random.default_rng(0).integers(0, 2, (4, 75), dtype=np.uint8)
     out = compare_outputs(agent, obs, [], Policy(greedy=True))
     same = {"action_agreement": 1.0, "kl": 0.0, "regret": 0.0, "margin_kept": 1.0}
-    assert {k: out[k] for k in same} == same and out["value_error"] == 0.0
+    assert {k: getattr(out, k) for k in same} == same and out.value_error == 0.0
 
 
 def test_gathered_rows_are_the_agents_outputs_on_them(chess_data) -> None:
@@ -329,9 +362,9 @@ def test_gathered_rows_are_the_agents_outputs_on_them(chess_data) -> None:
     torch.testing.assert_close(part.logits, logits)
     torch.testing.assert_close(part.values, values)
     assert part.legal is not None and part.legal.shape == (500, 24) and part.legal.any(1).all()
-    again = gather_activations(agent, MLP_HOOK, CHESS, steps=300, seed=0, greedy=True)
+    again = gather_activations(agent, MLP_HOOK, GREEDY_CHESS, steps=300, seed=0)
     assert np.array_equal(again.obs, data.obs[:300])  # same seed, same rows
-    other = gather_activations(agent, MLP_HOOK, CHESS, steps=300, seed=1, greedy=True)
+    other = gather_activations(agent, MLP_HOOK, GREEDY_CHESS, steps=300, seed=1)
     assert not np.array_equal(other.obs, data.obs[:300])
 
 
@@ -339,13 +372,13 @@ def test_spliced_episodes_compare_each_step_with_the_unhooked_agent() -> None:
     import copy
 
     from policylens.agents.sae import zero_ablation
-    from policylens.rollout.engine import run_episodes
+    from policylens.rollout.engine import EpisodeOptions, run_episodes
     from policylens.studies.rook_sae.evaluation import play_spliced
 
     agent = maze_agent()
     hooks = [zero_ablation(hook_site(agent, "res1.hook_out"))]
     policy = Policy()  # sampled: agreement depends on the shared uniforms
-    got = play_spliced(agent, 8, MAZE, seed=3, policy=policy, fwd_hooks=hooks)
+    got = play_spliced(agent, PlaySetting(MAZE), 8, seed=3, fwd_hooks=hooks)
     # Oracle: the same episodes, the original's outputs from a copy of the agent that no hook
     # is attached to, its actions from the same uniforms.
     original = copy.deepcopy(agent).eval()
@@ -359,11 +392,12 @@ def test_spliced_episodes_compare_each_step_with_the_unhooked_agent() -> None:
         tally["verr"] += float((step.values - vo)[torch.from_numpy(active)].abs().sum())
         tally["steps"] += int(active.sum())
 
-    eps = run_episodes(agent, 8, MAZE, seed=3, policy=policy, fwd_hooks=hooks, on_step=on_step)
+    options = EpisodeOptions(seed=3, policy=policy)
+    eps = run_episodes(agent, 8, MAZE, None, options, fwd_hooks=hooks, on_step=on_step)
     assert got["steps"] == tally["steps"] == sum(e.length for e in eps)
     assert got["action_agreement"] == tally["agree"] / tally["steps"]
     assert got["value_error"] == pytest.approx(tally["verr"] / tally["steps"])
     assert got["return"]["mean"] == pytest.approx(np.mean([e.ret for e in eps]))
     assert got["action_agreement"] < 1 and got["value_error"] > 0  # the hook changed the agent
-    plain = play_spliced(agent, 8, MAZE, seed=3, policy=policy)
+    plain = play_spliced(agent, PlaySetting(MAZE), 8, seed=3)
     assert plain["action_agreement"] == 1.0 and plain["value_error"] == 0.0

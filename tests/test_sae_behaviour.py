@@ -16,10 +16,10 @@ from policylens.agents.sae import SAEConfig, build_sae, splice
 from policylens.lenses.sae import Downstream, _batches, train_sae
 from policylens.rollout.engine import Policy
 from policylens.studies.rook_sae.concepts import match_concepts
-from policylens.studies.rook_sae.data import gather_activations
+from policylens.studies.rook_sae.data import PlaySetting, gather_activations
 from policylens.studies.rook_sae.evaluation import compare_outputs
 from policylens.studies.rook_sae.quality import pick_checkpoints, relation
-from policylens.studies.rook_sae.runs import sae_config_for, train_agent_sae
+from policylens.studies.rook_sae.runs import SAESpec, train_agent_sae
 
 CHESS = "policylens/RookEndgame-v0"
 MAZE = "policylens/Maze-v0"
@@ -67,7 +67,8 @@ def test_a_behaviour_objective_needs_the_agent_and_sees_whole_observations() -> 
 def test_downstream_gradient_is_the_behaviour_terms_gradient() -> None:
     """Downstream runs the agent with the reconstruction at the hook; its gradient is autograd's."""
     agent = build_agent("mlp", (75,), 24, head="q", hidden=[16, 16], seed=1)
-    data = gather_activations(agent, "layers.0.hook_act", CHESS, steps=64, seed=0, greedy=True)
+    chess = PlaySetting(CHESS, greedy=True)
+    data = gather_activations(agent, "layers.0.hook_act", chess, steps=64, seed=0)
     cfg = SAEConfig(d_in=16, d_sae=32, objective="kl", temperature=0.5)
     down = Downstream(agent, data.site, data.obs, data.logits, cfg)
     rows = torch.arange(8)
@@ -95,18 +96,20 @@ def test_the_kl_objective_keeps_greedy_actions_that_reconstruction_alone_changes
     Q-network's greedy actions more often than one trained on reconstruction alone."""
     agent = build_agent("mlp", (75,), 24, head="q", hidden=[64, 64], seed=0)
     hook = "layers.1.hook_act"
-    data = gather_activations(agent, hook, CHESS, steps=3000, seed=0, greedy=True)
-    fresh = gather_activations(agent, hook, CHESS, steps=1000, seed=1, greedy=True)
+    chess = PlaySetting(CHESS, greedy=True)
+    data = gather_activations(agent, hook, chess, steps=3000, seed=0)
+    fresh = gather_activations(agent, hook, chess, steps=1000, seed=1)
     agreement = {}
     for objective in ("mse", "kl"):
-        cfg = sae_config_for(data.site, "topk", 2, k=8, samples=200_000, batch_size=256,
-                             lr=3e-3, objective=objective)  # fmt: skip
+        spec = SAESpec("topk", 2, k=8, objective=objective, samples=200_000, batch_size=256,
+                       lr=3e-3)  # fmt: skip
+        cfg = spec.config(data.site)
         sae, history, summary = train_agent_sae(data, cfg, agent=agent)
         assert summary["objective"] == objective and ("behaviour" in history[-1]) == (
             objective == "kl"
         )
         out = compare_outputs(agent, fresh.obs, [splice(sae, data.site)], Policy(greedy=True))
-        agreement[objective] = out["action_agreement"]
+        agreement[objective] = out.action_agreement
     assert agreement["kl"] > agreement["mse"] + 0.02, agreement
 
 
@@ -114,7 +117,7 @@ def test_latents_are_matched_to_the_concepts_they_are() -> None:
     """An SAE whose latents are the input planes finds each piece's square; shuffled
     observations set a low chance level."""
     agent = identity_agent((75,), 24)
-    data = gather_activations(agent, "0.hook_out", CHESS, steps=600, seed=0, greedy=True)
+    data = gather_activations(agent, "0.hook_out", PlaySetting(CHESS, greedy=True), steps=600)
     assert data.labels["black_king_pos"].shape == (600, 2)
     result = match_concepts(exact_sae(75), data)
     assert result["live"] == 75 and result["chance"] < 0.3 and result["above_chance"] == 1.0
@@ -128,7 +131,7 @@ def test_latents_are_matched_to_the_concepts_they_are() -> None:
 
 def test_per_position_latents_are_matched_to_squares_of_the_maze() -> None:
     agent = identity_agent((3, 9, 9), 4)
-    data = gather_activations(agent, "0.hook_out", MAZE, steps=200, seed=0)
+    data = gather_activations(agent, "0.hook_out", PlaySetting(MAZE), steps=200, seed=0)
     assert data.site.layout == "channels"
     result = match_concepts(exact_sae(3), data)
     mouse = result["latents"][1]  # channel 1 is the mouse

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
+from policylens import worlds
 from policylens.cli import app
 from policylens.lenses import updates as U
 from policylens.studies import lunar_updates as T
@@ -231,7 +232,7 @@ def test_lunar_episodes_greedy_takes_the_argmax() -> None:
 
 def test_train_ppo_init_from_starts_from_given_weights(tmp_path: Path) -> None:
     from policylens.train.ppo import train_ppo
-    from policylens.train.recipes import lunar_recipe
+    from policylens.worlds.lunar import lunar_recipe
 
     T.ensure_lunar_world()
     config = lunar_recipe("no_fuel", total_steps=128, num_envs=2, num_steps=64, hidden=(8,))
@@ -251,7 +252,7 @@ def test_train_ppo_init_from_starts_from_given_weights(tmp_path: Path) -> None:
 
 
 def test_lunar_recipe() -> None:
-    from policylens.train.recipes import lunar_recipe
+    from policylens.worlds.lunar import lunar_recipe
 
     c = lunar_recipe("scaled_fuel", seed=4)
     assert c.env_kwargs == {"reward_variant": "scaled_fuel"} and c.arch == "mlp"
@@ -267,8 +268,8 @@ def test_sb3_backend_run_layout_and_checkpoints(tmp_path: Path) -> None:
     pytest.importorskip("stable_baselines3")
     from policylens.runs import Run
     from policylens.train.ppo import PPOConfig
-    from policylens.train.recipes import lunar_recipe
     from policylens.train.sb3_backend import load_sb3_checkpoint, train_sb3
+    from policylens.worlds.lunar import lunar_recipe
 
     T.ensure_lunar_world()
     config = lunar_recipe("no_fuel", total_steps=256, num_envs=2, num_steps=64, hidden=(8, 8))
@@ -296,7 +297,7 @@ def test_sb3_backend_run_layout_and_checkpoints(tmp_path: Path) -> None:
     for k, v in U.load_state(last).items():
         torch.testing.assert_close(first[k], v)
     with pytest.raises(ValueError, match="arch='mlp'"):
-        train_sb3(PPOConfig(arch="maze_cnn"), tmp_path / "c")
+        train_sb3(PPOConfig(env_id=worlds.get("maze").env_id, arch="maze_cnn"), tmp_path / "c")
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -360,6 +361,9 @@ def test_cli_analyze_list_compare(experiment: Path, tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
     assert "tensors" not in data["updates"]["s0/scaled_fuel"]
+    assert data["analysis_file"] == str(experiment / "analysis" / "updates.json")
+    saved = T.UpdatesAnalysis.from_record(json.loads(Path(data["analysis_file"]).read_text()))
+    assert saved.to_json()["experiment"] == data["experiment"]
     root = experiment.parent
     res = runner.invoke(app, ["updates", "list", str(root), "--backend", "builtin", "--json"])
     assert [r["path"] for r in json.loads(res.output)] == [str(experiment)]
@@ -425,8 +429,8 @@ def test_sb3_experiment_in_a_process_pool(tmp_path: Path) -> None:
     )  # fmt: skip
     ran = T.run_experiment(config, tmp_path / "sb3", workers=2)
     analysis = T.analyze_experiment(tmp_path / "sb3")
-    assert analysis["arch"]["arch"] == "sb3_mlp"
-    groups = analysis["updates"]["s0/only_scaled_fuel"]["groups"]
+    assert analysis.arch is not None and analysis.arch["arch"] == "sb3_mlp"
+    groups = analysis.updates["s0/only_scaled_fuel"]["groups"]
     assert set(groups) == {"policy body", "policy head", "value body", "value head"}
     jobs = json.loads((tmp_path / "sb3" / "analysis" / "jobs.json").read_text())
     assert sorted((j["kind"], j["seed"]) for j in jobs) == [

@@ -9,7 +9,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from policylens.cli import (
+from policylens.commands.framework import (
     MAX_EPISODES,
     MAX_STEPS,
     command,
@@ -22,53 +22,8 @@ from policylens.errors import check_known
 
 ALGOS = ("dqn", "ppo")
 EVAL_OPPONENTS = ("random", "greedy")
-
-
-def _check_choice(value: str, valid: tuple[str, ...], option: str) -> str:
-    check_known([value], valid, option)
-    return value
-
-
-def evaluate_chess_run(
-    run: Any,
-    episodes: int = 1000,
-    opponents: tuple[str, ...] = EVAL_OPPONENTS,
-    epsilons: tuple[float, ...] = (0.0,),
-    step: int | None = None,
-    seed: int = 10_000,
-) -> list[dict[str, Any]]:
-    """Checkmate rate etc. of a chess run's agent against each opponent at each epsilon.
-
-    Actions are the argmax of the agent's logits (Q-values for DQN, policy logits for PPO), with
-    probability ``epsilon`` a uniformly random action instead. A DQN trained with masking is
-    evaluated with masking.
-    """
-    from policylens.train.dqn import evaluate_q_agent
-
-    agent = run.load_agent(step)
-    trainer = run.config["trainer"]
-    if trainer.get("env_id") != "policylens/RookEndgame-v0":
-        raise ValueError(
-            f"{run.path} was trained in {trainer.get('env_id')}, not the rook endgame; use "
-            "`policylens eval` for other worlds."
-        )
-    results = []
-    for opponent in opponents:
-        _check_choice(opponent, EVAL_OPPONENTS, "--opponent")
-        env_kwargs = {**trainer.get("env_kwargs", {}), "opponent": opponent}
-        for epsilon in epsilons:
-            results.append(
-                evaluate_q_agent(
-                    agent,
-                    episodes,
-                    trainer["env_id"],
-                    env_kwargs,
-                    seed=seed,
-                    epsilon=epsilon,
-                    mask_illegal=bool(trainer.get("mask_illegal", False)),
-                )
-            )
-    return results
+"""The opponents ``chess-eval`` plays by default (the study's, named here so ``--help`` imports
+no study)."""
 
 
 def _print_results(title: str, results: list[dict[str, Any]]) -> None:
@@ -120,9 +75,10 @@ def train_chess_cmd(
 ) -> None:
     """Train a rook-endgame agent (king and rook vs king on 5x5) with DQN or PPO."""
     from policylens.runs import check_resume
-    from policylens.train.recipes import chess_recipe
+    from policylens.studies.rook_sae.play import ChessEvalOptions, evaluate_chess_run
+    from policylens.worlds.rook import chess_recipe
 
-    _check_choice(algo, ALGOS, "--algo")
+    check_known([algo], ALGOS, "--algo")
     if mask_illegal and algo != "dqn":
         raise ValueError("--mask-illegal applies to DQN only; drop it or use --algo dqn.")
     config = chess_recipe(
@@ -140,7 +96,9 @@ def train_chess_cmd(
 
         run = train_ppo(config, out, resume=resume, progress=not (quiet or as_json))
     summary = run.summary()
-    results = evaluate_chess_run(run, eval_episodes) if eval_episodes else []
+    results = []
+    if eval_episodes:
+        results = evaluate_chess_run(run, ChessEvalOptions(episodes=eval_episodes)).to_json()
     if as_json:
         print_json({"run": str(run.path), "steps": summary["steps"], "evaluation": results})
         return
@@ -168,11 +126,17 @@ def chess_eval_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Checkmate rate (95% Wilson CI) and outcome shares of a rook-endgame agent."""
+    from policylens.studies.rook_sae.play import ChessEvalOptions, evaluate_chess_run
+
     for e in epsilon:
         if not 0 <= e <= 1:
             raise ValueError(f"--epsilon must lie in [0, 1], got {e}.")
-    r = open_run(run, "policylens/RookEndgame-v0")
-    results = evaluate_chess_run(r, episodes, tuple(opponent), tuple(epsilon), step, seed)
+    check_known(opponent, EVAL_OPPONENTS, "--opponent")
+    options = ChessEvalOptions(
+        episodes=episodes, opponents=tuple(opponent), epsilons=tuple(epsilon), step=step, seed=seed
+    )
+    r = open_run(run, "rook")
+    results = evaluate_chess_run(r, options).to_json()
     if as_json:
         print_json(results)
         return

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from policylens.cli import command, console
+from policylens.commands.framework import command, console
 
 
 @command("explore")

@@ -12,7 +12,15 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from policylens.cli import MAX_EPISODES, MAX_STEPS, app, command, console, open_run, print_json
+from policylens.commands.framework import (
+    MAX_EPISODES,
+    MAX_STEPS,
+    app,
+    command,
+    console,
+    open_run,
+    print_json,
+)
 
 
 def parse_env_kwargs(items: list[str] | None) -> dict[str, Any]:
@@ -74,19 +82,21 @@ def collect_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Run a run's agent and store observations, actions, labels and activations on disk."""
-    from policylens.rollout import collect_run
+    from policylens.rollout import CollectOptions, collect_run
 
     if episodes is None and steps is None:
         episodes = 100
     if episodes is not None and steps is not None:
         raise ValueError("Pass --episodes or --steps, not both.")
     with thread_limit(threads):
-        store = collect_run(
-            run, out=out, step=step, env_kwargs=parse_env_kwargs(env_kwarg), episodes=episodes,
-            steps=steps, hooks=hook or [], seed=seed, num_envs=num_envs, chunk_size=chunk_size,
+        options = CollectOptions(
+            episodes=episodes, steps=steps, hooks=hook or [], seed=seed, num_envs=num_envs,
             greedy=greedy, activation_dtype="float16" if float16 else "float32",
-            overwrite=overwrite,
+            chunk_size=chunk_size,
         )  # fmt: skip
+        store = collect_run(
+            run, options, out, step, parse_env_kwargs(env_kwarg), overwrite=overwrite
+        )
     summary = {
         "store": str(store.path),
         "rows": len(store),
@@ -148,13 +158,16 @@ def probe_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Linear probes for the world's concepts per layer, split by level, with controls."""
-    from policylens import artifacts
-    from policylens.errors import check_known
-    from policylens.lenses.probes import CONTROLS, probe, probe_checkpoints, probe_store_for_run
+    from policylens.lenses.probes import CONTROLS, ProbeOptions
     from policylens.rollout.store import is_store
+    from policylens.studies.probes import (
+        ConceptProbeOptions,
+        probe_over_training,
+        probe_run,
+        probe_store,
+        report_file,
+    )
 
-    controls = () if no_controls else CONTROLS
-    labels, hooks = label or None, hook or None
     is_run = (target / "config.json").is_file()
     if not is_run and not is_store(target):
         raise FileNotFoundError(
@@ -163,28 +176,29 @@ def probe_cmd(
         )
     if over_training and not is_run:
         raise ValueError("--over-training needs a run folder (it probes every checkpoint).")
+    fit = ProbeOptions(
+        () if no_controls else CONTROLS,
+        max_samples or (5_000 if over_training else 10_000),
+        seed=seed,
+    )
+    options = ConceptProbeOptions(
+        labels=label or None, hooks=hook or None, step=step, episodes=episodes,
+        env_kwargs=parse_env_kwargs(env_kwarg), probe=fit,
+    )  # fmt: skip
     log = (lambda m: None) if as_json else (lambda m: console.print(f"[dim]{m}[/]"))
     with thread_limit(threads):
         if not is_run:
-            report = probe(target, labels, hooks, controls=controls,
-                           max_samples=max_samples or 10_000, seed=seed, progress=log)  # fmt: skip
+            report = probe_store(target, options, progress=log)
             if as_json:
                 print_json(report.to_dict())
             else:
                 console.print(_results_table(report, f"linear probes on {target}"))
             return
         run = open_run(target)
-        check_known(hooks or [], run.load_agent(step).hook_names(), "hook")  # before collecting
         if over_training:
-            store = probe_store_for_run(
-                run, episodes=episodes, seed=seed, env_kwargs=parse_env_kwargs(env_kwarg)
-            )
-            curves = probe_checkpoints(
-                run, store, labels, hooks, controls=controls,
-                max_samples=max_samples or 5_000, seed=seed, progress=log,
-            )  # fmt: skip
             from policylens.report.probes import write_probe_curves
 
+            curves = probe_over_training(run, options, progress=log)
             figure = write_probe_curves(
                 curves,
                 run.analysis_dir / "probes" / "probes_over_training.png",
@@ -208,20 +222,13 @@ def probe_cmd(
             console.print(table)
             console.print(f"figure: {curves.meta['figure']}")
             return
-        chosen, _ = run.checkpoint(step)
-        store = probe_store_for_run(
-            run, episodes=episodes, seed=seed, step=chosen, env_kwargs=parse_env_kwargs(env_kwarg)
-        )
-        report = probe(store, labels, hooks, agent=run.load_agent(chosen), controls=controls,
-                       max_samples=max_samples or 10_000, seed=seed, progress=log)  # fmt: skip
-        report.meta["checkpoint_step"] = chosen
-        out = run.analysis_dir / "probes" / f"probes_step_{chosen}.json"
-        artifacts.write_json(out, report.to_dict())
+        report = probe_run(run, options, progress=log)
+        chosen = report.meta["checkpoint_step"]
         if as_json:
             print_json(report.to_dict())
             return
         console.print(_results_table(report, f"{run.name} @ step {chosen}: linear probes"))
-        console.print(f"saved {out}")
+        console.print(f"saved {report_file(run, chosen)}")
 
 
 __all__ = ["app", "collect_cmd", "parse_env_kwargs", "probe_cmd"]

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
-from policylens.cli import app, command, console, print_json
+from policylens.commands.framework import app, command, console, open_run, print_json
+
+if TYPE_CHECKING:
+    from policylens.studies.rook_sae.runs import SAEEvaluation
 
 sae_app = typer.Typer(
     help="Sparse autoencoders on an agent's activations: train, evaluate spliced in, dashboards.",
@@ -53,7 +56,7 @@ def sae_train_cmd(
     arch: str = typer.Option("topk", help="relu, topk, batchtopk or jumprelu."),
     k: int = typer.Option(None, help="Active latents (topk/batchtopk); default min(32, d_in/2)."),
     expansion: int = typer.Option(8, min=1, help="Latents per input dimension (d_sae / d_in)."),
-    l1_coeff: float = typer.Option(None, help="L1 penalty weight (relu)."),
+    l1_coeff: float = typer.Option(1.0, help="L1 penalty weight (relu)."),
     objective: str = typer.Option(
         "kl",
         help="What training keeps: mse (reconstruction only), kl (+ KL between the original and "
@@ -88,43 +91,30 @@ def sae_train_cmd(
     By default it keeps the agent's behaviour (--objective kl): plain reconstruction can explain
     97% of a Q-network's variance and still change its greedy actions.
     """
-    from policylens.studies.rook_sae.runs import train_run_sae
+    from policylens.studies.rook_sae.runs import SAESpec, SAETrainOptions, train_run_sae
 
     set_threads(threads)
-    folder, info = train_run_sae(
-        source,
-        hook,
-        out,
-        arch=arch,
-        expansion=expansion,
-        k=k,
-        l1_coeff=l1_coeff,
-        objective=objective,
-        samples=samples,
-        steps=steps,
-        step=step,
-        layout=layout,
-        seed=seed,
-        saelens=saelens,
-        progress=not (quiet or as_json),
-        config_overrides={
-            "batch_size": batch_size,
-            "lr": lr,
-            "behaviour_coeff": behaviour_coeff,
-            "temperature": temperature,
-        },
-    )
+    spec = SAESpec(
+        arch=arch, expansion=expansion, k=k, objective=objective, samples=samples,
+        batch_size=batch_size, lr=lr, l1_coeff=l1_coeff, behaviour_coeff=behaviour_coeff,
+        temperature=temperature,
+    )  # fmt: skip
+    options = SAETrainOptions(
+        hook=hook, sae=spec, steps=steps, step=step, layout=layout, seed=seed, out=out,
+        saelens=saelens, progress=not (quiet or as_json),
+    )  # fmt: skip
+    trained = train_run_sae(source, options)
     if as_json:
-        print_json(info)
+        print_json(trained.to_json())
         return
-    m = info["metrics"]
+    m = trained.metrics
     console.print(
-        f"SAE ({arch}, {info['d_sae']} latents, objective {objective}) on {info['layout']} "
-        f"activations of {hook!r} -> {folder}\n"
+        f"SAE ({trained.arch}, {trained.d_sae} latents, objective {trained.objective}) on "
+        f"{trained.site.layout} activations of {hook!r} -> {trained.folder}\n"
         f"held out: explained variance {m['explained_variance']:.4f}, mse "
         f"{m['mse']:.4g}, L0 {m['l0']:.1f}, dead {m['dead_fraction']:.1%} "
         f"({m['samples']} samples at {m['samples_per_s']:.0f}/s)\n"
-        f"judge it by behaviour: policylens sae eval {info.get('run') or 'RUN'} {folder}"
+        f"judge it by behaviour: policylens sae eval {trained.run or 'RUN'} {trained.folder}"
     )
 
 
@@ -151,71 +141,64 @@ def sae_eval_cmd(
     zero_ablation.success_rate, mean_ablation.success_rate, reconstruction.explained_variance,
     reconstruction.dead_latents, ... (each rate with a *_ci interval).
     """
-    from policylens.studies.rook_sae.runs import eval_run_sae
+    from policylens.studies.rook_sae.runs import SAEEvalOptions, eval_run_sae
 
     set_threads(threads)
-    result = eval_run_sae(
-        run, sae_dir, episodes, steps, step=step, hook=hook, seed=seed, ablation_top=ablation_top
+    options = SAEEvalOptions(
+        episodes=episodes, steps=steps, step=step, hook=hook, seed=seed, ablation_top=ablation_top
     )
+    result = eval_run_sae(open_run(run), sae_dir, options)
     if as_json:
-        print_json(result)
+        print_json(result.to_json())
         return
     print_evaluation(result)
 
 
-def _rate(entry: dict[str, Any], key: str) -> str:
-    lo, hi = entry[f"{key}_ci"]
-    return f"{entry[key]:.3f} [{lo:.3f}, {hi:.3f}]"
+def _ci(value: float, interval: tuple[float, float]) -> str:
+    return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
 
 
-def print_evaluation(result: dict[str, Any]) -> None:
+def print_evaluation(result: SAEEvaluation) -> None:
     """Behaviour with the SAE spliced in (against the original and the ablation floor) first,
     then reconstruction and sparsity."""
-    from policylens.studies.rook_sae.evaluation import CONDITIONS
-
-    rec = result["reconstruction"]
+    b = result.behaviour
+    rec = b.reconstruction
     table = Table(
         "at hook", "success (95% CI)", "kept", "return (95% CI)", "agree in world (95% CI)",
         "agree held-out", "KL", "regret / gap",
-        title=f"Behaviour: {result['env_id']}, {result['episodes']} episodes per condition from "
+        title=f"Behaviour: {b.setting.env_id}, {b.episodes} episodes per condition from "
         "the same starts; agree = same action as the original agent on the same observation",
     )  # fmt: skip
-    for cond in CONDITIONS:
-        e = result.get(cond)
-        if e is None:
-            continue
-        hooked = cond != "original"
+    for cond, e in b.conditions.items():
+        off = e.held_out
         table.add_row(
             cond.replace("_", " "),
-            _rate(e, "success_rate"),
-            f"{e['success_kept']:.3f}" if hooked and "success_kept" in e else "",
-            f"{e['return']:.2f} [{e['return_ci'][0]:.2f}, {e['return_ci'][1]:.2f}]",
-            _rate(e, "action_agreement") if hooked else "",
-            f"{e['offline_action_agreement']:.3f}" if hooked else "",
-            f"{e['kl']:.3g}" if hooked else "",
-            f"{e['regret']:.3g} / {e['gap']:.3g}" if hooked else "",
+            _ci(e.success_rate, e.success_rate_ci),
+            f"{e.success_kept:.3f}" if off is not None and e.success_kept is not None else "",
+            f"{e.mean_return:.2f} [{e.return_ci[0]:.2f}, {e.return_ci[1]:.2f}]",
+            _ci(e.action_agreement, e.action_agreement_ci) if off is not None else "",
+            f"{off.action_agreement:.3f}" if off is not None else "",
+            f"{off.kl:.3g}" if off is not None else "",
+            f"{off.regret:.3g} / {off.gap:.3g}" if off is not None else "",
         )
     console.print(table)
-    if "return_recovered" in result:
-        console.print(
-            f"return recovered (spliced vs zero ablation): {result['return_recovered']:.3f}"
-        )
+    if b.return_recovered is not None:
+        console.print(f"return recovered (spliced vs zero ablation): {b.return_recovered:.3f}")
     console.print(
-        f"Reconstruction ({result['arch']} SAE, {result['d_sae']} latents, objective "
-        f"{result['objective']}, on {result['observations']} held-out observations of "
-        f"{result['hook']!r}): explained variance {rec['explained_variance']:.4f}, mse "
-        f"{rec['mse']:.4g}, L0 {rec['l0']:.1f}, dead latents {rec['dead_latents']} "
-        f"({rec['dead_fraction']:.1%})"
+        f"Reconstruction ({b.arch} SAE, {b.d_sae} latents, objective {b.objective}, on "
+        f"{b.observations} held-out observations of {b.hook!r}): explained variance "
+        f"{rec['explained_variance']:.4f}, mse {rec['mse']:.4g}, L0 {rec['l0']:.1f}, dead "
+        f"latents {rec['dead_latents']} ({rec['dead_fraction']:.1%})"
     )
-    if result.get("latent_ablation"):
+    if result.latent_ablation:
         t = Table(
             "latent", "frequency", "KL when firing", "flips when firing", "dV",
             title="removing one latent (the largest effects)",
         )  # fmt: skip
-        for e in result["latent_ablation"]:
+        for a in result.latent_ablation:
             t.add_row(
-                str(e["latent"]), f"{e['frequency']:.3f}", f"{e['kl']:.4g}", f"{e['flip']:.3f}",
-                f"{e['value_change']:+.4g}",
+                str(a["latent"]), f"{a['frequency']:.3f}", f"{a['kl']:.4g}", f"{a['flip']:.3f}",
+                f"{a['value_change']:+.4g}",
             )  # fmt: skip
         console.print(t)
 
@@ -239,17 +222,20 @@ def sae_dashboard_cmd(
 ) -> None:
     """Feature dashboards: behaviour with the SAE spliced in, each live latent's best ground-truth
     concept, and per latent its top observations, activation histogram and action effects."""
-    from policylens.report.sae import dashboard_run_sae
+    from policylens.report.sae import render
+    from policylens.studies.rook_sae.runs import DashboardOptions, dashboard_data
 
     set_threads(threads)
-    html, summaries = dashboard_run_sae(
-        run, sae_dir, parse_latents(latents), top, steps, step=step, hook=hook, out=out, seed=seed,
+    options = DashboardOptions(
+        latents=parse_latents(latents), top=top, steps=steps, step=step, hook=hook, seed=seed,
         episodes=episodes,
     )  # fmt: skip
+    dashboard = dashboard_data(open_run(run), sae_dir, options)
+    html = render(dashboard, out if out is not None else sae_dir / "dashboard")
     if as_json:
-        print_json({"html": str(html), "latents": summaries})
+        print_json({"html": str(html), **dashboard.to_json()})
         return
-    console.print(f"wrote {html} ({len(summaries)} latents, a PNG each beside it)")
+    console.print(f"wrote {html} ({len(dashboard.cards)} latents, a PNG each beside it)")
 
 
 @command("dead-latents", typer_app=sae_app)
@@ -273,15 +259,20 @@ def sae_dead_latents_cmd(
 ) -> None:
     """Dead SAE latents against the agent's quality over runs and checkpoints (R^2, permutation p)."""
     from policylens.artifacts import write_json
-    from policylens.studies.rook_sae.quality import dead_vs_quality
+    from policylens.studies.rook_sae.quality import DeadLatentsOptions, dead_vs_quality
+    from policylens.studies.rook_sae.runs import SAESpec
 
     set_threads(threads)
     try:
-        fracs = [float(f) for f in fractions.split(",") if f.strip()]
+        fracs = tuple(float(f) for f in fractions.split(",") if f.strip())
     except ValueError:
         raise ValueError(
             f"--fractions must be numbers like 0.1,0.5,1, got {fractions!r}."
         ) from None
+    spec = SAESpec(arch=arch, expansion=expansion, k=k, objective=objective, samples=samples)
+    options = DeadLatentsOptions(
+        hook=hook, fractions=fracs, sae=spec, steps=steps, episodes=episodes, seed=seed
+    )
 
     def show(row: dict[str, Any]) -> None:
         if not as_json:
@@ -290,16 +281,13 @@ def sae_dead_latents_cmd(
                 f"{row['d_sae']}, success {row['success_rate']:.3f}, return {row['return']:.1f}"
             )
 
-    result = dead_vs_quality(
-        runs, hook, fracs, arch, expansion, k, objective, samples, steps, episodes=episodes,
-        seed=seed, progress=show,
-    )  # fmt: skip
+    result = dead_vs_quality([open_run(r) for r in runs], options, progress=show)
     if out is not None:
-        write_json(out, result)
+        write_json(out, result.to_json())
     if as_json:
-        print_json(result)
+        print_json(result.to_json())
         return
-    for score, rel in result["relations"].items():
+    for score, rel in result.relations.items():
         lo, hi = rel["r2_ci"]
         console.print(
             f"{score} vs dead latents over {rel['n']} SAEs ({rel['groups']} runs): slope "

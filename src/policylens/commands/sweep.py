@@ -66,11 +66,11 @@ def sweep_cmd(
 ) -> None:
     """Sweep a recipe's parameters times seeds; each trial is a run folder under OUT/trials/."""
     from policylens import worlds
-    from policylens.report.sweeps import interval_text, write_sweep_report
+    from policylens.report.sweeps import interval_text, render
     from policylens.sweeps import (
+        SweepResult,
         SweepSpec,
         TrialsFailed,
-        aggregate,
         function_path,
         run_sweep,
         spec_settings,
@@ -97,10 +97,11 @@ def sweep_cmd(
     except TrialsFailed as e:
         err_console.print(f"[bold red]error:[/] {e}", highlight=False)
         raise typer.Exit(1) from None
-    summary = aggregate(sweep, rows)
-    report = write_sweep_report(out)
+    result = SweepResult.of(sweep, rows)
+    summary = result.groups
+    report = render(result, out)
     if as_json:
-        print_json({"results": rows, "aggregate": summary, "report": str(report)})
+        print_json({**result.to_json(), "report": str(report)})
         return
     names = list(summary[0]["metrics"]) if summary else []
     table = Table(*sweep.grid, "seeds", *names, title=f"sweep {out}: mean [95% interval]")

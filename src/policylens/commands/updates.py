@@ -1,15 +1,18 @@
-"""``policylens updates``: two-phase training on LunarLander and weight-update analysis."""
+"""``policylens updates``: two-phase training in the lunar world and weight-update analysis."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
-from policylens.cli import app, command, console, print_json
+from policylens.commands.framework import app, command, console, print_json
+
+if TYPE_CHECKING:
+    from policylens.studies.lunar_updates import UpdatesAnalysis
 
 updates_app = typer.Typer(
     help="Isolating updates: train on reward A, then briefly on reward B; study post - pre.",
@@ -23,22 +26,6 @@ def _variants(values: list[str]) -> tuple[str, ...]:
     return tuple(v.strip() for item in values for v in item.split(",") if v.strip())
 
 
-def compact(analysis: dict[str, Any]) -> dict[str, Any]:
-    """The analysis without per-tensor detail and curves (the numbers a summary needs)."""
-    return {
-        "experiment": analysis["experiment"],
-        "arch": analysis["arch"],
-        "evaluation": analysis["evaluation"],
-        "updates": {
-            k: {f: v for f, v in u.items() if f != "tensors"}
-            for k, u in analysis["updates"].items()
-        },
-        "consistency": analysis["consistency"],
-        "recovery": analysis["salvage"]["recovery"],
-        "analysis_file": str(Path(analysis["experiment"]["path"]) / "analysis" / "updates.json"),
-    }
-
-
 def _ci(m: dict[str, Any], digits: int = 1) -> str:
     lo, hi = m["ci"]
     if not all(isinstance(x, int | float) and math.isfinite(x) for x in (m["mean"], lo, hi)):
@@ -46,37 +33,37 @@ def _ci(m: dict[str, Any], digits: int = 1) -> str:
     return f"{m['mean']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
-def print_analysis(analysis: dict[str, Any]) -> None:
+def print_analysis(analysis: UpdatesAnalysis) -> None:
     """Tables: the models' behaviour per phase-2 variant, the updates, and their consistency."""
     from policylens.report.updates import model_rows
 
-    e = analysis["experiment"]
+    e = analysis.experiment
     a = e["phase1"]
     for v in e["phase2"]:
         cols = [f"return {a}"] + ([f"return {v}"] if v != a else []) + ["fuel used", "landed"]
         table = Table("model", *cols, title=f"{a} -> {v} ({e['backend']}, seeds {e['seeds']})")
-        for name, r in model_rows(analysis, v).items():
+        for name, r in model_rows(analysis.record(), v).items():
             cells = [_ci(r["return"][a])] + ([_ci(r["return"][v])] if v != a else [])
             table.add_row(name, *cells, _ci(r["fuel_used"]), _ci(r["landed"], 2))
         console.print(table)
     table = Table("update", "norm", "norm/weights", "top 1% mass", "noise top 1%", "policy share")
-    for lab, u in analysis["updates"].items():
+    for lab, u in analysis.updates.items():
         policy = sum(s["mass_share"] for g, s in u["groups"].items() if g.startswith("policy"))
         table.add_row(
             lab,
             f"{u['norm']:.4g}",
             f"{u['rel_norm']:.4g}",
             f"{u['top_mass']['0.01']:.3f}",
-            f"{analysis['noise'][lab]['top_mass']['0.01']:.3f}",
+            f"{analysis.noise[lab]['top_mass']['0.01']:.3f}",
             f"{policy:.3f}",
         )
     console.print(table)
-    c = analysis["consistency"]
+    c = analysis.consistency
     for v, x in c["across_seeds"].items():
         console.print(f"cosine across seeds ({v}): {x['mean']:.3f} over {x['n']} pairs")
     for k, x in c["across_variants"].items():
         console.print(f"cosine within seeds ({k}): {x['mean']:.3f} over {x['n']} seeds")
-    for v, r in analysis["salvage"]["recovery"].items():
+    for v, r in analysis.salvage["recovery"].items():
         steps = ", ".join(f"seed {s}: {x}" for s, x in r["steps_to_recover"].items())
         console.print(f"salvage after {v}, steps to recover: {steps}")
 
@@ -147,25 +134,21 @@ def run_cmd(
     )
     log = None if as_json else (lambda m: console.print(m, highlight=False))
     run_experiment(config, out, workers=workers, log=log, threads=threads)
-    show_analysis(analyze(out, report), Path(out), report, as_json)
+    analyze(out, report, as_json)
 
 
-def analyze(folder: Path, report: bool) -> dict[str, Any]:
-    """Analyse an experiment folder and, if asked, write its ``report.html`` from the analysis."""
+def analyze(folder: Path, report: bool, as_json: bool) -> None:
+    """Analyse an experiment folder, render its ``report.html`` if asked, and print it as JSON
+    or tables (with where its report is)."""
     from policylens.studies.lunar_updates import analyze_experiment
 
     analysis = analyze_experiment(folder)
     if report:
-        from policylens.report.updates import write_updates_report
+        from policylens.report.updates import render
 
-        write_updates_report(folder, analysis)
-    return analysis
-
-
-def show_analysis(analysis: dict, folder: Path, report: bool, as_json: bool) -> None:
-    """Print an experiment's analysis as JSON or tables, and where its report is."""
+        render(analysis)
     if as_json:
-        print_json(compact(analysis))
+        print_json(analysis.to_json())
         return
     print_analysis(analysis)
     if report:
@@ -181,7 +164,7 @@ def analyze_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the numbers as JSON."),
 ) -> None:
     """Recompute the analysis (and report) of an experiment folder from its checkpoints."""
-    show_analysis(analyze(path, report), path, report, as_json)
+    analyze(path, report, as_json)
 
 
 @command("compare", typer_app=updates_app)
@@ -192,18 +175,18 @@ def compare_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the numbers as JSON."),
 ) -> None:
     """Compare experiments: per-group means over seeds with 95% intervals (and plots)."""
-    from policylens.report.updates import COMPARE_KEYS, write_compare_report
+    from policylens.report.updates import COMPARE_KEYS, render_comparison
     from policylens.studies.lunar_updates import compare_experiments
 
     result = compare_experiments(paths, by=by)
     if out is not None:
-        write_compare_report(result, out)
+        render_comparison(result, out)
     if as_json:
-        print_json({k: v for k, v in result.items() if k != "salvage_curves"})
+        print_json(result.to_json())
         return
-    keys = [k for k in COMPARE_KEYS if any(k in r for r in result["rows"])]
+    keys = [k for k in COMPARE_KEYS if any(k in r for r in result.rows)]
     table = Table("group", "runs", *keys, title=f"updates experiments by {by}")
-    for r in result["rows"]:
+    for r in result.rows:
         table.add_row(
             r["group"], str(r["experiments"]), *(_ci(r[k], 3) if k in r else "-" for k in keys)
         )

@@ -4,92 +4,38 @@ The ``index.html`` (a :class:`~policylens.report.html.Report`) opens with the ag
 with the SAE spliced in against the original and zero/mean ablation of the hook, then every live
 latent's best-matching ground-truth concept with the chance level, then one card per chosen
 latent: top-activating observations, activation histogram, effect on the actions (also written
-as ``latent_<j>.png``). Observations are drawn the way their world looks: maze grids as mazes
-(the strongest position of a per-position latent framed in red), rook-endgame positions as boards
-(in either rule set's encoding), images as images, other vectors as bar plots.
+as ``latent_<j>.png``). Observations are drawn the way their world draws them
+(:meth:`~policylens.worlds.World.picture`: maze grids as mazes, rook-endgame positions as boards,
+images as images; the strongest position of a per-position latent framed in red), other vectors
+as bar plots. :func:`render` draws a :class:`~policylens.studies.rook_sae.runs.SAEDashboard`.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from policylens.report.figures import plt, to_png
+from policylens.worlds import for_env
 
-
-def action_names(env_id: str | None, env_kwargs: dict[str, Any], num_actions: int) -> list[str]:
-    """Readable action names of a world where it has them, else ``a0, a1, ...``."""
-    names: Sequence[str] = ()
-    if env_id and "Maze" in env_id:
-        from policylens.envs.maze import ACTION_NAMES
-
-        names = ACTION_NAMES
-    elif env_id and "Hazards" in env_id:
-        from policylens.envs.hazards import ACTION_NAMES as HAZARD_ACTIONS
-
-        names = HAZARD_ACTIONS
-    elif env_id and "RookEndgame" in env_id:
-        from policylens.envs.chess import action_names as chess_names
-
-        rules = str(env_kwargs.get("rules", "policylens"))
-        names = chess_names(int(env_kwargs.get("board_size", 5)), rules)
-    if len(names) != num_actions:
-        names = [f"a{i}" for i in range(num_actions)]
-    return list(names)
-
-
-def maze_state_from_grid(obs: np.ndarray):
-    """A MazeState from a grid observation ``(3, W, W)`` (wall, mouse, cheese channels)."""
-    from policylens.envs.maze import MazeState
-
-    walls = obs[0] > 0.5
-    world = walls.shape[0]
-    free_r, free_c = np.nonzero(~walls)
-    maze_size = world
-    if free_r.size:
-        maze_size = int(max(world - free_r.min(), free_c.max() + 1))
-
-    def cell(channel: np.ndarray) -> tuple[int, int]:
-        idx = np.argwhere(channel > 0.5)
-        return (int(idx[0][0]), int(idx[0][1])) if len(idx) else (-1, -1)
-
-    mouse, cheese = cell(obs[1]), cell(obs[2])
-    if cheese == (-1, -1):  # the mouse stands on the cheese at the end of an episode
-        cheese = mouse
-    return MazeState(walls=walls, mouse=mouse, cheese=cheese, maze_size=maze_size)
-
-
-def observation_image(
-    obs: np.ndarray, env_id: str | None, env_kwargs: dict[str, Any] | None = None
-) -> np.ndarray | None:
-    """An RGB picture of one observation, or None for a plain vector (drawn as bars)."""
-    obs = np.asarray(obs)
-    if env_id and "Maze" in env_id and obs.ndim == 3 and obs.shape[0] == 3:
-        from policylens.envs.maze import human_view
-
-        return human_view(maze_state_from_grid(obs), cell_px=16)
-    if env_id and "RookEndgame" in env_id:
-        from policylens.envs.chess import board_image, position_from_obs
-
-        pos = position_from_obs(obs, str((env_kwargs or {}).get("rules", "policylens")))
-        return board_image(pos, board_size=int(round(np.sqrt(obs.size / 3))), cell_px=24)
-    if obs.ndim == 3 and obs.shape[-1] == 3:
-        return obs.astype(np.uint8) if obs.dtype != np.uint8 else obs
-    if obs.ndim == 3 and obs.shape[0] in (1, 3):
-        img = np.moveaxis(obs.astype(np.float32), 0, -1)
-        img = (img - img.min()) / max(float(img.max() - img.min()), 1e-9)
-        return (np.repeat(img, 3, -1) if img.shape[-1] == 1 else img * 255).astype(np.uint8)
-    return None
+if TYPE_CHECKING:
+    from policylens.studies.rook_sae.evaluation import SpliceEval
+    from policylens.studies.rook_sae.latents import LatentCard
+    from policylens.studies.rook_sae.runs import SAEDashboard
 
 
 def _draw_obs(
-    ax, obs: np.ndarray, env_id: str | None, env_kwargs: dict[str, Any], position, title: str
+    ax: Any,
+    obs: np.ndarray,
+    env_id: str | None,
+    env_kwargs: Mapping[str, Any],
+    position: tuple[int, int] | None,
+    title: str,
 ) -> None:
-    img = observation_image(obs, env_id, env_kwargs)
+    img = for_env(env_id or "").picture(obs, env_kwargs)
     ax.set_title(title, fontsize=8)
     if img is None:
         flat = np.asarray(obs, dtype=float).ravel()
@@ -114,14 +60,15 @@ def _draw_obs(
 
 
 def latent_figure(
-    card,
+    card: LatentCard,
     env_id: str | None,
     actions: Sequence[str],
-    site: dict[str, Any],
-    env_kwargs: dict[str, Any] | None = None,
+    hook: str,
+    env_kwargs: Mapping[str, Any] | None = None,
 ) -> bytes:
-    """One latent's dashboard: top observations, activation histogram, effect on actions, and its
-    best-matching ground-truth concept in the title."""
+    """One latent's dashboard: top observations (drawn as ``env_id``'s world draws them),
+    activation histogram, effect on ``actions``, and its best-matching ground-truth concept in
+    the title."""
     n_top = max(1, len(card.top_rows))
     fig = plt.figure(figsize=(max(9.0, 1.9 * n_top), 6.2))
     top_row, bottom_row = fig.subfigures(2, 1, squeeze=False, height_ratios=[1.0, 1.15])[:, 0]
@@ -162,77 +109,70 @@ def latent_figure(
     if card.concept:
         meaning = f"\nbest concept: {card.concept['concept']} (r = {card.concept['r']:+.2f})"
     fig.suptitle(
-        f"latent {card.latent} of {site.get('hook', '?')}{meaning}",
+        f"latent {card.latent} of {hook}{meaning}",
         fontsize=10,
         y=1.08 if meaning else 1.02,
     )
     return to_png(fig)
 
 
-def behaviour_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """One table row per condition of a spliced-in evaluation (``evaluate_spliced``'s result)."""
-    from policylens.studies.rook_sae.evaluation import CONDITIONS
+def behaviour_rows(result: SpliceEval) -> list[dict[str, Any]]:
+    """One table row per condition of a spliced-in evaluation."""
 
-    def ci(e: dict[str, Any], key: str) -> str:
-        lo, hi = e[f"{key}_ci"]
-        return f"{e[key]:.3f} [{lo:.3f}, {hi:.3f}]"
+    def ci(value: float, interval: tuple[float, float]) -> str:
+        return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
 
     rows = []
-    for cond in CONDITIONS:
-        e = result.get(cond)
-        if e is None:
-            continue
-        hooked = cond != "original"
+    for cond, e in result.conditions.items():
+        off = e.held_out
         rows.append(
             {
                 "at the hook": cond.replace("_", " "),
-                "success (95% CI)": ci(e, "success_rate"),
-                "kept": e.get("success_kept", "") if hooked else "",
-                "return (95% CI)": f"{e['return']:.2f} [{e['return_ci'][0]:.2f}, "
-                f"{e['return_ci'][1]:.2f}]",
-                "agree in world (95% CI)": ci(e, "action_agreement") if hooked else "",
-                "agree held-out": e["offline_action_agreement"] if hooked else "",
-                "KL": e["kl"] if hooked else "",
-                "regret / gap": f"{e['regret']:.3g} / {e['gap']:.3g}" if hooked else "",
+                "success (95% CI)": ci(e.success_rate, e.success_rate_ci),
+                "kept": e.success_kept if off is not None and e.success_kept is not None else "",
+                "return (95% CI)": f"{e.mean_return:.2f} [{e.return_ci[0]:.2f}, "
+                f"{e.return_ci[1]:.2f}]",
+                "agree in world (95% CI)": ci(e.action_agreement, e.action_agreement_ci)
+                if off is not None
+                else "",
+                "agree held-out": off.action_agreement if off is not None else "",
+                "KL": off.kl if off is not None else "",
+                "regret / gap": f"{off.regret:.3g} / {off.gap:.3g}" if off is not None else "",
             }
         )
     return rows
 
 
-def write_sae_dashboard(
-    folder: str | Path,
-    cards: list,
-    context: dict[str, Any],
-    num_actions: int,
-    behaviour: dict[str, Any] | None = None,
-    concepts: dict[str, Any] | None = None,
-) -> Path:
-    """Write ``latent_<j>.png`` per card and ``index.html`` into ``folder``; returns the HTML path.
+def render(dashboard: SAEDashboard, folder: str | Path) -> Path:
+    """Write ``latent_<j>.png`` per card, ``latents.json`` and ``index.html`` into ``folder``;
+    returns the HTML path.
 
-    ``behaviour`` (``evaluate_spliced``'s result) opens the page; ``concepts``
-    (``match_concepts``'s result) lists every live latent's best ground-truth concept.
+    The page opens with the behaviour with the SAE spliced in (when measured), then every live
+    latent's best ground-truth concept (when matched), then the cards.
     """
     from policylens.artifacts import write_bytes, write_json
     from policylens.report.html import Report
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    context, cards = dashboard.context, dashboard.cards
+    behaviour, concepts = dashboard.behaviour, dashboard.concepts
     env_id = context.get("env_id")
     env_kwargs = context.get("env_kwargs", {})
-    actions = action_names(env_id, env_kwargs, num_actions)
     site = context.get("site", {})
+    hook = site.get("hook", "?")
     report = Report(
-        f"SAE feature dashboard: {site.get('hook', '?')}",
+        f"SAE feature dashboard: {hook}",
         f"{context.get('arch')} SAE with {context.get('d_sae')} latents on {site.get('layout')} "
         f"vectors of {site.get('hook')} (activation shape {site.get('shape')}), agent of "
         f"{context.get('run')} at step {context.get('checkpoint_step')}, "
         f"{context.get('observations')} observations of {env_id}.",
     )
     if behaviour is not None:
-        rec = behaviour["reconstruction"]
+        rec = behaviour.reconstruction
         section = report.section("Behaviour with the SAE spliced in")
         section.note(
-            f"{behaviour['episodes']} episodes per condition from the same starts. The SAE "
+            f"{behaviour.episodes} episodes per condition from the same starts. The SAE "
             "replaces the hook's activation by its reconstruction (spliced); zero and mean "
             "ablation of the whole hook are the floor. Kept: success over the original's. "
             "Agree: the same action as the original agent on the same observation, in the world "
@@ -243,7 +183,7 @@ def write_sae_dashboard(
         section.note(
             f"Reconstruction on the held-out observations: explained variance "
             f"{rec['explained_variance']:.4f}, L0 {rec['l0']:.1f}, dead latents "
-            f"{rec['dead_latents']} of {behaviour['d_sae']} (objective {behaviour['objective']})."
+            f"{rec['dead_latents']} of {behaviour.d_sae} (objective {behaviour.objective})."
         )
     if concepts is not None:
         section = report.section("What the live latents track (ground truth)")
@@ -312,61 +252,11 @@ def write_sae_dashboard(
     )
     summary.json(context)
     for card in cards:
-        png = latent_figure(card, env_id, actions, site, env_kwargs)
+        png = latent_figure(card, env_id, dashboard.action_names, hook, env_kwargs)
         write_bytes(folder / f"latent_{card.latent}.png", png)
         report.section(f"Latent {card.latent}").figure(png, f"dashboard of latent {card.latent}")
-    write_json(
-        folder / "latents.json",
-        {
-            "context": context,
-            "latents": [c.summary() for c in cards],
-            **({"behaviour": behaviour} if behaviour is not None else {}),
-            **({"concepts": _json_keys(concepts)} if concepts is not None else {}),
-        },
-    )
+    write_json(folder / "latents.json", dashboard.to_json())
     return report.write(folder / "index.html")
 
 
-def _json_keys(concepts: dict[str, Any]) -> dict[str, Any]:
-    """``match_concepts``'s result with latent numbers as strings (JSON object keys)."""
-    return {**concepts, "latents": {str(j): e for j, e in concepts["latents"].items()}}
-
-
-def dashboard_run_sae(
-    run_path: str | os.PathLike,
-    sae_dir: str | os.PathLike,
-    latents: Sequence[int] | None = None,
-    top: int = 8,
-    steps: int = 4096,
-    step: int | None = None,
-    hook: str | None = None,
-    out: str | os.PathLike | None = None,
-    seed: int = 10_000,
-    episodes: int = 100,
-) -> tuple[Path, list[dict[str, Any]]]:
-    """Feature dashboards (PNG per latent + ``index.html``) for an SAE folder on a run's agent.
-
-    The study computes the cards, the behaviour with the SAE spliced in (``episodes`` per
-    condition; 0: none) and the concepts (:func:`~policylens.studies.rook_sae.runs.dashboard_data`,
-    on ``steps`` fresh steps seeded with ``seed``); they are drawn into ``out`` (default
-    ``<sae_dir>/dashboard``). Returns the HTML path and each latent's summary.
-    """
-    from policylens.studies.rook_sae.runs import dashboard_data
-
-    data = dashboard_data(run_path, sae_dir, latents, top, steps, step, hook, seed, episodes)
-    folder = Path(out) if out is not None else Path(sae_dir) / "dashboard"
-    html = write_sae_dashboard(
-        folder, data.cards, data.context, data.num_actions, data.behaviour, data.concepts
-    )
-    return html, [c.summary() for c in data.cards]
-
-
-__all__ = [
-    "action_names",
-    "behaviour_rows",
-    "dashboard_run_sae",
-    "latent_figure",
-    "maze_state_from_grid",
-    "observation_image",
-    "write_sae_dashboard",
-]
+__all__ = ["behaviour_rows", "latent_figure", "render"]

@@ -1,5 +1,6 @@
 """The sweep report: each metric's mean over seeds with its 95% interval at every parameter
-combination, the aggregate as a table, and every trial's row; written to ``OUT/report.html``."""
+combination, the aggregate as a table, and every trial's row; written to ``OUT/report.html``.
+It draws a :class:`~policylens.sweeps.SweepResult` (aggregated by the sweep) and computes nothing."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from typing import Any
 
 from policylens.report import figures
 from policylens.report.html import Report
-from policylens.sweeps import SweepSpec, aggregate, read_sweep
-from policylens.sweeps.results import columns, metric_names
+from policylens.sweeps import SweepResult, SweepSpec
+from policylens.sweeps.results import columns
 
 
 def _label(params: dict[str, Any], single: bool) -> str:
@@ -30,12 +31,12 @@ def interval_text(m: dict[str, Any]) -> str:
 
 
 def metrics_by_parameter(
-    spec: SweepSpec, rows: list[dict[str, Any]], names: list[str] | None = None
+    result: SweepResult, names: list[str] | None = None
 ) -> tuple[bytes | None, list[dict[str, Any]]]:
     """The metrics ``names`` (default all) at every parameter combination: a figure of the means
     over seeds with Student-t 95% intervals and the single seeds as dots, and the same as a table."""
-    groups = aggregate(spec, rows)
-    names = metric_names(spec, rows) if names is None else names
+    spec, rows, groups = result.spec, result.rows, result.groups
+    names = result.metric_names if names is None else names
     single = len(spec.grid) == 1
     labels = [_label(g["params"], single) for g in groups]
     panels = []
@@ -65,8 +66,9 @@ def metrics_by_parameter(
     return figure, table
 
 
-def sweep_report(spec: SweepSpec, rows: list[dict[str, Any]], title: str) -> Report:
-    """The report of a sweep's result rows (from :func:`policylens.sweeps.run_sweep`)."""
+def sweep_report(result: SweepResult, title: str) -> Report:
+    """The report of a sweep's result."""
+    spec, rows = result.spec, result.rows
     report = Report(
         title,
         f"{len(rows)} trials in the {spec.world} world: every combination of "
@@ -74,7 +76,7 @@ def sweep_report(spec: SweepSpec, rows: list[dict[str, Any]], title: str) -> Rep
         f"{spec.steps or 'the recipe default of'} steps each, evaluated by {spec.evaluate}. "
         "Points are means over seeds with Student-t 95% intervals; grey dots are single seeds.",
     )
-    figure, table = metrics_by_parameter(spec, rows)
+    figure, table = metrics_by_parameter(result)
     sec = report.section("Metrics by parameter")
     if figure:
         sec.figure(figure, "metrics by parameter")
@@ -89,10 +91,9 @@ def _key(spec: SweepSpec, row: dict[str, Any]) -> tuple:
     return tuple(row[p] for p in spec.grid)
 
 
-def write_sweep_report(out: str | Path) -> Path:
-    """Draw the sweep in ``out`` (its ``sweep.json`` and results) into ``out/report.html``."""
+def render(result: SweepResult, out: str | Path) -> Path:
+    """Draw a sweep's result into ``out/report.html`` (``out``: the sweep's folder)."""
     out = Path(out)
-    spec, rows = read_sweep(out)
-    if not rows:
+    if not result.rows:
         raise ValueError(f"the sweep in {out} has no finished trials to report yet.")
-    return sweep_report(spec, rows, f"policylens sweep: {out.name}").write(out / "report.html")
+    return sweep_report(result, f"policylens sweep: {out.name}").write(out / "report.html")

@@ -1,9 +1,9 @@
 """The "isolating updates" report: evaluations, salvage, and the structure of the weight update.
 
-:func:`write_updates_report` turns an experiment's analysis (see
-:func:`policylens.studies.lunar_updates.analyze_experiment`) into a self-contained HTML page;
-:func:`add_updates_section` adds the same content to an existing :class:`Report`, and
-:func:`write_compare_report` renders :func:`~policylens.studies.lunar_updates.compare_experiments`.
+:func:`render` draws an experiment's :class:`~policylens.studies.lunar_updates.UpdatesAnalysis`
+as a self-contained HTML page; :func:`add_updates_section` adds the same content to an existing
+:class:`Report` from the analysis's record, and :func:`render_comparison` draws an
+:class:`~policylens.studies.lunar_updates.UpdatesComparison`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -21,6 +21,9 @@ import numpy as np  # noqa: E402
 
 from policylens.report.figures import to_png  # noqa: E402
 from policylens.report.html import Report  # noqa: E402
+
+if TYPE_CHECKING:
+    from policylens.studies.lunar_updates.analysis import UpdatesAnalysis, UpdatesComparison
 
 MODEL_ORDER = (
     "initial",
@@ -419,33 +422,22 @@ def add_updates_section(report: Report, analysis: dict[str, Any], root: str | Pa
     return report
 
 
-def write_updates_report(
-    root: str | Path, analysis: dict[str, Any] | None = None, out: str | Path | None = None
-) -> Path:
-    """Write ``ROOT/report.html`` (or ``out``) for an experiment folder; returns the path."""
-    from policylens import artifacts
-
-    root = Path(root)
-    if analysis is None:
-        file = root / "analysis" / "updates.json"
-        if not file.is_file():
-            raise FileNotFoundError(
-                f"No analysis in {root}; run `policylens updates analyze {root}` first."
-            )
-        analysis = artifacts.read_json(file)
-    e = analysis["experiment"]
+def render(analysis: UpdatesAnalysis, out: str | Path | None = None) -> Path:
+    """Write the experiment's page to ``out`` (default ``<experiment>/report.html``)."""
+    e = analysis.experiment
+    root = Path(e["path"])
     report = Report(
         f"Isolating updates: {e['phase1']} -> {', '.join(e['phase2'])} ({e['backend']})",
-        "Two-phase PPO on LunarLander: the weight update of a changed reward, subtracted, "
+        "Two-phase PPO in the lunar world: the weight update of a changed reward, subtracted, "
         "perturbed and retrained.",
     )
-    add_updates_section(report, analysis, root)
+    add_updates_section(report, analysis.record(), root)
     return report.write(Path(out) if out is not None else root / "report.html")
 
 
-def compare_figure(result: dict[str, Any], keys: Sequence[str]) -> bytes:
+def compare_figure(result: UpdatesComparison, keys: Sequence[str]) -> bytes:
     """One panel per statistic: a dot per seed and a mean line per group."""
-    rows = result["rows"]
+    rows = result.rows
     keys = [k for k in keys if any(k in r for r in rows)]
     fig, axes = plt.subplots(1, len(keys), figsize=(3.1 * len(keys), 3.3), squeeze=False)
     for ax, k in zip(axes[0], keys, strict=True):
@@ -475,12 +467,12 @@ COMPARE_KEYS = (
 )
 
 
-def write_compare_report(result: dict[str, Any], out: str | Path) -> Path:
-    """An HTML page for :func:`~policylens.studies.lunar_updates.compare_experiments`."""
-    report = Report(f"Comparing updates experiments by {result['by']}", "")
+def render_comparison(result: UpdatesComparison, out: str | Path) -> Path:
+    """Write the comparison's page to ``out``."""
+    report = Report(f"Comparing updates experiments by {result.by}", "")
     sec = report.section("Statistics per group (mean [95% CI] over seeds)")
     table = []
-    for r in result["rows"]:
+    for r in result.rows:
         row = {"group": r["group"], "experiments": r["experiments"]}
         for k in COMPARE_KEYS:
             if k in r:
@@ -490,7 +482,7 @@ def write_compare_report(result: dict[str, Any], out: str | Path) -> Path:
     sec.figure(compare_figure(result, COMPARE_KEYS), "comparison")
     sal = report.section("Salvage curves (mean line per group)")
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    for g, curves in result["salvage_curves"].items():
+    for g, curves in result.salvage_curves.items():
         grid, mean = _mean_curve(curves)
         if grid is not None:
             ax.plot(grid, mean, lw=2, label=g)
@@ -499,7 +491,7 @@ def write_compare_report(result: dict[str, Any], out: str | Path) -> Path:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
     sal.figure(to_png(fig), "salvage by group")
-    sec.json({"experiments": result["experiments"]})
+    sec.json({"experiments": result.experiments})
     return report.write(out)
 
 
@@ -514,9 +506,9 @@ __all__ = [
     "heatmaps_figure",
     "model_rows",
     "norms_figure",
+    "render",
+    "render_comparison",
     "sparsity_figure",
     "spectra_figure",
     "update_table",
-    "write_compare_report",
-    "write_updates_report",
 ]

@@ -5,7 +5,7 @@ evaluated on a local process pool or on Ray, with results aggregated over seeds.
 rows it returns (also in ``OUT/results.csv``), ``read_sweep`` reads a sweep folder back.
 """
 
-from policylens.sweeps.results import aggregate, read_sweep, write_results
+from policylens.sweeps.results import SweepResult, aggregate, read_sweep, write_results
 from policylens.sweeps.runner import BACKENDS, TrialsFailed, run_sweep, run_trial, training_metrics
 from policylens.sweeps.spec import (
     SweepSpec,
@@ -20,6 +20,7 @@ from policylens.sweeps.spec import (
 __all__ = [
     "BACKENDS",
     "function_path",
+    "SweepResult",
     "SweepSpec",
     "Trial",
     "TrialsFailed",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,14 +53,36 @@ def _csv_cell(value: Any) -> Any:
     return f"{value:.6g}" if isinstance(value, float) else value
 
 
-def read_sweep(out: str | Path) -> tuple[SweepSpec, list[dict[str, Any]]]:
-    """The spec and result rows of the sweep in ``out``."""
+@dataclass(frozen=True)
+class SweepResult:
+    """A sweep's spec, its trials' rows, and their aggregate over seeds (:func:`aggregate`)."""
+
+    spec: SweepSpec
+    rows: list[dict[str, Any]]
+    groups: list[dict[str, Any]]
+
+    @classmethod
+    def of(cls, spec: SweepSpec, rows: list[dict[str, Any]]) -> SweepResult:
+        """The result of ``rows`` (from :func:`~policylens.sweeps.run_sweep`), aggregated."""
+        return cls(spec, rows, aggregate(spec, rows))
+
+    @property
+    def metric_names(self) -> list[str]:
+        return metric_names(self.spec, self.rows)
+
+    def to_json(self) -> dict[str, Any]:
+        """``policylens sweep --json``: the trials' rows and their aggregate."""
+        return {"results": self.rows, "aggregate": self.groups}
+
+
+def read_sweep(out: str | Path) -> SweepResult:
+    """The sweep in ``out``: its spec, finished trials' rows and their aggregate."""
     out = Path(out)
     if not (out / "sweep.json").is_file():
         raise FileNotFoundError(f"{out} holds no sweep (no sweep.json); run `policylens sweep`.")
     spec = SweepSpec.from_dict(read_json(out / "sweep.json"))
     rows = read_json(out / "results.json") if (out / "results.json").is_file() else []
-    return spec, rows
+    return SweepResult.of(spec, rows)
 
 
 def aggregate(spec: SweepSpec, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -53,8 +53,8 @@ SUCCESS_OUTCOMES = ("checkmate",)
 class DQNConfig:
     """Hyperparameters of a DQN run; every field is saved in the run's config.json."""
 
-    env_id: str = "policylens/RookEndgame-v0"
-    """Registered world to train in."""
+    env_id: str
+    """Registered world to train in (a world's recipe fills it: ``policylens.worlds``)."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """Options passed to the world (e.g. opponent, max_steps)."""
     arch: str = "mlp"
@@ -595,8 +595,8 @@ def _legal(infos: dict[str, Any], n: int, num_actions: int) -> np.ndarray:
 # -- evaluation ---------------------------------------------------------------------------------
 def evaluate_q_agent(
     agent: nn.Module,
+    env_id: str,
     episodes: int = 1000,
-    env_id: str = "policylens/RookEndgame-v0",
     env_kwargs: dict[str, Any] | None = None,
     seed: int = 10_000,
     epsilon: float = 0.0,
@@ -611,10 +611,10 @@ def evaluate_q_agent(
     from policylens.rollout import engine, stats
 
     policy = engine.Policy(greedy=True, epsilon=epsilon, mask_illegal=mask_illegal)
-    eps = engine.run_episodes(
-        agent, episodes, env_id, env_kwargs, seed=seed, policy=policy, max_envs=max_envs,
-        end_labels=("outcome",),
-    )  # fmt: skip
+    options = engine.EpisodeOptions(
+        seed=seed, policy=policy, max_envs=max_envs, labels=engine.Labels(end=("outcome",))
+    )
+    eps = engine.run_episodes(agent, episodes, env_id, env_kwargs, options)
     outcomes = [str(e.end.get("outcome", "")) for e in eps]
     summary: dict[str, Any] = {
         "env_id": env_id,

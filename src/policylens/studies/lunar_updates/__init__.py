@@ -1,4 +1,4 @@
-"""Isolating updates: two-phase PPO on LunarLander, the weight update, and its controls.
+"""Isolating updates: two-phase PPO in the lunar world, the weight update, and its controls.
 
 The protocol (one experiment folder, every seed and reward variant an independent job):
 
@@ -18,13 +18,14 @@ analysis, comparisons). The study returns data; policylens.report.updates render
 """
 
 from policylens.studies.lunar_updates.analysis import (
+    UpdatesAnalysis,
+    UpdatesComparison,
     analyze_experiment,
     compare_experiments,
     find_experiments,
     steps_to_recover,
 )
 from policylens.studies.lunar_updates.evaluation import (
-    LUNAR_ID,
     ensure_lunar_world,
     evaluate_weights,
     lunar_episodes,
@@ -47,8 +48,9 @@ from policylens.studies.lunar_updates.protocol import (
 __all__ = [
     "BACKENDS",
     "EXPERIMENT_FILE",
-    "LUNAR_ID",
     "Job",
+    "UpdatesAnalysis",
+    "UpdatesComparison",
     "UpdatesConfig",
     "agent_for",
     "analyze_experiment",

@@ -1,14 +1,16 @@
 """Analysis of finished experiments: evaluations across seeds, update structure, consistency,
 salvage, and comparisons of several experiments.
 
-:func:`analyze_experiment` returns plain JSON data and saves it as ``DIR/analysis/updates.json``;
-the HTML report (policylens.report.updates) is written by the caller from that data.
+:func:`analyze_experiment` returns an :class:`UpdatesAnalysis` and saves it as
+``DIR/analysis/updates.json``; :func:`compare_experiments` returns an :class:`UpdatesComparison`.
+policylens.report.updates renders both.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from policylens.studies.lunar_updates.protocol import (
     EVAL_FILE,
     EXPERIMENT_FILE,
     UNIT_FILE,
+    UpdatesConfig,
     final_checkpoint,
     load_experiment,
     return_curve,
@@ -115,16 +118,81 @@ def _pairwise_mean(sim: np.ndarray, pick: Iterable[tuple[int, int]]) -> dict:
 
 
 # ----------------------------------------------------------------------------- one experiment
-def analyze_experiment(path: str | Path) -> dict[str, Any]:
+ANALYSIS_FILE = "analysis/updates.json"
+"""Where an experiment folder keeps its analysis (:meth:`UpdatesAnalysis.record`)."""
+
+
+@dataclass(frozen=True)
+class UpdatesAnalysis:
+    """One experiment analysed: the models' behaviour, the updates, their consistency, salvage."""
+
+    experiment: dict[str, Any]
+    """The experiment's settings (:class:`UpdatesConfig` as JSON), env id and folder."""
+    arch: dict[str, Any] | None
+    """The network (:func:`arch_signature`): what makes two experiments' weights comparable."""
+    evaluation: dict[str, Any]
+    """Model -> phase-2 variant ("*" for initial and pre) -> returns under every reward
+    variant, fuel used, landing and crash rates: means over seeds with 95% intervals."""
+    updates: dict[str, Any]
+    """``s<seed>/<variant>`` -> the update's size, sparsity, rank and location
+    (:func:`policylens.lenses.updates.summarize_update`)."""
+    noise: dict[str, Any]
+    """The same label -> its noise control's sparsity, for comparison."""
+    cosine: dict[str, Any]
+    """Cosine similarity of all updates: labels, matrix, and per parameter group."""
+    consistency: dict[str, Any]
+    """Mean cosine across seeds, across variants within a seed, and of the reward-specific part."""
+    salvage: dict[str, Any]
+    """Retraining curves of the subtracted models and their steps to recover."""
+    phase1_curves: dict[str, Any]
+    """Seed -> phase 1's training-return curve."""
+
+    @property
+    def file(self) -> Path:
+        """Where the analysis is saved in its experiment folder."""
+        return Path(self.experiment["path"]) / ANALYSIS_FILE
+
+    def record(self) -> dict[str, Any]:
+        """Everything, as saved in ``analysis/updates.json`` (what the report draws)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> UpdatesAnalysis:
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
+
+    def to_json(self) -> dict[str, Any]:
+        """The numbers a summary needs: no per-tensor detail, no curves."""
+        return {
+            "experiment": self.experiment,
+            "arch": self.arch,
+            "evaluation": self.evaluation,
+            "updates": {
+                k: {f: v for f, v in u.items() if f != "tensors"} for k, u in self.updates.items()
+            },
+            "consistency": self.consistency,
+            "recovery": self.salvage["recovery"],
+            "analysis_file": str(self.file),
+        }
+
+
+def analyze_experiment(path: str | Path) -> UpdatesAnalysis:
     """Analyse a finished experiment folder: evaluations, update structure, consistency, salvage.
 
-    Writes ``analysis/updates.json`` and returns it. Raises a clear error when a phase
-    checkpoint is missing.
+    Saves it as ``analysis/updates.json`` (the folder locked meanwhile). Raises a clear error
+    when a phase checkpoint is missing.
     """
+    root = Path(path)
+    config, meta = load_experiment(root)  # refuses a folder that is not an experiment
+    with artifacts.FolderLock(root, "experiment folder"):
+        analysis = _analyze(root, config, meta)
+        artifacts.write_json(root / ANALYSIS_FILE, analysis.record())
+    return analysis
+
+
+def _analyze(root: Path, config: UpdatesConfig, meta: dict[str, Any]) -> UpdatesAnalysis:
+    """The body of :func:`analyze_experiment`, run while its folder is locked."""
     from policylens.runs import Run
 
-    root = Path(path)
-    config, meta = load_experiment(root)
     evals: dict[str, dict[str, list]] = {}  # model -> list of per-seed summaries (by unit)
     updates: dict[str, U.StateDict] = {}
     summaries: dict[str, Any] = {}
@@ -142,7 +210,8 @@ def analyze_experiment(path: str | Path) -> dict[str, Any]:
         if not ev_file.is_file():
             raise FileNotFoundError(
                 f"The evaluation of seed {seed}'s initial and pre models is missing ({ev_file}); "
-                "rerun `policylens updates run` with the same settings and --out to finish it."
+                "run the experiment again with the same settings into the same folder to "
+                "finish it."
             )
         ev1 = artifacts.read_json(ev_file)
         for name in ("initial", "pre"):
@@ -155,7 +224,8 @@ def analyze_experiment(path: str | Path) -> dict[str, Any]:
                 final_checkpoint(unit / "phase2", f"phase-2 (post, {variant})", seed)
                 raise FileNotFoundError(
                     f"Seed {seed}'s {variant} unit has no {UNIT_FILE} (its evaluation did not "
-                    "finish); rerun `policylens updates run` with the same settings and --out."
+                    "finish); run the experiment again with the same settings into the same "
+                    "folder."
                 )
             data = artifacts.read_json(unit_file)
             post_file = final_checkpoint(unit / "phase2", f"phase-2 (post, {variant})", seed)
@@ -239,19 +309,17 @@ def analyze_experiment(path: str | Path) -> dict[str, Any]:
             "subtracted_return": sub,
             "pre_return": pre_a,
         }
-    result = {
-        "experiment": {**config.to_json(), "env_id": meta.get("env_id"), "path": str(root)},
-        "arch": arch,
-        "evaluation": evaluation,
-        "updates": summaries,
-        "noise": noise_summaries,
-        "cosine": {"labels": labels, "matrix": sim.tolist(), "by_group": by_group},
-        "consistency": consistency,
-        "salvage": {"curves": salvage, "recovery": recovery, "fraction": RECOVERY_FRACTION},
-        "phase1_curves": phase1,
-    }
-    artifacts.write_json(root / "analysis" / "updates.json", result)
-    return result
+    return UpdatesAnalysis(
+        experiment={**config.to_json(), "env_id": meta.get("env_id"), "path": str(root)},
+        arch=arch,
+        evaluation=evaluation,
+        updates=summaries,
+        noise=noise_summaries,
+        cosine={"labels": labels, "matrix": sim.tolist(), "by_group": by_group},
+        consistency=consistency,
+        salvage={"curves": salvage, "recovery": recovery, "fraction": RECOVERY_FRACTION},
+        phase1_curves=phase1,
+    )
 
 
 # ----------------------------------------------------------------------------- query, compare
@@ -283,15 +351,33 @@ def find_experiments(
     return found
 
 
-def experiment_analysis(path: str | Path) -> dict[str, Any]:
+def experiment_analysis(path: str | Path) -> UpdatesAnalysis:
     """The saved analysis of an experiment, computed if absent."""
-    file = Path(path) / "analysis" / "updates.json"
+    file = Path(path) / ANALYSIS_FILE
     if file.is_file():
-        return artifacts.read_json(file)
+        return UpdatesAnalysis.from_record(artifacts.read_json(file))
     return analyze_experiment(path)
 
 
-def compare_experiments(paths: Sequence[str | Path], by: str = "variant") -> dict[str, Any]:
+@dataclass(frozen=True)
+class UpdatesComparison:
+    """Several experiments grouped by reward variants, step counts or backend."""
+
+    by: str
+    """The grouping: one of :data:`COMPARE_BY`."""
+    experiments: list[str]
+    rows: list[dict[str, Any]]
+    """Per (group, phase-2 variant): ``group``, ``experiments`` and, per statistic, its mean
+    over all seeds of the group with a 95% interval, ``n`` and the values."""
+    salvage_curves: dict[str, list[Any]]
+    """Group -> every seed's salvage curve."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The statistics (curves left out)."""
+        return {"by": self.by, "experiments": self.experiments, "rows": self.rows}
+
+
+def compare_experiments(paths: Sequence[str | Path], by: str = "variant") -> UpdatesComparison:
     """Compare experiments grouped by reward variants, step counts or backend.
 
     One row per (group, phase-2 variant) with means over all seeds of the group and 95% intervals.
@@ -301,13 +387,13 @@ def compare_experiments(paths: Sequence[str | Path], by: str = "variant") -> dic
     check_known([by], COMPARE_BY, "grouping")
     if not paths:
         raise ValueError("Name at least one experiment folder to compare.")
-    analyses = [experiment_analysis(p) for p in paths]
+    analyses = [experiment_analysis(p).record() for p in paths]
     first = analyses[0]
     for p, a in zip(paths[1:], analyses[1:], strict=True):
         if a["arch"] != first["arch"] and by != "backend":
             raise ValueError(
                 f"{paths[0]} ({_arch_text(first['arch'])}) and {p} ({_arch_text(a['arch'])}) have "
-                "different architectures; compare runs of one architecture, or use --by backend "
+                "different architectures; compare runs of one architecture, or group by backend "
                 "for architecture-free statistics."
             )
     groups: dict[str, list[tuple[dict[str, Any], str]]] = {}
@@ -374,12 +460,7 @@ def compare_experiments(paths: Sequence[str | Path], by: str = "variant") -> dic
             mu, lo, hi = stats.mean_ci(x) if x.size else (math.nan, math.nan, math.nan)
             row[k] = {"mean": mu, "ci": [lo, hi], "n": int(x.size), "values": xs}
         rows.append(row)
-    return {
-        "by": by,
-        "experiments": [str(p) for p in paths],
-        "rows": rows,
-        "salvage_curves": curves,
-    }
+    return UpdatesComparison(by, [str(p) for p in paths], rows, curves)
 
 
 def _arch_text(sig: dict[str, Any]) -> str:
@@ -389,8 +470,11 @@ def _arch_text(sig: dict[str, Any]) -> str:
 
 
 __all__ = [
+    "ANALYSIS_FILE",
     "COMPARE_BY",
     "RECOVERY_FRACTION",
+    "UpdatesAnalysis",
+    "UpdatesComparison",
     "analyze_experiment",
     "arch_signature",
     "compare_experiments",

@@ -1,4 +1,4 @@
-"""Evaluation of the study's models: full LunarLander episodes, scored under every reward variant.
+"""Evaluation of the study's models: full lunar-lander episodes, scored under every reward variant.
 
 Reward variants only re-weight the same two reward terms (the reward never feeds back into the
 dynamics), so a model plays one set of episodes under the standard reward and each variant's
@@ -12,25 +12,26 @@ from typing import Any
 import numpy as np
 import torch
 
+from policylens import worlds
+from policylens.agents.agent import HookedAgent
 from policylens.rollout import stats
-from policylens.rollout.engine import Policy, run_episodes
+from policylens.rollout.engine import EpisodeOptions, Labels, Policy, run_episodes
 
-LUNAR_ID = "policylens/LunarLander-v0"
-"""The LunarLander world with reward variants, registered by policylens.envs."""
 END_FLAGS = ("landed", "landed_on_pad", "crashed")
 """World labels of an episode's last step that the evaluation counts."""
 
 
 def ensure_lunar_world() -> str:
-    """The LunarLander world's id, checking that policylens.envs registered it."""
+    """The lunar world's env id, checking that policylens.envs registered it."""
     from policylens.envs import WORLDS
 
-    if LUNAR_ID not in WORLDS:
+    env_id = worlds.get("lunar").env_id
+    if env_id not in WORLDS:
         raise ValueError(
-            f"The world {LUNAR_ID} is not registered; reinstall policylens (policylens.envs "
+            f"The world {env_id} is not registered; reinstall policylens (policylens.envs "
             "registers it on import)."
         )
-    return LUNAR_ID
+    return env_id
 
 
 def variant_coefficients() -> dict[str, tuple[float, float]]:
@@ -41,28 +42,20 @@ def variant_coefficients() -> dict[str, tuple[float, float]]:
 
 
 def lunar_episodes(
-    agent,
-    episodes: int,
-    seed: int,
-    greedy: bool = False,
-    env_id: str = LUNAR_ID,
+    agent: HookedAgent, episodes: int, seed: int, greedy: bool = False
 ) -> dict[str, list]:
-    """Play ``episodes`` full LunarLander episodes (one per env slot) with the rollout engine.
+    """Play ``episodes`` full lunar-lander episodes (one per env slot) with the rollout engine.
 
     Returns per-episode lists of the fuel-free return ``base``, the fuel term ``fuel`` (<= 0),
     ``length``, ``landed``, ``landed_on_pad``, ``crashed`` and ``truncated`` (time limit).
     """
-    eps = run_episodes(
-        agent,
-        episodes,
-        env_id,
-        {"reward_variant": "fuel"},
+    options = EpisodeOptions(
         seed=seed,
         policy=Policy(greedy=greedy),
         max_envs=episodes,
-        sum_labels=("reward_base", "fuel"),
-        end_labels=END_FLAGS,
+        labels=Labels(sums=("reward_base", "fuel"), end=END_FLAGS),
     )
+    eps = run_episodes(agent, episodes, ensure_lunar_world(), {"reward_variant": "fuel"}, options)
     return {
         "base": [e.sums["reward_base"] for e in eps],
         "fuel": [e.sums["fuel"] for e in eps],
@@ -88,7 +81,11 @@ def summarize_episodes(eps: dict[str, list]) -> dict[str, Any]:
 
 
 def evaluate_weights(
-    agent, state: dict[str, torch.Tensor], episodes: int, seed: int, greedy: bool = False
+    agent: HookedAgent,
+    state: dict[str, torch.Tensor],
+    episodes: int,
+    seed: int,
+    greedy: bool = False,
 ) -> dict[str, Any]:
     """Load ``state`` into ``agent`` and play ``episodes`` seeded episodes: summary and lists."""
     agent.load_net_state_dict(state, source="the evaluated weights")
@@ -97,7 +94,6 @@ def evaluate_weights(
 
 
 __all__ = [
-    "LUNAR_ID",
     "ensure_lunar_world",
     "evaluate_weights",
     "lunar_episodes",

@@ -44,7 +44,7 @@ EXPERIMENT_FILE = "experiment.json"
 UNIT_FILE = "update.json"
 EVAL_FILE = "evaluation.json"
 RECIPE_OPTIONS = ("hidden", "num_envs", "num_steps", "learning_rate")
-"""Options of :func:`policylens.train.recipes.lunar_recipe` an experiment may override."""
+"""Options of :func:`policylens.worlds.lunar.lunar_recipe` an experiment may override."""
 
 
 # ----------------------------------------------------------------------------- settings
@@ -112,7 +112,7 @@ class UpdatesConfig:
         for v in self.phase2:
             check_variant(v)
         if not self.phase2:
-            raise ValueError("Name at least one phase-2 reward variant, e.g. --phase2 scaled_fuel.")
+            raise ValueError("phase2 must name at least one reward variant, e.g. scaled_fuel.")
         check_known([self.backend], BACKENDS, "backend")
         unknown = sorted(set(self.recipe) - set(RECIPE_OPTIONS))
         if unknown:
@@ -120,24 +120,24 @@ class UpdatesConfig:
                 f"Unknown recipe option(s) {', '.join(unknown)}; use {', '.join(RECIPE_OPTIONS)}."
             )
         if not self.seeds or min(self.seeds) < 0:
-            raise ValueError("Give at least one non-negative seed, e.g. --seeds 0-2.")
+            raise ValueError("seeds must hold at least one non-negative seed, e.g. 0, 1, 2.")
         if self.episodes < 1:
             raise ValueError(f"episodes must be >= 1, got {self.episodes}.")
         batch = self.rollout
         if self.steps2 <= 0:
             raise ValueError(
-                f"The phase-2 length must be positive, got --steps2 {self.steps2}; with no "
+                f"The phase-2 length must be positive, got steps2={self.steps2}; with no "
                 "phase 2 there is no update to study."
             )
-        for name, steps, flag in (
-            ("phase-1", self.steps1, "--steps1"),
-            ("phase-2", self.steps2, "--steps2"),
-            ("salvage", self.salvage, "--salvage-steps"),
+        for name, steps, option in (
+            ("phase-1", self.steps1, "steps1"),
+            ("phase-2", self.steps2, "steps2"),
+            ("salvage", self.salvage, "salvage_steps"),
         ):
             if steps < batch:
                 raise ValueError(
                     f"The {name} length {steps} is shorter than one PPO rollout ({batch} steps = "
-                    f"num_envs x num_steps); use {flag} >= {batch} or a smaller rollout."
+                    f"num_envs x num_steps); use {option} >= {batch} or a smaller rollout."
                 )
 
     @property
@@ -170,8 +170,8 @@ class UpdatesConfig:
 
 
 def phase_config(config: UpdatesConfig, variant: str, steps: int, seed: int):
-    """The PPOConfig of one phase: the LunarLander recipe on ``variant`` for ``steps``."""
-    from policylens.train.recipes import lunar_recipe
+    """The PPOConfig of one phase: the lunar world's recipe on ``variant`` for ``steps``."""
+    from policylens.worlds.lunar import lunar_recipe
 
     recipe = dict(config.recipe)
     if "hidden" in recipe:
@@ -193,7 +193,7 @@ def load_experiment(path: str | Path) -> tuple[UpdatesConfig, dict[str, Any]]:
     if not meta.is_file():
         raise FileNotFoundError(
             f"{path} is not an updates experiment (no {EXPERIMENT_FILE}); create one with "
-            "`policylens updates run ... --out DIR`."
+            "an updates run into that folder."
         )
     data = artifacts.read_json(meta)
     return UpdatesConfig.from_json(data["config"]), data
@@ -225,7 +225,7 @@ def final_checkpoint(run_dir: Path, phase: str, seed: int) -> Path:
     """The last checkpoint of a finished phase, or a clear error naming the missing phase."""
     from policylens.runs import Run
 
-    hint = "rerun `policylens updates run` with the same settings and --out to finish it"
+    hint = "run the experiment again with the same settings into the same folder to finish it"
     where = f"Missing the {phase} checkpoint of seed {seed}"
     if not (run_dir / "config.json").is_file():
         raise FileNotFoundError(f"{where}: {run_dir} holds no run; {hint}.")
@@ -415,7 +415,7 @@ def _run_jobs(
         old = artifacts.read_json(meta_file)
         if old.get("config") != config.to_json():
             raise ValueError(
-                f"{out} holds an experiment with other settings; choose another --out or repeat "
+                f"{out} holds an experiment with other settings; choose another folder or repeat "
                 "the same settings to continue it."
             )
     artifacts.write_json(

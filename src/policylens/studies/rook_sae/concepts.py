@@ -24,6 +24,7 @@ import torch
 
 from policylens.agents.sae import SparseAutoencoder, check_sae_fits
 from policylens.studies.rook_sae.data import ActivationData
+from policylens.worlds import for_env
 
 
 def _rook_concepts(labels: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
@@ -83,11 +84,11 @@ def _maze_concepts(labels: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def world_concepts(data: ActivationData) -> dict[str, np.ndarray]:
     """Named concept values per observation, ``(N,)`` float each, from the world's labels."""
     labels = {k: np.asarray(v) for k, v in data.labels.items()}
-    env_id = str(data.meta.get("env_id") or "")
-    if "RookEndgame" in env_id and "black_king_pos" in labels:
+    world = for_env(str(data.meta.get("env_id") or "")).name
+    if world == "rook" and "black_king_pos" in labels:
         n = int(round(np.sqrt(np.prod(data.obs.shape[1:]) / 3)))
         raw = _rook_concepts(labels, n)
-    elif "Maze" in env_id and "decision_square" in labels:
+    elif world == "maze" and "decision_square" in labels:
         raw = _maze_concepts(labels)
     else:
         raw = {k: v for k, v in labels.items() if v.ndim == 1}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,9 +17,43 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from policylens.agents.agent import HookedAgent
 from policylens.agents.sae import HookSite, hook_site
 from policylens.rollout import engine
 from policylens.rollout.collect import numeric_labels
+from policylens.rollout.store import Store, open_store
+from policylens.runs import Run
+from policylens.worlds import run_world
+
+
+@dataclass(frozen=True)
+class PlaySetting:
+    """Where and how an agent plays: its world (env id and options) and its acting policy."""
+
+    env_id: str
+    env_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    greedy: bool = False
+    """Argmax actions (the right policy for a Q-network) instead of sampling."""
+    mask_illegal: bool = False
+    """Act over legal actions only (worlds that label ``info["legal_actions"]``)."""
+
+    @classmethod
+    def of_run(cls, run: Run) -> PlaySetting:
+        """The world a run was trained in and the policy its agent acts with."""
+        world = run_world(run)
+        return cls(world["env_id"], world["env_kwargs"], world["greedy"], world["mask_illegal"])
+
+    @property
+    def policy(self) -> engine.Policy:
+        return engine.Policy(greedy=self.greedy, mask_illegal=self.mask_illegal)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "env_id": self.env_id,
+            "env_kwargs": dict(self.env_kwargs),
+            "greedy": self.greedy,
+            "mask_illegal": self.mask_illegal,
+        }
 
 
 @dataclass
@@ -78,41 +113,36 @@ class ActivationData:
 
 
 def gather_activations(
-    agent,
+    agent: HookedAgent,
     hook: str,
-    env_id: str,
-    env_kwargs: dict[str, Any] | None = None,
+    setting: PlaySetting,
     steps: int = 10_000,
     seed: int = 0,
-    greedy: bool = False,
-    mask_illegal: bool = False,
     layout: str = "auto",
     num_envs: int = 32,
 ) -> ActivationData:
-    """Play ``agent`` for ``steps`` environment steps and keep what the SAE tools need.
+    """Play ``agent`` in ``setting`` for ``steps`` environment steps and keep what the SAE tools
+    need.
 
-    Environments autoreset, so the rows cover many episodes; actions are sampled (or the argmax
-    with ``greedy``, the right policy for a Q-network), over legal actions only with
-    ``mask_illegal`` (worlds that label ``info["legal_actions"]``). ``seed`` seeds the worlds and
-    the sampling. The world's numeric labels of each observation are kept in ``labels``.
+    Environments autoreset, so the rows cover many episodes. ``seed`` seeds the worlds and the
+    sampling. The world's numeric labels of each observation are kept in ``labels``.
     """
     from policylens.envs import make_vec
 
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}.")
     site = hook_site(agent, hook, layout)
-    env_kwargs = dict(env_kwargs or {})
+    env_kwargs = dict(setting.env_kwargs)
     n = min(num_envs, steps)
-    envs = make_vec(env_id, n, **env_kwargs)
+    envs = make_vec(setting.env_id, n, **env_kwargs)
     parts: dict[str, list] = {"obs": [], "acts": [], "logits": [], "values": [], "legal": []}
     labels: dict[str, list[np.ndarray]] = {}
     rows = 0
     try:
-        engine.check_world(agent, envs, env_id)
-        obs, infos = envs.reset(seed=seed)
-        policy = engine.Policy(greedy=greedy, mask_illegal=mask_illegal)
+        engine.check_world(agent, envs, setting.env_id)
         generator = torch.Generator().manual_seed(seed)
-        stream = engine.steps(agent, envs, obs, infos, policy, generator, cache=[hook])
+        start = envs.reset(seed=seed)
+        stream = engine.steps(agent, envs, start, setting.policy, generator, cache=[hook])
         with contextlib.closing(stream):
             for step in stream:
                 take = min(n, steps - rows)
@@ -136,20 +166,17 @@ def gather_activations(
         logits=torch.cat(parts["logits"]),
         values=torch.cat(parts["values"]),
         legal=np.concatenate(parts["legal"]) if parts["legal"] else None,
-        meta={
-            "env_id": env_id,
-            "env_kwargs": env_kwargs,
-            "steps": steps,
-            "seed": seed,
-            "greedy": greedy,
-            "mask_illegal": mask_illegal,
-        },
+        meta={**setting.to_json(), "steps": steps, "seed": seed},
         labels={k: np.concatenate(v) for k, v in labels.items() if len(v) == len(parts["obs"])},
     )
 
 
 def activations_from_store(
-    store, hook: str, layout: str = "auto", max_rows: int | None = None, seed: int = 0
+    store: Store | str | os.PathLike,
+    hook: str,
+    layout: str = "auto",
+    max_rows: int | None = None,
+    seed: int = 0,
 ) -> ActivationData:
     """Read a hook's activations (and observations, logits, values) from a collect store.
 
@@ -157,13 +184,12 @@ def activations_from_store(
     order).
     """
     from policylens.errors import unknown_message
-    from policylens.rollout import open_store
 
-    store = open_store(store) if isinstance(store, str | os.PathLike) else store
+    store = store if isinstance(store, Store) else open_store(store)
     if hook not in store.hooks:
         raise ValueError(
             unknown_message(f"hook in store {store.path}", hook, store.hooks)
-            + " Collect the store with --hooks including it."
+            + " Collect the store with that hook among its hooks."
         )
     arr = store[f"activations/{hook}"]
     site = HookSite.resolve(hook, arr.row_shape, layout)
@@ -198,4 +224,4 @@ def activations_from_store(
     )
 
 
-__all__ = ["ActivationData", "activations_from_store", "gather_activations"]
+__all__ = ["ActivationData", "PlaySetting", "activations_from_store", "gather_activations"]

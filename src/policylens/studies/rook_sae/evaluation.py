@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from policylens.agents.agent import HookedAgent
 from policylens.agents.hooks import HookFn
 from policylens.agents.sae import (
     HookSite,
@@ -32,36 +34,48 @@ from policylens.agents.sae import (
 )
 from policylens.lenses.sae import evaluate_sae
 from policylens.rollout import stats
-from policylens.rollout.engine import Policy, Step, run_episodes
-from policylens.studies.rook_sae.data import ActivationData
+from policylens.rollout.engine import EpisodeOptions, Policy, Step, run_episodes
+from policylens.studies.rook_sae.data import ActivationData, PlaySetting
 
 CONDITIONS = ("original", "spliced", "zero_ablation", "mean_ablation")
 """What sits at the hook in :func:`evaluate_spliced`: nothing changed, the SAE reconstruction,
 zeros, the hook's mean activation."""
 
 
+@dataclass(frozen=True)
+class OutputComparison:
+    """How far a hooked agent's outputs are from the original's on the same observations."""
+
+    action_agreement: float
+    """Share of observations where the policy chooses the same action (same uniforms)."""
+    action_agreement_ci: tuple[float, float]
+    """Its Wilson 95% interval."""
+    kl: float
+    """Mean KL(original || hooked) of the action distributions (softmax of the logits)."""
+    regret: float
+    """Mean of the original's logit (Q-value) of its own choice minus that of the hooked choice."""
+    gap: float
+    """The original's mean gap between its best and second-best logit (the scale of regret)."""
+    margin_kept: float
+    """Median of the hooked margin for the original's best action over the original's margin
+    (1: kept, below 0: flipped; observations where the original ties left out)."""
+    value_error: float
+    """Mean |V_hooked - V_original|."""
+
+
 @torch.no_grad()
 def compare_outputs(
-    agent,
+    agent: HookedAgent,
     obs: np.ndarray | Tensor,
     fwd_hooks: list,
     policy: Policy,
     seed: int = 0,
     legal: np.ndarray | None = None,
     batch_size: int = 2048,
-) -> dict[str, Any]:
-    """How far a hooked agent's outputs are from the original's on the same observations.
-
-    action_agreement: fraction of observations where ``policy`` chooses the same action (argmax,
-    or sampled with the same uniforms, drawn with ``seed``), with its Wilson interval; kl: mean
-    KL(original || hooked) of the action distributions (softmax of the logits); regret: mean
-    of the original's logit (Q-value) of its own choice minus that of the hooked agent's choice,
-    beside gap, the original's mean gap between its best and second-best logit; margin_kept: the
-    median over observations of the hooked agent's margin for the original's best action (its
-    logit minus the best other) divided by the original's margin (1: kept, below 0: flipped;
-    observations where the original ties are left out);
-    value_error: mean |V_hooked - V_original|.
-    """
+) -> OutputComparison:
+    """The agent with ``fwd_hooks`` against the original on ``obs``: ``policy`` chooses both
+    actions (sampled ones with the same uniforms, drawn with ``seed``), over ``legal`` actions
+    when given."""
     gen = torch.Generator().manual_seed(seed)
     agree = kl = verr = regret = gap = 0.0
     margins = []
@@ -85,16 +99,16 @@ def compare_outputs(
         m_o = _margin(lo, best)
         kept = m_o > 1e-12  # the original's best action is unique there
         margins.append(_margin(lh, best)[kept] / m_o[kept])
-    agreed = round(agree)
-    return {
-        "action_agreement": agree / n,
-        "action_agreement_ci": list(stats.wilson(agreed, n)),
-        "kl": kl / n,
-        "regret": regret / n,
-        "gap": gap / n,
-        "margin_kept": float(ratios.median()) if len(ratios := torch.cat(margins)) else math.nan,
-        "value_error": verr / n,
-    }
+    ratios = torch.cat(margins)
+    return OutputComparison(
+        action_agreement=agree / n,
+        action_agreement_ci=stats.wilson(round(agree), n),
+        kl=kl / n,
+        regret=regret / n,
+        gap=gap / n,
+        margin_kept=float(ratios.median()) if len(ratios) else math.nan,
+        value_error=verr / n,
+    )
 
 
 def _margin(logits: Tensor, best: Tensor) -> Tensor:
@@ -131,16 +145,15 @@ class _Switchable:
 
 
 def play_spliced(
-    agent,
+    agent: HookedAgent,
+    setting: PlaySetting,
     episodes: int,
-    env_id: str,
-    env_kwargs: dict[str, Any] | None = None,
     seed: int = 10_000,
-    policy: Policy | None = None,
     fwd_hooks: Sequence[tuple[str, HookFn]] = (),
     max_envs: int = 256,
 ) -> dict[str, Any]:
-    """Episodes of the hooked agent, each step compared with the unhooked agent on the same obs.
+    """Episodes of the hooked agent in ``setting``, each step compared with the unhooked agent
+    on the same observation.
 
     Each env slot contributes its first episode (:func:`~policylens.rollout.engine.run_episodes`,
     seeded with ``seed``). Returns return, success and length (95% intervals) and, over all steps
@@ -149,7 +162,7 @@ def play_spliced(
     which steps of one episode are not, so it is narrower than it should be) and value_error
     (mean |dV|).
     """
-    policy = policy or Policy()
+    policy = setting.policy
     hooks = _Switchable(fwd_hooks)
     tally = {"agree": 0, "steps": 0, "verr": 0.0}
 
@@ -167,8 +180,9 @@ def play_spliced(
         tally["steps"] += len(idx)
 
     eps = run_episodes(
-        agent, episodes, env_id, env_kwargs, seed=seed, policy=policy,
-        fwd_hooks=hooks.fwd_hooks, max_envs=max_envs, on_step=on_step,
+        agent, episodes, setting.env_id, dict(setting.env_kwargs),
+        EpisodeOptions(seed=seed, policy=policy, max_envs=max_envs),
+        fwd_hooks=hooks.fwd_hooks, on_step=on_step,
     )  # fmt: skip
     n = max(tally["steps"], 1)
     return {
@@ -200,107 +214,188 @@ def condition_hooks(
     raise ValueError(f"Unknown condition {condition!r}; use one of {', '.join(CONDITIONS)}.")
 
 
+@dataclass(frozen=True)
+class ConditionEval:
+    """One condition at the hook (see :data:`CONDITIONS`): its episodes in the world and, for a
+    hooked one, its outputs against the original's on held-out observations."""
+
+    success_rate: float
+    success_rate_ci: tuple[float, float]
+    """Wilson 95% interval."""
+    mean_return: float
+    return_ci: tuple[float, float]
+    length: float
+    """Mean episode length."""
+    episodes: int
+    steps: int
+    action_agreement: float
+    """Share of the steps played where the action equals the original's on that observation."""
+    action_agreement_ci: tuple[float, float]
+    value_error: float
+    """Mean |dV| over the steps played."""
+    held_out: OutputComparison | None = None
+    """The hooked agent against the original on the held-out observations (None: original)."""
+    success_kept: float | None = None
+    """Success rate over the original's (None: the original was not played)."""
+    success_vs_original: dict[str, Any] | None = None
+    """Success rate minus the original's, with Newcombe's 95% interval and ``effect``."""
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "success_rate": self.success_rate,
+            "success_rate_ci": list(self.success_rate_ci),
+            "return": self.mean_return,
+            "return_ci": list(self.return_ci),
+            "length": self.length,
+            "episodes": self.episodes,
+            "steps": self.steps,
+            "action_agreement": self.action_agreement,
+            "action_agreement_ci": list(self.action_agreement_ci),
+            "value_error": self.value_error,
+        }
+        if self.held_out is not None:
+            off = self.held_out
+            out.update(
+                offline_action_agreement=off.action_agreement,
+                offline_action_agreement_ci=list(off.action_agreement_ci),
+                kl=off.kl,
+                regret=off.regret,
+                gap=off.gap,
+                margin_kept=off.margin_kept,
+                offline_value_error=off.value_error,
+            )
+        if self.success_kept is not None:
+            out.update(success_kept=self.success_kept, success_vs_original=self.success_vs_original)
+        return out
+
+
+@dataclass(frozen=True)
+class SpliceEval:
+    """An SAE judged as a replacement for its hook: behaviour with it spliced in against the
+    original and zero/mean ablation of the hook, with 95% intervals, then reconstruction."""
+
+    hook: str
+    layout: str
+    d_in: int
+    d_sae: int
+    arch: str
+    k: int | None
+    """Active latents (architectures that use k), else None."""
+    objective: str
+    setting: PlaySetting
+    episodes: int
+    """Episodes asked for per condition."""
+    observations: int
+    """Held-out observations behind the offline figures and the reconstruction."""
+    reconstruction: dict[str, float]
+    """Explained variance, mse, L0, dead fraction and dead latents on the held-out data."""
+    conditions: dict[str, ConditionEval]
+    """Condition name -> its figures, in the order of :data:`CONDITIONS`."""
+    return_recovered: float | None = None
+    """(R_spliced - R_zero) / (R_original - R_zero), where all three were played."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "hook": self.hook,
+            "layout": self.layout,
+            "d_in": self.d_in,
+            "d_sae": self.d_sae,
+            "arch": self.arch,
+            "k": self.k,
+            "objective": self.objective,
+            **self.setting.to_json(),
+            "episodes": self.episodes,
+            "observations": self.observations,
+            "reconstruction": dict(self.reconstruction),
+            **{name: c.to_json() for name, c in self.conditions.items()},
+            **(
+                {} if self.return_recovered is None else {"return_recovered": self.return_recovered}
+            ),
+        }
+
+
 def evaluate_spliced(
-    agent,
+    agent: HookedAgent,
     sae: SparseAutoencoder,
-    site: HookSite,
     data: ActivationData,
-    env_id: str,
-    env_kwargs: dict[str, Any] | None = None,
+    setting: PlaySetting,
     episodes: int = 100,
     seed: int = 10_000,
-    greedy: bool = False,
-    mask_illegal: bool = False,
     conditions: Sequence[str] = CONDITIONS,
-) -> dict[str, Any]:
-    """The SAE judged as a replacement for the hook: behaviour first, zero/mean ablation as the floor.
+) -> SpliceEval:
+    """The SAE judged as a replacement for the hook ``data`` was gathered at: behaviour first,
+    zero/mean ablation as the floor.
 
     ``data`` (observations of the original agent, e.g. from
     :func:`~policylens.studies.rook_sae.data.gather_activations` with a seed not used for
-    training) gives the held-out comparisons, the hook's mean activation and the reconstruction
-    metrics; then every condition plays ``episodes`` episodes in the world from the same starts
-    (seeded with ``seed``). Each condition's entry (``result["spliced"]`` ...) holds
-    ``success_rate`` with ``success_rate_ci`` (Wilson), ``return`` with ``return_ci``, ``length``,
-    ``action_agreement`` in the world (with ``action_agreement_ci``) and ``value_error``; the
-    hooked ones also ``success_kept`` (their success rate over the original's),
-    ``success_vs_original`` (the difference with Newcombe's interval) and the held-out figures of
-    :func:`compare_outputs` (``offline_action_agreement``, ``kl``, ``regret``, ``gap``,
-    ``margin_kept``, ``offline_value_error``). ``reconstruction`` holds explained variance, mse,
-    L0 and dead latents on ``data``; ``return_recovered`` is (R_spliced - R_zero) / (R_original -
-    R_zero).
+    training) gives the held-out comparisons (:func:`compare_outputs`), the hook's mean
+    activation and the reconstruction metrics; then every condition plays ``episodes`` episodes
+    in ``setting`` from the same starts (seeded with ``seed``).
     """
+    site = data.site
     check_sae_fits(sae, site)
-    if data.site != site:
-        raise ValueError(
-            f"The data hold {data.site.describe()} but the SAE is evaluated on {site.describe()}; "
-            "gather the data at the same hook and layout."
-        )
     for c in conditions:
         if c not in CONDITIONS:
             raise ValueError(f"Unknown condition {c!r}; use some of {', '.join(CONDITIONS)}.")
     mean_act = data.acts.mean(0)  # (*site.shape)
-    legal = data.legal if mask_illegal else None
-    policy = Policy(greedy=greedy, mask_illegal=mask_illegal)
+    legal = data.legal if setting.mask_illegal else None
     reconstruction = evaluate_sae(sae, data.vectors())
     dead = round(reconstruction["dead_fraction"] * sae.config.d_sae)
-    result: dict[str, Any] = {
-        "hook": site.hook,
-        "layout": site.layout,
-        "d_in": site.d_in,
-        "d_sae": sae.config.d_sae,
-        "arch": sae.config.arch,
-        "k": sae.config.k if type(sae).uses_k else None,
-        "objective": sae.config.objective,
-        "env_id": env_id,
-        "env_kwargs": dict(env_kwargs or {}),
-        "greedy": greedy,
-        "mask_illegal": mask_illegal,
-        "episodes": episodes,
-        "observations": len(data),
-        "reconstruction": {**reconstruction, "dead_latents": dead},
-    }
-    worlds = {}
+    played: dict[str, dict[str, Any]] = {}
+    entries: dict[str, ConditionEval] = {}
     for c in conditions:
         hooks = condition_hooks(c, sae, site, mean_act)
-        w = worlds[c] = play_spliced(agent, episodes, env_id, env_kwargs, seed, policy, hooks)
-        entry: dict[str, Any] = {
-            "success_rate": w["success"]["rate"],
-            "success_rate_ci": w["success"]["ci"],
-            "return": w["return"]["mean"],
-            "return_ci": w["return"]["ci"],
-            "length": w["length"]["mean"],
-            "episodes": w["episodes"],
-            "steps": w["steps"],
-            "action_agreement": w["action_agreement"],
-            "action_agreement_ci": w["action_agreement_ci"],
-            "value_error": w["value_error"],
-        }
+        w = played[c] = play_spliced(agent, setting, episodes, seed, hooks)
+        held_out = kept = versus = None
         if c != "original":
-            off = compare_outputs(agent, data.obs, hooks, policy, seed=seed, legal=legal)
-            entry.update(
-                offline_action_agreement=off["action_agreement"],
-                offline_action_agreement_ci=off["action_agreement_ci"],
-                kl=off["kl"],
-                regret=off["regret"],
-                gap=off["gap"],
-                margin_kept=off["margin_kept"],
-                offline_value_error=off["value_error"],
-            )
-            if "original" in worlds:
-                base = worlds["original"]["success"]
+            held_out = compare_outputs(agent, data.obs, hooks, setting.policy, seed, legal)
+            if "original" in played:
+                base = played["original"]["success"]
                 rate = base["rate"]
-                entry["success_kept"] = entry["success_rate"] / rate if rate > 0 else math.nan
-                entry["success_vs_original"] = stats.difference(w["success"], base)
-        result[c] = entry
-    if {"original", "spliced", "zero_ablation"} <= set(worlds):
-        r_o, r_s, r_z = (result[c]["return"] for c in ("original", "spliced", "zero_ablation"))
+                kept = w["success"]["rate"] / rate if rate > 0 else math.nan
+                versus = stats.difference(w["success"], base)
+        entries[c] = ConditionEval(
+            success_rate=w["success"]["rate"],
+            success_rate_ci=tuple(w["success"]["ci"]),
+            mean_return=w["return"]["mean"],
+            return_ci=tuple(w["return"]["ci"]),
+            length=w["length"]["mean"],
+            episodes=w["episodes"],
+            steps=w["steps"],
+            action_agreement=w["action_agreement"],
+            action_agreement_ci=tuple(w["action_agreement_ci"]),
+            value_error=w["value_error"],
+            held_out=held_out,
+            success_kept=kept,
+            success_vs_original=versus,
+        )
+    recovered = None
+    if {"original", "spliced", "zero_ablation"} <= set(entries):
+        r_o, r_s, r_z = (entries[c].mean_return for c in ("original", "spliced", "zero_ablation"))
         gap = r_o - r_z
-        result["return_recovered"] = (r_s - r_z) / gap if abs(gap) > 1e-9 else math.nan
-    return result
+        recovered = (r_s - r_z) / gap if abs(gap) > 1e-9 else math.nan
+    return SpliceEval(
+        hook=site.hook,
+        layout=site.layout,
+        d_in=site.d_in,
+        d_sae=sae.config.d_sae,
+        arch=sae.config.arch,
+        k=sae.config.k if type(sae).uses_k else None,
+        objective=sae.config.objective,
+        setting=setting,
+        episodes=episodes,
+        observations=len(data),
+        reconstruction={**reconstruction, "dead_latents": dead},
+        conditions=entries,
+        return_recovered=recovered,
+    )
 
 
 __all__ = [
     "CONDITIONS",
+    "ConditionEval",
+    "OutputComparison",
+    "SpliceEval",
     "compare_outputs",
     "condition_hooks",
     "evaluate_spliced",

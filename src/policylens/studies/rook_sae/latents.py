@@ -3,7 +3,8 @@
 :func:`latent_activity` and :func:`latent_entries` encode the data once; :func:`latent_ablation`
 removes one latent at a time from the real activation (its decoder contribution subtracted, so
 the SAE's reconstruction error stays in) and measures the change in the action distribution and
-value; :func:`latent_cards` gathers what a feature dashboard shows.
+value; :func:`survey_latents` does both once for every latent, and :func:`latent_cards` gathers
+what a feature dashboard shows.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from policylens.agents.sae import HookSite, SparseAutoencoder, check_sae_fits
+from policylens.agents.agent import HookedAgent
+from policylens.agents.sae import SparseAutoencoder, check_sae_fits
 from policylens.rollout.engine import Policy
 from policylens.studies.rook_sae.data import ActivationData
 
@@ -69,43 +71,50 @@ def latent_entries(
     return torch.cat(idx)[order], torch.cat(val)[order], starts
 
 
+@dataclass(frozen=True)
+class AblationOptions:
+    """How the effect of removing a latent is measured."""
+
+    max_rows: int = 512
+    """Observations run per latent (a seeded sample of those where it fires)."""
+    greedy: bool = True
+    """Flips of the argmax action (Q-networks) rather than of sampled actions."""
+    seed: int = 0
+    """Seed of the row sample and of the shared uniforms of sampled actions."""
+
+
 @torch.no_grad()
 def latent_ablation(
-    agent,
+    agent: HookedAgent,
     sae: SparseAutoencoder,
-    site: HookSite,
     data: ActivationData,
     latents: Sequence[int] | None = None,
-    max_rows: int = 512,
-    greedy: bool = True,
+    options: AblationOptions = AblationOptions(),
     entries: tuple[Tensor, Tensor, Tensor] | None = None,
-    seed: int = 0,
 ) -> list[dict[str, Any]]:
     """The effect of removing each latent on the agent's actions and value, ranked by KL.
 
-    For latent j the hook's activation becomes ``act - z_j * W_dec[j]``, with ``z_j`` encoded from
-    ``data.acts`` (the reconstruction error stays in, so this is the latent's effect on the real
-    agent). Only observations where j fires can change; up to ``max_rows`` of them (a seeded
-    sample) are run. Per latent: ``frequency`` (share of observations where it fires), and over
+    For latent j the activation at ``data``'s hook becomes ``act - z_j * W_dec[j]``, with ``z_j``
+    encoded from ``data.acts`` (the reconstruction error stays in, so this is the latent's effect
+    on the real agent). Only observations where j fires can change; up to ``options.max_rows`` of
+    them are run. Per latent: ``frequency`` (share of observations where it fires), and over
     those observations ``kl`` (KL(original || ablated) of the action distribution),
-    ``flip`` (share whose argmax action changes, or sampled action with shared uniforms drawn with
-    ``seed`` when ``greedy`` is False), ``value_change`` (mean V_ablated - V), ``logit_change`` (per action)
+    ``flip`` (share whose argmax action changes, or sampled action with shared uniforms when not
+    ``options.greedy``), ``value_change`` (mean V_ablated - V), ``logit_change`` (per action)
     and ``prob_change`` (per action); ``kl_all`` = frequency * kl and ``flip_all`` = frequency *
     flip average over all observations. The list is ordered by ``flip_all`` for greedy agents
     (softmax of Q-values says little), by ``kl_all`` otherwise. ``latents`` defaults to every
-    latent that fires on ``data``.
+    latent that fires on ``data``; ``entries`` (:func:`latent_entries` of ``data``) may be passed
+    in when already computed.
     """
+    site = data.site
     check_sae_fits(sae, site)
-    if data.site != site:
-        raise ValueError(
-            f"The data hold {data.site.describe()} but the ablation is on {site.describe()}; "
-            "gather the data at the same hook and layout."
-        )
     vec_idx, values, starts = entries if entries is not None else latent_entries(sae, data)
     P, N = site.positions, len(data)
+    max_rows, greedy = options.max_rows, options.greedy
     if latents is None:
         latents = torch.nonzero(starts[1:] > starts[:-1])[:, 0].tolist()
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(options.seed)
     policy = Policy(greedy=greedy)
     base = [agent(o) for o in np.array_split(data.obs, max(1, math.ceil(N / 2048)))]
     base_logits = torch.cat([b[0] for b in base]).float().cpu()  # (N, A) the unmodified agent
@@ -193,36 +202,62 @@ class LatentCard:
         }
 
 
+@dataclass(frozen=True)
+class LatentSurvey:
+    """Every latent of an SAE on one data set, computed once: where each fires and what removing
+    it does (an interactive page draws any latent's card from it without recomputing)."""
+
+    activity: Tensor
+    """(N, d_sae) each latent's largest activation per observation (:func:`latent_activity`)."""
+    where: Tensor
+    """(N, d_sae) the position of that activation."""
+    entries: tuple[Tensor, Tensor, Tensor]
+    """Every non-zero activation, grouped by latent (:func:`latent_entries`)."""
+    ranking: list[dict[str, Any]]
+    """:func:`latent_ablation` of every latent that fires, largest effect first."""
+
+    @property
+    def alive_fraction(self) -> float:
+        """Share of the latents that fire on the data."""
+        return len(self.ranking) / self.activity.shape[1]
+
+
+def survey_latents(
+    agent: HookedAgent,
+    sae: SparseAutoencoder,
+    data: ActivationData,
+    options: AblationOptions = AblationOptions(),
+) -> LatentSurvey:
+    """Encode ``data`` once and measure the effect of removing every latent that fires."""
+    activity, where = latent_activity(sae, data)
+    entries = latent_entries(sae, data)
+    ranking = latent_ablation(agent, sae, data, None, options, entries)
+    return LatentSurvey(activity, where, entries, ranking)
+
+
 @torch.no_grad()
 def latent_cards(
-    agent,
+    agent: HookedAgent,
     sae: SparseAutoencoder,
-    site: HookSite,
     data: ActivationData,
     latents: Sequence[int] | None = None,
     top: int = 8,
     n_examples: int = 6,
-    max_rows: int = 512,
-    greedy: bool = True,
-    seed: int = 0,
-    encoded: tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]] | None = None,
-    ranking: list[dict[str, Any]] | None = None,
-) -> tuple[list[LatentCard], list[dict[str, Any]]]:
-    """Dashboard cards for ``latents`` (default: the ``top`` latents by ablation effect).
+    options: AblationOptions = AblationOptions(),
+    survey: LatentSurvey | None = None,
+) -> list[LatentCard]:
+    """Dashboard cards for ``latents`` (default: the ``top`` latents by ablation effect), each
+    with its ``n_examples`` strongest distinct observations.
 
-    Returns the cards and the full ablation ranking (every latent that fires on ``data``).
-    ``encoded`` (:func:`latent_activity`, :func:`latent_entries`) and ``ranking`` computed once
-    for ``data`` may be passed in, so an interactive page draws one card without recomputing them.
+    ``survey`` (:func:`survey_latents` of ``data``) is computed here unless passed in.
     """
-    (activity, where), entries = encoded or (latent_activity(sae, data), latent_entries(sae, data))
-    if ranking is None:
-        ranking = latent_ablation(
-            agent, sae, site, data, None, max_rows=max_rows, greedy=greedy, entries=entries,
-            seed=seed,
-        )  # fmt: skip
-    by_latent = {e["latent"]: e for e in ranking}
+    site = data.site
+    if survey is None:
+        survey = survey_latents(agent, sae, data, options)
+    activity, where, entries = survey.activity, survey.where, survey.entries
+    by_latent = {e["latent"]: e for e in survey.ranking}
     if latents is None:
-        latents = [e["latent"] for e in ranking[:top]]
+        latents = [e["latent"] for e in survey.ranking[:top]]
     missing = [int(j) for j in latents if int(j) not in by_latent]
     if missing:
         bad = [j for j in missing if not 0 <= j < sae.config.d_sae]
@@ -230,9 +265,7 @@ def latent_cards(
             raise ValueError(
                 f"Latent(s) {bad} do not exist; the SAE has {sae.config.d_sae} latents."
             )
-        for e in latent_ablation(
-            agent, sae, site, data, missing, max_rows, greedy, entries, seed=seed
-        ):
+        for e in latent_ablation(agent, sae, data, missing, options, entries):
             by_latent[e["latent"]] = e
     cards = []
     W = site.shape[2] if site.layout == "channels" else 1
@@ -265,7 +298,16 @@ def latent_cards(
                 ablation=by_latent[j],
             )
         )
-    return cards, ranking
+    return cards
 
 
-__all__ = ["LatentCard", "latent_ablation", "latent_activity", "latent_cards", "latent_entries"]
+__all__ = [
+    "AblationOptions",
+    "LatentCard",
+    "LatentSurvey",
+    "latent_ablation",
+    "latent_activity",
+    "latent_cards",
+    "latent_entries",
+    "survey_latents",
+]

@@ -11,16 +11,17 @@ permutation p-value.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from policylens.rollout import stats
-from policylens.rollout.engine import Policy, run_episodes
-from policylens.studies.rook_sae.data import gather_activations
-from policylens.studies.rook_sae.runs import run_world, sae_config_for, train_agent_sae
+from policylens.rollout.engine import EpisodeOptions, run_episodes
+from policylens.runs import Run
+from policylens.studies.rook_sae.data import PlaySetting, gather_activations
+from policylens.studies.rook_sae.runs import SAESpec, train_agent_sae
 
 
 def relation(
@@ -80,53 +81,84 @@ def pick_checkpoints(steps: Sequence[int], fractions: Sequence[float]) -> list[i
     return chosen
 
 
+@dataclass(frozen=True)
+class DeadLatentsOptions:
+    """What ``sae dead-latents`` trains and measures per (run, checkpoint)."""
+
+    hook: str
+    """Hook the SAEs read."""
+    fractions: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
+    """Checkpoints nearest these fractions of each run's training."""
+    sae: SAESpec = field(
+        default_factory=lambda: SAESpec(expansion=4, k=20, objective="mse", samples=500_000)
+    )
+    steps: int = 20_000
+    """Environment steps of play gathered per checkpoint."""
+    holdout: float = 0.2
+    """Fraction of them (the last) on which dead latents are counted."""
+    episodes: int = 500
+    """Episodes scoring each checkpoint's agent."""
+    seed: int = 0
+    """Seed of the rollouts and the SAEs."""
+    eval_seed: int = 10_000
+    """Seed of the scoring episodes (the same starts for every agent)."""
+
+
+@dataclass(frozen=True)
+class DeadLatents:
+    """Dead latents and agent quality per (run, checkpoint), and how they relate."""
+
+    options: DeadLatentsOptions
+    rows: list[dict[str, Any]]
+    """Per (run, checkpoint): dead latents (held out and in training), explained variance, L0,
+    success rate and return with 95% intervals."""
+    relations: dict[str, dict[str, Any]]
+    """Score (success_rate, return) -> :func:`relation` to the dead count (runs as groups);
+    empty with fewer than 3 rows."""
+
+    def to_json(self) -> dict[str, Any]:
+        o = self.options
+        return {
+            "hook": o.hook,
+            "arch": o.sae.arch,
+            "expansion": o.sae.expansion,
+            "k": o.sae.k,
+            "objective": o.sae.objective,
+            "samples": o.sae.samples,
+            "steps": o.steps,
+            "episodes": o.episodes,
+            "seed": o.seed,
+            "rows": self.rows,
+            "relations": self.relations,
+        }
+
+
 def dead_vs_quality(
-    runs: Sequence[str | os.PathLike],
-    hook: str,
-    fractions: Sequence[float] = (0.1, 0.25, 0.5, 1.0),
-    arch: str = "topk",
-    expansion: int = 4,
-    k: int | None = 20,
-    objective: str = "mse",
-    samples: int = 500_000,
-    steps: int = 20_000,
-    holdout: float = 0.2,
-    episodes: int = 500,
-    seed: int = 0,
-    eval_seed: int = 10_000,
-    config_overrides: dict[str, Any] | None = None,
-    progress: Any = None,
-) -> dict[str, Any]:
-    """Dead latents and agent quality for every run and the checkpoints nearest ``fractions`` of
-    its training, and their relation.
+    runs: Sequence[Run],
+    options: DeadLatentsOptions,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> DeadLatents:
+    """Dead latents and agent quality for every run and the checkpoints nearest
+    ``options.fractions`` of its training, and their relation.
 
-    Per (run, checkpoint): ``steps`` steps of greedy (Q-network) or sampled play seeded with
-    ``seed``; an SAE (``arch``, ``expansion``, ``k``, ``objective``, ``samples``) trained on all
-    but the last ``holdout`` of them; ``dead_latents``: latents that never fire on those held-out
-    observations (and ``dead_in_training``: not in the last ``dead_window`` training samples);
-    the agent's ``success_rate`` and ``return`` over ``episodes`` episodes seeded with
-    ``eval_seed`` (the same starts for every agent). ``relations`` fits success rate and return
-    against the dead count (:func:`relation`, runs as groups). ``progress(row)`` sees each row.
+    Per (run, checkpoint): ``steps`` steps of greedy (Q-network) or sampled play; an SAE trained
+    on all but the last ``holdout`` of them; ``dead_latents``: latents that never fire on those
+    held-out observations (and ``dead_in_training``: not in the last ``dead_window`` training
+    samples); the agent's ``success_rate`` and ``return`` over ``episodes`` episodes. The
+    relations fit success rate and return against the dead count. ``progress(row)`` sees each row.
     """
-    from policylens.runs import Run
-
+    o = options
     rows = []
-    for path in runs:
-        run = Run(path)
-        world = run_world(run)
-        policy = Policy(greedy=world["greedy"], mask_illegal=world["mask_illegal"])
-        for step in pick_checkpoints([s for s, _ in run.checkpoints()], fractions):
+    for run in runs:
+        setting = PlaySetting.of_run(run)
+        for step in pick_checkpoints([s for s, _ in run.checkpoints()], o.fractions):
             agent = run.load_agent(step)
-            data = gather_activations(
-                agent, hook, world["env_id"], world["env_kwargs"], steps, seed=seed,
-                greedy=world["greedy"], mask_illegal=world["mask_illegal"],
-            )  # fmt: skip
-            overrides = dict(config_overrides or {}, objective=objective)
-            config = sae_config_for(data.site, arch, expansion, k, samples, seed, **overrides)
-            _, history, summary = train_agent_sae(data, config, holdout, agent=agent)
+            data = gather_activations(agent, o.hook, setting, o.steps, seed=o.seed)
+            config = o.sae.config(data.site, o.seed)
+            _, history, summary = train_agent_sae(data, config, o.holdout, agent=agent)
             eps = run_episodes(
-                agent, episodes, world["env_id"], world["env_kwargs"], seed=eval_seed,
-                policy=policy,
+                agent, o.episodes, setting.env_id, dict(setting.env_kwargs),
+                EpisodeOptions(seed=o.eval_seed, policy=setting.policy),
             )  # fmt: skip
             success = stats.proportion([e.success for e in eps])
             ret = stats.mean([e.ret for e in eps])
@@ -149,24 +181,19 @@ def dead_vs_quality(
                 progress(row)
     dead = [r["dead_latents"] for r in rows]
     groups = [r["run"] for r in rows]
-    return {
-        "hook": hook,
-        "arch": arch,
-        "expansion": expansion,
-        "k": k,
-        "objective": objective,
-        "samples": samples,
-        "steps": steps,
-        "episodes": episodes,
-        "seed": seed,
-        "rows": rows,
-        "relations": {
-            score: relation(dead, [r[score] for r in rows], groups, seed=seed)
+    relations = {}
+    if len(rows) >= 3:
+        relations = {
+            score: relation(dead, [r[score] for r in rows], groups, seed=o.seed)
             for score in ("success_rate", "return")
         }
-        if len(rows) >= 3
-        else {},
-    }
+    return DeadLatents(o, rows, relations)
 
 
-__all__ = ["dead_vs_quality", "pick_checkpoints", "relation"]
+__all__ = [
+    "DeadLatents",
+    "DeadLatentsOptions",
+    "dead_vs_quality",
+    "pick_checkpoints",
+    "relation",
+]
