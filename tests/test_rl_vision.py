@@ -3,6 +3,7 @@ hallucinations."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -13,8 +14,10 @@ from torch import nn
 from policylens.agents.agent import HookedAgent
 from policylens.envs.hazards import HazardsConfig
 from policylens.lenses.nmf import label_features
+from policylens.report import rl_vision as report
+from policylens.studies.hazards.failures import FAILURE_CAUSES, FailureTable
 from policylens.studies.rl_vision import dissection, editing, hallucinations
-from policylens.studies.rl_vision.features import resize_masks, velocity_mask
+from policylens.worlds.hazards import masks_at, velocity_mask
 
 
 # -- editing -----------------------------------------------------------------------------------
@@ -98,7 +101,7 @@ def test_labels_on_a_world_with_known_features():
 def test_masks_resize_and_velocity_marker():
     m = np.zeros((1, 4, 4), bool)
     m[0, 3, 3] = True
-    small = resize_masks({"saw": m}, (2, 2))["saw"]
+    small = masks_at({"saw": m}, (2, 2))["saw"]
     assert small[0].tolist() == [[False, False], [False, True]]
     vel = velocity_mask(HazardsConfig(obs_mode="rgb", tile_px=3))
     assert vel.sum() == 3 * 6 and vel[:3, :6].all()
@@ -187,7 +190,10 @@ def test_hallucinations_found_and_checked_by_patching():
 
 
 def test_hallucination_sentence_tells_unchecked_from_none_found():
-    sentence = hallucinations.hallucination_sentence
+    def sentence(found: dict) -> str:
+        result = hallucinations.HallucinationResult("hook_relu", 6, examples=[], **found)
+        return report.hallucination_sentence(result)
+
     unnamed = sentence({"counts": {}, "check": {"checked": 0}})
     assert "none could be checked" in unnamed and "no evidence either way" in unnamed
     quiet = {"0:saw": {"feature": 0, "label": "saw"}}
@@ -201,22 +207,24 @@ def test_hallucination_sentence_tells_unchecked_from_none_found():
 
 
 # -- the edit's verdict, the table cache, attribution on objects --------------------------------
-def _table(n: int, deaths: dict[str, int]) -> dict:
+def _table(n: int, deaths: dict[str, int]) -> FailureTable:
     """A failure table of ``n`` levels with these deaths per cause (the rest completed)."""
     from policylens.rollout import stats
-    from policylens.studies.hazards.failures import FAILURE_CAUSES
 
     causes = np.array(sum(([c] * deaths.get(c, 0) for c in FAILURE_CAUSES), []) + ["none"] * (
         n - sum(deaths.values())))  # fmt: skip
-    return {
-        "completion": stats.proportion(causes == "none"),
-        "failures": {c: {"of_levels": stats.proportion(causes == c)} for c in FAILURE_CAUSES},
-    }
+    return FailureTable(
+        env_kwargs={},
+        episodes=n,
+        completion=stats.proportion(causes == "none"),
+        failures={c: {"of_levels": stats.proportion(causes == c)} for c in FAILURE_CAUSES},
+        enemy_sides={},
+        length=stats.mean(np.ones(n)),
+    )
 
 
-def _experiment(base: dict, tables: dict) -> dict:
-    return {"baseline": base, "tables": tables,
-            "moves": {k: editing._moves(t, base) for k, t in tables.items()}}  # fmt: skip
+def _experiment(base: FailureTable, tables: dict[str, FailureTable]) -> editing.EditExperiment:
+    return editing.EditExperiment("hook_relu", base.episodes, 0, {}, base, tables)
 
 
 def test_edit_verdict_met_only_when_the_cause_rises_alone_beyond_random():
@@ -225,10 +233,10 @@ def test_edit_verdict_met_only_when_the_cause_rises_alone_beyond_random():
     shuffled = _table(10_000, {"saw": 60, "enemy": 510, "lava": 70})
     exp = _experiment(base, {"edit:saw": blinded, "invisible:saw": blinded, "random:0": shuffled})
     v = editing.edit_verdict(exp, "saw")
-    assert v["effect"] and v["beats_random"] and v["target_met"]
-    assert v["ratio"] == pytest.approx(30.0)
-    assert "met." in editing.verdict_sentence(v) and "no effect" not in editing.verdict_sentence(v)
-    assert v["share_of_invisible"] == pytest.approx(1.0) and v["invisible_reaches_target"]
+    assert v.effect and v.beats_random and v.target_met
+    assert v.ratio == pytest.approx(30.0)
+    assert "met." in report.verdict_sentence(v) and "no effect" not in report.verdict_sentence(v)
+    assert v.share_of_invisible == pytest.approx(1.0) and v.invisible_reaches_target
 
     half = _table(10_000, {"saw": 70, "enemy": 500, "lava": 60})  # +0.3 points
     invisible = _table(10_000, {"saw": 100, "enemy": 500, "lava": 60})  # +0.6: below the bar too
@@ -236,31 +244,53 @@ def test_edit_verdict_met_only_when_the_cause_rises_alone_beyond_random():
         _experiment(base, {"edit:saw": half, "invisible:saw": invisible, "random:0": base}),
         "saw",
     )
-    assert v["effect"] and not v["target_met"] and v["share_of_invisible"] == pytest.approx(0.5)
-    assert v["invisible_reaches_target"] is False
-    sentence = editing.verdict_sentence(v)
+    assert v.effect and not v.target_met and v.share_of_invisible == pytest.approx(0.5)
+    assert v.invisible_reaches_target is False
+    sentence = report.verdict_sentence(v)
     assert "50% of what invisibility does" in sentence and "so no edit could" in sentence
 
     collateral = _table(10_000, {"saw": 1200, "enemy": 1100, "lava": 60})  # enemies x2.2 too
     v = editing.edit_verdict(
         _experiment(base, {"edit:saw": collateral, "random:0": shuffled}), "saw"
     )
-    assert v["effect"] and not v["target_met"] and v["other_ratios"]["enemy"] > 2
-    assert v["largest_rise"] == "saw" and "not specific" not in editing.verdict_sentence(v)
+    assert v.effect and not v.target_met and v.other_ratios["enemy"] > 2
+    assert v.largest_rise == "saw" and "not specific" not in report.verdict_sentence(v)
     v = editing.edit_verdict(_experiment(base, {"edit:enemy": collateral}), "enemy")
-    assert v["largest_rise"] == "saw" and "not specific: saw deaths rose more" in (
-        editing.verdict_sentence(v)
+    assert v.largest_rise == "saw" and "not specific: saw deaths rose more" in (
+        report.verdict_sentence(v)
     )
 
     same = _table(10_000, {"saw": 43, "enemy": 500, "lava": 60})
     v = editing.edit_verdict(_experiment(base, {"edit:saw": same, "random:0": shuffled}), "saw")
-    assert not v["effect"] and not v["target_met"]
-    assert "no effect" in editing.verdict_sentence(v)
+    assert not v.effect and not v.target_met
+    assert "no effect" in report.verdict_sentence(v)
 
     v = editing.edit_verdict(_experiment(base, {"edit:saw": blinded, "random:0": blinded}), "saw")
-    assert not v["beats_random"] and not v["target_met"]  # any rank-one edit does as much
+    assert not v.beats_random and not v.target_met  # any rank-one edit does as much
     with pytest.raises(ValueError, match="no edit of 'enemy'"):
         editing.edit_verdict(exp, "enemy")
+
+
+def test_saved_experiment_is_judged_again_and_options_name_their_fields(tmp_path):
+    base = _table(10_000, {"saw": 40, "enemy": 500, "lava": 60})
+    blinded = _table(10_000, {"saw": 1200, "enemy": 520, "lava": 55})
+    exp = _experiment(base, {"edit:saw": blinded, "random:0": base})
+    judged = editing.edit_verdict(exp, "saw")
+    saved = exp.to_json() | {"verdict": {"feature": "saw", "target_met": False}}  # an old rule's
+    again = editing.EditExperiment.from_json(json.loads(json.dumps(saved)))
+    assert again.verdict == judged and again.verdict.target_met  # judged by today's rule
+    assert again.tables == exp.tables and again.moves == exp.moves
+    assert "verdict" not in exp.to_json() and "verdict" in again.to_json()
+    with pytest.raises(ValueError, match="Unknown direction 'banana'"):
+        editing.EditOptions("saw", tmp_path, direction="banana")
+    with pytest.raises(ValueError, match="^feature must be one of"):
+        editing.EditOptions("banana", tmp_path)
+    with pytest.raises(ValueError, match="^direction object needs feature"):
+        editing.EditOptions("3", tmp_path, direction="object")
+    with pytest.raises(ValueError, match="^levels must lie in 1..1024"):
+        dissection.DissectOptions(levels=2000)
+    with pytest.raises(ValueError, match="^layer hook_conv has no single reader"):
+        editing.reader_of("hook_conv")
 
 
 def test_attribution_on_objects_compares_object_cells_with_the_rest():
@@ -276,7 +306,8 @@ def test_attribution_on_objects_compares_object_cells_with_the_rest():
 
 
 def test_object_direction_is_the_objects_mean_activation_minus_the_rest():
-    from policylens.studies.rl_vision.features import OBJECTS, Frames, object_direction
+    from policylens.studies.rl_vision.features import object_direction
+    from policylens.worlds.hazards import OBJECTS, Frames
 
     rng = np.random.default_rng(0)
     saw = rng.random((6, 5, 5)) < 0.2
@@ -303,15 +334,14 @@ def test_edit_experiment_saves_and_reuses_its_tables(tiny_hazard_run, tmp_path):
     env = {**tiny_hazard_run.config["trainer"]["env_kwargs"], "start_level": 20, "num_levels": 0}
     v = np.random.default_rng(0).standard_normal(16)
     logs: list[str] = []
-    first = editing.edit_experiment(agent, "hook_relu", {"saw": v}, env, 3, random_controls=1,
-                                    cache=tmp_path, log=logs.append)  # fmt: skip
+    options = editing.ExperimentOptions(3, random_controls=1, cache=tmp_path)
+    first = editing.edit_experiment(agent, "hook_relu", {"saw": v}, env, options, logs.append)
     assert len(list(tmp_path.glob("*.json"))) == 4  # unedited, edit, invisible saws, random
     assert not any("saved earlier" in m for m in logs)
     logs.clear()
-    again = editing.edit_experiment(agent, "hook_relu", {"saw": v}, env, 3, random_controls=1,
-                                    cache=tmp_path, log=logs.append)  # fmt: skip
+    again = editing.edit_experiment(agent, "hook_relu", {"saw": v}, env, options, logs.append)
     assert len(logs) == 4 and all("saved earlier" in m for m in logs)
-    assert again["moves"] == first["moves"]
+    assert again.moves == first.moves and again == first
     edited = editing.edit_agent(agent, "hook_relu", v)
     assert editing.table_key(agent, env, 3, 0) != editing.table_key(edited, env, 3, 0)
     assert editing.table_key(agent, env, 3, 0) != editing.table_key(agent, env, 4, 0)
@@ -350,13 +380,16 @@ def test_study_commands_end_to_end(tiny_hazard_run, tmp_path):
     by_mask = ok("edit", run, "--feature", "wall", "--direction", "object", "--n-obs", "16",
                  "--out", str(tmp_path / "no-wall"))  # fmt: skip
     assert by_mask["edit"]["direction_from"] == "object" and len(by_mask["edit"]["direction"]) == 16
-    assert editing.edit_description(by_mask["edit"]).startswith("Removed the wall direction")
-    assert "NMF feature" in editing.edit_description(result["edit"])
+    by_mask_edit = editing.EditRecord.from_json(by_mask["edit"])
+    assert report.edit_description(by_mask_edit).startswith("Removed the wall direction")
+    assert "NMF feature" in report.edit_description(editing.EditRecord.from_json(result["edit"]))
     r = cli.invoke(app, ["edit", run, "--feature", "saw", "--direction", "banana",
                          "--out", str(tmp_path / "y")])  # fmt: skip
-    assert r.exit_code == 2 and "--direction" in r.output and not (tmp_path / "y").exists()
+    assert r.exit_code == 2 and "Unknown direction 'banana'" in r.output
+    assert not (tmp_path / "y").exists()
     r = cli.invoke(app, ["edit", run, "--feature", "banana", "--out", str(tmp_path / "x")])
-    assert r.exit_code == 2 and "--feature must be one of" in r.output
+    assert r.exit_code == 2 and "feature must be one of" in r.output
+    assert not (tmp_path / "x").exists()
     dissected = ok("dissect", run, "--levels", "3", "--window", "4")
     assert dissected["levels"] == 3
     gamma = tiny_hazard_run.config["trainer"]["gamma"]
@@ -396,10 +429,12 @@ def test_diversity_effects_compare_the_ends_and_say_no_effect():
 
 @pytest.mark.slow
 def test_diversity_sweep_and_its_report(tmp_path):
-    from policylens.report.rl_vision import write_rl_vision_report
+    from policylens.studies.rl_vision.diversity import diversity_result
+    from policylens.studies.rl_vision.summary import StudySummary
     from policylens.sweeps import SweepSpec, run_sweep
 
-    spec = SweepSpec(world="hazards", grid={"num_levels": [5, 50]}, seeds=[0, 1], steps=512,
+    spec = SweepSpec(world="hazards", recipe="policylens.worlds.hazards:hazards_recipe",
+                     grid={"num_levels": [5, 50]}, seeds=[0, 1], steps=512,
                      fixed={"num_envs": 8, "num_steps": 32},
                      evaluate="policylens.studies.rl_vision.diversity:diversity_metrics",
                      evaluate_kwargs={"levels": 3, "frames": 16, "k": 3})  # fmt: skip
@@ -408,7 +443,10 @@ def test_diversity_sweep_and_its_report(tmp_path):
     for row in rows:
         assert 0 <= row["training_completion"] <= 1 and 0 <= row["unseen_completion"] <= 1
         assert -1 <= row["interpretability_score"] <= 1
-    html = write_rl_vision_report(tmp_path, tmp_path / "r.html", sweep=tmp_path / "sweep")
+    diversity = diversity_result(tmp_path / "sweep")
+    assert len(diversity.effects) == len(diversity.metrics) == 5
+    summary = StudySummary(tmp_path, None, None, None, (), diversity)
+    html = report.render(summary, tmp_path / "r.html")
     assert "The diversity hypothesis" in html.read_text()
     with pytest.raises(FileNotFoundError, match="holds no sweep"):
-        write_rl_vision_report(tmp_path, tmp_path / "r.html", sweep=tmp_path)
+        diversity_result(tmp_path)

@@ -3,13 +3,18 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
-from policylens.cli import command, console, err_console, print_json, train_app
+from policylens.commands.framework import (
+    command,
+    console,
+    err_console,
+    open_run,
+    print_json,
+    train_app,
+)
 
 
 @command("hazards", typer_app=train_app)
@@ -45,8 +50,9 @@ def train_hazards_cmd(
 ) -> None:
     """Train a PPO agent in the hazard world (CoinRun-like; default recipe: 1,000 levels of
     difficulty 1-2)."""
+    from policylens.runs import check_resume
     from policylens.train.ppo import train_ppo
-    from policylens.train.recipes import HAZARDS_LEVELS, hazards_recipe
+    from policylens.worlds.hazards import HAZARDS_LEVELS, hazards_recipe
 
     config = hazards_recipe(
         num_levels=HAZARDS_LEVELS if num_levels is None else num_levels,
@@ -58,12 +64,9 @@ def train_hazards_cmd(
         precision=precision,
         channels=channels,
         res_blocks=res_blocks,
+        threads=threads,
     )
-    config = dataclasses.replace(config, threads=threads)
-    if resume and not (out / "config.json").exists():
-        raise FileNotFoundError(
-            f"--resume: {out} holds no run to continue (no config.json); drop --resume to start one"
-        )
+    check_resume(out, resume)
     if resume and not (out / "resume.pt").exists():
         err_console.print(f"note: {out} was stopped before its first saved state; starting it over")
     run = train_ppo(config, out, resume=resume, progress=not (quiet or as_json))
@@ -90,24 +93,19 @@ def failures_cmd(
 ) -> None:
     """Completion rate and the failure table by cause (95% intervals), on unseen and training
     levels, optionally with saws or enemies invisible."""
-    from policylens.report.hazards import difference_rows, failure_rows
-    from policylens.runs import Run
-    from policylens.studies.hazards.failures import failure_study
+    from policylens.report.hazards import difference_rows, failure_rows, rows_table
+    from policylens.studies.hazards.failures import FailureOptions, run_failures
 
-    result = failure_study(Run(run), levels, tuple(invisible), seed=seed, greedy=greedy, step=step)
+    options = FailureOptions(levels, tuple(invisible), seed=seed, greedy=greedy, step=step)
+    result = run_failures(open_run(run), options)
     if as_json:
-        print_json(result)
+        print_json(result.to_json())
         return
-    _print(failure_rows(result), f"{Path(run).name} at step {result['step']:,}: share of levels")
+    title = f"{Path(run).name} at step {result.step:,}: share of levels"
+    console.print(rows_table(failure_rows(result), title))
     if invisible:
-        _print(difference_rows(result), "hidden minus shown (95% CI; '(none)': holds zero)")
-
-
-def _print(rows: list[dict], title: str) -> None:
-    table = Table(*rows[0].keys(), title=title)
-    for row in rows:
-        table.add_row(*(str(v) for v in row.values()))
-    console.print(table)
+        title = "hidden minus shown (95% CI; '(none)': holds zero)"
+        console.print(rows_table(difference_rows(result), title))
 
 
 @command("hazards-report")
@@ -122,13 +120,17 @@ def hazards_report_cmd(
 ) -> None:
     """A static HTML report: level gallery, the agent's play (frames, GIF), failure tables."""
     from policylens.artifacts import read_json
-    from policylens.report.hazards import write_hazards_report
-    from policylens.runs import Run
+    from policylens.report.hazards import render
+    from policylens.studies.hazards.failures import FailureOptions, FailureStudy
+    from policylens.studies.hazards.overview import OverviewOptions, run_overview
 
-    tables = read_json(failures) if failures is not None else None
-    path = write_hazards_report(
-        Run(run), out, levels=levels, failures=tables, log=lambda m: err_console.print(m)
+    r = open_run(run)
+    options = OverviewOptions(
+        failures=FailureOptions(levels, ("saws", "enemies")),
+        tables=FailureStudy.from_json(read_json(failures)) if failures is not None else None,
     )
+    overview = run_overview(r, options, log=lambda m: err_console.print(m))
+    path = render(overview, r.analysis_dir, out)
     if as_json:
         print_json({"report": str(path)})
         return

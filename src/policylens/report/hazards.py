@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.table import Table
 
 from policylens.artifacts import write_bytes, write_png
 from policylens.envs.hazards import HazardsConfig, generate_level, render_level
 from policylens.report.html import Report, Section
-from policylens.runs import Run
-from policylens.studies.hazards.episodes import HazardsEpisode, play_levels
-from policylens.studies.hazards.failures import FAILURE_CAUSES, failure_study, level_splits
+from policylens.studies.hazards.episodes import HazardsEpisode
+from policylens.studies.hazards.failures import FAILURE_CAUSES, FailureStudy
+from policylens.studies.hazards.overview import HazardsOverview
 
 GAP = 4
 
@@ -80,26 +81,26 @@ def _rate(p: dict[str, Any]) -> str:
     return f"{p['rate']:.3f} [{p['ci'][0]:.3f}, {p['ci'][1]:.3f}]"
 
 
-def failure_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+def failure_rows(result: FailureStudy) -> list[dict[str, Any]]:
     """One row per split and observation: completion and each cause's share of levels (95% CI)."""
     rows = []
-    for split, tables in result["splits"].items():
-        conditions = {"all shown": tables["shown"]}
-        conditions |= {f"{h} invisible": t for h, t in tables["hidden"].items()}
+    for split, tables in result.splits.items():
+        conditions = {"all shown": tables.shown}
+        conditions |= {f"{h} invisible": t for h, t in tables.hidden.items()}
         for label, t in conditions.items():
-            row = {"levels": split, "observation": label, "n": t["episodes"],
-                   "completion": _rate(t["completion"])}  # fmt: skip
-            row |= {cause: _rate(t["failures"][cause]["of_levels"]) for cause in FAILURE_CAUSES}
+            row = {"levels": split, "observation": label, "n": t.episodes,
+                   "completion": _rate(t.completion)}  # fmt: skip
+            row |= {cause: _rate(t.of_levels(cause)) for cause in FAILURE_CAUSES}
             rows.append(row)
     return rows
 
 
-def difference_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+def difference_rows(result: FailureStudy) -> list[dict[str, Any]]:
     """Per split and hidden hazard: hidden minus shown, for completion and each cause (95%
     Newcombe interval; "(none)" where it holds zero)."""
     rows = []
-    for split, tables in result["splits"].items():
-        for hazard, d in tables["hidden_vs_shown"].items():
+    for split, tables in result.splits.items():
+        for hazard, d in tables.hidden_vs_shown.items():
             row: dict[str, Any] = {"levels": split, "hidden": hazard}
             for key in ("completion", *FAILURE_CAUSES):
                 v = d[key]
@@ -109,72 +110,57 @@ def difference_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def rows_table(rows: list[dict[str, Any]], title: str) -> Table:
+    """Rows of equal keys as a console table (the keys are its columns)."""
+    table = Table(*rows[0].keys(), title=title)
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    return table
+
+
 def _gif_part(section: Section, data: bytes, alt: str) -> None:
     encoded = base64.b64encode(data).decode()
     section.parts.append(f'<img alt="{alt}" src="data:image/gif;base64,{encoded}">')
 
 
-def write_hazards_report(
-    run: Run,
-    out: str | Path | None = None,
-    levels: int = 500,
-    invisible: Sequence[str] = ("saws", "enemies"),
-    gallery_levels: int = 8,
-    seed: int = 10_000,
-    failures: dict[str, Any] | None = None,
-    log=print,
-) -> Path:
-    """The run's report: level gallery, the agent on a few unseen levels (frame strips, a GIF),
-    and the failure tables over ``levels`` levels with each hazard in ``invisible`` hidden in turn
-    (or ``failures``, a :func:`failure_study` result of this run, as ``policylens failures
-    --json`` prints it). Writes ``analysis/hazards_report.html`` (or ``out``) and
-    ``analysis/agent.gif``."""
-    if failures is not None and Path(failures["run"]).resolve() != run.path.resolve():
-        raise ValueError(f"the failure tables given are of {failures['run']}, not {run.path}.")
-    trainer = run.config["trainer"]
-    env_kwargs = trainer.get("env_kwargs", {})
-    config = HazardsConfig.from_kwargs({**env_kwargs, "masks": False})
+def render(overview: HazardsOverview, analysis: Path, out: Path | None = None) -> Path:
+    """The run's report: level gallery, the agent on the levels it played (frame strips, a GIF)
+    and the failure tables. Writes ``level_gallery.png``, ``agent.gif`` and
+    ``hazards_report.html`` (or ``out``) under the run's ``analysis`` folder."""
+    first, n = overview.first_level, overview.gallery_levels
     report = Report(
-        f"policylens hazards report: {run.name}",
-        f"PPO agent ({run.config['agent'].get('arch')}) trained in {trainer['env_id']} with "
-        f"{env_kwargs}, seed {trainer['seed']}. Sampled actions; intervals are 95%.",
+        f"policylens hazards report: {overview.name}",
+        f"PPO agent ({overview.arch}) trained in {overview.env_id} with "
+        f"{overview.env_kwargs}, seed {overview.train_seed}. Sampled actions; intervals are 95%.",
     )
-    log("drawing the level gallery")
-    first = int(env_kwargs.get("start_level", 0))
-    gallery = level_gallery(gallery_levels, seed=first, config=config)
-    write_png(run.analysis_dir / "level_gallery.png", gallery)
+    gallery = level_gallery(n, seed=first, config=overview.config)
+    write_png(analysis / "level_gallery.png", gallery)
     report.section("Levels").figure(_png(gallery), "level gallery").note(
-        f"Training levels {first}-{first + gallery_levels - 1}, drawn whole. Outlines: saws red, enemies "
+        f"Training levels {first}-{first + n - 1}, drawn whole. Outlines: saws red, enemies "
         "magenta, lava orange, chasms dark red; the agent is blue at the left, the coin yellow."
     )
-    log("playing unseen levels")
-    splits = level_splits(env_kwargs)
-    played = play_levels(run.load_agent(), splits.get("unseen", splits["training"]), 32, seed=seed)
-    # two completed levels and two failed ones (as many as there are)
-    episodes = [e for e in played if e.success][:2] + [e for e in played if not e.success][:2]
-    section = report.section("The agent on unseen levels" if "unseen" in splits else "The agent")
-    for k, ep in enumerate(episodes):
+    unseen = overview.split == "unseen"
+    section = report.section("The agent on unseen levels" if unseen else "The agent")
+    for k, ep in enumerate(overview.episodes):
         section.figure(_png(frame_strip(ep)), f"episode {k}").note(
             f"Level {ep.start.level_seed}: {'coin' if ep.success else ep.death_cause} after "
             f"{len(ep.agent) - 1} steps (white: the path so far)."
         )
-    gif = gif_bytes(episode_frames(episodes[0], every=2))
-    write_bytes(run.analysis_dir / "agent.gif", gif)
-    _gif_part(section, gif, "the agent playing an unseen level")
-    if failures is None:
-        log(f"failure tables over {levels} levels per split and observation")
-        failures = failure_study(run, levels, tuple(invisible), seed=seed)
+    gif = gif_bytes(episode_frames(overview.episodes[0], every=2))
+    write_bytes(analysis / "agent.gif", gif)
+    _gif_part(section, gif, f"the agent playing {'an unseen' if unseen else 'a'} level")
+    failures = overview.failures
     s = report.section("Failure table")
     s.table(failure_rows(failures)).note(
         "Each cause's share of all levels; 'multiple': several hazards struck in the same step. "
         "Unseen levels are those after the training levels' seeds."
     )
-    if failures["invisible"]:
+    if failures.invisible:
         s.text("Hiding a hazard from the observation: hidden minus shown, on the same levels "
                "with the same random numbers.")  # fmt: skip
         s.table(difference_rows(failures))
-    s.json(failures)
-    return report.write(Path(out) if out else run.analysis_dir / "hazards_report.html")
+    s.json(failures.to_json())
+    return report.write(out or analysis / "hazards_report.html")
 
 
 def _png(image: np.ndarray) -> bytes:

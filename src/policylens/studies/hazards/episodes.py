@@ -7,10 +7,11 @@ from typing import Any
 
 import numpy as np
 
+from policylens.agents.agent import HookedAgent
 from policylens.envs.hazards import HazardsConfig, HazardsState, generate_level
-from policylens.rollout.engine import policy_for, run_episodes
+from policylens.rollout.engine import EpisodeOptions, Labels, policy_for, run_episodes
+from policylens.worlds.hazards import ENV_ID
 
-ENV_ID = "policylens/Hazards-v0"
 TRACE = ("agent_pos", "enemy_pos", "enemy_dir", "enemy_valid", "level_seed")
 
 
@@ -36,13 +37,19 @@ class HazardsEpisode:
 
 
 def play_levels(
-    agent: Any, env_kwargs: dict[str, Any], n: int, *, seed: int = 30_000, greedy: bool = False
+    agent: HookedAgent,
+    env_kwargs: dict[str, Any],
+    n: int,
+    *,
+    seed: int = 30_000,
+    greedy: bool = False,
 ) -> list[HazardsEpisode]:
     """``n`` episodes of ``agent`` (one per env slot, levels drawn as ``env_kwargs`` say)."""
-    eps = run_episodes(
-        agent, n, ENV_ID, {**env_kwargs, "masks": False}, seed=seed,
-        policy=policy_for(agent, greedy), trace_labels=TRACE, end_labels=("death_cause",),
+    options = EpisodeOptions(
+        seed=seed, policy=policy_for(agent, greedy),
+        labels=Labels(trace=TRACE, end=("death_cause",)),
     )  # fmt: skip
+    eps = run_episodes(agent, n, ENV_ID, {**env_kwargs, "masks": False}, options)
     config = HazardsConfig.from_kwargs({**env_kwargs, "masks": False})
     out = []
     for e in eps:

@@ -19,6 +19,7 @@ own box covers the killer.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -26,10 +27,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from policylens.agents.agent import HookedAgent
+from policylens.artifacts import FolderLock, write_json
 from policylens.rollout import stats
-from policylens.rollout.engine import Step, policy_for, run_episodes
-from policylens.studies.hazards.failures import ENV_ID
+from policylens.rollout.engine import EpisodeOptions, Labels, Step, policy_for, run_episodes
+from policylens.runs import Run
+from policylens.studies.rl_vision.features import FeatureOptions, feature_maps_of, fit_features
 from policylens.train.ppo import gae
+from policylens.worlds.hazards import ENV_ID, hazard_env_kwargs
 
 MAX_LEVELS = 1024
 """Levels dissected at once: one batch of envs, each keeping its last steps in memory."""
@@ -87,7 +92,7 @@ def visible_steps(in_view: np.ndarray) -> int:
 
 
 def failed_episodes(
-    agent: Any,
+    agent: HookedAgent,
     env_kwargs: dict[str, Any],
     levels: int,
     *,
@@ -99,9 +104,9 @@ def failed_episodes(
     """Play ``levels`` levels; the last ``window`` steps of each failed one, with advantages by
     the run's discount and GAE lambda (a timeout bootstraps from its last observation's value)."""
     if window < 1:
-        raise ValueError(f"--window must be >= 1, got {window}.")
+        raise ValueError(f"window must be >= 1, got {window}.")
     if not 1 <= levels <= MAX_LEVELS:
-        raise ValueError(f"--levels must lie in 1..{MAX_LEVELS} (one batch of envs), got {levels}.")
+        raise ValueError(f"levels must lie in 1..{MAX_LEVELS} (one batch of envs), got {levels}.")
     buffers: dict[int, deque] = {}
     final_obs: dict[int, np.ndarray] = {}
 
@@ -113,11 +118,11 @@ def failed_episodes(
             if step.truncated[i] and not step.terminated[i]:
                 final_obs[i] = np.asarray(step.next_infos["final_obs"][i]).copy()
 
-    eps = run_episodes(
-        agent, levels, ENV_ID, {**env_kwargs, "masks": True}, seed=seed,
-        policy=policy_for(agent), max_envs=levels, on_step=keep,
-        end_labels=("death_cause", "agent_pos"),
+    options = EpisodeOptions(
+        seed=seed, policy=policy_for(agent), max_envs=levels,
+        labels=Labels(end=("death_cause", "agent_pos")),
     )  # fmt: skip
+    eps = run_episodes(agent, levels, ENV_ID, {**env_kwargs, "masks": True}, options, on_step=keep)
     out = []
     for i, e in enumerate(eps):
         if e.success:
@@ -147,7 +152,7 @@ def failed_episodes(
 
 
 def dissect(
-    agent: Any,
+    agent: HookedAgent,
     env_kwargs: dict[str, Any],
     levels: int,
     *,
@@ -155,8 +160,9 @@ def dissect(
     seed: int = 10_000,
     gamma: float = 0.99,
     gae_lambda: float = 0.95,
-) -> tuple[dict[str, Any], list[FailedEpisode]]:
-    """Counts of each class per cause (with Wilson intervals of their share), and the episodes."""
+) -> tuple[DissectionResult, list[FailedEpisode]]:
+    """Counts of each class per cause (with Wilson intervals of their share), and the failed
+    episodes."""
     played, failed = failed_episodes(
         agent, env_kwargs, levels, window=window, seed=seed, gamma=gamma, gae_lambda=gae_lambda
     )
@@ -174,18 +180,108 @@ def dissect(
             "seen the whole window": stats.proportion([seen == window for _, seen in of_cause]),
         }
     other = {c: sum(ep.cause == c for ep in failed) for c in ("fell", "timeout", "multiple")}
-    summary = {
-        "levels": played,
-        "failed": len(failed),
-        "window": window,
-        "seed": seed,
-        "by_cause": rows,
-        "other": other,
-        "episodes": [
-            {"episode": ep.episode, "cause": ep.cause, "values": ep.values.tolist(),
-             "advantages": ep.advantages.tolist(),
-             "class": cls, "visible_steps": seen}
-            for ep, (cls, seen) in zip(failed, judged, strict=True)
-        ],
-    }  # fmt: skip
-    return summary, failed
+    episodes = [
+        {"episode": ep.episode, "cause": ep.cause, "values": ep.values.tolist(),
+         "advantages": ep.advantages.tolist(), "class": cls, "visible_steps": seen}
+        for ep, (cls, seen) in zip(failed, judged, strict=True)
+    ]  # fmt: skip
+    result = DissectionResult(played, len(failed), window, seed, rows, other, episodes)
+    return result, failed
+
+
+@dataclass(frozen=True)
+class ShownFailure:
+    """A failure drawn in the report: its last frames with the features' maps on them."""
+
+    episode: int
+    cause: str
+    obs: np.ndarray
+    values: np.ndarray
+    advantages: np.ndarray
+    maps: np.ndarray
+    """The fitted features' maps on the frames ``(steps, h, w, k)``."""
+
+
+SAVED = ("levels", "failed", "window", "seed", "by_cause", "other", "episodes")
+"""The fields of a :class:`DissectionResult` its JSON holds."""
+
+
+@dataclass(frozen=True)
+class DissectionResult:
+    """Per hazard cause: how many deaths fell in each class; and each failed level's last steps."""
+
+    levels: int
+    failed: int
+    window: int
+    seed: int
+    by_cause: dict[str, dict[str, Any]]
+    """Per hazard (saw, enemy, lava): deaths, the share of each class and of deaths whose killer
+    was in view for the whole window (Wilson intervals)."""
+    other: dict[str, int]
+    """Deaths with no hazard to see: fell, timeout, multiple."""
+    episodes: list[dict[str, Any]]
+    """Per failed level: its cause, values, advantages, class and visible steps."""
+    shown: tuple[ShownFailure, ...] = ()
+    """The first few failures with the features' maps (not saved)."""
+    feature_colours: tuple[str, ...] = ()
+    feature_names: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in SAVED}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DissectionResult:
+        return cls(**{k: data[k] for k in SAVED})
+
+
+@dataclass(frozen=True)
+class DissectOptions:
+    """The levels dissected, and the features drawn on the failures."""
+
+    levels: int = 256
+    """Unseen levels played (at most :data:`MAX_LEVELS`)."""
+    window: int = 8
+    """Last steps kept of each failure."""
+    seed: int = 10_000
+    """Seed of the levels and the sampled actions."""
+    show: int = 4
+    """Failures drawn with the features' maps."""
+    features: FeatureOptions = FeatureOptions(n_obs=256)
+    """The frames and NMF of the features drawn (``features.step``: the checkpoint dissected)."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.levels <= MAX_LEVELS:
+            raise ValueError(
+                f"levels must lie in 1..{MAX_LEVELS} (one batch of envs), got {self.levels}."
+            )
+        if self.window < 1 or self.show < 0:
+            raise ValueError(f"window must be >= 1 and show >= 0, got {self.window}, {self.show}.")
+
+
+def run_dissection(run: Run, options: DissectOptions) -> DissectionResult:
+    """Dissect the failures of the run's agent on its unseen levels, the first few with the named
+    features' maps; saved as ``analysis/rl_vision_dissection.json``."""
+    env_kwargs = hazard_env_kwargs(run)
+    fo = options.features
+    agent = run.load_agent(fo.step)
+    trainer = run.config.get("trainer", {})
+    with FolderLock(run.analysis_dir, "analysis folder"):
+        hf = fit_features(agent, env_kwargs, fo)
+        result, failed = dissect(
+            agent, env_kwargs, options.levels, window=options.window, seed=options.seed,
+            gamma=float(trainer.get("gamma", 0.99)),
+            gae_lambda=float(trainer.get("gae_lambda", 0.95)),
+        )  # fmt: skip
+        shown = tuple(
+            ShownFailure(ep.episode, ep.cause, ep.obs, ep.values, ep.advantages,
+                         feature_maps_of(agent, hf, ep.obs, n_steps=fo.n_steps))
+            for ep in failed[: options.show]
+        )  # fmt: skip
+        result = dataclasses.replace(
+            result,
+            shown=shown,
+            feature_colours=tuple(hf.nmf.colours),
+            feature_names=tuple(hf.nmf.names()),
+        )
+        write_json(run.analysis_dir / "rl_vision_dissection.json", result.to_json())
+    return result

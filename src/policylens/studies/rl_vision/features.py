@@ -14,117 +14,23 @@ from typing import Any
 
 import numpy as np
 
-from policylens.envs.hazards import HazardsConfig
-from policylens.lenses.attribution import attribute
-from policylens.lenses.nmf import AttributionNMF, attribution_nmf, label_features
-from policylens.rollout.engine import Step, policy_for, run_episodes
+from policylens.agents.agent import HookedAgent
+from policylens.artifacts import FolderLock, write_json
+from policylens.lenses.attribution import IntegratedGradients, attribute
+from policylens.lenses.nmf import AttributionNMF, ValueFeatureOptions, value_features
 from policylens.runs import Run
-from policylens.studies.hazards.failures import ENV_ID, level_splits
+from policylens.worlds.hazards import (
+    DEFAULT_LAYER,
+    HAZARDS,
+    OBJECTS,
+    Frames,
+    collect_frames,
+    hazard_env_kwargs,
+    masks_at,
+)
 
-DEFAULT_LAYER = "hook_relu"
-"""The recipe network's conv map after its ReLU (16 x 13 x 13), read only by ``fc``."""
-OBJECTS = ("saw", "enemy", "coin", "agent", "wall", "crate", "lava", "velocity")
-"""Ground-truth masks a feature may be named after."""
-HAZARDS = ("saw", "enemy", "lava")
 GOOD_ALIGNMENT = 0.6
 """The issue's bar: every hazard the agent meets should get a feature aligned at least this well."""
-
-
-def hazard_env_kwargs(run: Run) -> dict[str, Any]:
-    """The run's unseen levels (or its training distribution when it trained on all levels)."""
-    trainer = run.config.get("trainer", {})
-    if trainer.get("env_id") != ENV_ID:
-        raise ValueError(
-            f"{run.path} was trained in {trainer.get('env_id')}, not {ENV_ID}; this study needs a "
-            "hazard-world run (`policylens train hazards`)."
-        )
-    splits = level_splits(trainer.get("env_kwargs", {}))
-    return dict(splits.get("unseen", splits["training"]))
-
-
-def velocity_mask(config: HazardsConfig) -> np.ndarray:
-    """Where the velocity marker is painted: two tiles in the top-left corner ``(side, side)``."""
-    p = config.pixels_per_tile
-    mask = np.zeros((config.obs_side, config.obs_side), dtype=bool)
-    if config.paint_vel_info:
-        mask[:p, : 2 * p] = True
-    return mask
-
-
-@dataclass
-class Frames:
-    """Observations from play with their object masks and ground-truth flags, one row per step."""
-
-    obs: np.ndarray
-    masks: dict[str, np.ndarray]
-    """Name -> bool ``(n, side, side)`` at observation resolution (see :data:`OBJECTS`)."""
-    values: np.ndarray
-
-
-def collect_frames(
-    agent: Any,
-    env_kwargs: dict[str, Any],
-    n_frames: int,
-    *,
-    episodes: int | None = None,
-    every: int = 4,
-    seed: int = 20_000,
-) -> Frames:
-    """``n_frames`` frames drawn at random (seeded) from every ``every``-th step of ``episodes``
-    sampled episodes, so that they cover whole levels, not only their first steps.
-
-    ``episodes`` defaults to ``max(64, n_frames // 8)``: an episode of the recipe's agent gives
-    about 10-25 frames at ``every=4``, so there are more to draw from than are kept. Fewer frames
-    than asked are returned only when the episodes are too short to give them.
-    """
-    episodes = max(64, n_frames // 8) if episodes is None else episodes
-    if n_frames < 1 or episodes < 1 or every < 1:
-        raise ValueError("n_frames, episodes and every must be >= 1.")
-    config = HazardsConfig.from_kwargs({**env_kwargs, "masks": True})
-    hud = velocity_mask(config)
-    rows: dict[str, list[Any]] = {"obs": [], "values": []}
-    masks: dict[str, list[np.ndarray]] = {name: [] for name in OBJECTS}
-    t = [0]
-
-    def keep(step: Step, active: np.ndarray) -> None:
-        if t[0] % every == 0:
-            for i in np.nonzero(active)[0].tolist():
-                rows["obs"].append(step.obs[i])
-                rows["values"].append(float(step.values[i]))
-                for name in OBJECTS:
-                    masks[name].append(hud if name == "velocity" else step.infos[f"mask_{name}"][i])
-        t[0] += 1
-
-    run_episodes(
-        agent, episodes, ENV_ID, {**env_kwargs, "masks": True}, seed=seed,
-        policy=policy_for(agent), max_envs=min(episodes, 256), on_step=keep,
-    )  # fmt: skip
-    n = len(rows["obs"])
-    pick = np.sort(np.random.default_rng(seed).permutation(n)[:n_frames])
-    return Frames(
-        obs=np.stack(rows["obs"])[pick],
-        masks={k: np.stack(v)[pick].astype(bool) for k, v in masks.items()},
-        values=np.array(rows["values"])[pick],
-    )
-
-
-def resize_masks(masks: dict[str, np.ndarray], shape: tuple[int, int]) -> dict[str, np.ndarray]:
-    """Masks at a layer's resolution: a cell is on if any observation cell under it is."""
-    out = {}
-    for name, m in masks.items():
-        n, h, w = m.shape
-        fh, fw = shape
-        if (h, w) == (fh, fw):
-            out[name] = m
-            continue
-        rows = (np.arange(h) * fh) // h
-        cols = (np.arange(w) * fw) // w
-        small = np.zeros((n, fh, fw), dtype=bool)
-        r, c = np.meshgrid(rows, cols, indexing="ij")
-        for i in range(n):
-            np.logical_or.at(small[i], (r, c), m[i])
-        out[name] = small
-    return out
 
 
 @dataclass
@@ -144,11 +50,11 @@ class HazardFeatures:
         if name.isdigit():
             i = int(name)
             if not 0 <= i < self.nmf.k:
-                raise ValueError(f"--feature {i} does not exist: there are {self.nmf.k} features.")
+                raise ValueError(f"feature {i} does not exist: there are {self.nmf.k} features.")
             return i
         if name not in OBJECTS:
             raise ValueError(
-                f"--feature must be one of {', '.join(OBJECTS)} or an index, not {name!r}."
+                f"feature must be one of {', '.join(OBJECTS)} or an index, not {name!r}."
             )
         return int(np.argmax([lab["correlations"][name] for lab in self.nmf.labels]))
 
@@ -156,38 +62,67 @@ class HazardFeatures:
         """The feature's signed channel direction at the layer ``(channel,)``."""
         return self.nmf.directions()[feature]
 
-    def summary(self) -> dict[str, Any]:
+    def result(self) -> FeaturesResult:
         """Per-object best alignment, the legend, and whether each hazard met reaches the bar."""
         best = {
             name: max((lab["correlations"][name] for lab in self.nmf.labels), default=float("nan"))
             for name in OBJECTS
         }
         present = {name: bool(self.frames.masks[name].any()) for name in OBJECTS}
+        return FeaturesResult(
+            layer=self.layer,
+            frames=len(self.frames.obs),
+            nmf=self.nmf.to_dict(),
+            examples=self.examples,
+            best_alignment=best,
+            hazards_met=[h for h in HAZARDS if present[h]],
+            hazards_named={h: best[h] >= GOOD_ALIGNMENT for h in HAZARDS if present[h]},
+            interpretability_score=interpretability_score(self.nmf.labels),
+            attribution_on_objects=attribution_on_objects(
+                self.attributions, masks_at(self.frames.masks, self.attributions.shape[2:])
+            ),
+            fitted=self,
+        )
+
+
+@dataclass(frozen=True)
+class FeaturesResult:
+    """The named features of a hazard run's value, as ``policylens features`` shows them."""
+
+    layer: str
+    frames: int
+    nmf: dict[str, Any]
+    """The NMF's summary: ``k``, ``explained``, per feature its colour, sign and label."""
+    examples: list[list[dict[str, Any]]]
+    """Per feature, its top frames (frame, peak cell, strength)."""
+    best_alignment: dict[str, float]
+    """Per object: the best correlation of any feature's map with its mask."""
+    hazards_met: list[str]
+    hazards_named: dict[str, bool]
+    """Per hazard in the frames: whether a feature is aligned with it at :data:`GOOD_ALIGNMENT`."""
+    interpretability_score: float
+    attribution_on_objects: dict[str, dict[str, float]]
+    fitted: HazardFeatures | None = field(default=None, compare=False, repr=False)
+    """The fitted features with their frames (None when read back from JSON)."""
+
+    def to_json(self) -> dict[str, Any]:
         return {
             "layer": self.layer,
-            "frames": len(self.frames.obs),
-            "nmf": self.nmf.to_dict(),
+            "frames": self.frames,
+            "nmf": self.nmf,
             "examples": self.examples,
-            "best_alignment": best,
-            "hazards_met": [h for h in HAZARDS if present[h]],
-            "hazards_named": {h: best[h] >= GOOD_ALIGNMENT for h in HAZARDS if present[h]},
-            "interpretability_score": interpretability_score(self.nmf.labels),
-            "attribution_on_objects": attribution_on_objects(
-                self.attributions, resize_masks(self.frames.masks, self.attributions.shape[2:])
-            ),
+            "best_alignment": self.best_alignment,
+            "hazards_met": self.hazards_met,
+            "hazards_named": self.hazards_named,
+            "interpretability_score": self.interpretability_score,
+            "attribution_on_objects": self.attribution_on_objects,
         }
 
-
-def named_sentence(summary: dict[str, Any]) -> str:
-    """Whether each hazard the agent met got a feature aligned at the bar, in one sentence."""
-    named = summary["hazards_named"]
-    if not named:
-        return "No hazard appeared in the frames."
-    verdicts = ", ".join(
-        f"{h} {'yes' if ok else 'no'} ({summary['best_alignment'][h]:.2f})"
-        for h, ok in named.items()
-    )
-    return f"Hazards met with a feature aligned >= {GOOD_ALIGNMENT}: {verdicts}."
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FeaturesResult:
+        """A result as saved (saves from before ``attribution_on_objects`` have none)."""
+        saved = {"attribution_on_objects": {}, **data}
+        return cls(**{k: saved[k] for k in cls.__dataclass_fields__ if k != "fitted"})
 
 
 def attribution_on_objects(
@@ -208,7 +143,7 @@ def attribution_on_objects(
     return out
 
 
-def object_direction(agent: Any, frames: Frames, layer: str, name: str) -> np.ndarray:
+def object_direction(agent: HookedAgent, frames: Frames, layer: str, name: str) -> np.ndarray:
     """The channel direction of object ``name`` at ``layer``, from ground truth, not NMF: the mean
     activation over cells on the object minus the mean over the other cells ``(channel,)``.
 
@@ -216,14 +151,14 @@ def object_direction(agent: Any, frames: Frames, layer: str, name: str) -> np.nd
     the object, no NMF feature aligned with the object would either.
     """
     if name not in OBJECTS:
-        raise ValueError(f"--feature must be one of {', '.join(OBJECTS)} for an object direction.")
+        raise ValueError(f"feature must be one of {', '.join(OBJECTS)} for an object direction.")
     _, cache = agent.run_with_cache(frames.obs, names=[layer])
     act = cache[layer].float().numpy()
     if act.ndim != 4:
-        raise ValueError(f"--layer {layer} is not a conv layer; pick one with (channel, h, w).")
-    mask = resize_masks({name: frames.masks[name]}, act.shape[2:])[name]
+        raise ValueError(f"layer {layer} is not a conv layer; pick one with (channel, h, w).")
+    mask = masks_at({name: frames.masks[name]}, act.shape[2:])[name]
     if not mask.any():
-        raise ValueError(f"No {name} is in view in the frames; raise --n-obs.")
+        raise ValueError(f"No {name} is in view in the frames; raise n_obs.")
     cells = act.transpose(0, 2, 3, 1)  # (n, h, w, channel)
     return cells[mask].mean(0) - cells[~mask].mean(0)
 
@@ -234,7 +169,7 @@ def interpretability_score(labels: list[dict[str, Any]]) -> float:
 
 
 def hazard_features(
-    agent: Any,
+    agent: HookedAgent,
     frames: Frames,
     *,
     layer: str = DEFAULT_LAYER,
@@ -244,14 +179,12 @@ def hazard_features(
     examples: int = 6,
 ) -> HazardFeatures:
     """Value IG at ``layer`` from a zero baseline, split by sign, NMF into ``k`` named features."""
-    attr = attribute(agent, frames.obs, "ig", "value", layer, baseline="zeros", n_steps=n_steps)
-    a = attr.numpy()
-    if a.ndim != 4:
-        raise ValueError(f"--layer {layer} is not a conv layer; pick one with (channel, h, w).")
-    nmf = attribution_nmf(a, k=k, seed=seed)
-    nmf.labels = label_features(nmf.maps, resize_masks(frames.masks, a.shape[2:]))
+    # every object is a tile or less: a layer cell holds it where any part of it is (masks_at)
+    options = ValueFeatureOptions(k=k, n_steps=n_steps, seed=seed, any_cover=OBJECTS)
+    found = value_features(agent, frames.obs, frames.masks, layer, options)
+    nmf = found.nmf
     tops = [top_examples(nmf.maps[..., i], examples) for i in range(nmf.k)]
-    return HazardFeatures(layer, frames, a, nmf, tops)
+    return HazardFeatures(layer, frames, found.attribution.numpy(), nmf, tops)
 
 
 def top_examples(maps: np.ndarray, k: int) -> list[dict[str, Any]]:
@@ -267,25 +200,57 @@ def top_examples(maps: np.ndarray, k: int) -> list[dict[str, Any]]:
     ]
 
 
-def run_features(
-    run: Run,
-    *,
-    n_frames: int = 512,
-    k: int = 8,
-    layer: str = DEFAULT_LAYER,
-    n_steps: int = 16,
-    seed: int = 0,
-    step: int | None = None,
-) -> tuple[Any, HazardFeatures]:
-    """The run's agent and its named features on frames from its unseen levels."""
-    agent = run.load_agent(step)
-    frames = collect_frames(agent, hazard_env_kwargs(run), n_frames, seed=20_000 + seed)
-    return agent, hazard_features(agent, frames, layer=layer, k=k, n_steps=n_steps, seed=seed)
+@dataclass(frozen=True)
+class FeatureOptions:
+    """Which frames the features are fitted on, and how."""
+
+    n_obs: int = 512
+    """Frames from the run's unseen levels."""
+    nmf: int = 8
+    """NMF features."""
+    layer: str = DEFAULT_LAYER
+    """The conv layer the value is attributed to."""
+    n_steps: int = 16
+    """Integrated-gradient steps from the layer's zero activation."""
+    seed: int = 0
+    """Seed of the NMF; the frames' levels are seeded ``20_000 + seed``."""
+    step: int | None = None
+    """Checkpoint step (None: the latest)."""
+
+    def __post_init__(self) -> None:
+        if self.n_obs < 1 or self.nmf < 1 or self.n_steps < 1:
+            raise ValueError(
+                f"n_obs, nmf and n_steps must be >= 1, got {self.n_obs}, {self.nmf}, "
+                f"{self.n_steps}."
+            )
+
+
+def fit_features(
+    agent: HookedAgent, env_kwargs: dict[str, Any], options: FeatureOptions
+) -> HazardFeatures:
+    """The agent's named features on frames of its play under ``env_kwargs``."""
+    frames = collect_frames(agent, env_kwargs, options.n_obs, seed=20_000 + options.seed)
+    return hazard_features(
+        agent, frames, layer=options.layer, k=options.nmf, n_steps=options.n_steps,
+        seed=options.seed,
+    )  # fmt: skip
+
+
+def run_features(run: Run, options: FeatureOptions) -> FeaturesResult:
+    """The named features of the run's agent on frames from its unseen levels, saved as
+    ``analysis/rl_vision_features.json`` (the report reads it)."""
+    env_kwargs = hazard_env_kwargs(run)
+    agent = run.load_agent(options.step)
+    with FolderLock(run.analysis_dir, "analysis folder"):
+        result = fit_features(agent, env_kwargs, options).result()
+        write_json(run.analysis_dir / "rl_vision_features.json", result.to_json())
+    return result
 
 
 def feature_maps_of(
-    agent: Any, hf: HazardFeatures, obs: np.ndarray, n_steps: int = 16
+    agent: HookedAgent, hf: HazardFeatures, obs: np.ndarray, n_steps: int = 16
 ) -> np.ndarray:
-    """The fitted features' maps ``(n, h, w, k)`` on new observations (value IG at the layer)."""
-    attr = attribute(agent, obs, "ig", "value", hf.layer, baseline="zeros", n_steps=n_steps)
-    return hf.nmf.transform(attr.numpy())
+    """The fitted features' maps ``(n, h, w, k)`` on new observations (value IG at the layer,
+    from its zero activation, as the features were fitted)."""
+    ig = IntegratedGradients(n_steps=n_steps, baseline="zeros")
+    return hf.nmf.transform(attribute(agent, obs, ig, "value", hf.layer).numpy())

@@ -13,13 +13,19 @@ random cell of the same frame where the feature is quiet (the control); the pair
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from policylens.agents.agent import HookedAgent
+from policylens.artifacts import FolderLock, write_json
 from policylens.rollout import stats
+from policylens.runs import Run
+from policylens.studies.rl_vision.features import FeatureOptions, fit_features
+from policylens.worlds.hazards import hazard_env_kwargs, masks_at
 
 NAMED = ("saw", "enemy", "coin", "lava", "agent")
 """Objects whose features are checked for hallucinations (walls and the HUD are everywhere)."""
@@ -86,29 +92,7 @@ def find_hallucinations(
     return found, counts
 
 
-def hallucination_sentence(result: dict[str, Any], min_correlation: float = 0.3) -> str:
-    """What a hallucination search found, in one sentence; it says when no feature was named
-    well enough to be checked (no evidence either way) rather than "none found"."""
-    counts, check = result["counts"], result["check"]
-    if not counts:
-        return (
-            f"No feature is named for {', '.join(NAMED)} at correlation >= {min_correlation}, "
-            "so none could be checked for hallucinations: no evidence either way."
-        )
-    names = ", ".join(f"{c['feature']} ({c['label']})" for c in counts.values())
-    if not check["checked"]:
-        return f"No hallucinations: features {names} never fired strongly away from their object."
-    d = check["difference"]
-    return (
-        f"Features {names}: patching {check['checked']} hallucinated regions from a clean frame "
-        f"changed |value| by {check['abs_value_change']['mean']:.4f} against "
-        f"{check['abs_value_change_control']['mean']:.4f} for the same patch where the feature "
-        f"is quiet; difference {d['mean']:.4f} [{d['ci'][0]:.4f}, {d['ci'][1]:.4f}]"
-        + (" (no effect)." if d["ci"][0] <= 0 <= d["ci"][1] else ".")
-    )
-
-
-def _patched_value(agent: Any, obs: np.ndarray, layer: str, clean: torch.Tensor,
+def _patched_value(agent: HookedAgent, obs: np.ndarray, layer: str, clean: torch.Tensor,
                    region: tuple[slice, slice]) -> float:  # fmt: skip
     def patch(act: torch.Tensor, hook: Any) -> torch.Tensor:
         act = act.clone()
@@ -121,7 +105,7 @@ def _patched_value(agent: Any, obs: np.ndarray, layer: str, clean: torch.Tensor,
 
 
 def intervention_check(
-    agent: Any,
+    agent: HookedAgent,
     obs: np.ndarray,
     maps: np.ndarray,
     layer: str,
@@ -178,3 +162,59 @@ def intervention_check(
         "difference": stats.mean(patched - quiet_change),
         "rows": rows,
     }
+
+
+@dataclass(frozen=True)
+class HallucinationOptions:
+    """The features searched (frames, NMF) and how many hallucinations are checked by patching."""
+
+    features: FeatureOptions = FeatureOptions()
+    limit: int = 64
+    """Hallucinations checked by patching (the strongest first)."""
+
+    def __post_init__(self) -> None:
+        if self.limit < 1:
+            raise ValueError(f"limit must be >= 1, got {self.limit}.")
+
+
+@dataclass(frozen=True)
+class HallucinationResult:
+    """Hallucinations of a run's named features and the patching check."""
+
+    layer: str
+    frames: int
+    counts: dict[str, Any]
+    """Per checked feature (``"<index>:<label>"``): cells, share of frames with one, threshold."""
+    check: dict[str, Any]
+    """:func:`intervention_check`'s result (``checked``: 0 when nothing was found)."""
+    examples: list[dict[str, Any]]
+    """The ten strongest hallucinations."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"layer": self.layer, "frames": self.frames, "counts": self.counts,
+                "check": self.check, "examples": self.examples}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> HallucinationResult:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+
+
+def run_hallucinations(run: Run, options: HallucinationOptions) -> HallucinationResult:
+    """Hallucinations of the run's named features on frames from its unseen levels, each checked
+    by patching; saved as ``analysis/rl_vision_hallucinations.json``."""
+    env_kwargs = hazard_env_kwargs(run)
+    agent = run.load_agent(options.features.step)
+    with FolderLock(run.analysis_dir, "analysis folder"):
+        hf = fit_features(agent, env_kwargs, options.features)
+        maps = hf.nmf.maps
+        masks = masks_at(hf.frames.masks, maps.shape[1:3])
+        found, counts = find_hallucinations(maps, masks, hf.nmf.labels)
+        check = intervention_check(
+            agent, hf.frames.obs, maps, hf.layer, found, limit=options.limit,
+            seed=options.features.seed,
+        )  # fmt: skip
+        result = HallucinationResult(
+            hf.layer, len(maps), counts, check, [dataclasses.asdict(h) for h in found[:10]]
+        )
+        write_json(run.analysis_dir / "rl_vision_hallucinations.json", result.to_json())
+    return result
