@@ -28,7 +28,7 @@ from policylens.envs.hazards import (
 )
 from policylens.lenses.masks import resize_masks
 from policylens.rollout import engine
-from policylens.rollout.engine import Step, policy_for, run_episodes
+from policylens.rollout.engine import EpisodeOptions, Step, policy_for, run_episodes
 from policylens.runs import Run
 from policylens.train.ppo import PPOConfig
 from policylens.worlds.base import Dataset, World
@@ -215,10 +215,8 @@ def collect_frames(
                     masks[name].append(hud if name == "velocity" else step.infos[f"mask_{name}"][i])
         t[0] += 1
 
-    run_episodes(
-        agent, episodes, ENV_ID, {**env_kwargs, "masks": True}, seed=seed,
-        policy=policy_for(agent), max_envs=min(episodes, 256), on_step=keep,
-    )  # fmt: skip
+    options = EpisodeOptions(seed=seed, policy=policy_for(agent), max_envs=min(episodes, 256))
+    run_episodes(agent, episodes, ENV_ID, {**env_kwargs, "masks": True}, options, on_step=keep)
     n = len(rows["obs"])
     pick = np.sort(np.random.default_rng(seed).permutation(n)[:n_frames])
     return Frames(
@@ -263,6 +261,7 @@ class HazardsWorld(World):
     env_id = ENV_ID
     recipe = staticmethod(hazards_recipe)
     sweep_metrics = "policylens.studies.rl_vision.diversity:diversity_metrics"
+    headline = "policylens.studies.hazards.failures:headline"
     default_layer = DEFAULT_LAYER
     has_levels = True
     outside_plane = CHANNELS.index("wall")  # the symbolic view's; images are not grids

@@ -68,6 +68,7 @@ class LunarWorld(World):
 
     name = "lunar"
     env_id = ENV_ID
+    headline = "policylens.studies.lunar_updates.evaluation:headline"
     recipe = staticmethod(lunar_recipe)
 
     @classmethod

@@ -86,6 +86,7 @@ class RookWorld(World):
 
     name = "rook"
     env_id = ENV_ID
+    headline = "policylens.studies.rook_sae.play:headline"
     recipe = staticmethod(chess_recipe)
     concepts = (
         "in_check",

@@ -247,3 +247,14 @@ def unseen_or_training(env_kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]
     splits = level_splits(env_kwargs)
     name = "unseen" if "unseen" in splits else "training"
     return name, splits[name]
+
+
+def headline(run: Run, levels: int = 2000, seed: int = 10_000) -> dict[str, dict[str, Any]]:
+    """A hazard agent's headline figures (a zoo entry's ``results.json``): completion on its
+    training and unseen levels and each hazard's share of unseen levels, sampled actions, each a
+    proportion with its Wilson 95% interval."""
+    study = run_failures(run, FailureOptions(levels=levels, seed=seed))
+    out = {f"{name}_completion": split.shown.completion for name, split in study.splits.items()}
+    unseen = study.splits.get("unseen", study.splits["training"]).shown
+    out |= {f"unseen_{cause}_deaths": unseen.of_levels(cause) for cause in ("saw", "enemy", "lava")}
+    return out

@@ -16,6 +16,7 @@ from policylens import worlds
 from policylens.agents.agent import HookedAgent
 from policylens.rollout import stats
 from policylens.rollout.engine import EpisodeOptions, Labels, Policy, run_episodes
+from policylens.runs import Run
 
 END_FLAGS = ("landed", "landed_on_pad", "crashed")
 """World labels of an episode's last step that the evaluation counts."""
@@ -93,8 +94,21 @@ def evaluate_weights(
     return {"summary": summarize_episodes(eps), "episodes": eps}
 
 
+def headline(run: Run, episodes: int = 200, seed: int = 10_000) -> dict[str, dict[str, Any]]:
+    """A lunar agent's headline figures (a zoo entry's ``results.json``): landing rate, fuel used
+    per episode and the returns without and with the fuel term, sampled actions, with 95%
+    intervals."""
+    summary = summarize_episodes(lunar_episodes(run.load_agent(), episodes, seed))
+    return {
+        "landed": summary["landed"],
+        "fuel_used": summary["fuel_used"],
+        **{f"return_{v}": summary["return"][v] for v in ("no_fuel", "scaled_fuel")},
+    }
+
+
 __all__ = [
     "ensure_lunar_world",
+    "headline",
     "evaluate_weights",
     "lunar_episodes",
     "summarize_episodes",

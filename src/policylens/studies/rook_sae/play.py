@@ -77,4 +77,15 @@ def evaluate_chess_run(run: Run, options: ChessEvalOptions) -> ChessEvaluation:
     return ChessEvaluation(rows)
 
 
-__all__ = ["OPPONENTS", "ChessEvalOptions", "ChessEvaluation", "evaluate_chess_run"]
+def headline(run: Run, episodes: int = 2000, seed: int = 10_000) -> dict[str, dict[str, Any]]:
+    """A rook-endgame agent's headline figures (a zoo entry's ``results.json``): its checkmate
+    rate against each opponent, argmax actions, with Wilson 95% intervals."""
+    evaluation = evaluate_chess_run(run, ChessEvalOptions(episodes=episodes, seed=seed))
+    opponents = [row["env_kwargs"]["opponent"] for row in evaluation.rows]
+    return {
+        f"mate_rate_vs_{o}": row["success"]
+        for o, row in zip(opponents, evaluation.rows, strict=True)
+    }
+
+
+__all__ = ["OPPONENTS", "ChessEvalOptions", "ChessEvaluation", "evaluate_chess_run", "headline"]
