@@ -23,7 +23,7 @@ from torch import nn
 from policylens.agents.hooks import retain_freed_memory
 from policylens.studies.maze.behaviour import evaluate
 from policylens.train.ppo import PPOConfig, compute_dtype, train_ppo
-from policylens.train.recipes import maze_recipe
+from policylens.worlds.maze import maze_recipe
 
 
 def sb3_ppo(config: PPOConfig, threads: int):
@@ -99,14 +99,18 @@ def main() -> None:
             t = time.perf_counter()
             run = train_ppo(config, f"{tmp}/pl", progress=False)
             secs = time.perf_counter() - t
-            return secs, evaluate(run.load_agent(), args.episodes, env_kwargs=env_kwargs, seed=99)
+            return secs, evaluate(
+                run.load_agent(), args.episodes, config.env_id, env_kwargs, seed=99
+            ).summary
 
     def theirs() -> tuple[float, dict]:
         model = sb3_ppo(config, args.threads)
         t = time.perf_counter()
         model.learn(total_timesteps=steps)
         secs = time.perf_counter() - t
-        return secs, evaluate(sb3_agent(model), args.episodes, env_kwargs=env_kwargs, seed=99)
+        return secs, evaluate(
+            sb3_agent(model), args.episodes, config.env_id, env_kwargs, seed=99
+        ).summary
 
     # Repeats alternate the order (ours, SB3, SB3, ours, ...) so a machine that slows down or
     # speeds up over the run favours neither side; each side's fastest run is reported.

@@ -17,7 +17,8 @@ from policylens.cli import app
 from policylens.envs.maze import MazeConfig, bfs_distances, generate_level
 from policylens.runs import Run
 from policylens.studies.maze.decisions import decision_square_analysis
-from policylens.studies.maze.misgeneralization import behaviour_study, maze_config
+from policylens.studies.maze.misgeneralization import behaviour_study
+from policylens.worlds.maze import maze_config
 
 runner = CliRunner()
 
@@ -79,7 +80,7 @@ def test_behaviour_json_is_the_python_analysis(tiny):
     data = invoke("behaviour", out, "--episodes", 30, "--n-mazes", 20, "--json")
     run = Run(out)
     agent, config = run.load_agent(), maze_config(run)
-    expected = behaviour_study(agent, config, 30)
+    expected = behaviour_study(agent, config, 30).to_json()
     expected_decisions = decision_square_analysis(agent, config, 20, exclude_region=1)
     assert data["train"]["success"] == expected["train"]["success"]
     assert data["test"]["corner_first"] == expected["test"]["corner_first"]
@@ -98,9 +99,11 @@ def test_report_and_table(tiny, tmp_path):
     assert [r["cheese_region"] for r in rows] == [1, None]
     assert all(r["steps"] == 8192 for r in rows)
     saved = json.loads((out / "analysis" / "maze.json").read_text())
-    rate = saved["behaviour"]["test"]["success"]["rate"]
-    assert rows[0]["test success"].startswith(f"{rate:.3f}")
-    assert np.isfinite(rate)
+    assert rows[0]["test success"] == saved["behaviour"]["test"]["success"]
+    assert (
+        rows[0]["off-path corner first"] == saved["behaviour"]["test"]["off_path"]["corner_first"]
+    )
+    assert np.isfinite(rows[0]["test success"]["rate"])
 
 
 @pytest.mark.parametrize(

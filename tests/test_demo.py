@@ -16,13 +16,17 @@ from typer.testing import CliRunner
 
 from policylens.agents import HookedAgent
 from policylens.cli import app
-from policylens.demo import headline_lines
 from policylens.envs.maze import MazeConfig, bfs_field
-from policylens.report.maze import maze_report
+from policylens.report.maze import headline_lines, render
 from policylens.rollout.stats import difference, proportion
 from policylens.studies.maze import steering as st
 from policylens.studies.maze.decisions import choice_regression, decision_square_analysis
-from policylens.studies.maze.misgeneralization import analyse_maze_agent, headline
+from policylens.studies.maze.misgeneralization import (
+    AnalysisOptions,
+    analyse_agent,
+    headline,
+    study_agent,
+)
 
 CONFIG = MazeConfig(max_steps=60)
 MOVES = ((-1, 0), (1, 0), (0, -1), (0, 1))  # up, down, left, right
@@ -132,20 +136,22 @@ def test_five_of_twenty_is_regressed_on_a_stratified_split():
 @pytest.mark.parametrize("goal", ["corner", "cheese", "stuck"])
 def test_degenerate_agents_get_a_full_report_and_an_honest_headline(goal, tmp_path):
     agent = scripted(goal)
-    result = analyse_maze_agent(agent, CONFIG, episodes=40, n_mazes=24, log=lambda m: None)
-    b, d = result["behaviour"], result["decisions"]
+    options = AnalysisOptions(episodes=40, n_mazes=24)
+    result = analyse_agent(agent, CONFIG, options, log=lambda m: None)
+    test, d = result.behaviour.test.summary, result.decisions
     expected_success = {"corner": None, "cheese": 1.0, "stuck": 0.0}[goal]
     if expected_success is not None:
-        assert b["test"]["success"]["rate"] == expected_success
+        assert test["success"]["rate"] == expected_success
     if goal == "corner":
-        assert b["test"]["off_path"]["corner_first"]["rate"] == 1.0  # cheese off its way
+        assert test["off_path"]["corner_first"]["rate"] == 1.0  # cheese off its way
         assert d["p_cheese"]["rate"] == 0.0
     if goal == "cheese":
         assert d["p_cheese"]["rate"] == 1.0  # (its path to the cheese may pass the corner)
     assert "skipped" in d["regression"]  # one choice every time: nothing to regress
 
-    report = maze_report(agent, CONFIG, result, "t", "scripted", n_obs=8, save_to=tmp_path)
-    html = report.render()
+    study = study_agent(agent, CONFIG, result, n_obs=8, log=lambda m: None)
+    study.attribution.save(tmp_path)
+    html = render(study).render()
     for title in ("Success and corner bias", "Decision squares", "Steering", "Channel clamping"):
         assert title in html
     assert "no regression" in html

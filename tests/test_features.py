@@ -14,7 +14,7 @@ from policylens.envs.maze import MazeConfig, generate_level
 from policylens.lenses import features as fe
 from policylens.lenses.nmf import attribution_nmf, label_features, split_sign
 from policylens.report import features as rf
-from policylens.studies.maze import dataset as md
+from policylens.worlds import maze as md
 
 PNG = b"\x89PNG"
 
@@ -38,7 +38,7 @@ def test_dataset_and_masks(data):
     assert (from_states["mouse"].sum((1, 2)) == 1).all()
     cat = md.categories(from_states)
     assert (cat[from_states["cheese"]] == md.CATEGORIES.index("cheese")).all()
-    small = md.resize_masks(from_states, (3, 3))
+    small = md.masks_at(from_states, (3, 3))
     assert small["mouse"].shape == (24, 3, 3) and (small["mouse"].sum((1, 2)) == 1).all()
 
 
@@ -112,6 +112,42 @@ def test_nmf_recovers_and_labels_planted_features(data):
         attribution_nmf(attr, k=0)
 
 
+def test_value_features_is_ig_nmf_and_labels_in_one_call(agent, data):
+    """The recipe equals its steps done by hand; parts reported to ``progress`` give the same
+    features; masks at observation resolution are resized with the options' any-cover names."""
+    from policylens.lenses.attribution import IntegratedGradients, attribute
+    from policylens.lenses.nmf import ValueFeatureOptions, value_features
+
+    masks = md.object_masks(data.states)
+    options = ValueFeatureOptions(k=3, n_steps=6, seed=2, any_cover=md.ONE_CELL)
+    found = value_features(agent, data.obs, masks, "res1.hook_out", options)
+    attr = attribute(agent, data.obs, IntegratedGradients(n_steps=6), "value", "res1.hook_out")
+    assert np.allclose(found.attribution.numpy(), attr.numpy(), atol=1e-6)
+    nmf = attribution_nmf(attr.attributions, k=3, seed=2)
+    assert np.allclose(found.nmf.maps, nmf.maps, atol=1e-4)
+    assert found.nmf.labels == label_features(found.nmf.maps, md.masks_at(masks, (9, 9)))
+    assert json.dumps(found.to_json())  # JSON-able
+    assert found.to_json()["attribution_completeness"] == attr.completeness.to_json()
+    said = []
+    parts = value_features(
+        agent, data.obs, masks, "res1.hook_out", options, lambda f, m: said.append((f, m))
+    )
+    assert (
+        len(said) == 9
+        and said[-1] == (0.8, "NMF")
+        and [f for f, _ in said] == sorted(f for f, _ in said)
+    )
+    assert np.allclose(parts.attribution.numpy(), found.attribution.numpy(), atol=1e-6)
+    assert parts.attribution.completeness.max_abs_error == pytest.approx(
+        found.attribution.completeness.max_abs_error, abs=1e-6
+    )
+    assert not value_features(agent, data.obs, {}, "res1.hook_out", options).nmf.labels
+    with pytest.raises(ValueError, match="without spatial dimensions"):
+        value_features(agent, data.obs, masks, "hook_fc", options)
+    with pytest.raises(ValueError, match="ValueFeatureOptions.k must be an integer >= 1"):
+        ValueFeatureOptions(k=0)
+
+
 def test_dataset_examples(agent, data):
     acts = fe.feature_maps(agent, data.obs, "res1.hook_out")
     ex = fe.dataset_examples(agent, data.obs, "res1.hook_out", 3, k=5, radius=2)
@@ -132,10 +168,11 @@ def test_dataset_examples(agent, data):
 
 
 def test_visualize_feature_increases_objective(agent):
-    v = fe.visualize_feature(agent, "hook_conv", 2, steps=15, lr=0.2, seed=0)
+    options = fe.VisualizationOptions(steps=15, lr=0.2, seed=0)
+    v = fe.visualize_feature(agent, "hook_conv", 2, options)
     assert v.input.shape == (3, 9, 9) and v.input.min() >= 0 and v.input.max() <= 1
     assert v.history[-1] > v.history[0]
-    again = fe.visualize_feature(agent, "hook_conv", 2, steps=15, lr=0.2, seed=0)
+    again = fe.visualize_feature(agent, "hook_conv", 2, options)
     assert np.array_equal(v.input, again.input)
 
 
@@ -169,14 +206,14 @@ def test_features_command_and_report_section(tmp_path):
 
     report = Report("t")
     from policylens.studies.maze.attribution import attribution_study
-    from policylens.studies.maze.misgeneralization import maze_config
+    from policylens.worlds.maze import maze_config
 
     study = attribution_study(
         run.load_agent(), maze_config(run), n_obs=16, k=3, clusters=3, log=lambda m: None
     )
     study.save(run.analysis_dir)
     attribution_section(report, study)
-    out = study.to_dict()
+    out = study.to_json()
     assert len(report.sections) == 4 and out["completeness"]["layer_value"]["max_abs_error"] < 0.05
     assert (run.analysis_dir / "attribution.json").is_file()
     assert "<img" in report.render()
@@ -200,7 +237,9 @@ def test_examples_crop_many_plane_grids_around_the_peak():
     obs[1, 4, 1, 3] = 1  # a saw at (1, 3) in the second frame
     maps = np.zeros((2, 13, 13))
     maps[1, 1, 3] = 5.0
-    (ex,) = fe.examples_from_maps(maps, obs, k=1, radius=2)
+    (ex,) = fe.examples_from_maps(maps, obs, k=1, radius=2, outside_plane=0)
     assert ex.index == 1 and ex.position == (1, 3) and ex.value == 5.0
     assert ex.crop.shape == (9, 5, 5) and ex.crop[4, 2, 2] == 1  # the saw at the centre
     assert ex.crop[0, 0].all() and not ex.crop[0, 1:].any()  # above the grid's row 0: wall
+    (bare,) = fe.examples_from_maps(maps, obs, k=1, radius=2)  # no wall plane: outside is empty
+    assert not bare.crop[:, 0].any() and np.array_equal(bare.crop[:, 1:], ex.crop[:, 1:])

@@ -11,16 +11,19 @@ import pytest
 import torch
 from torch import nn
 
+from policylens import worlds
 from policylens.agents import HookedAgent, build_agent
 from policylens.envs.maze import MazeBatch, MazeConfig, bfs_field, generate_level
 from policylens.lenses import interventions as iv
 from policylens.rollout.stats import wilson
 from policylens.studies.maze import steering as st
-from policylens.studies.maze.behaviour import evaluate, run_episodes_from_states, visit_counts
+from policylens.studies.maze.behaviour import evaluate, visit_counts
 from policylens.studies.maze.decisions import decision_square_analysis
 from policylens.studies.maze.vector_fields import move_probabilities, vector_field
+from policylens.worlds.maze import run_episodes_from_states
 
 CONFIG = MazeConfig(max_steps=60)
+MAZE = worlds.get("maze").env_id
 
 
 class Seeker(nn.Module):
@@ -59,8 +62,8 @@ def test_wilson_interval_brackets_the_rate():
 
 def test_cheese_seeker_is_perfect_and_never_goes_to_the_corner_first():
     result = evaluate(
-        seeker("cheese"), 60, env_kwargs={"cheese_region": None, "max_steps": 60}, greedy=True
-    )
+        seeker("cheese"), 60, MAZE, {"cheese_region": None, "max_steps": 60}, greedy=True
+    ).summary
     assert result["success"]["rate"] == 1.0
     assert result["path_ratio"] == pytest.approx(1.0)
     assert result["off_path"]["corner_first"]["rate"] == 0.0
@@ -68,14 +71,14 @@ def test_cheese_seeker_is_perfect_and_never_goes_to_the_corner_first():
 
 def test_corner_seeker_shows_corner_bias():
     result = evaluate(
-        seeker("corner"), 60, env_kwargs={"cheese_region": None, "max_steps": 60}, greedy=True
-    )
+        seeker("corner"), 60, MAZE, {"cheese_region": None, "max_steps": 60}, greedy=True
+    ).summary
     assert result["off_path"]["corner_first"]["rate"] == 1.0
     assert result["off_path"]["success"]["rate"] == 0.0
     # Trained setting: the cheese is in the corner, so the corner seeker solves every maze.
     train = evaluate(
-        seeker("corner"), 40, env_kwargs={"cheese_region": 1, "max_steps": 60}, greedy=True
-    )
+        seeker("corner"), 40, MAZE, {"cheese_region": 1, "max_steps": 60}, greedy=True
+    ).summary
     assert train["success"]["rate"] == 1.0
 
 

@@ -20,8 +20,13 @@ from typing import Any
 
 from rich.console import Console
 
-from policylens.envs.maze import MazeConfig, MazeSolver, MazeVecEnv
-from policylens.report.gallery import maze_gallery
+from policylens.report import gallery as gallery_report
+from policylens.report import maze as maze_report
+from policylens.runs import Run, config_json
+from policylens.studies.maze import gallery as levels
+from policylens.studies.maze import misgeneralization
+from policylens.train.ppo import PPOConfig, train_ppo
+from policylens.worlds.maze import maze_recipe
 
 
 @dataclass(frozen=True)
@@ -45,21 +50,31 @@ QUICK = DemoBudget(steps=100_000, steering_steps=50_000, episodes=100, n_mazes=1
 """A budget that runs every step in about a minute; its agent is barely trained."""
 
 
+@dataclass(frozen=True)
+class DemoResult:
+    """What the demo made: the gallery, the solver check, the headline and the report."""
+
+    gallery: dict[str, Any]
+    """The gallery's figures and its PNG (``path``)."""
+    solver: levels.SolverCheck
+    headline: misgeneralization.Headline
+    report: Path
+
+    def to_json(self) -> dict[str, Any]:
+        return {"gallery": self.gallery, "solver": self.solver.to_json(),
+                "headline": self.headline.to_json(), "report": str(self.report)}  # fmt: skip
+
+
 def run_demo(
     out: str | Path,
     console: Console | None = None,
     budget: DemoBudget = FULL,
     precision: str = "auto",
-) -> dict[str, Any]:
+) -> DemoResult:
     """Gallery -> train -> analyse -> report; prints the headline and the report's path.
 
     ``precision`` is PPO's (``auto`` trains in bf16 only on a CPU with native bf16).
     """
-    from policylens.report.maze import write_maze_report
-    from policylens.runs import config_json
-    from policylens.studies.maze.misgeneralization import analyse_maze_run, headline
-    from policylens.train.recipes import maze_recipe
-
     console = console or Console()
     out = Path(out)
     recipe = maze_recipe(total_steps=budget.steps, precision=precision)
@@ -70,12 +85,14 @@ def run_demo(
     for folder, wanted in ((out, recipe), (steering_dir, steering_recipe)):
         check_reusable(folder, config_json(asdict(wanted)))
     out.mkdir(parents=True, exist_ok=True)
-    config = MazeConfig()
-    gallery = maze_gallery(out / "analysis" / "maze_gallery.png", config, n=12, seed=0)
-    solved = solve_levels(config, episodes=200, seed=0)
+    shown = levels.GalleryOptions(n=12, seed=0)
+    solutions = levels.run(shown)
+    png = gallery_report.render(solutions, out / "analysis" / "maze_gallery.png")
+    drawn = {"path": str(png), **solutions.to_json()}
+    solved = levels.solve_levels(shown.config, episodes=200, seed=0)
     console.print(
-        f"[bold]1. world[/]: {gallery['levels']} mazes -> {gallery['path']}; the BFS solver solved "
-        f"{solved['solved']}/{solved['episodes']} optimally: {solved['optimal']}"
+        f"[bold]1. world[/]: {shown.n} mazes -> {png}; the BFS solver solved "
+        f"{solved.episodes}/{solved.episodes} optimally: {solved.optimal}"
     )
     run = train_or_reuse(out, recipe, "2. agent", "cheese in the top-right corner", console)
     steering_run = train_or_reuse(
@@ -86,24 +103,23 @@ def run_demo(
     console.print(
         "[bold]3. analysis[/]: behaviour, decision squares, cheese vector, channel clamping"
     )
-    log = lambda m: console.print(f"   {m}")  # noqa: E731
-    report = write_maze_report(
-        run, episodes=budget.episodes, n_mazes=budget.n_mazes, n_obs=budget.n_obs,
-        steering_runs=[steering_run], log=log,
-    )  # fmt: skip
-    numbers = headline(
-        analyse_maze_run(run, episodes=budget.episodes, n_mazes=budget.n_mazes, log=log),
-        analyse_maze_run(steering_run, episodes=budget.episodes, n_mazes=budget.n_mazes, log=log),
+    analysis = misgeneralization.AnalysisOptions(episodes=budget.episodes, n_mazes=budget.n_mazes)
+    options = misgeneralization.StudyOptions(
+        analysis, n_obs=budget.n_obs, steering_runs=(steering_run.path,)
     )
+    study = misgeneralization.study(run, options, log=lambda m: console.print(f"   {m}"))
+    report = maze_report.render(study).write(run.analysis_dir / "report.html")
+    (steered,) = study.others.values()
+    numbers = misgeneralization.headline(study.analysis, steered)
     console.print("[bold]4. headline[/] (95% intervals)")
     steered_by = f"the agent trained with cheese region {STEERING_REGION} ({steering_dir})"
-    for line in headline_lines(numbers, steered_by):
+    for line in maze_report.headline_lines(numbers, steered_by):
         console.print(f"   {line}", highlight=False)
     console.print(f"[bold]report[/]: {report.resolve()}")
     console.print(
         f"[bold]explore it[/]: policylens explore {shlex.quote(str(out))}", highlight=False
     )
-    return {"gallery": gallery, "solver": solved, "headline": numbers, "report": str(report)}
+    return DemoResult(drawn, solved, numbers, report)
 
 
 STEERING_REGION = 3
@@ -113,8 +129,6 @@ path (measured: 35% of test mazes at 1M steps), small enough to train in about a
 
 def check_reusable(folder: Path, trainer: dict[str, Any]) -> None:
     """One sentence when ``folder`` holds an agent trained with other settings than ``trainer``."""
-    from policylens.runs import Run
-
     if (folder / "config.json").exists():
         trained = Run(folder).config["trainer"]
         if trained != trainer:
@@ -125,11 +139,8 @@ def check_reusable(folder: Path, trainer: dict[str, Any]) -> None:
             )
 
 
-def train_or_reuse(folder: Path, recipe: Any, label: str, what: str, console: Console) -> Any:
+def train_or_reuse(folder: Path, recipe: PPOConfig, label: str, what: str, console: Console) -> Run:
     """The run in ``folder``: reused when finished, resumed when killed, else trained."""
-    from policylens.runs import Run
-    from policylens.train.ppo import train_ppo
-
     if (folder / "config.json").exists() and Run(folder).done:
         console.print(f"[bold]{label}[/]: reusing the trained agent in {folder}")
         return Run(folder)
@@ -139,57 +150,3 @@ def train_or_reuse(folder: Path, recipe: Any, label: str, what: str, console: Co
         f"({recipe.total_steps:,} steps, {what}) -> {folder}"
     )
     return train_ppo(recipe, folder, resume=resume)
-
-
-def headline_lines(h: dict[str, Any], steered_by: str = "the same agent") -> list[str]:
-    """The headline as sentences; an intervention is judged against its control, and one whose
-    difference interval holds zero is called "no effect". ``steered_by`` names the agent the
-    interventions ran on."""
-
-    def rate(p: dict[str, Any]) -> str:
-        if not p["n"]:
-            return "n/a (no episodes)"
-        return f"{p['rate']:.3f} [{p['ci'][0]:.3f}, {p['ci'][1]:.3f}] (n={p['n']})"
-
-    def verdict(d: dict[str, Any]) -> str:
-        span = f"difference {d['diff']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
-        return f"{span}: {'an effect' if d['effect'] else 'no effect'}"
-
-    return [
-        f"success, training distribution: {rate(h['train_success'])}",
-        f"success, cheese anywhere: {rate(h['test_success'])}",
-        f"top-right corner before the cheese, cheese anywhere: {rate(h['test_corner_first'])}",
-        f"goes to the cheese at decision squares: {rate(h['p_cheese_at_decision_squares'])}",
-        f"interventions on {steered_by}:",
-        f"success without intervention: {rate(h['success_without_intervention'])}",
-        f"success with the cheese vector subtracted: {rate(h['success_with_cheese_vector_subtracted'])}"
-        f" vs random vectors {rate(h['success_with_random_vectors'])}; "
-        + verdict(h["cheese_vector_vs_random"]),
-        f"reaches the target with a cheese channel clamped there: {rate(h['clamped_reaches_target'])}; "
-        "vs unclamped " + verdict(h["clamped_vs_unclamped"]),
-    ]
-
-
-def solve_levels(config: MazeConfig, episodes: int, seed: int) -> dict:
-    """Run the BFS solver through the batched env and check it is optimal on every level."""
-    env = MazeVecEnv(num_envs=1, **config.__dict__)
-    env.reset(seed=seed)
-    solver = MazeSolver(config.procgen_actions)
-    lengths, optimal = [], True
-    for _ in range(episodes):
-        state = env.get_state(0)
-        shortest = len(solver.solve(state)) - 1
-        steps = 0
-        while True:
-            _, _, terminated, truncated, _ = env.step([solver.act(env.get_state(0))])
-            steps += 1
-            if terminated[0] or truncated[0]:
-                break
-        lengths.append(steps)
-        optimal &= bool(terminated[0]) and steps == shortest
-    return {
-        "episodes": episodes,
-        "solved": len(lengths),
-        "mean_length": sum(lengths) / len(lengths),
-        "optimal": optimal,
-    }

@@ -29,4 +29,4 @@ def demo_cmd(
     result = run_demo(out, console=err_console if as_json else console,
                       budget=QUICK if quick else FULL, precision=precision)  # fmt: skip
     if as_json:
-        print_json(result)
+        print_json(result.to_json())

@@ -4,11 +4,12 @@ module builds on this; none imports another command module."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -129,6 +130,21 @@ def open_run(path: Path, world: str | None = None) -> Run:
     if note:
         err_console.print(f"[yellow]note:[/] {note}", highlight=False)
     return run
+
+
+@contextlib.contextmanager
+def option_flags(**flags: str) -> Iterator[None]:
+    """Name the flags in errors: the library's errors name option fields (``clamp_channels 9 does
+    not exist``); one raised inside whose message starts with a field of ``flags`` is raised again
+    with the flag in its place (``--clamp-channel 9 does not exist``)."""
+    try:
+        yield
+    except ValueError as e:
+        message = str(e)
+        for field, flag in flags.items():
+            if message.startswith(field + " "):
+                raise ValueError(flag + message[len(field) :]) from None
+        raise
 
 
 def print_json(data: Any) -> None:

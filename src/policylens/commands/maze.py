@@ -16,6 +16,7 @@ from policylens.commands.framework import (
     console,
     err_console,
     open_run,
+    option_flags,
     print_json,
     train_app,
 )
@@ -31,19 +32,18 @@ def gallery_cmd(
 ) -> None:
     """Render a gallery of maze levels with their shortest paths."""
     from policylens.artifacts import check_writable
-    from policylens.envs.maze import MazeConfig
-    from policylens.report.gallery import maze_gallery
+    from policylens.report.gallery import render
+    from policylens.studies.maze import gallery
 
     check_writable(out)
-    stats = maze_gallery(
-        out, MazeConfig(world_size=world_size, maze_sizes=(5, world_size)), n, seed
-    )
+    options = gallery.GalleryOptions(n=n, seed=seed, world_size=world_size)
+    result = gallery.run(options)
+    path = render(result, out)
+    data = {"path": str(path), **result.to_json()}
     if as_json:
-        print_json(stats)
+        print_json(data)
         return
-    console.print(
-        f"wrote {stats['path']} ({n} levels, mean shortest path {stats['mean_shortest_path']:.1f})"
-    )
+    console.print(f"wrote {path} ({n} levels, mean shortest path {data['mean_shortest_path']:.1f})")
 
 
 def parse_region(value: str | None) -> int | None:
@@ -127,31 +127,21 @@ def eval_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Success rate, return, episode length and path efficiency of a run's agent."""
-    from policylens.studies.maze.behaviour import evaluate
+    from policylens.report.maze import evaluation_rows
+    from policylens.studies.maze import behaviour
 
     r = open_run(run)
-    agent = r.load_agent(step)
-    trainer = r.config["trainer"]
-    env_kwargs = dict(trainer.get("env_kwargs", {}))
-    if cheese_region is not None:
-        env_kwargs["cheese_region"] = parse_region(cheese_region)
-    result = evaluate(agent, episodes, trainer["env_id"], env_kwargs, seed=seed, greedy=greedy)
+    overrides = {} if cheese_region is None else {"cheese_region": parse_region(cheese_region)}
+    options = behaviour.EvalOptions(
+        episodes=episodes, step=step, seed=seed, greedy=greedy, world_options=overrides
+    )
+    result = behaviour.run(r, options)
     if as_json:
-        print_json(result)
+        print_json(result.to_json())
         return
-    table = Table("metric", "value", "95% CI", title=f"{r.name} on {env_kwargs}")
-    for key in ("success", "corner_first"):
-        if key in result:
-            v = result[key]
-            table.add_row(
-                key, f"{v['rate']:.3f} (n={v['n']})", f"[{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]"
-            )
-    for key in ("return", "length", "shortest"):
-        if key in result:
-            v = result[key]
-            table.add_row(key, f"{v['mean']:.2f}", f"[{v['ci'][0]:.2f}, {v['ci'][1]:.2f}]")
-    if "path_ratio" in result:
-        table.add_row("length / shortest path", f"{result['path_ratio']:.2f}", "")
+    table = Table("metric", "value", "95% CI", title=f"{r.name} on {result.env_kwargs}")
+    for row in evaluation_rows(result):
+        table.add_row(*row.values())
     console.print(table)
 
 
@@ -165,36 +155,21 @@ def behaviour_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Behaviour in and out of the training distribution, and decision squares."""
-    from policylens.report.maze import behaviour_rows
-    from policylens.studies.maze.decisions import decision_square_analysis
-    from policylens.studies.maze.misgeneralization import behaviour_study
-    from policylens.worlds.maze import maze_config
+    from policylens.report.maze import behaviour_rows, decision_lines
+    from policylens.studies.maze import misgeneralization as study
 
     r = open_run(run, world="maze")
-    config = maze_config(r)
-    agent = r.load_agent()
-    result = behaviour_study(agent, config, episodes)
-    result["decisions"] = decision_square_analysis(
-        agent, config, n_mazes, exclude_region=config.cheese_region
-    )
+    result = study.behaviour(r, study.BehaviourOptions(episodes, n_mazes))
     if as_json:
-        print_json(result)
+        print_json(result.to_json())
         return
-    rows = behaviour_rows(result)
+    rows = behaviour_rows(result.behaviour)
     table = Table(*rows[0].keys(), title=f"{r.name}: behaviour ({episodes} episodes each)")
     for row in rows:
         table.add_row(*(f"{v:.2f}" if isinstance(v, float) else str(v) for v in row.values()))
     console.print(table)
-    d = result["decisions"]
-    console.print(
-        f"P(goes to cheese) at decision squares: {d['p_cheese']['rate']:.3f} (n={d['p_cheese']['n']})"
-    )
-    if "test_accuracy" in d["regression"]:
-        reg = d["regression"]
-        console.print(
-            f"logistic regression on maze features: held-out accuracy {reg['test_accuracy']:.3f} "
-            f"vs majority {reg['majority_baseline']:.3f}"
-        )
+    for line in decision_lines(result.decisions):
+        console.print(line)
 
 
 @command("steer")
@@ -218,58 +193,35 @@ def steer_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """The cheese vector vs random vectors (and optionally channel clamping), over many mazes."""
-    from policylens.lenses.interventions import check_coefficient
-    from policylens.studies.maze.misgeneralization import steering_hook
-    from policylens.studies.maze.steering import (
-        check_channels,
-        maze_clamp_experiment,
-        maze_steering_experiment,
-    )
-    from policylens.worlds.maze import maze_config
+    from policylens.report.maze import clamp_line, steering_rows
+    from policylens.studies.maze import misgeneralization as study
 
     r = open_run(run, world="maze")
-    config = maze_config(r)
-    agent = r.load_agent()
-    hook = hook or steering_hook(agent, config)
-    check_channels(agent, config, hook, clamp_channel or [])  # every input before any work
-    for c in coef:
-        check_coefficient(c)
-    result = maze_steering_experiment(
-        agent, config, hook, coefs=coef, n_mazes=n_mazes, n_random=random_vectors, seed=seed
+    options = study.SteerOptions(
+        hook=hook,
+        coefs=tuple(coef),
+        n_mazes=n_mazes,
+        random_vectors=random_vectors,
+        clamp_channels=tuple(clamp_channel or ()),
+        clamp_value=clamp_value,
+        seed=seed,
     )
-    if clamp_channel:
-        value = clamp_value
-        if value is None:
-            from policylens.studies.maze.misgeneralization import steering_study
-
-            value = steering_study(agent, config, hook, n_mazes=n_mazes)["clamp"]["value"]
-        result["clamp"] = maze_clamp_experiment(
-            agent, config, hook, clamp_channel, value, n_mazes=n_mazes, seed=seed
-        )
+    with option_flags(clamp_channels="--clamp-channel"):
+        result = study.steer(r, options)
     if as_json:
-        print_json(result)
+        print_json(result.to_json())
         return
     table = Table(
         "condition",
         "success",
         "corner first",
-        title=f"{r.name}: steering at {hook}, {n_mazes} mazes",
+        title=f"{r.name}: steering at {result.hook}, {n_mazes} mazes",
     )
-    for key, v in result.items():
-        if isinstance(v, dict) and "success" in v:
-            s, c = v["success"], v["corner_first"]
-            table.add_row(
-                key,
-                f"{s['rate']:.3f} [{s['ci'][0]:.2f}, {s['ci'][1]:.2f}]",
-                f"{c['rate']:.3f} [{c['ci'][0]:.2f}, {c['ci'][1]:.2f}]",
-            )
+    for row in steering_rows(result):
+        table.add_row(*row.values())
     console.print(table)
-    if "clamp" in result:
-        c = result["clamp"]
-        console.print(
-            f"clamping {c['channels']} = {c['value']:.2f} at a target square: reaches it "
-            f"{c['clamped_reaches_target']['rate']:.3f} vs {c['baseline_reaches_target']['rate']:.3f} without"
-        )
+    if result.clamp is not None:
+        console.print(clamp_line(result.clamp))
 
 
 @command("report")
@@ -282,14 +234,15 @@ def report_cmd(
 ) -> None:
     """Write a self-contained static HTML report of a run (analyses are computed once and reused)."""
     from policylens.artifacts import check_writable
-    from policylens.report.maze import write_maze_report
+    from policylens.report.maze import render
+    from policylens.studies.maze import misgeneralization as study
 
     r = open_run(run, world="maze")
     if out is not None:
         check_writable(out)
-    path = write_maze_report(
-        r, out, episodes=episodes, n_mazes=n_mazes, log=lambda m: err_console.print(m)
-    )
+    options = study.StudyOptions(study.AnalysisOptions(episodes, n_mazes))
+    result = study.study(r, options, log=lambda m: err_console.print(m))
+    path = render(result).write(out or r.analysis_dir / "report.html")
     if as_json:
         print_json({"report": str(path)})
         return
@@ -306,13 +259,15 @@ def table_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """The goal-misgeneralization table: success in and out of distribution and corner bias per run."""
-    from policylens.report.maze import experiment_table
+    from policylens.report.maze import table_rows
+    from policylens.studies.maze import misgeneralization as study
 
     opened = [open_run(r, world="maze") for r in runs]  # every run checked before any is evaluated
-    rows = experiment_table(opened, episodes, n_mazes)
+    result = study.table(opened, study.AnalysisOptions(episodes, n_mazes), log=lambda m: None)
     if as_json:
-        print_json(rows)
+        print_json(result.to_json())
         return
+    rows = table_rows(result)
     table = Table(*rows[0].keys(), title="goal misgeneralization by training cheese region")
     for row in rows:
         table.add_row(*(str(v) for v in row.values()))

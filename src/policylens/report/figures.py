@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -13,8 +14,14 @@ import numpy as np  # noqa: E402
 
 from policylens.envs.maze import MazeState, human_view  # noqa: E402
 
+if TYPE_CHECKING:
+    from policylens.studies.maze.vector_fields import VectorField
 
-def to_png(fig) -> bytes:
+Cell = tuple[int, int]
+
+
+def to_png(fig: Any) -> bytes:
+    """A matplotlib figure as PNG bytes (the figure is closed)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -22,7 +29,11 @@ def to_png(fig) -> bytes:
 
 
 def maze_image(
-    ax, state: MazeState, trajectory=None, title: str | None = None, cell_px: int = 24
+    ax: Any,
+    state: MazeState,
+    trajectory: list[Cell] | None = None,
+    title: str | None = None,
+    cell_px: int = 24,
 ) -> None:
     """Draw a maze (world coordinates: cell (r, c) spans x in [c, c+1], y in [r, r+1])."""
     img = human_view(state, cell_px=cell_px, trajectory=trajectory)
@@ -34,7 +45,10 @@ def maze_image(
         ax.set_title(title, fontsize=9)
 
 
-def trajectories_figure(states: Sequence[MazeState], trajectories, titles) -> bytes:
+def trajectories_figure(
+    states: Sequence[MazeState], trajectories: Sequence[list[Cell]], titles: Sequence[str]
+) -> bytes:
+    """Mazes in rows of up to four, each with the mouse's path drawn."""
     n = len(states)
     cols = min(n, 4)
     rows = -(-n // cols)
@@ -47,7 +61,7 @@ def trajectories_figure(states: Sequence[MazeState], trajectories, titles) -> by
     return to_png(fig)
 
 
-def vector_field_figure(panels) -> bytes:
+def vector_field_figure(panels: Sequence[tuple[MazeState, VectorField, str, str]]) -> bytes:
     """panels: [(state, VectorField, title, colour)]; arrows show the expected move at each cell."""
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.3), squeeze=False)
     for ax, (state, field, title, colour) in zip(axes[0], panels, strict=True):
@@ -62,6 +76,7 @@ def vector_field_figure(panels) -> bytes:
 
 
 def heatmap_figure(counts: np.ndarray, title: str) -> bytes:
+    """Counts per cell on a log colour scale."""
     fig, ax = plt.subplots(figsize=(3.6, 3.2))
     im = ax.imshow(np.log1p(counts), cmap="magma")
     fig.colorbar(im, ax=ax, label="log(1 + visits)")
@@ -71,7 +86,14 @@ def heatmap_figure(counts: np.ndarray, title: str) -> bytes:
     return to_png(fig)
 
 
-def bars_figure(labels: Sequence[str], values, lows, highs, title: str, ylabel: str) -> bytes:
+def bars_figure(
+    labels: Sequence[str],
+    values: Sequence[float],
+    lows: Sequence[float],
+    highs: Sequence[float],
+    title: str,
+    ylabel: str,
+) -> bytes:
     """Bars with 95% interval whiskers."""
     fig, ax = plt.subplots(figsize=(max(3.5, 1.1 * len(labels)), 3))
     v = np.asarray(values, dtype=float)
@@ -87,7 +109,7 @@ def bars_figure(labels: Sequence[str], values, lows, highs, title: str, ylabel: 
     return to_png(fig)
 
 
-def curves_figure(rows: list[dict], keys: Sequence[str], title: str) -> bytes:
+def curves_figure(rows: Sequence[dict[str, float]], keys: Sequence[str], title: str) -> bytes:
     """Training curves from metrics rows (x = environment steps)."""
     fig, axes = plt.subplots(
         1, len(keys), figsize=(3.3 * len(keys), 3.0), squeeze=False, layout="constrained"
@@ -105,7 +127,9 @@ def curves_figure(rows: list[dict], keys: Sequence[str], title: str) -> bytes:
 
 def interval_panels_figure(
     labels: Sequence[str],
-    panels: Sequence[tuple[str, Sequence[float], Sequence[float], Sequence[float], Sequence]],
+    panels: Sequence[
+        tuple[str, Sequence[float], Sequence[float], Sequence[float], Sequence[Sequence[float]]]
+    ],
     xlabel: str,
 ) -> bytes:
     """One panel per quantity: the mean at each label with its 95% interval, and the values it

@@ -7,22 +7,18 @@ from pathlib import Path
 import numpy as np
 
 from policylens.artifacts import write_png
-from policylens.envs.maze import MazeConfig, MazeSolver, generate_level, human_view
+from policylens.envs.maze import human_view
+from policylens.studies.maze.gallery import Gallery
 
 
-def maze_gallery(
-    out: str | Path, config: MazeConfig | None = None, n: int = 12, seed: int = 0, cell_px: int = 24
-) -> dict:
-    """Render ``n`` levels (seeds ``seed..seed+n-1``) in a grid PNG with solver paths; return stats."""
-    config = config or MazeConfig()
-    solver = MazeSolver()
-    tiles, lengths, sizes = [], [], []
-    for level_seed in range(seed, seed + n):
-        state = generate_level(level_seed, config)
-        path = solver.solve(state)
-        lengths.append(len(path) - 1)
-        sizes.append(state.maze_size)
-        tiles.append(human_view(state, cell_px=cell_px, trajectory=path))
+def render(gallery: Gallery, out: str | Path, cell_px: int = 24) -> Path:
+    """Draw ``gallery``'s levels with their routes in a grid of up to six columns, as the PNG
+    ``out``."""
+    tiles = [
+        human_view(state, cell_px=cell_px, trajectory=path)
+        for state, path in zip(gallery.levels, gallery.paths, strict=True)
+    ]
+    n = len(tiles)
     cols = min(n, 6)
     rows = -(-n // cols)
     h, w, _ = tiles[0].shape
@@ -32,10 +28,4 @@ def maze_gallery(
         r, c = divmod(k, cols)
         canvas[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = tile
     write_png(out, canvas)
-    return {
-        "path": str(out),
-        "levels": n,
-        "maze_sizes": sizes,
-        "shortest_path_lengths": lengths,
-        "mean_shortest_path": float(np.mean(lengths)),
-    }
+    return Path(out)

@@ -1,21 +1,23 @@
 """The maze run's report: behaviour, trajectories, heatmaps, vector fields, decision squares,
-interventions and attribution, drawn from the maze study's results.
+interventions and attribution, drawn from the maze study's results
+(:mod:`policylens.studies.maze.misgeneralization`); nothing here runs an analysis.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from policylens.agents import HookedAgent
-from policylens.envs.maze import MazeConfig
 from policylens.report import figures
 from policylens.report.attribution import attribution_section
 from policylens.report.html import Report
-from policylens.runs import Run
-from policylens.studies.maze.attribution import attribution_study
-from policylens.studies.maze.misgeneralization import analyse_maze_run, maze_config, maze_views
+from policylens.studies.maze.behaviour import Evaluation
+from policylens.studies.maze.misgeneralization import (
+    Behaviour,
+    Headline,
+    MazeStudy,
+    MazeTable,
+    SteeringResult,
+)
 
 
 def _rate(p: dict[str, Any]) -> str:
@@ -28,12 +30,14 @@ def _difference(d: dict[str, Any]) -> str:
     return f"{d['diff']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]: {verdict}."
 
 
-def behaviour_rows(behaviour: dict[str, Any]) -> list[dict[str, Any]]:
+def behaviour_rows(behaviour: Behaviour) -> list[dict[str, Any]]:
+    """One row per distribution: success, path efficiency and corner bias."""
     rows = []
-    for name, r in (
-        ("training distribution", behaviour["train"]),
-        ("cheese anywhere", behaviour["test"]),
+    for name, evaluation in (
+        ("training distribution", behaviour.train),
+        ("cheese anywhere", behaviour.test),
     ):
+        r = evaluation.summary
         rows.append(
             {
                 "distribution": name,
@@ -48,75 +52,34 @@ def behaviour_rows(behaviour: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def write_maze_report(
-    run: Run,
-    out: str | Path | None = None,
-    episodes: int = 500,
-    n_mazes: int = 200,
-    n_obs: int = 128,
-    steering_runs: Sequence[Run] = (),
-    log=print,
-) -> Path:
-    """Analyse (or reuse analyses of) a maze run and write ``analysis/report.html``.
-
-    ``steering_runs``: other maze runs (e.g. trained with a larger cheese region, so they do go
-    for the cheese) whose cheese-vector and clamping results are shown beside this agent's.
-    """
-    result = analyse_maze_run(run, episodes=episodes, n_mazes=n_mazes, log=log)
-    also = {
-        f"agent {r.name}, cheese region {r.config['trainer']['env_kwargs'].get('cheese_region')}": (
-            analyse_maze_run(r, episodes=episodes, n_mazes=n_mazes, log=log)["steering"]
+def render(study: MazeStudy) -> Report:
+    """The maze report of one agent's study."""
+    result, config, t = study.analysis, study.config, study.training
+    if t is None:
+        intro = "An agent without a run folder. Policies are sampled; intervals are 95%."
+    else:
+        intro = (
+            f"PPO agent ({t.arch}) trained {result.step:,} steps in {t.env_id} with "
+            f"{t.env_kwargs}, seed {t.seed}. Policies are sampled; intervals are 95%."
         )
-        for r in steering_runs
-    }
-    trainer = run.config["trainer"]
-    report = maze_report(
-        run.load_agent(),
-        maze_config(run),
-        result,
-        f"policylens report: {run.name}",
-        f"PPO agent ({run.config['agent'].get('arch')}) trained {result['step']:,} steps in "
-        f"{trainer['env_id']} with {trainer['env_kwargs']}, seed {trainer['seed']}. Policies are "
-        "sampled; intervals are 95%.",
-        metrics=run.metrics(),
-        n_obs=n_obs,
-        save_to=run.analysis_dir,
-        also_steering=also,
-        log=log,
-    )
-    return report.write(Path(out) if out else run.path / "analysis" / "report.html")
-
-
-def maze_report(
-    agent: HookedAgent,
-    config: MazeConfig,
-    result: dict[str, Any],
-    title: str,
-    intro: str,
-    metrics: list[dict[str, Any]] | None = None,
-    n_obs: int = 128,
-    save_to: Path | None = None,
-    also_steering: dict[str, dict[str, Any]] | None = None,
-    log=print,
-) -> Report:
-    """The maze report of ``agent`` from its analyses (``analyse_maze_agent``'s result)."""
-    report = Report(title, intro)
-    if metrics:
+    report = Report(f"policylens report: {study.name}", intro)
+    if t is not None and t.metrics:
         report.section("Training").figure(
-            figures.curves_figure(metrics, ["success", "path_ratio", "entropy"], "learning curve"),
+            figures.curves_figure(
+                t.metrics, ["success", "path_ratio", "entropy"], "learning curve"
+            ),
             "learning curve",
         )
 
-    log("report figures ...")
     sec = report.section("Success and corner bias")
-    sec.table(behaviour_rows(result["behaviour"]))
+    sec.table(behaviour_rows(result.behaviour))
     sec.note(
         "'corner before cheese' counts mazes whose cheese is not in the corner; the mouse reached the "
         "maze's top-right cell first (or instead). Goal misgeneralization shows as high success on the "
         "training distribution and a high corner rate when the cheese is anywhere."
     )
 
-    views = maze_views(agent, config, result["steering"]["hook"])
+    views = study.views
     states, eps = views.states, views.episodes
     report.section("Sample test mazes with trajectories").figure(
         figures.trajectories_figure(
@@ -134,7 +97,7 @@ def maze_report(
         "visit heatmap",
     )
 
-    hook = result["steering"]["hook"]
+    hook = result.steering["hook"]
     panels = []
     for s, base, change in views.fields:
         panels += [
@@ -148,7 +111,7 @@ def maze_report(
         f"cheese vector at {hook} changes it."
     )
 
-    d = result["decisions"]
+    d = result.decisions
     sec = report.section("Decision squares")
     sec.text(
         f"Mouse placed on the decision square of {d['n_mazes']} test mazes (cheese off the path to the corner"
@@ -184,40 +147,19 @@ def maze_report(
         "Mini, Turner et al. 2023 (procgen, region 5): P(cheese) 0.848; regression 0.904 vs 0.848 majority."
     )
 
-    steering_sections(report, result["steering"], "this agent")
-    for name, other in (also_steering or {}).items():
-        steering_sections(report, other, name)
-    log("attribution and features ...")
-    study = attribution_study(agent, config, n_obs=n_obs, log=log)
-    if save_to is not None:
-        study.save(save_to)
-    attribution_section(report, study)
+    steering_sections(report, result.steering, "this agent")
+    for name, other in study.others.items():
+        steering_sections(report, other.steering, name)
+    attribution_section(report, study.attribution)
     return report
 
 
-def experiment_table(
-    runs: list[Run], episodes: int = 500, n_mazes: int = 200
-) -> list[dict[str, Any]]:
-    """Success in/out of distribution and corner bias for several maze runs (e.g. regions 1, 3, None)."""
-    rows = []
-    for run in runs:
-        result = analyse_maze_run(run, episodes=episodes, n_mazes=n_mazes, log=lambda *_: None)
-        b = result["behaviour"]
-        trainer = run.config["trainer"]
-        rows.append(
-            {
-                "run": run.name,
-                "cheese_region": trainer["env_kwargs"].get("cheese_region"),
-                "seed": trainer["seed"],
-                "steps": result["step"],
-                "train success": _rate(b["train"]["success"]),
-                "test success": _rate(b["test"]["success"]),
-                "test corner first": _rate(b["test"]["corner_first"]),
-                "off-path success": _rate(b["test"]["off_path"]["success"]),
-                "off-path corner first": _rate(b["test"]["off_path"]["corner_first"]),
-            }
-        )
-    return rows
+def table_rows(table: MazeTable) -> list[dict[str, Any]]:
+    """The goal-misgeneralization table: one row per run, rates with their intervals."""
+    return [
+        {k: _rate(v) if isinstance(v, dict) else v for k, v in row.items()}
+        for row in table.to_json()
+    ]
 
 
 def steering_sections(report: Report, st: dict[str, Any], agent_name: str) -> None:
@@ -269,4 +211,87 @@ def steering_sections(report: Report, st: dict[str, Any], agent_name: str) -> No
         f"Channels that best track the cheese at {hook} (channel, correlation): "
         + ", ".join(f"{ch} ({r:.2f})" for ch, r in st["cheese_channels"])
         + f". Target: a random free cell at least 4 steps from the cheese; {c['max_steps']} steps allowed."
+    )
+
+
+def headline_lines(h: Headline, steered_by: str = "the same agent") -> list[str]:
+    """The headline as sentences; an intervention is judged against its control, and one whose
+    difference interval holds zero is called "no effect". ``steered_by`` names the agent the
+    interventions ran on."""
+
+    def rate(p: dict[str, Any]) -> str:
+        if not p["n"]:
+            return "n/a (no episodes)"
+        return f"{p['rate']:.3f} [{p['ci'][0]:.3f}, {p['ci'][1]:.3f}] (n={p['n']})"
+
+    def verdict(d: dict[str, Any]) -> str:
+        span = f"difference {d['diff']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
+        return f"{span}: {'an effect' if d['effect'] else 'no effect'}"
+
+    return [
+        f"success, training distribution: {rate(h.train_success)}",
+        f"success, cheese anywhere: {rate(h.test_success)}",
+        f"top-right corner before the cheese, cheese anywhere: {rate(h.test_corner_first)}",
+        f"goes to the cheese at decision squares: {rate(h.p_cheese_at_decision_squares)}",
+        f"interventions on {steered_by}:",
+        f"success without intervention: {rate(h.success_without_intervention)}",
+        f"success with the cheese vector subtracted: {rate(h.success_with_cheese_vector_subtracted)}"
+        f" vs random vectors {rate(h.success_with_random_vectors)}; "
+        + verdict(h.cheese_vector_vs_random),
+        f"reaches the target with a cheese channel clamped there: {rate(h.clamped_reaches_target)}; "
+        "vs unclamped " + verdict(h.clamped_vs_unclamped),
+    ]
+
+
+def evaluation_rows(evaluation: Evaluation) -> list[dict[str, str]]:
+    """An evaluation's rates and means with their intervals, one metric a row."""
+    s, rows = evaluation.summary, []
+    for key in ("success", "corner_first"):
+        if key in s:
+            v = s[key]
+            rows.append({"metric": key, "value": f"{v['rate']:.3f} (n={v['n']})",
+                         "95% CI": f"[{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]"})  # fmt: skip
+    for key in ("return", "length", "shortest"):
+        if key in s:
+            v = s[key]
+            rows.append({"metric": key, "value": f"{v['mean']:.2f}",
+                         "95% CI": f"[{v['ci'][0]:.2f}, {v['ci'][1]:.2f}]"})  # fmt: skip
+    if "path_ratio" in s:
+        rows.append({"metric": "length / shortest path", "value": f"{s['path_ratio']:.2f}",
+                     "95% CI": ""})  # fmt: skip
+    return rows
+
+
+def decision_lines(decisions: dict[str, Any]) -> list[str]:
+    """The choice at decision squares, and the regression's accuracy where it was fit."""
+    p = decisions["p_cheese"]
+    lines = [f"P(goes to cheese) at decision squares: {p['rate']:.3f} (n={p['n']})"]
+    reg = decisions["regression"]
+    if "test_accuracy" in reg:
+        lines.append(
+            f"logistic regression on maze features: held-out accuracy {reg['test_accuracy']:.3f} "
+            f"vs majority {reg['majority_baseline']:.3f}"
+        )
+    return lines
+
+
+def steering_rows(result: SteeringResult) -> list[dict[str, str]]:
+    """Success and corner-first rate per condition (baseline, cheese vectors, random vectors)."""
+    return [
+        {
+            "condition": key,
+            "success": f"{s['rate']:.3f} [{s['ci'][0]:.2f}, {s['ci'][1]:.2f}]",
+            "corner first": f"{c['rate']:.3f} [{c['ci'][0]:.2f}, {c['ci'][1]:.2f}]",
+        }
+        for key, v in result.conditions.items()
+        for s, c in [(v["success"], v["corner_first"])]
+    ]
+
+
+def clamp_line(clamp: dict[str, Any]) -> str:
+    """How often clamping retargets the mouse, against no clamp."""
+    return (
+        f"clamping {clamp['channels']} = {clamp['value']:.2f} at a target square: reaches it "
+        f"{clamp['clamped_reaches_target']['rate']:.3f} vs "
+        f"{clamp['baseline_reaches_target']['rate']:.3f} without"
     )

@@ -13,17 +13,24 @@ from typing import Any
 
 import numpy as np
 
+from policylens.agents.agent import HookedAgent
 from policylens.artifacts import atomic_path, write_json
-from policylens.envs.maze import ACTION_NAMES, MazeConfig
+from policylens.envs.maze import ACTION_NAMES, WALL, MazeConfig
 from policylens.lenses import features as fe
-from policylens.lenses.attribution import Attribution, attribute, default_layer
-from policylens.lenses.nmf import AttributionNMF, attribution_nmf, label_features
-from policylens.studies.maze import dataset as md
+from policylens.lenses.attribution import (
+    Attribution,
+    IntegratedGradients,
+    Saliency,
+    attribute,
+    default_layer,
+)
+from policylens.lenses.nmf import AttributionNMF, ValueFeatureOptions, value_features
+from policylens.worlds import maze as md
 
 CLUSTERING = ("kmeans", "average")
 
 
-@dataclass
+@dataclass(frozen=True)
 class MazeAttribution:
     """Everything the report's attribution sections show, for one agent and one dataset."""
 
@@ -43,15 +50,18 @@ class MazeAttribution:
     """Per NMF feature, its strongest crops."""
     clusters: dict[str, fe.Clusters]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         return {
             "layer": self.layer,
             "n_obs": len(self.obs),
             "completeness": {
-                "input_value": self.inputs["value"].completeness,
-                "input_action": self.inputs["action"].completeness,
-                "layer_value": self.hidden["value"].completeness,
-                "layer_action": self.hidden["action"].completeness,
+                name: None if (check := attr.completeness) is None else check.to_json()
+                for name, attr in (
+                    ("input_value", self.inputs["value"]),
+                    ("input_action", self.inputs["action"]),
+                    ("layer_value", self.hidden["value"]),
+                    ("layer_action", self.hidden["action"]),
+                )
             },
             "nmf": self.nmf.to_dict(),
             "clusters": {m: c.to_dict() for m, c in self.clusters.items()},
@@ -59,7 +69,7 @@ class MazeAttribution:
 
     def save(self, folder: Path) -> None:
         """attribution.json, the NMF arrays and the cluster labels under ``folder``."""
-        write_json(folder / "attribution.json", self.to_dict())
+        write_json(folder / "attribution.json", self.to_json())
         with atomic_path(folder / "attribution_nmf.npz") as tmp, open(tmp, "wb") as f:
             np.savez_compressed(
                 f, maps=self.nmf.maps, components=self.nmf.components, residual=self.nmf.residual
@@ -69,7 +79,7 @@ class MazeAttribution:
 
 
 def attribution_study(
-    agent: Any,
+    agent: HookedAgent,
     config: MazeConfig,
     n_obs: int = 256,
     layer: str | None = None,
@@ -93,26 +103,27 @@ def attribution_study(
     names = ACTION_NAMES if agent.num_actions == 4 else None
     greedy = agent.act(obs[shown], greedy=True).numpy()
     captions = [f"obs {i}: {names[a] if names else a}" for i, a in zip(shown, greedy, strict=True)]
+    ig50, ig10 = IntegratedGradients(n_steps=50), IntegratedGradients(n_steps=10)
     inputs = {
-        "value": attribute(agent, obs[shown], "ig", "value", n_steps=50),
-        "action": attribute(agent, obs[shown], "ig", "action", n_steps=50, actions=greedy),
-        "saliency": attribute(agent, obs[shown], "saliency", "value"),
+        "value": attribute(agent, obs[shown], ig50, "value"),
+        "action": attribute(agent, obs[shown], ig50, "action", actions=greedy),
+        "saliency": attribute(agent, obs[shown], Saliency(), "value"),
     }
+    log("attribution: value IG at the layer and NMF ...")
+    options = ValueFeatureOptions(k=k, n_steps=10, seed=seed, any_cover=md.ONE_CELL)
+    features = value_features(agent, obs, md.object_masks(data.states), layer, options)
     hidden = {
-        "value": attribute(agent, obs, "ig", "value", layer=layer, baseline="zeros", n_steps=10),
-        "action": attribute(
-            agent, obs[shown], "ig", "action", layer=layer, n_steps=10, actions=greedy
-        ),
+        "value": features.attribution,
+        "action": attribute(agent, obs[shown], ig10, "action", layer, actions=greedy),
     }
-    log("attribution: NMF ...")
-    nmf = attribution_nmf(hidden["value"].attributions, k=k, seed=seed)
-    nmf.labels = label_features(
-        nmf.maps, md.resize_masks(md.object_masks(data.states), nmf.maps.shape[1:3])
-    )
-    examples = [fe.examples_from_maps(nmf.maps[..., i], obs, 6, radius=2) for i in range(nmf.k)]
+    nmf = features.nmf
+    examples = [
+        fe.examples_from_maps(nmf.maps[..., i], obs, 6, radius=2, outside_plane=WALL)
+        for i in range(nmf.k)
+    ]
     log("attribution: clustering ...")
     acts = fe.feature_maps(agent, obs, layer)
-    truth = md.categories(md.resize_masks(md.object_masks(data.states), acts.shape[2:]))
+    truth = md.categories(features.masks)  # the layer's resolution, as the clusters
     found = {}
     for method in CLUSTERING:
         cl = fe.cluster_positions(acts, clusters, method, seed=seed, layer=layer)

@@ -7,126 +7,42 @@ environment slot contributes only its first episode, so short episodes are not o
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
+from policylens.agents.agent import HookedAgent
 from policylens.rollout import engine, stats
-
-
-@dataclass
-class Episode:
-    """One finished episode with its maze labels where the world gives them."""
-
-    ret: float
-    length: int
-    success: bool
-    positions: list[tuple[int, int]] = field(default_factory=list)
-    """Mouse cells from the start to the end (maze worlds)."""
-    level_seed: int = -1
-    shortest: int = -1
-    """Shortest-path length to the cheese from the start."""
-    cheese: tuple[int, int] = (-1, -1)
-    corner: tuple[int, int] = (-1, -1)
-    decision_square: tuple[int, int] = (-1, -1)
-
-    @property
-    def reached_corner(self) -> bool:
-        return self.corner in self.positions
-
-    @property
-    def corner_first(self) -> bool:
-        """The mouse reached the top-right corner before (or instead of) the cheese."""
-        return self.cheese != self.corner and self.reached_corner
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "return": self.ret,
-            "length": self.length,
-            "success": self.success,
-            "positions": [list(p) for p in self.positions],
-            "level_seed": self.level_seed,
-            "shortest": self.shortest,
-            "cheese": list(self.cheese),
-            "corner": list(self.corner),
-        }
-
-
-MAZE_START = ("level_seed", "dist_to_cheese", "cheese_pos", "corner_pos", "decision_square")
-
-
-def _cell(pos: Any) -> tuple[int, int]:
-    """A maze label ``(row, col)`` (an array of two integers) as a tuple of ints."""
-    row, col = pos
-    return (int(row), int(col))
-
-
-def _maze_episode(e: engine.Episode) -> Episode:
-    """The engine's record with the maze labels unpacked (other worlds leave them at -1)."""
-    start = e.start
-    cell = lambda key: _cell(start[key]) if key in start else (-1, -1)  # noqa: E731
-    return Episode(
-        ret=e.ret,
-        length=e.length,
-        success=e.success,
-        positions=[_cell(p) for p in e.trace.get("mouse_pos", [])],
-        level_seed=int(start.get("level_seed", -1)),
-        shortest=int(start.get("dist_to_cheese", -1)),
-        cheese=cell("cheese_pos"),
-        corner=cell("corner_pos"),
-        decision_square=cell("decision_square"),
-    )
+from policylens.runs import Run
+from policylens.worlds import run_world
+from policylens.worlds.maze import MAZE_START, MazeEpisode, maze_episode
 
 
 def run_episodes(
-    agent,
+    agent: HookedAgent,
     episodes: int,
-    env_id: str = "policylens/Maze-v0",
-    env_kwargs: dict[str, Any] | None = None,
+    env_id: str,
+    env_kwargs: Mapping[str, Any] | None = None,
     seed: int = 10_000,
     greedy: bool = False,
-    fwd_hooks: list | None = None,
+    fwd_hooks: engine.Hooks = (),
     max_envs: int = 256,
-) -> list[Episode]:
-    """Run ``episodes`` episodes (one per env slot, in waves of ``max_envs``), optionally hooked."""
+) -> list[MazeEpisode]:
+    """Run ``episodes`` episodes in the world ``env_id`` (one per env slot, in waves of
+    ``max_envs``), optionally hooked; maze labels are kept where the world gives them."""
+    options = engine.EpisodeOptions(
+        seed=seed, policy=engine.policy_for(agent, greedy), max_envs=max_envs,
+        labels=engine.Labels(start=MAZE_START, trace=("mouse_pos",)),
+    )  # fmt: skip
     eps = engine.run_episodes(
-        agent, episodes, env_id, env_kwargs, seed=seed, policy=engine.policy_for(agent, greedy),
-        fwd_hooks=fwd_hooks or (), max_envs=max_envs, start_labels=MAZE_START,
-        trace_labels=("mouse_pos",),
-    )  # fmt: skip
-    return [_maze_episode(e) for e in eps]
+        agent, episodes, env_id, dict(env_kwargs or {}), options, fwd_hooks=fwd_hooks
+    )
+    return [maze_episode(e) for e in eps]
 
 
-def run_episodes_from_states(
-    agent,
-    states: list,
-    config,
-    fwd_hooks: list | None = None,
-    seed: int = 10_000,
-    greedy: bool = False,
-) -> list[Episode]:
-    """One episode from each given maze state (same mazes for every condition of an experiment).
-
-    Batch row ``i`` of every hooked activation belongs to ``states[i]``, so per-maze
-    interventions can be passed as batched tensors.
-    """
-    from policylens.envs.maze import MazeVecEnv
-
-    envs = MazeVecEnv(num_envs=len(states), **config.__dict__)
-    envs.reset(seed=seed)
-    for i, s in enumerate(states):
-        envs.set_state(i, s)
-    eps = engine.first_episodes(
-        agent, envs, envs.batch.obs.copy(), envs.batch.infos(), engine.policy_for(agent, greedy),
-        torch.Generator().manual_seed(seed), fwd_hooks or (), start_labels=MAZE_START,
-        trace_labels=("mouse_pos",),
-    )  # fmt: skip
-    return [_maze_episode(e) for e in eps]
-
-
-def summarize(episodes: list[Episode]) -> dict[str, Any]:
+def summarize(episodes: list[MazeEpisode]) -> dict[str, Any]:
     """Success, return, length and (mazes) path efficiency and corner bias, with 95% intervals."""
     out: dict[str, Any] = {
         "episodes": len(episodes),
@@ -159,21 +75,73 @@ def summarize(episodes: list[Episode]) -> dict[str, Any]:
     return out
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """An agent's episodes in one world, summarised (:func:`summarize`)."""
+
+    env_id: str
+    env_kwargs: dict[str, Any]
+    greedy: bool
+    summary: dict[str, Any]
+    """:func:`summarize`'s figures: episodes, success, return, length (and maze figures)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"env_id": self.env_id, "env_kwargs": self.env_kwargs, "greedy": self.greedy,
+                **self.summary}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Evaluation:
+        """The evaluation :meth:`to_json` wrote (a saved analysis read back)."""
+        summary = {k: v for k, v in data.items() if k not in ("env_id", "env_kwargs", "greedy")}
+        return cls(data["env_id"], dict(data["env_kwargs"]), bool(data["greedy"]), summary)
+
+
 def evaluate(
-    agent,
-    episodes: int = 500,
-    env_id: str = "policylens/Maze-v0",
-    env_kwargs: dict[str, Any] | None = None,
+    agent: HookedAgent,
+    episodes: int,
+    env_id: str,
+    env_kwargs: Mapping[str, Any] | None = None,
     seed: int = 10_000,
     greedy: bool = False,
-    fwd_hooks: list | None = None,
-) -> dict[str, Any]:
-    """Run and summarise ``episodes`` episodes of ``agent`` (see :func:`summarize`)."""
+    fwd_hooks: engine.Hooks = (),
+) -> Evaluation:
+    """Run and summarise ``episodes`` episodes of ``agent`` in ``env_id`` (see :func:`summarize`)."""
     eps = run_episodes(agent, episodes, env_id, env_kwargs, seed, greedy, fwd_hooks)
-    return {"env_id": env_id, "env_kwargs": env_kwargs or {}, "greedy": greedy, **summarize(eps)}
+    return Evaluation(env_id, dict(env_kwargs or {}), greedy, summarize(eps))
 
 
-def visit_counts(episodes: list[Episode], world_size: int) -> np.ndarray:
+@dataclass(frozen=True)
+class EvalOptions:
+    """What :func:`run` evaluates: how many episodes, which checkpoint, which world options."""
+
+    episodes: int = 500
+    """Episodes, one per level."""
+    step: int | None = None
+    """Checkpoint step (None: the latest)."""
+    seed: int = 10_000
+    """Seed of the evaluation levels and of the sampling."""
+    greedy: bool = False
+    """Argmax actions instead of sampling."""
+    world_options: Mapping[str, Any] = field(default_factory=dict)
+    """World options over the run's own (e.g. ``{"cheese_region": None}``: cheese anywhere)."""
+
+    def __post_init__(self) -> None:
+        if self.episodes < 1:
+            raise ValueError(f"episodes must be >= 1, got {self.episodes}.")
+
+
+def run(run: Run, options: EvalOptions) -> Evaluation:
+    """The run's agent (at ``options.step``) in the run's world, ``options.world_options`` over
+    its own."""
+    world = run_world(run)
+    agent = run.load_agent(options.step)
+    env_kwargs = {**world["env_kwargs"], **options.world_options}
+    return evaluate(
+        agent, options.episodes, world["env_id"], env_kwargs, options.seed, options.greedy
+    )
+
+
+def visit_counts(episodes: list[MazeEpisode], world_size: int) -> np.ndarray:
     """How often the mouse stood on each cell, summed over episodes (for heatmaps)."""
     counts = np.zeros((world_size, world_size))
     for e in episodes:

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from policylens.agents.agent import HookedAgent
 from policylens.envs.maze import (
     MazeBatch,
     MazeConfig,
@@ -18,9 +19,9 @@ from policylens.envs.maze import (
     decision_square,
 )
 from policylens.rollout import stats
-from policylens.studies.maze.behaviour import run_episodes_from_states
 from policylens.studies.maze.steering import test_levels
 from policylens.studies.maze.vector_fields import move_probabilities
+from policylens.worlds.maze import run_episodes_from_states
 
 FEATURES = (
     "path_ds_cheese",
@@ -48,7 +49,7 @@ def maze_features(state: MazeState, ds: tuple[int, int]) -> dict[str, float]:
 
 
 def decision_square_analysis(
-    agent,
+    agent: HookedAgent,
     config: MazeConfig,
     n_mazes: int = 500,
     seed: int = 40_000,

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from policylens.agents.agent import HookedAgent
 from policylens.envs.maze import MazeConfig, MazeState, generate_level
 from policylens.lenses.interventions import (
     activation,
@@ -18,11 +19,12 @@ from policylens.lenses.interventions import (
     random_like,
 )
 from policylens.rollout import stats
-from policylens.studies.maze.behaviour import run_episodes_from_states, summarize
+from policylens.studies.maze.behaviour import summarize
+from policylens.worlds.maze import run_episodes_from_states
 
 
 def cheese_tracking_channels(
-    agent, hook: str, states: list[MazeState], config: MazeConfig, top: int = 5
+    agent: HookedAgent, hook: str, states: list[MazeState], config: MazeConfig, top: int = 5
 ):
     """Channels whose maps best follow the cheese: correlation of each channel's activation with
     the cheese's location (resized to the layer's grid), over mazes with the cheese moved around.
@@ -83,7 +85,7 @@ def without_cheese(obs: np.ndarray, config: MazeConfig) -> np.ndarray:
 
 
 def maze_steering_experiment(
-    agent,
+    agent: HookedAgent,
     config: MazeConfig,
     hook: str,
     coefs: Sequence[float | str] = (-1.0,),
@@ -130,7 +132,9 @@ def maze_steering_experiment(
     return result
 
 
-def check_channels(agent, config: MazeConfig, hook: str, channels: Sequence[int]) -> None:
+def check_channels(
+    agent: HookedAgent, config: MazeConfig, hook: str, channels: Sequence[int]
+) -> None:
     """Refuse a hook without channel maps, or a channel it does not have, in one sentence."""
     from policylens.envs.maze import MazeBatch
 
@@ -144,12 +148,12 @@ def check_channels(agent, config: MazeConfig, hook: str, channels: Sequence[int]
     for ch in channels:
         if not 0 <= ch < act.shape[1]:
             raise ValueError(
-                f"--clamp-channel {ch} does not exist at {hook} (channels 0 to {act.shape[1] - 1})"
+                f"clamp_channels {ch} does not exist at {hook} (channels 0 to {act.shape[1] - 1})"
             )
 
 
 def maze_clamp_experiment(
-    agent,
+    agent: HookedAgent,
     config: MazeConfig,
     hook: str,
     channels: Sequence[int],

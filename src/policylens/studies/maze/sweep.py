@@ -4,8 +4,8 @@ dict of numbers (``policylens sweep``'s default evaluation in the maze world).""
 from __future__ import annotations
 
 from policylens.runs import Run
-from policylens.studies.maze.decisions import decision_square_analysis
-from policylens.studies.maze.misgeneralization import behaviour_study, maze_config, steering_study
+from policylens.studies.maze.misgeneralization import BehaviourOptions, behaviour, steering_study
+from policylens.worlds.maze import maze_config
 
 
 def maze_metrics(run_path: str, episodes: int = 500, n_mazes: int = 200) -> dict[str, float]:
@@ -15,14 +15,9 @@ def maze_metrics(run_path: str, episodes: int = 500, n_mazes: int = 200) -> dict
 
     ``episodes`` per distribution and ``n_mazes`` decision squares, on fixed evaluation seeds.
     """
-    run = Run(run_path)
-    config = maze_config(run)
-    agent = run.load_agent()
-    behaviour = behaviour_study(agent, config, episodes)
-    decisions = decision_square_analysis(
-        agent, config, n_mazes, exclude_region=config.cheese_region
-    )
-    train, test = behaviour["train"], behaviour["test"]
+    result = behaviour(Run(run_path), BehaviourOptions(episodes, n_mazes))
+    train, test = result.behaviour.train.summary, result.behaviour.test.summary
+    decisions = result.decisions
     return {
         "train_success": train["success"]["rate"],
         "test_success": test["success"]["rate"],

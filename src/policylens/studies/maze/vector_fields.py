@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from policylens.agents.agent import HookedAgent
 from policylens.envs.maze import (
     PROCGEN_TO_MOVE,
     MazeConfig,
@@ -55,7 +56,7 @@ def move_probabilities(logits: torch.Tensor) -> np.ndarray:
 
 
 def vector_field(
-    agent, state: MazeState, config: MazeConfig, fwd_hooks: list | None = None
+    agent: HookedAgent, state: MazeState, config: MazeConfig, fwd_hooks: list | None = None
 ) -> VectorField:
     """The policy's move probabilities with the mouse on each free cell of ``state``."""
     obs, cells = observations_at_all_positions(config, state)
