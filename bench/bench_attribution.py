@@ -20,11 +20,17 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from captum.attr import IntegratedGradients, LayerIntegratedGradients
+from captum.attr import IntegratedGradients as CaptumIG
+from captum.attr import LayerIntegratedGradients
 
 from policylens.agents import build_agent
 from policylens.envs.maze import MazeBatch, MazeConfig
-from policylens.lenses.attribution import attribute, integration_rule, layer_activation
+from policylens.lenses.attribution import (
+    IntegratedGradients,
+    attribute,
+    integration_rule,
+    layer_activation,
+)
 
 
 def maze_obs(n: int, world: int = 9, seed: int = 0) -> np.ndarray:
@@ -97,24 +103,25 @@ def case(name: str, agent, obs: np.ndarray, layer: str | None, n_steps: int, rep
         return agent.forward_input(inp)[1]
 
     if layer is None:
-        captum_ig = IntegratedGradients(value)
+        captum_ig = CaptumIG(value)
+        ig = IntegratedGradients(n_steps=n_steps)
         baseline = torch.zeros_like(x)
 
         def theirs():
             return captum_ig.attribute(x, baselines=baseline, n_steps=n_steps)
 
         def ours():
-            return attribute(agent, x, "ig", "value", n_steps=n_steps, preprocessed=True)
+            return attribute(agent, x, ig, "value", preprocessed=True)
     else:
         captum_ig = LayerIntegratedGradients(value, agent.hook_dict[layer])
+        ig = IntegratedGradients(n_steps=n_steps, baseline="zero_input")
         baseline = torch.zeros_like(x)
 
         def theirs():
             return captum_ig.attribute(x, baselines=baseline, n_steps=n_steps)
 
         def ours():
-            return attribute(agent, x, "ig", "value", layer, baseline="zero_input",
-                             n_steps=n_steps, preprocessed=True)  # fmt: skip
+            return attribute(agent, x, ig, "value", layer, preprocessed=True)
 
     a, b = ours(), theirs()  # warm-up, and the results to compare
     diff = float((a.attributions - b).abs().max())

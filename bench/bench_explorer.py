@@ -60,14 +60,14 @@ def build_rook_run(root: Path) -> Path:
     """An untrained rook-endgame Q-network run with a 4x SAE on its first layer."""
     from policylens.agents import build_agent
     from policylens.runs import Run
-    from policylens.studies.rook_sae.runs import train_run_sae
+    from policylens.studies.rook_sae.runs import SAESpec, SAETrainOptions, train_run_sae
 
     rook = build_agent("mlp", (75,), 24, head="q", hidden=[256, 256])
     trainer = {"env_id": "policylens/RookEndgame-v0", "env_kwargs": {}, "gamma": 0.99}
     rrun = Run.create(root / "rook", {"kind": "dqn", "agent": rook.config, "trainer": trainer})
     rrun.save_checkpoint(rook, 0)
-    train_run_sae(rrun.path, "layers.0.hook_act", arch="topk", expansion=4, samples=20_000,
-                  steps=2000)  # fmt: skip
+    spec = SAESpec(arch="topk", expansion=4, samples=20_000)
+    train_run_sae(rrun.path, SAETrainOptions("layers.0.hook_act", spec, steps=2000))
     return rrun.path
 
 
@@ -76,7 +76,7 @@ def build_hazards_run(root: Path) -> Path:
     from policylens.agents import build_agent
     from policylens.envs.hazards import CHANNELS
     from policylens.runs import Run
-    from policylens.train.recipes import hazards_recipe
+    from policylens.worlds.hazards import hazards_recipe
 
     recipe = hazards_recipe()
     view = 13  # the world's default symbolic view, as the recipe trains on

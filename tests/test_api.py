@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import policylens
+from policylens import worlds
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 NAMES = [
@@ -37,6 +38,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("api") / "run"
     config = PPOConfig(
+        env_id=worlds.get("maze").env_id,
         total_steps=16 * 32 * 2,
         num_envs=16,
         num_steps=32,

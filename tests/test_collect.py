@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from policylens.agents import build_agent
-from policylens.rollout import StoreWriter, collect, open_store, write_store
+from policylens.rollout import CollectOptions, StoreWriter, collect, open_store, write_store
 from policylens.rollout.store import MANIFEST
 
 MAZE = "policylens/Maze-v0"
@@ -26,10 +26,10 @@ def agent():
 def maze_store(agent, tmp_path_factory):
     out = tmp_path_factory.mktemp("store") / "maze"
     torch.set_num_threads(1)
-    return collect(
-        agent, MAZE, SMALL, out=out, episodes=20, hooks=["hook_conv", "hook_out"], seed=5,
-        num_envs=8, chunk_size=64,
-    )  # fmt: skip
+    options = CollectOptions(
+        episodes=20, hooks=["hook_conv", "hook_out"], seed=5, num_envs=8, chunk_size=64
+    )
+    return collect(agent, MAZE, SMALL, out, options)
 
 
 # ------------------------------------------------------------------------------ collection
@@ -78,9 +78,13 @@ def test_activations_logits_values_match_the_agent(agent, maze_store):
 
 
 def test_collection_is_seeded(agent, tmp_path, maze_store):
-    a = collect(agent, MAZE, SMALL, out=tmp_path / "a", steps=100, seed=5, num_envs=8)
-    b = collect(agent, MAZE, SMALL, out=tmp_path / "b", steps=100, seed=5, num_envs=8)
-    c = collect(agent, MAZE, SMALL, out=tmp_path / "c", steps=100, seed=6, num_envs=8)
+    five, six = (
+        CollectOptions(steps=100, seed=5, num_envs=8),
+        CollectOptions(steps=100, seed=6, num_envs=8),
+    )
+    a = collect(agent, MAZE, SMALL, tmp_path / "a", five)
+    b = collect(agent, MAZE, SMALL, tmp_path / "b", five)
+    c = collect(agent, MAZE, SMALL, tmp_path / "c", six)
     assert len(a) == 100 and a.meta["steps_requested"] == 100
     for name in ("obs", "actions", "labels/level_seed"):
         np.testing.assert_array_equal(a[name][:], b[name][:])
@@ -91,8 +95,8 @@ def test_collection_is_seeded(agent, tmp_path, maze_store):
 
 def test_chess_world_labels_are_converted_and_strings_skipped(tmp_path):
     agent = build_agent("mlp", (75,), 24, head="q")
-    s = collect(agent, "policylens/RookEndgame-v0", out=tmp_path / "c", steps=50, num_envs=4,
-                hooks=["layers.0.hook_act"])  # fmt: skip
+    options = CollectOptions(steps=50, num_envs=4, hooks=["layers.0.hook_act"])
+    s = collect(agent, "policylens/RookEndgame-v0", None, tmp_path / "c", options)
     assert len(s) == 50
     assert s["labels/white_king_pos"].shape == (50, 2)
     assert s["labels/attacked"].shape == (50, 25)
@@ -101,12 +105,17 @@ def test_chess_world_labels_are_converted_and_strings_skipped(tmp_path):
 
 
 def test_bad_collection_arguments(agent, tmp_path):
-    with pytest.raises(ValueError, match="exactly one of episodes= or steps="):
-        collect(agent, MAZE, SMALL, out=tmp_path / "x")
+    with pytest.raises(ValueError, match="exactly one of episodes and steps"):
+        CollectOptions()
+    with pytest.raises(ValueError, match="CollectOptions.num_envs must be an integer >= 1"):
+        CollectOptions(steps=10, num_envs=0)
+    with pytest.raises(ValueError, match="CollectOptions.activation_dtype must be"):
+        CollectOptions(steps=10, activation_dtype="bfloat16")
     with pytest.raises(ValueError, match="Unknown hook 'hook_cnov'.*'hook_conv'"):
-        collect(agent, MAZE, SMALL, out=tmp_path / "x", steps=10, hooks=["hook_cnov"])
+        collect(agent, MAZE, SMALL, tmp_path / "x", CollectOptions(steps=10, hooks=["hook_cnov"]))
     with pytest.raises(ValueError, match="observations of shape"):
-        collect(agent, MAZE, {"world_size": 11, "maze_sizes": (5, 11)}, out=tmp_path / "x", steps=5)
+        world = {"world_size": 11, "maze_sizes": (5, 11)}
+        collect(agent, MAZE, world, tmp_path / "x", CollectOptions(steps=5))
 
 
 # ------------------------------------------------------------------------------ store
@@ -161,12 +170,12 @@ def test_interrupted_collection_is_refused_and_can_be_redone(agent, tmp_path, mo
     real_step = MazeVecEnv.step
     monkeypatch.setattr(MazeVecEnv, "step", boom)
     with pytest.raises(KeyboardInterrupt):
-        collect(agent, MAZE, SMALL, out=out, steps=1000, num_envs=8, chunk_size=8)
+        collect(agent, MAZE, SMALL, out, CollectOptions(steps=1000, num_envs=8, chunk_size=8))
     assert any(out.rglob("*.npy")) and not (out / MANIFEST).exists()
     with pytest.raises(ValueError, match="is incomplete \\(no manifest\\): the collection was"):
         open_store(out)
     monkeypatch.setattr(MazeVecEnv, "step", real_step)
-    s = collect(agent, MAZE, SMALL, out=out, steps=40, num_envs=8, chunk_size=8)
+    s = collect(agent, MAZE, SMALL, out, CollectOptions(steps=40, num_envs=8, chunk_size=8))
     assert len(s) == 40  # the leftover of the interrupted run was cleared
 
 

@@ -54,14 +54,15 @@ def build_rook_run(root: Path) -> Path:
     """An (untrained) rook-endgame Q-network run with a small SAE on its first hidden layer."""
     from policylens.agents import build_agent
     from policylens.runs import Run
-    from policylens.studies.rook_sae.runs import train_run_sae
+    from policylens.studies.rook_sae.runs import SAESpec, SAETrainOptions, train_run_sae
 
     torch.manual_seed(0)
     agent = build_agent("mlp", (75,), 24, head="q", hidden=[32, 32])
     run = Run.create(root / "rook", {"kind": "dqn", "agent": agent.config,
                                      "trainer": {"env_id": CHESS, "env_kwargs": {"max_steps": 12}}})  # fmt: skip
     run.save_checkpoint(agent, 0)
-    train_run_sae(run.path, MLP_HOOK, arch="topk", k=4, expansion=2, samples=4000, steps=300)
+    spec = SAESpec(arch="topk", k=4, expansion=2, samples=4000)
+    train_run_sae(run.path, SAETrainOptions(MLP_HOOK, spec, steps=300))
     return run.path
 
 
@@ -244,7 +245,7 @@ def test_episodes_are_reproducible_and_levels_are_the_worlds(maze):
 
 
 def test_frame_activations_and_attribution_match_the_lenses(maze):
-    from policylens.lenses.attribution import attribute
+    from policylens.lenses.attribution import IntegratedGradients, attribute
 
     ex = explorer_of(maze)
     arrays, _ = unpack(get(maze, "/api/episode?seed=3").content)
@@ -254,7 +255,7 @@ def test_frame_activations_and_attribution_match_the_lenses(maze):
     np.testing.assert_allclose(acts["acts"], cache["res1.hook_out"][0].numpy(), rtol=1e-5)
     r = get(maze, "/api/frame/attribution?seed=3&t=2&method=ig&target=value")
     amap, meta = unpack(r.content)
-    direct = attribute(agent, arrays["obs"][2:3].copy(), "ig", "value", n_steps=50)
+    direct = attribute(agent, arrays["obs"][2:3].copy(), IntegratedGradients(), "value")
     np.testing.assert_allclose(amap["map"], direct.spatial()[0].numpy(), rtol=1e-4, atol=1e-6)
     c = meta["completeness"]  # IG's completeness: the map sums to f(x) - f(baseline)
     assert (
@@ -327,7 +328,7 @@ def test_maze_paths_play_both_agents_in_one_batch_on_equal_luck(maze):
 
     from policylens.envs.maze import MazeState
     from policylens.explorer.session import Intervention
-    from policylens.studies.maze.behaviour import run_episodes_from_states
+    from policylens.worlds.maze import run_episodes_from_states
 
     ex = explorer_of(maze)
     step, world = ex.step(None), ex.world
@@ -472,11 +473,12 @@ def hazards_run(tiny_hazard_run, tmp_path_factory) -> Path:
     a small SAE on its conv map."""
     import shutil
 
-    from policylens.studies.rook_sae.runs import train_run_sae
+    from policylens.studies.rook_sae.runs import SAESpec, SAETrainOptions, train_run_sae
 
     run = tmp_path_factory.mktemp("explorer") / "hazards"
     shutil.copytree(tiny_hazard_run.path, run)
-    train_run_sae(run, HAZARD_LAYER, arch="topk", k=4, expansion=2, samples=4000, steps=300)
+    spec = SAESpec(arch="topk", k=4, expansion=2, samples=4000)
+    train_run_sae(run, SAETrainOptions(HAZARD_LAYER, spec, steps=300))
     return run
 
 
@@ -489,8 +491,8 @@ def hazards(hazards_run):
 
 def test_hazard_episodes_are_drawn_as_tiles_and_end_by_the_worlds_cause(hazards):
     from policylens.envs.hazards import CAUSES, HazardsVecEnv
-    from policylens.report.rl_vision import symbolic_rgb
     from policylens.rollout import engine
+    from policylens.worlds.hazards import symbolic_rgb
 
     info = get(hazards, "/api/run").json()
     assert info["world"] == "hazards" and info["has_levels"] and not info["editable"]
@@ -533,7 +535,7 @@ def test_hazard_episodes_are_drawn_as_tiles_and_end_by_the_worlds_cause(hazards)
 
 
 def test_hazard_channels_correlate_with_the_worlds_object_masks(hazards):
-    from policylens.studies.rl_vision.features import OBJECTS
+    from policylens.worlds.hazards import OBJECTS
 
     ex = explorer_of(hazards)
     step = ex.step(None)
@@ -557,7 +559,7 @@ def test_hazard_channels_correlate_with_the_worlds_object_masks(hazards):
 
 
 def test_hazard_clusters_are_scored_against_each_cells_object(hazards):
-    from policylens.explorer.worlds import HazardsWorld
+    from policylens.worlds.hazards import HazardsWorld
 
     ex = explorer_of(hazards)
     arrays, meta = unpack(get(hazards, f"/api/clusters?layer={HAZARD_LAYER}&k=3").content)
@@ -577,7 +579,7 @@ def test_hazard_clusters_are_scored_against_each_cells_object(hazards):
 
 
 def test_hazard_overlays_and_nmf_features_named_by_object_masks(hazards):
-    from policylens.studies.rl_vision.features import OBJECTS
+    from policylens.worlds.hazards import OBJECTS
 
     for q in ("method=saliency", "method=ig&target=action", f"method=ig&layer={HAZARD_LAYER}"):
         amap = unpack(get(hazards, f"/api/frame/attribution?seed=1&t=1&{q}").content)[0]["map"]

@@ -9,16 +9,19 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from policylens import worlds
 from policylens.agents import build_agent
 from policylens.lenses.probes import (
     ProbeData,
+    ProbeOptions,
     default_hooks,
     group_split,
     probe,
     probe_checkpoints,
+    probe_store_for_run,
     resolve_target,
 )
-from policylens.rollout import StoreWriter, collect, write_store
+from policylens.rollout import CollectOptions, StoreWriter, collect, write_store
 
 MAZE = "policylens/Maze-v0"
 SMALL = {"cheese_region": None, "max_steps": 25}
@@ -29,8 +32,8 @@ def maze_store(tmp_path_factory):
     torch.set_num_threads(1)
     agent = build_agent("maze_cnn", (3, 9, 9), 4, seed=1)
     out = tmp_path_factory.mktemp("probe") / "maze"
-    return collect(agent, MAZE, SMALL, out=out, episodes=40, hooks=["hook_conv", "hook_out"],
-                   seed=2, num_envs=20)  # fmt: skip
+    options = CollectOptions(episodes=40, hooks=["hook_conv", "hook_out"], seed=2, num_envs=20)
+    return collect(agent, MAZE, SMALL, out, options)
 
 
 def synthetic_store(path, n_levels=60, per_level=10, seed=0):
@@ -53,7 +56,7 @@ def synthetic_store(path, n_levels=60, per_level=10, seed=0):
 
 def test_probe_recovers_linear_concepts_and_shuffled_control_is_at_chance(tmp_path):
     s = synthetic_store(tmp_path / "s")
-    report = probe(s, ["flag", "depth", "vec[1]"], controls=("shuffled",))
+    report = probe(s, ["flag", "depth", "vec[1]"], options=ProbeOptions(controls=("shuffled",)))
     flag, depth, vec = (report.get(k, "layer") for k in ("flag", "depth", "vec[1]"))
     assert flag.kind == "classification" and flag.metric == "balanced_accuracy"
     assert flag.score > 0.85 and abs(flag.controls["shuffled"] - 0.5) < 0.15
@@ -74,7 +77,7 @@ def test_split_is_by_level_so_memorised_levels_do_not_leak(tmp_path):
     acts += 0.05 * rng.normal(size=acts.shape)
     s = write_store(tmp_path / "s", {"episode": level, "labels/level_seed": level,
                                      "labels/y": label, "activations/h": acts})  # fmt: skip
-    r = probe(s, ["y"], controls=()).get("y", "h")
+    r = probe(s, ["y"], options=ProbeOptions(controls=())).get("y", "h")
     assert r.score < 0.7
     train, test = group_split(level, 0.25, seed=0)
     assert not set(level[train]) & set(level[test]) and test.sum() > 0
@@ -89,7 +92,7 @@ def test_split_is_by_level_so_memorised_levels_do_not_leak(tmp_path):
 
 def test_maze_spatial_probe_and_random_net_control(maze_store):
     report = probe(maze_store, ["cheese_pos", "mouse_pos", "dist_to_corner"],
-                   ["hook_conv", "hook_out"], max_samples=600)  # fmt: skip
+                   ["hook_conv", "hook_out"], options=ProbeOptions(max_samples=600))  # fmt: skip
     cheese = report.get("cheese_pos", "hook_conv")
     assert cheese.kind == "position" and cheese.metric == "localisation_accuracy"
     # The cheese is a channel of the input: a random CNN keeps it readable at its cell too.
@@ -102,9 +105,9 @@ def test_maze_spatial_probe_and_random_net_control(maze_store):
 
 def test_probe_computes_activations_with_a_given_agent(maze_store):
     agent = build_agent("maze_cnn", (3, 9, 9), 4, seed=1)  # the collecting agent
-    stored = probe(maze_store, ["mouse_pos"], ["hook_out"], controls=(), max_samples=300)
-    computed = probe(maze_store, ["mouse_pos"], ["hook_out"], agent=agent, controls=(),
-                     max_samples=300)  # fmt: skip
+    options = ProbeOptions(controls=(), max_samples=300)
+    stored = probe(maze_store, ["mouse_pos"], ["hook_out"], options=options)
+    computed = probe(maze_store, ["mouse_pos"], ["hook_out"], agent, options)
     assert stored.results[0].score == pytest.approx(computed.results[0].score, abs=1e-6)
 
 
@@ -112,22 +115,25 @@ def test_bad_input_errors(tmp_path, maze_store):
     s = synthetic_store(tmp_path / "s")
     with pytest.raises(ValueError, match="Unknown label .* 'flg'.*Did you mean 'flag'.*Available"):
         probe(s, ["flg"])
+    bare = ProbeOptions(controls=())
     with pytest.raises(ValueError, match="'const' has a single class \\(all 0\\) in this data; "
                        "collect more episodes or choose another label"):  # fmt: skip
-        probe(s, ["const"], controls=())
+        probe(s, ["const"], options=bare)
     with pytest.raises(ValueError, match="probe one component with 'vec\\[i\\]'"):
-        probe(s, ["vec"], controls=())
-    with pytest.raises(ValueError, match="Unknown control 'shuffle'"):
-        probe(s, ["flag"], controls=("shuffle",))
+        probe(s, ["vec"], options=bare)
+    with pytest.raises(ValueError, match="Unknown ProbeOptions.controls value 'shuffle'"):
+        ProbeOptions(controls=("shuffle",))
+    with pytest.raises(ValueError, match="ProbeOptions.test_fraction must lie in"):
+        ProbeOptions(test_fraction=1.0)
     with pytest.raises(ValueError, match="no activations for hook_conv"):
-        probe(s, ["flag"], ["hook_conv"], controls=())
+        probe(s, ["flag"], ["hook_conv"], options=bare)
     w = StoreWriter(tmp_path / "partial")
     w.append({"a": np.zeros(3)})
     w._flush(3)
     with pytest.raises(ValueError, match="incomplete \\(no manifest\\)"):
         probe(tmp_path / "partial")
     with pytest.raises(ValueError, match="'success' has a single class \\(all 0\\)"):
-        probe(maze_store, ["success"], ["hook_out"], controls=())
+        probe(maze_store, ["success"], ["hook_out"], options=bare)
     rows = np.arange(len(maze_store))
     with pytest.raises(ValueError, match="at least 2"):
         group_split(np.zeros(10), 0.25, 0)
@@ -145,15 +151,18 @@ def tiny_run(tmp_path_factory):
     from policylens.train.ppo import PPOConfig, train_ppo
 
     torch.set_num_threads(1)
-    config = PPOConfig(total_steps=8192, num_envs=16, num_steps=64, checkpoints=3, threads=1,
+    config = PPOConfig(env_id=worlds.get("maze").env_id, total_steps=8192, num_envs=16, num_steps=64, checkpoints=3, threads=1,
                        env_kwargs={"max_steps": 30}, seed=0)  # fmt: skip
     return train_ppo(config, tmp_path_factory.mktemp("run") / "tiny", progress=False)
 
 
 @pytest.mark.slow
 def test_probes_over_training_save_curves_and_figure(tiny_run):
-    curves = probe_checkpoints(tiny_run, labels=["mouse_pos", "move_to_cheese"],
-                               hooks=["hook_conv", "hook_out"], episodes=30, max_samples=600)  # fmt: skip
+    anywhere = dict(worlds.get("maze").probe_options)  # the world's probe options
+    store = probe_store_for_run(tiny_run, episodes=30, env_kwargs=anywhere)
+    curves = probe_checkpoints(tiny_run, store, labels=["mouse_pos", "move_to_cheese"],
+                               hooks=["hook_conv", "hook_out"],
+                               options=ProbeOptions(max_samples=600))  # fmt: skip
     steps = [s for s, _ in tiny_run.checkpoints()]
     assert curves.steps == steps and len(steps) >= 3
     for label in curves.labels:
@@ -195,12 +204,35 @@ def test_cli_probe_run_and_store_json(tiny_run, maze_store):
     assert [p.name for p in saved] == [f"probes_step_{latest}.json"]
     assert json.loads(saved[0].read_text()) == data
     assert data["meta"]["checkpoint_step"] == latest
+    # The probe data is collected with the world's probe options (the maze: cheese anywhere).
+    rollouts = tiny_run.path / "analysis" / "probes" / "rollouts" / "manifest.json"
+    assert json.loads(rollouts.read_text())["meta"]["env_kwargs"]["cheese_region"] is None
+    result = runner.invoke(app, ["probe", str(tiny_run.path), "--over-training", "--label",
+                                 "move_to_cheese", "--hook", "hook_out", "--episodes", "30",
+                                 "--max-samples", "300", "--no-controls", "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    curves = json.loads(result.stdout)
+    assert curves["steps"] == [s for s, _ in tiny_run.checkpoints()]
+    assert curves["labels"] == ["move_to_cheese"] and curves["hooks"] == ["hook_out"]
+    figure = tiny_run.path / "analysis" / "probes" / "probes_over_training.png"
+    assert curves["meta"]["figure"] == str(figure) and figure.read_bytes()[:4] == b"\x89PNG"
     result = runner.invoke(app, ["probe", str(maze_store.path), "--label", "mouse_pos",
                                  "--hook", "hook_out", "--no-controls", "--json"])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["results"][0]["metric"] == "accuracy"
     bad = runner.invoke(app, ["probe", str(maze_store.path), "--label", "cheese"])
     assert bad.exit_code == 2 and "Unknown label" in bad.output and "cheese_pos" in bad.output
+
+
+def test_the_study_probes_the_worlds_concepts_by_default(maze_store):
+    from policylens.studies.probes import ConceptProbeOptions, probe_store
+
+    fit = ProbeOptions(controls=(), max_samples=300)
+    report = probe_store(maze_store.path, ConceptProbeOptions(hooks=["hook_out"], probe=fit))
+    concepts = [c for c in worlds.get("maze").concepts if c in maze_store.labels]
+    assert [r.label for r in report.results] == concepts and len(concepts) >= 4
+    asked = ConceptProbeOptions(labels=["dist_to_cheese"], hooks=["hook_out"], probe=fit)
+    assert [r.label for r in probe_store(maze_store.path, asked).results] == ["dist_to_cheese"]
 
 
 def test_probe_data_split_is_shared_across_labels(maze_store):

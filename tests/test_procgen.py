@@ -20,7 +20,7 @@ from policylens.agents.load import load_agent
 from policylens.agents.models import build_agent
 from policylens.envs import WORLDS, make, make_vec
 from policylens.envs.procgen import GAMES, require_envpool
-from policylens.lenses.attribution import attribute
+from policylens.lenses.attribution import IntegratedGradients, Saliency, attribute
 from policylens.lenses.features import feature_maps
 from policylens.lenses.interventions import add_vector, random_like
 from policylens.lenses.nmf import attribution_nmf
@@ -129,10 +129,9 @@ def test_research_impala_checkpoint_plays_and_every_lens_runs_on_procgen_frames(
     assert agent.config["kwargs"]["scale"] == scale
 
     envs = make_vec("policylens/procgen-CoinRun", 2, num_levels=50)
-    obs, infos = envs.reset(seed=0)
     generator = torch.Generator().manual_seed(0)
     frames = []
-    for step in steps(agent, envs, obs, infos, Policy(), generator, cache=[LAYER]):
+    for step in steps(agent, envs, envs.reset(seed=0), Policy(), generator, cache=[LAYER]):
         assert step.cache[LAYER].shape[0] == 2 and step.actions.max() < 15
         frames.append(step.obs)
         if len(frames) == 4:
@@ -140,9 +139,9 @@ def test_research_impala_checkpoint_plays_and_every_lens_runs_on_procgen_frames(
     envs.close()
     frames = np.concatenate(frames)  # (8, 64, 64, 3) real CoinRun frames
 
-    saliency = attribute(agent, frames, "saliency", target="value")
+    saliency = attribute(agent, frames, Saliency(), target="value")
     assert saliency.attributions.shape == (8, 3, 64, 64) and saliency.attributions.abs().sum() > 0
-    ig = attribute(agent, frames[:2], "ig", target="value", layer=LAYER, n_steps=8)
+    ig = attribute(agent, frames[:2], IntegratedGradients(n_steps=8), "value", LAYER)
     assert ig.attributions.shape[0] == 2 and ig.attributions.dim() == 4
     maps = feature_maps(agent, frames, LAYER)
     (_, value), cache = agent.run_with_cache(frames, names=[LAYER])

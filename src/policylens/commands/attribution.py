@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from policylens.cli import MAZE, command, console, open_run, print_json
+from policylens.commands.framework import command, console, open_run, print_json
 
 
 @command("attribute")
@@ -35,24 +35,22 @@ def attribute_cmd(
 
     from policylens.artifacts import atomic_path, write_bytes
     from policylens.envs.maze import ACTION_NAMES
-    from policylens.lenses.attribution import attribute
+    from policylens.lenses.attribution import attribute, method_from_name
     from policylens.report.attribution import attribution_rows_figure
-    from policylens.studies.maze import dataset as md
-    from policylens.studies.maze.misgeneralization import maze_config
+    from policylens.worlds import maze as md
+    from policylens.worlds.maze import maze_config
 
-    r = open_run(run, MAZE)
+    how = method_from_name(method, baseline=baseline, n_steps=n_steps, integration=integration)
+    r = open_run(run, "maze")
     agent = r.load_agent(step)
     names = ACTION_NAMES if agent.num_actions == 4 else None
     data = md.maze_dataset(maze_config(r), n_obs, seed=seed, agent=agent)
-    result = attribute(
-        agent, data.obs, method, target, layer, baseline=baseline, n_steps=n_steps,
-        integration=integration, action_names=names,
-    )  # fmt: skip
+    result = attribute(agent, data.obs, how, target, layer, action_names=names)
     stem = f"attribution_{method}_{target}_{layer or 'input'}".replace(":", "-").replace("/", "_")
     npz = r.analysis_dir / f"{stem}.npz"
     with atomic_path(npz) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, attributions=result.numpy(), obs=data.obs)
-    summary = result.to_dict()
+    summary = result.to_json()
     summary["files"] = {"attributions": str(npz)}
     if result.is_spatial:
         png = r.analysis_dir / f"{stem}.png"
@@ -113,28 +111,44 @@ def features_cmd(
     clusters of its activations; figures, cluster labels and NMF results go to RUN/analysis/."""
     import numpy as np
 
+    from policylens import worlds
     from policylens.artifacts import atomic_path, write_bytes, write_json
-    from policylens.commands.rl_vision import hazard_features_cmd, is_hazard_run
     from policylens.lenses import features as fe
-    from policylens.lenses.attribution import attribute, default_layer
-    from policylens.lenses.nmf import attribution_nmf, label_features
+    from policylens.lenses.attribution import default_layer
+    from policylens.lenses.nmf import ValueFeatureOptions, value_features
     from policylens.report import features as rf
-    from policylens.studies.maze import dataset as md
-    from policylens.studies.maze.misgeneralization import maze_config
+    from policylens.report import rl_vision as rv
+    from policylens.runs import Run
+    from policylens.studies.rl_vision.features import FeatureOptions, run_features
+    from policylens.worlds import maze as md
+    from policylens.worlds.hazards import DEFAULT_LAYER
+    from policylens.worlds.maze import maze_config
 
-    if is_hazard_run(run):  # the hazard world: features named from its object masks
-        return hazard_features_cmd(run, nmf, layer, n_steps, n_obs, step, seed, as_json)
-    r = open_run(run, MAZE)
+    if worlds.of_run(Run(run)).name == "hazards":  # features named from its object masks
+        r = open_run(run)
+        wanted = FeatureOptions(
+            n_obs=n_obs, nmf=nmf, layer=layer or DEFAULT_LAYER, n_steps=n_steps, seed=seed,
+            step=step,
+        )  # fmt: skip
+        hazard = run_features(r, wanted)
+        files = rv.save_feature_figures(hazard, r.analysis_dir)
+        if as_json:
+            print_json({**hazard.to_json(), "files": files})
+            return
+        title = f"{r.name}: NMF features of the value at {hazard.layer}"
+        for part in rv.features_console(hazard, title, files):
+            console.print(part)
+        return
+    r = open_run(run, "maze")
     agent = r.load_agent(step)
     layer = layer or default_layer(agent)
     data = md.maze_dataset(maze_config(r), n_obs, seed=seed, agent=agent)
     acts = fe.feature_maps(agent, data.obs, layer)  # checks the layer is spatial
-    attr = attribute(agent, data.obs, "ig", "value", layer, baseline="zeros", n_steps=n_steps)
-    result_nmf = attribution_nmf(attr.attributions, k=nmf, seed=seed)
-    masks = md.resize_masks(md.object_masks(data.states), result_nmf.maps.shape[1:3])
-    result_nmf.labels = label_features(result_nmf.maps, masks)
+    options = ValueFeatureOptions(k=nmf, n_steps=n_steps, seed=seed, any_cover=md.ONE_CELL)
+    found = value_features(agent, data.obs, md.object_masks(data.states), layer, options)
+    result_nmf = found.nmf
     cl = fe.cluster_positions(acts, clusters, linkage, seed=seed, layer=layer)
-    truth = md.categories(md.resize_masks(md.object_masks(data.states), acts.shape[2:]))
+    truth = md.categories(found.masks)  # the layer's resolution, as the clusters'
     cl.scores = fe.alignment_scores(cl.labels, truth, md.CATEGORIES)
     out = r.analysis_dir
     cluster_file = fe.save_clusters(out, cl)
@@ -155,14 +169,7 @@ def features_cmd(
             f, maps=result_nmf.maps, components=result_nmf.components, residual=result_nmf.residual
         )
     files["nmf"] = str(npz)
-    summary: dict[str, Any] = {
-        "layer": layer,
-        "n_obs": n_obs,
-        "attribution_completeness": attr.completeness,
-        "nmf": result_nmf.to_dict(),
-        "clusters": cl.to_dict(),
-        "files": files,
-    }
+    summary: dict[str, Any] = {**found.to_json(), "clusters": cl.to_dict(), "files": files}
     write_json(out / f"{stem}.json", summary)
     if as_json:
         print_json(fe.json_ready(summary))

@@ -5,7 +5,7 @@ trajectory scrubber, the observation with attribution overlays and NMF features,
 activations with dataset examples and clusters, a maze editor, interventions (steering vectors,
 channel clamping, SAEs spliced in), SAE feature pages and the run's overview. It calls agents,
 rollout, lenses and studies and computes nothing of its own; world-specific parts sit behind
-one adapter per world (:mod:`~policylens.explorer.worlds`).
+each world as :mod:`policylens.worlds` describes it (the maze's study-backed views in :mod:`~policylens.explorer.worlds`).
 """
 
 from policylens.explorer.app import create_app, serve

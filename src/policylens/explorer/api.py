@@ -1,7 +1,7 @@
 """The explorer's HTTP API: thin routes over :class:`~policylens.explorer.session.Explorer`.
 
 JSON for small answers; tensors as :mod:`~policylens.explorer.tensors` messages. Observations go out
-as the world draws them (:meth:`~policylens.explorer.worlds.World.drawn`). Work that is not ready
+as the world draws them (:meth:`~policylens.worlds.base.World.drawn`). Work that is not ready
 answers 202 with its job (the page shows its progress and asks again); a bad request
 answers 400 with one sentence; unknown ids 404. Nothing here reads a path a client sends: run
 files are looked up by their path inside the run in an index of what may be served.
@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from policylens.explorer.session import Explorer, Intervention
 from policylens.explorer.tensors import MEDIA_TYPE, jsonable, pack
-from policylens.explorer.worlds import Episode
+from policylens.worlds.base import Episode
 
 router = APIRouter()
 
@@ -342,11 +342,12 @@ def sae_overview(ex: Ex, sae_id: SaeId, step: Step = None) -> Response:
     step = ex.step(step)
     sae, site = ex.sae(step, sae_id)
     prepared = ex.sae_data(step, sae_id)
-    (activity, _), _ = prepared["encoded"]
+    survey = prepared["survey"]
+    activity = survey.activity
     d_sae = sae.config.d_sae
     effect = np.zeros(d_sae, dtype=np.float32)
     key = "flip_all" if ex.world.policy.greedy else "kl_all"
-    for e in prepared["ranking"]:
+    for e in survey.ranking:
         effect[e["latent"]] = e[key]
     frequency = (activity > 0).float().mean(0).numpy()
     return tensors(
@@ -355,7 +356,7 @@ def sae_overview(ex: Ex, sae_id: SaeId, step: Step = None) -> Response:
          "dead": int((frequency == 0).sum()), "observations": len(prepared["data"]),
          "effect": key, "ranking": [{k: v for k, v in e.items()
                                      if k not in ("logit_change", "prob_change")}
-                                    for e in prepared["ranking"][:30]]},
+                                    for e in survey.ranking[:30]]},
     )  # fmt: skip
 
 

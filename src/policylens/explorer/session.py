@@ -26,10 +26,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from policylens import worlds
 from policylens.artifacts import atomic_path, read_json, write_json
 from policylens.explorer.jobs import Jobs, Progress
-from policylens.explorer.worlds import Dataset, Episode, MazeWorld, world_for
+from policylens.explorer.worlds import cheese_vector, vector_field
 from policylens.runs import Run
+from policylens.worlds.base import Dataset, Episode
+from policylens.worlds.maze import MazeWorld
 
 DATASET_SIZE = 256
 """Observations behind dataset examples, label correlations, clusters and NMF."""
@@ -81,7 +84,7 @@ class Explorer:
         self.root = self.run.path.resolve()
         if not self.run.checkpoints():
             raise FileNotFoundError(f"run {self.run.path} has no checkpoints yet; train it first")
-        self.world = world_for(self.run)
+        self.world = worlds.of_run(self.run)
         self.seed = seed
         self.dataset_size = dataset_size
         self.lock = threading.RLock()
@@ -160,7 +163,7 @@ class Explorer:
         layer where there is one (as the studies), else the first hidden layer."""
         from policylens.lenses.attribution import default_layer, spatial_layers
 
-        studied = self.world.study_layer()
+        studied = self.world.default_layer
         if studied is not None and studied in {x["name"] for x in self.layers(step)}:
             return studied
         with self.lock:
@@ -183,8 +186,8 @@ class Explorer:
         world = self.world
         return {
             "run": self.run.name,
-            "world": world.kind,
-            "env_id": world.env_id,
+            "world": world.name,
+            "env_id": world.run_env_id,
             "env_kwargs": world.env_kwargs,
             "render": world.render(),
             "has_levels": world.has_levels,
@@ -234,7 +237,7 @@ class Explorer:
     # -- episodes -----------------------------------------------------------------------------------
     def episode(self, step: int, seed: int, level: int | None, anywhere: bool) -> Episode:
         if level is not None and not self.world.has_levels:
-            raise ValueError(f"{self.world.env_id} has no numbered levels; pick a seed instead")
+            raise ValueError(f"{self.world.run_env_id} has no numbered levels; pick a seed instead")
         key = f"episode:{step}:{seed}:{level}:{anywhere}"
 
         def make(progress: Progress) -> Episode:
@@ -262,26 +265,27 @@ class Explorer:
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Saliency, gradient x input or IG of ``target`` for one observation: a map over the
         observation (``layer`` None) or over ``layer``'s positions."""
-        from policylens.lenses.attribution import attribute
+        from policylens.lenses.attribution import attribute, method_from_name
 
         if method not in ("saliency", "grad_x_input", "ig"):
             raise ValueError(f"method must be saliency, grad_x_input or ig, got {method!r}")
         if layer is not None:
             self.check_layer(step, layer)
-        n_steps = 50 if layer is None else 10
+        how = method_from_name(method, n_steps=50 if layer is None else 10)
         names = self.world.action_names
         with self.lock:
-            result = attribute(
-                self.agent(step), obs, method, target, layer, baseline="zeros",
-                n_steps=n_steps, action_names=names,
-            )  # fmt: skip
+            result = attribute(self.agent(step), obs, how, target, layer, action_names=names)
         if layer is None:
             amap = self.world.input_map(result)
         elif result.is_spatial:
             amap = result.spatial()[0].detach().numpy()
         else:
             amap = result.attributions[0].detach().reshape(1, -1).numpy()
-        return amap, {"completeness": result.completeness, "output": float(result.outputs[0])}
+        check = result.completeness
+        return amap, {
+            "completeness": check.to_json() if check else None,
+            "output": float(result.outputs[0]),
+        }
 
     # -- the dataset ----------------------------------------------------------------------------------
     def dataset(self, step: int) -> Dataset:
@@ -335,7 +339,9 @@ class Explorer:
         self.compute(f"channelprep:{step}:{layer}", make)
         acts = self.dataset_acts(step, layer)
         maps = feature_strength(acts, channel)  # checks the channel exists
-        examples = examples_from_maps(maps, self.pictures(step), k=6)
+        examples = examples_from_maps(
+            maps, self.pictures(step), k=6, outside_plane=self.world.outside_plane
+        )
         return {
             "examples": examples,
             "obs": self.pictures(step)[[e.index for e in examples]],
@@ -347,9 +353,8 @@ class Explorer:
     def nmf(self, step: int, layer: str, k: int) -> dict[str, Any]:
         """NMF of the dataset's value attributions at ``layer`` (Hilton et al.), labelled by the
         ground truth, with each feature's dataset examples."""
-        from policylens.lenses.attribution import attribute
         from policylens.lenses.features import examples_from_maps
-        from policylens.lenses.nmf import attribution_nmf, label_features
+        from policylens.lenses.nmf import ValueFeatureOptions, value_features
 
         self.check_layer(step, layer)
         if not 1 <= k <= 12:
@@ -358,34 +363,30 @@ class Explorer:
         def make(progress: Progress) -> dict[str, Any]:
             progress(0.05, "playing the agent for the dataset")
             data = self.dataset(step)
-            agent = self.own_agent(step)
-            parts = []
-            for i, obs in enumerate(np.array_split(data.obs, 8)):
-                progress(0.2 + 0.6 * i / 8, "integrated gradients to the value")
-                parts.append(
-                    attribute(agent, obs, "ig", "value", layer, baseline="zeros", n_steps=10)
-                )
-            attributions = torch.cat([p.attributions for p in parts])
-            progress(0.85, "NMF")
-            result = attribution_nmf(attributions, k=k, seed=self.seed)
-            masks = self.world.masks(data, result.maps.shape[1:3])
-            if masks:
-                result.labels = label_features(result.maps, masks)
+            # the world's masks at the layer's resolution, by its own rule: they pass through
+            masks = self.world.masks(data, self.dataset_acts(step, layer).shape[2:])
+            result = value_features(
+                self.own_agent(step), data.obs, masks, layer,
+                ValueFeatureOptions(k=k, n_steps=10, seed=self.seed),
+                lambda done, what: progress(0.2 + 0.7 * done, what),
+            ).nmf  # fmt: skip
             pictures = self.pictures(step)
-            examples = [examples_from_maps(result.maps[..., i], pictures, 4) for i in range(k)]
+            plane = self.world.outside_plane
+            examples = [
+                examples_from_maps(result.maps[..., i], pictures, 4, outside_plane=plane)
+                for i in range(k)
+            ]
             return {"nmf": result, "examples": examples}
 
         return self.compute(f"nmf:{step}:{layer}:{k}", make)
 
     def nmf_frame(self, step: int, obs: np.ndarray, layer: str, k: int) -> np.ndarray:
         """One observation's NMF feature maps ``(h, w, k)`` with the fitted directions."""
-        from policylens.lenses.attribution import attribute
+        from policylens.lenses.attribution import IntegratedGradients, attribute
 
         fitted = self.nmf(step, layer, k)["nmf"]
         with self.lock:
-            attr = attribute(
-                self.agent(step), obs, "ig", "value", layer, baseline="zeros", n_steps=10
-            )
+            attr = attribute(self.agent(step), obs, IntegratedGradients(n_steps=10), "value", layer)
         return fitted.transform(attr.attributions)[0]
 
     def clusters(self, step: int, layer: str, k: int, method: str) -> dict[str, Any]:
@@ -496,7 +497,7 @@ class Explorer:
         hook = hook or self.steering_hook(step)
         self.check_layer(step, hook)
         with self.lock:
-            vector = world.cheese_vector(self.agent(step), state, hook).contiguous()
+            vector = cheese_vector(world, self.agent(step), state, hook).contiguous()
         note = f"cheese vector of level {state.level_seed} at step {step}"
         with self._write_lock, atomic_path(self.root / VECTORS_DIR / f"{name}.safetensors") as tmp:
             save_file({"vector": vector}, tmp, metadata={"hook": hook, "note": note})
@@ -532,7 +533,7 @@ class Explorer:
             key = json.dumps(state.to_dict(), sort_keys=True)
             vector = self.memo(  # one per maze: dragging the coefficient reuses it
                 f"cheesevector:{step}:{key}:{hook}",
-                lambda: self.maze_world().cheese_vector(self.agent(step), state, hook),
+                lambda: cheese_vector(self.maze_world(), self.agent(step), state, hook),
             )
             hooks.append((hook, add_vector(vector, coef)))
         elif iv.vector not in ("none", "cheese") and coef:
@@ -549,7 +550,9 @@ class Explorer:
 
     def maze_world(self) -> MazeWorld:
         if not isinstance(self.world, MazeWorld):
-            raise ValueError(f"{self.world.env_id} has no maze to edit; this view is the maze's")
+            raise ValueError(
+                f"{self.world.run_env_id} has no maze to edit; this view is the maze's"
+            )
         return self.world
 
     def maze(self, step: int, state_data: dict, layer: str, iv: Intervention) -> dict[str, Any]:
@@ -577,7 +580,7 @@ class Explorer:
         with self.lock:
             agent = self.agent(step)
             hooks = self.hooks_for(step, iv, state) if iv is not None else []
-            field = world.vector_field(agent, state, hooks)
+            field = vector_field(world, agent, state, hooks)
             with torch.no_grad(), agent.hooks(fwd_hooks=hooks):
                 (logits, value), cache = agent.run_with_cache(obs, names=[layer])
         return {
@@ -667,8 +670,10 @@ class Explorer:
     def sae_data(self, step: int, sae_id: str) -> dict[str, Any]:
         """Fresh play of the agent at the SAE's hook, the latents encoded, and every latent's
         ablation effect (a background job)."""
-        from policylens.studies.rook_sae.data import gather_activations
+        from policylens.studies.rook_sae.data import PlaySetting, gather_activations
         from policylens.studies.rook_sae.latents import (
+            AblationOptions,
+            LatentSurvey,
             latent_ablation,
             latent_activity,
             latent_entries,
@@ -680,30 +685,28 @@ class Explorer:
             w = self.world
             agent = self.own_agent(step)
             progress(0.05, "playing the agent")
-            data = gather_activations(
-                agent, site.hook, w.env_id, w.env_kwargs, 2048, seed=10_000,
-                greedy=w.policy.greedy, mask_illegal=w.policy.mask_illegal, layout=site.layout,
-            )  # fmt: skip
+            setting = PlaySetting(w.run_env_id, w.env_kwargs, w.policy.greedy,
+                                  w.policy.mask_illegal)  # fmt: skip
+            data = gather_activations(agent, site.hook, setting, 2048, seed=10_000,
+                                      layout=site.layout)  # fmt: skip
             progress(0.4, "encoding")
-            encoded = (latent_activity(sae, data), latent_entries(sae, data))
+            activity, where = latent_activity(sae, data)
+            entries = latent_entries(sae, data)
             progress(0.5, "ablating each latent")
-            ranking = latent_ablation(
-                agent, sae, site, data, greedy=w.policy.greedy, entries=encoded[1], max_rows=256
-            )
-            return {"data": data, "encoded": encoded, "ranking": ranking}
+            options = AblationOptions(max_rows=256, greedy=w.policy.greedy)
+            ranking = latent_ablation(agent, sae, data, None, options, entries)
+            return {"data": data, "survey": LatentSurvey(activity, where, entries, ranking)}
 
         return self.compute(f"saedata:{step}:{sae_id}", make)
 
     def sae_latent(self, step: int, sae_id: str, latent: int) -> Any:
         """One latent's dashboard card (top activations, histogram, ablation effect)."""
-        from policylens.studies.rook_sae.latents import latent_cards
+        from policylens.studies.rook_sae.latents import AblationOptions, latent_cards
 
-        sae, site = self.sae(step, sae_id)
+        sae, _ = self.sae(step, sae_id)
         prepared = self.sae_data(step, sae_id)
+        options = AblationOptions(max_rows=256, greedy=self.world.policy.greedy)
         with self.lock:
-            cards, _ = latent_cards(
-                self.agent(step), sae, site, prepared["data"], [latent],
-                greedy=self.world.policy.greedy, encoded=prepared["encoded"],
-                ranking=prepared["ranking"], max_rows=256,
-            )  # fmt: skip
+            cards = latent_cards(self.agent(step), sae, prepared["data"], [latent],
+                                 options=options, survey=prepared["survey"])  # fmt: skip
         return cards[0]

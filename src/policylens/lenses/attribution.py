@@ -5,6 +5,11 @@ any hook point: ``layer="res1.hook_out"`` attributes to that layer's channels x 
 Hilton et al. ("Understanding RL Vision", Distill 2020) did from a middle conv layer to the value
 function (zero baseline at the layer, 10 integration steps in their code).
 
+Methods are objects carrying their own options, as in Captum: ``Saliency()``, ``Gradient()``,
+``GradXInput()``, ``IntegratedGradients(n_steps=10, baseline="zeros")``, ``Occlusion(window=2)``;
+``attribute(agent, obs, IntegratedGradients(n_steps=10), "value", layer)``. A bad option fails
+when the object is built; :func:`method_from_name` maps a command-line name (``"ig"``) to one.
+
 Targets (:func:`parse_target`): ``"value"``, an action logit (``3`` or ``"logit:3"``, or
 ``"logit:up"`` given action names), a log-probability (``"logprob:3"``), the log-probability of the
 action taken (``"action"``; pass ``actions``, else the greedy action), or a function
@@ -22,8 +27,8 @@ It is faster than Captum by construction, with memory bounded by ``internal_batc
   observation instead of on every interpolated sample, as Captum does.
 - Input attribution of the built-in networks differentiates at their first (affine) layer: for an
   affine map ``a = A x + c`` the input gradient is ``A^T`` of the summed layer gradient, so the
-  first layer runs backward once instead of ``n_steps`` times (checked numerically; off with
-  ``fast=False``). It still runs forward on every interpolated input, so that exact ties further
+  first layer runs backward once instead of ``n_steps`` times (checked numerically; off
+  with ``fast=False``). It still runs forward on every interpolated input, so that exact ties further
   on (max-pooling over flat image regions) break as in a plain IG.
 - Parameters are frozen while attributing, so autograd records only what depends on the
   attributed tensor.
@@ -44,8 +49,8 @@ import difflib
 import math
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -55,15 +60,9 @@ from torch import Tensor, nn
 from policylens.agents.hooks import HookPoint
 from policylens.errors import check_known, unknown_message
 
-METHODS = ("saliency", "gradient", "grad_x_input", "ig", "occlusion")
-"""``saliency`` = |gradient| (Simonyan et al.; Captum's default), ``gradient`` = signed gradient,
-``grad_x_input`` = gradient x value, ``ig`` = integrated gradients, ``occlusion`` = output drop when
-a window is replaced by the baseline."""
-METHOD_ALIASES = {
-    "integrated_gradients": "ig",
-    "input_x_gradient": "grad_x_input",
-    "grad": "gradient",
-}
+if TYPE_CHECKING:
+    from policylens.agents.agent import HookedAgent
+
 INTEGRATION = (
     "gausslegendre",
     "riemann_trapezoid",
@@ -86,6 +85,160 @@ AFFINE_INPUT_HOOKS = {
 
 DEFAULT_MEMORY_MB = 256.0
 """Default bound on the activation memory of one internal batch (see ``internal_batch_size``)."""
+
+
+# --------------------------------------------------------------------------- methods
+@dataclass(frozen=True, kw_only=True)
+class AttributionMethod:
+    """An attribution method and its options (Captum's shape: the method object carries them);
+    pass one to :func:`attribute`, or build one by name with :func:`method_from_name`."""
+
+    name: ClassVar[str]
+    fast: bool = True
+    """Use the exact speed-ups (at a cut layer only the network above runs; input IG through an
+    affine first layer); False runs the plain algorithm, for checking."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Saliency(AttributionMethod):
+    """|gradient| of the target (Simonyan et al.; Captum's ``Saliency``)."""
+
+    name: ClassVar[str] = "saliency"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Gradient(AttributionMethod):
+    """The signed gradient of the target."""
+
+    name: ClassVar[str] = "gradient"
+
+
+@dataclass(frozen=True, kw_only=True)
+class GradXInput(AttributionMethod):
+    """Gradient x the attributed value (Captum's ``InputXGradient``)."""
+
+    name: ClassVar[str] = "grad_x_input"
+
+
+Baseline = str | float | Tensor | np.ndarray
+"""One of :data:`BASELINES`, a number, or a tensor of the attributed (or input) shape."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class BaselineMethod(AttributionMethod):
+    """What integrated gradients and occlusion share: a baseline and passes of bounded size."""
+
+    baseline: Baseline = field(default="zeros", compare=False)
+    """The reference the inputs are compared with: one of :data:`BASELINES`, a number, or a
+    tensor of the attributed tensor's shape (one sample or the batch); at a layer, a tensor of
+    the input's shape is mapped through the network."""
+    reference: np.ndarray | Tensor | None = field(default=None, compare=False)
+    """Observations whose mean is ``baseline="mean"`` (default: the attributed batch)."""
+    blur_sigma: float | None = None
+    """Gaussian sigma of ``baseline="blurred"`` in cells/pixels (default 0.1 x side)."""
+    internal_batch_size: int | None = None
+    """Most rows per forward pass; None = as many as fit in ``memory_mb``."""
+    memory_mb: float = DEFAULT_MEMORY_MB
+    """Bound on the activation memory of one pass when ``internal_batch_size`` is None."""
+
+    def __post_init__(self) -> None:
+        kind = type(self).__name__
+        b = self.baseline
+        if isinstance(b, str) and b not in BASELINES:
+            raise ValueError(
+                unknown_message(f"{kind}.baseline", b, BASELINES)
+                + " A number or a tensor works too."
+            )
+        if isinstance(b, bool) or not isinstance(b, str | int | float | Tensor | np.ndarray):
+            raise ValueError(
+                f"{kind}.baseline must be one of {', '.join(BASELINES)}, a number or a tensor, "
+                f"got {type(b).__name__}."
+            )
+        if self.blur_sigma is not None and not self.blur_sigma > 0:
+            raise ValueError(f"{kind}.blur_sigma must be > 0 (or None), got {self.blur_sigma}.")
+        size = self.internal_batch_size
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise ValueError(f"{kind}.internal_batch_size must be an integer >= 1, got {size!r}.")
+        if not self.memory_mb > 0:
+            raise ValueError(f"{kind}.memory_mb must be > 0, got {self.memory_mb}.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class IntegratedGradients(BaselineMethod):
+    """Integrated gradients (Sundararajan et al. 2017) with Captum's quadrature rules."""
+
+    name: ClassVar[str] = "ig"
+    n_steps: int = 50
+    """Points on the path from the baseline to the input."""
+    integration: str = "gausslegendre"
+    """Quadrature rule, one of :data:`INTEGRATION` (:func:`integration_rule`)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        n = self.n_steps
+        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+            raise ValueError(
+                f"IntegratedGradients.n_steps must be an integer >= 1, got {n!r}; use e.g. 50."
+            )
+        if self.integration not in INTEGRATION:
+            raise ValueError(
+                unknown_message("IntegratedGradients.integration", self.integration, INTEGRATION)
+            )
+        if self.integration == "riemann_trapezoid" and n < 2:
+            raise ValueError(
+                "IntegratedGradients.n_steps must be >= 2 for riemann_trapezoid, got 1."
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Occlusion(BaselineMethod):
+    """The output drop when a window (all channels at once) is replaced by the baseline."""
+
+    name: ClassVar[str] = "occlusion"
+    window: int | tuple[int, int] = 1
+    """Window side, or (height, width), in cells of the attributed map."""
+    stride: int | tuple[int, int] | None = None
+    """Step between windows (default: the window, so windows tile the map)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for label, value in (("window", self.window), ("stride", self.stride)):
+            if label == "stride" and value is None:
+                continue
+            pair = (value, value) if isinstance(value, int) else value
+            if not (isinstance(pair, tuple) and len(pair) == 2 and all(map(_positive_int, pair))):
+                raise ValueError(
+                    f"Occlusion.{label} must be an integer >= 1 or a pair of them, got {value!r}."
+                )
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool) and bool(value >= 1)
+
+
+METHODS: dict[str, type[AttributionMethod]] = {
+    m.name: m for m in (Saliency, Gradient, GradXInput, IntegratedGradients, Occlusion)
+}
+"""Each method by its command-line name."""
+METHOD_ALIASES = {
+    "integrated_gradients": "ig",
+    "input_x_gradient": "grad_x_input",
+    "grad": "gradient",
+}
+
+
+def method_from_name(name: str, **options: Any) -> AttributionMethod:
+    """The method called ``name`` (:data:`METHODS` or an alias) with the ``options`` it takes.
+
+    Options that only other methods take are ignored, so one set of command-line flags serves
+    every method; an option no method takes is an error.
+    """
+    key = METHOD_ALIASES.get(name, name)
+    check_known([key], METHODS, "method")
+    check_known(options, {f.name for m in METHODS.values() for f in fields(m)}, "method option")
+    cls = METHODS[key]
+    own = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in options.items() if k in own})
 
 
 # --------------------------------------------------------------------------- targets
@@ -215,7 +368,22 @@ def integration_rule(n_steps: int, method: str = "gausslegendre") -> tuple[np.nd
 
 
 # --------------------------------------------------------------------------- result
-@dataclass
+@dataclass(frozen=True)
+class Completeness:
+    """How well IG attributions sum to ``f(input) - f(baseline)``, over the batch."""
+
+    sum_attributions_mean: float
+    output_difference_mean: float
+    max_abs_error: float
+    mean_abs_error: float
+    relative_error: float
+    """Mean |error| over mean |f(input) - f(baseline)| (0 when the outputs do not differ)."""
+
+    def to_json(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class Attribution:
     """Attributions of ``target`` to the input or to ``layer``'s activation.
 
@@ -273,25 +441,26 @@ class Attribution:
         return total - (self.outputs - self.baseline_outputs)
 
     @property
-    def completeness(self) -> dict[str, float] | None:
-        """Summary of :attr:`delta`: how well attributions sum to the output difference."""
+    def completeness(self) -> Completeness | None:
+        """Summary of :attr:`delta`: how well attributions sum to the output difference (IG)."""
         delta, baseline_outputs = self.delta, self.baseline_outputs
         if delta is None or baseline_outputs is None:  # delta is None exactly without baselines
             return None
         diff = (self.outputs - baseline_outputs).detach().double()
         d = delta.detach().double().abs()
         scale = diff.abs().mean().item()
-        return {
-            "sum_attributions_mean": float(self.attributions.flatten(1).sum(1).double().mean()),
-            "output_difference_mean": float(diff.mean()),
-            "max_abs_error": float(d.max()),
-            "mean_abs_error": float(d.mean()),
-            "relative_error": float(d.mean() / scale) if scale > 0 else 0.0,
-        }
+        return Completeness(
+            sum_attributions_mean=float(self.attributions.flatten(1).sum(1).double().mean()),
+            output_difference_mean=float(diff.mean()),
+            max_abs_error=float(d.max()),
+            mean_abs_error=float(d.mean()),
+            relative_error=float(d.mean() / scale) if scale > 0 else 0.0,
+        )
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         """JSON-able summary (no tensors)."""
         a = self.attributions.detach().double()
+        check = self.completeness
         out: dict[str, Any] = {
             "method": self.method,
             "target": self.target,
@@ -302,7 +471,7 @@ class Attribution:
             "integration": self.integration,
             "output_mean": float(self.outputs.detach().double().mean()),
             "mean_abs_attribution": float(a.abs().mean()),
-            "completeness": self.completeness,
+            "completeness": None if check is None else check.to_json(),
         }
         if self.is_spatial:
             ch = self.channels().detach().double().mean(0)
@@ -321,7 +490,7 @@ class _StopForward(Exception):
 
 
 @contextlib.contextmanager
-def attribution_mode(agent: Any) -> Iterator[None]:
+def attribution_mode(agent: HookedAgent) -> Iterator[None]:
     """Eval mode and frozen parameters for the block (restored after, also on exceptions).
 
     Frozen parameters mean autograd records only operations that depend on the attributed tensor.
@@ -341,14 +510,14 @@ def attribution_mode(agent: Any) -> Iterator[None]:
             m.training = training
 
 
-def check_layer(agent: Any, layer: str) -> None:
+def check_layer(agent: HookedAgent, layer: str) -> None:
     """ValueError naming the closest hook names when ``layer`` is not one of the agent's."""
     names = agent.hook_names()
     if layer not in names:
         raise ValueError(unknown_message("layer", layer, names))
 
 
-def layer_activation(agent: Any, x: Tensor, layer: str, stop: bool = True) -> Tensor:
+def layer_activation(agent: HookedAgent, x: Tensor, layer: str, stop: bool = True) -> Tensor:
     """The activation at hook ``layer`` for preprocessed input ``x`` (the forward stops there)."""
     store: list[Tensor] = []
 
@@ -371,7 +540,7 @@ def layer_activation(agent: Any, x: Tensor, layer: str, stop: bool = True) -> Te
 _CUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def is_cut(agent: Any, layer: str, x: Tensor) -> bool:
+def is_cut(agent: HookedAgent, layer: str, x: Tensor) -> bool:
     """Whether the outputs depend on the input only through ``layer`` (numerically checked).
 
     Replaces the activation of a 2-observation batch by a 3-row batch: a skip connection around
@@ -405,7 +574,7 @@ def is_cut(agent: Any, layer: str, x: Tensor) -> bool:
 _TAILS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def tail_network(agent: Any, layer: str) -> nn.Module | None:
+def tail_network(agent: HookedAgent, layer: str) -> nn.Module | None:
     """The network above hook ``layer`` as a module of its own: activation in, output out.
 
     Built once per agent and layer with torch.fx (not by hand per architecture): the network is
@@ -474,7 +643,7 @@ def _graph_above(root: nn.Module, graph: Any, target: str) -> nn.Module | None:
 class _Substitute:
     """Runs the agent with the attributed tensor set to given rows (input or a hook point)."""
 
-    def __init__(self, agent: Any, x: Tensor, layer: str | None, fast: bool = True):
+    def __init__(self, agent: HookedAgent, x: Tensor, layer: str | None, fast: bool = True):
         self.agent, self.x, self.layer = agent, x, layer
         with torch.no_grad():
             self.act = x if layer is None else layer_activation(agent, x, layer)  # (B, ...)
@@ -579,23 +748,19 @@ def _input_baseline(
 
 
 def _resolve_baseline(
-    agent: Any,
-    baseline: str | Tensor | np.ndarray | float,
+    agent: HookedAgent,
+    baseline: Baseline,
     x: Tensor,
     sub: _Substitute,
     reference: Tensor | None,
     blur_sigma: float | None,
 ) -> tuple[Tensor, str]:
-    """The baseline in the attributed space ``(B, ...)`` and a short description."""
+    """The baseline (checked by :class:`BaselineMethod`) in the attributed space ``(B, ...)``
+    and a short description."""
     act = sub.act
-    if isinstance(baseline, int | float) and not isinstance(baseline, bool):
+    if isinstance(baseline, int | float):
         return torch.full_like(act, float(baseline)), f"constant {baseline}"
     if isinstance(baseline, str):
-        if baseline not in BASELINES:
-            raise ValueError(
-                unknown_message("baseline", baseline, BASELINES)
-                + " A number or a tensor works too."
-            )
         if sub.layer is None or baseline == "zeros":
             if sub.layer is None:
                 return _input_baseline(baseline, x, reference, blur_sigma), baseline
@@ -610,11 +775,6 @@ def _resolve_baseline(
             if baseline == "zero_input":  # one zero observation's activation serves every row
                 return layer_activation(agent, b[:1], sub.layer).expand_as(act).clone(), baseline
             return layer_activation(agent, b, sub.layer).clone(), baseline
-    if not isinstance(baseline, Tensor | np.ndarray):
-        raise ValueError(
-            f"Unknown baseline of type {type(baseline).__name__}; use one of "
-            f"{', '.join(BASELINES)}, a number or a tensor."
-        )
     b = torch.as_tensor(baseline).to(device=act.device, dtype=act.dtype)
     shape, one = tuple(b.shape), tuple(act.shape[1:])
     if shape in (one, (1, *one), tuple(act.shape)):
@@ -635,7 +795,7 @@ def _resolve_baseline(
 _SAMPLE_BYTES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _memory_chunk(agent: Any, x: Tensor, budget_mb: float, above: str | None = None) -> int:
+def _memory_chunk(agent: HookedAgent, x: Tensor, budget_mb: float, above: str | None = None) -> int:
     """Rows per internal batch so that the recorded activations stay within ``budget_mb``;
     with ``above`` (a cut layer), only the activations from that layer on count: the layers
     below run once, not per interpolated row."""
@@ -646,7 +806,7 @@ def _memory_chunk(agent: Any, x: Tensor, budget_mb: float, above: str | None = N
     return max(1, int(budget_mb * 2**20 // known[key]))
 
 
-def _sample_bytes(agent: Any, x: Tensor, above: str | None) -> int:
+def _sample_bytes(agent: HookedAgent, x: Tensor, above: str | None) -> int:
     """Bytes of activations (x3: forward, saved, gradient) one sample needs."""
     sizes: dict[str, int] = {}
 
@@ -674,91 +834,77 @@ def _plan(batch: int, steps: int, rows: int) -> tuple[int, int]:
 
 # --------------------------------------------------------------------------- public entry point
 def attribute(
-    agent: Any,
+    agent: HookedAgent,
     obs: np.ndarray | Tensor,
-    method: str = "ig",
+    method: AttributionMethod,
     target: str | int | Callable | Target = "value",
     layer: str | None = None,
     *,
-    baseline: str | float | Tensor | np.ndarray = "zeros",
-    n_steps: int = 50,
-    integration: str = "gausslegendre",
-    internal_batch_size: int | None = None,
-    memory_mb: float = DEFAULT_MEMORY_MB,
     actions: np.ndarray | Tensor | None = None,
-    reference: np.ndarray | Tensor | None = None,
-    blur_sigma: float | None = None,
-    window: int | tuple[int, int] = 1,
-    stride: int | tuple[int, int] | None = None,
     action_names: Sequence[str] | None = None,
     preprocessed: bool = False,
-    fast: bool = True,
 ) -> Attribution:
     """Attribute ``target`` to the input or to hook ``layer``, for a batch of observations.
 
     Args:
         obs: observations ``(batch, *obs_shape)`` (or one observation); with
             ``preprocessed=True``, already preprocessed inputs (``agent.preprocess``).
-        method: one of :data:`METHODS`.
-        target: see :func:`parse_target`.
+        method: ``Saliency()``, ``Gradient()``, ``GradXInput()``,
+            ``IntegratedGradients(n_steps=..., baseline=...)`` or ``Occlusion(window=...)``
+            (:func:`method_from_name` builds one from its name).
+        target: see :func:`parse_target` (``action_names`` name the actions there).
         layer: a hook name (``agent.hook_names()``) to attribute to its activation, or None for
             the (preprocessed) input.
-        baseline: IG / occlusion reference: one of :data:`BASELINES`, a number, or a tensor of
-            the attributed tensor's shape (one sample or the batch); at a layer, a tensor of the
-            input's shape is mapped through the network.
-        n_steps, integration: IG quadrature (:func:`integration_rule`).
-        internal_batch_size: most rows per forward pass; None = as many as fit in ``memory_mb``.
         actions: actions taken ``(batch,)`` for ``target="action"`` (default: the greedy ones).
-        reference: observations for ``baseline="mean"`` (default: ``obs``).
-        blur_sigma: Gaussian sigma of ``baseline="blurred"`` in cells/pixels (default 0.1 x side).
-        window, stride: occlusion window (spatial, all channels at once) and stride (= window).
-        fast: use the exact speed-ups (cut layers, affine first layer); False runs the plain
-            algorithm (for checking).
     """
-    method = METHOD_ALIASES.get(method, method)
-    if method not in METHODS:
-        check_known([method], METHODS, "method")
+    if not isinstance(method, tuple(METHODS.values())):
+        hint = (
+            f"; method_from_name({method!r}) builds one from a name"
+            if isinstance(method, str)
+            else ""
+        )
+        raise ValueError(
+            "method must be Saliency(), Gradient(), GradXInput(), IntegratedGradients(...) or "
+            f"Occlusion(...), got {method!r}{hint}."
+        )
     tgt = parse_target(target, agent.num_actions, action_names)
-    if method == "ig":
-        integration_rule(n_steps, integration)  # validates n_steps and the rule up front
     if layer is not None:
         check_layer(agent, layer)
-    if internal_batch_size is not None and internal_batch_size < 1:
-        raise ValueError(f"internal_batch_size must be >= 1, got {internal_batch_size}.")
     with attribution_mode(agent):
         x = _as_input(agent, obs, preprocessed)
-        ref = None if reference is None else _as_input(agent, reference, preprocessed)
         acts = _actions(agent, x, tgt, actions)
-        if method == "ig" and layer is None and fast:
+        if isinstance(method, Saliency | Gradient | GradXInput):
+            sub = _Substitute(agent, x, layer, fast=method.fast)
+            index = torch.arange(len(x), device=x.device)
+            outputs, grad = _target_grad(sub, sub.act, index, tgt, acts)
+            if isinstance(method, Saliency):
+                attr = grad.abs()
+            elif isinstance(method, Gradient):
+                attr = grad
+            else:
+                attr = grad * sub.act
+            return Attribution(attr, sub.act.detach(), outputs, method.name, tgt.name, layer)
+        assert isinstance(method, IntegratedGradients | Occlusion)
+        ref = None if method.reference is None else _as_input(agent, method.reference, preprocessed)
+        if isinstance(method, IntegratedGradients) and layer is None and method.fast:
             hook = AFFINE_INPUT_HOOKS.get(str(agent.config.get("arch")))
             if hook is not None and hook in agent.hook_names():
-                result = _ig_affine_input(
-                    agent, x, hook, tgt, acts, baseline, n_steps, integration,
-                    internal_batch_size, memory_mb, ref, blur_sigma,
-                )  # fmt: skip
+                result = _ig_affine_input(agent, x, hook, tgt, acts, method, ref)
                 if result is not None:
                     return result
-        sub = _Substitute(agent, x, layer, fast=fast)
-        rows = internal_batch_size or _memory_chunk(agent, x, memory_mb, layer if sub.cut else None)
-        if method == "occlusion":
+        sub = _Substitute(agent, x, layer, fast=method.fast)
+        rows = method.internal_batch_size or _memory_chunk(
+            agent, x, method.memory_mb, layer if sub.cut else None
+        )
+        if isinstance(method, Occlusion):
             _require_spatial(sub, layer, "occlusion")
-            base, desc = _resolve_baseline(agent, baseline, x, sub, ref, blur_sigma)
-            return _occlusion(sub, tgt, acts, base, desc, window, stride, rows)
-        if method == "ig":
-            base, desc = _resolve_baseline(agent, baseline, x, sub, ref, blur_sigma)
-            return _integrated_gradients(sub, tgt, acts, base, desc, n_steps, integration, rows)
-        index = torch.arange(len(x), device=x.device)
-        outputs, grad = _target_grad(sub, sub.act, index, tgt, acts)
-        if method == "saliency":
-            attr = grad.abs()
-        elif method == "gradient":
-            attr = grad
-        else:
-            attr = grad * sub.act
-        return Attribution(attr, sub.act.detach(), outputs, method, tgt.name, layer)
+        base, desc = _resolve_baseline(agent, method.baseline, x, sub, ref, method.blur_sigma)
+        if isinstance(method, Occlusion):
+            return _occlusion(sub, tgt, acts, base, desc, method, rows)
+        return _integrated_gradients(sub, tgt, acts, base, desc, method, rows)
 
 
-def _as_input(agent: Any, obs: np.ndarray | Tensor, preprocessed: bool) -> Tensor:
+def _as_input(agent: HookedAgent, obs: np.ndarray | Tensor, preprocessed: bool) -> Tensor:
     """The network input ``(batch, *input_shape)`` on the agent's device and dtype."""
     if not preprocessed:
         return agent.preprocess(obs)
@@ -766,7 +912,7 @@ def _as_input(agent: Any, obs: np.ndarray | Tensor, preprocessed: bool) -> Tenso
     return x.to(device=agent.device, dtype=agent.dtype)
 
 
-def _actions(agent: Any, x: Tensor, target: Target, actions: Any) -> Tensor | None:
+def _actions(agent: HookedAgent, x: Tensor, target: Target, actions: Any) -> Tensor | None:
     if target.kind != "action":
         return None
     if actions is None:
@@ -799,12 +945,11 @@ def _integrated_gradients(
     actions: Tensor | None,
     base: Tensor,
     desc: str,
-    n_steps: int,
-    integration: str,
+    method: IntegratedGradients,
     rows: int,
 ) -> Attribution:
     a = sub.act.detach()  # (B, ...)
-    alphas_np, weights_np = integration_rule(n_steps, integration)
+    alphas_np, weights_np = integration_rule(method.n_steps, method.integration)
     alphas = torch.as_tensor(alphas_np, dtype=a.dtype, device=a.device)
     weights = torch.as_tensor(weights_np, dtype=a.dtype, device=a.device)
     diff = a - base
@@ -812,7 +957,7 @@ def _integrated_gradients(
     outputs, base_out = _endpoint_values(sub, a, base, target, actions)
     return Attribution(
         diff * total, a, outputs, "ig", target.name, sub.layer, base, base_out, desc,
-        n_steps, integration, {"cut_layer": sub.cut, "rows_per_pass": rows},
+        method.n_steps, method.integration, {"cut_layer": sub.cut, "rows_per_pass": rows},
     )  # fmt: skip
 
 
@@ -865,22 +1010,17 @@ def _path_gradients(
 
 
 def _ig_affine_input(
-    agent: Any,
+    agent: HookedAgent,
     x: Tensor,
     hook: str,
     target: Target,
     actions: Tensor | None,
-    baseline: Any,
-    n_steps: int,
-    integration: str,
-    internal_batch_size: int | None,
-    memory_mb: float,
+    method: IntegratedGradients,
     reference: Tensor | None,
-    blur_sigma: float | None,
 ) -> Attribution | None:
     """Input IG through the affine first layer (see the module docstring); None if not affine."""
     in_sub = _Substitute(agent, x, None)
-    base, desc = _resolve_baseline(agent, baseline, x, in_sub, reference, blur_sigma)
+    base, desc = _resolve_baseline(agent, method.baseline, x, in_sub, reference, method.blur_sigma)
     sub = _Substitute(agent, x, hook)
     if not sub.cut:
         return None
@@ -894,10 +1034,10 @@ def _ig_affine_input(
     scale = max(float(a.detach().abs().max()), 1.0)
     if not torch.allclose(mid, ab + 0.37 * (a.detach() - ab), rtol=tol, atol=tol * scale):
         return None
-    alphas_np, weights_np = integration_rule(n_steps, integration)
+    alphas_np, weights_np = integration_rule(method.n_steps, method.integration)
     alphas = torch.as_tensor(alphas_np, dtype=a.dtype, device=a.device)
     weights = torch.as_tensor(weights_np, dtype=a.dtype, device=a.device)
-    rows = internal_batch_size or _memory_chunk(agent, x, memory_mb)
+    rows = method.internal_batch_size or _memory_chunk(agent, x, method.memory_mb)
     # The first layer still runs forward on every interpolated input (not ab + alpha (a - ab),
     # equal up to rounding), so exact ties downstream, e.g. in max-pooling over a flat image,
     # break as in a plain IG; its backward runs once.
@@ -907,8 +1047,8 @@ def _ig_affine_input(
         (g_in,) = torch.autograd.grad(a, xg, total)  # A^T (summed layer gradient)
     outputs, base_out = _endpoint_values(sub, a.detach(), ab, target, actions)
     return Attribution(
-        (x - base) * g_in, x, outputs, "ig", target.name, None, base, base_out, desc, n_steps,
-        integration, {"affine_first_layer": hook, "rows_per_pass": rows},
+        (x - base) * g_in, x, outputs, "ig", target.name, None, base, base_out, desc,
+        method.n_steps, method.integration, {"affine_first_layer": hook, "rows_per_pass": rows},
     )  # fmt: skip
 
 
@@ -918,21 +1058,21 @@ def _occlusion(
     actions: Tensor | None,
     base: Tensor,
     desc: str,
-    window: int | tuple[int, int],
-    stride: int | tuple[int, int] | None,
+    method: Occlusion,
     rows: int,
 ) -> Attribution:
     """Occlude every window (all channels) with the baseline; each cell gets the mean output drop
     of the windows covering it, spread equally over channels (so a channel sum is the drop)."""
     a = sub.act.detach()  # (B, C, H, W)
     batch, c, h, w = a.shape
+    window, stride = method.window, method.stride
     kh, kw = (window, window) if isinstance(window, int) else window
     st = stride if stride is not None else (kh, kw)
     sh, sw = (st, st) if isinstance(st, int) else st
-    if not (1 <= kh <= h and 1 <= kw <= w and sh >= 1 and sw >= 1):
+    if not (kh <= h and kw <= w):
         raise ValueError(
-            f"Occlusion window {(kh, kw)} / stride {(sh, sw)} does not fit a {h}x{w} map; use a "
-            "window between 1 and the map size and a stride >= 1."
+            f"Occlusion.window {(kh, kw)} does not fit the {h}x{w} map; use a window between 1 "
+            "and the map size."
         )
     tops = list(range(0, h - kh + 1, sh))
     lefts = list(range(0, w - kw + 1, sw))
@@ -964,7 +1104,7 @@ def _occlusion(
     )  # fmt: skip
 
 
-def spatial_layers(agent: Any) -> list[str]:
+def spatial_layers(agent: HookedAgent) -> list[str]:
     """Hook names whose activations are ``(batch, channel, h, w)``, in forward order."""
     dtype = torch.uint8 if agent.obs_kind == "image" else agent.dtype
     obs = torch.zeros((1, *agent.obs_shape), dtype=dtype, device=agent.device)
@@ -973,7 +1113,7 @@ def spatial_layers(agent: Any) -> list[str]:
     return [n for n in agent.hook_names() if n in cache and cache[n].dim() == 4]
 
 
-def default_layer(agent: Any) -> str:
+def default_layer(agent: HookedAgent) -> str:
     """A middle residual-stream conv layer (Hilton et al. attributed from a middle conv layer)."""
     spatial = spatial_layers(agent)
     if not spatial:

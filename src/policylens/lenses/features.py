@@ -21,7 +21,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,17 +29,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from policylens.artifacts import atomic_path, read_json, write_json
-from policylens.envs.maze import (
-    WALL,
-)
 from policylens.errors import check_known
 from policylens.lenses.attribution import attribution_mode, check_layer, layer_activation
+
+if TYPE_CHECKING:
+    from policylens.agents.agent import HookedAgent
 
 CLUSTER_METHODS = ("kmeans", "single", "average", "ward")
 
 
 # --------------------------------------------------------------------------- feature maps
-def feature_maps(agent: Any, obs: np.ndarray | Tensor, layer: str) -> np.ndarray:
+def feature_maps(agent: HookedAgent, obs: np.ndarray | Tensor, layer: str) -> np.ndarray:
     """Activations ``(N, channel, h, w)`` of conv hook ``layer`` for observations ``obs``."""
     check_layer(agent, layer)
     with attribution_mode(agent), torch.no_grad():
@@ -254,10 +254,17 @@ def feature_strength(acts: np.ndarray, feature: int | np.ndarray) -> np.ndarray:
 
 
 def examples_from_maps(
-    maps: np.ndarray, obs: np.ndarray, k: int = 8, radius: int | None = None
+    maps: np.ndarray,
+    obs: np.ndarray,
+    k: int = 8,
+    radius: int | None = None,
+    outside_plane: int | None = None,
 ) -> list[Example]:
     """The ``k`` observations whose strength map ``(N, h, w)`` peaks highest (one per observation),
-    each cropped to ``2 * radius + 1`` cells/pixels around the peak (default: a quarter side)."""
+    each cropped to ``2 * radius + 1`` cells/pixels around the peak (default: a quarter side).
+
+    A crop reaching past a grid observation's edge is zeros there, with plane ``outside_plane``
+    set to 1 if given (the world's wall plane: outside a maze is wall)."""
     n, h, w = maps.shape
     flat = maps.reshape(n, -1)
     best = flat.argmax(1)
@@ -272,14 +279,16 @@ def examples_from_maps(
     for i in order:
         pr, pc = divmod(int(best[i]), w)
         cr, cc = int((pr + 0.5) * H / h), int((pc + 0.5) * W / w)  # centre in obs coordinates
-        out.append(Example(int(i), (pr, pc), float(peak[i]), _crop(obs[i], cr, cc, r, grid)))
+        crop = _crop(obs[i], cr, cc, r, grid, outside_plane)
+        out.append(Example(int(i), (pr, pc), float(peak[i]), crop))
     return out
 
 
-def _crop(o: np.ndarray, r: int, c: int, radius: int, grid: bool) -> np.ndarray:
+def _crop(o: np.ndarray, r: int, c: int, radius: int, grid: bool, plane: int | None) -> np.ndarray:
     if grid:
         pad = np.zeros((o.shape[0], o.shape[1] + 2 * radius, o.shape[2] + 2 * radius), o.dtype)
-        pad[WALL] = 1  # outside the world is wall (plane 0 in the maze and the hazard world)
+        if plane is not None:
+            pad[plane] = 1
         pad[:, radius:-radius, radius:-radius] = o
         return pad[:, r : r + 2 * radius + 1, c : c + 2 * radius + 1]
     pad = np.zeros((o.shape[0] + 2 * radius, o.shape[1] + 2 * radius, 3), o.dtype)
@@ -288,18 +297,18 @@ def _crop(o: np.ndarray, r: int, c: int, radius: int, grid: bool) -> np.ndarray:
 
 
 def dataset_examples(
-    agent: Any,
+    agent: HookedAgent,
     obs: np.ndarray,
     layer: str,
     feature: int | np.ndarray,
     k: int = 8,
     radius: int | None = None,
+    outside_plane: int | None = None,
 ) -> list[Example]:
     """Dataset examples of a channel or channel-space direction at ``layer`` (see
     :func:`examples_from_maps`; for NMF features pass ``nmf.maps[..., i]`` to it directly)."""
-    return examples_from_maps(
-        feature_strength(feature_maps(agent, obs, layer), feature), obs, k, radius
-    )
+    strength = feature_strength(feature_maps(agent, obs, layer), feature)
+    return examples_from_maps(strength, obs, k, radius, outside_plane)
 
 
 # --------------------------------------------------------------------------- visualisation
@@ -313,33 +322,56 @@ class FeatureVisualization:
     feature: Any
 
 
+@dataclass(frozen=True)
+class VisualizationOptions:
+    """How :func:`visualize_feature` optimises its input."""
+
+    steps: int = 200
+    """Gradient-ascent steps (Adam)."""
+    lr: float = 0.05
+    """Adam's learning rate on the input's logits."""
+    jitter: float = 1.0
+    """Largest random translation per step, in cells/pixels."""
+    scale: tuple[float, float] = (0.95, 1.05)
+    """Range of the random scaling per step."""
+    tv_weight: float = 0.01
+    """Weight of the total-variation penalty."""
+    seed: int = 0
+    """Seed of the start and of the jitter and scaling."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"VisualizationOptions.steps must be >= 1, got {self.steps!r}.")
+        if not self.lr > 0:
+            raise ValueError(f"VisualizationOptions.lr must be > 0, got {self.lr}.")
+        if not 0 < self.scale[0] <= self.scale[1]:
+            raise ValueError(
+                f"VisualizationOptions.scale must be (low, high) with 0 < low <= high, got "
+                f"{self.scale}."
+            )
+
+
 def visualize_feature(
-    agent: Any,
+    agent: HookedAgent,
     layer: str,
     feature: int | np.ndarray | Callable[[Tensor], Tensor],
-    steps: int = 200,
-    lr: float = 0.05,
-    jitter: float = 1.0,
-    scale: tuple[float, float] = (0.95, 1.05),
-    tv_weight: float = 0.01,
+    options: VisualizationOptions = VisualizationOptions(),
     position: tuple[int, int] | None = None,
-    seed: int = 0,
 ) -> FeatureVisualization:
     """Gradient ascent on a (sigmoid-parameterised) input to maximise a feature at ``layer``.
 
     The objective is the channel / direction at ``position`` (default: mean over positions), or
     ``feature(act) -> scalar`` for anything else. Each step applies a random translation of up to
-    ``jitter`` cells/pixels and a random scaling in ``scale`` (bilinear resampling) so the result
-    does not exploit one exact alignment, plus a total-variation penalty.
+    ``options.jitter`` cells/pixels and a random scaling in ``options.scale`` (bilinear
+    resampling) so the result does not exploit one exact alignment, plus a total-variation
+    penalty.
 
     Where it is weak: Hilton et al. (2020) found this useful only for layers near the input; for
     deeper features of RL agents it produces inputs far from real observations (a grid maze has
     only 0/1 cells), so read dataset examples instead.
     """
     check_layer(agent, layer)
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}.")
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(options.seed)
     with attribution_mode(agent):
         x0 = agent.preprocess(
             torch.zeros(
@@ -356,7 +388,7 @@ def visualize_feature(
             .to(x0)
             .requires_grad_(True)
         )
-        opt = torch.optim.Adam([logits], lr=lr)
+        opt = torch.optim.Adam([logits], lr=options.lr)
         history = []
 
         def objective(act: Tensor) -> Tensor:
@@ -377,12 +409,12 @@ def visualize_feature(
                 m = torch.einsum("nchw,c->nhw", act, d)
             return m[:, position[0], position[1]].mean() if position else m.mean()
 
-        for _ in range(steps):
+        for _ in range(options.steps):
             x = torch.sigmoid(logits)
-            s = float(torch.empty(1).uniform_(*scale, generator=gen))
+            s = float(torch.empty(1).uniform_(*options.scale, generator=gen))
             t = (
                 (torch.rand(2, generator=gen) * 2 - 1)
-                * jitter
+                * options.jitter
                 * 2
                 / torch.tensor(x.shape[-2:][::-1], dtype=torch.float32)
             )
@@ -397,7 +429,7 @@ def visualize_feature(
                 tv = (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (
                     x[..., :, 1:] - x[..., :, :-1]
                 ).abs().mean()
-                loss = -obj + tv_weight * tv
+                loss = -obj + options.tv_weight * tv
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -9,17 +9,20 @@ never from one example.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from policylens.errors import check_known
 
+if TYPE_CHECKING:
+    from policylens.agents.agent import HookedAgent
+
 HookFn = Callable[[torch.Tensor, Any], torch.Tensor | None]
 
 
-def check_hook(agent, name: str) -> None:
+def check_hook(agent: HookedAgent, name: str) -> None:
     """One sentence, with the closest names, when ``agent`` has no hook ``name``."""
     check_known([name], agent.hook_names(), "hook")
 
@@ -87,14 +90,19 @@ def _check_position(act: torch.Tensor, r: int, c: int, name: str) -> None:
 # -- steering vectors -------------------------------------------------------------------------
 
 
-def activation(agent, obs, hook: str) -> torch.Tensor:
+def activation(agent: HookedAgent, obs: np.ndarray | torch.Tensor, hook: str) -> torch.Tensor:
     """Activations at one hook for a batch of observations (detached)."""
     check_hook(agent, hook)
     _, cache = agent.run_with_cache(obs, names=[hook])
     return cache[hook]
 
 
-def contrast_vector(agent, obs_a, obs_b, hook: str) -> torch.Tensor:
+def contrast_vector(
+    agent: HookedAgent,
+    obs_a: np.ndarray | torch.Tensor,
+    obs_b: np.ndarray | torch.Tensor,
+    hook: str,
+) -> torch.Tensor:
     """Mean activation of ``obs_a`` minus mean activation of ``obs_b`` at ``hook``."""
     return activation(agent, obs_a, hook).mean(0) - activation(agent, obs_b, hook).mean(0)
 

@@ -8,17 +8,33 @@ be "evidence for" or "evidence against" the target. scikit-learn's NMF factors t
 as the *residual* map (Hilton's legend shows it as its own entry). Each feature is then named by
 its alignment (Pearson correlation and IoU) with ground-truth object masks (wall, path, mouse,
 cheese, corner for the maze), and its dataset examples are the observations where it is
-strongest.
+strongest. :func:`value_features` is the whole recipe in one call: IG of the value at a layer,
+NMF, each feature named by its best mask.
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from torch import Tensor
+
+from policylens.lenses.attribution import (
+    Attribution,
+    IntegratedGradients,
+    attribute,
+    attribution_mode,
+    check_layer,
+    layer_activation,
+)
+from policylens.lenses.masks import resize_masks
+
+if TYPE_CHECKING:
+    from policylens.agents.agent import HookedAgent
 
 PALETTE = (
     "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45",
@@ -221,3 +237,116 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
     if sa == 0 or sb == 0:
         return 0.0
     return float(((a - a.mean()) * (b - b.mean())).mean() / (sa * sb))
+
+
+# --------------------------------------------------------------------------- the whole recipe
+@dataclass(frozen=True)
+class ValueFeatureOptions:
+    """How :func:`value_features` attributes, factors and names."""
+
+    k: int = 8
+    """NMF features."""
+    n_steps: int = 10
+    """Integration steps from the layer's zero activation (Hilton et al. used 10)."""
+    seed: int = 0
+    """Seed of the NMF."""
+    any_cover: Collection[str] = ()
+    """Masks of objects smaller than a layer cell: a cell is on where any part of it is covered,
+    not half (:func:`~policylens.lenses.masks.resize_masks`)."""
+
+    def __post_init__(self) -> None:
+        for name in ("k", "n_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(
+                    f"ValueFeatureOptions.{name} must be an integer >= 1, got {value!r}."
+                )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(
+                f"ValueFeatureOptions.seed must be an integer >= 0, got {self.seed!r}."
+            )
+
+
+@dataclass(frozen=True)
+class ValueFeatures:
+    """NMF features of the value's integrated gradients at ``layer``, each named by its best
+    ground-truth mask (Hilton et al. 2020)."""
+
+    layer: str
+    attribution: Attribution
+    """IG of the value from the layer's zero activation, ``(n, channel, h, w)``."""
+    nmf: AttributionNMF
+    """The features; ``nmf.labels`` names them (empty without masks)."""
+    masks: dict[str, np.ndarray]
+    """The masks the features were named by, at the layer's resolution ``(n, h, w)``."""
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able summary: the layer, the IG completeness check, the labelled features."""
+        check = self.attribution.completeness
+        return {
+            "layer": self.layer,
+            "n_obs": len(self.attribution.attributions),
+            "attribution_completeness": check.to_json() if check else None,
+            "nmf": self.nmf.to_dict(),
+        }
+
+
+Progress = Callable[[float, str], None]
+"""``progress(fraction done, what now)``."""
+
+
+def value_features(
+    agent: HookedAgent,
+    obs: np.ndarray | Tensor,
+    masks: dict[str, np.ndarray],
+    layer: str,
+    options: ValueFeatureOptions = ValueFeatureOptions(),
+    progress: Progress | None = None,
+) -> ValueFeatures:
+    """IG of the value at conv ``layer`` (zero baseline) → NMF → each feature named by its best
+    mask: Hilton et al.'s recipe, for any agent and world.
+
+    ``masks`` are ground truth ``name -> bool (n, H, W)`` for the observations, at observation
+    resolution (resized to the layer's with :func:`~policylens.lenses.masks.resize_masks`) or
+    already at the layer's; none leaves the features unnamed. With ``progress``, the
+    attribution runs in up to 8 parts, each reported.
+    """
+    check_layer(agent, layer)
+    with attribution_mode(agent), torch.no_grad():
+        first = layer_activation(agent, agent.preprocess(obs[:1]), layer)
+    if first.dim() != 4:
+        raise ValueError(
+            f"Layer {layer!r} has activations of shape {tuple(first.shape[1:])} without spatial "
+            "dimensions; value features need a (channel, h, w) conv layer."
+        )
+    say = progress or (lambda fraction, message: None)
+    ig = IntegratedGradients(n_steps=options.n_steps, baseline="zeros")
+    parts = np.array_split(np.arange(len(obs)), min(8, len(obs)) if progress else 1)
+    found = []
+    for i, rows in enumerate(parts):
+        say(0.8 * i / len(parts), "integrated gradients to the value")
+        found.append(attribute(agent, obs[rows], ig, "value", layer))
+    attr = found[0] if len(found) == 1 else _concat(found)
+    say(0.8, "NMF")
+    nmf = attribution_nmf(attr.attributions, k=options.k, seed=options.seed)
+    small = resize_masks(masks, nmf.maps.shape[1:3], options.any_cover)
+    if small:
+        nmf.labels = label_features(nmf.maps, small)
+    return ValueFeatures(layer, attr, nmf, small)
+
+
+def _concat(parts: list[Attribution]) -> Attribution:
+    """One attribution from those of consecutive parts of a batch (IG: baselines included)."""
+
+    def cat(values: list[Tensor | None]) -> Tensor | None:
+        present = [v for v in values if v is not None]
+        return torch.cat(present) if len(present) == len(values) else None
+
+    return replace(
+        parts[0],
+        attributions=torch.cat([p.attributions for p in parts]),
+        inputs=torch.cat([p.inputs for p in parts]),
+        outputs=torch.cat([p.outputs for p in parts]),
+        baselines=cat([p.baselines for p in parts]),
+        baseline_outputs=cat([p.baseline_outputs for p in parts]),
+    )

@@ -44,10 +44,10 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -55,26 +55,10 @@ import torch
 from policylens import artifacts
 from policylens.rollout.store import Store, open_store, unknown_message
 
-CONCEPTS: dict[str, list[str]] = {
-    "policylens/Maze-v0": [
-        "cheese_pos",
-        "mouse_pos",
-        "move_to_cheese",
-        "dist_to_corner",
-        "at_decision_square",
-    ],
-    "policylens/RookEndgame-v0": [
-        "in_check",
-        "num_attacked",
-        "black_king_edge_distance",
-        "can_mate",
-        "rook_en_prise",
-    ],
-}
-"""Default concepts probed per world (any label key can be probed by name)."""
-PROBE_WORLD_OPTIONS: dict[str, dict[str, Any]] = {"policylens/Maze-v0": {"cheese_region": None}}
-"""World options for collecting probe data: with the cheese always in the corner (training), its
-position is the corner's and there are no decision squares, so probe data puts it anywhere."""
+if TYPE_CHECKING:
+    from policylens.agents.agent import HookedAgent
+    from policylens.runs import Run
+
 NOT_CONCEPTS = {"level_seed", "steps", "success"}
 """Bookkeeping labels left out of the default concepts."""
 CONTROLS = ("random_init", "shuffled")
@@ -171,10 +155,10 @@ def resolve_target(store: Store, label: str, rows: np.ndarray, kind: str | None 
     return Target(label, kind, y.astype(np.float64))
 
 
-def default_concepts(store: Store) -> list[str]:
-    """The world's default concepts that the store has, else every scalar numeric label."""
-    wanted = CONCEPTS.get(store.meta.get("env_id", ""), [])
-    found = [c for c in wanted if c in store.labels]
+def default_concepts(store: Store, preferred: Sequence[str] = ()) -> list[str]:
+    """The ``preferred`` concepts (a world's) that the store has, else every scalar numeric
+    label."""
+    found = [c for c in preferred if c in store.labels]
     if found:
         return found
     return [
@@ -442,7 +426,7 @@ def _fit_position(features, target, train, test, groups, seed, grid_size, params
 
 # ---------------------------------------------------------------------------------- datasets
 def agent_activations(
-    agent, obs: np.ndarray, hooks: Sequence[str], batch_size: int = 2048
+    agent: HookedAgent, obs: np.ndarray, hooks: Sequence[str], batch_size: int = 2048
 ) -> dict[str, np.ndarray]:
     """Activations ``{hook: (n, ...)}`` (float32) of ``agent`` on observations ``obs``."""
     valid = agent.hook_names()
@@ -463,7 +447,7 @@ def agent_activations(
     return {h: np.concatenate(p) if p else np.zeros((0,)) for h, p in parts.items()}
 
 
-def random_init_agent(agent_config: dict[str, Any], seed: int = 0):
+def random_init_agent(agent_config: dict[str, Any], seed: int = 0) -> HookedAgent:
     """A freshly initialised agent of the same architecture with a seed unlike the trained one's."""
     from policylens.agents.models import agent_from_config
 
@@ -607,24 +591,40 @@ def _result(data: ProbeData, label: str, hook: str, fit: dict[str, Any]) -> Prob
     )
 
 
-def _check_controls(controls: Sequence[str]) -> list[str]:
-    controls = list(controls)
-    for c in controls:
-        if c not in CONTROLS:
-            raise ValueError(unknown_message("control", c, list(CONTROLS)))
-    return controls
+@dataclass(frozen=True)
+class ProbeOptions:
+    """How probes are fit and checked: the same for every label and layer of one call."""
+
+    controls: Sequence[str] = CONTROLS
+    """Controls reported beside each score, any of :data:`CONTROLS`."""
+    max_samples: int = 10_000
+    """Rows sampled from the store (probes hold their features in memory)."""
+    test_fraction: float = 0.25
+    """Share of levels (episodes, where the world has no levels) held out for the score."""
+    seed: int = 0
+    """Seed of the sample, the split and the controls."""
+    kinds: Mapping[str, str] | None = None
+    """A probe kind forced per label (``{"dist_to_cheese": "classification"}``)."""
+
+    def __post_init__(self) -> None:
+        for c in self.controls:
+            if c not in CONTROLS:
+                raise ValueError(unknown_message("ProbeOptions.controls value", c, CONTROLS))
+        n = self.max_samples
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"ProbeOptions.max_samples must be an integer >= 1, got {n!r}.")
+        if not 0 < self.test_fraction < 1:
+            raise ValueError(
+                f"ProbeOptions.test_fraction must lie in (0, 1), got {self.test_fraction}."
+            )
 
 
 def probe(
     store: Store | str | Path,
     labels: Sequence[str] | None = None,
     hooks: Sequence[str] | None = None,
-    agent=None,
-    controls: Sequence[str] = CONTROLS,
-    max_samples: int = 10_000,
-    test_fraction: float = 0.25,
-    seed: int = 0,
-    kinds: dict[str, str] | None = None,
+    agent: HookedAgent | None = None,
+    options: ProbeOptions = ProbeOptions(),
     progress: Callable[[str], None] | None = None,
 ) -> ProbeReport:
     """Probe every label at every hook, with controls; returns a :class:`ProbeReport`.
@@ -632,16 +632,13 @@ def probe(
     Args:
         store: a rollout store (or its path) from :func:`policylens.rollout.collect`.
         labels: label keys (``"key[i]"`` for one component of a vector label); default: the
-            world's concepts (:data:`CONCEPTS`).
+            store's scalar labels (:func:`default_concepts`).
         hooks: hook names; default: a few layers from input to output.
         agent: compute activations by running this agent on the stored observations; default:
             the activations stored in ``store``.
-        controls: any of ``"random_init"``, ``"shuffled"``.
-        max_samples: rows sampled from the store (probes hold their features in memory).
-        kinds: force a probe kind per label (``{"dist_to_cheese": "classification"}``).
     """
     store = store if isinstance(store, Store) else open_store(store)
-    controls = _check_controls(controls)
+    controls, seed, test_fraction = list(options.controls), options.seed, options.test_fraction
     say = progress or (lambda message: None)
     labels = list(labels) if labels else default_concepts(store)
     if hooks:
@@ -654,7 +651,8 @@ def probe(
         raise ValueError(
             f"Store {store.path} holds no activations; pass an agent or collect with --hook."
         )
-    data = ProbeData.from_store(store, labels, max_samples, test_fraction, seed, kinds)
+    kinds = dict(options.kinds) if options.kinds is not None else None
+    data = ProbeData.from_store(store, labels, options.max_samples, test_fraction, seed, kinds)
     if agent is not None:
         say(f"activations of {len(hooks)} hook(s) on {len(data.rows)} observations")
         feats = agent_activations(agent, data.obs(), hooks)
@@ -694,7 +692,7 @@ def probe(
 
 # ---------------------------------------------------------------------------------- over training
 def probe_store_for_run(
-    run,
+    run: Run | str | Path,
     episodes: int = 200,
     seed: int = 0,
     step: int | None = None,
@@ -706,16 +704,15 @@ def probe_store_for_run(
     """The rollout store probes of ``run`` use: collected once, reused while settings match.
 
     Collected with the checkpoint ``step`` (latest by default) in the run's world, with the
-    world's probe options (:data:`PROBE_WORLD_OPTIONS`) unless ``env_kwargs`` says otherwise.
+    run's world options updated by ``env_kwargs`` (callers pass the world's probe options).
     """
-    from policylens.rollout.collect import collect_run
+    from policylens.rollout.collect import CollectOptions, collect_run
     from policylens.rollout.store import MANIFEST
     from policylens.runs import Run, config_json
 
     run = run if isinstance(run, Run) else Run(run)
     step, _ = run.checkpoint(step)
-    env_id = run.config.get("trainer", {}).get("env_id", "")
-    world = {**PROBE_WORLD_OPTIONS.get(env_id, {}), **dict(env_kwargs or {})}
+    world = dict(env_kwargs or {})
     out = Path(out) if out is not None else run.analysis_dir / "probes" / "rollouts"
     wanted = {"checkpoint_step": step, "episodes_requested": episodes, "seed": seed}
     if (out / MANIFEST).is_file():
@@ -724,10 +721,8 @@ def probe_store_for_run(
         same = all(existing.meta.get(k) == v for k, v in wanted.items())
         if same and existing.meta.get("env_kwargs") == config_json(full_world):
             return existing
-    return collect_run(
-        run, out=out, step=step, env_kwargs=world, episodes=episodes, seed=seed,
-        num_envs=num_envs, overwrite=True, progress=progress,
-    )  # fmt: skip
+    options = CollectOptions(episodes=episodes, seed=seed, num_envs=num_envs)
+    return collect_run(run, options, out, step, world, overwrite=True, progress=progress)
 
 
 @dataclass
@@ -751,22 +746,20 @@ class ProbeCurves:
 
 
 def probe_checkpoints(
-    run,
+    run: Run | str | Path,
     store: Store | str | Path | None = None,
     labels: Sequence[str] | None = None,
     hooks: Sequence[str] | None = None,
     steps: Sequence[int] | None = None,
-    controls: Sequence[str] = CONTROLS,
-    max_samples: int = 5_000,
-    test_fraction: float = 0.25,
-    seed: int = 0,
-    episodes: int = 200,
+    options: ProbeOptions = ProbeOptions(max_samples=5_000),
+    *,
     save: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> ProbeCurves:
     """Probe every checkpoint of ``run`` on one fixed set of observations.
 
-    The store (default: :func:`probe_store_for_run`) is collected with the final agent; each
+    The store (default: :func:`probe_store_for_run` with its defaults and ``options.seed``) is
+    collected with the final agent; each
     checkpoint's activations are computed on the same observations. Regularisation is chosen
     per probe at the last checkpoint and kept for every other checkpoint and for the controls,
     so only the activations change along a curve. With ``save`` the curves go to
@@ -775,7 +768,7 @@ def probe_checkpoints(
     from policylens.runs import Run
 
     run = run if isinstance(run, Run) else Run(run)
-    controls = _check_controls(controls)
+    controls, seed = list(options.controls), options.seed
     say = progress or (lambda message: None)
     available = run.checkpoints()
     if not available:
@@ -792,12 +785,15 @@ def probe_checkpoints(
         chosen = sorted(set(steps))
     if store is None:
         say("collecting probe data with the final agent")
-        store = probe_store_for_run(run, episodes=episodes, seed=seed)
+        store = probe_store_for_run(run, seed=seed)
     store = store if isinstance(store, Store) else open_store(store)
     final = run.load_agent(chosen[-1])
     labels = list(labels) if labels else default_concepts(store)
     hooks = list(hooks) if hooks else default_hooks(final.hook_names())
-    data = ProbeData.from_store(store, labels, max_samples, test_fraction, seed)
+    kinds = dict(options.kinds) if options.kinds is not None else None
+    data = ProbeData.from_store(
+        store, labels, options.max_samples, options.test_fraction, seed, kinds
+    )
     obs = data.obs()
 
     say(f"checkpoint {chosen[-1]} (choosing regularisation)")

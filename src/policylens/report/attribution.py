@@ -55,10 +55,10 @@ def _completeness_row(name: str, attr: Any) -> dict[str, Any]:
     return {
         "attribution": name,
         "n_steps": attr.n_steps,
-        "mean f(x) - f(baseline)": c["output_difference_mean"],
-        "mean sum of attributions": c["sum_attributions_mean"],
-        "mean |error|": c["mean_abs_error"],
-        "relative error": c["relative_error"],
+        "mean f(x) - f(baseline)": c.output_difference_mean,
+        "mean sum of attributions": c.sum_attributions_mean,
+        "mean |error|": c.mean_abs_error,
+        "relative error": c.relative_error,
     }
 
 

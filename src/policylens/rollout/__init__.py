@@ -1,8 +1,16 @@
 """Playing agents in worlds: the one rollout engine (``run_episodes``, ``steps``, ``Policy``),
 rollout datasets into a lazy on-disk store (``collect``), run statistics (``stats``)."""
 
-from policylens.rollout.collect import collect, collect_run, numeric_labels
-from policylens.rollout.engine import Episode, Policy, Step, run_episodes, steps
+from policylens.rollout.collect import CollectOptions, collect, collect_run, numeric_labels
+from policylens.rollout.engine import (
+    Episode,
+    EpisodeOptions,
+    Labels,
+    Policy,
+    Step,
+    run_episodes,
+    steps,
+)
 from policylens.rollout.store import (
     Store,
     StoreArray,
@@ -13,7 +21,10 @@ from policylens.rollout.store import (
 )
 
 __all__ = [
+    "CollectOptions",
     "Episode",
+    "EpisodeOptions",
+    "Labels",
     "Policy",
     "Step",
     "run_episodes",

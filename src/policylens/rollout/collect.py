@@ -14,7 +14,8 @@ One row per environment step, in a :class:`~policylens.rollout.store.Store`:
 Labels describe the observation in the same row: with same-step autoreset, the ``info`` a step
 returns belongs to the observation it returns (the first of a new episode after a reset).
 
-With ``episodes=K`` exactly K whole episodes are stored: slots keep playing until K episodes have
+How much and what is stored is a :class:`CollectOptions`. With ``episodes=K`` exactly K whole
+episodes are stored: slots keep playing until K episodes have
 started and every started episode has ended (taking the first K to *finish* would over-sample
 short episodes). With ``steps=S`` exactly S rows are stored; the last episodes may be cut off.
 """
@@ -24,8 +25,9 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,6 +36,10 @@ from policylens.envs import make_vec
 from policylens.rollout.engine import Policy, check_world
 from policylens.rollout.engine import steps as engine_steps
 from policylens.rollout.store import DEFAULT_CHUNK_ROWS, Store, StoreWriter, unknown_message
+
+if TYPE_CHECKING:
+    from policylens.agents.agent import HookedAgent
+    from policylens.runs import Run
 
 _BOOKKEEPING = {"final_obs", "final_info"}
 
@@ -71,20 +77,52 @@ def numeric_labels(infos: Mapping[str, Any], n: int) -> tuple[dict[str, np.ndarr
     return labels, sorted(skipped)
 
 
+@dataclass(frozen=True)
+class CollectOptions:
+    """What :func:`collect` stores and how it plays (checked when made)."""
+
+    episodes: int | None = None
+    """Whole episodes to store (exactly one of ``episodes`` and ``steps``)."""
+    steps: int | None = None
+    """Rows to store; the last episodes may be cut off."""
+    hooks: Sequence[str] = ()
+    """Hook names whose activations are stored (``agent.hook_names()`` lists them)."""
+    seed: int = 0
+    """Seeds the environments and the action sampling; same seed, same store."""
+    num_envs: int = 64
+    """Environments stepped together (the agent runs on one batch per step)."""
+    greedy: bool = False
+    """Argmax actions instead of sampling (a memoryless greedy maze policy loops)."""
+    activation_dtype: str = "float32"
+    """``"float32"`` or ``"float16"`` (halves the disk for big collections)."""
+    chunk_size: int = DEFAULT_CHUNK_ROWS
+    """Rows per chunk file (the writer holds at most one chunk in memory)."""
+
+    def __post_init__(self) -> None:
+        if (self.episodes is None) == (self.steps is None):
+            raise ValueError(
+                "CollectOptions needs exactly one of episodes and steps to say how much to collect."
+            )
+        for name in ("episodes", "steps", "num_envs", "chunk_size"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ValueError(f"CollectOptions.{name} must be an integer >= 1, got {value!r}.")
+        if self.activation_dtype not in ("float32", "float16"):
+            raise ValueError(
+                f"CollectOptions.activation_dtype must be 'float32' or 'float16', got "
+                f"{self.activation_dtype!r}."
+            )
+
+
 def collect(
-    agent,
-    env_id: str = "policylens/Maze-v0",
-    env_kwargs: Mapping[str, Any] | None = None,
-    *,
+    agent: HookedAgent,
+    env_id: str,
+    env_kwargs: Mapping[str, Any] | None,
     out: str | os.PathLike,
-    episodes: int | None = None,
-    steps: int | None = None,
-    hooks: Sequence[str] = (),
-    seed: int = 0,
-    chunk_size: int = DEFAULT_CHUNK_ROWS,
-    num_envs: int = 64,
-    greedy: bool = False,
-    activation_dtype: str = "float32",
+    options: CollectOptions,
+    *,
     overwrite: bool = False,
     meta: Mapping[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -92,36 +130,22 @@ def collect(
     """Run ``agent`` in ``env_id`` and write a complete store at ``out``; returns it opened.
 
     Args:
-        agent: a HookedAgent (observations of the world's shape, its number of actions).
-        episodes / steps: how much to collect (exactly one of them).
-        hooks: hook names whose activations are stored (``agent.hook_names()`` lists them).
-        seed: seeds the environments and the action sampling; same seed, same store.
-        chunk_size: rows per chunk file (the writer holds at most one chunk in memory).
-        num_envs: environments stepped together (the agent runs on one batch per step).
-        greedy: argmax actions instead of sampling (a memoryless greedy maze policy loops).
-        activation_dtype: ``"float32"`` or ``"float16"`` (halves the disk for big collections).
+        agent: observations of the world's shape, its number of actions.
+        options: how much to collect, which activations, seeds and policy.
         overwrite: replace a complete store already at ``out``.
         meta: extra JSON-able metadata for the manifest (e.g. run path and checkpoint step).
         progress: ``progress(rows_done, rows_expected_or_0)`` after every step.
     """
-    if (episodes is None) == (steps is None):
-        raise ValueError("Pass exactly one of episodes= or steps= to say how much to collect.")
+    episodes, steps, seed = options.episodes, options.steps, options.seed
     target = episodes if episodes is not None else steps
-    if target is None or target < 1:
-        raise ValueError(f"episodes/steps must be >= 1, got {target}.")
-    if num_envs < 1:
-        raise ValueError(f"num_envs must be >= 1, got {num_envs}.")
-    if activation_dtype not in ("float32", "float16"):
-        raise ValueError(
-            f"activation_dtype must be 'float32' or 'float16', got {activation_dtype!r}."
-        )
-    hooks = list(dict.fromkeys(hooks))
+    assert target is not None  # CollectOptions holds exactly one of them
+    hooks = list(dict.fromkeys(options.hooks))
     valid = agent.hook_names()
     for h in hooks:
         if h not in valid:
             raise ValueError(unknown_message("hook", h, valid))
     env_kwargs = dict(env_kwargs or {})
-    n = min(num_envs, target)  # target is episodes or steps, whichever was given
+    n = min(options.num_envs, target)  # target is episodes or steps, whichever was given
     envs = make_vec(env_id, n, **env_kwargs)
     space_shape = envs.single_observation_space.shape
     assert space_shape is not None  # observation spaces of worlds are Boxes
@@ -135,15 +159,15 @@ def collect(
     next_episode = n
     ep_step = np.zeros(n, dtype=np.int64)
     recording = np.ones(n, dtype=bool)
-    act_dtype = np.float16 if activation_dtype == "float16" else np.float32
+    act_dtype = np.float16 if options.activation_dtype == "float16" else np.float32
     expected = steps or 0
     stored_episodes = 0  # episode ids run 0, 1, ... in order of starting
     t0 = time.perf_counter()
-    writer = StoreWriter(out, chunk_size=chunk_size, overwrite=overwrite)
+    writer = StoreWriter(out, chunk_size=options.chunk_size, overwrite=overwrite)
     with writer:
         try:
-            policy = Policy(greedy=greedy)
-            for step in engine_steps(agent, envs, obs, infos, policy, generator, cache=hooks):
+            policy = Policy(greedy=options.greedy)
+            for step in engine_steps(agent, envs, (obs, infos), policy, generator, cache=hooks):
                 labels, _ = numeric_labels(step.infos, n)
                 rows = np.nonzero(recording)[0]
                 if steps is not None:
@@ -190,7 +214,7 @@ def collect(
             "agent": dict(agent.config),
             "hooks": hooks,
             "seed": seed,
-            "greedy": greedy,
+            "greedy": options.greedy,
             "episodes_requested": episodes,
             "steps_requested": steps,
             "episodes": stored_episodes,
@@ -217,16 +241,20 @@ def _grid_size(envs, obs_shape: tuple[int, ...]) -> int | None:
 
 
 def collect_run(
-    run,
+    run: Run | str | os.PathLike,
+    options: CollectOptions,
     out: str | os.PathLike | None = None,
     step: int | None = None,
     env_kwargs: Mapping[str, Any] | None = None,
-    **kwargs: Any,
+    *,
+    overwrite: bool = False,
+    meta: Mapping[str, Any] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Store:
     """Collect with a run's agent (checkpoint ``step``, latest by default) in its training world.
 
     ``env_kwargs`` override the run's own world options (e.g. ``{"cheese_region": None}``).
-    ``out`` defaults to ``RUN/analysis/rollouts/step_<N>``.
+    ``out`` defaults to ``RUN/analysis/rollouts/step_<N>``; the rest as :func:`collect`.
     """
     from policylens.runs import Run
 
@@ -238,5 +266,8 @@ def collect_run(
         raise ValueError(f"Run {run.path} does not name its world (trainer.env_id in config.json).")
     world = {**trainer.get("env_kwargs", {}), **dict(env_kwargs or {})}
     out = Path(out) if out is not None else run.analysis_dir / "rollouts" / f"step_{step}"
-    meta = {"run": str(run.path), "checkpoint_step": step, **kwargs.pop("meta", {})}
-    return collect(agent, trainer["env_id"], world, out=out, meta=meta, **kwargs)
+    about = {"run": str(run.path), "checkpoint_step": step, **dict(meta or {})}
+    return collect(
+        agent, trainer["env_id"], world, out, options,
+        overwrite=overwrite, meta=about, progress=progress,
+    )  # fmt: skip

@@ -8,23 +8,29 @@ SAE-spliced episode, two-phase evaluation and rollout dataset steps through :fun
 - :func:`steps` yields one :class:`Step` per environment step, with hooks attached for the whole
   rollout and the activations of ``cache`` hooks recorded.
 - :func:`run_episodes` plays the first episode of every env slot (short episodes are not
-  over-counted), in waves, and returns :class:`Episode` records with the labels the caller asks
-  for at the start, at every step, summed over the episode, and at the end.
+  over-counted), in waves (:class:`EpisodeOptions`), and returns :class:`Episode` records with
+  the :class:`Labels` the caller asks for at the start, at every step, summed over the episode,
+  and at the end.
 
 Worlds use same-step autoreset: the ``info`` of an ending step is in ``infos["final_info"]``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+if TYPE_CHECKING:
+    from policylens.agents.agent import HookedAgent
+
 Hooks = Sequence[tuple[str, Callable[..., Any]]]
+Start = tuple[np.ndarray, dict[str, Any]]
+"""A vector env's reset, ``(obs, infos)``: what ``envs.reset(seed=...)`` returns."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +76,7 @@ class Policy:
         return actions
 
 
-def policy_for(agent: Any, greedy: bool = False, **kwargs: Any) -> Policy:
+def policy_for(agent: HookedAgent, greedy: bool = False, **kwargs: Any) -> Policy:
     """The policy an evaluation uses for ``agent``: greedy for a Q-network, as asked otherwise."""
     return Policy(greedy=greedy or getattr(agent, "output", None) == "q", **kwargs)
 
@@ -94,7 +100,7 @@ class Step:
     infos: dict[str, Any]
     logits: Tensor
     values: Tensor
-    cache: dict[str, Tensor]
+    cache: Mapping[str, Tensor]
     uniforms: Tensor
     legal: Tensor | None
     actions: np.ndarray
@@ -115,7 +121,7 @@ class Step:
         return self.next_infos
 
 
-def check_world(agent: Any, envs: Any, env_id: str = "the world") -> None:
+def check_world(agent: HookedAgent, envs: Any, env_id: str = "the world") -> None:
     """One sentence when the agent cannot act in ``envs`` (observation shape, action count)."""
     shape = tuple(envs.single_observation_space.shape)
     if shape != tuple(agent.obs_shape):
@@ -132,17 +138,17 @@ def check_world(agent: Any, envs: Any, env_id: str = "the world") -> None:
 
 
 def steps(
-    agent: Any,
+    agent: HookedAgent,
     envs: Any,
-    obs: np.ndarray,
-    infos: dict[str, Any],
+    start: Start,
     policy: Policy,
     generator: torch.Generator,
     fwd_hooks: Hooks = (),
     cache: Sequence[str] = (),
     active: np.ndarray | None = None,
 ) -> Generator[Step, None, None]:
-    """Step ``envs`` (already reset to ``obs, infos``) forever, one :class:`Step` per call.
+    """Step ``envs`` (already reset to ``start = (obs, infos)``) forever, one :class:`Step` per
+    call.
 
     Hooks stay attached and the agent in eval mode while the caller iterates; both are undone
     when the caller stops (``break`` or garbage collection closes the generator).
@@ -155,11 +161,13 @@ def steps(
     active rows' random numbers are those of a full pass.
     """
     n = envs.num_envs
+    obs, infos = start
     if policy.mask_illegal and "legal_actions" not in infos:
         raise ValueError("this world does not label info['legal_actions']; play unmasked.")
     was_training = agent.training
     agent.eval()
     try:
+        acts: Mapping[str, Tensor]
         with agent.hooks(fwd_hooks=list(fwd_hooks)), torch.no_grad():
             while True:
                 if cache:
@@ -190,6 +198,45 @@ def steps(
         agent.train(was_training)
 
 
+@dataclass(frozen=True)
+class Labels:
+    """Which ``info`` labels each :class:`Episode` keeps (those a world does not give are left
+    out)."""
+
+    start: Sequence[str] = ()
+    """Of the first observation."""
+    trace: Sequence[str] = ()
+    """Of every observation, the first and the last included."""
+    sums: Sequence[str] = ()
+    """Summed over the episode's steps (e.g. a reward component)."""
+    end: Sequence[str] = ()
+    """Of the last observation."""
+
+
+@dataclass(frozen=True)
+class EpisodeOptions:
+    """How :func:`run_episodes` plays: seeds, policy, waves, and the labels it keeps."""
+
+    seed: int = 10_000
+    """Wave ``w``'s worlds are reset with ``seed + w * max_envs``; the actions' random numbers
+    come from a generator seeded ``seed``."""
+    policy: Policy | None = None
+    """How actions are chosen; None: :func:`policy_for` the agent (greedy for a Q-network)."""
+    max_envs: int = 256
+    """Env slots played at once (one wave)."""
+    labels: Labels = Labels()
+
+    def __post_init__(self) -> None:
+        if (
+            isinstance(self.max_envs, bool)
+            or not isinstance(self.max_envs, int)
+            or self.max_envs < 1
+        ):
+            raise ValueError(
+                f"EpisodeOptions.max_envs must be an integer >= 1, got {self.max_envs!r}."
+            )
+
+
 @dataclass
 class Episode:
     """One finished episode: return, length, success, and the labels the caller asked for."""
@@ -198,13 +245,13 @@ class Episode:
     length: int = 0
     success: bool = False
     start: dict[str, Any] = field(default_factory=dict)
-    """Labels of the first observation (``start_labels``)."""
+    """Labels of the first observation (:attr:`Labels.start`)."""
     trace: dict[str, list[Any]] = field(default_factory=dict)
-    """Labels of every observation, the first and the last included (``trace_labels``)."""
+    """Labels of every observation, the first and the last included (:attr:`Labels.trace`)."""
     sums: dict[str, float] = field(default_factory=dict)
-    """Labels summed over the episode's steps (``sum_labels``, e.g. a reward component)."""
+    """Labels summed over the episode's steps (:attr:`Labels.sums`)."""
     end: dict[str, Any] = field(default_factory=dict)
-    """Labels of the last observation (``end_labels``), plus ``truncated``."""
+    """Labels of the last observation (:attr:`Labels.end`), plus ``truncated``."""
 
 
 def episode_success(final_info: dict[str, Any], i: int | np.integer, terminated: bool) -> bool:
@@ -220,32 +267,30 @@ def _label(infos: dict[str, Any], key: str, i: int) -> Any:
 
 
 def first_episodes(
-    agent: Any,
+    agent: HookedAgent,
     envs: Any,
-    obs: np.ndarray,
-    infos: dict[str, Any],
+    start: Start,
     policy: Policy,
     generator: torch.Generator,
     fwd_hooks: Hooks = (),
-    start_labels: Sequence[str] = (),
-    trace_labels: Sequence[str] = (),
-    sum_labels: Sequence[str] = (),
-    end_labels: Sequence[str] = (),
+    labels: Labels = Labels(),
     on_step: Callable[[Step, np.ndarray], None] | None = None,
 ) -> list[Episode]:
-    """Step ``envs`` until every slot has finished its first episode; return those episodes.
+    """Step ``envs`` (reset to ``start``) until every slot has finished its first episode;
+    return those episodes, with their ``labels``.
 
-    Labels a world does not give are left out. ``on_step(step, active)`` sees every step with
-    the mask of slots still in their first episode (e.g. to compare with an unhooked agent).
+    ``on_step(step, active)`` sees every step with the mask of slots still in their first
+    episode (e.g. to compare with an unhooked agent).
     """
     n = envs.num_envs
+    infos = start[1]
     eps = [Episode() for _ in range(n)]
     for i, ep in enumerate(eps):
-        ep.start = {k: _label(infos, k, i) for k in start_labels if k in infos}
-        ep.trace = {k: [_label(infos, k, i)] for k in trace_labels if k in infos}
-        ep.sums = {k: 0.0 for k in sum_labels}
+        ep.start = {k: _label(infos, k, i) for k in labels.start if k in infos}
+        ep.trace = {k: [_label(infos, k, i)] for k in labels.trace if k in infos}
+        ep.sums = {k: 0.0 for k in labels.sums}
     active = np.ones(n, dtype=bool)
-    for step in steps(agent, envs, obs, infos, policy, generator, fwd_hooks, active=active):
+    for step in steps(agent, envs, start, policy, generator, fwd_hooks, active=active):
         if on_step is not None:
             on_step(step, active)
         done = step.done
@@ -255,12 +300,12 @@ def first_episodes(
             ep.length += 1
             for k in ep.trace:
                 ep.trace[k].append(_label(src, k, i))
-            for k in sum_labels:
+            for k in labels.sums:
                 if k in src:
                     ep.sums[k] += float(src[k][i])
             if done[i]:
                 ep.success = episode_success(src, i, bool(step.terminated[i]))
-                ep.end = {k: _label(src, k, i) for k in end_labels if k in src}
+                ep.end = {k: _label(src, k, i) for k in labels.end if k in src}
                 ep.end["truncated"] = bool(step.truncated[i] and not step.terminated[i])
                 active[i] = False
         if not active.any():
@@ -269,38 +314,35 @@ def first_episodes(
 
 
 def run_episodes(
-    agent: Any,
+    agent: HookedAgent,
     episodes: int,
     env_id: str,
     env_kwargs: dict[str, Any] | None = None,
+    options: EpisodeOptions = EpisodeOptions(),
     *,
-    seed: int = 10_000,
-    policy: Policy | None = None,
     fwd_hooks: Hooks = (),
-    max_envs: int = 256,
     on_step: Callable[[Step, np.ndarray], None] | None = None,
-    **labels: Sequence[str],
 ) -> list[Episode]:
     """``episodes`` episodes of ``agent`` in ``env_id``, one per env slot, in waves of
-    ``max_envs`` seeded ``seed``, ``seed + max_envs``, ...; ``on_step`` and the ``*_labels``
-    as :func:`first_episodes`.
+    ``options.max_envs``; ``fwd_hooks`` stay attached throughout, ``on_step`` as
+    :func:`first_episodes`.
     """
     from policylens.envs import make_vec
 
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}.")
-    policy = policy or policy_for(agent)
-    generator = torch.Generator().manual_seed(seed)
+    policy = options.policy or policy_for(agent)
+    generator = torch.Generator().manual_seed(options.seed)
     done: list[Episode] = []
     wave = 0
     while len(done) < episodes:
-        n = min(max_envs, episodes - len(done))
+        n = min(options.max_envs, episodes - len(done))
         envs = make_vec(env_id, n, **dict(env_kwargs or {}))
         try:
             check_world(agent, envs, env_id)
-            obs, infos = envs.reset(seed=seed + wave * max_envs)
+            start = envs.reset(seed=options.seed + wave * options.max_envs)
             done += first_episodes(
-                agent, envs, obs, infos, policy, generator, fwd_hooks, on_step=on_step, **labels
+                agent, envs, start, policy, generator, fwd_hooks, options.labels, on_step
             )
         finally:
             envs.close()

@@ -107,7 +107,7 @@ def cpu_name() -> str:
     return f"{model} ({len(os.sched_getaffinity(0))} cores)"
 
 
-def headline(run: Run, **kwargs: Any) -> dict[str, Any]:
+def headline_results(run: Run, **kwargs: Any) -> dict[str, Any]:
     """The run's headline figures by its world's evaluation (``World.headline``), each a rate or
     mean with its count and 95% interval."""
     world = worlds.of_run(run)
@@ -135,7 +135,7 @@ def export(run: Run, out: str | os.PathLike, options: ExportOptions) -> ZooEntry
     results = {
         "world": world.name,
         "measured_with": {"headline": world.headline, "options": options.headline},
-        "metrics": headline(run, **options.headline),
+        "metrics": headline_results(run, **options.headline),
         "seconds": round(time.time() - started, 1),
     }
     metrics = run.metrics()
@@ -253,5 +253,5 @@ def entries() -> list[ZooEntry]:
     return [read_entry(n) for n in zoo_names()]
 
 
-__all__ = ["MAX_ENTRY_BYTES", "ExportOptions", "ZooEntry", "entries", "export", "headline",
+__all__ = ["MAX_ENTRY_BYTES", "ExportOptions", "ZooEntry", "entries", "export", "headline_results",
            "model_card", "read_entry"]  # fmt: skip

@@ -261,7 +261,7 @@ class HazardsWorld(World):
     env_id = ENV_ID
     recipe = staticmethod(hazards_recipe)
     sweep_metrics = "policylens.studies.rl_vision.diversity:diversity_metrics"
-    headline = "policylens.studies.hazards.failures:headline"
+    headline = "policylens.studies.hazards.failures:headline_results"
     default_layer = DEFAULT_LAYER
     has_levels = True
     outside_plane = CHANNELS.index("wall")  # the symbolic view's; images are not grids

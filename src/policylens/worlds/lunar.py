@@ -68,7 +68,7 @@ class LunarWorld(World):
 
     name = "lunar"
     env_id = ENV_ID
-    headline = "policylens.studies.lunar_updates.evaluation:headline"
+    headline = "policylens.studies.lunar_updates.evaluation:headline_results"
     recipe = staticmethod(lunar_recipe)
 
     @classmethod

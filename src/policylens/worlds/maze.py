@@ -156,9 +156,9 @@ def run_episodes_from_states(
     for i, s in enumerate(states):
         envs.set_state(i, s)
     eps = engine.first_episodes(
-        agent, envs, envs.batch.obs.copy(), envs.batch.infos(), engine.policy_for(agent, greedy),
-        torch.Generator().manual_seed(seed), fwd_hooks or (), start_labels=MAZE_START,
-        trace_labels=("mouse_pos",),
+        agent, envs, (envs.batch.obs.copy(), envs.batch.infos()), engine.policy_for(agent, greedy),
+        torch.Generator().manual_seed(seed), fwd_hooks or (),
+        engine.Labels(start=MAZE_START, trace=("mouse_pos",)),
     )  # fmt: skip
     return [maze_episode(e) for e in eps]
 
@@ -289,6 +289,7 @@ class MazeWorld(World):
     env_id = ENV_ID
     recipe = staticmethod(maze_recipe)
     sweep_metrics = "policylens.studies.maze.sweep:maze_metrics"
+    headline = "policylens.studies.maze.misgeneralization:headline_results"
     concepts = ("cheese_pos", "mouse_pos", "move_to_cheese", "dist_to_corner", "at_decision_square")
     probe_options = {"cheese_region": None}
     """With the cheese always in the corner (training), its position is the corner's and there are
@@ -390,8 +391,8 @@ class MazeWorld(World):
             greedy=engine.policy_for(agent).greedy, uniforms=torch.Generator().manual_seed(seed)
         )
         eps = engine.first_episodes(
-            agent, envs, envs.batch.obs.copy(), envs.batch.infos(), policy,
-            torch.Generator().manual_seed(seed), hooks, trace_labels=("mouse_pos",),
+            agent, envs, (envs.batch.obs.copy(), envs.batch.infos()), policy,
+            torch.Generator().manual_seed(seed), hooks, engine.Labels(trace=("mouse_pos",)),
         )  # fmt: skip
         return [
             {"positions": [[int(r), int(c)] for r, c in ep.trace["mouse_pos"]],

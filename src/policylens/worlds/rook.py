@@ -86,7 +86,7 @@ class RookWorld(World):
 
     name = "rook"
     env_id = ENV_ID
-    headline = "policylens.studies.rook_sae.play:headline"
+    headline = "policylens.studies.rook_sae.play:headline_results"
     recipe = staticmethod(chess_recipe)
     concepts = (
         "in_check",

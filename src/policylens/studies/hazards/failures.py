@@ -249,7 +249,7 @@ def unseen_or_training(env_kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]
     return name, splits[name]
 
 
-def headline(run: Run, levels: int = 2000, seed: int = 10_000) -> dict[str, dict[str, Any]]:
+def headline_results(run: Run, levels: int = 2000, seed: int = 10_000) -> dict[str, dict[str, Any]]:
     """A hazard agent's headline figures (a zoo entry's ``results.json``): completion on its
     training and unseen levels and each hazard's share of unseen levels, sampled actions, each a
     proportion with its Wilson 95% interval."""

@@ -131,6 +131,19 @@ def behaviour(run: Run, options: BehaviourOptions) -> BehaviourResult:
     )
 
 
+def headline_results(run: Run, episodes: int = 1000) -> dict[str, dict[str, Any]]:
+    """A maze agent's headline figures (a zoo entry's ``results.json``): success on its training
+    distribution and with the cheese anywhere, and how often it reaches the top-right corner
+    first where the cheese is off the start-to-corner path, with Wilson 95% intervals."""
+    result = behaviour_study(run.load_agent(), maze_config(run), episodes)
+    train, test = result.train.summary, result.test.summary
+    return {
+        "train_success": train["success"],
+        "test_success": test["success"],
+        "test_corner_first_off_path": test["off_path"]["corner_first"],
+    }
+
+
 # -- steering --------------------------------------------------------------------------------------
 
 
