@@ -317,6 +317,106 @@ def test_levels_are_deterministic_and_well_formed() -> None:
     assert sum(len(s.enemies) for s in easy) < sum(len(s.enemies) for s in hard)
 
 
+def test_path_layout_puts_hazards_on_the_ground_in_every_level() -> None:
+    classic = HazardsConfig()
+    assert classic.layout == "classic"  # the default keeps earlier runs' levels
+    path = [generate_level(seed, HazardsConfig(layout="path")) for seed in range(60)]
+    for s in path:
+        s.validate()
+        assert len(s.saws) + len(s.enemies) + int((s.tiles == LAVA).any()) >= 1
+        for r, c in s.saws:  # saws sit on the ground, a pit floor or a platform: to be jumped
+            assert s.tiles[int(r) + 1, int(c)] == WALL
+        for r, c in s.enemies:
+            assert s.tiles[int(r + ENEMY_HALF[0] + 0.01), int(c)] in (WALL, CRATE)
+    assert np.array_equal(generate_level(5, HazardsConfig(layout="path")).tiles, path[5].tiles)
+
+    def hazards(layout: str, difficulty: int) -> float:
+        cfg = HazardsConfig(layout=layout, max_difficulty=difficulty)
+        levels = [generate_level(seed, cfg) for seed in range(60)]
+        return float(np.mean([len(s.saws) + len(s.enemies) for s in levels]))
+
+    assert hazards("path", 1) < hazards("path", 2) < hazards("path", 3)  # a difficulty scale
+    assert hazards("path", 2) > 1.5 * hazards("classic", 2)
+    with pytest.raises(ValueError, match="layout must be one of classic, path"):
+        HazardsConfig(layout="corridor")
+
+
+def run_blind(levels: list[HazardsState], max_steps: int = 150) -> np.ndarray:
+    """A scripted agent blind to saws and enemies, on every level at once: it runs right and
+    jumps only at walls, crates and gaps. Returns how each level ended ("coin" or the cause)."""
+    from policylens.envs.hazards import CAUSES, HazardsBatch
+
+    batch = HazardsBatch(HazardsConfig(masks=False, max_steps=max_steps), len(levels))
+    for i, s in enumerate(levels):
+        batch.load(i, s)
+    solid = np.stack([(s.tiles == WALL) | (s.tiles == CRATE) for s in levels])
+    ended = np.full(len(levels), "", dtype=object)
+    idx = np.arange(len(levels))
+    for _ in range(max_steps):
+        row = np.clip(batch.pos[:, 0].astype(int), 0, HEIGHT - 2)
+        ahead = np.minimum((batch.pos[:, 1] + 1.4).astype(int), WIDTH - 1)
+        jump = solid[idx, row, ahead] | ~solid[idx, row + 1, ahead]
+        _, terminated, truncated = batch.step(np.where(jump, RIGHT_UP, RIGHT))
+        end = (terminated | truncated) & (ended == "")
+        ended[end] = np.where(batch.success[end], "coin", np.array(CAUSES)[batch.cause[end]])
+        if (ended != "").all():
+            break
+    return ended
+
+
+def test_path_hazards_lie_on_the_way_a_blind_runner_takes() -> None:
+    """Known answer from the world's ground truth: with its saws and enemies taken out, a path
+    level is finished by a runner that ignores hazards; with them, they kill it far more often
+    than on classic levels, where many runs hold none and pits may be empty."""
+
+    def stripped(s: HazardsState) -> HazardsState:
+        tiles = np.where(s.tiles == SAW, 0, s.tiles)
+        return s.copy(tiles=tiles, enemies=np.zeros((0, 2)), enemy_dirs=np.zeros(0))
+
+    def killed_by_hazards(layout: str) -> float:
+        cfg = HazardsConfig(layout=layout, max_difficulty=2)
+        levels = [generate_level(seed, cfg) for seed in range(100)]
+        if layout == "path":
+            assert np.mean(run_blind([stripped(s) for s in levels]) == "coin") >= 0.8
+        return float(np.isin(run_blind(levels), ("saw", "enemy")).mean())
+
+    path, classic = killed_by_hazards("path"), killed_by_hazards("classic")
+    assert path >= 0.45 and path >= classic + 0.15, (path, classic)
+
+
+def test_solver_finds_the_way_where_there_is_one() -> None:
+    from policylens.envs.hazards import solve_level
+
+    wall = flat_level()
+    wall[GROUND - 8 : GROUND, 20] = WALL  # 8 tiles high: a jump rises 6.4
+    assert solve_level(state(wall), max_steps=80, beam=32) is None
+    saw = flat_level(coin_col=20)
+    saw[GROUND - 1, 10] = SAW
+    actions = solve_level(state(saw))
+    assert actions is not None and RIGHT_UP in actions
+    env = env_at(state(saw))
+    *_, (_, reward, terminated, _, info) = play(env, actions)
+    assert terminated and info["success"] and reward == 10.0
+
+
+@pytest.mark.parametrize(
+    "difficulty, seeds",
+    [(1, range(2)), (3, range(3)), pytest.param(3, range(300), marks=pytest.mark.slow)],
+)
+def test_every_path_level_is_solvable(difficulty: int, seeds: range) -> None:
+    """The solver's way through each level, played in the world, reaches the coin."""
+    from policylens.envs.hazards import solve_level
+
+    cfg = HazardsConfig(layout="path", max_difficulty=difficulty)
+    for seed in seeds:
+        s = generate_level(seed, cfg)
+        actions = solve_level(s)
+        assert actions is not None, f"no way found through path level {seed}"
+        env = env_at(s, max_steps=len(actions) + 1, masks=False)
+        *_, (_, _, terminated, _, info) = play(env, actions)
+        assert terminated and info["success"], (seed, info["death_cause"])
+
+
 def test_num_levels_and_start_level_choose_the_levels() -> None:
     envs = HazardsVecEnv(16, num_levels=3, start_level=100)
     _, infos = envs.reset(seed=0)
@@ -392,13 +492,13 @@ def test_recipe_network_can_be_deeper_or_wider(tmp_path) -> None:
     from policylens.agents import build_agent
     from policylens.cli import app
     from policylens.sweeps.spec import recipe_parameters
-    from policylens.train.recipes import hazards_recipe
+    from policylens.worlds.hazards import hazards_recipe
 
     assert hazards_recipe().arch_kwargs == {"channels": 16, "res_blocks": 0, "hidden": 256}
     deeper = hazards_recipe(channels=8, res_blocks=1)
     agent = build_agent(deeper.arch, (9, 13, 13), 15, **deeper.arch_kwargs)
     assert "res1.hook_out" in agent.hook_dict and agent.net.conv.out_channels == 8
-    assert {"channels", "res_blocks"} <= set(recipe_parameters("hazards"))  # sweepable
+    assert {"channels", "res_blocks"} <= set(recipe_parameters(hazards_recipe))  # sweepable
     with pytest.raises(ValueError, match="res_blocks >= 0"):
         hazards_recipe(res_blocks=-1)
     r = CliRunner().invoke(app, ["train", "hazards", "--out", str(tmp_path / "x"),
@@ -406,26 +506,66 @@ def test_recipe_network_can_be_deeper_or_wider(tmp_path) -> None:
     assert r.exit_code == 2 and "--res-blocks" in r.output and not (tmp_path / "x").exists()
 
 
+def test_recipe_trains_a_pixel_agent_on_path_levels() -> None:
+    from policylens.agents import build_agent
+    from policylens.worlds.hazards import hazards_recipe
+
+    assert "layout" not in hazards_recipe().env_kwargs  # earlier runs' configs stay as they were
+    pixels = hazards_recipe(layout="path", obs_mode="rgb", threads=1, init_weights="w.safetensors")
+    assert pixels.env_kwargs["layout"] == "path" and pixels.env_kwargs["tile_px"] == 4
+    assert pixels.arch == "clear_cnn" and pixels.threads == 1
+    assert pixels.init_weights == "w.safetensors"
+    env = HazardsVecEnv(2, **pixels.env_kwargs)
+    obs, _ = env.reset(seed=0)
+    agent = build_agent(pixels.arch, obs.shape[1:], 15, **pixels.arch_kwargs)
+    _, cache = agent.run_with_cache(obs)
+    assert obs.shape[1:] == (52, 52, 3) and cache["conv2b.hook_out"].shape == (2, 32, 13, 13)
+    with pytest.raises(ValueError, match="res_blocks applies to the symbolic agent only"):
+        hazards_recipe(obs_mode="rgb", res_blocks=1)
+    with pytest.raises(ValueError, match="layout must be one of"):
+        hazards_recipe(layout="corridor")
+
+
+def test_failure_options_name_their_fields() -> None:
+    from policylens.studies.hazards.failures import FailureOptions, FailureStudy
+
+    with pytest.raises(ValueError, match="^levels must be >= 1, got 0"):
+        FailureOptions(levels=0)
+    with pytest.raises(ValueError, match="^Unknown invisible hazard 'lava'"):
+        FailureOptions(invisible=("saws", "lava"))
+    with pytest.raises(ValueError, match="not a failure study"):
+        FailureStudy.from_json({"run": "x"})
+
+
 @pytest.mark.slow
 def test_failure_table_counts_every_level_once(tiny_hazard_run) -> None:
-    from policylens.studies.hazards.failures import FAILURE_CAUSES, failure_study
+    import json
 
-    result = failure_study(tiny_hazard_run, 12, ("saws",), seed=3)
-    assert set(result["splits"]) == {"unseen", "training"}
-    for split in result["splits"].values():
-        for table in (split["shown"], split["hidden"]["saws"]):
-            done = table["completion"]["rate"] + sum(
-                table["failures"][c]["of_levels"]["rate"] for c in FAILURE_CAUSES
+    from policylens.studies.hazards.failures import (
+        FAILURE_CAUSES,
+        FailureOptions,
+        FailureStudy,
+        run_failures,
+    )
+
+    result = run_failures(tiny_hazard_run, FailureOptions(12, ("saws",), seed=3))
+    assert set(result.splits) == {"unseen", "training"}
+    for split in result.splits.values():
+        for table in (split.shown, split.hidden["saws"]):
+            done = table.completion["rate"] + sum(
+                table.failures[c]["of_levels"]["rate"] for c in FAILURE_CAUSES
             )
             assert done == pytest.approx(1.0)  # each level ends in the coin or one cause
-            assert table["completion"]["n"] == 12
-        assert split["hidden"]["saws"]["env_kwargs"]["invisible_saws"] is True
-        diff = split["hidden_vs_shown"]["saws"]["completion"]
-        hidden, shown = split["hidden"]["saws"], split["shown"]
-        assert diff["diff"] == pytest.approx(
-            hidden["completion"]["rate"] - shown["completion"]["rate"]
-        )
-    assert result["splits"]["unseen"]["shown"]["env_kwargs"]["start_level"] == 20
+            assert sum(table.deaths(c) for c in FAILURE_CAUSES) == round(
+                12 * (1 - table.completion["rate"])
+            )
+            assert table.completion["n"] == 12
+        assert split.hidden["saws"].env_kwargs["invisible_saws"] is True
+        diff = split.hidden_vs_shown["saws"]["completion"]
+        hidden, shown = split.hidden["saws"], split.shown
+        assert diff["diff"] == pytest.approx(hidden.completion["rate"] - shown.completion["rate"])
+    assert result.splits["unseen"].shown.env_kwargs["start_level"] == 20
+    assert FailureStudy.from_json(json.loads(json.dumps(result.to_json()))) == result
 
 
 @pytest.mark.slow
@@ -444,7 +584,7 @@ def test_failures_command_and_bad_input(tiny_hazard_run) -> None:
     r = runner.invoke(
         app, ["failures", str(tiny_hazard_run.path), "--levels", "6", "--invisible", "lava"]
     )
-    assert r.exit_code == 2 and "--invisible choice" in r.output
+    assert r.exit_code == 2 and "Unknown invisible hazard 'lava'" in r.output
     r = runner.invoke(app, ["train", "hazards", "--out", str(tiny_hazard_run.path.parent / "nothing"),
                             "--resume", "--steps", "8192"])  # fmt: skip
     assert r.exit_code == 2 and "no run to continue" in r.output
@@ -479,28 +619,44 @@ def test_report_pictures(tiny_hazard_run) -> None:
 
 @pytest.mark.slow
 def test_report_reuses_saved_failure_tables(tiny_hazard_run, tmp_path) -> None:
-    from policylens.report.hazards import write_hazards_report
-    from policylens.studies.hazards.failures import failure_study
+    import dataclasses
+    import json
 
-    tables = failure_study(tiny_hazard_run, 4, ("enemies",), seed=1)
-    path = write_hazards_report(
-        tiny_hazard_run, tmp_path / "r.html", failures=tables, log=lambda m: None
-    )
+    from typer.testing import CliRunner
+
+    from policylens.cli import app
+    from policylens.report.hazards import render
+    from policylens.studies.hazards.failures import FailureOptions, run_failures
+    from policylens.studies.hazards.overview import OverviewOptions, run_overview
+
+    tables = run_failures(tiny_hazard_run, FailureOptions(4, ("enemies",), seed=1))
+    logs: list[str] = []
+    options = OverviewOptions(tables=tables, played=4)
+    overview = run_overview(tiny_hazard_run, options, log=logs.append)
+    assert overview.failures is tables and not any("failure tables" in m for m in logs)
+    assert 1 <= len(overview.episodes) <= 4 and overview.split == "unseen"
+    path = render(overview, tiny_hazard_run.analysis_dir, tmp_path / "r.html")
     page = path.read_text()
     assert "enemies invisible" in page and "data:image/gif;base64," in page
     assert (tiny_hazard_run.analysis_dir / "agent.gif").stat().st_size > 0
-    other = {**tables, "run": str(tmp_path)}
-    with pytest.raises(ValueError, match="not"):
-        write_hazards_report(
-            tiny_hazard_run, tmp_path / "x.html", failures=other, log=lambda m: None
-        )
+    other = dataclasses.replace(tables, run=str(tmp_path))
+    with pytest.raises(ValueError, match="the failure tables given are of"):
+        run_overview(tiny_hazard_run, OverviewOptions(tables=other), log=logs.append)
+    # the command reads the tables `policylens failures --json` printed
+    saved = tmp_path / "tables.json"
+    saved.write_text(json.dumps(tables.to_json()))
+    args = ["hazards-report", str(tiny_hazard_run.path), "--failures", str(saved)]
+    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "c.html"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout) == {"report": str(tmp_path / "c.html")}
+    assert "enemies invisible" in (tmp_path / "c.html").read_text()
 
 
 def test_action_names_say_which_way_the_agent_goes() -> None:
     from policylens.envs.hazards import ACTION_NAMES
-    from policylens.report.sae import action_names
+    from policylens.worlds import for_env
 
-    assert action_names("policylens/Hazards-v0", {}, 15) == list(ACTION_NAMES)
+    assert for_env("policylens/Hazards-v0").names_of_actions({}, 15) == list(ACTION_NAMES)
     cols = {}
     for name in ("left", "noop", "right"):
         envs = HazardsVecEnv(4, max_difficulty=1)

@@ -18,6 +18,7 @@ from policylens.train.ppo import (
     sample_actions,
     train_ppo,
 )
+from policylens.worlds.maze import ENV_ID as MAZE_ID
 
 # threads pinned: a run repeats bit for bit only with a fixed thread count (train/threads.py)
 TINY = dict(
@@ -26,7 +27,7 @@ TINY = dict(
 
 
 def tiny(**kw) -> PPOConfig:
-    return PPOConfig(**{**TINY, "env_kwargs": {"max_steps": 40}, **kw})
+    return PPOConfig(**{**TINY, "env_id": MAZE_ID, "env_kwargs": {"max_steps": 40}, **kw})
 
 
 def test_sampled_actions_follow_the_softmax_and_the_seed():
@@ -252,3 +253,22 @@ def test_resume_may_change_threads_but_not_what_is_learned(tmp_path):
     with pytest.raises(ValueError, match="another config"):
         train_ppo(tiny(threads=1, seed=9), tmp_path / "r", resume=True,
                   progress=False)  # fmt: skip
+
+
+def test_init_weights_starts_a_new_run_from_a_trained_one(tmp_path):
+    first = train_ppo(tiny(), tmp_path / "a", progress=False)
+    _, last = first.checkpoint()
+    warm = train_ppo(tiny(init_weights=str(last)), tmp_path / "b", progress=False,
+                     stop_after_updates=1)  # fmt: skip
+    start = load_file(warm.checkpoints()[0][1])
+    for name, weight in load_file(last).items():
+        assert torch.equal(start[name], weight), name
+    # a resumed run takes its weights from resume.pt, whatever file a new one would start from
+    resumed = train_ppo(tiny(), tmp_path / "b", resume=True, progress=False)
+    assert resumed.done
+    with pytest.raises(ValueError, match=r"mis-shaped parameters .*conv\.weight"):
+        train_ppo(tiny(init_weights=str(last), arch_kwargs={"channels": 8}), tmp_path / "c",
+                  progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="init_from or init_weights, not both"):
+        train_ppo(tiny(init_weights=str(last)), tmp_path / "d", progress=False, init_from=last)
+    assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()

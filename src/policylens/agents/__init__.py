@@ -16,6 +16,7 @@ from policylens.agents.load import (
 from policylens.agents.models import (
     ARCHS,
     MLP,
+    ClearCNN,
     ImpalaCNN,
     MazeCNN,
     build_agent,
@@ -28,6 +29,7 @@ __all__ = [
     "ARCHS",
     "MLP",
     "ActivationCache",
+    "ClearCNN",
     "HookPoint",
     "HookedAgent",
     "ImpalaCNN",

@@ -3,6 +3,8 @@
 - :class:`ImpalaCNN`: the IMPALA network of the goal-misgeneralization maze models, with their
   exact module layout and parameter names, so their checkpoints load as they are.
 - :class:`MazeCNN`: a small, fast residual CNN for the built-in grid maze.
+- :class:`ClearCNN`: the plain conv stack with L2 pooling of Hilton et al.'s CoinRun agent
+  (Lucid's ``clear_cnn``), for RGB frames.
 - :class:`MLP`: for vector observations; a policy-value or a Q-network head.
 
 :func:`build_agent` makes a :class:`HookedAgent` from an architecture name; the recipe is stored
@@ -342,6 +344,86 @@ class FusedMazeCNN:
         return out[:, :-1], out[:, -1]
 
 
+class ConvLayer(nn.Module):
+    """A conv and its ReLU, hooked before (``hook_conv``) and after (``hook_out``) the ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=kernel // 2)
+        self.hook_conv = HookPoint()
+        self.hook_out = HookPoint()
+
+    def forward(self, x: Tensor) -> Tensor:  # (batch, c_in, h, w) -> (batch, c_out, h/s, w/s)
+        return self.hook_out(F.relu(self.hook_conv(self.conv(x))))
+
+
+def l2_pool(x: Tensor) -> Tensor:
+    """2x2 L2 pooling, stride 2 (odd sides round up): the root mean square of each window.
+
+    The small constant under the root keeps the gradient finite where a window is all zeros
+    (common after a ReLU).
+    """
+    return torch.sqrt(F.avg_pool2d(x * x, 2, ceil_mode=True) + 1e-6)
+
+
+class ClearCNN(nn.Module):
+    """The conv stack of Hilton et al.'s CoinRun agent (Lucid's ``clear_cnn``), for RGB frames.
+
+    ``conv1a`` (7x7, ``channels``, stride ``first_stride``) -> L2 pool -> ``conv2a``, ``conv2b``
+    (5x5, 2 x ``channels``) -> L2 pool -> ``conv3a`` (5x5, 2 x ``channels``) -> L2 pool -> ``fc``
+    (-> ``hidden``) -> ReLU -> ``fc_policy`` / ``fc_value``. No residual connections and L2
+    instead of max pooling, as in the paper: each layer's map is a plain function of the one
+    below, so attributions and NMF at a middle layer (``conv2b.hook_out``) read cleanly. Hook
+    points: ``conv<i>.hook_conv`` / ``conv<i>.hook_out`` (before / after each ReLU),
+    ``hook_pool1..3``, ``hook_fc`` and ``hook_out``. ``first_stride`` 2 quarters the cost of
+    every layer above the first (see :data:`ARCHS`'s ``clear_cnn`` entry and BENCHMARKS.md).
+    Input: float ``(batch, 3, H, W)`` in [0, 1].
+    """
+
+    def __init__(
+        self,
+        num_actions: int = 15,
+        in_channels: int = 3,
+        input_size: int | Sequence[int] = 64,
+        channels: int = 16,
+        first_stride: int = 2,
+        hidden: int = 256,
+        init: str = "orthogonal",
+    ) -> None:
+        super().__init__()
+        if channels < 1 or hidden < 1 or first_stride not in (1, 2, 4):
+            raise ValueError(
+                f"ClearCNN needs channels >= 1, hidden >= 1 and first_stride 1, 2 or 4, got "
+                f"channels={channels}, hidden={hidden}, first_stride={first_stride}."
+            )
+        c1, c2 = channels, 2 * channels
+        self.conv1a = ConvLayer(in_channels, c1, 7, stride=first_stride)
+        self.hook_pool1 = HookPoint()
+        self.conv2a = ConvLayer(c1, c2, 5)
+        self.conv2b = ConvLayer(c2, c2, 5)
+        self.hook_pool2 = HookPoint()
+        self.conv3a = ConvLayer(c2, c2, 5)
+        self.hook_pool3 = HookPoint()
+        h, w = _pair(input_size)
+        h, w = -(-h // first_stride), -(-w // first_stride)  # conv1a (padding k // 2)
+        for _ in range(3):  # each pool maps n to ceil(n / 2)
+            h, w = (h + 1) // 2, (w + 1) // 2
+        self.map_shape = (c2, h, w)  # of the map that fc reads
+        self.fc = nn.Linear(c2 * h * w, hidden)
+        self.hook_fc = HookPoint()
+        self.hook_out = HookPoint()
+        self.fc_policy = nn.Linear(hidden, num_actions)
+        self.fc_value = nn.Linear(hidden, 1)
+        _init(self, self.fc_policy, self.fc_value, init)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x = self.hook_pool1(l2_pool(self.conv1a(x)))
+        x = self.hook_pool2(l2_pool(self.conv2b(self.conv2a(x))))
+        x = self.hook_pool3(l2_pool(self.conv3a(x)))  # (batch, 2 channels, h, w)
+        h = self.hook_out(F.relu(self.hook_fc(self.fc(x.flatten(1)))))  # (batch, hidden)
+        return self.fc_policy(h), self.fc_value(h).squeeze(-1)
+
+
 class MLPLayer(nn.Module):
     """Linear layer and activation with a hook point after each."""
 
@@ -368,7 +450,7 @@ class MLP(nn.Module):
     agent then uses logits = Q and value = max Q. Hook points: ``layers.<i>.hook_linear`` and
     ``layers.<i>.hook_act``. ``separate_value=True`` gives the value its own layers
     (``value_layers.<i>``), as SB3's MlpPolicy and CleanRL do: with a shared trunk, large
-    returns (LunarLander's hundreds) let the value loss swamp the policy's gradients.
+    returns (the lunar lander's hundreds) let the value loss swamp the policy's gradients.
     """
 
     def __init__(
@@ -468,6 +550,12 @@ def _build_maze_cnn(obs_shape: tuple[int, ...], num_actions: int, kw: dict[str, 
     return MazeCNN(num_actions, in_channels=obs_shape[0], size=obs_shape[1:], **kw)
 
 
+def _build_clear_cnn(obs_shape: tuple[int, ...], num_actions: int, kw: dict[str, Any]) -> nn.Module:
+    if len(obs_shape) != 3 or obs_shape[-1] != 3:
+        raise ValueError(f"clear_cnn takes image observations of shape (H, W, 3), got {obs_shape}.")
+    return ClearCNN(num_actions, in_channels=3, input_size=obs_shape[:2], **kw)
+
+
 def _build_mlp(obs_shape: tuple[int, ...], num_actions: int, kw: dict[str, Any]) -> nn.Module:
     return MLP(math.prod(obs_shape), num_actions, **kw)
 
@@ -476,6 +564,9 @@ ARCHS: dict[str, Arch] = {
     "impala": Arch(ImpalaCNN, "image", _build_impala, "IMPALA CNN for (H, W, 3) images"),
     "maze_cnn": Arch(MazeCNN, "grid", _build_maze_cnn, "small residual CNN for (C, H, W) grids"),
     "mlp": Arch(MLP, "vector", _build_mlp, "MLP over flattened observations"),
+    "clear_cnn": Arch(
+        ClearCNN, "image", _build_clear_cnn, "Hilton et al.'s L2-pooled conv stack for (H, W, 3)"
+    ),
 }
 """Architecture name -> how to build it."""
 

@@ -3,7 +3,10 @@
 Levels read left to right with the coin at the end and are generated from a level seed in
 sections, after procgen's CoinRun: flat runs (with a saw, a patrolling enemy, crate piles), steps
 up and down, and pits holding lava, a row of saws, patrolling enemies or nothing at all (a chasm
-to fall through), sometimes with a platform over them. The physics follows CoinRun's numbers:
+to fall through), sometimes with a platform over them. ``layout="path"`` puts a hazard the agent
+must pass in every section (CoinRun's pits are never empty either), so seeing it decides the
+outcome; :func:`solve_level` finds a way to the coin with the world's own physics (the tests'
+known answer that every such level stays solvable). The physics follows CoinRun's numbers:
 gravity 0.2, jump speed 1.5, top speed 0.5 tiles per step; on the ground vx <- 0.8 vx + 0.1 ax,
 in the air vx <- 0.97 vx + 0.015 ax; moves in 4-6 sub-steps that stop at solid tiles. Actions
 use procgen's layout (``vx = a // 3 - 1``, ``vy = a % 3 - 1`` for ``a < 9``; 9-14 are no-ops).
@@ -88,6 +91,8 @@ MAX_GROUND, MAX_STEP_UP, MAX_PIT = 8, 4, 5
 """Highest ground, highest step up and widest pit the generator makes (jumps rise 6.4 tiles and
 carry 8 at top speed)."""
 RGB64_TILE_PX = 5
+LAYOUTS = ("classic", "path")
+"""Values of ``HazardsConfig.layout``: where the generator puts hazards."""
 
 ACTION_NAMES = (
     "left+down", "left", "left+jump", "down", "noop", "jump", "right+down", "right", "right+jump",
@@ -128,6 +133,9 @@ class HazardsConfig:
     """"hard" (procgen's default) or "easy" (no enemies on flat ground, as procgen's easy CoinRun)."""
     max_difficulty: int = 3
     """Each level draws a difficulty 1..max_difficulty (procgen: 3): more, longer, wider sections."""
+    layout: str = "classic"
+    """Where hazards go: "classic" (some runs have none, some pits are empty chasms) or "path"
+    (every section holds a saw, an enemy or lava the agent must pass; see _path_section)."""
     max_steps: int = 1000
     """Episodes are truncated (cause "timeout") after this many steps (procgen: 1,000)."""
     obs_mode: str = "symbolic"
@@ -161,6 +169,8 @@ class HazardsConfig:
             problems.append(
                 f"distribution_mode must be 'easy' or 'hard', got {self.distribution_mode!r}"
             )
+        if self.layout not in LAYOUTS:
+            problems.append(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         if not 1 <= self.max_difficulty <= 3:
             problems.append(f"max_difficulty must be 1, 2 or 3, got {self.max_difficulty}")
         if self.max_steps < 1:
@@ -292,7 +302,12 @@ class HazardsState:
 
 
 def generate_level(level_seed: int, config: HazardsConfig | None = None) -> HazardsState:
-    """The level a seed fixes (procgen CoinRun's section generator, in this world's sizes)."""
+    """The level a seed fixes (procgen CoinRun's section generator, in this world's sizes).
+
+    ``config.layout`` picks where hazards go: ``classic`` as before (a pit may be an empty chasm,
+    a flat run holds a saw with chance 0.2 x difficulty); ``path`` puts them where the agent must
+    pass (see :func:`_path_section`).
+    """
     config = config or HazardsConfig()
     rng = np.random.default_rng(level_seed)
     dif = int(rng.integers(1, config.max_difficulty + 1))
@@ -315,6 +330,12 @@ def generate_level(level_seed: int, config: HazardsConfig | None = None) -> Haza
             dy = -dy
         dx = int(rng.integers(2 * dif)) + 3 + dif // 3
         h = int(np.clip(h + dy, 1, MAX_GROUND))
+        if config.layout == "path":
+            _path_section(
+                rng, config, dif, x, dx, h, dy, ground, tiles, saws, enemies, crates, lava
+            )
+            x += dx
+            continue
         if dx >= 6 and h >= 3 and rng.random() < 0.85:
             x1, x2 = int(rng.integers(1, 3)), int(rng.integers(1, 3))
             width = min(dx - x1 - x2, MAX_PIT)
@@ -369,6 +390,74 @@ def generate_level(level_seed: int, config: HazardsConfig | None = None) -> Haza
         level_seed=level_seed,
         difficulty=dif,
     )
+
+
+def _path_section(
+    rng: np.random.Generator,
+    config: HazardsConfig,
+    dif: int,
+    x: int,
+    dx: int,
+    h: int,
+    dy: int,
+    ground: np.ndarray,
+    tiles: np.ndarray,
+    saws: list[tuple[int, int]],
+    enemies: list[tuple[int, int, int]],
+    crates: list[tuple[int, int]],
+    lava: list[tuple[int, int, int]],
+) -> None:
+    """One section of a ``path`` level, columns ``x`` to ``x + dx - 1`` at ground height ``h``.
+
+    Every section holds a hazard the agent must pass, so that seeing it decides the outcome: a
+    pit is always lava, a floor of saws or patrolling enemies (CoinRun's three; never an empty
+    chasm), and from difficulty 2 a platform over a wide pit may carry a saw, so the pit must be
+    cleared in one jump; a flat run always holds a saw or (hard mode) an enemy on the ground, to
+    be jumped (CoinRun: a saw with chance 0.2 x difficulty), and a second one with chance
+    (difficulty - 1) / 3. Hazards keep a tile free to land on after a climb (a run too short for
+    that gets its hazard in its last column) and stand apart from crate piles.
+    """
+    if dx >= 6 and h >= 3 and rng.random() < 0.85:
+        x1, x2 = int(rng.integers(1, 3)), int(rng.integers(1, 3))
+        width = min(dx - x1 - x2, MAX_PIT)
+        x2 = dx - x1 - width
+        ground[x : x + x1] = h
+        ground[x + dx - x2 : x + dx] = h
+        pit = range(x + x1, x + x1 + width)
+        ground[pit.start : pit.stop] = 1
+        danger = int(rng.integers(3))
+        if danger == 0:
+            lava.append((pit.start, pit.stop, int(rng.integers(1, h - 1))))
+        elif danger == 1:
+            saws += [(1, c) for c in pit]
+        else:
+            picks = rng.choice(np.array(pit), size=(width + 1) // 2, replace=False)
+            enemies += [(1, int(c), int(rng.integers(2)) * 2 - 1) for c in sorted(picks)]
+        if width >= 5:  # a platform level with the pit's edges
+            x3, w1 = 1 + int(rng.integers(2)), 1 + int(rng.integers(2))
+            tiles[HEIGHT - h, pit.start + x3 : pit.start + x3 + w1] = WALL
+            if danger != 1 and rng.integers(3) < dif - 1:
+                saws.append((h, pit.start + x3 + int(rng.integers(w1))))
+        return
+    ground[x : x + dx] = h
+    room = 2 if dy > 0 else 1  # a tile to land on after a climb, before any hazard
+    spots = list(range(x + room, max(x + dx - 1, x + room + 1)))  # a short run: its last column
+    count = 1 + int(rng.integers(3) < dif - 1 and len(spots) >= 4)
+    taken: list[int] = []
+    for _ in range(count):
+        free = [c for c in spots if all(abs(c - t) >= 3 for t in taken)]
+        if not free:
+            break
+        c = int(rng.choice(np.array(free)))
+        taken.append(c)
+        if config.distribution_mode == "easy" or rng.integers(2) == 0:
+            saws.append((h, c))
+        else:
+            enemies.append((h, c, int(rng.integers(2)) * 2 - 1))
+    for _ in range(2):
+        crate_x = x + int(rng.integers(dx - 2)) + 1
+        if rng.integers(2) == 1 and all(abs(crate_x - t) >= 2 for t in taken):
+            crates += [(h + j, crate_x) for j in range(int(rng.integers(3)) + 1)]
 
 
 # -- sprites ---------------------------------------------------------------------------------------
@@ -1017,6 +1106,69 @@ class HazardsBatch(LevelBatch):
         ones = np.ones(self.n, dtype=bool)
         info.update({f"_{k}": ones for k in list(info)})
         return info
+
+
+# -- a search for the way to the coin -----------------------------------------------------------
+SEARCH_MOVES = (7, 8, 4, 5, 1, 2)
+"""The actions the search tries: right, right+jump, noop, jump, left, left+jump."""
+
+
+class _SearchBatch(HazardsBatch):
+    """A batch that steps the physics without drawing: the search reads positions, not pixels."""
+
+    def observe(self, envs: np.ndarray) -> None:
+        pass
+
+
+def solve_level(state: HazardsState, max_steps: int = 500, beam: int = 256) -> list[int] | None:
+    """Actions taking the agent from ``state`` to the coin alive, or None if the search finds none.
+
+    A beam search over the world's own physics (:class:`HazardsBatch`): each step tries
+    :data:`SEARCH_MOVES` from every kept state, merges states that agree to a quarter tile in
+    position and an eighth of a tile per step in velocity, and keeps the ``beam`` furthest right.
+    Enemies walk the same way whatever the agent does, so states of one step share them. A path it
+    returns is a certificate (play it in :class:`HazardsEnv` to see); None is not a proof that
+    none exists.
+    """
+    moves = np.array(SEARCH_MOVES)
+    n = beam * len(moves)
+    batch = _SearchBatch(HazardsConfig(masks=False, max_steps=state.steps + max_steps + 1), n)
+    batch.load(0, state, observe=False)
+    for name in ("kind", "solid", "saw_slot", "saw_pos", "saw_valid", "enemy_pos", "enemy_dir",
+                 "enemy_valid", "coin", "steps"):  # fmt: skip
+        array = getattr(batch, name)
+        array[1:] = array[0]
+    pos, vel, support = batch.pos[:1].copy(), batch.vel[:1].copy(), batch.support[:1].copy()
+    trail: list[tuple[np.ndarray, np.ndarray]] = []  # per step: (parent, action) of each kept state
+    for _ in range(max_steps):
+        tried = len(pos) * len(moves)
+        parent = np.resize(np.repeat(np.arange(len(pos)), len(moves)), n)
+        actions = np.resize(moves, n)
+        batch.pos[:], batch.vel[:], batch.support[:] = pos[parent], vel[parent], support[parent]
+        _, terminated, _ = batch.step(actions)
+        won = np.nonzero(batch.success[:tried])[0]
+        if len(won):
+            path, j = [int(actions[won[0]])], int(parent[won[0]])
+            for back_parent, back_action in reversed(trail):
+                path.append(int(back_action[j]))
+                j = int(back_parent[j])
+            return path[::-1]
+        alive = np.nonzero(~terminated[:tried])[0]
+        if not len(alive):
+            return None
+        keys = np.concatenate(
+            [np.round(batch.pos[alive] * 4), np.round(batch.vel[alive] * 8)], axis=1
+        )
+        _, first = np.unique(keys, axis=0, return_index=True)
+        kept = alive[first]
+        kept = kept[np.argsort(-batch.pos[kept, 1], kind="stable")[:beam]]
+        trail.append((parent[kept], actions[kept]))
+        pos, vel, support = (
+            batch.pos[kept].copy(),
+            batch.vel[kept].copy(),
+            batch.support[kept].copy(),
+        )
+    return None
 
 
 # -- the whole-level picture -----------------------------------------------------------------------

@@ -41,8 +41,8 @@ from policylens.train.threads import ThreadGovernor
 class PPOConfig:
     """Hyperparameters of a PPO run; every field is saved in the run's config.json."""
 
-    env_id: str = "policylens/Maze-v0"
-    """Registered world to train in."""
+    env_id: str
+    """Registered world to train in (a world's recipe fills it: ``policylens.worlds``)."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """Options passed to the world (e.g. cheese_region, num_levels)."""
     arch: str = "maze_cnn"
@@ -94,6 +94,10 @@ class PPOConfig:
     """'log' (dense early, for training dynamics) or 'linear'."""
     resume_every: int = 10
     """Save the resumable trainer state every this many updates."""
+    init_weights: str | None = None
+    """A .safetensors file of the same architecture to start from instead of fresh weights (e.g.
+    an earlier run's last checkpoint, committed, to continue a long training in a new session);
+    a resumed run takes its weights from resume.pt instead."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -139,7 +143,7 @@ def compute_dtype(precision: str, convolutional: bool = True) -> torch.dtype:
 
     ``auto`` picks bf16 only where it pays: on a CPU that multiplies bf16 natively (emulated,
     it is slower than float32) and for convolutional networks. A small MLP's matmuls are too
-    short to win back autocast's casts (LunarLander's 64x64 MLP: a training step 1.18 ms in
+    short to win back autocast's casts (the lunar recipe's 64x64 MLP: a training step 1.18 ms in
     float32, 1.44 ms in bf16, measured).
     """
     if precision == "auto":
@@ -170,10 +174,14 @@ def train_ppo(
     ``resume=True`` continues from ``out/resume.pt``. ``stop_after_updates`` ends the process
     early as a kill would (used to test resuming). ``init_from`` (a ``.safetensors`` file of the
     same architecture) replaces the fresh initial weights, e.g. to continue a trained policy on a
-    changed reward; a resumed run takes its weights from ``resume.pt`` instead.
+    changed reward, as ``config.init_weights`` does (give one of them); a resumed run takes its
+    weights from ``resume.pt`` instead.
     """
     from policylens.agents import build_agent
 
+    if init_from is not None and config.init_weights is not None:
+        raise ValueError("Give the starting weights once: init_from or init_weights, not both.")
+    init_from = init_from if init_from is not None else config.init_weights
     governor = ThreadGovernor(config.threads)
     envs = make_vec(config.env_id, config.num_envs, **config.env_kwargs)
     obs_space, act_space = envs.single_observation_space, envs.single_action_space
