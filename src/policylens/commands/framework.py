@@ -4,12 +4,12 @@ module builds on this; none imports another command module."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
+import inspect
 import json
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,14 +41,21 @@ def options(
     debug_mode["on"] = debug
 
 
-def command(name: str | None = None, typer_app: typer.Typer = app) -> Callable:
+def command(
+    name: str | None = None, typer_app: typer.Typer = app, flags: dict[str, str] | None = None
+) -> Callable:
     """Register a command whose foreseeable errors end in one clear sentence, not a traceback.
 
-    An unexpected exception (a bug) shows its traceback and where to report it; ``--debug``
-    shows the traceback of every error.
+    The library's errors name option fields (``levels must be >= 1``); a message that starts with
+    the name of one of the command's options is shown with its flag instead (``--levels must be
+    >= 1``), and ``flags`` maps the fields whose flag has another name (``{"clamp_channels":
+    "--clamp-channel"}``). An unexpected exception (a bug) shows its traceback and where to report
+    it; ``--debug`` shows the traceback of every error.
     """
 
     def wrap(fn: Callable) -> Callable:
+        names = {**flags_of(fn), **(flags or {})}
+
         @functools.wraps(fn)
         def run(*args: Any, **kwargs: Any) -> Any:
             try:
@@ -67,12 +74,32 @@ def command(name: str | None = None, typer_app: typer.Typer = app) -> Callable:
                         highlight=False,
                     )
                     raise typer.Exit(1) from None
-                err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+                err_console.print(
+                    f"[bold red]error:[/] {in_flags(message, names)}", highlight=False
+                )
                 raise typer.Exit(2) from None
 
         return typer_app.command(name)(run)
 
     return wrap
+
+
+def flags_of(fn: Callable) -> dict[str, str]:
+    """A command's option parameters and their long flags (``n_obs`` -> ``--n-obs``, or the name
+    its ``typer.Option`` declares); arguments are positional and have none."""
+    found = {}
+    for param in inspect.signature(fn).parameters.values():
+        default = param.default
+        if isinstance(default, typer.models.OptionInfo):
+            declared = [d for d in (default.param_decls or ()) if d.startswith("--")]
+            found[param.name] = declared[0] if declared else "--" + param.name.replace("_", "-")
+    return found
+
+
+def in_flags(message: str, flags: dict[str, str]) -> str:
+    """``message`` with the option field it starts with (``field ...``) named by its flag."""
+    field, sep, rest = message.partition(" ")
+    return flags[field] + sep + rest if field in flags else message
 
 
 def user_error(e: Exception) -> str | None:
@@ -130,21 +157,6 @@ def open_run(path: Path, world: str | None = None) -> Run:
     if note:
         err_console.print(f"[yellow]note:[/] {note}", highlight=False)
     return run
-
-
-@contextlib.contextmanager
-def option_flags(**flags: str) -> Iterator[None]:
-    """Name the flags in errors: the library's errors name option fields (``clamp_channels 9 does
-    not exist``); one raised inside whose message starts with a field of ``flags`` is raised again
-    with the flag in its place (``--clamp-channel 9 does not exist``)."""
-    try:
-        yield
-    except ValueError as e:
-        message = str(e)
-        for field, flag in flags.items():
-            if message.startswith(field + " "):
-                raise ValueError(flag + message[len(field) :]) from None
-        raise
 
 
 def print_json(data: Any) -> None:

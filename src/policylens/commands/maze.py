@@ -16,7 +16,6 @@ from policylens.commands.framework import (
     console,
     err_console,
     open_run,
-    option_flags,
     print_json,
     train_app,
 )
@@ -172,7 +171,7 @@ def behaviour_cmd(
         console.print(line)
 
 
-@command("steer")
+@command("steer", flags={"clamp_channels": "--clamp-channel"})
 def steer_cmd(
     run: Path = typer.Argument(..., help="Maze run folder."),
     hook: str = typer.Option(None, help="Hook to steer at (default: a middle residual layer)."),
@@ -206,8 +205,7 @@ def steer_cmd(
         clamp_value=clamp_value,
         seed=seed,
     )
-    with option_flags(clamp_channels="--clamp-channel"):
-        result = study.steer(r, options)
+    result = study.steer(r, options)
     if as_json:
         print_json(result.to_json())
         return

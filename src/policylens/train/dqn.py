@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from torch import Tensor, nn
 
+from policylens.agents.agent import HookedAgent
 from policylens.envs import make_vec
 from policylens.rollout.engine import legal_actions
 from policylens.runs import (
@@ -594,7 +595,7 @@ def _legal(infos: dict[str, Any], n: int, num_actions: int) -> np.ndarray:
 
 # -- evaluation ---------------------------------------------------------------------------------
 def evaluate_q_agent(
-    agent: nn.Module,
+    agent: HookedAgent,
     env_id: str,
     episodes: int = 1000,
     env_kwargs: dict[str, Any] | None = None,

@@ -94,7 +94,9 @@ def evaluate_weights(
     return {"summary": summarize_episodes(eps), "episodes": eps}
 
 
-def headline_results(run: Run, episodes: int = 200, seed: int = 10_000) -> dict[str, dict[str, Any]]:
+def headline_results(
+    run: Run, episodes: int = 200, seed: int = 10_000
+) -> dict[str, dict[str, Any]]:
     """A lunar agent's headline figures (a zoo entry's ``results.json``): landing rate, fuel used
     per episode and the returns without and with the fuel term, sampled actions, with 95%
     intervals."""

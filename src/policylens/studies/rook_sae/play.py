@@ -77,7 +77,9 @@ def evaluate_chess_run(run: Run, options: ChessEvalOptions) -> ChessEvaluation:
     return ChessEvaluation(rows)
 
 
-def headline_results(run: Run, episodes: int = 2000, seed: int = 10_000) -> dict[str, dict[str, Any]]:
+def headline_results(
+    run: Run, episodes: int = 2000, seed: int = 10_000
+) -> dict[str, dict[str, Any]]:
     """A rook-endgame agent's headline figures (a zoo entry's ``results.json``): its checkmate
     rate against each opponent, argmax actions, with Wilson 95% intervals."""
     evaluation = evaluate_chess_run(run, ChessEvalOptions(episodes=episodes, seed=seed))
@@ -88,4 +90,10 @@ def headline_results(run: Run, episodes: int = 2000, seed: int = 10_000) -> dict
     }
 
 
-__all__ = ["OPPONENTS", "ChessEvalOptions", "ChessEvaluation", "evaluate_chess_run", "headline_results"]
+__all__ = [
+    "OPPONENTS",
+    "ChessEvalOptions",
+    "ChessEvaluation",
+    "evaluate_chess_run",
+    "headline_results",
+]
