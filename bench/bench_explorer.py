@@ -76,9 +76,9 @@ def build_hazards_run(root: Path) -> Path:
     from policylens.agents import build_agent
     from policylens.envs.hazards import CHANNELS
     from policylens.runs import Run
-    from policylens.worlds.hazards import hazards_recipe
+    from policylens.worlds.hazards import HazardsRecipe
 
-    recipe = hazards_recipe()
+    recipe = HazardsRecipe().config()
     view = 13  # the world's default symbolic view, as the recipe trains on
     agent = build_agent(recipe.arch, (len(CHANNELS), view, view), 15, **recipe.arch_kwargs)
     trainer = {"env_id": recipe.env_id, "env_kwargs": recipe.env_kwargs, "gamma": recipe.gamma,

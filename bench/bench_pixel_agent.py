@@ -62,17 +62,19 @@ def forward_ms(side: int, stride: int, bf16: bool, reps: int = 10) -> float:
 def ppo_rate(side: int, stride: int, updates: int) -> float:
     """Steps per second of the hazards recipe's PPO loop (the last update's)."""
     from policylens.train.ppo import train_ppo
-    from policylens.worlds.hazards import hazards_recipe
+    from policylens.worlds.hazards import HazardsRecipe
 
     if side == 64:
-        config = hazards_recipe(layout="path", obs_mode="rgb64", first_stride=stride, threads=1)
+        config = HazardsRecipe(
+            layout="path", obs_mode="rgb64", first_stride=stride, threads=1
+        ).config()
     else:
         tile_px, rest = divmod(side, 13)
         if rest:
             raise ValueError(f"--ppo sizes are 64 or a multiple of 13 (13 tiles), got {side}")
-        config = hazards_recipe(
+        config = HazardsRecipe(
             layout="path", obs_mode="rgb", tile_px=tile_px, first_stride=stride, threads=1
-        )
+        ).config()
     config = replace(config, total_steps=config.batch_size * (updates + 1))
     with tempfile.TemporaryDirectory() as out:
         train_ppo(config, out, progress=False, stop_after_updates=updates)

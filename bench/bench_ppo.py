@@ -23,7 +23,7 @@ from torch import nn
 from policylens.agents.hooks import retain_freed_memory
 from policylens.studies.maze.behaviour import evaluate
 from policylens.train.ppo import PPOConfig, compute_dtype, train_ppo
-from policylens.worlds.maze import maze_recipe
+from policylens.worlds.maze import MazeRecipe
 
 
 def sb3_ppo(config: PPOConfig, threads: int):
@@ -86,7 +86,7 @@ def main() -> None:
     # Both optimisers import torch._dynamo on first use (~2 s); import it before either clock runs.
     import torch._dynamo  # noqa: F401
 
-    config = maze_recipe(total_steps=args.steps)
+    config = MazeRecipe(total_steps=args.steps).config()
     config = PPOConfig(**{**config.__dict__, "threads": args.threads, "precision": args.precision})
     env_kwargs = config.env_kwargs
 

@@ -52,7 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     spec = SweepSpec(
         world="maze",
-        recipe="policylens.worlds.maze:maze_recipe",
+        recipe="policylens.worlds.maze:MazeRecipe",
         seeds=list(range(args.trials)),
         steps=args.steps,
         fixed={"world_size": 5, "num_envs": 16, "num_steps": 32},

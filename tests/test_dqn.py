@@ -23,7 +23,7 @@ from policylens.train.dqn import (
     train_dqn,
 )
 from policylens.worlds.rook import ENV_ID as ROOK
-from policylens.worlds.rook import chess_recipe
+from policylens.worlds.rook import ChessRecipe
 
 CHESS = "policylens/RookEndgame-v0"
 
@@ -329,14 +329,14 @@ def test_evaluation_with_masking_never_plays_an_illegal_move():
 
 # -- recipe and CLI -----------------------------------------------------------------------------
 def test_chess_recipe():
-    dqn = chess_recipe(opponent="greedy", total_steps=1_000, seed=3)
+    dqn = ChessRecipe(opponent="greedy", total_steps=1_000, seed=3).config()
     assert isinstance(dqn, DQNConfig) and dqn.env_kwargs == {"opponent": "greedy"}
     assert (dqn.total_steps, dqn.seed) == (1_000, 3)
-    assert type(chess_recipe(algo="ppo")).__name__ == "PPOConfig"
+    assert type(ChessRecipe(algo="ppo").config()).__name__ == "PPOConfig"
     with pytest.raises(ValueError, match="Unknown opponent 'greddy'. Did you mean 'greedy'"):
-        chess_recipe(opponent="greddy")
+        ChessRecipe(opponent="greddy")
     with pytest.raises(ValueError, match="algo"):
-        chess_recipe(algo="sac")
+        ChessRecipe(algo="sac")
 
 
 def test_cli_trains_and_evaluates_a_chess_run(tmp_path):

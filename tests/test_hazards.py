@@ -492,15 +492,15 @@ def test_recipe_network_can_be_deeper_or_wider(tmp_path) -> None:
     from policylens.agents import build_agent
     from policylens.cli import app
     from policylens.sweeps.spec import recipe_parameters
-    from policylens.worlds.hazards import hazards_recipe
+    from policylens.worlds.hazards import HazardsRecipe
 
-    assert hazards_recipe().arch_kwargs == {"channels": 16, "res_blocks": 0, "hidden": 256}
-    deeper = hazards_recipe(channels=8, res_blocks=1)
+    assert HazardsRecipe().config().arch_kwargs == {"channels": 16, "res_blocks": 0, "hidden": 256}
+    deeper = HazardsRecipe(channels=8, res_blocks=1).config()
     agent = build_agent(deeper.arch, (9, 13, 13), 15, **deeper.arch_kwargs)
     assert "res1.hook_out" in agent.hook_dict and agent.net.conv.out_channels == 8
-    assert {"channels", "res_blocks"} <= set(recipe_parameters(hazards_recipe))  # sweepable
+    assert {"channels", "res_blocks"} <= set(recipe_parameters(HazardsRecipe))  # sweepable
     with pytest.raises(ValueError, match="res_blocks >= 0"):
-        hazards_recipe(res_blocks=-1)
+        HazardsRecipe(res_blocks=-1)
     r = CliRunner().invoke(app, ["train", "hazards", "--out", str(tmp_path / "x"),
                                  "--res-blocks", "9"])  # fmt: skip
     assert r.exit_code == 2 and "--res-blocks" in r.output and not (tmp_path / "x").exists()
@@ -508,10 +508,14 @@ def test_recipe_network_can_be_deeper_or_wider(tmp_path) -> None:
 
 def test_recipe_trains_a_pixel_agent_on_path_levels() -> None:
     from policylens.agents import build_agent
-    from policylens.worlds.hazards import hazards_recipe
+    from policylens.worlds.hazards import HazardsRecipe
 
-    assert "layout" not in hazards_recipe().env_kwargs  # earlier runs' configs stay as they were
-    pixels = hazards_recipe(layout="path", obs_mode="rgb", threads=1, init_weights="w.safetensors")
+    assert (
+        "layout" not in HazardsRecipe().config().env_kwargs
+    )  # earlier runs' configs stay as they were
+    pixels = HazardsRecipe(
+        layout="path", obs_mode="rgb", threads=1, init_weights="w.safetensors"
+    ).config()
     assert pixels.env_kwargs["layout"] == "path" and pixels.env_kwargs["tile_px"] == 4
     assert pixels.arch == "clear_cnn" and pixels.threads == 1
     assert pixels.init_weights == "w.safetensors"
@@ -521,9 +525,9 @@ def test_recipe_trains_a_pixel_agent_on_path_levels() -> None:
     _, cache = agent.run_with_cache(obs)
     assert obs.shape[1:] == (52, 52, 3) and cache["conv2b.hook_out"].shape == (2, 32, 13, 13)
     with pytest.raises(ValueError, match="res_blocks applies to the symbolic agent only"):
-        hazards_recipe(obs_mode="rgb", res_blocks=1)
+        HazardsRecipe(obs_mode="rgb", res_blocks=1)
     with pytest.raises(ValueError, match="layout must be one of"):
-        hazards_recipe(layout="corridor")
+        HazardsRecipe(layout="corridor")
 
 
 def test_failure_options_name_their_fields() -> None:

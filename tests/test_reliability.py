@@ -26,14 +26,14 @@ from policylens.cli import app
 from policylens.rollout.store import Store, write_store
 from policylens.runs import Run
 from policylens.train.ppo import train_ppo
-from policylens.worlds.maze import maze_recipe
+from policylens.worlds.maze import MazeRecipe
 
 runner = CliRunner()
 POLICYLENS = [str(Path(sys.executable).parent / "policylens")]  # the installed command
 
 
 def tiny_recipe(steps: int = 4096):
-    return maze_recipe(total_steps=steps, world_size=7, precision="float32")
+    return MazeRecipe(total_steps=steps, world_size=7, precision="float32").config()
 
 
 @pytest.fixture(scope="module")

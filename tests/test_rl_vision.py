@@ -433,7 +433,7 @@ def test_diversity_sweep_and_its_report(tmp_path):
     from policylens.studies.rl_vision.summary import StudySummary
     from policylens.sweeps import SweepSpec, run_sweep
 
-    spec = SweepSpec(world="hazards", recipe="policylens.worlds.hazards:hazards_recipe",
+    spec = SweepSpec(world="hazards", recipe="policylens.worlds.hazards:HazardsRecipe",
                      grid={"num_levels": [5, 50]}, seeds=[0, 1], steps=512,
                      fixed={"num_envs": 8, "num_steps": 32},
                      evaluate="policylens.studies.rl_vision.diversity:diversity_metrics",

@@ -23,7 +23,7 @@ from policylens.sweeps.spec import MAX_STEPS, resolve_evaluate
 
 runner = CliRunner()
 MAZE_METRICS = "policylens.studies.maze.sweep:maze_metrics"
-MAZE_RECIPE = "policylens.worlds.maze:maze_recipe"
+MAZE_RECIPE = "policylens.worlds.maze:MazeRecipe"
 TINY = {"world_size": 5, "num_envs": 8, "num_steps": 16}
 """One PPO update of 128 steps on 5x5 mazes: a trial trains in well under a second."""
 TINY_FLAGS = [f"--fixed={k}={v}" for k, v in TINY.items()]

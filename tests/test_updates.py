@@ -232,10 +232,10 @@ def test_lunar_episodes_greedy_takes_the_argmax() -> None:
 
 def test_train_ppo_init_from_starts_from_given_weights(tmp_path: Path) -> None:
     from policylens.train.ppo import train_ppo
-    from policylens.worlds.lunar import lunar_recipe
+    from policylens.worlds.lunar import LunarRecipe
 
     T.ensure_lunar_world()
-    config = lunar_recipe("no_fuel", total_steps=128, num_envs=2, num_steps=64, hidden=(8,))
+    config = LunarRecipe("no_fuel", total_steps=128, num_envs=2, num_steps=64, hidden=(8,)).config()
     src = _state(3, {"layers.0.linear.weight": (8, 8), "layers.0.linear.bias": (8,),
                      "value_layers.0.linear.weight": (8, 8), "value_layers.0.linear.bias": (8,),
                      "policy_head.weight": (4, 8), "policy_head.bias": (4,),
@@ -252,14 +252,14 @@ def test_train_ppo_init_from_starts_from_given_weights(tmp_path: Path) -> None:
 
 
 def test_lunar_recipe() -> None:
-    from policylens.worlds.lunar import lunar_recipe
+    from policylens.worlds.lunar import LunarRecipe
 
-    c = lunar_recipe("scaled_fuel", seed=4)
+    c = LunarRecipe("scaled_fuel", seed=4).config()
     assert c.env_kwargs == {"reward_variant": "scaled_fuel"} and c.arch == "mlp"
     assert c.batch_size % c.num_minibatches == 0 and c.batch_size // c.num_minibatches == 64
     assert c.seed == 4 and c.threads == 1
     with pytest.raises(ValueError, match="Did you mean"):
-        lunar_recipe("nofuel")
+        LunarRecipe("nofuel")
 
 
 # ----------------------------------------------------------------------------- SB3 backend
@@ -269,10 +269,12 @@ def test_sb3_backend_run_layout_and_checkpoints(tmp_path: Path) -> None:
     from policylens.runs import Run
     from policylens.train.ppo import PPOConfig
     from policylens.train.sb3_backend import load_sb3_checkpoint, train_sb3
-    from policylens.worlds.lunar import lunar_recipe
+    from policylens.worlds.lunar import LunarRecipe
 
     T.ensure_lunar_world()
-    config = lunar_recipe("no_fuel", total_steps=256, num_envs=2, num_steps=64, hidden=(8, 8))
+    config = LunarRecipe(
+        "no_fuel", total_steps=256, num_envs=2, num_steps=64, hidden=(8, 8)
+    ).config()
     run = train_sb3(config, tmp_path / "a")
     assert (run.path / "DONE").exists() and Run(run.path).config["kind"] == "sb3_ppo"
     steps = [s for s, _ in run.checkpoints()]

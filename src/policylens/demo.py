@@ -26,7 +26,7 @@ from policylens.runs import Run, config_json
 from policylens.studies.maze import gallery as levels
 from policylens.studies.maze import misgeneralization
 from policylens.train.ppo import PPOConfig, train_ppo
-from policylens.worlds.maze import maze_recipe
+from policylens.worlds.maze import MazeRecipe
 
 
 @dataclass(frozen=True)
@@ -77,10 +77,10 @@ def run_demo(
     """
     console = console or Console()
     out = Path(out)
-    recipe = maze_recipe(total_steps=budget.steps, precision=precision)
-    steering_recipe = maze_recipe(
+    recipe = MazeRecipe(total_steps=budget.steps, precision=precision).config()
+    steering_recipe = MazeRecipe(
         cheese_region=STEERING_REGION, total_steps=budget.steering_steps, precision=precision
-    )
+    ).config()
     steering_dir = out / "steering_agent"
     for folder, wanted in ((out, recipe), (steering_dir, steering_recipe)):
         check_reusable(folder, config_json(asdict(wanted)))

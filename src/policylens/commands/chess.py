@@ -76,14 +76,14 @@ def train_chess_cmd(
     """Train a rook-endgame agent (king and rook vs king on 5x5) with DQN or PPO."""
     from policylens.runs import check_resume
     from policylens.studies.rook_sae.play import ChessEvalOptions, evaluate_chess_run
-    from policylens.worlds.rook import chess_recipe
+    from policylens.worlds.rook import ChessRecipe
 
     check_known([algo], ALGOS, "--algo")
     if mask_illegal and algo != "dqn":
         raise ValueError("--mask-illegal applies to DQN only; drop it or use --algo dqn.")
-    config = chess_recipe(
+    config = ChessRecipe(
         algo=algo, opponent=opponent, total_steps=steps, seed=seed, mask_illegal=mask_illegal
-    )
+    ).config()
     if threads is not None:
         config = dataclasses.replace(config, threads=threads)
     check_resume(out, resume)

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from policylens.commands.framework import (
+    MAX_STEPS,
     command,
     console,
     err_console,
@@ -17,7 +18,7 @@ from policylens.commands.framework import (
 )
 
 
-@command("hazards", typer_app=train_app)
+@command("hazards", typer_app=train_app, flags={"total_steps": "--steps"})
 def train_hazards_cmd(
     out: Path = typer.Option(..., help="Run folder to create (or continue with --resume)."),
     num_levels: int = typer.Option(
@@ -30,8 +31,36 @@ def train_hazards_cmd(
     max_difficulty: int = typer.Option(
         2, help="Level difficulties 1..this (3: procgen's full range, much slower to learn)."
     ),
-    steps: int = typer.Option(None, help="Environment steps (default: the recipe's)."),
-    channels: int = typer.Option(16, min=1, max=256, help="Conv channels of the network."),
+    steps: int = typer.Option(
+        None, min=1, max=MAX_STEPS, help="Environment steps (default: the recipe's)."
+    ),
+    layout: str = typer.Option(
+        "classic",
+        help="Where hazards go: classic, or path (every section holds a saw, an enemy or lava "
+        "the agent must pass, as in CoinRun).",
+    ),
+    obs_mode: str = typer.Option(
+        "symbolic",
+        help="What the agent sees: symbolic (one-hot tiles, the one-conv net), rgb (13x13 tiles "
+        "at --tile-px pixels; trains clear_cnn) or rgb64 (64x64 frames).",
+    ),
+    tile_px: int = typer.Option(
+        4, min=1, max=16, help="Pixels per tile for --obs-mode rgb (4: 52x52 frames)."
+    ),
+    first_stride: int = typer.Option(
+        2, min=1, max=4, help="Stride of clear_cnn's first 7x7 conv (2 quarters the cost above it)."
+    ),
+    learning_rate: float = typer.Option(
+        1e-3, min=1e-7, max=1.0, help="Adam learning rate (the pixel run uses 5e-4)."
+    ),
+    init_weights: Path = typer.Option(
+        None,
+        help="A .safetensors file of the same network to start from (to continue a long "
+        "training, e.g. a zoo agent's model.safetensors).",
+    ),
+    channels: int = typer.Option(
+        16, min=1, max=256, help="Conv channels (clear_cnn: its first layer; twice that above)."
+    ),
     res_blocks: int = typer.Option(
         0, min=0, max=8, help="Residual blocks after the first conv (the recipe has none)."
     ),
@@ -52,9 +81,9 @@ def train_hazards_cmd(
     difficulty 1-2)."""
     from policylens.runs import check_resume
     from policylens.train.ppo import train_ppo
-    from policylens.worlds.hazards import HAZARDS_LEVELS, hazards_recipe
+    from policylens.worlds.hazards import HAZARDS_LEVELS, HazardsRecipe
 
-    config = hazards_recipe(
+    config = HazardsRecipe(
         num_levels=HAZARDS_LEVELS if num_levels is None else num_levels,
         start_level=start_level,
         distribution_mode=distribution_mode,
@@ -64,8 +93,14 @@ def train_hazards_cmd(
         precision=precision,
         channels=channels,
         res_blocks=res_blocks,
+        layout=layout,
+        obs_mode=obs_mode,
+        tile_px=tile_px,
+        first_stride=first_stride,
+        learning_rate=learning_rate,
         threads=threads,
-    )
+        init_weights=None if init_weights is None else str(init_weights),
+    ).config()
     check_resume(out, resume)
     if resume and not (out / "resume.pt").exists():
         err_console.print(f"note: {out} was stopped before its first saved state; starting it over")

@@ -89,9 +89,9 @@ def train_maze_cmd(
     """Train a PPO maze agent (default recipe: cheese in the top-right corner)."""
     from policylens.runs import check_resume
     from policylens.train.ppo import train_ppo
-    from policylens.worlds.maze import maze_recipe
+    from policylens.worlds.maze import MazeRecipe
 
-    config = maze_recipe(
+    config = MazeRecipe(
         cheese_region=parse_region(cheese_region),
         num_levels=num_levels,
         world_size=world_size,
@@ -99,7 +99,7 @@ def train_maze_cmd(
         seed=seed,
         arch=arch,
         precision=precision,
-    )
+    ).config()
     if threads is not None:
         config = dataclasses.replace(config, threads=threads)
     check_resume(out, resume)

@@ -6,7 +6,7 @@ so this layer names no world (``policylens sweep`` fills both from the world's d
 own world brings its own). A spec written in TOML::
 
     world = "maze"
-    recipe = "policylens.worlds.maze:maze_recipe"
+    recipe = "policylens.worlds.maze:MazeRecipe"
     seeds = "0-4"                       # or [0, 1, 2], or "0,2,5"
     steps = 500000
     evaluate = "policylens.studies.maze.sweep:maze_metrics"
@@ -53,13 +53,14 @@ _LABEL = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
 
 def recipe_parameters(recipe: Callable[..., Any]) -> list[str]:
-    """The parameters of ``recipe`` a sweep may vary or fix."""
+    """The settings of a ``recipe`` class a sweep may vary or fix."""
     names = inspect.signature(recipe).parameters
     return [n for n in names if n not in CONTROLLED]
 
 
 def function_path(fn: Callable[..., Any]) -> str:
-    """``module:function`` naming ``fn``, as a spec's ``recipe`` and ``evaluate`` are written."""
+    """``module:name`` naming a function or class, as a spec's ``recipe`` and ``evaluate`` are
+    written."""
     return f"{fn.__module__}:{fn.__qualname__}"
 
 
@@ -164,7 +165,8 @@ class SweepSpec:
     world: str = "maze"
     """The world's name, for people: what runs is ``recipe``."""
     recipe: str = ""
-    """``module:function`` returning one run's trainer config from the grid's parameters."""
+    """``module:Class`` naming a world's recipe, an options class whose ``config()`` is one run's
+    trainer config (e.g. ``policylens.worlds.maze:MazeRecipe``)."""
     grid: dict[str, list[Any]] = field(default_factory=dict)
     """Recipe parameter -> the values it takes (e.g. ``{"cheese_region": [1, 3, None]}``)."""
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -240,7 +242,7 @@ class SweepSpec:
         """The trainer config of ``trial``, running on ``threads`` torch threads."""
         kwargs = {**self.fixed, **trial.params, "seed": trial.seed, "total_steps": self.steps}
         try:
-            config = import_function(self.recipe, "recipe")(**kwargs)
+            config = import_function(self.recipe, "recipe")(**kwargs).config()
         except TypeError as e:  # a value of the wrong type deep in the recipe
             raise ValueError(f"the {self.world} recipe rejects {trial.params}: {e}.") from e
         return dataclasses.replace(config, threads=threads)

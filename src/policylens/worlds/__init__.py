@@ -8,8 +8,6 @@ world: its masks and concepts reach them as arguments.
 
 from __future__ import annotations
 
-from typing import Any
-
 from policylens.errors import check_known
 from policylens.runs import Run
 from policylens.worlds.base import World, run_world
@@ -41,8 +39,9 @@ def of_run(run: Run) -> World:
     return for_env(run_world(run)["env_id"])(run)
 
 
-def recipe(name: str) -> Any:
-    """The recipe of the world called ``name`` (a world without one is refused in one sentence)."""
+def recipe(name: str) -> type:
+    """The recipe (options class) of the world called ``name``; a world without one is refused
+    in one sentence."""
     world = get(name)
     if world.recipe is None:
         raise ValueError(f"the {name} world has no training recipe.")

@@ -135,8 +135,9 @@ class World:
     """Short name (``policylens train NAME``, a sweep's ``world``); also the explorer's kind."""
     env_id: ClassVar[str] = ""
     """The Gymnasium id of the world's env ("" for the generic world)."""
-    recipe: ClassVar[Callable[..., Any] | None] = None
-    """The world's tested training settings: keyword options -> a trainer config."""
+    recipe: ClassVar[type | None] = None
+    """The world's tested training settings: a frozen options dataclass, checked on construction,
+    whose ``config()`` is a trainer config (``MazeRecipe(cheese_region=3).config()``)."""
     sweep_metrics: ClassVar[str | None] = None
     """``module:function`` a sweep calls on each finished run of this world (imported by name at
     run time, as any user-given evaluation is)."""

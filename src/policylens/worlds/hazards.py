@@ -48,26 +48,8 @@ HAZARDS_LEVELS = 1000
 """Training levels of the hazards recipe; unseen levels are those from start_level + this up."""
 
 
-def hazards_recipe(
-    num_levels: int = HAZARDS_LEVELS,
-    start_level: int = 0,
-    distribution_mode: str = "hard",
-    max_difficulty: int = 2,
-    total_steps: int | None = None,
-    seed: int = 0,
-    precision: str = "auto",
-    num_envs: int = 64,
-    num_steps: int = 128,
-    channels: int = 16,
-    res_blocks: int = 0,
-    layout: str = "classic",
-    obs_mode: str = "symbolic",
-    tile_px: int = 4,
-    first_stride: int = 2,
-    learning_rate: float = 1e-3,
-    threads: int = 0,
-    init_weights: str | None = None,
-) -> PPOConfig:
+@dataclass(frozen=True)
+class HazardsRecipe:
     """PPO on the hazard world: the symbolic 13 x 13-tile agent-centred view and a one-conv CNN.
 
     Levels of difficulty 1-2 (1-3 sections). On difficulties 1-3 the same PPO finished 72% of
@@ -88,52 +70,79 @@ def hazards_recipe(
     place of the one-conv net. ``learning_rate``, ``threads`` and ``init_weights`` (a
     ``.safetensors`` file to start from, to continue a long training) go to :class:`PPOConfig`.
     """
-    if channels < 1 or res_blocks < 0:
-        raise ValueError(f"channels must be >= 1 and res_blocks >= 0, got {channels}, {res_blocks}")
-    pixels = obs_mode != "symbolic"
-    if pixels and res_blocks:
-        raise ValueError("res_blocks applies to the symbolic agent only; clear_cnn has none.")
-    env_kwargs: dict = {
-        "num_levels": num_levels,
-        "start_level": start_level,
-        "distribution_mode": distribution_mode,
-        "max_difficulty": max_difficulty,
-        "max_steps": 500,
-        "masks": False,  # training reads no pixel labels; the study's evaluations need none either
-    }
-    # only where they differ from the world's defaults: earlier runs' configs stay as they were
-    if layout != "classic":
-        env_kwargs["layout"] = layout
-    if pixels:
-        env_kwargs["obs_mode"] = obs_mode
-    if obs_mode == "rgb":
-        env_kwargs["tile_px"] = tile_px
-    HazardsConfig.from_kwargs(env_kwargs)  # fail early, with the world's own message
-    arch_kwargs: dict = (
-        {"channels": channels, "first_stride": first_stride, "hidden": 256}
-        if pixels
-        else {"channels": channels, "res_blocks": res_blocks, "hidden": 256}
-    )
-    return PPOConfig(
-        env_id=ENV_ID,
-        env_kwargs=env_kwargs,
-        arch="clear_cnn" if pixels else "maze_cnn",
-        arch_kwargs=arch_kwargs,
-        total_steps=HAZARDS_STEPS if total_steps is None else total_steps,
-        num_envs=num_envs,
-        num_steps=num_steps,
-        learning_rate=learning_rate,
-        anneal_lr=False,
-        gamma=0.99,
-        gae_lambda=0.95,
-        update_epochs=2,
-        num_minibatches=8,
-        ent_coef=0.003,
-        seed=seed,
-        threads=threads,
-        precision=precision,
-        init_weights=init_weights,
-    )
+
+    num_levels: int = HAZARDS_LEVELS
+    start_level: int = 0
+    distribution_mode: str = "hard"
+    max_difficulty: int = 2
+    total_steps: int | None = None
+    seed: int = 0
+    precision: str = "auto"
+    num_envs: int = 64
+    num_steps: int = 128
+    channels: int = 16
+    res_blocks: int = 0
+    layout: str = "classic"
+    obs_mode: str = "symbolic"
+    tile_px: int = 4
+    first_stride: int = 2
+    learning_rate: float = 1e-3
+    threads: int = 0
+    init_weights: str | None = None
+
+    def __post_init__(self) -> None:
+        self.config()  # refuse bad settings now, in the world's own words
+
+    def config(self) -> PPOConfig:
+        """The trainer config of these settings."""
+        if self.channels < 1 or self.res_blocks < 0:
+            raise ValueError(
+                f"channels must be >= 1 and res_blocks >= 0, got {self.channels}, {self.res_blocks}"
+            )
+        pixels = self.obs_mode != "symbolic"
+        if pixels and self.res_blocks:
+            raise ValueError("res_blocks applies to the symbolic agent only; clear_cnn has none.")
+        env_kwargs: dict = {
+            "num_levels": self.num_levels,
+            "start_level": self.start_level,
+            "distribution_mode": self.distribution_mode,
+            "max_difficulty": self.max_difficulty,
+            "max_steps": 500,
+            "masks": False,  # training reads no pixel labels; the study's evaluations need none either
+        }
+        # only where they differ from the world's defaults: earlier runs' configs stay as they were
+        if self.layout != "classic":
+            env_kwargs["layout"] = self.layout
+        if pixels:
+            env_kwargs["obs_mode"] = self.obs_mode
+        if self.obs_mode == "rgb":
+            env_kwargs["tile_px"] = self.tile_px
+        HazardsConfig.from_kwargs(env_kwargs)  # fail early, with the world's own message
+        arch_kwargs: dict = (
+            {"channels": self.channels, "first_stride": self.first_stride, "hidden": 256}
+            if pixels
+            else {"channels": self.channels, "res_blocks": self.res_blocks, "hidden": 256}
+        )
+        return PPOConfig(
+            env_id=ENV_ID,
+            env_kwargs=env_kwargs,
+            arch="clear_cnn" if pixels else "maze_cnn",
+            arch_kwargs=arch_kwargs,
+            total_steps=HAZARDS_STEPS if self.total_steps is None else self.total_steps,
+            num_envs=self.num_envs,
+            num_steps=self.num_steps,
+            learning_rate=self.learning_rate,
+            anneal_lr=False,
+            gamma=0.99,
+            gae_lambda=0.95,
+            update_epochs=2,
+            num_minibatches=8,
+            ent_coef=0.003,
+            seed=self.seed,
+            threads=self.threads,
+            precision=self.precision,
+            init_weights=self.init_weights,
+        )
 
 
 def level_splits(env_kwargs: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -259,7 +268,7 @@ class HazardsWorld(World):
 
     name = "hazards"
     env_id = ENV_ID
-    recipe = staticmethod(hazards_recipe)
+    recipe = HazardsRecipe
     sweep_metrics = "policylens.studies.rl_vision.diversity:diversity_metrics"
     headline = "policylens.studies.hazards.failures:headline_results"
     default_layer = DEFAULT_LAYER

@@ -38,40 +38,51 @@ MAZE_STEPS = 1_500_000
 """Default training length of the maze recipe (see BENCHMARKS.md for the learning curve)."""
 
 
-def maze_recipe(
-    cheese_region: int | None = 1,
-    num_levels: int = 0,
-    world_size: int | None = None,
-    total_steps: int | None = None,
-    seed: int = 0,
-    arch: str | None = None,
-    precision: str = "auto",
-    num_envs: int = 64,
-    num_steps: int = 64,
-) -> PPOConfig:
+@dataclass(frozen=True)
+class MazeRecipe:
     """PPO on the maze world; defaults are the goal-misgeneralization training setting.
 
     ``precision`` as :attr:`PPOConfig.precision` (``auto``: bf16 only where the CPU has it).
     ``num_envs`` x ``num_steps`` is one rollout; smaller ones make tiny runs (tests, benchmarks).
     """
-    env_kwargs: dict = {"cheese_region": cheese_region, "num_levels": num_levels, "max_steps": 100}
-    if world_size is not None:
-        env_kwargs["world_size"] = world_size
-        env_kwargs["maze_sizes"] = (min(5, world_size), world_size)
-    MazeConfig.from_kwargs(env_kwargs)  # fail early, with the maze's own message
-    return PPOConfig(
-        env_id=ENV_ID,
-        env_kwargs=env_kwargs,
-        arch=arch or "maze_cnn",
-        total_steps=MAZE_STEPS if total_steps is None else total_steps,
-        num_envs=num_envs,
-        num_steps=num_steps,
-        # A constant learning rate: annealing to zero over 1.5M steps stalled at 90% success and
-        # 1.6x the shortest path, while 1e-3 met both targets by 0.7M (BENCHMARKS.md).
-        anneal_lr=False,
-        seed=seed,
-        precision=precision,
-    )
+
+    cheese_region: int | None = 1
+    num_levels: int = 0
+    world_size: int | None = None
+    total_steps: int | None = None
+    seed: int = 0
+    arch: str | None = None
+    precision: str = "auto"
+    num_envs: int = 64
+    num_steps: int = 64
+
+    def __post_init__(self) -> None:
+        self.config()  # refuse bad settings now, in the world's own words
+
+    def config(self) -> PPOConfig:
+        """The trainer config of these settings."""
+        env_kwargs: dict = {
+            "cheese_region": self.cheese_region,
+            "num_levels": self.num_levels,
+            "max_steps": 100,
+        }
+        if self.world_size is not None:
+            env_kwargs["world_size"] = self.world_size
+            env_kwargs["maze_sizes"] = (min(5, self.world_size), self.world_size)
+        MazeConfig.from_kwargs(env_kwargs)  # fail early, with the maze's own message
+        return PPOConfig(
+            env_id=ENV_ID,
+            env_kwargs=env_kwargs,
+            arch=self.arch or "maze_cnn",
+            total_steps=MAZE_STEPS if self.total_steps is None else self.total_steps,
+            num_envs=self.num_envs,
+            num_steps=self.num_steps,
+            # A constant learning rate: annealing to zero over 1.5M steps stalled at 90% success and
+            # 1.6x the shortest path, while 1e-3 met both targets by 0.7M (BENCHMARKS.md).
+            anneal_lr=False,
+            seed=self.seed,
+            precision=self.precision,
+        )
 
 
 @dataclass
@@ -287,7 +298,7 @@ class MazeWorld(World):
 
     name = "maze"
     env_id = ENV_ID
-    recipe = staticmethod(maze_recipe)
+    recipe = MazeRecipe
     sweep_metrics = "policylens.studies.maze.sweep:maze_metrics"
     headline = "policylens.studies.maze.misgeneralization:headline_results"
     concepts = ("cheese_pos", "mouse_pos", "move_to_cheese", "dist_to_corner", "at_decision_square")

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -38,13 +38,18 @@ from policylens.studies.lunar_updates.evaluation import (
     variant_coefficients,
 )
 
+if TYPE_CHECKING:
+    from policylens.agents.agent import HookedAgent
+    from policylens.runs import Run
+    from policylens.train.ppo import PPOConfig
+
 BACKENDS = ("builtin", "sb3")
 """Trainers: the built-in PPO (policylens.train.ppo) and Stable-Baselines3's PPO MlpPolicy."""
 EXPERIMENT_FILE = "experiment.json"
 UNIT_FILE = "update.json"
 EVAL_FILE = "evaluation.json"
 RECIPE_OPTIONS = ("hidden", "num_envs", "num_steps", "learning_rate")
-"""Options of :func:`policylens.worlds.lunar.lunar_recipe` an experiment may override."""
+"""Options of :func:`policylens.worlds.lunar.LunarRecipe` an experiment may override."""
 
 
 # ----------------------------------------------------------------------------- settings
@@ -97,7 +102,7 @@ class UpdatesConfig:
     control: bool = True
     """Add the phase 2 that keeps reward A (the control update)."""
     recipe: dict[str, Any] = field(default_factory=dict)
-    """Overrides of lunar_recipe: hidden, num_envs, num_steps, learning_rate."""
+    """Overrides of LunarRecipe: hidden, num_envs, num_steps, learning_rate."""
     eval_seed: int = 1_000_000
     """Seed of the evaluation episodes (the same for every model)."""
 
@@ -169,16 +174,16 @@ class UpdatesConfig:
         return cls(**{**data, "phase2": tuple(data["phase2"]), "seeds": tuple(data["seeds"])})
 
 
-def phase_config(config: UpdatesConfig, variant: str, steps: int, seed: int):
+def phase_config(config: UpdatesConfig, variant: str, steps: int, seed: int) -> PPOConfig:
     """The PPOConfig of one phase: the lunar world's recipe on ``variant`` for ``steps``."""
-    from policylens.worlds.lunar import lunar_recipe
+    from policylens.worlds.lunar import LunarRecipe
 
     recipe = dict(config.recipe)
     if "hidden" in recipe:
         recipe["hidden"] = tuple(recipe["hidden"])
-    return lunar_recipe(
+    return LunarRecipe(
         variant, total_steps=steps, seed=seed, env_id=ensure_lunar_world(), **recipe
-    )
+    ).config()
 
 
 def seed_dir(root: str | Path, seed: int) -> Path:
@@ -200,7 +205,9 @@ def load_experiment(path: str | Path) -> tuple[UpdatesConfig, dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------- trainers
-def train_phase(backend: str, ppo_config, out: Path, init_from: Path | None = None):
+def train_phase(
+    backend: str, ppo_config: PPOConfig, out: Path, init_from: Path | None = None
+) -> Run:
     """Train one phase with ``backend`` into ``out`` (reused when finished); returns the Run.
 
     The built-in trainer resumes an unfinished folder from ``resume.pt``; SB3 has no exact
@@ -236,7 +243,7 @@ def final_checkpoint(run_dir: Path, phase: str, seed: int) -> Path:
     return found[-1][1]
 
 
-def agent_for(agent_config: dict[str, Any]):
+def agent_for(agent_config: dict[str, Any]) -> HookedAgent:
     """A fresh HookedAgent of the architecture in a run's agent config (either backend)."""
     from policylens.agents.models import agent_from_config
     from policylens.train.sb3_backend import is_sb3_config, sb3_agent_from_config
@@ -285,7 +292,9 @@ def run_job(job: Job) -> dict[str, Any]:
             "seconds": time.perf_counter() - t0, **out}  # fmt: skip
 
 
-def _evaluate(agent, state: dict[str, torch.Tensor], config: UpdatesConfig, seed: int):
+def _evaluate(
+    agent: HookedAgent, state: dict[str, torch.Tensor], config: UpdatesConfig, seed: int
+) -> dict[str, Any]:
     """One model's evaluation: the experiment's episodes, seeded the same for every model."""
     return evaluate_weights(agent, state, config.episodes, config.eval_seed + seed, config.greedy)
 
