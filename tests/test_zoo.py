@@ -20,8 +20,7 @@ from policylens.artifacts import sha256_of
 
 
 def small_agent(seed: int = 0):
-    torch.manual_seed(seed)
-    return build_agent("maze_cnn", (3, 9, 9), 4)
+    return build_agent("maze_cnn", (3, 9, 9), 4, seed=seed)
 
 
 def same_weights(a, b) -> bool:
@@ -137,3 +136,109 @@ def test_hub_and_zoo_names_become_folder_names():
     assert source_name("hf:/org/name@v1.0") == "org--name@v1.0"  # as a Path writes it
     with pytest.raises(ValueError, match="neither zoo:NAME nor hf://"):
         source_name("maze-corner")
+
+
+# --------------------------------------------------------------------------- export and the zoo
+@pytest.fixture(scope="module")
+def tiny_maze_run(tmp_path_factory):
+    from policylens import worlds
+    from policylens.train.ppo import train_ppo
+
+    config = (
+        worlds.get("maze")
+        .recipe(
+            world_size=7, total_steps=16 * 32 * 2, num_envs=16, num_steps=32, precision="float32"
+        )
+        .config()
+    )
+    return train_ppo(config, tmp_path_factory.mktemp("runs") / "tiny", progress=False)
+
+
+@pytest.fixture
+def zoo(tmp_path, monkeypatch, tiny_maze_run):
+    """A zoo of one entry exported from a tiny maze run, in place of the shipped one, and a
+    fresh cache for the run folders zoo names open as."""
+    from policylens.agents import pretrained
+    from policylens.studies.zoo import ExportOptions, export
+
+    monkeypatch.setattr(pretrained, "ZOO", tmp_path / "zoo")
+    monkeypatch.setenv("POLICYLENS_HOME", str(tmp_path / "home"))
+    options = ExportOptions(
+        name="tiny-maze",
+        command="policylens train maze --out runs/tiny --world-size 7",
+        description="A barely trained maze agent for tests.",
+        headline={"episodes": 40},
+    )
+    return export(tiny_maze_run, tmp_path / "zoo" / "tiny-maze", options)
+
+
+def test_export_writes_a_pinned_card_with_results_measured_now(zoo, tiny_maze_run):
+    from policylens.studies.maze.misgeneralization import headline_results
+
+    folder = zoo.folder
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "results.json",
+    ]  # fmt: skip  (no lock file left behind)
+    config = json.loads((folder / "config.json").read_text())
+    assert set(config["sha256"]) == {"model.safetensors", "results.json"}
+    assert config["run"] == tiny_maze_run.config
+    p = config["provenance"]
+    assert p["steps"] == tiny_maze_run.checkpoint()[0] and p["seed"] == 0
+    assert p["command"].startswith("policylens train maze") and p["world"] == "maze"
+    results = json.loads((folder / "results.json").read_text())
+    # the same evaluation run again by hand gives the same figures (seeded)
+    assert results["metrics"] == json.loads(
+        json.dumps(headline_results(tiny_maze_run, episodes=40))
+    )
+    card = (folder / "README.md").read_text()
+    assert "zoo:tiny-maze" in card and p["command"] in card and "train_success" in card
+    assert same_weights(load_agent("zoo:tiny-maze"), tiny_maze_run.load_agent())
+
+
+def test_export_refuses_a_folder_that_holds_something(zoo, tiny_maze_run):
+    from policylens.studies.zoo import ExportOptions, export
+
+    with pytest.raises(ValueError, match="is not empty"):
+        export(tiny_maze_run, zoo.folder, ExportOptions(name="again", command="x"))
+    with pytest.raises(ValueError, match="name must be letters"):
+        export(tiny_maze_run, zoo.folder.parent / "new", ExportOptions(name="a b", command="x"))
+
+
+def test_a_zoo_name_opens_as_a_finished_run_for_every_command(zoo, tiny_maze_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from policylens.cli import app
+    from policylens.runs import Run
+
+    run = Run("zoo:tiny-maze")
+    assert run.done and run.path == tmp_path / "home" / "zoo" / "tiny-maze"
+    assert run.config["trainer"] == tiny_maze_run.config["trainer"]
+    assert same_weights(run.load_agent(), tiny_maze_run.load_agent())
+    again = Run("zoo:tiny-maze")  # laid out once: the same folder, untouched
+    assert again.path == run.path and again.checkpoints() == run.checkpoints()
+    runner = CliRunner()
+    out = runner.invoke(app, ["eval", "zoo:tiny-maze", "--episodes", "10", "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["episodes"] == 10
+    listed = runner.invoke(app, ["zoo", "list", "--json"])
+    assert [e["name"] for e in json.loads(listed.output)] == ["tiny-maze"]
+    info = runner.invoke(app, ["zoo", "info", "tiny-maze"])
+    assert info.exit_code == 0 and "policylens train maze" in info.output
+    unknown = runner.invoke(app, ["eval", "zoo:tiny-mazee"])
+    assert unknown.exit_code == 2 and "Did you mean 'tiny-maze'" in unknown.output
+
+
+def test_an_altered_zoo_entry_is_refused_everywhere(zoo):
+    from typer.testing import CliRunner
+
+    from policylens.cli import app
+
+    results = zoo.folder / "results.json"
+    results.write_text(results.read_text().replace("train_success", "train_succes"))
+    with pytest.raises(ValueError, match="does not match the sha256"):
+        load_agent("zoo:tiny-maze")
+    out = CliRunner().invoke(app, ["zoo", "info", "tiny-maze"])
+    assert out.exit_code == 2 and "does not match the sha256" in out.output

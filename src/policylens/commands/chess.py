@@ -87,13 +87,12 @@ def train_chess_cmd(
     if threads is not None:
         config = dataclasses.replace(config, threads=threads)
     check_resume(out, resume)
-    if algo == "dqn":
-        from policylens.train.dqn import train_dqn
+    from policylens.train.dqn import DQNConfig, train_dqn
+    from policylens.train.ppo import train_ppo
 
+    if isinstance(config, DQNConfig):
         run = train_dqn(config, out, resume=resume, progress=not (quiet or as_json))
     else:
-        from policylens.train.ppo import train_ppo
-
         run = train_ppo(config, out, resume=resume, progress=not (quiet or as_json))
     summary = run.summary()
     results = []

@@ -206,7 +206,7 @@ def probe_cmd(
             )
             curves.meta["figure"] = str(figure)
             if as_json:
-                print_json(curves.to_dict())
+                print_json(curves.to_json())
                 return
             n = len(curves.steps)
             shown = sorted({round(i) for i in np.linspace(0, n - 1, min(n, 6))})

@@ -151,7 +151,7 @@ def frame_nmf(
     fitted = ex.nmf(step, layer, k)
     maps = ex.nmf_frame(step, ex.frame(ep, t), layer, k)
     nmf, examples = fitted["nmf"], fitted["examples"]
-    features = nmf.to_dict()["features"]
+    features = nmf.to_json()["features"]
     shown = [e for ex_list in examples for e in ex_list]
     return tensors(
         {"maps": maps, "example_obs": ex.pictures(step)[[e.index for e in shown]]},

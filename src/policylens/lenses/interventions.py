@@ -18,6 +18,7 @@ from policylens.errors import check_known
 
 if TYPE_CHECKING:
     from policylens.agents.agent import HookedAgent
+    from policylens.agents.hooks import HookPointLike
 
 HookFn = Callable[[torch.Tensor, Any], torch.Tensor | None]
 
@@ -42,9 +43,9 @@ def check_coefficient(coef: Any) -> float:
 
 
 def patch_activations(
-    agent,
-    target_obs,
-    source_obs,
+    agent: HookedAgent,
+    target_obs: np.ndarray | torch.Tensor,
+    source_obs: np.ndarray | torch.Tensor,
     hooks: Sequence[str],
     positions: Sequence[tuple[int, int]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,7 +59,7 @@ def patch_activations(
     def make(name: str) -> HookFn:
         src = cache[name]
 
-        def fn(act: torch.Tensor, hook) -> torch.Tensor:
+        def fn(act: torch.Tensor, hook: HookPointLike) -> torch.Tensor:
             if src.shape != act.shape:
                 raise ValueError(
                     f"cannot patch {name}: source activations {tuple(src.shape)} vs target {tuple(act.shape)}; "
@@ -111,7 +112,7 @@ def add_vector(vector: torch.Tensor, coef: float = 1.0) -> HookFn:
     """A hook adding ``coef * vector`` (broadcast over the batch, or one vector per batch row)."""
     coef = check_coefficient(coef)
 
-    def fn(act: torch.Tensor, hook) -> torch.Tensor:
+    def fn(act: torch.Tensor, hook: HookPointLike) -> torch.Tensor:
         v = vector.to(act.device, act.dtype)
         if v.shape != act.shape and v.shape != act.shape[1:]:
             raise ValueError(
@@ -150,7 +151,7 @@ def clamp_channels(
     """
     value = check_coefficient(value)
 
-    def fn(act: torch.Tensor, hook) -> torch.Tensor:
+    def fn(act: torch.Tensor, hook: HookPointLike) -> torch.Tensor:
         if act.ndim != 4 and not (act.ndim == 2 and positions is None):
             raise ValueError(f"{hook.name} has no channels x positions (shape {tuple(act.shape)})")
         out = act.clone()

@@ -101,7 +101,7 @@ class AttributionNMF:
         w = _nnls_rows(x, self.components)
         return w.reshape(*shape, self.k)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         return {
             "k": self.k,
             "explained": self.explained,
@@ -287,7 +287,7 @@ class ValueFeatures:
             "layer": self.layer,
             "n_obs": len(self.attribution.attributions),
             "attribution_completeness": check.to_json() if check else None,
-            "nmf": self.nmf.to_dict(),
+            "nmf": self.nmf.to_json(),
         }
 
 

@@ -56,6 +56,8 @@ from policylens import artifacts
 from policylens.rollout.store import Store, open_store, unknown_message
 
 if TYPE_CHECKING:
+    from sklearn.linear_model import LogisticRegression
+
     from policylens.agents.agent import HookedAgent
     from policylens.runs import Run
 
@@ -206,7 +208,7 @@ def _standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
     return [((x - mean) / std).astype(np.float32) for x in (train, *others)]
 
 
-def _logistic(C: float, seed: int, warm: bool = False):
+def _logistic(C: float, seed: int, warm: bool = False) -> LogisticRegression:
     from sklearn.linear_model import LogisticRegression
 
     return LogisticRegression(
@@ -214,7 +216,7 @@ def _logistic(C: float, seed: int, warm: bool = False):
     )
 
 
-def _fit_quiet(model, X: np.ndarray, y: np.ndarray) -> bool:
+def _fit_quiet(model: LogisticRegression, X: np.ndarray, y: np.ndarray) -> bool:
     """Fit, returning False (instead of warning) when the solver hit its iteration cap."""
     from sklearn.exceptions import ConvergenceWarning
 
@@ -237,7 +239,7 @@ def _inner_split(groups: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]
     return group_split(groups, 0.25, seed + 7919)
 
 
-def _choose_C(X, y, groups, seed) -> float:
+def _choose_C(X: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int) -> float:
     fit, val = _inner_split(groups, seed)
     if len(np.unique(y[fit])) < 2:
         return C_GRID[len(C_GRID) // 2]
@@ -253,7 +255,9 @@ def _choose_C(X, y, groups, seed) -> float:
     return best
 
 
-def _ridge_path(X: np.ndarray, Y: np.ndarray, Xv: np.ndarray, alphas) -> list[np.ndarray]:
+def _ridge_path(
+    X: np.ndarray, Y: np.ndarray, Xv: np.ndarray, alphas: Sequence[float]
+) -> list[np.ndarray]:
     """Validation predictions of ridge (intercept via centring) for every alpha, from one
     symmetric eigendecomposition (of X^T X, or of X X^T when there are fewer rows than features).
     """
@@ -273,7 +277,13 @@ def _ridge_path(X: np.ndarray, Y: np.ndarray, Xv: np.ndarray, alphas) -> list[np
     return [left @ (right / (lam + a)[:, None]) + ym for a in alphas]
 
 
-def _choose_alpha(X, Y, groups, seed, score: Callable[[np.ndarray, np.ndarray], float]) -> float:
+def _choose_alpha(
+    X: np.ndarray,
+    Y: np.ndarray,
+    groups: np.ndarray,
+    seed: int,
+    score: Callable[[np.ndarray, np.ndarray], float],
+) -> float:
     fit, val = _inner_split(groups, seed)
     Xf, Xv = _standardise(X[fit], X[val])
     preds = _ridge_path(Xf, Y[fit], Xv, ALPHA_GRID)
@@ -287,7 +297,9 @@ def _r2(y: np.ndarray, pred: np.ndarray) -> float:
     return float(1 - ((y - pred) ** 2).sum() / ss) if ss > 0 else 0.0
 
 
-def _ridge_fit_predict(Xtr, Ytr, Xte, alpha) -> np.ndarray:
+def _ridge_fit_predict(
+    Xtr: np.ndarray, Ytr: np.ndarray, Xte: np.ndarray, alpha: float
+) -> np.ndarray:
     """Ridge regression (intercept unpenalised) fit on the training rows, predicted on ``Xte``."""
     pred = _ridge_path(Xtr, Ytr, Xte, [alpha])[0]
     return pred if np.ndim(Ytr) > 1 else pred[:, 0]
@@ -359,7 +371,16 @@ def fit_probe(
     }
 
 
-def _fit_position(features, target, train, test, groups, seed, grid_size, params):
+def _fit_position(
+    features: np.ndarray,
+    target: Target,
+    train: np.ndarray,
+    test: np.ndarray,
+    groups: np.ndarray,
+    seed: int,
+    grid_size: int | None,
+    params: dict[str, float] | None,
+) -> dict[str, Any]:
     pos = target.y
     valid = (pos >= 0).all(axis=1)
     train, test = train & valid, test & valid
@@ -405,7 +426,7 @@ def _fit_position(features, target, train, test, groups, seed, grid_size, params
     classes = np.unique(cls[train])
     onehot = (cls[:, None] == classes[None, :]).astype(np.float64)  # (n, classes)
 
-    def top1(Y, P):
+    def top1(Y: np.ndarray, P: np.ndarray) -> float:
         return float(np.mean(P.argmax(axis=1) == Y.argmax(axis=1)))
 
     alpha = (params or {}).get("alpha") or _choose_alpha(
@@ -538,7 +559,7 @@ class ProbeData:
         )
 
 
-@dataclass
+@dataclass(frozen=True)
 class ProbeResult:
     """One probe: how well ``label`` is decoded from ``hook`` on held-out levels."""
 
@@ -554,7 +575,7 @@ class ProbeResult:
     controls: dict[str, float] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -572,7 +593,7 @@ class ProbeReport:
         raise ValueError(f"No probe of {label!r} at {hook!r} in this report.")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"meta": self.meta, "results": [r.to_dict() for r in self.results]}
+        return {"meta": self.meta, "results": [r.to_json() for r in self.results]}
 
 
 def _result(data: ProbeData, label: str, hook: str, fit: dict[str, Any]) -> ProbeResult:
@@ -725,7 +746,7 @@ def probe_store_for_run(
     return collect_run(run, options, out, step, world, overwrite=True, progress=progress)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ProbeCurves:
     """Probe scores at every checkpoint of a run, with the controls."""
 
@@ -741,7 +762,7 @@ class ProbeCurves:
     """label -> hook -> control -> score (random_init; shuffled at the last checkpoint)."""
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -857,6 +878,6 @@ def probe_checkpoints(
     )
     if save:
         artifacts.write_json(
-            run.analysis_dir / "probes" / "probes_over_training.json", curves.to_dict()
+            run.analysis_dir / "probes" / "probes_over_training.json", curves.to_json()
         )
     return curves

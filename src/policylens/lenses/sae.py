@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from policylens.agents.agent import HookedAgent
 from policylens.agents.sae import (
     SAE_ARCHITECTURES,
     SAE_OBJECTIVES,
@@ -429,7 +430,12 @@ class Downstream:
     """
 
     def __init__(
-        self, agent, site: HookSite, obs: np.ndarray | Tensor, logits: Tensor, config: SAEConfig
+        self,
+        agent: HookedAgent,
+        site: HookSite,
+        obs: np.ndarray | Tensor,
+        logits: Tensor,
+        config: SAEConfig,
     ) -> None:
         if config.objective == "mse":
             raise ValueError("The mse objective needs no Downstream; train without one.")

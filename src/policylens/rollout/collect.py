@@ -38,6 +38,8 @@ from policylens.rollout.engine import steps as engine_steps
 from policylens.rollout.store import DEFAULT_CHUNK_ROWS, Store, StoreWriter, unknown_message
 
 if TYPE_CHECKING:
+    import gymnasium as gym
+
     from policylens.agents.agent import HookedAgent
     from policylens.runs import Run
 
@@ -228,7 +230,7 @@ def collect(
         return writer.close(manifest_meta)
 
 
-def _grid_size(envs, obs_shape: tuple[int, ...]) -> int | None:
+def _grid_size(envs: gym.vector.VectorEnv, obs_shape: tuple[int, ...]) -> int | None:
     """Side of the world's cell grid, for mapping ``*_pos`` labels onto conv activations."""
     config = getattr(envs, "config", None)
     for attr in ("world_size", "board_size", "size"):

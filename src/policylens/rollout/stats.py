@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 Z95 = 1.959963984540054
 
@@ -24,7 +25,7 @@ def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
     return (low, high)
 
 
-def mean_ci(values, z: float = Z95) -> tuple[float, float, float]:
+def mean_ci(values: ArrayLike, z: float = Z95) -> tuple[float, float, float]:
     """Mean and its normal-approximation 95% interval: (mean, low, high)."""
     x = np.asarray(values, dtype=float)
     if x.size == 0:
@@ -36,19 +37,19 @@ def mean_ci(values, z: float = Z95) -> tuple[float, float, float]:
     return (m, m - half, m + half)
 
 
-def proportion(flags) -> dict[str, Any]:
+def proportion(flags: ArrayLike) -> dict[str, Any]:
     """A proportion with its count and Wilson interval, ready for JSON."""
     f = np.asarray(flags, dtype=bool)
     lo, hi = wilson(int(f.sum()), int(f.size))
     return {"rate": float(f.mean()) if f.size else math.nan, "n": int(f.size), "ci": [lo, hi]}
 
 
-def mean(values) -> dict[str, Any]:
+def mean(values: ArrayLike) -> dict[str, Any]:
     m, lo, hi = mean_ci(values)
     return {"mean": m, "n": int(np.size(values)), "ci": [lo, hi]}
 
 
-def t_mean(values) -> dict[str, Any]:
+def t_mean(values: ArrayLike) -> dict[str, Any]:
     """Mean with its Student-t 95% interval, for a few values such as one metric over seeds.
 
     Exact for normal values, and wider than :func:`mean`'s normal interval when there are few;
@@ -65,7 +66,7 @@ def t_mean(values) -> dict[str, Any]:
     return {"mean": m, "n": int(x.size), "ci": [m - half, m + half]}
 
 
-def welch_difference(a, b) -> dict[str, Any]:
+def welch_difference(a: ArrayLike, b: ArrayLike) -> dict[str, Any]:
     """Difference of two means (``mean(a) - mean(b)``, e.g. one metric over seeds at two
     settings) with Welch's 95% interval, and whether it excludes zero (``effect``)."""
     from scipy.stats import t

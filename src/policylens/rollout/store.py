@@ -28,9 +28,11 @@ import shutil
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from policylens import artifacts
 from policylens.errors import unknown_message
@@ -171,7 +173,12 @@ class StoreWriter:
     def __enter__(self) -> StoreWriter:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         # On success the caller closes with its metadata; on failure no manifest is written.
         self._pending.clear()
         self._pending_rows = 0
@@ -374,7 +381,7 @@ class StoreArray:
         """The whole array in memory (only for arrays known to be small)."""
         return self[:]
 
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+    def __array__(self, dtype: DTypeLike | None = None, copy: bool | None = None) -> np.ndarray:
         out = self.read()
         return out.astype(dtype) if dtype is not None else out
 

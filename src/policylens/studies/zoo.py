@@ -129,6 +129,16 @@ def export(run: Run, out: str | os.PathLike, options: ExportOptions) -> ZooEntry
     for sub in options.attach:
         if not (run.path / sub).is_dir():
             raise FileNotFoundError(f"{run.path / sub} does not exist; attach folders of the run.")
+    with artifacts.FolderLock(out, "zoo entry folder"):
+        config, results = _write_entry(run, out, options)
+    return ZooEntry(options.name, out, results["world"], config, results)
+
+
+def _write_entry(
+    run: Run, out: Path, options: ExportOptions
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Measure and write the entry's files into ``out`` (locked by the caller); its config and
+    results."""
     world = worlds.of_run(run)
     step, _ = run.checkpoint()
     started = time.time()
@@ -160,18 +170,20 @@ def export(run: Run, out: str | os.PathLike, options: ExportOptions) -> ZooEntry
     for sub in options.attach:
         shutil.copytree(run.path / sub, out / sub, dirs_exist_ok=options.overwrite)
         for f in sorted((out / sub).rglob("*")):
-            if f.is_file():
+            if f.is_file() and f.name != artifacts.LOCK_FILE:
                 config["sha256"][f.relative_to(out).as_posix()] = artifacts.sha256_of(f)
     artifacts.write_json(out / RESULTS_FILE, results)
     config["sha256"][RESULTS_FILE] = artifacts.sha256_of(out / RESULTS_FILE)
     artifacts.write_json(out / CONFIG_FILE, config)
     artifacts.write_text(out / CARD_FILE, model_card(options.name, config, results))
-    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    size = sum(
+        f.stat().st_size for f in out.rglob("*") if f.is_file() and f.name != artifacts.LOCK_FILE
+    )
     if size > MAX_ENTRY_BYTES:
         raise ValueError(
             f"{out} holds {size / 2**20:.1f} MB; a zoo entry stays within 5 MB (a smaller network)."
         )
-    return ZooEntry(options.name, out, world.name, config, results)
+    return config, results
 
 
 def _figure(stat: dict[str, Any]) -> tuple[str, str]:

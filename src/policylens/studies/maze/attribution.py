@@ -63,7 +63,7 @@ class MazeAttribution:
                     ("layer_action", self.hidden["action"]),
                 )
             },
-            "nmf": self.nmf.to_dict(),
+            "nmf": self.nmf.to_json(),
             "clusters": {m: c.to_dict() for m, c in self.clusters.items()},
         }
 

@@ -4,7 +4,7 @@ top-right corner part, does the agent go to the cheese, and which maze features 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ from policylens.rollout import stats
 from policylens.studies.maze.steering import test_levels
 from policylens.studies.maze.vector_fields import move_probabilities
 from policylens.worlds.maze import run_episodes_from_states
+
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
 
 FEATURES = (
     "path_ds_cheese",
@@ -146,7 +149,7 @@ def choice_regression(y: np.ndarray, X: np.ndarray, seed: int) -> dict[str, Any]
     # One sample per maze, so splitting samples splits levels.
     train, test = train_test_split(np.arange(n), test_size=0.3, stratify=y, random_state=seed)
 
-    def fit(columns: list[int]):
+    def fit(columns: list[int]) -> Pipeline:
         model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
         return model.fit(X[train][:, columns], y[train])
 

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from policylens.agents.agent import HookedAgent
+from policylens.agents.agent import HookedAgent, HookSpec
+from policylens.agents.hooks import HookPointLike
 from policylens.envs.maze import MazeConfig, MazeState, generate_level
 from policylens.lenses.interventions import (
     activation,
@@ -20,12 +21,12 @@ from policylens.lenses.interventions import (
 )
 from policylens.rollout import stats
 from policylens.studies.maze.behaviour import summarize
-from policylens.worlds.maze import run_episodes_from_states
+from policylens.worlds.maze import MazeEpisode, run_episodes_from_states
 
 
 def cheese_tracking_channels(
     agent: HookedAgent, hook: str, states: list[MazeState], config: MazeConfig, top: int = 5
-):
+) -> list[tuple[int, float]]:
     """Channels whose maps best follow the cheese: correlation of each channel's activation with
     the cheese's location (resized to the layer's grid), over mazes with the cheese moved around.
     Returns [(channel, correlation)], best first.
@@ -110,10 +111,10 @@ def maze_steering_experiment(
     obs = np.stack([batch.observe(s) for s in states])
     vectors = activation(agent, obs, hook) - activation(agent, without_cheese(obs, config), hook)
 
-    def measure(fwd_hooks) -> list:
+    def measure(fwd_hooks: list[HookSpec]) -> list[MazeEpisode]:
         return run_episodes_from_states(agent, states, config, fwd_hooks=fwd_hooks, seed=seed)
 
-    def report(eps: list) -> dict[str, Any]:
+    def report(eps: list[MazeEpisode]) -> dict[str, Any]:
         s = summarize(eps)
         return {"success": s["success"], "corner_first": s["corner_first"], "length": s["length"]}
 
@@ -182,7 +183,7 @@ def maze_clamp_experiment(
         mask[i, r * h // world, c * w // world] = 1.0
     value = check_coefficient(value)
 
-    def clamp(act: torch.Tensor, hook) -> torch.Tensor:
+    def clamp(act: torch.Tensor, hook: HookPointLike) -> torch.Tensor:
         out = act.clone()
         for ch in channels:
             out[:, ch] = mask.to(act.dtype) * value
@@ -190,7 +191,7 @@ def maze_clamp_experiment(
 
     limited = MazeConfig(**{**config.__dict__, "max_steps": max_steps})
 
-    def reached(fwd_hooks) -> list[bool]:
+    def reached(fwd_hooks: list[HookSpec]) -> list[bool]:
         eps = run_episodes_from_states(agent, states, limited, fwd_hooks=fwd_hooks, seed=seed)
         return [t in e.positions for e, t in zip(eps, targets, strict=True)]
 

@@ -72,7 +72,7 @@ class HazardFeatures:
         return FeaturesResult(
             layer=self.layer,
             frames=len(self.frames.obs),
-            nmf=self.nmf.to_dict(),
+            nmf=self.nmf.to_json(),
             examples=self.examples,
             best_alignment=best,
             hazards_met=[h for h in HAZARDS if present[h]],
