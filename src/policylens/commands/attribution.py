@@ -169,7 +169,7 @@ def features_cmd(
             f, maps=result_nmf.maps, components=result_nmf.components, residual=result_nmf.residual
         )
     files["nmf"] = str(npz)
-    summary: dict[str, Any] = {**found.to_json(), "clusters": cl.to_dict(), "files": files}
+    summary: dict[str, Any] = {**found.to_json(), "clusters": cl.to_json(), "files": files}
     write_json(out / f"{stem}.json", summary)
     if as_json:
         print_json(fe.json_ready(summary))

@@ -190,7 +190,7 @@ def probe_cmd(
         if not is_run:
             report = probe_store(target, options, progress=log)
             if as_json:
-                print_json(report.to_dict())
+                print_json(report.to_json())
             else:
                 console.print(_results_table(report, f"linear probes on {target}"))
             return
@@ -225,7 +225,7 @@ def probe_cmd(
         report = probe_run(run, options, progress=log)
         chosen = report.meta["checkpoint_step"]
         if as_json:
-            print_json(report.to_dict())
+            print_json(report.to_json())
             return
         console.print(_results_table(report, f"{run.name} @ step {chosen}: linear probes"))
         console.print(f"saved {report_file(run, chosen)}")

@@ -70,7 +70,7 @@ class Clusters:
     scale: np.ndarray | None = None
     """Per-channel divisor applied before clustering (``normalize``)."""
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         return {"layer": self.layer, "method": self.method, "k": self.k, "seed": self.seed,
                 "shape": list(self.labels.shape), **self.scores}  # fmt: skip
 
@@ -206,7 +206,7 @@ def save_clusters(directory: str | Path, clusters: Clusters) -> Path:
     path = Path(directory) / f"{stem}.npz"
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, labels=clusters.labels)
-    write_json(path.with_suffix(".json"), clusters.to_dict())
+    write_json(path.with_suffix(".json"), clusters.to_json())
     return path
 
 

@@ -592,7 +592,7 @@ class ProbeReport:
                 return r
         raise ValueError(f"No probe of {label!r} at {hook!r} in this report.")
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         return {"meta": self.meta, "results": [r.to_json() for r in self.results]}
 
 

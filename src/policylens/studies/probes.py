@@ -93,7 +93,7 @@ def probe_run(run: Run, options: ConceptProbeOptions, progress: Say | None = Non
         report = probe(store, _labels(options, store), options.hooks, agent=agent,
                        options=options.probe, progress=progress)  # fmt: skip
         report.meta["checkpoint_step"] = step
-        artifacts.write_json(file, report.to_dict())
+        artifacts.write_json(file, report.to_json())
     return report
 
 

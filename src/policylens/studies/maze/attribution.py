@@ -64,7 +64,7 @@ class MazeAttribution:
                 )
             },
             "nmf": self.nmf.to_json(),
-            "clusters": {m: c.to_dict() for m, c in self.clusters.items()},
+            "clusters": {m: c.to_json() for m, c in self.clusters.items()},
         }
 
     def save(self, folder: Path) -> None:
