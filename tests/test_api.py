@@ -66,7 +66,7 @@ def test_readme_from_python_example_runs(tiny_run: Path, capsys: pytest.CaptureF
     code = readme_python_example()
     code = substitute(code, '"runs/demo"', repr(str(tiny_run)))
     code = substitute(code, "evaluate(agent, 200,", "evaluate(agent, 8,")  # fewer episodes
-    code = substitute(code, "run_episodes(\n    agent, 20,", "run_episodes(\n    agent, 4,")
+    code = substitute(code, "run_episodes(agent, 20,", "run_episodes(agent, 4,")
     exec(compile(code, f"{README}:From Python", "exec"), {"__name__": "readme"})
     printed = capsys.readouterr().out
     assert "'res1.hook_out'" in printed and "'success'" in printed

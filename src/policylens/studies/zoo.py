@@ -230,7 +230,8 @@ Every command that takes a run takes `zoo:{name}` (e.g. `policylens runs zoo:{na
 - command (retrains it): `{p["command"]}`
 - trainer: {config["run"].get("kind", "ppo")}, seed {p["seed"]}, {p["steps"]:,} environment steps
 - wall time: {p["wall_time_s"]} s on {p["cpu"]}
-- policylens {p["policylens_version"]}, commit `{p["commit"]}`, exported {p["exported"]}
+- exported {p["exported"]} by policylens {p["policylens_version"]} at commit `{p["commit"]}`, which
+  measured the results below
 
 ## Results
 
