@@ -19,7 +19,13 @@ import torch
 
 from policylens.agents.agent import WEIGHTS_FILE
 from policylens.agents.load import run_checkpoints
-from policylens.agents.pretrained import check_files, read_config, source_folder, source_name
+from policylens.agents.pretrained import (
+    RESULTS_FILE,
+    check_files,
+    read_config,
+    source_folder,
+    source_name,
+)
 from policylens.artifacts import (
     FolderLock,
     atomic_path,
@@ -287,8 +293,8 @@ def cache_home() -> Path:
 def run_folder(source: str | os.PathLike[str]) -> Path:
     """The run folder behind ``source``: the path itself, or for ``zoo:NAME`` and
     ``hf://org/name[@rev]`` a finished run folder laid out once in :func:`cache_home` from the
-    pretrained agent (its run config, its weights as the last checkpoint, the done marker), where
-    analyses then write their results. Laid out again when the agent's sha256 changes."""
+    pretrained agent (its run config, its weights as the last checkpoint, the files shipped beside
+    it at their run paths, the done marker), where analyses then write their results. Laid out again when the agent's sha256 changes."""
     text = str(source)
     folder = source_folder(text)
     if folder is None:
@@ -312,6 +318,9 @@ def run_folder(source: str | os.PathLike[str]) -> Path:
     write_bytes(
         home / "checkpoints" / f"step_{steps}.safetensors", (folder / WEIGHTS_FILE).read_bytes()
     )
+    for name in config["sha256"]:  # files shipped beside the agent (an SAE), at their run paths
+        if name not in (WEIGHTS_FILE, RESULTS_FILE):
+            write_bytes(home / name, (folder / name).read_bytes())
     write_json(home / DONE, {"step": steps})
     write_json(here, {**config["run"], "pretrained": pinned})  # last: it marks the layout whole
     return home
