@@ -53,6 +53,8 @@ def test_the_cheese_vector_removes_cheese_seeking_beyond_random_vectors():
     effect = stats.difference(cheese, random)
     assert effect["ci"][1] < 0, effect  # an effect, against the random-vector control
     assert found["baseline"]["success"]["rate"] - cheese["rate"] >= 0.15, found["baseline"]
+    # the control itself: random vectors of the same norm leave the agent much as it was
+    assert abs(random["rate"] - found["baseline"]["success"]["rate"]) <= 0.10, found
 
 
 def test_the_kl_sae_spliced_in_keeps_the_mate_rate():
