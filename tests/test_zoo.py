@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -241,3 +242,26 @@ def test_an_altered_zoo_entry_is_refused_everywhere(zoo):
         load_agent("zoo:tiny-maze")
     out = CliRunner().invoke(app, ["zoo", "info", "tiny-maze"])
     assert out.exit_code == 2 and "does not match the sha256" in out.output
+
+
+def test_a_run_still_training_is_exported_only_when_asked_and_says_so(tmp_path):
+    from policylens import worlds
+    from policylens.studies.zoo import ExportOptions, export
+    from policylens.train.ppo import train_ppo
+
+    config = (
+        worlds.get("maze")
+        .recipe(
+            world_size=7, total_steps=16 * 32 * 4, num_envs=16, num_steps=32, precision="float32"
+        )
+        .config()
+    )
+    run = train_ppo(config, tmp_path / "run", progress=False, stop_after_updates=2)
+    assert not run.done
+    options = ExportOptions(name="partial", command="x", headline={"episodes": 10})
+    with pytest.raises(ValueError, match="has not finished training"):
+        export(run, tmp_path / "partial", options)
+    entry = export(run, tmp_path / "partial", replace(options, unfinished=True))
+    assert entry.provenance["finished"] is False and entry.provenance["planned_steps"] == 2048
+    card = (entry.folder / "README.md").read_text()
+    assert f"**Still training**: {entry.provenance['steps']:,} of 2,048 planned steps" in card

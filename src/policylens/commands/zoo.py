@@ -67,6 +67,9 @@ def zoo_export_cmd(
         None, help="A folder inside the run shipped beside the agent (e.g. an SAE); repeat."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace what OUT holds."),
+    unfinished: bool = typer.Option(
+        False, "--unfinished", help="Ship a run still training (its latest checkpoint), said so."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Write a finished run as a zoo entry: weights, config with provenance and sha256, the
@@ -82,7 +85,7 @@ def zoo_export_cmd(
         settings[key.strip()] = parse_value(value)
     options = ExportOptions(
         name=name, command=train_command, description=description, headline=settings,
-        attach=tuple(attach or ()), overwrite=overwrite,
+        attach=tuple(attach or ()), overwrite=overwrite, unfinished=unfinished,
     )  # fmt: skip
     entry = export(open_run(run), out, options)
     if as_json:

@@ -54,6 +54,9 @@ class ExportOptions:
     """Folders inside the run (e.g. ``analysis/sae/<name>``) shipped beside the agent."""
     overwrite: bool = False
     """Replace an entry already at the destination."""
+    unfinished: bool = False
+    """Export a run still training (its latest checkpoint), the card saying so: how a training
+    longer than a session is carried to the next one (``train ... --init-weights``)."""
 
 
 @dataclass(frozen=True)
@@ -122,8 +125,11 @@ def export(run: Run, out: str | os.PathLike, options: ExportOptions) -> ZooEntry
     out = Path(out)
     if not options.name or not all(c.isalnum() or c == "-" for c in options.name):
         raise ValueError(f"name must be letters, digits and '-', got {options.name!r}.")
-    if not run.done:
-        raise ValueError(f"{run.path} has not finished training; only finished runs are exported.")
+    if not run.done and not options.unfinished:
+        raise ValueError(
+            f"{run.path} has not finished training; export finished runs, or set unfinished to "
+            "ship its latest checkpoint as a training in progress."
+        )
     if out.exists() and any(out.iterdir()) and not options.overwrite:
         raise ValueError(f"{out} is not empty; choose an empty folder or set overwrite.")
     for sub in options.attach:
@@ -156,6 +162,8 @@ def _write_entry(
         "command": options.command,
         "seed": run.config.get("trainer", {}).get("seed"),
         "steps": step,
+        "finished": run.done,
+        "planned_steps": run.config.get("trainer", {}).get("total_steps"),
         "wall_time_s": round(float(metrics[-1]["time"]), 1) if metrics else None,
         "cpu": cpu_name(),
         "policylens_version": policylens.__version__,
@@ -226,7 +234,7 @@ Every command that takes a run takes `zoo:{name}` (e.g. `policylens runs zoo:{na
   {agent["num_actions"]} actions
 
 ## Training
-
+{_in_progress(p)}
 - command (retrains it): `{p["command"]}`
 - trainer: {config["run"].get("kind", "ppo")}, seed {p["seed"]}, {p["steps"]:,} environment steps
 - wall time: {p["wall_time_s"]} s on {p["cpu"]}
@@ -248,6 +256,16 @@ Measured by `{results["measured_with"]["headline"]}` with
 |---|---|
 {files}
 """
+
+
+def _in_progress(p: dict[str, Any]) -> str:
+    """The card's warning for an agent whose training had not finished when it was exported."""
+    if p.get("finished", True):
+        return ""
+    return (
+        f"\n**Still training**: {p['steps']:,} of {p['planned_steps']:,} planned steps; continue it "
+        "by training with `--init-weights` set to this entry's `model.safetensors`.\n"
+    )
 
 
 def read_entry(name: str) -> ZooEntry:
