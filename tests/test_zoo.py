@@ -265,3 +265,20 @@ def test_a_run_still_training_is_exported_only_when_asked_and_says_so(tmp_path):
     assert entry.provenance["finished"] is False and entry.provenance["planned_steps"] == 2048
     card = (entry.folder / "README.md").read_text()
     assert f"**Still training**: {entry.provenance['steps']:,} of 2,048 planned steps" in card
+
+
+def test_the_explorer_serves_a_zoo_agent(zoo):
+    from fastapi.testclient import TestClient
+
+    from policylens.explorer import Explorer, create_app
+    from policylens.explorer.security import loopback_hosts
+
+    explorer = Explorer("zoo:tiny-maze")
+    try:
+        app = create_app(explorer, "zoo-test-token-0123456789", loopback_hosts(8765))
+        client = TestClient(app, base_url="http://127.0.0.1:8765")
+        found = client.get("/zoo-test-token-0123456789/api/run")
+        assert found.status_code == 200, found.text
+        assert found.json()["world"] == "maze"
+    finally:
+        explorer.jobs.close()
