@@ -190,3 +190,34 @@ def test_the_architecture_page_has_the_enforced_layers():
     assert wrong == {}, "rows whose layer differs from LAYERS (1-based)"
     tops = {m.split(".")[0] for m in modules()} - {"__main__"}
     assert sorted(tops - {m.split(".")[0] for m in table}) == [], "top-level modules with no row"
+
+
+def test_reports_take_results_and_run_no_study():
+    """A report imports from a study only its result types and constants, never a function."""
+    import importlib
+
+    ran = []
+    for name, path in modules().items():
+        if name.split(".")[0] != "report":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                "policylens.studies"
+            ):
+                study = importlib.import_module(node.module)
+                for alias in node.names:
+                    value = getattr(study, alias.name)
+                    if not (isinstance(value, type) or alias.name.isupper()):
+                        ran.append(f"{name}:{node.lineno} imports {node.module}.{alias.name}")
+    assert ran == []
+
+
+def test_no_command_imports_another_command():
+    found = [
+        f"{name} imports {target}"
+        for name, path in modules().items()
+        if name.startswith("commands.")
+        for target, _ in imports(path)
+        if target.startswith("commands.") and target != "commands.framework"
+    ]
+    assert found == []
