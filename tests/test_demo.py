@@ -5,8 +5,10 @@ one of twenty decision squares, and the quick demo end to end in float32.
 
 from __future__ import annotations
 
+import html
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,8 +16,10 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
+from policylens import demo
 from policylens.agents import HookedAgent
 from policylens.cli import app
+from policylens.demo import QUICK_TOUR, run_tour
 from policylens.envs.maze import MazeConfig, bfs_field
 from policylens.report.maze import headline_lines, render
 from policylens.rollout.stats import difference, proportion
@@ -166,8 +170,13 @@ def test_degenerate_agents_get_a_full_report_and_an_honest_headline(goal, tmp_pa
 runner = CliRunner()
 
 
+RESEARCH_LINES = ("Understanding RL Vision", "SAEs on a DQN", "Isolating updates")
+"""The tour's research lines on the zoo's agents, beside the maze's, in the order they run."""
+
+
 @pytest.mark.slow
-def test_quick_demo_in_float32_writes_the_report(tmp_path):
+def test_quick_demo_in_float32_writes_the_report(tmp_path, monkeypatch):
+    monkeypatch.setenv("POLICYLENS_HOME", str(tmp_path / "home"))  # zoo runs laid out here
     out = tmp_path / "demo"
     r = runner.invoke(
         app, ["demo", "--quick", "--precision", "float32", "--out", str(out), "--json"]
@@ -175,6 +184,27 @@ def test_quick_demo_in_float32_writes_the_report(tmp_path):
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
     report = out / "analysis" / "report.html"
+
+    # the tour: one page per research line, each linked from the index, one headline printed each
+    index = out / "analysis" / "index.html"
+    assert data["index"] == str(index)
+    page = index.read_text()
+    assert 'href="report.html"' in page
+    assert [t["line"] for t in data["tour"]] == list(RESEARCH_LINES)
+    for section in data["tour"]:
+        assert section["skipped"] is None and section["headline"], section
+        assert f'href="tour/{Path(section["page"]).name}"' in page
+        assert Path(section["page"]).stat().st_size > 10_000  # its figure and tables
+        assert Path(section["figure"]).read_bytes()[:4] == b"\x89PNG"  # also on the index
+        assert html.escape(section["headline"]) in page
+    printed = r.stderr.splitlines()
+    for line in RESEARCH_LINES:
+        headlines = [p for p in printed if p.startswith(f"   {line}: ")]
+        assert len(headlines) == 1, (line, printed)
+        assert "[" in headlines[0] and "effect" in headlines[0]  # an interval and a verdict
+    assert any(p.startswith("index: ") for p in printed)
+    again = run_tour(out / "analysis" / "tour", QUICK_TOUR, lambda m: None)
+    assert [s.reused for s in again] == [True] * len(RESEARCH_LINES)  # saved sections reused
     assert data["report"] == str(report) and report.stat().st_size > 50_000
     assert json.loads((out / "config.json").read_text())["compute_dtype"] == "float32"
     assert data["headline"]["train_success"]["n"] == 100
@@ -187,3 +217,14 @@ def test_quick_demo_in_float32_writes_the_report(tmp_path):
 
     again = runner.invoke(app, ["demo", "--quick", "--out", str(out), "--precision", "bfloat16"])
     assert again.exit_code == 2 and "holds an agent trained with other settings" in again.output
+
+
+def test_a_tour_section_whose_zoo_agent_is_missing_is_skipped_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo, "zoo_names", lambda: ["hazards", "lunar-phase1"])
+    by_slug = {spec.slug: spec for spec in demo.TOUR}
+    for slug, missing in (("sae", "zoo:rook-dqn"), ("updates", "zoo:lunar-phase2")):
+        section = demo.tour_section(by_slug[slug], QUICK_TOUR, tmp_path, lambda m: None)
+        assert section.page is None and section.headline is None
+        assert section.skipped == f"skipped: {missing} is not in the zoo (`policylens zoo list`)"
+    entries = demo.write_index(tmp_path, tmp_path / "report.html", ["a maze line"], [section])
+    assert "skipped: zoo:lunar-phase2" in entries.read_text()

@@ -15,14 +15,16 @@ def demo_cmd(
         None, help="Folder for the demo's outputs (default runs/demo, or runs/demo-quick)."
     ),
     quick: bool = typer.Option(
-        False, "--quick", help="Every step on a small budget (about a minute; barely trained)."
+        False, "--quick", help="Every step on a small budget (under a minute; barely trained)."
     ),
     precision: str = typer.Option(
         "auto", help="Training precision: float32, bfloat16, or auto (bf16 where native)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Also print the headline as JSON."),
 ) -> None:
-    """The end-to-end demo (the README's main job)."""
+    """The end-to-end demo (the README's main job): two maze agents trained, analysed and
+    steered, then a short section of every other research line on the zoo's agents; writes the
+    maze report and an index page linking every section's page."""
     from policylens.demo import FULL, QUICK, run_demo
 
     out = out or Path("runs/demo-quick" if quick else "runs/demo")
