@@ -222,6 +222,7 @@ tags: [reinforcement-learning, interpretability, policylens, {p["world"]}]
 
 ```python
 import policylens
+
 agent = policylens.load_agent("zoo:{name}")
 ```
 
