@@ -282,3 +282,21 @@ def test_the_explorer_serves_a_zoo_agent(zoo):
         assert found.json()["world"] == "maze"
     finally:
         explorer.jobs.close()
+
+
+def test_every_zoo_file_ships_in_the_package():
+    """``pip install`` users get the zoo: each file under it matches a package-data pattern."""
+    import re
+    import tomllib
+
+    from policylens.agents.pretrained import ZOO
+
+    pyproject = tomllib.loads((ZOO.parent.parent.parent / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["policylens"]
+    package = ZOO.parent
+    files = [f.relative_to(package).as_posix() for f in ZOO.rglob("*") if f.is_file()]
+    assert files
+    # as setuptools globs them: "*" stays within one part of the path
+    globs = [re.compile(re.escape(p).replace(r"\*", "[^/]*")) for p in patterns]
+    left_out = [f for f in files if not any(g.fullmatch(f) for g in globs)]
+    assert left_out == []
