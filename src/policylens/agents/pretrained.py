@@ -35,15 +35,6 @@ HUB = re.compile(r"^hf:/{1,2}(?P<repo>[\w.-]+/[\w.-]+)(@(?P<revision>[\w./-]+))?
 """``hf://org/name[@revision]`` (a ``Path`` folds the two slashes into one, so one is accepted)."""
 
 
-def is_pretrained(folder: str | os.PathLike) -> bool:
-    """Whether ``folder`` holds an agent in the pretrained layout."""
-    config = Path(folder) / CONFIG_FILE
-    if not config.is_file() or not (Path(folder) / WEIGHTS_FILE).is_file():
-        return False
-    data = artifacts.read_json(config)
-    return isinstance(data, dict) and "policylens" in data and "agent" in data
-
-
 def read_config(folder: str | os.PathLike) -> dict[str, Any]:
     """A pretrained folder's ``config.json``, checked to be one (one sentence if not)."""
     folder = Path(folder)
@@ -140,7 +131,6 @@ __all__ = [
     "RESULTS_FILE",
     "ZOO",
     "check_files",
-    "is_pretrained",
     "load_pretrained",
     "read_config",
     "source_folder",
