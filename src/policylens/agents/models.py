@@ -227,11 +227,9 @@ class MazeCNN(nn.Module):
         self.res_blocks = res_blocks
         self.hook_relu = HookPoint()
         self.map_shape = (channels, h, w)  # of the map that fc reads
-        self.fc = nn.Linear(channels * h * w, hidden)
-        self.hook_fc = HookPoint()
-        self.hook_out = HookPoint()
-        self.fc_policy = nn.Linear(hidden, num_actions)
-        self.fc_value = nn.Linear(hidden, 1)
+        self.fc, self.hook_fc, self.hook_out, self.fc_policy, self.fc_value = _head(
+            channels * h * w, hidden, num_actions
+        )
         _init(self, self.fc_policy, self.fc_value, init)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -409,11 +407,9 @@ class ClearCNN(nn.Module):
         for _ in range(3):  # each pool maps n to ceil(n / 2)
             h, w = (h + 1) // 2, (w + 1) // 2
         self.map_shape = (c2, h, w)  # of the map that fc reads
-        self.fc = nn.Linear(c2 * h * w, hidden)
-        self.hook_fc = HookPoint()
-        self.hook_out = HookPoint()
-        self.fc_policy = nn.Linear(hidden, num_actions)
-        self.fc_value = nn.Linear(hidden, 1)
+        self.fc, self.hook_fc, self.hook_out, self.fc_policy, self.fc_value = _head(
+            c2 * h * w, hidden, num_actions
+        )
         _init(self, self.fc_policy, self.fc_value, init)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -507,6 +503,16 @@ class MLP(nn.Module):
         else:
             v = x
         return self.policy_head(x), self.value_head(v).squeeze(-1)
+
+
+def _head(
+    features: int, hidden: int, num_actions: int
+) -> tuple[nn.Linear, HookPoint, HookPoint, nn.Linear, nn.Linear]:
+    """What the small CNNs put over their flattened conv map: ``fc`` (hooked at ``hook_fc``, its
+    ReLU at ``hook_out``) and the policy and value heads, in that order."""
+    fc = nn.Linear(features, hidden)
+    hook_fc, hook_out = HookPoint(), HookPoint()
+    return fc, hook_fc, hook_out, nn.Linear(hidden, num_actions), nn.Linear(hidden, 1)
 
 
 def _init(
