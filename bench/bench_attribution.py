@@ -1,4 +1,5 @@
-"""Integrated gradients: policylens vs Captum 0.9 on the same model, inputs and settings, one run.
+"""Integrated gradients: policylens vs Captum 0.9 and tdhook 0.3 on the same model, inputs and
+settings, one run.
 
 Cases: the maze CNN on 9x9 grid observations (batch 64) and the IMPALA CNN on 64x64x3 images
 (small batch), input IG and layer IG (to the value, n_steps equal for both, Gauss-Legendre).
@@ -7,7 +8,8 @@ rows, memory unbounded); policylens runs with its default memory bound. Prints s
 (best of ``--repeats``, the two libraries interleaved), observations/s, the ratio and the largest
 difference between the two results. Layer cases also time the bound to beat: input IG on the
 network above the layer split off by hand (the activation below computed once, every
-interpolated point in one pass), as tdhook's users do it.
+interpolated point in one pass), as tdhook's users do it. Input cases also time tdhook's
+``IntegratedGradients`` (Gauss-Legendre, ``multiply_by_inputs``, no internal batching: one pass).
 
     .venv/bin/python bench/bench_attribution.py [--threads 2] [--repeats 5] [--quick]
 """
@@ -22,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from captum.attr import IntegratedGradients as CaptumIG
 from captum.attr import LayerIntegratedGradients
+from tdhook.attribution import IntegratedGradients as TdhookIG
+from tensordict import TensorDict
 
 from policylens.agents import build_agent
 from policylens.envs.maze import MazeBatch, MazeConfig
@@ -96,6 +100,34 @@ def hand_split_ig(agent, x: torch.Tensor, layer: str, n_steps: int) -> torch.Ten
     return diff * (weights.view(shape) * grad.view(n_steps, *act.shape)).sum(0)
 
 
+def tdhook_ig(agent, x: torch.Tensor, n_steps: int):
+    """tdhook's input IG of the value (zero baseline), as its README wires a model."""
+
+    class Value(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = agent.net
+
+        def forward(self, input: torch.Tensor) -> torch.Tensor:
+            return self.net(input)[1]
+
+    value = Value()
+
+    def target(outputs, _):
+        return TensorDict(out=outputs["output"], batch_size=outputs.batch_size)
+
+    method = TdhookIG(init_attr_targets=target, n_steps=n_steps, multiply_by_inputs=True)
+
+    def run() -> torch.Tensor:
+        with method.prepare(value) as hooked:
+            data = TensorDict(
+                {"input": x, ("baseline", "input"): torch.zeros_like(x)}, batch_size=[len(x)]
+            )
+            return hooked(data)["attr", "input"]
+
+    return run
+
+
 def case(name: str, agent, obs: np.ndarray, layer: str | None, n_steps: int, repeats: int) -> dict:
     x = agent.preprocess(obs)
 
@@ -133,10 +165,13 @@ def case(name: str, agent, obs: np.ndarray, layer: str | None, n_steps: int, rep
 
     if layer is not None:
         split_diff = float((split() - a.attributions).abs().max())
-    t_ours, t_theirs, t_split = [], [], []
+    td = tdhook_ig(agent, x, n_steps) if layer is None else None
+    t_ours, t_theirs, t_split, t_td = [], [], [], []
     for _ in range(repeats):  # interleaved, so load changes hit all alike
         t_theirs.append(best_time(theirs, 1))
         t_ours.append(best_time(ours, 1))
+        if td is not None:
+            t_td.append(best_time(td, 1))
         if layer is not None:
             t_split.append(best_time(split, 1))
     t1, t2 = min(t_ours), min(t_theirs)
@@ -146,6 +181,13 @@ def case(name: str, agent, obs: np.ndarray, layer: str | None, n_steps: int, rep
         f"({n / t2:8.1f} obs/s)  ratio {t2 / t1:4.2f}x  max|diff| {diff:.1e} (scale {scale:.1e})  "
         f"rows/pass {a.info.get('rows_per_pass')} vs {n * n_steps}"
     )
+    if td is not None:
+        td_diff = float((td() - a.attributions).abs().max())
+        t4 = min(t_td)
+        print(
+            f"{'':<44} tdhook {t4:7.3f}s ({n / t4:8.1f} obs/s): tdhook/policylens {t4 / t1:4.2f}x"
+            f"  max|diff| vs policylens {td_diff:.1e}"
+        )
     if layer is not None:
         t3 = min(t_split)
         print(
@@ -183,6 +225,8 @@ def main() -> None:
     impala = build_agent("impala", (64, 64, 3), 15, seed=0)
     img = image_obs(2 if args.quick else 4)
     case(f"impala 3x64x64 batch {len(img)}: input IG", impala, img, None, n_steps, args.repeats)
+    big = image_obs(4 if args.quick else 64)
+    case(f"impala 3x64x64 batch {len(big)}: input IG", impala, big, None, n_steps, args.repeats)
     layer = "embedder.block2.res2.hook_out"
     case(f"impala 3x64x64 batch {len(img)}: layer IG block2 out", impala, img, layer, n_steps,
          args.repeats)  # fmt: skip

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from oracles import require
 from safetensors.torch import load_file
 from torch import nn
 from torch.distributions import Categorical
@@ -565,7 +566,7 @@ def test_a_pickled_module_is_refused_in_one_plain_sentence(tmp_path: Path) -> No
 
 # --------------------------------------------------------------------------- Stable-Baselines3
 def test_sb3_policy_parity() -> None:
-    sb3 = pytest.importorskip("stable_baselines3")
+    sb3 = require("stable_baselines3")
 
     model = sb3.PPO("MlpPolicy", "CartPole-v1", seed=0, device="cpu")
     agent = load_agent(model)
@@ -585,7 +586,7 @@ def test_sb3_policy_parity() -> None:
 
 
 def test_sb3_zip_loads_without_unpickling(tmp_path: Path, monkeypatch) -> None:
-    sb3 = pytest.importorskip("stable_baselines3")
+    sb3 = require("stable_baselines3")
     import pickle
 
     kwargs = {"net_arch": {"pi": [32], "vf": [16, 16]}, "activation_fn": nn.ReLU}

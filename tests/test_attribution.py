@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from oracles import require
 from torch import nn
 from typer.testing import CliRunner
 
@@ -51,7 +52,7 @@ def _f(agent, which="value", action=2):
 # ----------------------------------------------------------------------------- Captum agreement
 @pytest.mark.parametrize("integration", ["gausslegendre", "riemann_trapezoid"])
 def test_ig_agrees_with_captum(agent64, obs, integration):
-    captum = pytest.importorskip("captum.attr")
+    captum = require("captum.attr")
     x = agent64.preprocess(obs)
     base = torch.full_like(x, 0.25)
     for target, f, tgt in (("value", _f(agent64), None), ("logit:2", _f(agent64, "logit"), None)):
@@ -68,7 +69,7 @@ def test_ig_agrees_with_captum(agent64, obs, integration):
 def test_ig_agrees_with_captum_through_max_pooling_ties():
     """IMPALA max-pools over flat image regions, where exact ties decide which pixel gets the
     gradient; the first-layer speed-up must break them as Captum's plain IG does."""
-    captum = pytest.importorskip("captum.attr")
+    captum = require("captum.attr")
     impala = build_agent("impala", (32, 32, 3), 15, seed=1).double()
     cfg = MazeConfig(world_size=9, obs_mode="rgb", rgb_size=32, cheese_region=None)
     batch = MazeBatch(cfg, 2)
@@ -84,7 +85,7 @@ def test_ig_agrees_with_captum_through_max_pooling_ties():
 
 
 def test_saliency_agrees_with_captum(agent64, obs):
-    captum = pytest.importorskip("captum.attr")
+    captum = require("captum.attr")
     x = agent64.preprocess(obs)
     ref = captum.Saliency(lambda t: agent64.forward_input(t)[0]).attribute(x, target=1)
     assert (attribute(agent64, obs, Saliency(), 1).attributions - ref).abs().max().item() < 1e-5
@@ -94,7 +95,7 @@ def test_saliency_agrees_with_captum(agent64, obs):
 
 @pytest.mark.parametrize("layer", ["res1.hook_out", "res1.hook_conv1"])  # a cut and a non-cut
 def test_layer_ig_agrees_with_captum(agent64, obs, layer):
-    captum = pytest.importorskip("captum.attr")
+    captum = require("captum.attr")
     x = agent64.preprocess(obs)
     module = agent64.hook_dict[layer]
     ref = captum.LayerIntegratedGradients(_f(agent64), module).attribute(
@@ -157,7 +158,7 @@ def test_completeness_improves_with_steps(obs):
     torch.testing.assert_close(r.outputs.detach(), f_x, atol=1e-12, rtol=0)
     torch.testing.assert_close(r.baseline_outputs.detach(), f_base, atol=1e-12, rtol=0)
     # Oracle 2: Captum's convergence delta, sum(IG) - (f(x) - f(baseline)), same quadrature.
-    captum = pytest.importorskip("captum.attr")
+    captum = require("captum.attr")
     _, captum_delta = captum.IntegratedGradients(_f(agent)).attribute(
         x, baselines=base, n_steps=8, method="gausslegendre",
         return_convergence_delta=True,

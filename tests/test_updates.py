@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from oracles import require
 from torch import nn
 from typer.testing import CliRunner
 
@@ -265,7 +266,7 @@ def test_lunar_recipe() -> None:
 # ----------------------------------------------------------------------------- SB3 backend
 @pytest.mark.slow
 def test_sb3_backend_run_layout_and_checkpoints(tmp_path: Path) -> None:
-    pytest.importorskip("stable_baselines3")
+    require("stable_baselines3")
     from policylens.runs import Run
     from policylens.train.ppo import PPOConfig
     from policylens.train.sb3_backend import load_sb3_checkpoint, train_sb3
@@ -423,7 +424,7 @@ def test_rerun_reuses_finished_jobs_and_rejects_other_settings(experiment: Path)
 
 @pytest.mark.slow
 def test_sb3_experiment_in_a_process_pool(tmp_path: Path) -> None:
-    pytest.importorskip("stable_baselines3")
+    require("stable_baselines3")
     config = T.UpdatesConfig(
         phase1="no_fuel", phase2=("only_scaled_fuel",), steps1=256, steps2=128, salvage_steps=128,
         seeds=(0, 1), backend="sb3", episodes=2, control=False,

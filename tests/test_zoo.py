@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from oracles import require
 
 from policylens import load_agent
 from policylens.agents import build_agent
@@ -100,7 +101,7 @@ def lay_out_hub_cache(hub: Path, repo: str, folder: Path, revision: str = "main"
 
 @pytest.mark.slow
 def test_hf_agents_load_offline_from_the_hub_cache(tmp_path):
-    pytest.importorskip("huggingface_hub")
+    require("huggingface_hub")
     agent = small_agent()
     folder = agent.save_pretrained(tmp_path / "agent")
     lay_out_hub_cache(tmp_path / "hf" / "hub", "policylens/tiny-maze", folder)
