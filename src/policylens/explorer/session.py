@@ -163,7 +163,8 @@ class Explorer:
         layer where there is one (as the studies), else the first hidden layer."""
         from policylens.lenses.attribution import default_layer, spatial_layers
 
-        studied = self.world.default_layer
+        with self.lock:
+            studied = self.world.studied_layer(self.agent(step))
         if studied is not None and studied in {x["name"] for x in self.layers(step)}:
             return studied
         with self.lock:

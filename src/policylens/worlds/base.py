@@ -148,8 +148,8 @@ class World:
     """``info`` labels probes read by default (any label can be probed by name)."""
     probe_options: ClassVar[Mapping[str, Any]] = {}
     """World options for collecting probe data, over the run's own."""
-    default_layer: ClassVar[str | None] = None
-    """The layer this world's study reads, opened first where the agent has it."""
+    studied_layers: ClassVar[Mapping[str, str]] = {}
+    """Network architecture -> the layer this world's study reads (:meth:`studied_layer`)."""
     has_levels: ClassVar[bool] = False
     editable: ClassVar[bool] = False
     outside_plane: ClassVar[int | None] = None
@@ -194,6 +194,11 @@ class World:
         if len(names) != num_actions:
             names = [f"a{i}" for i in range(num_actions)]
         return list(names)
+
+    @classmethod
+    def studied_layer(cls, agent: HookedAgent) -> str | None:
+        """The layer this world's study reads in ``agent``'s network (None: no study layer)."""
+        return cls.studied_layers.get(str(agent.config.get("arch")))
 
     @classmethod
     def picture(cls, obs: np.ndarray, env_kwargs: Mapping[str, Any]) -> np.ndarray | None:

@@ -34,8 +34,10 @@ from policylens.train.ppo import PPOConfig
 from policylens.worlds.base import Dataset, World
 
 ENV_ID = "policylens/Hazards-v0"
-DEFAULT_LAYER = "hook_relu"
-"""The recipe network's conv map after its ReLU (16 x 13 x 13), read only by ``fc``."""
+STUDIED_LAYERS = {"maze_cnn": "hook_relu", "clear_cnn": "hook_pool2"}
+"""Network -> the layer the RL-vision study reads: the symbolic recipe's conv map after its ReLU
+(16 x 13 x 13, read only by ``fc``); the pixel agent's pooled conv2b map (Hilton et al.'s layer
+2b; after its L2 pool, so that its one reader ``conv3a`` is linear and an edit is exact)."""
 OBJECTS = ("saw", "enemy", "coin", "agent", "wall", "crate", "lava", "velocity")
 """Ground-truth masks a feature may be named after."""
 HAZARDS = ("saw", "enemy", "lava")
@@ -271,7 +273,7 @@ class HazardsWorld(World):
     recipe = HazardsRecipe
     sweep_metrics = "policylens.studies.rl_vision.diversity:diversity_metrics"
     headline = "policylens.studies.hazards.failures:headline_results"
-    default_layer = DEFAULT_LAYER
+    studied_layers = STUDIED_LAYERS
     has_levels = True
     outside_plane = CHANNELS.index("wall")  # the symbolic view's; images are not grids
     end_labels = ("death_cause",)
@@ -341,3 +343,14 @@ class HazardsWorld(World):
         for i, name in enumerate(self.CATEGORIES[1:], start=1):
             cat[masks[name]] = i
         return cat, self.CATEGORIES
+
+
+def studied_layer(agent: HookedAgent) -> str:
+    """The layer the RL-vision study reads in ``agent`` (:data:`STUDIED_LAYERS`)."""
+    layer = HazardsWorld.studied_layer(agent)
+    if layer is None:
+        raise ValueError(
+            f"The RL-vision study knows no layer of a {agent.config.get('arch')} network; pass "
+            "a layer (one of agent.hook_names())."
+        )
+    return layer

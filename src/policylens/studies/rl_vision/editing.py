@@ -37,11 +37,18 @@ from policylens.studies.hazards.failures import (
     failure_table,
 )
 from policylens.studies.rl_vision.features import FeatureOptions, fit_features, object_direction
-from policylens.worlds.hazards import OBJECTS, hazard_env_kwargs
+from policylens.worlds.hazards import OBJECTS, hazard_env_kwargs, studied_layer
 
-READERS = {"hook_conv": None, "hook_relu": "fc"}
+READERS = {
+    "hook_conv": None,
+    "hook_relu": "fc",
+    "hook_pool1": "conv2a.conv",
+    "hook_pool2": "conv3a.conv",
+    "hook_pool3": "fc",
+}
 """Layers whose reader is not found by name (``res<i>.hook_relu<j>`` is read by ``res<i>.conv<j>``;
-``hook_conv`` feeds both a conv and the skip connection, so no single layer reads it)."""
+``hook_conv`` feeds both a conv and the skip connection, so no single layer reads it; the pixel
+agent's pooled maps are each read by one conv or the fc)."""
 
 
 def reader_of(layer: str) -> str:
@@ -53,7 +60,7 @@ def reader_of(layer: str) -> str:
     if reader is None:
         raise ValueError(
             f"layer {layer} has no single reader to edit; use res<i>.hook_relu1, "
-            "res<i>.hook_relu2 or hook_relu."
+            "res<i>.hook_relu2 or hook_relu (symbolic agents), or hook_pool1-3 (pixel agents)."
         )
     return reader
 
@@ -448,24 +455,25 @@ def run_edit(
     if (out / "config.json").exists():
         raise ValueError(f"out {out} already holds a run; pick a new folder.")
     fo = options.features
-    reader = reader_of(fo.layer)  # a layer without a single reader fails before any work
     agent = run.load_agent(fo.step)
-    hf = fit_features(agent, env_kwargs, fo)
+    layer = fo.layer or studied_layer(agent)
+    reader = reader_of(layer)  # a layer without a single reader fails before any work
+    hf = fit_features(agent, env_kwargs, dataclasses.replace(fo, layer=layer))
     index = hf.feature_for(options.feature)
     label = hf.nmf.labels[index]
     if options.direction == "object":
-        v = object_direction(agent, hf.frames, fo.layer, options.feature)
+        v = object_direction(agent, hf.frames, layer, options.feature)
         label = {"label": options.feature, "correlation": float("nan"), "correlations": {}}
     else:
         v = hf.direction(index)
     record = EditRecord(
-        source=str(run.path), layer=fo.layer, reader=reader, direction_from=options.direction,
+        source=str(run.path), layer=layer, reader=reader, direction_from=options.direction,
         feature=index if options.direction == "nmf" else None, requested=options.feature,
         label=label["label"],
         alignment=float(label["correlations"].get(options.feature, label["correlation"])),
         nmf_seed=fo.seed, direction=tuple(float(x) for x in v),
     )  # fmt: skip
-    edited = save_edited(edit_agent(agent, fo.layer, v), run, out, record)
+    edited = save_edited(edit_agent(agent, layer, v), run, out, record)
     if not options.levels:
         return EditResult(record, str(edited.path))
     name = label["label"] if options.feature.isdigit() else options.feature
@@ -474,7 +482,7 @@ def run_edit(
         cache=run.analysis_dir / "failure_tables",
     )  # fmt: skip
     with FolderLock(run.analysis_dir, "analysis folder"):  # the tables are kept there
-        exp = edit_experiment(agent, fo.layer, {name: v}, env_kwargs, tables, log)
+        exp = edit_experiment(agent, layer, {name: v}, env_kwargs, tables, log)
     verdict = edit_verdict(exp, name) if name in FAILURE_CAUSES else None
     exp = dataclasses.replace(exp, verdict=verdict, edit=record)
     write_json(edited.analysis_dir / "edit_experiment.json", exp.to_json())

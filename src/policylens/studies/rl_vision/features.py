@@ -20,13 +20,13 @@ from policylens.lenses.attribution import IntegratedGradients, attribute
 from policylens.lenses.nmf import AttributionNMF, ValueFeatureOptions, value_features
 from policylens.runs import Run
 from policylens.worlds.hazards import (
-    DEFAULT_LAYER,
     HAZARDS,
     OBJECTS,
     Frames,
     collect_frames,
     hazard_env_kwargs,
     masks_at,
+    studied_layer,
 )
 
 GOOD_ALIGNMENT = 0.6
@@ -172,13 +172,15 @@ def hazard_features(
     agent: HookedAgent,
     frames: Frames,
     *,
-    layer: str = DEFAULT_LAYER,
+    layer: str | None = None,
     k: int = 8,
     n_steps: int = 16,
     seed: int = 0,
     examples: int = 6,
 ) -> HazardFeatures:
-    """Value IG at ``layer`` from a zero baseline, split by sign, NMF into ``k`` named features."""
+    """Value IG at ``layer`` (default: the study's layer of this network) from a zero baseline,
+    split by sign, NMF into ``k`` named features."""
+    layer = layer or studied_layer(agent)
     # every object is a tile or less: a layer cell holds it where any part of it is (masks_at)
     options = ValueFeatureOptions(k=k, n_steps=n_steps, seed=seed, any_cover=OBJECTS)
     found = value_features(agent, frames.obs, frames.masks, layer, options)
@@ -208,8 +210,9 @@ class FeatureOptions:
     """Frames from the run's unseen levels."""
     nmf: int = 8
     """NMF features."""
-    layer: str = DEFAULT_LAYER
-    """The conv layer the value is attributed to."""
+    layer: str | None = None
+    """The conv layer the value is attributed to (None: the study's layer of the network,
+    :data:`~policylens.worlds.hazards.STUDIED_LAYERS`)."""
     n_steps: int = 16
     """Integrated-gradient steps from the layer's zero activation."""
     seed: int = 0
