@@ -15,7 +15,9 @@ from policylens.commands.framework import command, console, open_run, print_json
 def attribute_cmd(
     run: Path = typer.Argument(..., help="Maze run folder."),
     method: str = typer.Option(
-        "ig", help="saliency, gradient, grad_x_input, ig (integrated gradients) or occlusion."
+        "ig",
+        help="saliency, gradient, grad_x_input, ig (integrated gradients), occlusion, lrp, "
+        "gradcam (default layer: the last conv) or guided_backprop.",
     ),
     target: str = typer.Option(
         "value", help="value, action (log-prob of the greedy action), logit:<a>, logprob:<a>."
@@ -24,6 +26,9 @@ def attribute_cmd(
     baseline: str = typer.Option("zeros", help="zeros, blurred, mean or zero_input."),
     n_steps: int = typer.Option(50, min=1, max=10_000, help="Integration steps (ig)."),
     integration: str = typer.Option("gausslegendre", help="gausslegendre or riemann_trapezoid."),
+    rules: str = typer.Option(
+        "epsilon", help="LRP composite: epsilon, zplus, gamma, epsilon_zplus_flat, ... (lrp)."
+    ),
     n_obs: int = typer.Option(64, min=1, max=100_000, help="Maze observations to attribute."),
     step: int = typer.Option(None, help="Checkpoint step (default: latest)."),
     seed: int = typer.Option(0, min=0, help="Seed of the observations."),
@@ -40,12 +45,15 @@ def attribute_cmd(
     from policylens.worlds import maze as md
     from policylens.worlds.maze import maze_config
 
-    how = method_from_name(method, baseline=baseline, n_steps=n_steps, integration=integration)
+    how = method_from_name(
+        method, baseline=baseline, n_steps=n_steps, integration=integration, rules=rules
+    )
     r = open_run(run, "maze")
     agent = r.load_agent(step)
     names = ACTION_NAMES if agent.num_actions == 4 else None
     data = md.maze_dataset(maze_config(r), n_obs, seed=seed, agent=agent)
     result = attribute(agent, data.obs, how, target, layer, action_names=names)
+    layer = result.layer  # Grad-CAM picks one when none is given
     stem = f"attribution_{method}_{target}_{layer or 'input'}".replace(":", "-").replace("/", "_")
     npz = r.analysis_dir / f"{stem}.npz"
     with atomic_path(npz) as tmp, open(tmp, "wb") as f:
@@ -71,7 +79,12 @@ def attribute_cmd(
     table.add_row("mean target", f"{summary['output_mean']:.4f}")
     table.add_row("mean |attribution|", f"{summary['mean_abs_attribution']:.4g}")
     c = summary["completeness"]
-    if c:
+    if c and result.method == "lrp":  # conservation: summed relevance vs the target
+        table.add_row("mean sum of relevance", f"{c['sum_attributions_mean']:.4f}")
+        table.add_row(
+            "conservation error (mean, max)", f"{c['mean_abs_error']:.2g}, {c['max_abs_error']:.2g}"
+        )
+    elif c:
         table.add_row("mean f(x) - f(baseline)", f"{c['output_difference_mean']:.4f}")
         table.add_row("mean sum of attributions", f"{c['sum_attributions_mean']:.4f}")
         table.add_row(
@@ -91,7 +104,8 @@ def features_cmd(
         8, min=1, max=256, help="NMF features of the value attributions (Hilton)."
     ),
     layer: str = typer.Option(
-        None, help="Conv hook name (default: a middle residual layer; hazards: hook_relu)."
+        None,
+        help="Conv hook name (default: a middle residual layer; hazards: the study's layer, hook_relu or hook_pool2 for pixel agents).",
     ),
     n_steps: int = typer.Option(
         10, min=1, max=10_000, help="IG steps from the layer's zero baseline."
@@ -121,13 +135,12 @@ def features_cmd(
     from policylens.runs import Run
     from policylens.studies.rl_vision.features import FeatureOptions, run_features
     from policylens.worlds import maze as md
-    from policylens.worlds.hazards import DEFAULT_LAYER
     from policylens.worlds.maze import maze_config
 
     if worlds.of_run(Run(run)).name == "hazards":  # features named from its object masks
         r = open_run(run)
         wanted = FeatureOptions(
-            n_obs=n_obs, nmf=nmf, layer=layer or DEFAULT_LAYER, n_steps=n_steps, seed=seed,
+            n_obs=n_obs, nmf=nmf, layer=layer, n_steps=n_steps, seed=seed,
             step=step,
         )  # fmt: skip
         hazard = run_features(r, wanted)

@@ -118,7 +118,7 @@ def frame_activations(ex: Ex, p: EpisodeQuery, t: Frame, layer: Layer) -> Respon
     return tensors({"acts": acts}, {"layer": layer})
 
 
-Method = Literal["saliency", "grad_x_input", "ig"]
+Method = Literal["saliency", "grad_x_input", "ig", "lrp", "guided_backprop", "gradcam"]
 
 
 @router.get("/api/frame/attribution")
@@ -130,15 +130,15 @@ def frame_attribution(
     target: Annotated[str, Query(max_length=40, pattern=r"^[\w:]+$")] = "value",
     layer: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Response:
-    """Saliency, gradient x input or integrated gradients of the value, the action taken
-    ("action") or one action ("logit:<a>", "logprob:<a>") for one frame: a map over the
-    observation, or over a layer's positions."""
+    """Saliency, gradient x input, integrated gradients, LRP, guided backprop or Grad-CAM (at a
+    layer) of the value, the action taken ("action") or one action ("logit:<a>",
+    "logprob:<a>") for one frame: a map over the observation, or over a layer's positions."""
     step, ep = _episode(ex, p)
     if target == "action":  # the action taken at this frame (the greedy one at the last)
         a = int(ep.actions[t]) if t < ep.length else int(np.argmax(ep.logits[-1]))
         target = f"logprob:{a}"
     amap, meta = ex.attribution(step, ex.frame(ep, t), method, target, layer or None)
-    return tensors({"map": amap}, {**meta, "target": target})
+    return tensors({"map": amap}, meta)
 
 
 @router.get("/api/frame/nmf")

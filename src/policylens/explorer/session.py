@@ -28,6 +28,7 @@ import torch
 
 from policylens import worlds
 from policylens.artifacts import atomic_path, read_json, write_json
+from policylens.errors import check_known
 from policylens.explorer.jobs import Jobs, Progress
 from policylens.explorer.worlds import cheese_vector, vector_field
 from policylens.runs import Run
@@ -46,6 +47,10 @@ SERVED = {".html", ".png", ".svg", ".json", ".csv", ".txt"}
 LABELS_FILE = Path("analysis") / "explorer" / "labels.json"
 VECTORS_DIR = Path("analysis") / "vectors"
 TRAJECTORY_STEPS = 40
+MAP_METHODS = ("saliency", "grad_x_input", "ig", "lrp", "guided_backprop", "gradcam")
+"""The attribution methods the observation view draws as a map."""
+LAYER_METHODS = ("gradcam",)
+"""Of those, the ones drawn at a conv layer only."""
 """Steps of a maze path drawn in the interventions view (about 0.5 ms of CPU each for one row of
 the 9x9 maze CNN, measured; a 9x9 maze's shortest paths are shorter)."""
 
@@ -264,14 +269,18 @@ class Explorer:
     def attribution(
         self, step: int, obs: np.ndarray, method: str, target: str, layer: str | None
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        """Saliency, gradient x input or IG of ``target`` for one observation: a map over the
-        observation (``layer`` None) or over ``layer``'s positions."""
+        """One of :data:`MAP_METHODS` of ``target`` for one observation: a map over the
+        observation (``layer`` None) or over ``layer``'s positions. LRP explains the logit where
+        a log-probability is asked for (its rules are defined for linear outputs)."""
         from policylens.lenses.attribution import attribute, method_from_name
 
-        if method not in ("saliency", "grad_x_input", "ig"):
-            raise ValueError(f"method must be saliency, grad_x_input or ig, got {method!r}")
+        check_known([method], MAP_METHODS, "method")
+        if method in LAYER_METHODS and layer is None:
+            raise ValueError(f"{method} draws a map at a conv layer; pass a layer.")
         if layer is not None:
             self.check_layer(step, layer)
+        if method == "lrp" and target.startswith("logprob:"):
+            target = "logit:" + target.removeprefix("logprob:")
         how = method_from_name(method, n_steps=50 if layer is None else 10)
         names = self.world.action_names
         with self.lock:
@@ -286,6 +295,7 @@ class Explorer:
         return amap, {
             "completeness": check.to_json() if check else None,
             "output": float(result.outputs[0]),
+            "target": target,
         }
 
     # -- the dataset ----------------------------------------------------------------------------------

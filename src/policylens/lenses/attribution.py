@@ -9,6 +9,8 @@ Methods are objects carrying their own options, as in Captum: ``Saliency()``, ``
 ``GradXInput()``, ``IntegratedGradients(n_steps=10, baseline="zeros")``, ``Occlusion(window=2)``;
 ``attribute(agent, obs, IntegratedGradients(n_steps=10), "value", layer)``. A bad option fails
 when the object is built; :func:`method_from_name` maps a command-line name (``"ig"``) to one.
+``LRP(rules=...)`` (:mod:`.relevance`), ``GradCAM()`` and ``GuidedBackprop()`` (:mod:`.cam`) go
+through :func:`attribute` the same way.
 
 Targets (:func:`parse_target`): ``"value"``, an action logit (``3`` or ``"logit:3"``, or
 ``"logit:up"`` given action names), a log-probability (``"logprob:3"``), the log-probability of the
@@ -59,6 +61,8 @@ from torch import Tensor, nn
 
 from policylens.agents.hooks import HookPoint
 from policylens.errors import check_known, unknown_message
+from policylens.lenses.cam import GradCAM, GuidedBackprop, grad_cam, guided_backprop
+from policylens.lenses.relevance import LRP, lrp
 
 if TYPE_CHECKING:
     from policylens.agents.agent import HookedAgent
@@ -216,18 +220,26 @@ def _positive_int(value: object) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool) and bool(value >= 1)
 
 
-METHODS: dict[str, type[AttributionMethod]] = {
-    m.name: m for m in (Saliency, Gradient, GradXInput, IntegratedGradients, Occlusion)
-}
+Method = AttributionMethod | LRP | GradCAM | GuidedBackprop
+"""Any method object: the gradient and path methods here, LRP (:mod:`.relevance`), Grad-CAM and
+guided backpropagation (:mod:`.cam`)."""
+
+METHODS: dict[str, type[Method]] = {
+    m.name: m
+    for m in (Saliency, Gradient, GradXInput, IntegratedGradients, Occlusion, LRP, GradCAM,
+              GuidedBackprop)
+}  # fmt: skip
 """Each method by its command-line name."""
 METHOD_ALIASES = {
     "integrated_gradients": "ig",
     "input_x_gradient": "grad_x_input",
     "grad": "gradient",
+    "grad_cam": "gradcam",
+    "guided_backpropagation": "guided_backprop",
 }
 
 
-def method_from_name(name: str, **options: Any) -> AttributionMethod:
+def method_from_name(name: str, **options: Any) -> Method:
     """The method called ``name`` (:data:`METHODS` or an alias) with the ``options`` it takes.
 
     Options that only other methods take are ignored, so one set of command-line flags serves
@@ -836,7 +848,7 @@ def _plan(batch: int, steps: int, rows: int) -> tuple[int, int]:
 def attribute(
     agent: HookedAgent,
     obs: np.ndarray | Tensor,
-    method: AttributionMethod,
+    method: Method,
     target: str | int | Callable | Target = "value",
     layer: str | None = None,
     *,
@@ -850,8 +862,9 @@ def attribute(
         obs: observations ``(batch, *obs_shape)`` (or one observation); with
             ``preprocessed=True``, already preprocessed inputs (``agent.preprocess``).
         method: ``Saliency()``, ``Gradient()``, ``GradXInput()``,
-            ``IntegratedGradients(n_steps=..., baseline=...)`` or ``Occlusion(window=...)``
-            (:func:`method_from_name` builds one from its name).
+            ``IntegratedGradients(n_steps=..., baseline=...)``, ``Occlusion(window=...)``,
+            ``LRP(rules=...)``, ``GradCAM()`` (default layer: the last conv hook) or
+            ``GuidedBackprop()`` (:func:`method_from_name` builds one from its name).
         target: see :func:`parse_target` (``action_names`` name the actions there).
         layer: a hook name (``agent.hook_names()``) to attribute to its activation, or None for
             the (preprocessed) input.
@@ -864,8 +877,8 @@ def attribute(
             else ""
         )
         raise ValueError(
-            "method must be Saliency(), Gradient(), GradXInput(), IntegratedGradients(...) or "
-            f"Occlusion(...), got {method!r}{hint}."
+            "method must be Saliency(), Gradient(), GradXInput(), IntegratedGradients(...), "
+            f"Occlusion(...), LRP(...), GradCAM(...) or GuidedBackprop(), got {method!r}{hint}."
         )
     tgt = parse_target(target, agent.num_actions, action_names)
     if layer is not None:
@@ -873,6 +886,8 @@ def attribute(
     with attribution_mode(agent):
         x = _as_input(agent, obs, preprocessed)
         acts = _actions(agent, x, tgt, actions)
+        if isinstance(method, LRP | GradCAM | GuidedBackprop):
+            return _rule_based(agent, x, method, tgt, acts, layer)
         if isinstance(method, Saliency | Gradient | GradXInput):
             sub = _Substitute(agent, x, layer, fast=method.fast)
             index = torch.arange(len(x), device=x.device)
@@ -902,6 +917,46 @@ def attribute(
         if isinstance(method, Occlusion):
             return _occlusion(sub, tgt, acts, base, desc, method, rows)
         return _integrated_gradients(sub, tgt, acts, base, desc, method, rows)
+
+
+def _rule_based(
+    agent: HookedAgent,
+    x: Tensor,
+    method: LRP | GradCAM | GuidedBackprop,
+    target: Target,
+    actions: Tensor | None,
+    layer: str | None,
+) -> Attribution:
+    """LRP, Grad-CAM and guided backprop; LRP's conservation is reported as completeness against
+    a zero baseline output (summed relevance vs the target)."""
+
+    def fn(logits: Tensor, value: Tensor) -> Tensor:
+        return target(logits, value, actions)
+
+    if isinstance(method, LRP):
+        if target.kind in ("logprob", "action"):
+            raise ValueError(
+                f"LRP explains a network output, not the log-probability target {target.name!r}; "
+                "use 'value' or 'logit:<a>'."
+            )
+        r = lrp(agent, x, method, fn, layer)
+        zeros = torch.zeros_like(r.outputs)
+        return Attribution(r.attributions, r.inputs, r.outputs, method.name, target.name, layer,
+                           baseline_outputs=zeros, baseline="none", info=r.info)  # fmt: skip
+    if isinstance(method, GradCAM):
+        if layer is None:  # Grad-CAM's choice: the last conv layer
+            spatial = spatial_layers(agent)
+            if not spatial:
+                raise ValueError(
+                    "This agent has no spatial (conv) layers, which Grad-CAM needs; use another "
+                    "method such as LRP() or Saliency()."
+                )
+            layer = spatial[-1]
+        r = grad_cam(agent, x, method, fn, layer)
+    else:
+        r = guided_backprop(agent, x, method, fn, layer)
+    return Attribution(r.attributions, r.inputs, r.outputs, method.name, target.name, layer,
+                       info=r.info)  # fmt: skip
 
 
 def _as_input(agent: HookedAgent, obs: np.ndarray | Tensor, preprocessed: bool) -> Tensor:

@@ -229,9 +229,10 @@ async function trajectory(root, app) {
 async function observation(root, app) {
   const p = app.params;
   const spatial = layers(app, true);
-  const overlays = [["none", "none"], ["saliency", "saliency (input)"], ["grad_x_input", "gradient × input"], ["ig", "integrated gradients (input)"]];
+  const overlays = [["none", "none"], ["saliency", "saliency (input)"], ["grad_x_input", "gradient × input"], ["ig", "integrated gradients (input)"],
+    ["lrp", "LRP (input)"], ["guided_backprop", "guided backprop (input)"]];
   if (layers(app).length) overlays.push(["ig-layer", "integrated gradients (layer)"]);
-  if (spatial.length) overlays.push(["nmf", "NMF features (layer)"]);
+  if (spatial.length) overlays.push(["gradcam", "Grad-CAM (layer)"], ["nmf", "NMF features (layer)"]);
   const change = (name) => api.timed(name, () => refresh()).catch((e) => fail(app, e));
   const targets = [["value", "value"], ["action", "action taken"], ...app.info.actions.map((n, a) => [`logprob:${a}`, `log p(${n})`])];
   const overlay = select("overlay", overlays, p.overlay || "saliency", (v) => { app.set({ overlay: v }); change("toggle overlay"); });
@@ -275,7 +276,8 @@ async function observation(root, app) {
       answer = { kind, ...r };
     } else {
       const method = kind === "ig-layer" ? "ig" : kind;
-      const q = api.query({ method, target: target.value, layer: kind === "ig-layer" ? layer.value : null });
+      const atLayer = kind === "ig-layer" || kind === "gradcam";
+      const q = api.query({ method, target: target.value, layer: atLayer ? layer.value : null });
       const r = await api.getTensors(`api/frame/attribution?${base}&${q}`, "overlay");
       answer = { kind, ...r };
     }
@@ -290,7 +292,8 @@ async function observation(root, app) {
       const [lo, hi] = draw.range(answer.tensors.map.data);
       const c = answer.meta.completeness;
       legend.append(el("p", { id: "overlay-range", text: `${answer.kind} of ${answer.meta.target}: ${draw.fmt(lo)} to ${draw.fmt(hi)} (red +, blue −)` }));
-      if (c) legend.append(el("p", { class: "note", text: `IG completeness: attributions sum to ${draw.fmt(c.sum_attributions_mean)} vs f(x) − f(baseline) ${draw.fmt(c.output_difference_mean)}` }));
+      const check = answer.kind === "lrp" ? "LRP conservation: relevance sums to" : "IG completeness: attributions sum to";
+      if (c) legend.append(el("p", { class: "note", text: `${check} ${draw.fmt(c.sum_attributions_mean)} vs f(x) − f(baseline) ${draw.fmt(c.output_difference_mean)}` }));
       return;
     }
     const m = answer.meta;
