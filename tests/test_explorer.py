@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from policylens.agents.sae import load_sae
 from policylens.explorer import Explorer, create_app
 from policylens.explorer.app import free_socket
 from policylens.explorer.security import loopback_hosts
@@ -111,6 +112,30 @@ def rook(tmp_path_factory):
 
 def explorer_of(client: TestClient) -> Explorer:
     return client.app.app.state.explorer
+
+
+def check_intervention(client: TestClient, body: dict, hooks: list) -> tuple[dict, dict]:
+    """``/api/intervene``'s answer is ``agent.run_with_hooks`` with ``hooks`` (written out by the
+    test) on the episode's frame, and the episode replayed from its seed with those hooks."""
+    arrays, meta = unpack(post(client, "/api/intervene", body).content)
+    ex = explorer_of(client)
+    step, seed, t = ex.step(None), body["episode"]["seed"], body["t"]
+    ep = ex.episode(step, seed, None, False)
+    agent = ex.agent(step)
+    with torch.no_grad():
+        logits, value = agent.run_with_hooks(ep.obs[t][None], fwd_hooks=hooks)
+        base_logits, base_value = agent(ep.obs[t][None])
+    np.testing.assert_allclose(arrays["probs"], torch.softmax(logits.float(), -1)[0].numpy(),
+                               rtol=1e-5, atol=1e-7)  # fmt: skip
+    assert meta["value"] == pytest.approx(float(value[0]), rel=1e-5, abs=1e-6)
+    np.testing.assert_allclose(arrays["base_probs"],
+                               torch.softmax(base_logits.float(), -1)[0].numpy(), rtol=1e-5,
+                               atol=1e-7)  # fmt: skip
+    assert meta["base_value"] == pytest.approx(float(base_value[0]), rel=1e-5, abs=1e-6)
+    played = ex.world.play(agent, seed, None, False, hooks)
+    assert arrays["actions"].tolist() == played.actions.tolist()
+    assert (meta["outcome"], meta["length"]) == (played.outcome, played.length)
+    return arrays, meta
 
 
 # -- the wire format ----------------------------------------------------------------------------------------
@@ -403,11 +428,12 @@ def test_saved_vectors_steer_and_channel_pages_show_examples(maze):
         "vectors"
     ][0].items()
     iv = {"vector": "cheese-2", "coef": 2.0}
-    arrays, meta = unpack(
-        post(maze, "/api/intervene", {"episode": {"seed": 3}, "t": 1, "intervention": iv}).content
-    )
-    assert not np.allclose(arrays["probs"], arrays["base_probs"])
-    assert meta["outcome"] in ("cheese", "truncated", "failure")
+    vector = explorer_of(maze).load_vector("cheese-2")[0]  # as saved: steering adds 2 x it
+    arrays, meta = check_intervention(
+        maze, {"episode": {"seed": 3}, "t": 1, "intervention": iv},
+        [("res1.hook_out", lambda act, hook: act + 2.0 * vector)],
+    )  # fmt: skip
+    assert not np.allclose(arrays["probs"], arrays["base_probs"])  # this steering shows
     arrays, meta = unpack(get(maze, "/api/channel?layer=res1.hook_out&channel=4").content)
     values = [e["value"] for e in meta["examples"]]
     assert arrays["obs"].shape == (6, 3, 9, 9) and values == sorted(values, reverse=True)
@@ -443,7 +469,20 @@ def test_rook_episodes_units_and_sae_pages(rook):
     }
     over, meta = unpack(get(rook, f"/api/sae/{sae['id']}").content)
     assert meta["d_sae"] == 64 and over["frequency"].shape == (64,)
-    assert meta["dead"] == int((over["frequency"] == 0).sum())
+    # the frequencies are the SAE (read from its folder) encoding the play's activations, each
+    # recomputed from its observation
+    ex = explorer_of(rook)
+    step = ex.step(None)
+    folder_sae = load_sae(ex.root / "analysis" / "sae" / sae["id"])
+    data = ex.sae_data(step, sae["id"])["data"]
+    assert meta["observations"] == len(data.obs) > 0
+    _, cache = ex.agent(step).run_with_cache(data.obs, names=[MLP_HOOK])
+    torch.testing.assert_close(data.acts.float(), cache[MLP_HOOK].float())
+    with torch.no_grad():
+        z = folder_sae.encode(cache[MLP_HOOK].float())
+    np.testing.assert_allclose(over["frequency"], (z != 0).float().mean(0).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(over["max"], z.max(0).values.numpy(), rtol=1e-5, atol=1e-6)
+    assert meta["dead"] == int((z != 0).sum(0).eq(0).sum())
     latent = int(np.argmax(over["frequency"]))
     card, cmeta = unpack(get(rook, f"/api/sae/{sae['id']}/latent/{latent}").content)
     assert card["top_obs"].shape[1:] == (75,) and len(cmeta["ablation"]["logit_change"]) == 24
@@ -451,15 +490,21 @@ def test_rook_episodes_units_and_sae_pages(rook):
     assert get(rook, f"/api/sae/{sae['id']}/latent/64").status_code == 400
     assert get(rook, "/api/sae/..%2f..%2fconfig.json").status_code in (400, 404)
     body = {"episode": {"seed": 2}, "t": 0, "intervention": {"sae": sae["id"]}}
-    spliced, smeta = unpack(post(rook, "/api/intervene", body).content)
-    np.testing.assert_allclose(spliced["probs"].sum(), 1, rtol=1e-5)
+    # spliced: the activation replaced by the SAE's reconstruction of it
+    check_intervention(rook, body, [(MLP_HOOK, lambda act, hook: folder_sae(act)[0])])
     clamp = {
         "episode": {"seed": 2},
         "t": 0,
         "intervention": {"clamp_channels": [1, 2], "clamp_value": 5.0, "hook": MLP_HOOK},
     }
-    clamped = unpack(post(rook, "/api/intervene", clamp).content)[0]
-    assert not np.allclose(clamped["probs"], clamped["base_probs"])  # units of an MLP clamp too
+
+    def units_1_2_at_5(act, hook):  # an MLP's clamp sets its units
+        act = act.clone()
+        act[:, [1, 2]] = 5.0
+        return act
+
+    clamped = check_intervention(rook, clamp, [(MLP_HOOK, units_1_2_at_5)])[0]
+    assert not np.allclose(clamped["probs"], clamped["base_probs"])
     assert post(rook, "/api/maze", {"state": {}, "layer": MLP_HOOK}).status_code == 400
 
 
@@ -588,9 +633,21 @@ def test_hazard_overlays_and_nmf_features_named_by_object_masks(hazards):
     arrays, meta = unpack(get(hazards, query).content)
     assert arrays["maps"].shape == (13, 13, 4) and (arrays["maps"] >= 0).all()
     assert arrays["example_obs"].shape == (16, 13, 13, 3)
-    for f in meta["features"]:  # named as the RL-vision study names them: the best object mask
-        assert f["label"] in OBJECTS
-        assert f["correlation"] == max(f["correlations"].values())
+    # named as the RL-vision study names them: the object mask best correlated (Pearson, numpy
+    # here) with the feature's maps over the dataset the NMF was fitted on
+    ex = explorer_of(hazards)
+    step = ex.step(None)
+    fitted, truth = ex.nmf(step, HAZARD_LAYER, 4)["nmf"].maps, ex.dataset(step).truth
+    assert fitted.shape == (256, 13, 13, 4) and len(meta["features"]) == 4
+    for i, f in enumerate(meta["features"]):
+        x = fitted[..., i].ravel().astype(np.float64)
+        by_hand = {
+            name: np.corrcoef(x, truth[name].ravel())[0, 1] if truth[name].std() * x.std() else 0.0
+            for name in OBJECTS
+        }
+        assert f["correlations"] == pytest.approx(by_hand, abs=1e-9), i
+        best = max(by_hand, key=by_hand.__getitem__)
+        assert f["label"] == best and f["correlation"] == pytest.approx(by_hand[best], abs=1e-9)
 
 
 def test_hazard_interventions_and_sae_pages(hazards):
@@ -598,18 +655,51 @@ def test_hazard_interventions_and_sae_pages(hazards):
 
     info = get(hazards, "/api/run").json()
     (sae,) = info["saes"]
+    from policylens.worlds.hazards import symbolic_rgb
+
+    ex = explorer_of(hazards)
+    step = ex.step(None)
     clamp = {"episode": {"seed": 1}, "t": 1,
              "intervention": {"clamp_channels": list(range(16)), "clamp_value": 5.0}}  # fmt: skip
-    arrays, meta = unpack(post(hazards, "/api/intervene", clamp).content)
+
+    def every_channel_at_5(act, hook):  # the whole conv map fixed: every frame looks the same
+        return torch.full_like(act, 5.0)
+
+    arrays, meta = check_intervention(hazards, clamp, [(HAZARD_LAYER, every_channel_at_5)])
     assert not np.allclose(arrays["probs"], arrays["base_probs"])
-    assert arrays["final_obs"].shape == (13, 13, 3)
+    played = ex.world.play(ex.agent(step), 1, None, False, [(HAZARD_LAYER, every_channel_at_5)])
+    assert np.array_equal(arrays["final_obs"], symbolic_rgb(played.obs[-1], px=1))
     assert {meta["outcome"], meta["base_outcome"]} <= {"coin", *CAUSES[1:]}
+    at = {"episode": {"seed": 1}, "t": 1, "intervention": {
+        "clamp_channels": [3], "clamp_value": 4.0, "clamp_position": [6, 7]}}  # fmt: skip
+
+    def channel_3_only_at_6_7(act, hook):  # Mini et al.: the rest of the channel zeroed
+        act = act.clone()
+        act[:, 3] = 0.0
+        act[:, 3, 6, 7] = 4.0
+        return act
+
+    check_intervention(hazards, at, [(HAZARD_LAYER, channel_3_only_at_6_7)])
     over, meta = unpack(get(hazards, f"/api/sae/{sae['id']}").content)
+    # a latent's frequency: the share of observations where it fires at any cell of the map
+    folder_sae = load_sae(ex.root / "analysis" / "sae" / sae["id"])
+    data = ex.sae_data(step, sae["id"])["data"]
+    _, cache = ex.agent(step).run_with_cache(data.obs, names=[HAZARD_LAYER])
+    cells = cache[HAZARD_LAYER].float().permute(0, 2, 3, 1)  # (n, 13, 13, 16)
+    with torch.no_grad():
+        z = folder_sae.encode(cells.reshape(-1, 16)).reshape(len(cells), 13 * 13, -1)
+    np.testing.assert_allclose(over["frequency"], (z != 0).any(1).float().mean(0).numpy())
+    np.testing.assert_allclose(over["max"], z.amax((0, 1)).numpy(), rtol=1e-5, atol=1e-6)
     latent = int(np.argmax(over["frequency"]))
     card = unpack(get(hazards, f"/api/sae/{sae['id']}/latent/{latent}").content)[0]
     assert card["top_obs"].shape[1:] == (13, 13, 3)
     spliced = {"episode": {"seed": 1}, "t": 1, "intervention": {"sae": sae["id"]}}
-    assert post(hazards, "/api/intervene", spliced).status_code == 200
+
+    def reconstructed(act, hook):  # each cell's channel vector through the SAE
+        vectors = act.permute(0, 2, 3, 1).reshape(-1, 16)
+        return folder_sae(vectors)[0].reshape(len(act), 13, 13, 16).permute(0, 3, 1, 2)
+
+    check_intervention(hazards, spliced, [(HAZARD_LAYER, reconstructed)])
     assert post(hazards, "/api/maze", {"state": {}, "layer": HAZARD_LAYER}).status_code == 400
 
 

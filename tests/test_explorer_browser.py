@@ -1,16 +1,17 @@
 """The explorer in a real browser (Playwright driving Debian's chromium): click through every view
-as a user would. Locally these skip when no Chromium is installed; in CI (CI=true) they fail, so
-the browser can never be silently missing there (.ci/run installs it)."""
+as a user would. Without Chromium or Playwright they follow the suite's one oracle rule
+(tests/oracles.py): skipped on a laptop, failed in CI with the lines that install them, so the
+browser can never be silently missing there (.ci/run installs it)."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
 
 import pytest
+from oracles import INSTALL, missing
 from test_explorer import build_maze_run, build_rook_run
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -18,18 +19,16 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("browser")]
 
 
 def _require_browser() -> None:
-    missing = []
+    """Chromium and Playwright, or :func:`oracles.missing` naming how to install each."""
+    absent = []
     if not Path(CHROMIUM).exists():
-        missing.append(f"no Chromium at {CHROMIUM} (apt-get install -y chromium)")
+        absent.append(f"no Chromium at {CHROMIUM} (apt-get install -y chromium)")
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        missing.append("playwright is not installed (pip install -e '.[dev]')")
-    if missing:
-        message = "browser tests need a browser: " + "; ".join(missing)
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        absent.append(f"playwright is not installed ({INSTALL['playwright']})")
+    if absent:
+        missing("browser tests need a browser: " + "; ".join(absent))
 
 
 @pytest.fixture(scope="module")
@@ -158,12 +157,20 @@ def test_move_the_cheese_and_the_vector_field_changes(page, maze_server):
     )
     until(page, f"document.querySelector('#board').dataset.field !== '{before}'")
     assert f"cheese={target[0]}%2C{target[1]}" in page.url
+    mouse = f"mouse={state['mouse'][0]}%2C{state['mouse'][1]}"
+    assert mouse in page.url  # the level's own mouse, written into the address with the edit
     wall = next((r, c) for r in range(n) for c in range(n) if state["walls"][r][c] == "#")
     page.check("#mode-mouse")  # the mouse cannot stand on a wall: nothing changes
     page.locator("#board").click(
         position={"x": (wall[1] + 0.5) * cell, "y": (wall[0] + 0.5) * cell}
     )
-    assert f"cheese={target[0]}%2C{target[1]}" in page.url
+    assert f"cheese={target[0]}%2C{target[1]}" in page.url and mouse in page.url
+    # the same click on a free cell does move the mouse (the wall click was seen, and refused)
+    spot = next(p for p in free if list(p) != list(state["mouse"]) and p != target)
+    page.locator("#board").click(
+        position={"x": (spot[1] + 0.5) * cell, "y": (spot[0] + 0.5) * cell}
+    )
+    until(page, f"location.href.includes('mouse={spot[0]}%2C{spot[1]}')")
 
 
 def test_drag_the_steering_slider_and_the_trajectory_changes(page, maze_server):

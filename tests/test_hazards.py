@@ -542,9 +542,17 @@ def test_failure_options_name_their_fields() -> None:
 
 
 @pytest.mark.slow
-def test_failure_table_counts_every_level_once(tiny_hazard_run) -> None:
+def test_failure_table_counts_every_level_once(tiny_hazard_run, tmp_path) -> None:
+    """The tiny run's agent made to press noop whatever it sees: each level then ends as the world
+    alone ends it, so its table is the levels replayed here by hand (gymnasium, noop until the
+    level ends; level i of a table is reset with seed + i), hiding saws changes nothing."""
     import json
+    import shutil
 
+    import torch
+
+    from policylens.envs.hazards import ACTION_NAMES
+    from policylens.runs import Run
     from policylens.studies.hazards.failures import (
         FAILURE_CAUSES,
         FailureOptions,
@@ -552,23 +560,57 @@ def test_failure_table_counts_every_level_once(tiny_hazard_run) -> None:
         run_failures,
     )
 
-    result = run_failures(tiny_hazard_run, FailureOptions(12, ("saws",), seed=3))
+    noop = ACTION_NAMES.index("noop")
+    path = tmp_path / "still"
+    shutil.copytree(tiny_hazard_run.path, path, ignore=shutil.ignore_patterns("*.lock"))
+    run = Run(path)
+    agent = run.load_agent()
+    with torch.no_grad():  # every other action's probability underflows to exactly 0
+        agent.net.fc_policy.weight.zero_()
+        agent.net.fc_policy.bias.fill_(-1e4)
+        agent.net.fc_policy.bias[noop] = 0.0
+    run.save_checkpoint(agent, run.checkpoint()[0])
+
+    def by_hand(env_kwargs: dict) -> list[tuple[str, bool, int]]:
+        played = []
+        for i in range(12):
+            env = gym.make(ENV_ID, **{**env_kwargs, "masks": False})
+            env.reset(seed=3 + i)
+            length, ended = 0, False
+            while not ended:
+                _, _, terminated, truncated, info = env.step(noop)
+                length, ended = length + 1, terminated or truncated
+            played.append((info["death_cause"], bool(info["success"]), length))
+            env.close()
+        return played
+
+    result = run_failures(run, FailureOptions(12, ("saws",), seed=3))
     assert set(result.splits) == {"unseen", "training"}
-    for split in result.splits.values():
-        for table in (split.shown, split.hidden["saws"]):
-            done = table.completion["rate"] + sum(
-                table.failures[c]["of_levels"]["rate"] for c in FAILURE_CAUSES
-            )
-            assert done == pytest.approx(1.0)  # each level ends in the coin or one cause
-            assert sum(table.deaths(c) for c in FAILURE_CAUSES) == round(
-                12 * (1 - table.completion["rate"])
-            )
-            assert table.completion["n"] == 12
-        assert split.hidden["saws"].env_kwargs["invisible_saws"] is True
-        diff = split.hidden_vs_shown["saws"]["completion"]
-        hidden, shown = split.hidden["saws"], split.shown
-        assert diff["diff"] == pytest.approx(hidden.completion["rate"] - shown.completion["rate"])
     assert result.splits["unseen"].shown.env_kwargs["start_level"] == 20
+    endings = set()
+    for split in result.splits.values():
+        played = by_hand(split.shown.env_kwargs)
+        causes = [c for c, _, _ in played]
+        endings |= set(causes)
+        for table in (split.shown, split.hidden["saws"]):
+            assert table.episodes == 12 and table.completion["n"] == 12
+            assert table.completion["rate"] == sum(s for _, s, _ in played) / 12
+            for cause in FAILURE_CAUSES:
+                assert table.deaths(cause) == causes.count(cause), cause
+                assert table.failures[cause]["of_levels"]["rate"] == causes.count(cause) / 12
+            assert table.length["mean"] == pytest.approx(np.mean([n for _, _, n in played]))
+        hidden, shown = split.hidden["saws"], split.shown
+        assert hidden.env_kwargs["invisible_saws"] is True
+        # an agent that sees nothing it acts on: hiding saws changes no level
+        assert (hidden.completion, hidden.failures, hidden.length) == (
+            shown.completion, shown.failures, shown.length,
+        )  # fmt: skip
+        assert split.hidden_vs_shown["saws"]["completion"]["diff"] == 0.0
+    # standing still, every level runs out of time: timeouts are the levels, each counted once
+    assert endings == {"timeout"}
+    for split in result.splits.values():
+        assert split.shown.deaths("timeout") == 12 and split.shown.completion["rate"] == 0.0
+        assert split.shown.length["mean"] == split.shown.env_kwargs["max_steps"]
     assert FailureStudy.from_json(json.loads(json.dumps(result.to_json()))) == result
 
 
@@ -622,7 +664,7 @@ def test_report_pictures(tiny_hazard_run) -> None:
 
 
 @pytest.mark.slow
-def test_report_reuses_saved_failure_tables(tiny_hazard_run, tmp_path) -> None:
+def test_report_reuses_saved_failure_tables(tiny_hazard_run, tmp_path, monkeypatch) -> None:
     import dataclasses
     import json
 
@@ -630,14 +672,33 @@ def test_report_reuses_saved_failure_tables(tiny_hazard_run, tmp_path) -> None:
 
     from policylens.cli import app
     from policylens.report.hazards import render
+    from policylens.studies.hazards import failures
+    from policylens.studies.hazards import overview as overview_module
     from policylens.studies.hazards.failures import FailureOptions, run_failures
     from policylens.studies.hazards.overview import OverviewOptions, run_overview
 
     tables = run_failures(tiny_hazard_run, FailureOptions(4, ("enemies",), seed=1))
+    measured: list[FailureOptions] = []  # every measurement of failure tables from here on
+
+    def counted(run, options):
+        measured.append(options)
+        return run_failures(run, options)
+
+    monkeypatch.setattr(failures, "run_failures", counted)
+    monkeypatch.setattr(overview_module, "run_failures", counted)
     logs: list[str] = []
+    # without tables the overview measures them (the counter sees a run)...
+    fresh = run_overview(
+        tiny_hazard_run, OverviewOptions(FailureOptions(2), played=2), log=logs.append
+    )
+    assert len(measured) == 1 and fresh.failures.episodes == 2
+    measured.clear()
+    logs.clear()
+    # ...with them, it measures nothing
     options = OverviewOptions(tables=tables, played=4)
     overview = run_overview(tiny_hazard_run, options, log=logs.append)
     assert overview.failures is tables and not any("failure tables" in m for m in logs)
+    assert measured == []
     assert 1 <= len(overview.episodes) <= 4 and overview.split == "unseen"
     path = render(overview, tiny_hazard_run.analysis_dir, tmp_path / "r.html")
     page = path.read_text()
@@ -652,6 +713,7 @@ def test_report_reuses_saved_failure_tables(tiny_hazard_run, tmp_path) -> None:
     args = ["hazards-report", str(tiny_hazard_run.path), "--failures", str(saved)]
     r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "c.html"), "--json"])
     assert r.exit_code == 0, r.output
+    assert measured == []  # the command measured no tables either
     assert json.loads(r.stdout) == {"report": str(tmp_path / "c.html")}
     assert "enemies invisible" in (tmp_path / "c.html").read_text()
 

@@ -64,6 +64,52 @@ def test_gae_matches_a_hand_computation():
     )
 
 
+def hand_gae(rewards, values, terminated, truncated, final_values, next_value, gamma, lam):
+    """The recursion written out per env with its endings explicit: a terminated step follows
+    nothing, a truncated one follows its final observation's value, the rollout's last step
+    (neither) follows ``next_value``; either ending cuts the trace."""
+    T, N = rewards.shape
+    out = np.zeros((T, N))
+    for n in range(N):
+        following_adv = 0.0
+        for t in reversed(range(T)):
+            if terminated[t, n]:
+                nxt, following_adv = 0.0, 0.0
+            elif truncated[t, n]:
+                nxt, following_adv = final_values[t, n], 0.0
+            else:
+                nxt = next_value[n] if t == T - 1 else values[t + 1, n]
+            out[t, n] = rewards[t, n] + gamma * nxt - values[t, n] + gamma * lam * following_adv
+            following_adv = out[t, n]
+    return out
+
+
+def test_gae_of_a_rollouts_endings_bootstraps_only_from_what_follows():
+    """train_ppo's convention (a truncated step's reward carries gamma x its final observation's
+    value, and every ended step is done) against the recursion above, on a rollout whose last
+    step is, per env: terminated, truncated, running on, and truncated mid-rollout then running."""
+    gamma, lam = 0.9, 0.8
+    rewards = np.array([[0.5, 0, 1, 0], [0, 1, 0, 2], [1, 0.5, 0, 0]], np.float64)  # (T=3, N=4)
+    values = np.array([[1, 2, 0.5, 1], [2, 1, 1, 3], [0.5, 1.5, 2, 0.25]], np.float64)
+    terminated = np.array([[0, 0, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0]], bool)
+    truncated = np.array([[0, 0, 0, 0], [0, 0, 0, 1], [0, 1, 0, 0]], bool)
+    final_values = np.where(truncated, [[0, 0, 0, 0], [0, 0, 0, 7.0], [0, 5.0, 0, 0]], 0.0)
+    next_value = np.array([9.0, 9.0, 4.0, 6.0])  # the next episodes' first observations
+    expected = hand_gae(rewards, values, terminated, truncated, final_values, next_value, gamma,
+                        lam)  # fmt: skip
+    # the last step by hand: terminated r - V; truncated r + g V_final - V; running r + g V' - V
+    np.testing.assert_allclose(expected[-1], [1 - 0.5, 0.5 + 0.9 * 5 - 1.5, 0 + 0.9 * 4 - 2,
+                                              0 + 0.9 * 6 - 0.25])  # fmt: skip
+    # env 3 truncated at step 1: its step 1 follows V_final = 7, not step 2's V, and the trace
+    # from step 2 does not reach it
+    assert expected[1, 3] == pytest.approx(2 + 0.9 * 7 - 3)
+    as_trained = rewards + gamma * final_values * truncated
+    adv = gae(as_trained.astype(np.float32), values.astype(np.float32),
+              (terminated | truncated).astype(np.float32), next_value.astype(np.float32), gamma,
+              lam)  # fmt: skip
+    np.testing.assert_allclose(adv, expected, rtol=1e-6, atol=1e-6)
+
+
 def test_checkpoint_schedule_is_log_spaced_and_includes_ends():
     ups = checkpoint_updates(1000, 10, "log")
     assert ups[0] == 0 and ups[-1] == 1000

@@ -399,6 +399,10 @@ def test_study_commands_end_to_end(tiny_hazard_run, tmp_path):
         v, a = np.array(ep["values"]), np.array(ep["advantages"])
         assert len(v) == len(a) == 4
         assert a[:-1] == pytest.approx(gamma * v[1:] - v[:-1] + gamma * lam * a[1:], abs=1e-4)
+        if ep["cause"] != "timeout":  # ended by a hazard: nothing follows the last step
+            assert a[-1] == pytest.approx(-v[-1], abs=1e-5)
+        # (a timeout's last step, bootstrapped from its final observation, is checked by hand in
+        # test_known_answers.py)
     found = ok("hallucinations", run, "--n-obs", "16", "--nmf", "3", "--limit", "4")
     assert found["frames"] == 16
     r = cli.invoke(app, ["rl-vision-report", run, "--edit", str(edited),
@@ -427,8 +431,36 @@ def test_diversity_effects_compare_the_ends_and_say_no_effect():
     assert score.endswith("no effect")  # the NaN seed is left out, the middle setting unused
 
 
+def play_by_hand(agent, n: int, env_kwargs: dict, seed: int) -> list[bool]:
+    """Whether each of ``n`` hazard levels is won by ``agent``'s sampled actions, played with
+    ``gymnasium.make`` one level at a time: level i is reset with ``seed + i``; its action at step
+    t is the inverse CDF of softmax(logits) at uniform ``U_t[0, i]``, the uniforms drawn (2, n)
+    per step from a torch generator seeded ``seed`` (the sampling policy's contract)."""
+    import gymnasium as gym
+
+    gen = torch.Generator().manual_seed(seed)
+    steps = env_kwargs["max_steps"]
+    uniforms = torch.stack([torch.rand(2, n, generator=gen)[0] for _ in range(steps)])
+    won = []
+    for i in range(n):
+        env = gym.make("policylens/Hazards-v0", **{**env_kwargs, "masks": False})
+        obs, _ = env.reset(seed=seed + i)
+        for t in range(steps):
+            with torch.no_grad():
+                logits = agent(torch.from_numpy(obs[None]))[0].float()
+            cdf = torch.softmax(logits, -1).cumsum(-1)
+            action = int(torch.searchsorted(cdf, (uniforms[t, i] * cdf[:, -1])[:, None])[0, 0])
+            obs, _, terminated, truncated, info = env.step(min(action, logits.shape[-1] - 1))
+            if terminated or truncated:
+                break
+        won.append(bool(info["success"]))
+        env.close()
+    return won
+
+
 @pytest.mark.slow
 def test_diversity_sweep_and_its_report(tmp_path):
+    from policylens.runs import Run
     from policylens.studies.rl_vision.diversity import diversity_result
     from policylens.studies.rl_vision.summary import StudySummary
     from policylens.sweeps import SweepSpec, run_sweep
@@ -439,10 +471,18 @@ def test_diversity_sweep_and_its_report(tmp_path):
                      evaluate="policylens.studies.rl_vision.diversity:diversity_metrics",
                      evaluate_kwargs={"levels": 3, "frames": 16, "k": 3})  # fmt: skip
     rows = run_sweep(spec, tmp_path / "sweep", quiet=True, threads=1)
-    assert len(rows) == 4
+    assert [(r["num_levels"], r["seed"]) for r in rows] == [(5, 0), (5, 1), (50, 0), (50, 1)]
     for row in rows:
-        assert 0 <= row["training_completion"] <= 1 and 0 <= row["unseen_completion"] <= 1
         assert -1 <= row["interpretability_score"] <= 1
+    # a trial's completions are its agent's levels played by hand: 3 levels each of its training
+    # and unseen levels, evaluation seed 10,000 + the metrics' seed (0)
+    run = Run(tmp_path / "sweep" / "trials" / "num_levels=5,seed=0")
+    agent, trained = run.load_agent(), run.config["trainer"]["env_kwargs"]
+    assert trained["num_levels"] == 5 and trained["start_level"] == 0
+    unseen = {**trained, "num_levels": 0, "start_level": 5}
+    for name, env_kwargs in (("training", trained), ("unseen", unseen)):
+        won = play_by_hand(agent, 3, env_kwargs, seed=10_000)
+        assert rows[0][f"{name}_completion"] == sum(won) / 3, name
     diversity = diversity_result(tmp_path / "sweep")
     assert len(diversity.effects) == len(diversity.metrics) == 5
     summary = StudySummary(tmp_path, None, None, None, (), diversity)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from policylens.agents import HookedAgent, build_agent
-from policylens.agents.sae import SAEConfig, build_sae, splice
+from policylens.agents.sae import SITE_FILE, SAEConfig, build_sae, load_sae, save_sae, splice
 from policylens.lenses.sae import Downstream, _batches, train_sae
 from policylens.rollout.engine import Policy
 from policylens.studies.rook_sae.concepts import match_concepts
@@ -160,13 +161,25 @@ def test_cli_eval_reports_behaviour_first_and_dead_latents_over_runs(tmp_path) -
     from policylens.cli import app
     from policylens.runs import Run
 
+    def silent(agent: HookedAgent) -> HookedAgent:
+        """``agent`` with ``layers.1.hook_act`` = tanh(0) = 0 on every observation: an SAE trained
+        there sees only zeros, starts at b_dec = their mean (0) and b_enc = 0, so no latent ever
+        has a positive pre-activation (and zero inputs give no gradient): all are dead."""
+        with torch.no_grad():
+            agent.net.layers[1].linear.weight.zero_()
+            agent.net.layers[1].linear.bias.zero_()
+        return agent
+
     runs = []
     for seed in (0, 1):
         agent = build_agent("mlp", (75,), 24, head="q", hidden=[16, 16], seed=seed)
+        later = build_agent("mlp", (75,), 24, head="q", hidden=[16, 16], seed=9)
+        if seed == 1:  # run 1's agents are silent at the hook
+            agent, later = silent(agent), silent(later)
         run = Run.create(tmp_path / f"run{seed}", {"kind": "dqn", "trainer": {"env_id": CHESS,
                          "seed": seed}, "agent": agent.config})  # fmt: skip
         run.save_checkpoint(agent, 0)
-        run.save_checkpoint(build_agent("mlp", (75,), 24, head="q", hidden=[16, 16], seed=9), 10)
+        run.save_checkpoint(later, 10)
         runs.append(run)
     runner = CliRunner()
     sae_dir = tmp_path / "sae"
@@ -185,8 +198,31 @@ def test_cli_eval_reports_behaviour_first_and_dead_latents_over_runs(tmp_path) -
     for cond in ("original", "spliced", "zero_ablation", "mean_ablation"):
         lo, hi = result[cond]["success_rate_ci"]
         assert lo <= result[cond]["success_rate"] <= hi and result[cond]["episodes"] == 8
-    assert 0 <= result["spliced"]["action_agreement"] <= 1
     assert {"offline_action_agreement", "kl", "regret", "margin_kept"} <= set(result["spliced"])
+    # an SAE set by hand over the same site: latents 0-15 are x_j + 2 (tanh keeps x_j above -1,
+    # so they always fire) decoded back exactly through b_dec = -2; latents 16-31 have an encoder
+    # bias no input overcomes: exactly those 16 are dead, and the agent is unchanged
+    trained = load_sae(sae_dir)
+    assert trained.config.d_in == 16 and trained.config.d_sae == 32
+    sae = build_sae(SAEConfig(d_in=16, d_sae=32, arch="relu", objective="kl"))
+    eye, rng = torch.eye(16), torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, torch.randn(16, 16, generator=rng)], 1))
+        sae.W_dec.copy_(torch.cat([eye, torch.randn(16, 16, generator=rng)], 0))
+        sae.b_enc.copy_(torch.cat([torch.zeros(16), torch.full((16,), -1e4)]))
+        sae.b_dec.fill_(-2.0)
+    hand = tmp_path / "hand_sae"
+    hand.mkdir()
+    shutil.copy(sae_dir / SITE_FILE, hand / SITE_FILE)
+    save_sae(sae, hand)
+    res = runner.invoke(app, ["sae", "eval", str(runs[0].path), str(hand), "--episodes", "8",
+                              "--steps", "200", "--json"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    by_hand = json.loads(res.stdout)
+    rec = by_hand["reconstruction"]
+    assert rec["dead_latents"] == 16 and rec["dead_fraction"] == 0.5 and rec["l0"] == 16.0
+    assert rec["explained_variance"] == pytest.approx(1.0, abs=1e-5)
+    assert by_hand["spliced"]["offline_action_agreement"] == 1.0
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert res.output.index("Behaviour") < res.output.index("Reconstruction")
@@ -199,5 +235,12 @@ def test_cli_eval_reports_behaviour_first_and_dead_latents_over_runs(tmp_path) -
     assert res.exit_code == 0, res.output
     dead = json.loads(out.read_text())
     assert [r["checkpoint_step"] for r in dead["rows"]] == [0, 10, 0, 10]
-    assert all(0 <= r["dead_latents"] <= r["d_sae"] == 64 for r in dead["rows"])
+    assert all(r["d_sae"] == 64 for r in dead["rows"])
+    silent_rows = [r for r in dead["rows"] if r["seed"] == 1]
+    assert [r["dead_latents"] for r in silent_rows] == [64, 64]
+    # in training a latent is dead once it has not fired for a whole dead_window (200,000
+    # samples by default), which 3,000 training samples never reach
+    assert all(r["dead_in_training"] == 0 for r in dead["rows"])
+    # run 0's agents give their SAEs something to read: not every latent dies there
+    assert all(r["dead_latents"] < 64 for r in dead["rows"] if r["seed"] == 0)
     assert dead["relations"]["success_rate"]["groups"] == 2 and "R^2" in res.output
