@@ -17,7 +17,8 @@ from policylens.lenses.nmf import label_features
 from policylens.report import rl_vision as report
 from policylens.studies.hazards.failures import FAILURE_CAUSES, FailureTable
 from policylens.studies.rl_vision import dissection, editing, hallucinations
-from policylens.worlds.hazards import masks_at, velocity_mask
+from policylens.studies.rl_vision.features import FeatureOptions, fit_features
+from policylens.worlds.hazards import hazard_env_kwargs, masks_at, velocity_mask
 
 
 # -- editing -----------------------------------------------------------------------------------
@@ -365,6 +366,18 @@ def test_study_commands_end_to_end(tiny_hazard_run, tmp_path):
 
     features = ok("features", run, "--n-obs", "16", "--nmf", "3")
     assert features["layer"] == "hook_relu" and len(features["nmf"]["features"]) == 3
+    direct = fit_features(  # the library on the same agent, frames and seed
+        tiny_hazard_run.load_agent(), hazard_env_kwargs(tiny_hazard_run),
+        FeatureOptions(n_obs=16, nmf=3),
+    ).result().to_json()  # fmt: skip
+    for got, want in zip(features["nmf"]["features"], direct["nmf"]["features"], strict=True):
+        assert got["label"] == want["label"]
+        # (the command runs on its own thread count: sums in another order, NMF to ~1e-4)
+        assert got["correlations"] == pytest.approx(want["correlations"], abs=1e-3)
+    for name, best in features["best_alignment"].items():  # the best feature for each object
+        assert best == pytest.approx(
+            max(f["correlations"][name] for f in features["nmf"]["features"]), abs=1e-9
+        )
     assert set(features["best_alignment"]) >= {"saw", "enemy", "coin", "wall"}
     edited = tmp_path / "edited"
     result = ok("edit", run, "--feature", "saw", "--out", str(edited), "--levels", "3",
