@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -191,18 +192,176 @@ def test_corrupt_store_chunk_is_named_without_unsafe_advice(tmp_path, kind):
     assert "allow_pickle" not in message
 
 
-def test_malformed_metrics_rows_and_corrupt_config(maze_run, tmp_path):
-    run = tmp_path / "run"
-    run.mkdir()
-    for f in ("config.json", "metrics.csv"):
-        (run / f).write_bytes((maze_run / f).read_bytes())
-    (run / "checkpoints").mkdir()
-    (run / "metrics.csv").write_text((maze_run / "metrics.csv").read_text() + "1,banana,,\n")
-    r = runner.invoke(app, ["runs", str(tmp_path), "--json"])
-    assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout)[0]["steps"] == 4096  # the malformed row is skipped
-    (run / "config.json").write_text('{"kind": ')
-    refused(["eval", run], "is not valid JSON", "config.json")
+def digests(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` and its sha256, to show that nothing changed."""
+    from policylens.artifacts import sha256_of
+
+    return {
+        str(p.relative_to(folder)): sha256_of(p) for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("analysis", LOCK_FILE))
+    return dst
+
+
+# ------------------------------------------------------------------ class 1: nothing overwritten
+def test_no_command_or_api_call_writes_over_a_file_it_did_not_create(maze_run, tmp_path):
+    from policylens.artifacts import check_output
+
+    run = copy_run(maze_run, tmp_path / "run")
+    other = tmp_path / "notes.txt"
+    other.write_text("mine")
+    sae = tmp_path / "sae"
+    sae.mkdir()
+    for name in ("config.json", "sae.safetensors", "site.json"):
+        (sae / name).write_text("an earlier SAE")
+    before = digests(tmp_path)
+    sae_args = ["--hook", "hook_fc", "--objective", "mse", "--steps", 100, "--samples", 100]
+    refused(["gallery", "--out", run / "config.json"], "is a file of the run")
+    refused(["gallery", "--out", run / "config.json", "--overwrite"], "is a file of the run")
+    refused(["gallery", "--out", other], "already exists", "--overwrite")
+    refused(["report", run, "--out", other], "already exists")
+    refused(["hazards-report", run, "--out", run / "metrics.csv"], "is a file of the run")
+    refused(["sae", "train", run, *sae_args, "--out", run], "is a run folder")
+    refused(["sae", "train", run, *sae_args, "--out", sae], "already holds", "--overwrite")
+    refused(["sae", "dead-latents", run, "--hook", "hook_fc", "--out", other], "already exists")
+    refused(["updates", "compare", run, "--out", other], "already exists")
+    with pytest.raises(ValueError, match="already exists"):
+        load_agent(run).save_pretrained(run)
+    with pytest.raises(ValueError, match="file of the run"):
+        check_output(run / "checkpoints" / "step_0.safetensors", overwrite=True)
+    assert digests(tmp_path) == before
+    ok = runner.invoke(app, ["gallery", "--out", str(other), "--n", "1", "--overwrite"])
+    assert ok.exit_code == 0 and other.read_bytes().startswith(b"\x89PNG"), ok.output
+
+
+# ------------------------------------------------------------------ class 2: sizes bounded
+def test_every_trainer_bounds_its_sizes_and_states_its_rounding(maze_run, tmp_path):
+    from policylens.train.dqn import DQNConfig
+    from policylens.train.ppo import PPOConfig
+
+    for cls, kwargs, fragment in [
+        (PPOConfig, {"total_steps": 10**23}, "above the bound of 10,000,000,000"),
+        (PPOConfig, {"num_envs": 10**6}, "num_envs 1,000,000 is above the bound"),
+        (PPOConfig, {"total_steps": "10000"}, "total_steps must be an integer"),
+        (PPOConfig, {"learning_rate": float("nan")}, "must be a finite number"),
+        (DQNConfig, {"total_steps": 10**12}, "above the bound"),
+        (DQNConfig, {"buffer_size": 10**12}, "buffer_size 1,000,000,000,000 is above"),
+    ]:
+        with pytest.raises(ValueError, match=fragment):
+            cls(env_id="policylens/Maze-v0", **kwargs)
+    for args, fragment in [
+        (["train", "hazards", "--out", tmp_path / "h", "--steps", 10**12], "'--steps'"),
+        (["train", "chess", "--out", tmp_path / "c", "--steps", 10**23], "'--steps'"),
+        (["sae", "train", maze_run, "--hook", "hook_fc", "--l1-coeff", -1], "'--l1-coeff'"),
+        (["sae", "train", maze_run, "--hook", "hook_fc", "--expansion", 10**6], "'--expansion'"),
+        (["sae", "train", maze_run, "--hook", "hook_fc", "--samples", 10**15], "'--samples'"),
+        (["sweep", "--out", tmp_path / "s", "--steps", 10**12], "'--steps'"),
+        (["sweep", "--out", tmp_path / "s", "--workers", 10**6], "'--workers'"),
+        (["updates", "run", "--out", tmp_path / "u", "--steps1", 10**12], "'--steps1'"),
+        (["steer", maze_run, "--clamp-value", "nan"], "--clamp-value must be a finite number"),
+        (["eval", maze_run, "--seed", 10**30], "out of range"),
+    ]:
+        refused(args, fragment)
+    config = MazeRecipe(
+        total_steps=16 * 32 + 1, world_size=7, precision="float32", num_envs=16, num_steps=32
+    ).config()
+    assert "training 1,024 steps (recorded in config.json)" in config.rounding_note()
+    run = train_ppo(config, tmp_path / "rounded", progress=False)
+    assert run.config["trainer"]["total_steps"] == 1024 == run.metrics()[-1]["step"]
+    assert DQNConfig(env_id="x", total_steps=1000, num_envs=16).num_iterations * 16 == 1008
+
+
+# ------------------------------------------------------------------ class 3: malformed artefacts
+def test_malformed_json_and_csv_artefacts_are_named_and_runs_skips_them(maze_run, tmp_path):
+    good = copy_run(maze_run, tmp_path / "good")
+    cases = {
+        "list": ("config.json", "[1, 2]", "holds a JSON array where a JSON object is expected"),
+        "no_agent": (
+            "config.json",
+            '{"kind": "ppo", "trainer": {"env_id": "policylens/Maze-v0"}}',
+            "has no 'agent' entry",
+        ),
+        "trainer": ("config.json", '{"trainer": 3, "agent": {}}', "'trainer' entry is not"),
+        "text": ("config.json", '{"kind": ', "is not valid JSON"),
+        "metrics": ("metrics.csv", None, "metrics.csv is damaged at line"),
+    }
+    for name, (file, text, fragment) in cases.items():
+        shutil.rmtree(tmp_path / "no_agent", ignore_errors=True)
+        bad = copy_run(maze_run, tmp_path / name)
+        if text is None:
+            text = (maze_run / "metrics.csv").read_text() + "1,banana\n"
+        (bad / file).write_text(text)
+        before = digests(tmp_path)
+        if file == "config.json":
+            refused(["eval", bad, "--episodes", 1], str(bad / file), fragment)
+        listed = runner.invoke(app, ["runs", str(tmp_path), "--json"])
+        assert listed.exit_code == 0, listed.output
+        if name == "no_agent":  # listable: its damage shows when its agent is needed
+            continue
+        assert [r["run"] for r in json.loads(listed.stdout)] == [str(good)]
+        assert "warning: skipped" in listed.stderr and fragment in " ".join(listed.stderr.split())
+        assert digests(tmp_path) == before
+        shutil.rmtree(bad)
+
+
+# ------------------------------------------------------------------ class 4: clear messages
+def test_messages_name_the_cause_not_the_internals(
+    maze_run, tiny_hazard_run, tmp_path, monkeypatch
+):
+    from policylens import artifacts
+    from policylens.commands.framework import user_error
+
+    assert user_error(KeyError("agent")) is None  # a bare key is a bug, never "error: agent"
+    # a resume.pt from a run of another world: named as foreign, not blamed on pickles
+    run = copy_run(maze_run, tmp_path / "run")
+    (run / "resume.pt").write_bytes((tiny_hazard_run.path / "resume.pt").read_bytes())
+    with pytest.raises(ValueError, match="belongs to another run.*delete it") as e:
+        train_ppo(tiny_recipe(), run, resume=True, progress=False)
+    assert "pickled" not in str(e.value)
+
+    # a failed atomic write names the file asked for, not its temporary
+    def fail(src, dst):
+        raise OSError(28, "No space left on device", src)
+
+    monkeypatch.setattr(artifacts.os, "replace", fail)
+    with pytest.raises(OSError) as e:
+        artifacts.write_text(tmp_path / "out.txt", "x")
+    assert e.value.filename == str(tmp_path / "out.txt")
+    monkeypatch.undo()
+    # a sweep's mistakes are refused before any training
+    refused(["sweep", "--out", tmp_path / "s1", "--grid", "num_levels=1,2", "--grid",
+             "num_levels=3"], "--grid names 'num_levels' twice")  # fmt: skip
+    refused(["sweep", "--out", tmp_path / "s2", "--grid", "world_size=7", "--eval-arg",
+             "episodes=banana", "--steps", 4096], "episodes='banana' is not a int")  # fmt: skip
+    assert not (tmp_path / "s2" / "trials").exists()
+
+
+# ------------------------------------------------------------------ class 5: no leftovers
+def test_sweep_workers_die_with_the_sweep_process(tmp_path):
+    code = (
+        "import os, sys, time\n"
+        "from policylens.sweeps.runner import LocalPool\n"
+        "with LocalPool(1, 1) as pool:\n"
+        "    print(pool.pool.submit(os.getpid).result(), flush=True)\n"
+        "    pool.pool.submit(time.sleep, 600)\n"
+        "    time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    worker = int(parent.stdout.readline())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(worker, signal.SIGKILL)
+    raise AssertionError("the sweep's worker outlived it")
 
 
 # ------------------------------------------------------------------ concurrent writers
@@ -343,3 +502,24 @@ def test_malicious_pickles_are_never_unpickled(maze_run, tmp_path, monkeypatch, 
         r = runner.invoke(app, ["sae", "eval", str(maze_run), str(folder)])
         assert r.exit_code == 2 and "Traceback" not in r.output, r.output
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_sae_penalties_are_refused_below_zero_through_the_api():
+    from policylens.agents.sae import SAEConfig
+
+    for name in ("l1_coeff", "l0_coeff", "lr"):
+        with pytest.raises(ValueError, match=f"SAEConfig.{name} must be a finite number >= 0"):
+            SAEConfig(4, 8, arch="relu", **{name: -0.5})
+    with pytest.raises(ValueError, match="l1_coeff"):
+        SAEConfig(4, 8, arch="relu", l1_coeff=float("nan"))
+
+
+def test_a_hook_returning_the_wrong_shape_is_named():
+    from policylens.agents import build_agent
+
+    agent = build_agent("maze_cnn", (3, 9, 9), 4, seed=0)
+    obs = np.zeros((2, 3, 9, 9), dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"The hook on res1\.hook_out returned shape \(2, 5\)"):
+        agent.run_with_hooks(obs, [("res1.hook_out", lambda act, hook: act.flatten(1)[:, :5])])
+    logits, _ = agent.run_with_hooks(obs, [("res1.hook_out", lambda act, hook: act * 0)])
+    assert logits.shape == (2, 4)  # a same-shape replacement still works

@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+from oracles import require
 from scipy import stats as scipy_stats
 from typer.testing import CliRunner
 
@@ -252,11 +253,13 @@ def check_local_sweep(out):
     [one, anywhere] = printed["aggregate"]
     assert one["params"] == {"cheese_region": 1} and one["seeds"] == [0, 1]
     assert anywhere["params"] == {"cheese_region": None}
-    success = one["metrics"]["train_success"]
-    assert success["n"] == 2 and success["mean"] == pytest.approx(
-        (rows[0]["train_success"] + rows[1]["train_success"]) / 2
-    )
-    assert success["ci"][0] <= success["mean"] <= success["ci"][1]
+    for group, trials in ((one, rows[:2]), (anywhere, rows[2:])):
+        for name, metric in group["metrics"].items():
+            values = [r[name] for r in trials if not math.isnan(r[name])]  # NaN: not measured
+            assert metric["n"] == len(values), name
+            if values:
+                assert metric["mean"] == pytest.approx(np.mean(values)), name
+            assert metric["ci"] == pytest.approx(t_interval(values), nan_ok=True), name
     html = (out / "report.html").read_text()
     assert printed["report"] == str(out / "report.html")
     assert "Metrics by parameter" in html and html.count("data:image/png;base64,") == 1
@@ -269,7 +272,7 @@ def _text(value):
 
 
 def check_ray_gives_the_local_results(local_rows, out):
-    pytest.importorskip("ray")
+    require("ray")
     rows = run_sweep(tiny_spec(), out, workers=2, backend="ray", quiet=True)
     np.testing.assert_equal(without_timing(rows), without_timing(local_rows))
     trial = Run(out / "trials" / "cheese_region=1,seed=0")
@@ -320,6 +323,55 @@ def test_a_failing_trial_leaves_its_traceback(tmp_path):
         run_trial(spec, spec.trials()[0], str(path), threads=1)
     assert "not a dict of numbers" in (path / "error.txt").read_text()
     assert Run(path).done and not (path / "trial.json").exists()  # trained, not finished
+
+
+def t_interval(values) -> list[float]:
+    """The 95% Student-t interval of the mean of the values that are not NaN (NaN ends when
+    fewer than two are)."""
+    x = np.array([v for v in values if not math.isnan(v)], dtype=float)
+    if len(x) < 2:
+        return [math.nan, math.nan]
+    half = scipy_stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
+    return [x.mean() - half, x.mean() + half]
+
+
+def known_metrics(run_path: str, offset: float = 0.0) -> dict[str, float]:
+    """A sweep evaluation whose answer the test knows: numbers made of the trial's seed and
+    cheese region (as its run folder's config.json records them) and its last logged step."""
+    trainer = Run(run_path).config["trainer"]
+    seed, region = trainer["seed"], trainer["env_kwargs"]["cheese_region"]
+    return {
+        "known": seed**2 / 4 + (10 if region is None else region) + offset,
+        "steps": Run(run_path).metrics()[-1]["step"],
+    }
+
+
+@pytest.mark.slow
+def test_a_sweeps_rows_and_aggregate_are_its_trials_known_values(tmp_path):
+    """A sweep scored by :func:`known_metrics`: each row and each group's mean and Student-t
+    interval are computed here from the seeds and parameters alone."""
+    spec = tiny_spec(seeds="0,2,5", evaluate="test_sweeps:known_metrics",
+                     evaluate_kwargs={"offset": 0.5})  # fmt: skip
+    rows = run_sweep(spec, tmp_path / "s", workers=1, quiet=True, threads=1)
+    known = {
+        (r, s): s**2 / 4 + (10 if r is None else r) + 0.5 for r in (1, None) for s in (0, 2, 5)
+    }
+    assert [(r["cheese_region"], r["seed"], r["known"], r["steps"]) for r in rows] == [
+        (r, s, known[r, s], 128) for r in (1, None) for s in (0, 2, 5)
+    ]
+    saved = json.loads((tmp_path / "s" / "results.json").read_text())
+    assert without_timing(saved) == without_timing(rows)
+    for group, region in zip(aggregate(spec, rows), (1, None), strict=True):
+        assert group["params"] == {"cheese_region": region} and group["seeds"] == [0, 2, 5]
+        values = [known[region, s] for s in (0, 2, 5)]
+        metric = group["metrics"]["known"]
+        assert metric["n"] == 3 and metric["mean"] == pytest.approx(np.mean(values))
+        # by hand: 2 degrees of freedom, t = 4.303; the seeds' values 0.25 s^2 are 0, 1, 6.25
+        assert metric["ci"] == pytest.approx(t_interval(values))
+        assert metric["ci"][1] - metric["ci"][0] == pytest.approx(
+            2 * 4.302653 * np.std([0, 1, 6.25], ddof=1) / math.sqrt(3), rel=1e-6
+        )
+        assert group["metrics"]["steps"]["mean"] == 128
 
 
 def test_ray_backend_without_ray_names_the_extra(monkeypatch, tmp_path):

@@ -44,6 +44,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         _fsync_file(tmp)
         os.replace(tmp, path)
         _fsync_folder(path.parent)
+    except OSError as e:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if e.filename in (tmp, Path(tmp)) or e.filename2 in (tmp, Path(tmp)):
+            # the temporary file is ours: name the file the caller asked to write
+            raise type(e)(e.errno, e.strerror, str(path)) from e
+        raise
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -68,6 +75,72 @@ def check_writable(path: str | os.PathLike, what: str = "file") -> Path:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"cannot write {path}: {existing} is not writable; choose another path")
     return path
+
+
+RUN_FILES = ("config.json", "metrics.csv", "resume.pt", "DONE", LOCK_FILE)
+"""A run folder's own files (beside ``checkpoints/``): no other artefact is ever written over them."""
+
+
+def owner_run(path: str | os.PathLike) -> Path | None:
+    """The run folder ``path`` is one of the own files of (config, metrics, resume state, done
+    marker, a checkpoint), or None."""
+    path = Path(path)
+    parent = path.parent
+    if path.name in RUN_FILES and (parent / "checkpoints").is_dir():
+        return parent
+    if parent.name == "checkpoints" and (parent.parent / "config.json").is_file():
+        return parent.parent
+    return None
+
+
+def check_output(path: str | os.PathLike, overwrite: bool = False, flag: str = "--out") -> Path:
+    """``path`` as a Path if a command or an API call may write its output file there.
+
+    An output never replaces a file it did not create for that purpose: a run's own files
+    (``config.json``, ``metrics.csv``, checkpoints...) are refused always, any other existing file
+    unless ``overwrite`` (``--overwrite``). Callers check before any expensive work.
+    """
+    path = check_writable(path)
+    run = owner_run(path)
+    if run is not None:
+        raise ValueError(
+            f"{flag} {path} is a file of the run {run}; policylens never writes another "
+            "artefact over a run's files; choose another path."
+        )
+    if path.exists() and not overwrite:
+        raise ValueError(
+            f"{flag} {path} already exists; pass --overwrite (overwrite=True) to replace it, or "
+            "choose another path."
+        )
+    return path
+
+
+def check_output_folder(
+    folder: str | os.PathLike,
+    writes: tuple[str, ...],
+    overwrite: bool = False,
+    what: str = "output folder",
+    flag: str = "--out",
+) -> Path:
+    """``folder`` as a Path if a ``what`` whose files are ``writes`` may be written into it.
+
+    Refused always when the folder is a run folder (its ``config.json`` and files would be
+    replaced by another artefact's); refused when one of ``writes`` is already there unless
+    ``overwrite`` (``--overwrite``): the earlier artefact would be replaced without a word.
+    """
+    folder = check_writable(folder, what)
+    if (folder / "config.json").is_file() and (folder / "checkpoints").is_dir():
+        raise ValueError(
+            f"{flag} {folder} is a run folder; writing the {what} there would replace the run's "
+            "files; choose another folder (e.g. one inside the run's analysis/)."
+        )
+    taken = [name for name in writes if (folder / name).exists()]
+    if taken and not overwrite:
+        raise ValueError(
+            f"{flag} {folder} already holds {', '.join(taken)}; pass --overwrite "
+            f"(overwrite=True) to replace that {what}, or choose another folder."
+        )
+    return folder
 
 
 def _fsync_file(path: str) -> None:
@@ -188,14 +261,57 @@ def write_json(path: str | os.PathLike, data: Any, sort_keys: bool = True) -> No
     write_text(path, json.dumps(data, indent=2, sort_keys=sort_keys, default=_jsonable) + "\n")
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    """Read JSON, turning a corrupt file into one clear error."""
+def read_json(
+    path: str | os.PathLike,
+    expect: type | None = None,
+    keys: dict[str, type | tuple[type, ...]] | None = None,
+) -> Any:
+    """Read JSON, turning a corrupt file into one clear error.
+
+    ``expect`` (``dict`` or ``list``) is the JSON value the file must hold, and ``keys`` the
+    entries an object must have with their types; a file that holds something else is refused in
+    one sentence naming it (a damaged or foreign file, not a bug).
+    """
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not a text file of JSON; the file is corrupt") from e
     except json.JSONDecodeError as e:
         raise ValueError(
             f"{path} is not valid JSON ({e.msg} at line {e.lineno}); the file is corrupt"
         ) from e
+    if expect is not None and not isinstance(data, expect):
+        want = _JSON_NAMES.get(expect, expect.__name__)
+        raise ValueError(
+            f"{path} holds a JSON {_json_kind(data)} where a JSON {want} is expected; the file "
+            "is damaged or not the one policylens wrote"
+        )
+    for key, kind in (keys or {}).items():
+        if key not in data:
+            raise ValueError(
+                f"{path} has no {key!r} entry; the file is damaged or not the one policylens wrote"
+            )
+        if not isinstance(data[key], kind) or (
+            kind in (int, float) and isinstance(data[key], bool)
+        ):
+            want = _JSON_NAMES.get(kind, getattr(kind, "__name__", str(kind)))  # type: ignore[arg-type]
+            raise ValueError(
+                f"{path}: its {key!r} entry is a JSON {_json_kind(data[key])}, not a {want}; the "
+                "file is damaged"
+            )
+    return data
+
+
+_JSON_NAMES: dict[Any, str] = {
+    dict: "object", list: "array", str: "string", int: "integer", float: "number",
+    bool: "boolean", (int, float): "number",
+}  # fmt: skip
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return _JSON_NAMES.get(type(value), type(value).__name__)
 
 
 def read_torch_weights(file: str | os.PathLike | IO[bytes], source: str | os.PathLike) -> Any:

@@ -55,7 +55,13 @@ class Run:
             raise FileNotFoundError(
                 f"{self.path} is not a policylens run (no config.json); train one with `policylens train`"
             )
-        self.config: dict[str, Any] = read_json(self.path / "config.json")
+        self.config: dict[str, Any] = read_json(self.path / "config.json", expect=dict)
+        for key in ("trainer", "agent"):
+            if key in self.config and not isinstance(self.config[key], dict):
+                raise ValueError(
+                    f"{self.path / 'config.json'}: its {key!r} entry is not a JSON object; the "
+                    "run's config is damaged"
+                )
         self.lock: FolderLock | None = None
 
     @classmethod
@@ -70,8 +76,20 @@ class Run:
         lock = FolderLock(path, "--out run folder")
         try:
             old = sorted((path / "checkpoints").glob("step_*.safetensors"))
+            if (path / "config.json").exists() and not old:
+                # a run killed before its first checkpoint is started again; any other
+                # config.json (an SAE's, an agent's) is not the trainer's to replace
+                saved = read_json(path / "config.json")
+                if not (isinstance(saved, dict) and isinstance(saved.get("trainer"), dict)):
+                    raise ValueError(
+                        f"{path} holds a config.json that is not a run's (an SAE's, an agent's?); "
+                        "choose another --out"
+                    )
             if (path / "config.json").exists() and old:
-                same = read_json(path / "config.json").get("trainer") == config["trainer"]
+                saved = read_json(path / "config.json", expect=dict)
+                same = _outcome_settings(saved.get("trainer")) == _outcome_settings(
+                    config["trainer"]
+                )
                 if not (restart and same and not (path / DONE).exists()):
                     raise ValueError(
                         f"{path} already holds a run; pass --resume to continue it or choose "
@@ -105,10 +123,19 @@ class Run:
         lock = FolderLock(path, "--out run folder")
         try:
             run = cls(path)
-            if _outcome_settings(run.config["trainer"]) != _outcome_settings(config["trainer"]):
+            saved = run.config.get("trainer")
+            if _outcome_settings(saved) != _outcome_settings(config["trainer"]):
+                differ = _differences(saved, config["trainer"])
                 raise ValueError(
-                    f"{path} was trained with another config; resume with the same options"
+                    f"{path} was trained with another config (it differs in {differ}); resume "
+                    "with the same options"
                 )
+            steps = config["trainer"].get("total_steps")
+            if isinstance(saved, dict) and saved.get("total_steps") != steps:
+                # the same training, its step count given unrounded (an older run): record the
+                # steps it will train; the run-only settings stay those it began with
+                run.config["trainer"] = {**saved, "total_steps": steps}
+                write_json(path / "config.json", run.config)
             state = run.load_resume_state()
             if state is None:
                 run.truncate_metrics(0)
@@ -185,6 +212,11 @@ class Run:
         """The agent at a checkpoint (latest by default) as a HookedAgent."""
         from policylens.agents import load_agent
 
+        if not isinstance(self.config.get("agent"), dict):
+            raise ValueError(
+                f"{self.path / 'config.json'} has no 'agent' entry, so its checkpoints cannot be "
+                "rebuilt; the run's config is damaged or not one policylens wrote"
+            )
         _, file = self.checkpoint(step)
         return load_agent(file, config=self.config["agent"])
 
@@ -198,14 +230,56 @@ class Run:
         with atomic_path(self.path / "resume.pt") as tmp:
             torch.save(state, tmp)
 
-    def load_resume_state(self) -> dict[str, Any] | None:
+    def load_resume_state(self, keys: Iterable[str] = ()) -> dict[str, Any] | None:
+        """The trainer state in ``resume.pt`` (None when there is none), refused in one sentence
+        when it is damaged, pickled, or not a trainer state with ``keys``."""
         file = self.path / "resume.pt"
         if not file.exists():
             return None
         try:
-            return read_torch_weights(file, file)
+            state = read_torch_weights(file, file)
         except ValueError as e:
             raise ValueError(f"{e.args[0].rstrip('.')}; delete it to restart the run") from e
+        missing = list(keys) if not isinstance(state, dict) else [k for k in keys if k not in state]
+        if missing or not isinstance(state, dict):
+            raise ValueError(
+                f"{file} is not this trainer's saved state (no {', '.join(missing)}); it comes "
+                "from another trainer or version; delete it to restart the run"
+            )
+        return state
+
+    def check_resume_fits(
+        self, state: dict[str, Any], module: Any, keys: Iterable[str] = (), what: str = "agent"
+    ) -> None:
+        """Refuse, in one sentence, a ``resume.pt`` that is not this trainer's state (no ``keys``)
+        or whose ``state[what]`` weights do not fit ``module`` (a state copied from a run of
+        another world or network)."""
+        missing = [k for k in keys if k not in state]
+        if missing:
+            raise ValueError(
+                f"{self.path / 'resume.pt'} is not this trainer's saved state (no "
+                f"{', '.join(missing)}); it comes from another trainer or version; delete it to "
+                "restart the run"
+            )
+        own = module.state_dict()
+        saved = state.get(what)
+        if not isinstance(saved, dict):
+            raise ValueError(
+                f"{self.path / 'resume.pt'} holds no {what} weights; delete it to restart the run"
+            )
+        wrong = [
+            k
+            for k in own
+            if k not in saved
+            or not hasattr(saved[k], "shape")
+            or tuple(saved[k].shape) != tuple(own[k].shape)
+        ] + [k for k in saved if k not in own]
+        if wrong:
+            raise ValueError(
+                f"{self.path / 'resume.pt'} belongs to another run: its {what} weights do not fit "
+                f"this network ({', '.join(wrong[:3])}{' ...' if len(wrong) > 3 else ''}); "
+                "delete it to restart the run, or resume the run it came from"
+            )
 
     # -- metrics ----------------------------------------------------------------------------------
     def metrics(self) -> list[dict[str, float]]:
@@ -217,11 +291,25 @@ class Run:
         if text and not text.endswith("\n"):
             text = text[: text.rfind("\n") + 1]
         rows = []
-        for row in csv.DictReader(_io.StringIO(text)):
+        reader = csv.reader(_io.StringIO(text))
+        header = next(reader, None)
+        if header is None:
+            return []
+        if "step" not in header or len(set(header)) != len(header):
+            raise ValueError(
+                f"{file} is damaged (its header {','.join(header)[:60]!r} is not the trainer's); "
+                "delete the file's bad lines or train the run again"
+            )
+        for line, cells in enumerate(reader, start=2):
             try:
-                rows.append({k: float(v) for k, v in row.items() if v not in (None, "")})
+                if len(cells) != len(header):
+                    raise ValueError("wrong number of fields")
+                rows.append({k: float(v) for k, v in zip(header, cells, strict=True) if v != ""})
             except ValueError:
-                continue
+                raise ValueError(
+                    f"{file} is damaged at line {line} (not {len(header)} numbers); delete the "
+                    "bad lines or train the run again"
+                ) from None
         return rows
 
     def append_metrics(self, row: dict[str, float]) -> None:
@@ -279,8 +367,32 @@ RUN_ONLY_SETTINGS = ("threads", "init_weights")
 its weights from resume.pt, whatever file a new one would start from)."""
 
 
-def _outcome_settings(trainer: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in trainer.items() if k not in RUN_ONLY_SETTINGS}
+def _outcome_settings(trainer: Any) -> Any:
+    """A trainer config's settings that decide what it learns; the step count rounded up to
+    whole rollouts (PPO) or vector steps (DQN), as the trainers train it."""
+    if not isinstance(trainer, dict):
+        return trainer
+    settings = {k: v for k, v in trainer.items() if k not in RUN_ONLY_SETTINGS}
+    unit = _steps_unit(settings)
+    if unit and isinstance(settings.get("total_steps"), int):
+        settings["total_steps"] = -(-settings["total_steps"] // unit) * unit
+    return settings
+
+
+def _steps_unit(trainer: dict[str, Any]) -> int | None:
+    """Environment steps per unit of training: num_envs x num_steps (PPO) or num_envs (DQN)."""
+    envs, steps = trainer.get("num_envs"), trainer.get("num_steps", 1)
+    if isinstance(envs, int) and isinstance(steps, int) and envs > 0 and steps > 0:
+        return envs * steps
+    return None
+
+
+def _differences(saved: Any, new: dict[str, Any]) -> str:
+    old, now = _outcome_settings(saved), _outcome_settings(new)
+    if not isinstance(old, dict):
+        return "everything: its trainer entry is damaged"
+    names = sorted(k for k in {*old, *now} if old.get(k) != now.get(k))
+    return ", ".join(names) or "nothing named"
 
 
 def cache_home() -> Path:
@@ -335,8 +447,12 @@ def check_resume(out: str | Path, resume: bool) -> None:
         )
 
 
-def find_runs(root: str | Path) -> list[Run]:
-    """Every run folder under ``root`` (``root`` itself included), sorted by path."""
+def find_runs(root: str | Path, skipped: list[str] | None = None) -> list[Run]:
+    """Every run folder under ``root`` (``root`` itself included), sorted by path.
+
+    A run whose config cannot be read is left out; with ``skipped``, a sentence saying why is
+    appended to it for each (``policylens runs`` prints them as warnings).
+    """
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"{root} does not exist")
@@ -346,8 +462,9 @@ def find_runs(root: str | Path) -> list[Run]:
         if (c.parent / "checkpoints").is_dir():
             try:
                 runs.append(Run(c.parent))
-            except ValueError:
-                continue
+            except (ValueError, OSError) as e:
+                if skipped is not None:
+                    skipped.append(f"skipped {c.parent}: {e}")
     return runs
 
 

@@ -44,7 +44,18 @@ class HookPointLike(Protocol):
 
 def _forward_wrapper(fn: HookFn, point: HookPointLike) -> Callable[..., Any]:
     def hook(module: nn.Module, inputs: Any, output: Any) -> Any:
-        return fn(output, point)
+        result = fn(output, point)
+        if (
+            isinstance(result, Tensor)
+            and isinstance(output, Tensor)
+            and result.shape != output.shape
+        ):
+            raise ValueError(
+                f"The hook on {point.name or type(module).__name__} returned shape "
+                f"{tuple(result.shape)}, but the activation there has shape "
+                f"{tuple(output.shape)}; a hook must return None or a tensor of the same shape."
+            )
+        return result
 
     return hook
 

@@ -131,6 +131,11 @@ class SAEConfig:
                 "SAEConfig.behaviour_coeff must be >= 0 and temperature > 0 (or None), got "
                 f"{self.behaviour_coeff} and {self.temperature}."
             )
+        penalties = ("l1_coeff", "l0_coeff", "lr", "jumprelu_bandwidth", "lr_decay_frac")
+        for name in penalties:
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"SAEConfig.{name} must be a finite number >= 0, got {value!r}.")
         for name in ("d_in", "d_sae", "batch_size", "samples", "dead_window", "log_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(

@@ -22,7 +22,7 @@ def attribute_cmd(
     target: str = typer.Option(
         "value", help="value, action (log-prob of the greedy action), logit:<a>, logprob:<a>."
     ),
-    layer: str = typer.Option(None, help="Hook name to attribute to (default: the input)."),
+    layer: str | None = typer.Option(None, help="Hook name to attribute to (default: the input)."),
     baseline: str = typer.Option("zeros", help="zeros, blurred, mean or zero_input."),
     n_steps: int = typer.Option(50, min=1, max=10_000, help="Integration steps (ig)."),
     integration: str = typer.Option("gausslegendre", help="gausslegendre or riemann_trapezoid."),

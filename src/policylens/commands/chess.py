@@ -14,6 +14,7 @@ from policylens.commands.framework import (
     MAX_STEPS,
     command,
     console,
+    note_rounding,
     open_run,
     print_json,
     train_app,
@@ -87,6 +88,7 @@ def train_chess_cmd(
     if threads is not None:
         config = dataclasses.replace(config, threads=threads)
     check_resume(out, resume)
+    note_rounding(config)
     from policylens.train.dqn import DQNConfig, train_dqn
     from policylens.train.ppo import train_ppo
 

@@ -59,6 +59,7 @@ def command(
         @functools.wraps(fn)
         def run(*args: Any, **kwargs: Any) -> Any:
             try:
+                check_numbers(kwargs, names)
                 return fn(*args, **kwargs)
             except (typer.Exit, typer.Abort, KeyboardInterrupt):
                 raise
@@ -82,6 +83,24 @@ def command(
         return typer_app.command(name)(run)
 
     return wrap
+
+
+MAX_INT = 2**62
+"""The largest integer any option takes (seeds included): past it NumPy and torch overflow."""
+
+
+def check_numbers(kwargs: dict[str, Any], flags: dict[str, str]) -> None:
+    """Refuse NaN or infinite float options and integers past :data:`MAX_INT` in one sentence
+    (click's ranges let NaN through: every comparison with it is false)."""
+    import math
+
+    for name, value in kwargs.items():
+        for v in value if isinstance(value, list | tuple) else [value]:
+            flag = flags.get(name, name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ValueError(f"{flag} must be a finite number, got {v}.")
+            if isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_INT:
+                raise ValueError(f"{flag} {v} is out of range (at most {MAX_INT:,}).")
 
 
 def flags_of(fn: Callable) -> dict[str, str]:
@@ -124,7 +143,9 @@ def user_error(e: Exception) -> str | None:
             return f"{file} is on a read-only file system; choose a writable path"
         return f"{file}: {e.strerror or e}"
     if isinstance(e, KeyError):
-        return str(e.args[0]) if e.args else "unknown key"
+        # a sentence raised as KeyError (an unknown name) is the user's; a bare key is a bug
+        text = str(e.args[0]) if e.args else ""
+        return text if " " in text else None
     if isinstance(e, ValueError | FileNotFoundError):
         return str(e)
     if isinstance(e, SafetensorError):
@@ -137,7 +158,8 @@ def user_error(e: Exception) -> str | None:
 MAX_EPISODES = 1_000_000
 """The most episodes (or mazes, or levels) a command plays: about a day of CPU at most."""
 MAX_STEPS = 10_000_000_000
-"""The most environment steps a training takes (weeks of CPU at policylens's speed)."""
+"""The most environment steps a training takes (weeks of CPU at policylens's speed); the
+trainers' configs refuse more (policylens.train.limits)."""
 
 
 def open_run(path: Path, world: str | None = None) -> Run:
@@ -157,6 +179,20 @@ def open_run(path: Path, world: str | None = None) -> Run:
     if note:
         err_console.print(f"[yellow]note:[/] {note}", highlight=False)
     return run
+
+
+def note_rounding(config: Any) -> None:
+    """Say on stderr when a trainer config's step count is trained rounded up to whole units."""
+    note = config.rounding_note() if hasattr(config, "rounding_note") else None
+    if note:
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False)
+
+
+def overwrite_option() -> Any:
+    """The ``--overwrite`` flag of a command that writes an output file or folder."""
+    return typer.Option(
+        False, "--overwrite", help="Replace an existing output file (never a run's own files)."
+    )
 
 
 def print_json(data: Any) -> None:

@@ -12,7 +12,9 @@ from policylens.commands.framework import (
     command,
     console,
     err_console,
+    note_rounding,
     open_run,
+    overwrite_option,
     print_json,
     train_app,
 )
@@ -102,6 +104,7 @@ def train_hazards_cmd(
         init_weights=None if init_weights is None else str(init_weights),
     ).config()
     check_resume(out, resume)
+    note_rounding(config)
     if resume and not (out / "resume.pt").exists():
         err_console.print(f"note: {out} was stopped before its first saved state; starting it over")
     run = train_ppo(config, out, resume=resume, progress=not (quiet or as_json))
@@ -147,6 +150,7 @@ def failures_cmd(
 def hazards_report_cmd(
     run: Path = typer.Argument(..., help="Hazard-world run folder."),
     out: Path = typer.Option(None, help="HTML file (default RUN/analysis/hazards_report.html)."),
+    overwrite: bool = overwrite_option(),
     levels: int = typer.Option(500, min=1, help="Levels per split and observation."),
     failures: Path = typer.Option(
         None, help="Reuse failure tables saved from `policylens failures RUN --json` instead."
@@ -154,16 +158,25 @@ def hazards_report_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the report's path as JSON."),
 ) -> None:
     """A static HTML report: level gallery, the agent's play (frames, GIF), failure tables."""
-    from policylens.artifacts import read_json
+    from policylens.artifacts import check_output, read_json
     from policylens.report.hazards import render
     from policylens.studies.hazards.failures import FailureOptions, FailureStudy
     from policylens.studies.hazards.overview import OverviewOptions, run_overview
 
+    if out is not None:
+        check_output(out, overwrite)
+    tables = None
+    if failures is not None:
+        data = read_json(failures, expect=dict)
+        try:
+            tables = FailureStudy.from_json(data)
+        except (KeyError, TypeError, AttributeError, IndexError):
+            raise ValueError(
+                f"--failures {failures} is not the output of `policylens failures RUN --json`; "
+                "save that command's JSON and pass it"
+            ) from None
     r = open_run(run)
-    options = OverviewOptions(
-        failures=FailureOptions(levels, ("saws", "enemies")),
-        tables=FailureStudy.from_json(read_json(failures)) if failures is not None else None,
-    )
+    options = OverviewOptions(failures=FailureOptions(levels, ("saws", "enemies")), tables=tables)
     overview = run_overview(r, options, log=lambda m: err_console.print(m))
     path = render(overview, r.analysis_dir, out)
     if as_json:

@@ -15,26 +15,34 @@ from policylens.commands.framework import (
     command,
     console,
     err_console,
+    note_rounding,
     open_run,
+    overwrite_option,
     print_json,
     train_app,
 )
 
+GALLERY_FILE = Path("maze_gallery.png")
+"""Where ``gallery`` writes without --out (its own file: rewritten by each run of it)."""
+
 
 @command("gallery")
 def gallery_cmd(
-    out: Path = typer.Option(Path("maze_gallery.png"), help="PNG file to write."),
+    out: Path = typer.Option(None, help=f"PNG file to write (default {GALLERY_FILE})."),
+    overwrite: bool = overwrite_option(),
     n: int = typer.Option(12, min=1, max=1000, help="Number of levels."),
     seed: int = typer.Option(0, min=0, help="First level seed."),
     world_size: int = typer.Option(9, help="World side in cells (odd)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Render a gallery of maze levels with their shortest paths."""
-    from policylens.artifacts import check_writable
+    from policylens.artifacts import check_output
     from policylens.report.gallery import render
     from policylens.studies.maze import gallery
 
-    check_writable(out)
+    if out is None:
+        out, overwrite = GALLERY_FILE, True
+    check_output(out, overwrite)
     options = gallery.GalleryOptions(n=n, seed=seed, world_size=world_size)
     result = gallery.run(options)
     path = render(result, out)
@@ -103,6 +111,7 @@ def train_maze_cmd(
     if threads is not None:
         config = dataclasses.replace(config, threads=threads)
     check_resume(out, resume)
+    note_rounding(config)
     if resume and not (out / "resume.pt").exists():
         err_console.print(f"note: {out} was stopped before its first saved state; starting it over")
     run = train_ppo(config, out, resume=resume, progress=not quiet)
@@ -226,18 +235,19 @@ def steer_cmd(
 def report_cmd(
     run: Path = typer.Argument(..., help="Run folder."),
     out: Path = typer.Option(None, help="HTML file (default RUN/analysis/report.html)."),
+    overwrite: bool = overwrite_option(),
     episodes: int = typer.Option(500, min=1, max=MAX_EPISODES, help="Episodes per distribution."),
     n_mazes: int = typer.Option(200, min=100, max=MAX_EPISODES, help="Mazes per intervention."),
     as_json: bool = typer.Option(False, "--json", help="Print the report's path as JSON."),
 ) -> None:
     """Write a self-contained static HTML report of a run (analyses are computed once and reused)."""
-    from policylens.artifacts import check_writable
+    from policylens.artifacts import check_output
     from policylens.report.maze import render
     from policylens.studies.maze import misgeneralization as study
 
     r = open_run(run, world="maze")
     if out is not None:
-        check_writable(out)
+        check_output(out, overwrite)
     options = study.StudyOptions(study.AnalysisOptions(episodes, n_mazes))
     result = study.study(r, options, log=lambda m: err_console.print(m))
     path = render(result).write(out or r.analysis_dir / "report.html")

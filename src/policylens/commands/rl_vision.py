@@ -8,7 +8,14 @@ from pathlib import Path
 
 import typer
 
-from policylens.commands.framework import command, console, err_console, open_run, print_json
+from policylens.commands.framework import (
+    command,
+    console,
+    err_console,
+    open_run,
+    overwrite_option,
+    print_json,
+)
 
 
 @command("edit")
@@ -29,7 +36,10 @@ def edit_cmd(
     ),
     nmf: int = typer.Option(8, min=1, max=64, help="NMF features."),
     n_obs: int = typer.Option(512, min=8, max=100_000, help="Frames for the NMF."),
-    layer: str = typer.Option(None, help="Layer (default hook_relu; its reader is edited)."),
+    layer: str = typer.Option(
+        None,
+        help="Layer (default: hook_relu, or hook_pool2 for pixel agents; its reader is edited).",
+    ),
     seed: int = typer.Option(0, min=0, help="Seed of frames and NMF (levels: 10,000 + seed)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -39,9 +49,8 @@ def edit_cmd(
     from policylens.report.rl_vision import edit_description, edit_rows, verdict_sentence
     from policylens.studies.rl_vision.editing import EditOptions, run_edit
     from policylens.studies.rl_vision.features import FeatureOptions
-    from policylens.worlds.hazards import DEFAULT_LAYER
 
-    features = FeatureOptions(n_obs=n_obs, nmf=nmf, layer=layer or DEFAULT_LAYER, seed=seed)
+    features = FeatureOptions(n_obs=n_obs, nmf=nmf, layer=layer, seed=seed)
     options = EditOptions(
         feature, out, levels=levels, random_controls=random, direction=direction, features=features
     )
@@ -123,12 +132,16 @@ def rl_vision_report_cmd(
         None, help="A diversity sweep folder (`policylens sweep --world hazards ...`) to include."
     ),
     out: Path = typer.Option(None, help="HTML file (default RUN/analysis/rl_vision_report.html)."),
+    overwrite: bool = overwrite_option(),
 ) -> None:
     """One HTML page of the study from what the commands wrote: legend, overlays, failures,
     hallucinations, failure tables before and after editing."""
+    from policylens.artifacts import check_output
     from policylens.report.rl_vision import render
     from policylens.studies.rl_vision.summary import SummaryOptions, run_summary
 
+    if out is not None:
+        check_output(out, overwrite)
     r = open_run(run)
     summary = run_summary(r, SummaryOptions(tuple(edit), sweep))
     path = render(summary, out or r.analysis_dir / "rl_vision_report.html")

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from policylens.commands.framework import command, console, print_json
+from policylens.commands.framework import command, console, err_console, print_json
 
 
 @command("envs")
@@ -35,7 +35,15 @@ def runs_cmd(
 
     if root.exists() and not root.is_dir():
         raise ValueError(f"{root} is a file; give the folder that holds the runs")
-    summaries = [r.summary() for r in find_runs(root)]
+    skipped: list[str] = []
+    summaries = []
+    for run in find_runs(root, skipped):
+        try:
+            summaries.append(run.summary())
+        except (ValueError, OSError) as e:  # a damaged metrics.csv: one bad run, not the listing
+            skipped.append(f"skipped {run.path}: {e}")
+    for line in skipped:
+        err_console.print(f"[yellow]warning:[/] {line}", highlight=False)
     if as_json:
         print_json(summaries)
         return

@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
-from policylens.commands.framework import app, command, console, open_run, print_json
+from policylens.commands.framework import (
+    app,
+    command,
+    console,
+    open_run,
+    overwrite_option,
+    print_json,
+)
 
 if TYPE_CHECKING:
     from policylens.studies.rook_sae.runs import SAEEvaluation
@@ -22,7 +29,10 @@ app.add_typer(sae_app, name="sae")
 
 def threads_option() -> Any:
     return typer.Option(
-        None, min=1, help="Torch threads (default: torch's; 1 is fastest on a shared machine)."
+        None,
+        min=1,
+        max=256,
+        help="Torch threads (default: torch's; 1 is fastest on a shared machine).",
     )
 
 
@@ -32,6 +42,45 @@ def set_threads(threads: int | None) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+MAX_SAMPLES = 10_000_000_000
+"""The most vectors an SAE trains on."""
+MAX_GATHER = 10_000_000
+"""The most environment steps whose activations are gathered (held in memory) for an SAE."""
+MAX_EXPANSION = 256
+"""The most latents per input dimension."""
+
+
+def sae_files() -> tuple[str, ...]:
+    """The files ``sae train`` writes into its SAE folder."""
+    from policylens.agents.sae import CONFIG_FILE, SITE_FILE, WEIGHTS_FILE
+    from policylens.studies.rook_sae.runs import HISTORY_FILE
+
+    return (CONFIG_FILE, WEIGHTS_FILE, SITE_FILE, HISTORY_FILE, "saelens")
+
+
+def sae_out(source: Path, hook: str, out: Path | None, spec: Any, overwrite: bool) -> None:
+    """Refuse an SAE folder that would replace a run's files or, without --overwrite, an SAE
+    already there; checked before any activation is gathered."""
+    from policylens.artifacts import check_output_folder
+
+    if out is None:
+        if not ((source / "config.json").is_file() and (source / "checkpoints").is_dir()):
+            return  # a store: its run decides the default folder, checked when it is written
+        from policylens.runs import Run
+        from policylens.studies.rook_sae.runs import default_sae_dir
+
+        out = default_sae_dir(Run(source), hook, spec)
+    check_output_folder(out, sae_files(), overwrite, "SAE folder")
+    from policylens.artifacts import locked_by
+
+    holder = locked_by(out)
+    if holder is not None:
+        raise ValueError(
+            f"{out} is being written by another process ({holder}); wait for it to finish, stop "
+            "it, or choose another --out."
+        )
 
 
 def parse_latents(value: str | None) -> list[int] | None:
@@ -54,9 +103,16 @@ def sae_train_cmd(
         None, help="SAE folder to write (default RUN/analysis/sae/<hook>-<arch>-x<expansion>)."
     ),
     arch: str = typer.Option("topk", help="relu, topk, batchtopk or jumprelu."),
-    k: int = typer.Option(None, help="Active latents (topk/batchtopk); default min(32, d_in/2)."),
-    expansion: int = typer.Option(8, min=1, help="Latents per input dimension (d_sae / d_in)."),
-    l1_coeff: float = typer.Option(1.0, help="L1 penalty weight (relu)."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an SAE already in the output folder."
+    ),
+    k: int = typer.Option(
+        None, min=1, help="Active latents (topk/batchtopk); default min(32, d_in/2)."
+    ),
+    expansion: int = typer.Option(
+        8, min=1, max=MAX_EXPANSION, help="Latents per input dimension (d_sae / d_in)."
+    ),
+    l1_coeff: float = typer.Option(1.0, min=0.0, max=1e6, help="L1 penalty weight (relu)."),
     objective: str = typer.Option(
         "kl",
         help="What training keeps: mse (reconstruction only), kl (+ KL between the original and "
@@ -65,22 +121,29 @@ def sae_train_cmd(
     behaviour_coeff: float = typer.Option(
         1.0,
         min=0.0,
+        max=1e6,
         help="Weight of the behaviour term (kl, logits), in units of the activations' variance.",
     ),
     temperature: float = typer.Option(
         None,
+        min=1e-6,
+        max=1e6,
         help="kl: temperature of the action distributions (default: 1 for a policy, the "
         "median best-minus-second-best Q gap for a Q-network).",
     ),
-    samples: int = typer.Option(3_000_000, min=1, help="Training samples (vectors) in total."),
+    samples: int = typer.Option(
+        3_000_000, min=1, max=MAX_SAMPLES, help="Training samples (vectors) in total."
+    ),
     steps: int = typer.Option(
-        60_000, min=2, help="Environment steps to gather (a store: most rows read)."
+        60_000, min=2, max=MAX_GATHER, help="Environment steps to gather (a store: most rows read)."
     ),
     layout: str = typer.Option("auto", help="vector, channels (per-position), flat, or auto."),
     step: int = typer.Option(None, help="Checkpoint step of the run (default: latest)."),
     seed: int = typer.Option(0, min=0, help="Seed of the rollouts, SAE init and data order."),
-    batch_size: int = typer.Option(1024, min=1, help="Vectors per optimisation step."),
-    lr: float = typer.Option(3e-3, help="Adam learning rate."),
+    batch_size: int = typer.Option(
+        1024, min=1, max=1_048_576, help="Vectors per optimisation step."
+    ),
+    lr: float = typer.Option(3e-3, min=1e-9, max=1.0, help="Adam learning rate."),
     saelens: bool = typer.Option(False, "--saelens", help="Also export in SAELens's layout."),
     threads: int = threads_option(),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
@@ -103,6 +166,7 @@ def sae_train_cmd(
         hook=hook, sae=spec, steps=steps, step=step, layout=layout, seed=seed, out=out,
         saelens=saelens, progress=not (quiet or as_json),
     )  # fmt: skip
+    sae_out(source, hook, out, spec, overwrite)
     trained = train_run_sae(source, options)
     if as_json:
         print_json(trained.to_json())
@@ -122,8 +186,10 @@ def sae_train_cmd(
 def sae_eval_cmd(
     run: Path = typer.Argument(..., help="Run folder whose agent the SAE is spliced into."),
     sae_dir: Path = typer.Argument(..., help="SAE folder (ours or SAELens's layout)."),
-    episodes: int = typer.Option(100, min=1, help="Episodes per condition."),
-    steps: int = typer.Option(4096, min=2, help="Fresh steps for offline metrics and the mean."),
+    episodes: int = typer.Option(100, min=1, max=1_000_000, help="Episodes per condition."),
+    steps: int = typer.Option(
+        4096, min=2, max=MAX_GATHER, help="Fresh steps for offline metrics and the mean."
+    ),
     hook: str = typer.Option(
         None, help="Hook to splice into (default: the one it was trained on)."
     ),
@@ -209,13 +275,16 @@ def sae_dashboard_cmd(
     sae_dir: Path = typer.Argument(..., help="SAE folder."),
     latents: str = typer.Option(None, help="Comma-separated latents, e.g. 0,5,12."),
     top: int = typer.Option(8, min=1, help="Without --latents: this many, by ablation effect."),
-    steps: int = typer.Option(4096, min=2, help="Fresh steps to find top-activating observations."),
+    steps: int = typer.Option(
+        4096, min=2, max=MAX_GATHER, help="Fresh steps to find top-activating observations."
+    ),
     out: Path = typer.Option(None, help="Dashboard folder (default SAE_DIR/dashboard)."),
+    overwrite: bool = overwrite_option(),
     hook: str = typer.Option(None, help="Hook (default: the one the SAE was trained on)."),
     step: int = typer.Option(None, help="Checkpoint step (default: the SAE's, else latest)."),
     seed: int = typer.Option(10_000, min=0, help="Seed of the rollouts."),
     episodes: int = typer.Option(
-        100, min=0, help="Episodes per condition for the behaviour table (0: none)."
+        100, min=0, max=1_000_000, help="Episodes per condition for the behaviour table (0: none)."
     ),
     threads: int = threads_option(),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
@@ -226,6 +295,10 @@ def sae_dashboard_cmd(
     from policylens.studies.rook_sae.runs import DashboardOptions, dashboard_data
 
     set_threads(threads)
+    if out is not None:
+        from policylens.artifacts import check_output_folder
+
+        check_output_folder(out, ("index.html", "latents.json"), overwrite, "dashboard folder")
     options = DashboardOptions(
         latents=parse_latents(latents), top=top, steps=steps, step=step, hook=hook, seed=seed,
         episodes=episodes,
@@ -247,22 +320,29 @@ def sae_dead_latents_cmd(
     ),
     arch: str = typer.Option("topk", help="relu, topk, batchtopk or jumprelu."),
     k: int = typer.Option(20, help="Active latents (topk/batchtopk)."),
-    expansion: int = typer.Option(4, min=1, help="Latents per input dimension."),
+    expansion: int = typer.Option(4, min=1, max=MAX_EXPANSION, help="Latents per input dimension."),
     objective: str = typer.Option("mse", help="SAE objective: mse, kl or logits."),
-    samples: int = typer.Option(500_000, min=1, help="Training samples per SAE."),
-    steps: int = typer.Option(20_000, min=10, help="Environment steps gathered per checkpoint."),
-    episodes: int = typer.Option(500, min=1, help="Episodes to score each checkpoint's agent."),
+    samples: int = typer.Option(500_000, min=1, max=MAX_SAMPLES, help="Training samples per SAE."),
+    steps: int = typer.Option(
+        20_000, min=10, max=MAX_GATHER, help="Environment steps gathered per checkpoint."
+    ),
+    episodes: int = typer.Option(
+        500, min=1, max=1_000_000, help="Episodes to score each checkpoint's agent."
+    ),
     seed: int = typer.Option(0, min=0, help="Seed of the rollouts and SAEs."),
     out: Path = typer.Option(None, help="Also write the result as JSON here."),
+    overwrite: bool = overwrite_option(),
     threads: int = threads_option(),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Dead SAE latents against the agent's quality over runs and checkpoints (R^2, permutation p)."""
-    from policylens.artifacts import write_json
+    from policylens.artifacts import check_output, write_json
     from policylens.studies.rook_sae.quality import DeadLatentsOptions, dead_vs_quality
     from policylens.studies.rook_sae.runs import SAESpec
 
     set_threads(threads)
+    if out is not None:
+        check_output(out, overwrite)
     try:
         fracs = tuple(float(f) for f in fractions.split(",") if f.strip())
     except ValueError:

@@ -9,7 +9,14 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from policylens.commands.framework import MAX_STEPS, command, console, err_console, print_json
+from policylens.commands.framework import (
+    MAX_STEPS,
+    command,
+    console,
+    err_console,
+    note_rounding,
+    print_json,
+)
 
 
 def _assignments(items: list[str] | None, option: str, many: bool) -> dict[str, Any] | None:
@@ -22,6 +29,11 @@ def _assignments(items: list[str] | None, option: str, many: bool) -> dict[str, 
         if not sep or not name.strip():
             form = "NAME=V1,V2,..." if many else "NAME=VALUE"
             raise ValueError(f"{option} takes {form}, got {item!r}.")
+        if name.strip() in found:
+            raise ValueError(
+                f"{option} names {name.strip()!r} twice; give each name once"
+                + (" with all its values (NAME=V1,V2,...)." if many else ".")
+            )
         found[name.strip()] = [v for v in value.split(",") if v.strip()] if many else value
     return found
 
@@ -90,6 +102,7 @@ def sweep_cmd(
     settings.setdefault("recipe", function_path(worlds.recipe(world_of_spec.name)))
     settings.setdefault("evaluate", world_of_spec.sweep_metrics or "")
     sweep = SweepSpec.from_dict(settings)
+    note_rounding(sweep.config(sweep.trials()[0], 1))
     try:
         rows = run_sweep(
             sweep, out, workers, backend, address, quiet=quiet or as_json, threads=threads

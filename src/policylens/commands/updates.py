@@ -9,7 +9,15 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
-from policylens.commands.framework import app, command, console, print_json
+from policylens.commands.framework import (
+    MAX_EPISODES,
+    MAX_STEPS,
+    app,
+    command,
+    console,
+    overwrite_option,
+    print_json,
+)
 
 if TYPE_CHECKING:
     from policylens.studies.lunar_updates import UpdatesAnalysis
@@ -75,17 +83,26 @@ def run_cmd(
     phase2: list[str] = typer.Option(
         ["scaled_fuel"], help="Reward variant(s) of phase 2 (B); repeat or comma-separate."
     ),
-    steps1: int = typer.Option(300_000, help="Phase-1 environment steps."),
-    steps2: int = typer.Option(30_000, help="Phase-2 environment steps (K > 0)."),
+    steps1: int = typer.Option(300_000, min=1, max=MAX_STEPS, help="Phase-1 environment steps."),
+    steps2: int = typer.Option(
+        30_000, min=1, max=MAX_STEPS, help="Phase-2 environment steps (K > 0)."
+    ),
     seeds: str = typer.Option("0", help="Seeds: a range (0-9), a list (0,2,5) or both."),
     backend: str = typer.Option("builtin", help="Trainer: builtin or sb3 (SB3 PPO MlpPolicy)."),
-    workers: int = typer.Option(1, min=1, help="Processes running jobs (seeds, variants)."),
+    workers: int = typer.Option(
+        1, min=1, max=256, help="Processes running jobs (seeds, variants)."
+    ),
     threads: int = typer.Option(
         1, min=1, max=256, help="Torch threads per job (one suits these small networks)."
     ),
-    episodes: int = typer.Option(50, min=1, help="Full evaluation episodes per model and seed."),
+    episodes: int = typer.Option(
+        50, min=1, max=MAX_EPISODES, help="Full evaluation episodes per model and seed."
+    ),
     salvage_steps: int = typer.Option(
-        None, help="Steps retraining the subtracted model (default: steps1 / 4)."
+        None,
+        min=1,
+        max=MAX_STEPS,
+        help="Steps retraining the subtracted model (default: steps1 / 4).",
     ),
     control: bool = typer.Option(
         True,
@@ -96,8 +113,12 @@ def run_cmd(
     greedy: bool = typer.Option(
         False, "--greedy", help="Evaluate with argmax actions instead of sampling."
     ),
-    num_envs: int = typer.Option(None, help="Recipe override: parallel environments."),
-    num_steps: int = typer.Option(None, help="Recipe override: steps per env per rollout."),
+    num_envs: int = typer.Option(
+        None, min=1, max=4096, help="Recipe override: parallel environments."
+    ),
+    num_steps: int = typer.Option(
+        None, min=1, max=65_536, help="Recipe override: steps per env per rollout."
+    ),
     hidden: str = typer.Option(None, help="Recipe override: hidden sizes, e.g. 64,64."),
     report: bool = typer.Option(
         True, " /--no-report", show_default=False, help="Do not write OUT/report.html."
@@ -132,6 +153,14 @@ def run_cmd(
         control=control,
         recipe=recipe,
     )
+    from policylens.studies.lunar_updates import EXPERIMENT_FILE
+
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; choose a folder for the experiment")
+    if out.is_dir() and any(out.iterdir()) and not (out / EXPERIMENT_FILE).is_file():
+        raise ValueError(
+            f"--out {out} is not empty and holds no experiment; choose a new or empty folder"
+        )
     log = None if as_json else (lambda m: console.print(m, highlight=False))
     run_experiment(config, out, workers=workers, log=log, threads=threads)
     analyze(out, report, as_json)
@@ -172,12 +201,17 @@ def compare_cmd(
     paths: list[Path] = typer.Argument(..., help="Experiment folders."),
     by: str = typer.Option("variant", help="Group by variant, steps or backend."),
     out: Path = typer.Option(None, help="Also write an HTML comparison page here."),
+    overwrite: bool = overwrite_option(),
     as_json: bool = typer.Option(False, "--json", help="Print the numbers as JSON."),
 ) -> None:
     """Compare experiments: per-group means over seeds with 95% intervals (and plots)."""
     from policylens.report.updates import COMPARE_KEYS, render_comparison
     from policylens.studies.lunar_updates import compare_experiments
 
+    if out is not None:
+        from policylens.artifacts import check_output
+
+        check_output(out, overwrite)
     result = compare_experiments(paths, by=by)
     if out is not None:
         render_comparison(result, out)
@@ -209,10 +243,12 @@ def list_cmd(
     from policylens import artifacts
     from policylens.studies.lunar_updates import EXPERIMENT_FILE, find_experiments
 
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"{root} is a file; give the folder that holds the experiments")
     found = find_experiments(root, phase1, phase2, steps1, steps2, backend)
     rows = []
     for p in found:
-        c = artifacts.read_json(p / EXPERIMENT_FILE)["config"]
+        c = artifacts.read_json(p / EXPERIMENT_FILE, expect=dict, keys={"config": dict})["config"]
         rows.append(
             {"path": str(p), **{k: c[k] for k in ("phase1", "phase2", "steps1", "steps2", "backend", "seeds")},
              "analysed": (p / "analysis" / "updates.json").is_file()}

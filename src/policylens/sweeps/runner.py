@@ -12,6 +12,7 @@ import time
 import traceback
 from concurrent import futures
 from pathlib import Path
+from types import UnionType
 from typing import Any
 
 from policylens.artifacts import LOCK_FILE, FolderLock, read_json, write_json, write_text
@@ -98,9 +99,77 @@ def training_metrics(run_path: str) -> dict[str, float]:
     return {k: last[k] for k in ("success", "return", "length") if k in last}
 
 
+def check_evaluate_arguments(spec: SweepSpec, fn: Any) -> None:
+    """Refuse evaluation arguments of the wrong type (``episodes=banana`` for an ``int``) before
+    any trial trains, in one sentence naming the argument and the type the function declares."""
+    import typing
+
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # unresolvable annotations: nothing to check against
+        return
+    simple = (bool, int, float, str)
+    for name, value in spec.evaluate_kwargs.items():
+        hint = hints.get(name)
+        if hint is None:
+            continue
+        allowed = (
+            typing.get_args(hint)
+            if typing.get_origin(hint) in (typing.Union, UnionType)
+            else (hint,)
+        )
+        kinds = [a for a in allowed if a in simple]
+        if not kinds or len(kinds) < len([a for a in allowed if a is not type(None)]):
+            continue  # a type this check does not know: the function checks it
+        if value is None and type(None) in allowed:
+            continue
+        ok = any(
+            isinstance(value, k) and not (k is int and isinstance(value, bool)) for k in kinds
+        ) or (float in kinds and isinstance(value, int) and not isinstance(value, bool))
+        if not ok:
+            want = " or ".join(k.__name__ for k in kinds)
+            raise ValueError(
+                f"evaluation argument {name}={value!r} is not a {want}, which {spec.evaluate} "
+                f"takes for {name}; fix --eval-arg {name}=... (checked before any training)."
+            )
+
+
+def _die_with_parent(parent: int) -> None:
+    """A pool worker's initializer: end this worker when the sweep process that started it dies
+    (kill -9 included), so no trial keeps training for nobody.
+
+    On Linux the kernel sends SIGKILL at the parent's death (``PR_SET_DEATHSIG``); everywhere a
+    daemon thread also watches for the parent to change and exits the worker.
+    """
+    import ctypes
+    import signal
+    import sys
+    import threading
+
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_DEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # it died before the signal was armed
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="die-with-parent").start()
+
+
 class LocalPool:
     """``workers`` trials at a time in processes started with "spawn" (a forked child of a process
-    that has run torch can hang in its thread pools), each using ``threads`` torch threads."""
+    that has run torch can hang in its thread pools), each using ``threads`` torch threads.
+
+    The workers die with the sweep process (:func:`_die_with_parent`), even when it is killed.
+    """
 
     def __init__(self, workers: int, threads: int | None = None):
         self.workers = workers
@@ -110,7 +179,10 @@ class LocalPool:
         import multiprocessing
 
         self.pool = futures.ProcessPoolExecutor(
-            self.workers, mp_context=multiprocessing.get_context("spawn")
+            self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_die_with_parent,
+            initargs=(os.getpid(),),
         )
         return self
 
@@ -225,7 +297,8 @@ def run_sweep(
         raise ValueError(f"workers must be at least 1, got {workers}.")
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}.")
-    resolve_evaluate(spec)  # a bad evaluate fails now, not after the first trial's training
+    # a bad evaluate, or arguments of the wrong type, fail now, not after the first training
+    check_evaluate_arguments(spec, resolve_evaluate(spec))
     out = Path(out).resolve()  # Ray workers may start elsewhere
     with FolderLock(out, "sweep folder"):  # one sweep process per folder
         return _run_trials(spec, out, workers, backend, address, quiet, threads)

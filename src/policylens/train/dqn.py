@@ -22,7 +22,7 @@ import copy
 import inspect
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -43,6 +43,7 @@ from policylens.runs import (
     env_from_saved,
     saved_env_state,
 )
+from policylens.train import limits
 from policylens.train.episodes import EpisodeTracker
 from policylens.train.ppo import checkpoint_updates
 
@@ -65,7 +66,9 @@ class DQNConfig:
     )
     """Options of the architecture (hidden sizes, activation); ``head="q"`` is added."""
     total_steps: int = 1_000_000
-    """Environment steps to train for (summed over envs)."""
+    """Environment steps to train for (summed over envs); training runs whole vector steps, so
+    a count that is not a multiple of ``num_envs`` is rounded up (:func:`train_dqn` records the
+    rounded count in the run's config.json)."""
     num_envs: int = 16
     """Environments stepped together; each vector step adds num_envs transitions."""
     buffer_size: int = 100_000
@@ -119,6 +122,37 @@ class DQNConfig:
 
     def __post_init__(self) -> None:
         problems = []
+        ints = ("total_steps", "num_envs", "buffer_size", "batch_size", "n_step", "learning_starts",
+                "train_frequency", "target_update", "seed", "threads", "checkpoints", "log_every",
+                "resume_every")  # fmt: skip
+        wrong = [
+            n
+            for n in ints
+            if not isinstance(getattr(self, n), int) or isinstance(getattr(self, n), bool)
+        ]
+        floats = ("learning_rate", "gamma", "start_epsilon", "end_epsilon", "exploration_fraction",
+                  "tau", "huber_delta", "reward_scale", "max_grad_norm")  # fmt: skip
+        if wrong or any(
+            not isinstance(getattr(self, n), int | float)
+            or isinstance(getattr(self, n), bool)
+            or not math.isfinite(getattr(self, n))
+            for n in floats
+        ):
+            bad = [f"{n} must be an integer, got {getattr(self, n)!r}" for n in wrong] + [
+                f"{n} must be a finite number, got {getattr(self, n)!r}"
+                for n in floats
+                if not isinstance(getattr(self, n), int | float)
+                or isinstance(getattr(self, n), bool)
+                or not math.isfinite(getattr(self, n))
+            ]
+            raise ValueError("Invalid DQN config: " + "; ".join(bad) + ".")
+        problems += limits.bound_problems(self, {
+            "total_steps": limits.MAX_STEPS, "num_envs": limits.MAX_ENVS,
+            "buffer_size": limits.MAX_BUFFER, "batch_size": limits.MAX_BATCH,
+            "n_step": limits.MAX_EPOCHS, "checkpoints": limits.MAX_CHECKPOINTS, "threads": 256,
+        })  # fmt: skip
+        if self.seed < 0 or self.checkpoints < 0:
+            problems.append("seed and checkpoints must be >= 0")
         for name in (
             "total_steps",
             "num_envs",
@@ -172,8 +206,12 @@ class DQNConfig:
 
     @property
     def num_iterations(self) -> int:
-        """Vector steps of training."""
-        return self.total_steps // self.num_envs
+        """Vector steps of training: ``total_steps`` rounded up to whole vector steps."""
+        return math.ceil(self.total_steps / self.num_envs)
+
+    def rounding_note(self, flag: str = "--steps") -> str | None:
+        """A sentence saying ``total_steps`` is trained as more steps (None when it is not)."""
+        return limits.rounding_note(self.total_steps, self.num_envs, "vector steps", flag)
 
 
 # -- schedules and targets ----------------------------------------------------------------------
@@ -344,6 +382,11 @@ class ReplayBuffer:
 
 # -- episode statistics -------------------------------------------------------------------------
 # -- the trainer --------------------------------------------------------------------------------
+RESUME_KEYS = ("iteration", "elapsed", "updates", "rows", "agent", "target", "optimizer",
+               "generator", "torch_rng", "buffer", "env")  # fmt: skip
+"""What a DQN ``resume.pt`` holds."""
+
+
 def train_dqn(
     config: DQNConfig,
     out: str | Path,
@@ -358,6 +401,8 @@ def train_dqn(
     """
     from policylens.agents import ARCHS, build_agent
 
+    # whole vector steps: a count that is not a multiple is rounded up, and recorded so
+    config = replace(config, total_steps=config.num_iterations * config.num_envs)
     if (
         config.arch not in ARCHS
         or "head" not in inspect.signature(ARCHS[config.arch].cls).parameters
@@ -396,6 +441,8 @@ def train_dqn(
         tracker.start(infos, np.arange(N))
         start_iter, elapsed, updates, rows_written = 0, 0.0, 0, 0
         if state is not None:
+            run.check_resume_fits(state, agent, RESUME_KEYS)
+            run.check_resume_fits(state, target, what="target")
             agent.load_state_dict(state["agent"])
             target.load_state_dict(state["target"])
             optimizer.load_state_dict(state["optimizer"])

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from policylens.runs import (
     env_from_saved,
     saved_env_state,
 )
+from policylens.train import limits
 from policylens.train.episodes import EpisodeTracker
 from policylens.train.threads import ThreadGovernor
 
@@ -50,7 +51,9 @@ class PPOConfig:
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     """Options of the architecture (channels, hidden sizes...)."""
     total_steps: int = 3_000_000
-    """Environment steps to train for (summed over envs)."""
+    """Environment steps to train for (summed over envs); training runs whole rollouts, so a
+    count that is not a multiple of ``batch_size`` is rounded up (:func:`train_ppo` records the
+    rounded count in the run's config.json)."""
     num_envs: int = 64
     """Environments stepped together."""
     num_steps: int = 64
@@ -101,6 +104,40 @@ class PPOConfig:
 
     def __post_init__(self) -> None:
         problems = []
+        ints = ("total_steps", "num_envs", "num_steps", "update_epochs", "num_minibatches",
+                "seed", "threads", "checkpoints", "resume_every")  # fmt: skip
+        wrong = [
+            n
+            for n in ints
+            if not isinstance(getattr(self, n), int) or isinstance(getattr(self, n), bool)
+        ]
+        if wrong:
+            raise ValueError(
+                "Invalid PPO config: "
+                + "; ".join(f"{n} must be an integer, got {getattr(self, n)!r}" for n in wrong)
+                + "."
+            )
+        for name in ("learning_rate", "gamma", "gae_lambda", "clip_coef", "ent_coef", "vf_coef",
+                     "max_grad_norm"):  # fmt: skip
+            value = getattr(self, name)
+            if (
+                not isinstance(value, int | float)
+                or isinstance(value, bool)
+                or not math.isfinite(value)
+            ):
+                problems.append(f"{name} must be a finite number, got {value!r}")
+        if problems:
+            raise ValueError("Invalid PPO config: " + "; ".join(problems) + ".")
+        problems += limits.bound_problems(self, {
+            "total_steps": limits.MAX_STEPS, "num_envs": limits.MAX_ENVS,
+            "num_steps": limits.MAX_ROLLOUT, "batch_size": limits.MAX_BATCH,
+            "update_epochs": limits.MAX_EPOCHS, "num_minibatches": limits.MAX_EPOCHS,
+            "checkpoints": limits.MAX_CHECKPOINTS, "threads": 256,
+        })  # fmt: skip
+        if self.learning_rate <= 0 or self.clip_coef < 0 or self.max_grad_norm <= 0:
+            problems.append("learning_rate and max_grad_norm must be > 0 and clip_coef >= 0")
+        if self.seed < 0 or self.checkpoints < 0:
+            problems.append("seed and checkpoints must be >= 0")
         if self.total_steps < self.batch_size:
             problems.append(
                 f"total_steps {self.total_steps} is smaller than one rollout ({self.batch_size} = num_envs x num_steps)"
@@ -135,7 +172,12 @@ class PPOConfig:
 
     @property
     def num_updates(self) -> int:
-        return self.total_steps // self.batch_size
+        """Rollouts trained: ``total_steps`` rounded up to whole rollouts."""
+        return math.ceil(self.total_steps / self.batch_size)
+
+    def rounding_note(self, flag: str = "--steps") -> str | None:
+        """A sentence saying ``total_steps`` is trained as more steps (None when it is not)."""
+        return limits.rounding_note(self.total_steps, self.batch_size, "rollouts", flag)
 
 
 def compute_dtype(precision: str, convolutional: bool = True) -> torch.dtype:
@@ -161,6 +203,11 @@ def checkpoint_updates(num_updates: int, count: int, spacing: str) -> list[int]:
     return sorted({0, num_updates, *(int(p) for p in points if 1 <= p <= num_updates)})
 
 
+RESUME_KEYS = ("update", "elapsed", "agent", "optimizer", "generator", "torch_rng", "env",
+               "tracker", "next_obs")  # fmt: skip
+"""What a PPO ``resume.pt`` holds."""
+
+
 def train_ppo(
     config: PPOConfig,
     out: str | Path,
@@ -179,6 +226,8 @@ def train_ppo(
     """
     from policylens.agents import build_agent
 
+    # whole rollouts: a count that is not a multiple is rounded up, and recorded so
+    config = replace(config, total_steps=config.num_updates * config.batch_size)
     if init_from is not None and config.init_weights is not None:
         raise ValueError("Give the starting weights once: init_from or init_weights, not both.")
     init_from = init_from if init_from is not None else config.init_weights
@@ -213,6 +262,7 @@ def train_ppo(
         tracker.start(infos, np.arange(config.num_envs))
         start_update, elapsed = 0, 0.0
         if state is not None:
+            run.check_resume_fits(state, agent, RESUME_KEYS)
             agent.load_state_dict(state["agent"])
             optimizer.load_state_dict(state["optimizer"])
             generator.set_state(state["generator"])
