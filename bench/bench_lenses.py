@@ -1,7 +1,7 @@
 """LRP and Grad-CAM: policylens vs tdhook 0.3 and Captum 0.9 on the same model and inputs.
 
-Cases: the IMPALA CNN on 64x64x3 frames and the maze CNN on 9x9 grids, batch 256, the value as
-target, in float32 and with bf16 weights (``agent.bfloat16()``: every library then runs bf16).
+Cases: the (untrained) IMPALA CNN on random 64x64x3 frames and the zoo's trained maze agent
+(zoo:maze-corner) on real 9x9 mazes, batch 256, the value as target, in float32 and with bf16 weights (``agent.bfloat16()``: every library then runs bf16).
 LRP uses the epsilon rule everywhere (eps 1e-9, Captum's default; the rule both peers have);
 Grad-CAM the last conv hook (Grad-CAM's choice), tdhook without its ReLU (it has none).
 
@@ -9,10 +9,11 @@ Results are checked equal first. Neither peer splits a functional residual ``+``
 relevance into both summands; policylens splits it in proportion), so the LRP check runs on a
 copy whose residual blocks add zero (their second conv zeroed), where all conventions agree;
 the timings use the original weights. tdhook agrees there; Captum's LRP still differs on
-these residual networks (not traced down; tests/test_lrp.py shows it equal on networks without
-skips), so its LRP time is printed, its LRP check is only informative. The maze CNN is built with ``channels_last=False``: its
-fast channels-last flatten bypasses ``fc``'s module, which the peers' hooks need. The peers get
-their best setting: tdhook's context is entered once (on its own copy of the network, whose
+these residual networks (not traced down; its rules act only on registered modules, and these
+networks call ReLU functionally; tests/test_lrp.py shows it equal on networks without skips),
+so its LRP time is printed, its LRP check is only informative. The peers' maze copy runs
+channels-first (the channels-last flatten bypasses ``fc``'s module, which their hooks need);
+policylens runs the agent as it loads. The peers get their best setting: tdhook's context is entered once (on its own copy of the network, whose
 modules it rewires), Captum's objects are built once.
 
 Prints seconds per call (best of ``--repeats``, the libraries interleaved) and the ratio of the
@@ -42,8 +43,10 @@ from tdhook.attribution.lrp_helpers.rules import EpsilonRule
 from tensordict import TensorDict
 from torch import nn
 
+from policylens import load_agent
 from policylens.agents import build_agent
 from policylens.agents.hooks import HookPoint
+from policylens.envs.maze import MazeBatch, MazeConfig
 from policylens.lenses.attribution import attribute
 from policylens.lenses.cam import GradCAM
 from policylens.lenses.relevance import LRP
@@ -82,7 +85,8 @@ def start_at_output(t: TensorDict, _: object) -> TensorDict:
     return TensorDict(out=t["out"].detach(), batch_size=t.batch_size)
 
 
-def lrp_callers(agent, x: torch.Tensor, stack: contextlib.ExitStack) -> dict[str, Callable]:
+def lrp_callers(agent, ours, x: torch.Tensor, stack: contextlib.ExitStack) -> dict[str, Callable]:
+    """``agent`` for the peers, ``ours`` (the same weights, as a user builds it) for policylens."""
     net = agent.net
     mapper = lambda name, m: EpsilonRule(epsilon=EPS) if isinstance(m, LAYERS) else None  # noqa: E731
     td = TdhookLRP(rule_mapper=mapper, init_attr_targets=value_target,
@@ -93,13 +97,13 @@ def lrp_callers(agent, x: torch.Tensor, stack: contextlib.ExitStack) -> dict[str
     captum = CaptumLRP(captum_model(net))
     method = LRP(epsilon=EPS)
     return {
-        "policylens": lambda: attribute(agent, x, method, "value", preprocessed=True).attributions,
+        "policylens": lambda: attribute(ours, x, method, "value", preprocessed=True).attributions,
         "tdhook": lambda: hooked(data)["attr", "input"],
         "captum": lambda: captum.attribute(x, target=agent.num_actions),
     }
 
 
-def cam_callers(agent, x: torch.Tensor, layer: str, stack: contextlib.ExitStack) -> dict:
+def cam_callers(agent, ours, x: torch.Tensor, layer: str, stack: contextlib.ExitStack) -> dict:
     dims = {f"net.{layer}": DimsConfig(weight_pooling_dims=(2, 3), feature_sum_dims=(1,))}
     hooked = stack.enter_context(
         TdhookGradCAM(dims, init_attr_targets=value_target).prepare(
@@ -111,7 +115,7 @@ def cam_callers(agent, x: torch.Tensor, layer: str, stack: contextlib.ExitStack)
     method = GradCAM()
     return {
         "policylens": lambda: attribute(
-            agent, x, method, "value", layer, preprocessed=True
+            ours, x, method, "value", layer, preprocessed=True
         ).attributions[:, 0],
         "tdhook": lambda: F.relu(hooked(data)["attr", f"net.{layer}"]),
         "captum": lambda: captum.attribute(x, relu_attributions=True)[:, 0],
@@ -160,11 +164,33 @@ def report(label: str, best: dict[str, float], check: str, n: int) -> float:
 
 
 def obs_for(arch: str, n: int) -> np.ndarray:
-    rng = np.random.default_rng(0)
+    """Random frames for the IMPALA network; real 9x9 mazes (with their mouse and cheese) for
+    the maze agent."""
     if arch == "impala":
-        return rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
-    grid = (rng.random((n, 3, 9, 9)) < 0.3).astype(np.float32)  # wall, mouse, cheese planes
-    return grid
+        return np.random.default_rng(0).integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
+    batch = MazeBatch(MazeConfig(world_size=9, cheese_region=None), n)
+    for i in range(n):
+        batch.load(i, batch.level(i))
+    return batch.obs.copy()
+
+
+def agents_for(arch: str) -> tuple:
+    """(for the peers, for policylens): the untrained IMPALA network; the zoo's trained maze
+    agent (zoo:maze-corner), whose maps are not all zero. The peers' maze copy runs
+    channels-first (its channels-last flatten bypasses ``fc``'s module, which their hooks need);
+    policylens runs the agent as loaded. Parameters are frozen for all (the peers' best setting)."""
+    if arch == "impala":
+        base = build_agent("impala", (64, 64, 3), 15, seed=0)
+        ours = base
+    else:
+        ours = load_agent("zoo:maze-corner")
+        base = build_agent("maze_cnn", ours.obs_shape, ours.num_actions, channels_last=False)
+        base.net.load_state_dict(ours.net.state_dict())
+    for agent in {id(base): base, id(ours): ours}.values():
+        agent.eval()
+        for p_ in agent.parameters():
+            p_.requires_grad_(False)
+    return base, ours
 
 
 def main() -> None:
@@ -180,25 +206,21 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} threads, batch {batch}, best of {repeats}, "
           f"target = value; ratio = faster peer's time / policylens's")  # fmt: skip
     ratios = []
-    for arch, shape, kw, layer in (
-        ("impala", (64, 64, 3), {}, "embedder.hook_relu3"),
-        ("maze_cnn", (3, 9, 9), {"channels_last": False}, "hook_relu"),
-    ):
-        base = build_agent(arch, shape, 15 if arch == "impala" else 4, seed=0, **kw).eval()
-        for p_ in base.parameters():
-            p_.requires_grad_(False)
+    for arch, layer in (("impala", "embedder.hook_relu3"), ("maze_cnn", "hook_relu")):
+        base, own = agents_for(arch)
         obs = obs_for(arch, batch)
         for dtype in (torch.float32, torch.bfloat16):
-            agent = copy.deepcopy(base).to(dtype)
+            agent, ours = copy.deepcopy(base).to(dtype), copy.deepcopy(own).to(dtype)
             x = agent.preprocess(obs)
             tag = "bf16" if dtype == torch.bfloat16 else "fp32"
             with contextlib.ExitStack() as stack:
-                check = agreement({k: f() for k, f in lrp_callers(zero_residuals(agent), x, stack).items()})  # fmt: skip
+                flat, flat_ours = zero_residuals(agent), zero_residuals(ours)
+                check = agreement({k: f() for k, f in lrp_callers(flat, flat_ours, x, stack).items()})  # fmt: skip
             with contextlib.ExitStack() as stack:
-                callers = lrp_callers(agent, x, stack)
+                callers = lrp_callers(agent, ours, x, stack)
                 ratios.append(report(f"{arch} {tag} LRP-epsilon", timed(callers, repeats), check, batch))  # fmt: skip
             with contextlib.ExitStack() as stack:
-                callers = cam_callers(agent, x, layer, stack)
+                callers = cam_callers(agent, ours, x, layer, stack)
                 check = agreement({k: f() for k, f in callers.items()})
                 ratios.append(report(f"{arch} {tag} Grad-CAM {layer}", timed(callers, repeats), check, batch))  # fmt: skip
     print(f"smallest ratio vs the faster peer: {min(ratios):.2f}x")
