@@ -53,6 +53,20 @@ register_world(
     reward_threshold=200,
 )
 
+register_world(
+    "policylens/MiniGrid-DynamicObstacles-8x8-v0",
+    "minigrid's Dynamic-Obstacles 8x8 (Gymnasium's minigrid): 7x7x3 partial view, 3 actions, "
+    "agent/goal/obstacle positions in info (decision transformers, Bloom et al.)",
+    entry_point="policylens.envs.minigrid:DynamicObstaclesEnv",
+)
+
+register_world(
+    "policylens/MiniGrid-MemoryS7-v0",
+    "minigrid's MemoryS7: 7x7x3 partial view, 3 actions, the instruction (key or ball) and the "
+    "correct side in info (decision transformers)",
+    entry_point="policylens.envs.minigrid:MemoryEnv",
+)
+
 for world in procgen_worlds():  # policylens/procgen-<Game>; envpool is needed only to make one
     register_world(**world)
 

@@ -14,11 +14,12 @@ from policylens.worlds.base import World, run_world
 from policylens.worlds.hazards import HazardsWorld
 from policylens.worlds.lunar import LunarWorld
 from policylens.worlds.maze import MazeWorld
+from policylens.worlds.minigrid import MiniGridWorld
 from policylens.worlds.procgen import ProcgenWorld
 from policylens.worlds.rook import RookWorld
 
 WORLDS: dict[str, type[World]] = {
-    w.name: w for w in (MazeWorld, HazardsWorld, RookWorld, LunarWorld, ProcgenWorld)
+    w.name: w for w in (MazeWorld, HazardsWorld, RookWorld, LunarWorld, ProcgenWorld, MiniGridWorld)
 }
 """Name -> world."""
 

@@ -1,0 +1,204 @@
+"""The decision transformer: causal masking checked numerically, TransformerLens's hook names and
+FactoredMatrix views, the residual stream read back to the logits, a tiny DT trained end to end
+by the CLI, resume equal to uninterrupted training (bit for bit), and (slow) the real
+Dynamic-Obstacles DT reaching a high return at RTG 1.0."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from policylens.agents.dt import DTBatch, DTConfig, build_dt, num_parameters
+from policylens.cli import app
+from policylens.runs import Run
+from policylens.train.dt import DTTrainConfig, TrajectoryData, load_run_dt, train_dt
+from policylens.worlds.minigrid import PolicySpec, collect_trajectories
+
+runner = CliRunner()
+K = 5
+
+
+def invoke(*args) -> dict:
+    r = runner.invoke(app, [str(a) for a in args])
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout)
+
+
+def random_batch(b: int = 3, k: int = K, seed: int = 0) -> DTBatch:
+    g = torch.Generator().manual_seed(seed)
+    return DTBatch(
+        obs=torch.randint(0, 11, (b, k, 7, 7, 3), generator=g).to(torch.uint8),
+        actions=torch.randint(0, 3, (b, k), generator=g),
+        rtg=torch.rand(b, k, generator=g) * 2 - 1,
+        timesteps=torch.arange(k).repeat(b, 1),
+        mask=torch.ones(b, k, dtype=torch.bool),
+        direction=torch.randint(0, 4, (b, k), generator=g),
+    )
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_dt(DTConfig(context=K, d_model=64, n_heads=2, d_mlp=128), seed=1)
+
+
+def changed(batch: DTBatch, step: int, what: str) -> DTBatch:
+    new = DTBatch(**{k: getattr(batch, k).clone() for k in
+                     ("obs", "actions", "rtg", "timesteps", "mask", "direction")})  # fmt: skip
+    if what == "obs":
+        new.obs[:, step] = (new.obs[:, step] + 1) % 6
+    elif what == "rtg":
+        new.rtg[:, step] += 0.7
+    else:
+        new.actions[:, step] = (new.actions[:, step] + 1) % 3
+    return new
+
+
+@pytest.mark.parametrize("what", ["obs", "rtg", "action"])
+def test_a_later_token_leaves_earlier_logits_unchanged(model, what):
+    batch = random_batch()
+    with torch.no_grad():
+        base = model(batch)
+        for step in range(K):
+            out = model(changed(batch, step, what))
+            # the state token of step t sees R_t and s_t but not a_t: an action changes only later
+            first_seen = step + 1 if what == "action" else step
+            torch.testing.assert_close(out[:, :first_seen], base[:, :first_seen], rtol=0, atol=0)
+            if first_seen < K:
+                assert (out[:, first_seen:] - base[:, first_seen:]).abs().max() > 1e-4
+
+
+def test_padding_is_masked_as_its_own_token(model):
+    batch = random_batch()
+    batch.mask[:, :2] = False
+    with torch.no_grad():
+        base = model(batch)
+        junk = changed(changed(batch, 0, "obs"), 1, "rtg")
+        torch.testing.assert_close(model(junk), base, rtol=0, atol=0)  # pads ignore their content
+
+
+def test_run_with_cache_names_and_factored_matrices(model):
+    batch = random_batch()
+    logits, cache = model.run_with_cache(batch)
+    names = set(cache.keys())
+    expected = {"hook_state_embed", "hook_rtg_embed", "hook_dir_embed", "hook_time_embed",
+                "hook_embed", "hook_pos_embed", "hook_tokens", "blocks.0.hook_resid_pre",
+                "blocks.0.attn.hook_q", "blocks.0.attn.hook_pattern", "blocks.0.attn.hook_z",
+                "blocks.0.hook_attn_out", "blocks.0.hook_mlp_out", "blocks.0.hook_resid_post",
+                "ln_final.hook_normalized"}  # fmt: skip
+    assert expected <= names
+    pattern = cache["blocks.0.attn.hook_pattern"]
+    assert pattern.shape == (3, 2, 3 * K, 3 * K)
+    assert torch.all(pattern.triu(1) == 0)  # causal
+    torch.testing.assert_close(pattern.sum(-1), torch.ones(3, 2, 3 * K))
+    # the logits are the unembedding of the final residual stream at the state tokens
+    resid = cache["ln_final.hook_normalized"]
+    torch.testing.assert_close(logits, (resid @ model.W_U + model.b_U)[:, 1::3])
+    assert model.OV.shape == (1, 2, 64, 64) and model.QK.shape == (1, 2, 64, 64)
+    assert model.W_U.shape == (64, 3)
+    # a hook that zeroes the attention output changes the logits
+    ablated = model.run_with_hooks(
+        batch, fwd_hooks=[("blocks.0.hook_attn_out", lambda a, hook: torch.zeros_like(a))]
+    )
+    assert (ablated - logits).abs().max() > 1e-4
+
+
+def test_the_default_model_is_small_and_seeded():
+    a, b = build_dt(DTConfig(), seed=3), build_dt(DTConfig(), seed=3)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+    assert num_parameters(a) < 1_000_000
+    assert a.cfg.n_layers == 1 and a.cfg.d_model == 128 and a.cfg.n_heads == 2
+    assert a.cfg.n_ctx == 3 * 8
+    with pytest.raises(ValueError, match="n_heads"):
+        DTConfig(d_model=100, n_heads=3)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dt") / "store"
+    mix = (PolicySpec(0.0), PolicySpec(0.5))
+    collect_trajectories(out, "obstacles", episodes=10, seed=0, mix=mix)
+    return out
+
+
+def test_windows_stay_inside_one_episode(store):
+    data = TrajectoryData(store)
+    ends = torch.arange(data.rows)
+    batch = data.windows(ends, 4)
+    for i in range(0, data.rows, 7):
+        t = int(data.timestep[i])
+        assert batch.mask[i].tolist() == [j >= 3 - t for j in range(4)]
+        real = batch.timesteps[i][batch.mask[i]]
+        assert real.tolist() == list(range(max(0, t - 3), t + 1))
+
+
+def tiny(store, **kwargs) -> DTTrainConfig:
+    settings = dict(data=str(store), context=3, d_model=32, n_heads=2, d_mlp=64, total_steps=12,
+                    batch_size=8, log_every=2, resume_every=1, warmup_steps=3, checkpoints=3)  # fmt: skip
+    settings.update(kwargs)
+    return DTTrainConfig(**settings)
+
+
+def test_resume_equals_uninterrupted_training(store, tmp_path):
+    whole = train_dt(tiny(store), tmp_path / "whole", progress=False)
+    part = train_dt(tiny(store), tmp_path / "part", progress=False, stop_after_steps=5)
+    assert not part.done and part.checkpoints()[-1][0] < 12
+    part = train_dt(tiny(store), tmp_path / "part", resume=True, progress=False)
+    assert part.done
+    assert [s for s, _ in whole.checkpoints()] == [s for s, _ in part.checkpoints()]
+    a, b = load_run_dt(whole), load_run_dt(part)
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
+    drop = ("time", "steps_per_s")
+    rows = [[{k: v for k, v in r.items() if k not in drop} for r in run.metrics()]
+            for run in (whole, part)]  # fmt: skip
+    assert rows[0] == rows[1]
+    with pytest.raises(ValueError, match="another config"):
+        train_dt(tiny(store, learning_rate=1e-3), tmp_path / "part", resume=True, progress=False)
+
+
+def test_cli_collects_trains_evaluates_and_calibrates(tmp_path):
+    data, out = tmp_path / "store", tmp_path / "run"
+    collected = invoke("dt", "collect", "--out", data, "--episodes", 12, "--json")
+    assert collected["episodes"] == 12 and collected["rows"] > 12
+    trained = invoke("train", "dt", "--data", data, "--out", out, "--steps", 6, "--context", 2,
+                     "--d-model", 16, "--d-mlp", 32, "--batch-size", 4, "--log-every", 3,
+                     "--json")  # fmt: skip
+    assert trained["steps"] == 6 and trained["done"]
+    run = Run(out)
+    assert run.config["kind"] == "dt" and run.config["agent"]["context"] == 2
+    assert [s for s, _ in run.checkpoints()][-1] == 6 and (out / "DONE").exists()
+    assert np.isfinite(trained["loss"])
+    ev = invoke("dt", "eval", out, "--episodes", 3, "--json")
+    assert ev["return"]["n"] == 3 and -1 <= ev["return"]["mean"] <= 1
+    cal = invoke("dt", "calibrate", out, "--episodes", 2, "--target", 0, "--target", 1, "--json")
+    assert [r["target"] for r in cal["rows"]] == [0.0, 1.0]
+    assert all(r["return"]["n"] == 2 for r in cal["rows"])
+    bad = runner.invoke(app, ["train", "dt", "--data", str(tmp_path), "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "not a trajectory store" in bad.output
+
+
+@pytest.mark.slow
+def test_dynamic_obstacles_dt_reaches_a_high_return_at_rtg_one(tmp_path):
+    """A DT trained on the planner mix plays as well as the best planner at RTG 1.0 and follows
+    lower targets down: the measured recipe (context 4) shortened to 2,000 episodes and 1,500
+    steps (the full one reached 0.946 greedy, 0.927 sampled; the best planner 0.945)."""
+    from policylens.studies.dt import (
+        CalibrationOptions,
+        EvalOptions,
+        calibrate_dt_run,
+        evaluate_dt_run,
+    )
+
+    collect_trajectories(tmp_path / "store", "obstacles", episodes=2000, seed=0)
+    config = DTTrainConfig(data=str(tmp_path / "store"), total_steps=1500, context=4)
+    run = train_dt(config, tmp_path / "run", progress=False)
+    result = evaluate_dt_run(run, EvalOptions(target_rtg=1.0, episodes=100, greedy=True))
+    assert result.ret["ci"][0] > 0.9 and result.success["rate"] >= 0.95
+    targets = (-1.0, -0.5, 0.0, 0.5, 1.0)
+    cal = calibrate_dt_run(run, CalibrationOptions(targets=targets, episodes=20))
+    assert cal.spearman is not None and cal.spearman > 0.4
+    assert cal.rows[0]["return"]["mean"] < 0 < cal.rows[-1]["return"]["mean"]
