@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -240,3 +241,96 @@ def test_probe_data_split_is_shared_across_labels(maze_store):
     assert len(data.rows) == 200 and (data.train ^ data.test).all()
     levels = maze_store["labels/level_seed"][data.rows]
     assert not set(levels[data.train]) & set(levels[data.test])
+
+
+# ---------------------------------------------------------------------------------- what, when, where
+def test_l1_probes_read_a_sparse_concept_and_regularise(tmp_path):
+    s = synthetic_store(tmp_path / "s")
+    data = ProbeData.from_store(s, ["flag", "depth"], max_samples=600)
+    acts = s["activations/layer"][data.rows]
+    flag = data.fit(acts, data.targets["flag"], penalty="l1")
+    depth = data.fit(acts, data.targets["depth"], penalty="l1")
+    assert flag["metric"] == "balanced_accuracy" and flag["score"] > 0.85
+    assert depth["metric"] == "r2" and depth["score"] > 0.7
+    # The lasso keeps the one informative unit: a fixed, strong penalty still reads depth.
+    strong = data.fit(acts, data.targets["depth"], {"alpha": 0.3}, penalty="l1")
+    assert strong["score"] > 0.5
+    with pytest.raises(ValueError, match="Unknown penalty 'l3'"):
+        data.fit(acts, data.targets["flag"], penalty="l3")
+    with pytest.raises(ValueError, match="penalties must include l2"):
+        ProbeOptions(penalties=("l1",))
+
+
+def test_raw_input_control_reads_what_is_in_the_observation(maze_store):
+    options = ProbeOptions(controls=("raw_input",), max_samples=300, penalties=("l2", "l1"))
+    r = probe(maze_store, ["cheese_pos"], ["hook_out"], options=options).results[0]
+    # The cheese's cell is a channel of the maze observation: the raw input reads it.
+    assert r.controls["raw_input"] > 0.9 and set(r.controls) == {"raw_input"}
+    assert 0 <= r.details["l1_score"] <= 1
+
+
+def fake_curves(jump_at: int, final: float = 0.9, l1: bool = False):
+    from policylens.lenses.probes import ProbeCurves
+
+    steps = [0, 10, 100, 1000, 10000]
+    rise = [0.5 if i < jump_at else final for i in range(len(steps))]
+    flat = [0.5, 0.52, 0.55, 0.6, 0.62]
+    scores = {"c": {"early": flat, "late": rise}}
+    controls = {"c": {h: {"random_init": 0.5, "shuffled": 0.5, "raw_input": 0.6}
+                      for h in ("early", "late")}}  # fmt: skip
+    return ProbeCurves(steps, ["c"], ["early", "late"], {"c": "balanced_accuracy"}, scores,
+                       {"c": 0.5}, controls, l1_scores=scores if l1 else {},
+                       l1_controls=controls if l1 else {})  # fmt: skip
+
+
+def test_timeline_finds_emergence_best_layer_and_change_point():
+    from policylens.studies.probes import concept_timeline
+
+    tl = concept_timeline([fake_curves(2), fake_curves(3), fake_curves(3)], ["a", "b", "c"])
+    s = tl.summary["l2"]["c"]
+    assert s["best_layer"] == "late" and s["best_layer_votes"] == {"late": 3}
+    assert s["emergence_step"]["per_seed"] == [100, 1000, 1000]
+    assert s["emergence_step"]["median"] == 1000 and s["emergence_step"]["range"] == [100, 1000]
+    lo, hi = s["emergence_step"]["ci"]
+    assert lo < s["emergence_step"]["geometric_mean"] < hi
+    cp = s["change_point_beyond_paper"]
+    assert cp["step"]["per_seed"] == [100, 1000, 1000] and cp["jump"]["mean"] == pytest.approx(0.4)
+    assert s["final_score"]["mean"] == pytest.approx(0.9)
+    assert s["controls_at_best_layer"]["raw_input"]["mean"] == pytest.approx(0.6)
+    assert "l1" not in tl.summary and "beyond the paper" in tl.meta["change_point"]
+    assert json.loads(json.dumps(tl.to_json()))["summary"]["l2"]["c"]["best_layer"] == "late"
+    both = concept_timeline([fake_curves(2, l1=True)], ["a"])
+    assert set(both.summary) == {"l2", "l1"}
+    from policylens.report.probes import concept_heatmaps_figure
+
+    png = concept_heatmaps_figure(tl, "t")
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5_000
+    with pytest.raises(ValueError, match="same labels and layers"):
+        concept_timeline([fake_curves(2), dataclasses.replace(fake_curves(2), hooks=["x"])],
+                         ["a", "b"])  # fmt: skip
+
+
+@pytest.mark.slow
+def test_cli_what_when_where_over_runs(tiny_run):
+    from policylens.cli import app
+
+    runner = CliRunner()
+    args = ["probe", str(tiny_run.path), "--over-training", "--seed-run", str(tiny_run.path),
+            "--label", "mouse_pos", "--hook", "hook_out", "--episodes", "30", "--max-samples",
+            "300", "--no-controls", "--raw-input", "--l1", "--checkpoints", "2", "--json"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    steps = [s for s, _ in tiny_run.checkpoints()]
+    assert data["meta"]["steps"] == [steps[0], steps[-1]] and data["meta"]["seeds"] == 2
+    s = data["summary"]["l1"]["mouse_pos"]
+    assert s["best_layer"] == "hook_out" and set(s["controls_at_best_layer"]) == {"raw_input"}
+    assert s["emergence_step"]["per_seed"][0] == s["emergence_step"]["per_seed"][1]  # same run
+    out = tiny_run.path / "analysis" / "probes"
+    assert (out / "concepts_over_training.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "concepts_over_training_l1.png").is_file()
+    assert (
+        json.loads((out / "concepts_over_training.json").read_text())["summary"] == data["summary"]
+    )
+    bad = runner.invoke(app, ["probe", str(tiny_run.path), "--seed-run", str(tiny_run.path)])
+    assert bad.exit_code == 2 and "--seed-run needs --over-training" in bad.output

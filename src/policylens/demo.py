@@ -310,10 +310,11 @@ def hazards_section(
     log(f"features: value attribution and NMF on {budget.frames} frames of unseen levels")
     fitted = fit_features(agent, {**unseen, "max_steps": FRAME_STEPS}, options)
     features = fitted.result()
-    direction = object_direction(agent, fitted.frames, options.layer, "saw")
+    layer = fitted.layer  # the study's layer of this network
+    direction = object_direction(agent, fitted.frames, layer, "saw")
     source = str(run.config.get("pretrained", {}).get("source", run.path))
     record = EditRecord(
-        source=source, layer=options.layer, reader=reader_of(options.layer),
+        source=source, layer=layer, reader=reader_of(layer),
         direction_from="object", feature=None, requested="saw", label="saw",
         alignment=float("nan"), nmf_seed=options.seed,
         direction=tuple(float(x) for x in direction),
@@ -322,7 +323,7 @@ def hazards_section(
         budget.levels, budget.random_controls, seed=HAZARD_SEED, cache=folder / "failure_tables"
     )
     exp = edit_experiment(
-        agent, options.layer, {"saw": direction}, unseen, tables, lambda m: log(f"failures: {m}")
+        agent, layer, {"saw": direction}, unseen, tables, lambda m: log(f"failures: {m}")
     )
     exp = replace(exp, verdict=edit_verdict(exp, "saw"), edit=record)
     shown, hidden = exp.baseline, exp.tables["invisible:saw"]

@@ -154,11 +154,23 @@ def probe_cmd(
     no_controls: bool = typer.Option(
         False, "--no-controls", help="Skip the random-init and shuffled controls."
     ),
+    raw_input: bool = typer.Option(
+        False, "--raw-input", help="Also the raw-input control (the probe on the observation)."
+    ),
+    l1: bool = typer.Option(False, "--l1", help="Also L1 probes (beside the L2 ones)."),
+    checkpoints: int = typer.Option(
+        0, min=0, help="With --over-training: this many checkpoints, spread (0: all)."
+    ),
+    seed_run: list[Path] = typer.Option(
+        None,
+        help="With --over-training: another run of the same recipe (a seed); repeat. Adds "
+        "emergence steps and best layers across the runs (what, when, where).",
+    ),
     threads: int = typer.Option(None, min=1, help="Torch/BLAS threads (default: unchanged)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Linear probes for the world's concepts per layer, split by level, with controls."""
-    from policylens.lenses.probes import CONTROLS, ProbeOptions
+    from policylens.lenses.probes import DEFAULT_CONTROLS, ProbeOptions
     from policylens.rollout.store import is_store
     from policylens.studies.probes import (
         ConceptProbeOptions,
@@ -176,14 +188,18 @@ def probe_cmd(
         )
     if over_training and not is_run:
         raise ValueError("--over-training needs a run folder (it probes every checkpoint).")
+    if seed_run and not over_training:
+        raise ValueError("--seed-run needs --over-training (it compares runs over checkpoints).")
+    controls = () if no_controls else DEFAULT_CONTROLS
     fit = ProbeOptions(
-        () if no_controls else CONTROLS,
+        (*controls, "raw_input") if raw_input else controls,
         max_samples or (5_000 if over_training else 10_000),
         seed=seed,
+        penalties=("l2", "l1") if l1 else ("l2",),
     )
     options = ConceptProbeOptions(
         labels=label or None, hooks=hook or None, step=step, episodes=episodes,
-        env_kwargs=parse_env_kwargs(env_kwarg), probe=fit,
+        env_kwargs=parse_env_kwargs(env_kwarg), probe=fit, checkpoints=checkpoints,
     )  # fmt: skip
     log = (lambda m: None) if as_json else (lambda m: console.print(f"[dim]{m}[/]"))
     with thread_limit(threads):
@@ -195,6 +211,9 @@ def probe_cmd(
                 console.print(_results_table(report, f"linear probes on {target}"))
             return
         run = open_run(target)
+        if seed_run:
+            _timeline(run, [open_run(r) for r in seed_run], options, log, as_json)
+            return
         if over_training:
             from policylens.report.probes import write_probe_curves
 
@@ -229,6 +248,55 @@ def probe_cmd(
             return
         console.print(_results_table(report, f"{run.name} @ step {chosen}: linear probes"))
         console.print(f"saved {report_file(run, chosen)}")
+
+
+def _interval(d: dict) -> str:
+    lo, hi = d["range"]
+    return f"{d['median']:,.0f} [{lo:,}-{hi:,}]"
+
+
+def _timeline(run, others, options, log, as_json: bool) -> None:
+    """Probes over training for ``run`` and ``others`` (seeds): what, when, where."""
+    from policylens import worlds
+    from policylens.report.probes import write_concept_heatmaps
+    from policylens.studies.probes import concepts_over_training, timeline_file
+
+    world = worlds.of_run(run).name
+    for o in others:
+        if worlds.of_run(o).name != world:
+            raise ValueError(f"seed_run {o.path} is a run of another world than {run.path}")
+    timeline = concepts_over_training([run, *others], options, progress=log)
+    folder = timeline_file(run).parent
+    for pen in timeline.summary:
+        suffix = "" if pen == "l2" else f"_{pen}"
+        png = write_concept_heatmaps(timeline, folder / f"concepts_over_training{suffix}.png",
+                                     f"{run.name} and {len(others)} more", pen)  # fmt: skip
+        timeline.meta[f"figure{suffix}"] = str(png)
+    if as_json:
+        print_json(timeline.to_json())
+        return
+    for pen, by_label in timeline.summary.items():
+        table = Table("concept", "best layer (votes)", "final [95% CI]",
+                      "emerges at: median [range]", "above chance", "rand. net", "shuffled",
+                      "raw input", "largest jump* at (size)",
+                      title=f"what, when, where over {len(others) + 1} runs ({pen.upper()} "
+                      "probes; steps: median [range] over runs)")  # fmt: skip
+        for label, s in by_label.items():
+            f, c = s["final_score"], s["controls_at_best_layer"]
+            cp = s["change_point_beyond_paper"]
+            table.add_row(
+                f"{label} ({s['metric']})",
+                f"{s['best_layer']} ({s['best_layer_votes'][s['best_layer']]})",
+                f"{f['mean']:.3f} [{f['ci'][0]:.3f}, {f['ci'][1]:.3f}]",
+                _interval(s["emergence_step"]), _interval(s["emergence_step_above_chance"]),
+                *(f"{c[k]['mean']:.3f}" if k in c else "-"
+                  for k in ("random_init", "shuffled", "raw_input")),
+                f"{_interval(cp['step'])} ({cp['jump']['mean']:+.3f})",
+            )  # fmt: skip
+        console.print(table)
+    console.print("* the change point (largest jump between consecutive checkpoints) goes beyond "
+                  "McGrath et al.'s what-when-where, which reports emergence only")  # fmt: skip
+    console.print(f"saved {timeline_file(run)}")
 
 
 __all__ = ["app", "collect_cmd", "parse_env_kwargs", "probe_cmd"]

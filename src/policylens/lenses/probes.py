@@ -30,6 +30,15 @@ Controls, reported beside every score:
   the gap above this control says the trained network computed something.
 * ``shuffled``: the same probe with labels shuffled across rows: the chance level the probe's
   capacity reaches on this much data.
+* ``raw_input`` (asked for by name): the same kind of probe on the observation itself (the
+  agent's preprocessed input; channels-first grids keep their cells, so positions get the spatial
+  probe): what a linear read-out gets without any network.
+
+Penalties (:attr:`ProbeOptions.penalties`): ``l2`` (the default above) and ``l1``: L1 logistic
+regression (liblinear; one-vs-rest for more than two classes) and the lasso (coordinate descent,
+penalty chosen from :data:`LASSO_GRID` times the label's standard deviation) for regression and
+the flat one-hot position read-out. A concept an L1 probe reads as well as an L2 one is carried by
+a few units.
 
 :func:`probe_checkpoints` repeats the probes for every checkpoint of a run on one fixed set of
 observations (collected with the final agent), so the curves show how the representation
@@ -56,18 +65,21 @@ from policylens import artifacts
 from policylens.rollout.store import Store, open_store, unknown_message
 
 if TYPE_CHECKING:
-    from sklearn.linear_model import LogisticRegression
-
     from policylens.agents.agent import HookedAgent
     from policylens.runs import Run
 
 NOT_CONCEPTS = {"level_seed", "steps", "success"}
 """Bookkeeping labels left out of the default concepts."""
-CONTROLS = ("random_init", "shuffled")
+CONTROLS = ("random_init", "shuffled", "raw_input")
+DEFAULT_CONTROLS = ("random_init", "shuffled")
+"""Controls reported unless others are asked for (``raw_input`` is asked for by name)."""
+PENALTIES = ("l2", "l1")
 MAX_CLASSES = 20
 """Integer labels with at most this many values are classified; more are regressed."""
 C_GRID = (0.01, 0.1, 1.0)
 ALPHA_GRID = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
+LASSO_GRID = (0.3, 0.1, 0.03, 0.01, 0.003)
+"""Lasso penalties (strongest first), times the label's standard deviation."""
 MAX_CELL_SAMPLES = 200_000
 """Training (row, cell) pairs for a spatial probe; negatives are subsampled beyond this."""
 
@@ -208,15 +220,25 @@ def _standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
     return [((x - mean) / std).astype(np.float32) for x in (train, *others)]
 
 
-def _logistic(C: float, seed: int, warm: bool = False) -> LogisticRegression:
+def _logistic(
+    C: float, seed: int, warm: bool = False, penalty: str = "l2", n_classes: int = 2
+) -> Any:
     from sklearn.linear_model import LogisticRegression
 
+    if penalty == "l1":  # liblinear: fast for L1; one-vs-rest beyond two classes
+        model = LogisticRegression(C=C, l1_ratio=1.0, solver="liblinear", class_weight="balanced",
+                                   max_iter=300, tol=1e-3, random_state=seed)  # fmt: skip
+        if n_classes > 2:
+            from sklearn.multiclass import OneVsRestClassifier
+
+            return OneVsRestClassifier(model)
+        return model
     return LogisticRegression(
         C=C, class_weight="balanced", max_iter=300, tol=1e-3, random_state=seed, warm_start=warm
     )
 
 
-def _fit_quiet(model: LogisticRegression, X: np.ndarray, y: np.ndarray) -> bool:
+def _fit_quiet(model: Any, X: np.ndarray, y: np.ndarray) -> bool:
     """Fit, returning False (instead of warning) when the solver hit its iteration cap."""
     from sklearn.exceptions import ConvergenceWarning
 
@@ -239,15 +261,21 @@ def _inner_split(groups: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]
     return group_split(groups, 0.25, seed + 7919)
 
 
-def _choose_C(X: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int) -> float:
+def _choose_C(
+    X: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int, penalty: str = "l2"
+) -> float:
     fit, val = _inner_split(groups, seed)
     if len(np.unique(y[fit])) < 2:
         return C_GRID[len(C_GRID) // 2]
     Xf, Xv = _standardise(X[fit], X[val])
-    model = _logistic(C_GRID[0], seed, warm=True)
+    n_classes = len(np.unique(y))
+    model = _logistic(C_GRID[0], seed, warm=True, penalty=penalty, n_classes=n_classes)
     best, best_score = C_GRID[0], -np.inf
-    for C in C_GRID:  # strongest regularisation first; each fit warm-starts from the last
-        model.set_params(C=C)
+    for C in C_GRID:  # strongest regularisation first; each L2 fit warm-starts from the last
+        if penalty == "l2":
+            model.set_params(C=C)
+        else:
+            model = _logistic(C, seed, penalty=penalty, n_classes=n_classes)
         _fit_quiet(model, Xf, y[fit])
         score = _balanced_accuracy(y[val], model.predict(Xv))
         if score > best_score + 1e-4:
@@ -277,18 +305,47 @@ def _ridge_path(
     return [left @ (right / (lam + a)[:, None]) + ym for a in alphas]
 
 
+def _lasso_path(
+    X: np.ndarray, Y: np.ndarray, Xv: np.ndarray, alphas: Sequence[float]
+) -> list[np.ndarray]:
+    """Validation predictions of the lasso for every alpha (strongest first, warm-started)."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import Lasso
+
+    model = Lasso(alpha=alphas[0], max_iter=500, tol=1e-3, warm_start=True)
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for a in alphas:
+            model.set_params(alpha=a)
+            model.fit(X, Y)
+            out.append(model.predict(Xv).reshape(len(Xv), -1))
+    return out
+
+
+def _lasso_scale(Y: np.ndarray) -> float:
+    std = float(np.mean(Y.reshape(len(Y), -1).std(axis=0)))
+    return std if std > 0 else 1.0
+
+
 def _choose_alpha(
     X: np.ndarray,
     Y: np.ndarray,
     groups: np.ndarray,
     seed: int,
     score: Callable[[np.ndarray, np.ndarray], float],
+    penalty: str = "l2",
 ) -> float:
     fit, val = _inner_split(groups, seed)
     Xf, Xv = _standardise(X[fit], X[val])
-    preds = _ridge_path(Xf, Y[fit], Xv, ALPHA_GRID)
+    if penalty == "l1":
+        grid = [g * _lasso_scale(Y[fit]) for g in LASSO_GRID]
+        preds = _lasso_path(Xf, Y[fit], Xv, grid)
+    else:
+        grid = list(ALPHA_GRID)
+        preds = _ridge_path(Xf, Y[fit], Xv, grid)
     scores = [score(Y[val], p) for p in preds]
-    return float(ALPHA_GRID[int(np.argmax(scores))])
+    return float(grid[int(np.argmax(scores))])
 
 
 def _r2(y: np.ndarray, pred: np.ndarray) -> float:
@@ -298,10 +355,12 @@ def _r2(y: np.ndarray, pred: np.ndarray) -> float:
 
 
 def _ridge_fit_predict(
-    Xtr: np.ndarray, Ytr: np.ndarray, Xte: np.ndarray, alpha: float
+    Xtr: np.ndarray, Ytr: np.ndarray, Xte: np.ndarray, alpha: float, penalty: str = "l2"
 ) -> np.ndarray:
-    """Ridge regression (intercept unpenalised) fit on the training rows, predicted on ``Xte``."""
-    pred = _ridge_path(Xtr, Ytr, Xte, [alpha])[0]
+    """Ridge regression (intercept unpenalised) fit on the training rows, predicted on ``Xte``
+    (the lasso with ``penalty="l1"``)."""
+    path = _lasso_path if penalty == "l1" else _ridge_path
+    pred = path(Xtr, Ytr, Xte, [alpha])[0]
     return pred if np.ndim(Ytr) > 1 else pred[:, 0]
 
 
@@ -322,16 +381,22 @@ def fit_probe(
     seed: int = 0,
     grid_size: int | None = None,
     params: dict[str, float] | None = None,
+    penalty: str = "l2",
 ) -> dict[str, Any]:
     """Fit one probe on ``features[train]`` and score it on ``features[test]``.
 
     ``features`` is ``(n, d)`` or, for a conv layer, ``(n, channels, h, w)`` (spatial probes for
     positions). ``params`` fixes the regularisation ({"C": ..} or {"alpha": ..}) instead of
-    choosing it. Returns ``score``, ``metric``, ``baseline``, ``params`` and details.
+    choosing it. ``penalty`` is ``"l2"`` or ``"l1"``. Returns ``score``, ``metric``,
+    ``baseline``, ``params`` and details.
     """
+    if penalty not in PENALTIES:
+        raise ValueError(unknown_message("penalty", penalty, PENALTIES))
     y = target.y
     if target.kind == "position":
-        return _fit_position(features, target, train, test, groups, seed, grid_size, params)
+        return _fit_position(
+            features, target, train, test, groups, seed, grid_size, params, penalty
+        )
     X = features.reshape(len(features), -1)
     if target.kind == "classification":
         ytr = y[train]
@@ -340,9 +405,9 @@ def fit_probe(
                 f"Label {target.label!r} has a single class in the training levels; collect more "
                 "episodes or choose another label."
             )
-        C = (params or {}).get("C") or _choose_C(X[train], ytr, groups[train], seed)
+        C = (params or {}).get("C") or _choose_C(X[train], ytr, groups[train], seed, penalty)
         Xtr, Xte = _standardise(X[train], X[test])
-        model = _logistic(C, seed)
+        model = _logistic(C, seed, penalty=penalty, n_classes=len(np.unique(y)))
         converged = _fit_quiet(model, Xtr, ytr)
         pred = model.predict(Xte)
         n_classes = len(np.unique(y[test]))
@@ -357,10 +422,10 @@ def fit_probe(
             "converged": converged,
         }
     alpha = (params or {}).get("alpha") or _choose_alpha(
-        X[train], y[train], groups[train], seed, _r2
+        X[train], y[train], groups[train], seed, _r2, penalty
     )
     Xtr, Xte = _standardise(X[train], X[test])
-    pred = _ridge_fit_predict(Xtr, y[train], Xte, alpha)
+    pred = _ridge_fit_predict(Xtr, y[train], Xte, alpha, penalty)
     baseline = _r2(y[test], np.full(test.sum(), y[train].mean()))
     return {
         "metric": "r2",
@@ -380,6 +445,7 @@ def _fit_position(
     seed: int,
     grid_size: int | None,
     params: dict[str, float] | None,
+    penalty: str = "l2",
 ) -> dict[str, Any]:
     pos = target.y
     valid = (pos >= 0).all(axis=1)
@@ -401,11 +467,11 @@ def _fit_position(
             sel = np.sort(np.concatenate([pos_idx, keep]))
             per_cell, labels, cell_groups = per_cell[sel], labels[sel], cell_groups[sel]
         C = (params or {}).get("C") or _choose_C(
-            per_cell, labels.astype(np.int64), cell_groups, seed
+            per_cell, labels.astype(np.int64), cell_groups, seed, penalty
         )
         mean, std = per_cell.mean(axis=0), per_cell.std(axis=0)
         std[std < 1e-6] = 1.0
-        model = _logistic(C, seed)
+        model = _logistic(C, seed, penalty=penalty)
         converged = _fit_quiet(model, ((per_cell - mean) / std).astype(np.float32), labels)
         te_rows = np.nonzero(test)[0]
         te = features[te_rows].transpose(0, 2, 3, 1).reshape(-1, ch)
@@ -430,10 +496,10 @@ def _fit_position(
         return float(np.mean(P.argmax(axis=1) == Y.argmax(axis=1)))
 
     alpha = (params or {}).get("alpha") or _choose_alpha(
-        X[train], onehot[train], groups[train], seed, top1
+        X[train], onehot[train], groups[train], seed, top1, penalty
     )
     Xtr, Xte = _standardise(X[train], X[test])
-    pred = _ridge_fit_predict(Xtr, onehot[train], Xte, alpha)
+    pred = _ridge_fit_predict(Xtr, onehot[train], Xte, alpha, penalty)
     guess = classes[pred.argmax(axis=1)]
     majority = np.bincount(cls[train]).argmax()
     return {
@@ -441,7 +507,7 @@ def _fit_position(
         "score": float(np.mean(guess == cls[test])),
         "baseline": float(np.mean(cls[test] == majority)),
         "params": {"alpha": alpha},
-        "probe": "one-hot least squares",
+        "probe": "one-hot lasso" if penalty == "l1" else "one-hot least squares",
     }
 
 
@@ -466,6 +532,20 @@ def agent_activations(
     finally:
         agent.train(was_training)
     return {h: np.concatenate(p) if p else np.zeros((0,)) for h, p in parts.items()}
+
+
+def raw_input_features(obs: np.ndarray, agent: HookedAgent | None = None) -> np.ndarray:
+    """The observations as probe features (float32): the agent's preprocessed input, else the
+    observations with an image's channels moved first (so cells stay cells)."""
+    if agent is not None:
+        parts = []
+        with torch.no_grad():
+            for start in range(0, len(obs), 2048):
+                batch = agent.preprocess(obs[start : start + 2048])
+                parts.append(batch.detach().float().cpu().numpy())
+        return np.concatenate(parts) if parts else np.zeros((0,), np.float32)
+    arr = np.asarray(obs, dtype=np.float32)
+    return np.moveaxis(arr, -1, 1) if arr.ndim == 4 and arr.shape[-1] in (1, 3) else arr
 
 
 def random_init_agent(agent_config: dict[str, Any], seed: int = 0) -> HookedAgent:
@@ -545,7 +625,11 @@ class ProbeData:
                       target.classes)  # fmt: skip
 
     def fit(
-        self, features: np.ndarray, target: Target, params: dict | None = None
+        self,
+        features: np.ndarray,
+        target: Target,
+        params: dict | None = None,
+        penalty: str = "l2",
     ) -> dict[str, Any]:
         return fit_probe(
             features,
@@ -556,6 +640,7 @@ class ProbeData:
             seed=self.seed,
             grid_size=self.store.meta.get("grid_size"),
             params=params,
+            penalty=penalty,
         )
 
 
@@ -616,7 +701,7 @@ def _result(data: ProbeData, label: str, hook: str, fit: dict[str, Any]) -> Prob
 class ProbeOptions:
     """How probes are fit and checked: the same for every label and layer of one call."""
 
-    controls: Sequence[str] = CONTROLS
+    controls: Sequence[str] = DEFAULT_CONTROLS
     """Controls reported beside each score, any of :data:`CONTROLS`."""
     max_samples: int = 10_000
     """Rows sampled from the store (probes hold their features in memory)."""
@@ -626,11 +711,19 @@ class ProbeOptions:
     """Seed of the sample, the split and the controls."""
     kinds: Mapping[str, str] | None = None
     """A probe kind forced per label (``{"dist_to_cheese": "classification"}``)."""
+    penalties: Sequence[str] = ("l2",)
+    """Probes fit per label and layer, any of :data:`PENALTIES`: ``l1`` adds
+    :attr:`ProbeCurves.l1_scores` over training, ``details["l1_score"]`` to a single probe."""
 
     def __post_init__(self) -> None:
         for c in self.controls:
             if c not in CONTROLS:
                 raise ValueError(unknown_message("ProbeOptions.controls value", c, CONTROLS))
+        for pen in self.penalties:
+            if pen not in PENALTIES:
+                raise ValueError(unknown_message("ProbeOptions.penalties value", pen, PENALTIES))
+        if "l2" not in self.penalties:
+            raise ValueError("ProbeOptions.penalties must include l2 (the controls use it).")
         n = self.max_samples
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"ProbeOptions.max_samples must be an integer >= 1, got {n!r}.")
@@ -683,6 +776,10 @@ def probe(
     if "random_init" in controls:
         config = agent.config if agent is not None else store.meta.get("agent", {})
         random_feats = agent_activations(random_init_agent(config, seed), data.obs(), hooks)
+    raw: dict[str, float] = {}
+    if "raw_input" in controls:
+        raw_feats = raw_input_features(data.obs(), agent)
+        raw = {label: float(data.fit(raw_feats, data.targets[label])["score"]) for label in labels}
     results = []
     for hook in hooks:
         for label in labels:
@@ -697,6 +794,12 @@ def probe(
                 result.controls["shuffled"] = data.fit(feats[hook], shuffled, fit["params"])[
                     "score"
                 ]
+            if label in raw:
+                result.controls["raw_input"] = raw[label]
+            if "l1" in options.penalties:
+                result.details["l1_score"] = float(
+                    data.fit(feats[hook], target, penalty="l1")["score"]
+                )
             results.append(result)
     meta = {
         "store": str(store.path),
@@ -759,8 +862,13 @@ class ProbeCurves:
     """label -> hook -> score per step."""
     baselines: dict[str, float]
     controls: dict[str, dict[str, dict[str, float]]]
-    """label -> hook -> control -> score (random_init; shuffled at the last checkpoint)."""
+    """label -> hook -> control -> score (random_init; shuffled at the last checkpoint;
+    raw_input, the same for every hook)."""
     meta: dict[str, Any] = field(default_factory=dict)
+    l1_scores: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    """label -> hook -> L1 probe score per step (empty unless ``l1`` was among the penalties)."""
+    l1_controls: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    """label -> hook -> control -> score of the L1 probe."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -817,64 +925,89 @@ def probe_checkpoints(
     )
     obs = data.obs()
 
+    penalties = list(dict.fromkeys(options.penalties))
     say(f"checkpoint {chosen[-1]} (choosing regularisation)")
     feats = agent_activations(final, obs, hooks)
-    params: dict[tuple[str, str], dict] = {}
-    last: dict[tuple[str, str], float] = {}
+    Key = tuple[str, str, str]  # (penalty, label, hook)
+    params: dict[Key, dict] = {}
+    last: dict[Key, float] = {}
     baselines: dict[str, float] = {}
     metrics: dict[str, str] = {}
-    ctrl: dict[str, dict[str, dict[str, float]]] = {lab: {h: {} for h in hooks} for lab in labels}
+    ctrl: dict[str, dict[str, dict[str, dict[str, float]]]] = {
+        pen: {lab: {h: {} for h in hooks} for lab in labels} for pen in penalties
+    }
     for hook in hooks:
         for label in labels:
-            fit = data.fit(feats[hook], data.targets[label])
-            params[label, hook] = fit["params"]
-            last[label, hook] = float(fit["score"])
-            baselines[label] = float(fit["baseline"])
-            metrics[label] = " / ".join(
-                sorted({*metrics.get(label, "").split(" / "), fit["metric"]} - {""})
-            )
-            if "shuffled" in controls:
-                shuffled = data.shuffled(data.targets[label])
-                ctrl[label][hook]["shuffled"] = float(
-                    data.fit(feats[hook], shuffled, fit["params"])["score"]
-                )
+            for pen in penalties:
+                fit = data.fit(feats[hook], data.targets[label], penalty=pen)
+                params[pen, label, hook] = fit["params"]
+                last[pen, label, hook] = float(fit["score"])
+                if pen == "l2":
+                    baselines[label] = float(fit["baseline"])
+                    metrics[label] = " / ".join(
+                        sorted({*metrics.get(label, "").split(" / "), fit["metric"]} - {""})
+                    )
+                if "shuffled" in controls:
+                    shuffled = data.shuffled(data.targets[label])
+                    ctrl[pen][label][hook]["shuffled"] = float(
+                        data.fit(feats[hook], shuffled, fit["params"], pen)["score"]
+                    )
     if "random_init" in controls:
         say("random-init control")
         rfeats = agent_activations(random_init_agent(run.config["agent"], seed), obs, hooks)
         for hook in hooks:
             for label in labels:
-                ctrl[label][hook]["random_init"] = float(
-                    data.fit(rfeats[hook], data.targets[label], params[label, hook])["score"]
-                )
-    scores: dict[str, dict[str, list[float]]] = {lab: {h: [] for h in hooks} for lab in labels}
+                for pen in penalties:
+                    ctrl[pen][label][hook]["random_init"] = float(
+                        data.fit(rfeats[hook], data.targets[label], params[pen, label, hook],
+                                 pen)["score"]
+                    )  # fmt: skip
+    if "raw_input" in controls:
+        say("raw-input control")
+        raw_feats = raw_input_features(obs, final)
+        for label in labels:
+            for pen in penalties:
+                value = float(data.fit(raw_feats, data.targets[label], penalty=pen)["score"])
+                for hook in hooks:
+                    ctrl[pen][label][hook]["raw_input"] = value
+    scores: dict[str, dict[str, dict[str, list[float]]]] = {
+        pen: {lab: {h: [] for h in hooks} for lab in labels} for pen in penalties
+    }
     for step in chosen:
         if step == chosen[-1]:
-            for hook in hooks:
-                for label in labels:
-                    scores[label][hook].append(last[label, hook])
+            for key, value in last.items():
+                pen, label, hook = key
+                scores[pen][label][hook].append(value)
             continue
         say(f"checkpoint {step}")
         feats = agent_activations(run.load_agent(step), obs, hooks)
         for hook in hooks:
             for label in labels:
-                fit = data.fit(feats[hook], data.targets[label], params[label, hook])
-                scores[label][hook].append(float(fit["score"]))
+                for pen in penalties:
+                    fit = data.fit(feats[hook], data.targets[label], params[pen, label, hook], pen)
+                    scores[pen][label][hook].append(float(fit["score"]))
     curves = ProbeCurves(
         steps=list(chosen),
         labels=labels,
         hooks=hooks,
         metrics=metrics,
-        scores=scores,
+        scores=scores["l2"],
         baselines=baselines,
-        controls=ctrl,
+        controls=ctrl["l2"],
         meta={
             "run": str(run.path),
             "store": str(store.path),
             "rows": int(len(data.rows)),
             "levels": int(len(np.unique(data.groups))),
             "seed": seed,
-            "params": {f"{lab} @ {h}": p for (lab, h), p in params.items()},
+            "penalties": penalties,
+            "params": {
+                f"{'' if pen == 'l2' else pen + ': '}{lab} @ {h}": p
+                for (pen, lab, h), p in params.items()
+            },
         },
+        l1_scores=scores.get("l1", {}),
+        l1_controls=ctrl.get("l1", {}),
     )
     if save:
         artifacts.write_json(

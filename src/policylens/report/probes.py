@@ -1,4 +1,5 @@
-"""Figures of linear probes: probe score over training per concept and layer, with controls."""
+"""Figures of linear probes: probe score over training per concept and layer, with controls, and
+one layer x checkpoint heatmap per concept over several runs (what, when, where)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 from policylens import artifacts
 from policylens.lenses.probes import ProbeCurves
 from policylens.report.figures import plt, to_png
+from policylens.studies.probes import ConceptTimeline
 
 
 def write_probe_curves(curves: ProbeCurves, path: str | Path, title: str) -> Path:
@@ -58,3 +60,62 @@ def probe_curves_figure(curves: ProbeCurves, title: str = "linear probes over tr
     fig.suptitle(title, fontsize=11)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     return to_png(fig)
+
+
+def concept_heatmaps_figure(
+    timeline: ConceptTimeline, title: str = "concepts over training", penalty: str = "l2"
+) -> bytes:
+    """PNG: one heatmap per concept, layer x checkpoint, of the probe score (mean over the runs),
+    the best layer boxed and the median emergence step marked (dashed: the change point)."""
+    curves = timeline.curves
+    first = curves[0]
+    labels, hooks, steps = first.labels, first.hooks, first.steps
+    summary = timeline.summary[penalty]
+    n = len(labels)
+    cols = min(n, 3)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(4.6 * cols, 0.45 * len(hooks) * rows + 1.6 * rows), squeeze=False
+    )
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    for ax, label in zip(axes.flat, labels, strict=False):
+        grid = np.mean(
+            [[(c.l1_scores if penalty == "l1" else c.scores)[label][h] for h in hooks]
+             for c in curves], axis=0,
+        )  # fmt: skip
+        s = summary[label]
+        lo = s["constant_guess"]  # at or below the constant guess: the darkest colour
+        im = ax.imshow(np.maximum(grid, lo), aspect="auto", cmap="viridis", vmin=lo,
+                       vmax=max(float(grid.max()), lo + 1e-6))  # fmt: skip
+        ax.set_yticks(range(len(hooks)), hooks, fontsize=7)
+        ticks = sorted({round(i) for i in np.linspace(0, len(steps) - 1, min(len(steps), 7))})
+        ax.set_xticks(ticks, [f"{steps[i]:,}" for i in ticks], rotation=45, ha="right", fontsize=7)
+        best = hooks.index(s["best_layer"])
+        ax.add_patch(plt.Rectangle((-0.5, best - 0.5), len(steps), 1, fill=False, ec="red", lw=1.2))
+        emerged = s["emergence_step"]["median"]
+        x = float(np.interp(emerged, steps, range(len(steps))))
+        ax.axvline(x, color="white", lw=1.2)
+        change = s["change_point_beyond_paper"]["step"]["median"]
+        ax.axvline(float(np.interp(change, steps, range(len(steps)))) - 0.5, color="orange",
+                   lw=1.0, ls="--")  # fmt: skip
+        ax.set_title(f"{label} ({s['metric'].replace('_', ' ')})", fontsize=9)
+        ax.set_xlabel("training step (checkpoint)", fontsize=8)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+    fig.suptitle(
+        f"{title}: {penalty.upper()} probes, mean of {len(curves)} run(s); red box: best layer, "
+        "white: median emergence (90% of final), orange dashed: largest jump (beyond the paper); "
+        "scores at or below the constant guess share the darkest colour",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    return to_png(fig)
+
+
+def write_concept_heatmaps(
+    timeline: ConceptTimeline, path: str | Path, title: str, penalty: str = "l2"
+) -> Path:
+    """Draw :func:`concept_heatmaps_figure` into the PNG file ``path`` (atomically)."""
+    path = Path(path)
+    artifacts.write_bytes(path, concept_heatmaps_figure(timeline, title, penalty))
+    return path
