@@ -519,7 +519,9 @@ def test_a_hook_returning_the_wrong_shape_is_named():
 
     agent = build_agent("maze_cnn", (3, 9, 9), 4, seed=0)
     obs = np.zeros((2, 3, 9, 9), dtype=np.uint8)
-    with pytest.raises(ValueError, match=r"The hook on res1\.hook_out returned shape \(2, 5\)"):
+    with pytest.raises(
+        ValueError, match=r"The hook on res1\.hook_out returned samples of shape \(5,\)"
+    ):
         agent.run_with_hooks(obs, [("res1.hook_out", lambda act, hook: act.flatten(1)[:, :5])])
     logits, _ = agent.run_with_hooks(obs, [("res1.hook_out", lambda act, hook: act * 0)])
     assert logits.shape == (2, 4)  # a same-shape replacement still works

@@ -45,15 +45,16 @@ class HookPointLike(Protocol):
 def _forward_wrapper(fn: HookFn, point: HookPointLike) -> Callable[..., Any]:
     def hook(module: nn.Module, inputs: Any, output: Any) -> Any:
         result = fn(output, point)
+        # the batch may change (IG substitutes interpolated rows); one sample's shape may not
         if (
             isinstance(result, Tensor)
             and isinstance(output, Tensor)
-            and result.shape != output.shape
+            and result.shape[1:] != output.shape[1:]
         ):
             raise ValueError(
-                f"The hook on {point.name or type(module).__name__} returned shape "
-                f"{tuple(result.shape)}, but the activation there has shape "
-                f"{tuple(output.shape)}; a hook must return None or a tensor of the same shape."
+                f"The hook on {point.name or type(module).__name__} returned samples of shape "
+                f"{tuple(result.shape[1:])}, but the activation there has {tuple(output.shape[1:])}; "
+                "a hook must return None or a tensor of the activation's shape."
             )
         return result
 
