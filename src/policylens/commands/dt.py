@@ -185,3 +185,215 @@ def calibrate_cmd(
         for v in (result.spearman, result.spearman_means)
     )
     console.print(f"Spearman (every episode) {every}; over the per-target means {means}")
+
+
+# -- analyses (issue 29 item 4): policylens.studies.dt_analysis --------------------------------
+DATA_HELP = "Trajectory store of the histories (default: the run's training store)."
+
+
+def _history_kwargs(
+    data: Path | None, histories: int, seed: int, all_windows: bool, step: int | None
+) -> dict:
+    return {"data": None if data is None else str(data), "histories": histories, "seed": seed,
+            "full_windows": not all_windows, "step": step}  # fmt: skip
+
+
+def _ci(x: dict, digits: int = 3) -> str:
+    return f"{x['mean']:.{digits}f} [{x['ci'][0]:.{digits}f}, {x['ci'][1]:.{digits}f}]"
+
+
+@command("rtg-scan", typer_app=dt_app)
+def rtg_scan_cmd(
+    run: Path = typer.Argument(..., help="Decision-transformer run folder."),
+    rtg: list[float] = typer.Option([], help="RTG value; repeat (default: -1 to 1 by 0.1)."),
+    data: Path = typer.Option(None, help=DATA_HELP),
+    histories: int = typer.Option(64, min=1, max=100_000, help="Histories (windows) averaged."),
+    seed: int = typer.Option(0, min=0, help="Seed of the choice of histories."),
+    all_windows: bool = typer.Option(False, "--all-windows", help="Also windows with padding."),
+    step: int = typer.Option(None, help="Checkpoint step (default: latest)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Action probabilities at fixed histories as the RTG token varies over a grid."""
+    from policylens.studies.dt_analysis import DEFAULT_SCAN, ScanOptions, rtg_scan
+
+    options = ScanOptions(**_history_kwargs(data, histories, seed, all_windows, step),
+                          rtgs=tuple(rtg) if rtg else DEFAULT_SCAN)  # fmt: skip
+    result = rtg_scan(open_run(run), options)
+    if as_json:
+        print_json(result.to_json())
+        return
+    table = Table("RTG", *(f"P({a})" for a in result.actions), *(f"argmax {a}" for a in result.actions),
+                  title=f"{result.histories} histories of {result.data}")  # fmt: skip
+    for row in result.rows:
+        table.add_row(f"{row['rtg']:g}", *(_ci(row["probability"][a], 2) for a in result.actions),
+                      *(f"{row['argmax_share'][a]:.2f}" for a in result.actions))  # fmt: skip
+    console.print(table)
+
+
+@command("attribute", typer_app=dt_app)
+def attribute_cmd(
+    run: Path = typer.Argument(..., help="Decision-transformer run folder."),
+    rtg: float = typer.Option(1.0, help="RTG of every token of the window."),
+    contrast: str = typer.Option(
+        "none", help="none (the chosen logit) or mean (minus the mean logit)."
+    ),
+    top: int = typer.Option(10, min=1, max=100_000, help="Neurons listed."),
+    data: Path = typer.Option(None, help=DATA_HELP),
+    histories: int = typer.Option(64, min=1, max=100_000, help="Histories averaged."),
+    seed: int = typer.Option(0, min=0, help="Seed of the choice of histories."),
+    all_windows: bool = typer.Option(False, "--all-windows", help="Also windows with padding."),
+    step: int = typer.Option(None, help="Checkpoint step (default: latest)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Direct logit attribution of the chosen action at the last state token: embeddings, heads,
+    MLP neurons, biases (they sum to the logit)."""
+    from policylens.studies.dt_analysis import AttributionOptions, logit_attribution_study
+
+    options = AttributionOptions(**_history_kwargs(data, histories, seed, all_windows, step),
+                                 rtg=rtg, contrast=contrast, top=top)  # fmt: skip
+    result = logit_attribution_study(open_run(run), options)
+    if as_json:
+        print_json(result.to_json())
+        return
+    table = Table("component", "mean contribution (95% CI)",
+                  title=f"{result.metric} = {_ci(result.logit)} over {result.histories} histories "
+                  f"(sum error {result.max_sum_error:.1e})")  # fmt: skip
+    for row in result.components + result.neurons:
+        table.add_row(row["component"], _ci(row))
+    console.print(table)
+
+
+@command("attention", typer_app=dt_app)
+def attention_cmd(
+    run: Path = typer.Argument(..., help="Decision-transformer run folder."),
+    rtg: float = typer.Option(1.0, help="RTG of every token of the window."),
+    data: Path = typer.Option(None, help=DATA_HELP),
+    histories: int = typer.Option(64, min=1, max=100_000, help="Histories averaged."),
+    seed: int = typer.Option(0, min=0, help="Seed of the choice of histories."),
+    all_windows: bool = typer.Option(False, "--all-windows", help="Also windows with padding."),
+    step: int = typer.Option(None, help="Checkpoint step (default: latest)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Mean attention from the last state token to the R / s / a tokens of each step, per head."""
+    from policylens.studies.dt_analysis import AttentionOptions, attention_by_token_type
+
+    options = AttentionOptions(**_history_kwargs(data, histories, seed, all_windows, step), rtg=rtg)
+    result = attention_by_token_type(open_run(run), options)
+    if as_json:
+        print_json(result.to_json())
+        return
+    for head in result.heads:
+        t = head["by_type"]
+        table = Table("step", "R", "s", "a", title=f"{head['head']}: R {_ci(t['R'])}, "
+                      f"s {_ci(t['s'])}, a {_ci(t['a'])}, pad {t['pad']['mean']:.3f}")  # fmt: skip
+        for row in head["by_step"]:
+            table.add_row(str(row["offset"]), *(f"{row[k]:.3f}" for k in ("R", "s", "a")))
+        console.print(table)
+
+
+@command("circuits", typer_app=dt_app)
+def circuits_cmd(
+    run: Path = typer.Argument(..., help="Decision-transformer run folder."),
+    top: int = typer.Option(4, min=1, max=4096, help="Top singular directions of each span."),
+    data: Path = typer.Option(None, help=DATA_HELP),
+    histories: int = typer.Option(64, min=1, max=100_000, help="Histories for the state space."),
+    seed: int = typer.Option(0, min=0, help="Seed of the choice of histories."),
+    step: int = typer.Option(None, help="Checkpoint step (default: latest)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """OV and QK circuits: singular values and their alignment with the RTG and state
+    embeddings."""
+    from policylens.studies.dt_analysis import CircuitOptions, circuits
+
+    options = CircuitOptions(**_history_kwargs(data, histories, seed, False, step), top=top)
+    result = circuits(open_run(run), options)
+    if as_json:
+        print_json(result.to_json())
+        return
+    table = Table("head", "OV sv", "QK sv", "RTG in OV", "RTG in QK key", "states in OV",
+                  "states in QK query", title=f"top {top} directions (chance {result.chance:.3f})")  # fmt: skip
+    for h in result.heads:
+        table.add_row(h["head"], ", ".join(f"{v:.2f}" for v in h["ov_singular_values"][:4]),
+                      ", ".join(f"{v:.2f}" for v in h["qk_singular_values"][:4]),
+                      *(f"{h[k]:.3f}" for k in ("rtg_in_ov", "rtg_in_qk_key", "state_in_ov",
+                                                 "state_in_qk_query")))  # fmt: skip
+    console.print(table)
+
+
+@command("patch", typer_app=dt_app)
+def patch_cmd(
+    run: Path = typer.Argument(..., help="Decision-transformer run folder."),
+    high: float = typer.Option(1.0, help="The high RTG (the patched-in run)."),
+    low: float = typer.Option(-1.0, help="The low RTG (the run patched)."),
+    bar: float = typer.Option(0.8, help="Share of the gap the fewest components must recover."),
+    min_gap: float = typer.Option(0.5, min=0.0, help="Smallest high-low logit gap kept."),
+    data: Path = typer.Option(None, help=DATA_HELP),
+    histories: int = typer.Option(64, min=2, max=100_000, help="Histories kept."),
+    seed: int = typer.Option(0, min=0, help="Seed of the choice of histories."),
+    all_windows: bool = typer.Option(False, "--all-windows", help="Also windows with padding."),
+    step: int = typer.Option(None, help="Checkpoint step (default: latest)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Activation patching between a high- and a low-RTG run of the same histories: the share of
+    the logit gap each component recovers, and the fewest that recover the bar."""
+    from policylens.studies.dt_analysis import PatchOptions, patching
+
+    options = PatchOptions(**_history_kwargs(data, histories, seed, all_windows, step),
+                           high=high, low=low, bar=bar, min_gap=min_gap)  # fmt: skip
+    result = patching(open_run(run), options)
+    if as_json:
+        print_json(result.to_json())
+        return
+    table = Table("component", "recovered (high -> low)", "lost (low -> high)", "chooses a_high",
+                  title=f"{result.histories} of {result.candidates} histories; gap {_ci(result.gap, 2)}")  # fmt: skip
+    for row in result.rows:
+        table.add_row(
+            row["component"], _ci(row["recovered"]), _ci(row["lost"]), f"{row['chosen']:.2f}"
+        )
+    console.print(table)
+    for name, f in (("all components", result.fewest), ("without MLPs", result.fewest_upstream)):
+        state = "reach" if f["reached"] else "do not reach"
+        console.print(f"fewest ({name}): {', '.join(f['components'])} {state} {bar:.0%}: "
+                      f"{_ci(f['recovered'])}")  # fmt: skip
+
+
+@command("instruction", typer_app=dt_app)
+def instruction_cmd(
+    run: Path = typer.Argument(..., help="Decision-transformer run of the memory task."),
+    held_out: Path = typer.Option(
+        None, help="Store of the flip test's histories (default: --data)."
+    ),
+    frames: int = typer.Option(4000, min=2, max=10_000_000, help="Most frames in the PCA."),
+    rtg: float = typer.Option(1.0, help="RTG of the flip test's histories."),
+    data: Path = typer.Option(None, help="Store of the PCA's frames (default: the run's)."),
+    histories: int = typer.Option(200, min=1, max=100_000, help="Held-out histories flipped."),
+    seed: int = typer.Option(0, min=0, help="Seed of the choice of frames and histories."),
+    step: int = typer.Option(None, help="Checkpoint step (default: latest)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """The memory task: PCA of the state embeddings of frames showing the instruction (key vs
+    ball), and whether moving along the instruction direction flips the side the DT turns to."""
+    from policylens.studies.dt_analysis import InstructionOptions, instruction_pca
+
+    options = InstructionOptions(**_history_kwargs(data, histories, seed, False, step),
+                                 held_out=None if held_out is None else str(held_out),
+                                 frames=frames, rtg=rtg)  # fmt: skip
+    r = instruction_pca(open_run(run), options)
+    if as_json:
+        print_json(r.to_json())
+        return
+    console.print(
+        f"{r.frames['key']} key and {r.frames['ball']} ball frames: top 2 PCs explain "
+        f"{r.top2:.1%} ({', '.join(f'{x:.1%}' for x in r.explained)}); a threshold separates "
+        f"them {r.separation['pc1']:.1%} on PC1, {r.separation['instruction_direction']:.1%} "
+        f"along the key-to-ball direction"
+    )
+
+    def p(x: dict) -> str:
+        return f"{x['rate']:.2f} [{x['ci'][0]:.2f}, {x['ci'][1]:.2f}]"
+
+    console.print(
+        f"{r.decisions} held-out decisions: correct side {p(r.accuracy)}; moved along the "
+        f"instruction direction, the side flips in {p(r.flipped)} (random direction "
+        f"{p(r.flipped_control)}), the other instruction's side {p(r.accuracy_edited)}"
+    )
