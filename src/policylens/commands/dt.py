@@ -397,3 +397,149 @@ def instruction_cmd(
         f"instruction direction, the side flips in {p(r.flipped)} (random direction "
         f"{p(r.flipped_control)}), the other instruction's side {p(r.accuracy_edited)}"
     )
+
+
+# -- the static report (issue 29 item 5): policylens.report.dt ------------------------------------
+@command("report", typer_app=dt_app)
+def report_cmd(
+    run: Path = typer.Argument(..., help="Decision-transformer run folder."),
+    out: Path = typer.Option(..., help="HTML file to write."),
+    episodes: int = typer.Option(20, min=1, max=MAX_EPISODES, help="Episodes per target RTG."),
+    target: list[float] = typer.Option(
+        [], help="Calibration target RTG; repeat (default: -1 to 1 in steps of 0.1)."
+    ),
+    rtg: float = typer.Option(1.0, help="RTG of the attention and attribution windows."),
+    high: float = typer.Option(1.0, help="Patching: the high RTG (the patched-in run)."),
+    low: float = typer.Option(-1.0, help="Patching: the low RTG (the run patched)."),
+    min_gap: float = typer.Option(0.5, min=0.0, help="Patching: smallest logit gap kept."),
+    top: int = typer.Option(10, min=1, max=1000, help="Components and neurons listed."),
+    data: Path = typer.Option(None, help=DATA_HELP),
+    histories: int = typer.Option(64, min=2, max=100_000, help="Histories (windows) averaged."),
+    seed: int = typer.Option(0, min=0, help="Seed of the choice of histories."),
+    play_seed: int = typer.Option(10_000, min=0, help="Seed of the calibration's episodes."),
+    step: int = typer.Option(None, help="Checkpoint step (default: latest)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+) -> None:
+    """A self-contained HTML page: RTG calibration, the RTG scan, attention by token type, the
+    top direct-logit-attribution components and the patching table."""
+    from policylens.artifacts import check_writable
+    from policylens.report.dt import DTReport, write_dt_report
+    from policylens.studies.dt import DEFAULT_TARGETS, CalibrationOptions, calibrate_dt_run
+    from policylens.studies.dt_analysis import (
+        DEFAULT_SCAN,
+        AttentionOptions,
+        AttributionOptions,
+        HistoryOptions,
+        PatchOptions,
+        PatchResult,
+        ScanOptions,
+        attention_by_token_type,
+        load_histories,
+        logit_attribution_study,
+        patching,
+        rtg_scan,
+    )
+
+    the_run = open_run(run)
+    check_writable(out)
+    common = _history_kwargs(data, histories, seed, False, step)
+    calibration = calibrate_dt_run(the_run, CalibrationOptions(
+        tuple(target) if target else DEFAULT_TARGETS, episodes, play_seed, False, step))  # fmt: skip
+    h = load_histories(the_run, HistoryOptions(**common))
+    scan = rtg_scan(h, ScanOptions(**common, rtgs=DEFAULT_SCAN))
+    attention = attention_by_token_type(h, AttentionOptions(**common, rtg=rtg))
+    attribution = logit_attribution_study(h, AttributionOptions(**common, rtg=rtg, top=top))
+    patch_options = PatchOptions(**common, high=high, low=low, min_gap=min_gap)
+    patched: PatchResult | str
+    try:
+        patched = patching(the_run, patch_options)
+    except ValueError as e:  # no history changes its action between the two RTGs
+        patched = str(e)
+    report = DTReport(str(the_run.path), calibration, scan, attention, attribution, patched)
+    path = write_dt_report(report, out, top)
+    if as_json:
+        body = {"calibration": calibration.to_json(), "scan": scan.to_json(),
+                "attention": attention.to_json(), "attribution": attribution.to_json(),
+                "patching": patched if isinstance(patched, str) else patched.to_json()}  # fmt: skip
+        print_json({"report": str(path), **body})
+        return
+    console.print(f"wrote {path}")
+
+
+# -- goal misgeneralization of a maze DT (issue 29 item 6): policylens.studies.maze_dt ----------
+@command("maze-collect", typer_app=dt_app)
+def maze_collect_cmd(
+    out: Path = typer.Option(..., help="Store folder to write."),
+    agent: str = typer.Option("zoo:maze-corner", help="PPO maze agent (run folder or zoo:NAME)."),
+    episodes: int = typer.Option(3000, min=1, max=MAX_EPISODES, help="Episodes to play."),
+    seed: int = typer.Option(0, min=0, help="Seed of the levels and the sampling."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a complete store at --out."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Maze trajectories for a DT: the PPO agent on its own training distribution at softmax
+    temperatures 1 (twice the share), 2, 4, 8 and 32."""
+    from policylens.studies.maze_dt import collect_maze_trajectories
+
+    summary = collect_maze_trajectories(out, agent, episodes, seed, overwrite=overwrite)
+    if as_json:
+        print_json(summary.to_json())
+        return
+    table = Table("policy", "episodes", "mean return", "success", "mean length",
+                  title=f"{summary.rows:,} steps of {summary.episodes:,} episodes -> {summary.path}")  # fmt: skip
+    for p in summary.policies:
+        table.add_row(p["label"], str(p["episodes"]), f"{p['mean_return']:.3f}",
+                      f"{p['success']:.2f}", f"{p['mean_length']:.1f}")  # fmt: skip
+    console.print(table)
+
+
+@command("maze-gm", typer_app=dt_app)
+def maze_gm_cmd(
+    runs: list[Path] = typer.Argument(..., help="Decision-transformer runs on maze trajectories."),
+    ppo: str = typer.Option("zoo:maze-corner", help="The PPO agent they learnt from."),
+    episodes: int = typer.Option(200, min=1, max=MAX_EPISODES, help="Mazes per DT run."),
+    seed: int = typer.Option(50_000, min=0, help="First level seed (and sampling seed)."),
+    high_rtg: float = typer.Option(None, help="High target RTG (default: the store's largest)."),
+    low_rtg: float = typer.Option(0.0, help="Low target RTG."),
+    greedy: bool = typer.Option(False, "--greedy", help="Argmax actions instead of sampling."),
+    step: int = typer.Option(None, help="Checkpoint step (default: latest)."),
+    ppo_temperature: list[float] = typer.Option(
+        [], help="Control: the PPO agent also at this softmax temperature; repeat for several."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Out of distribution (cheese anywhere): success and corner-first of the PPO agent and of
+    each DT at a high and a low RTG on the same mazes, with DT-high minus PPO (Newcombe)."""
+    from policylens.studies.maze_dt import (
+        CONDITIONS,
+        MazeGMOptions,
+        control_name,
+        measure_maze_gm,
+    )
+
+    options = MazeGMOptions(
+        ppo, episodes, seed, high_rtg, low_rtg, greedy, step, tuple(ppo_temperature)
+    )
+    result = measure_maze_gm([open_run(r) for r in runs], options)
+    if as_json:
+        print_json(result.to_json())
+        return
+
+    def p(x: dict) -> str:
+        return f"{x['rate']:.2f} [{x['ci'][0]:.2f}, {x['ci'][1]:.2f}]"
+
+    def d(x: dict) -> str:
+        return f"{x['diff']:+.2f} [{x['ci'][0]:+.2f}, {x['ci'][1]:+.2f}]"
+
+    names = [*CONDITIONS, *(control_name(t) for t in options.ppo_temperatures)]
+    table = Table("runs", "policy", "success", "corner first", "off-path success",
+                  "off-path corner first", title=f"{ppo} vs DTs, cheese anywhere")  # fmt: skip
+    blocks = [(Path(r["run"]).name, r) for r in result.runs] + [("pooled", result.pooled)]
+    for name, block in blocks:
+        for c in names:
+            f = block[c]
+            table.add_row(name, c, p(f["success"]), p(f["corner_first"]),
+                          p(f["off_path"]["success"]), p(f["off_path"]["corner_first"]))  # fmt: skip
+        k = block["contrasts"]["dt_high_minus_ppo"]
+        table.add_row(name, "dt_high - ppo", d(k["success"]), d(k["corner_first"]),
+                      d(k["off_path_success"]), d(k["off_path_corner_first"]))  # fmt: skip
+    console.print(table)

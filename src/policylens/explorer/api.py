@@ -376,6 +376,69 @@ def sae_latent(
     )  # fmt: skip
 
 
+# -- decision transformers -----------------------------------------------------------------------------
+Rtg = Annotated[float, Query(ge=-1000, le=1000, description="Target return-to-go.")]
+
+
+def _dt_rollout(ex: Ex, step: int | None, seed: int, rtg: float, greedy: bool) -> tuple[int, Any]:
+    at = ex.step(step)
+    return at, ex.dt_rollout(at, seed, rtg, greedy)
+
+
+@router.get("/api/dt/rollout")
+def dt_rollout(
+    ex: Ex, step: Step = None, seed: Seed = 0, rtg: Rtg = 1.0, greedy: bool = False
+) -> Response:
+    """An episode the decision transformer plays at target ``rtg`` from the reset of ``seed``
+    (the one ``play_dt`` plays with that seed): per step its view (as drawn), RTG token,
+    direction, action, logits and probabilities, and reward."""
+    _, ro = _dt_rollout(ex, step, seed, rtg, greedy)
+    e = ro.episode
+    probs = torch.softmax(torch.from_numpy(ro.logits), -1).numpy()
+    return tensors(
+        {"obs": ex.world.drawn(ro.obs), "rtg": ro.rtg, "directions": ro.directions,
+         "actions": ro.actions, "logits": ro.logits, "probs": probs, "rewards": ro.rewards},
+        {"target": e.target, "seed": e.seed, "return": e.ret, "length": e.length,
+         "success": e.success, "outcome": e.outcome, "greedy": ro.greedy,
+         "context": int(ro.windows.mask.shape[1])},
+    )  # fmt: skip
+
+
+@router.get("/api/dt/attention")
+def dt_attention(
+    ex: Ex, t: Frame, step: Step = None, seed: Seed = 0, rtg: Rtg = 1.0, greedy: bool = False
+) -> Response:
+    """Every head's attention pattern ``(layers, heads, 3K, 3K)`` on the window the DT acted on
+    at step ``t`` of the episode, with the window's tokens and the query the action is read at
+    (the last state token)."""
+    from policylens.explorer.dt import window_tokens
+
+    at, ro = _dt_rollout(ex, step, seed, rtg, greedy)
+    pattern = ex.dt_attention(at, ro, t)
+    layers, heads, n, _ = pattern.shape
+    return tensors(
+        {"pattern": pattern},
+        {"tokens": window_tokens(ro, t, list(ex.world.action_names)), "query": n - 2,
+         "heads": [f"L{layer}H{h}" for layer in range(layers) for h in range(heads)], "t": t},
+    )  # fmt: skip
+
+
+@router.get("/api/dt/patching")
+def dt_patching(
+    ex: Ex,
+    step: Step = None,
+    high: Rtg = 1.0,
+    low: Rtg = -1.0,
+    min_gap: Annotated[float, Query(ge=0, le=1000)] = 0.5,
+    histories: Annotated[int, Query(ge=2, le=1024)] = 64,
+) -> JSONResponse:
+    """The patching study between a high- and a low-RTG run of the same histories: per
+    component the share of the logit gap recovered (95% interval), and the fewest components
+    that recover the bar."""
+    result = ex.dt_patching(ex.step(step), high, low, min_gap, histories)
+    return JSONResponse(jsonable(result.to_json()))
+
+
 # -- run files -----------------------------------------------------------------------------------------
 @router.get("/files/{path:path}")
 def run_file(ex: Ex, path: str) -> FileResponse:

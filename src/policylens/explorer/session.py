@@ -136,6 +136,10 @@ class Explorer:
 
     def agent(self, step: int) -> Any:
         """The shared agent at ``step``; use it under :attr:`lock`."""
+        if self.is_dt:
+            raise ValueError(
+                "this is a decision-transformer run: the explorer shows it in its DT view only"
+            )
         with self.lock:
             if step not in self._agents:
                 self._agents[step] = self.run.load_agent(step).eval()
@@ -188,6 +192,8 @@ class Explorer:
 
     # -- the run ------------------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
+        if self.is_dt:
+            return self.dt_info()
         step = self.step(None)
         world = self.world
         return {
@@ -721,3 +727,88 @@ class Explorer:
             cards = latent_cards(self.agent(step), sae, prepared["data"], [latent],
                                  options=options, survey=prepared["survey"])  # fmt: skip
         return cards[0]
+
+    # -- decision transformers ---------------------------------------------------------------------
+    @property
+    def is_dt(self) -> bool:
+        """Whether the run is a decision transformer's (``policylens train dt``): the explorer
+        then serves its DT view (:mod:`~policylens.explorer.dt`) and refuses the agent views."""
+        return self.run.config.get("kind") == "dt"
+
+    def dt_info(self) -> dict[str, Any]:
+        """The DT run: world, actions, checkpoints, the model's shape, reports."""
+        if not self.is_dt:
+            raise ValueError("this run is not a decision transformer's; the DT view is for those")
+        agent = self.run.config.get("agent", {})
+        return {
+            "run": self.run.name,
+            "world": self.world.name,
+            "env_id": self.world.run_env_id,
+            "env_kwargs": self.world.env_kwargs,
+            "render": self.world.render(),
+            "actions": self.world.action_names,
+            "kind": "dt",
+            "arch": agent.get("arch"),
+            "model": {k: agent.get(k) for k in ("context", "n_layers", "n_heads", "d_model",
+                                                "d_mlp", "attn_only", "normalization_type")},
+            "checkpoints": [s for s, _ in self.run.checkpoints()],
+            "step": self.step(None),
+            "done": self.run.done,
+            "data": self.run.config.get("trainer", {}).get("data"),
+            "reports": [p for p in self.files() if p.endswith(".html")],
+            "summary": self.run.summary(),
+            "editable": False,
+            "saes": [],
+            "vectors": [],
+        }  # fmt: skip
+
+    def dt_model(self, step: int) -> Any:
+        """The run's decision transformer at ``step`` (shared: use it under :attr:`lock`)."""
+        from policylens.train.dt import load_run_dt
+
+        if not self.is_dt:
+            raise ValueError("this run is not a decision transformer's; the DT view is for those")
+        return self.memo(f"dtmodel:{step}", lambda: load_run_dt(self.run, step), keep=96)
+
+    def dt_rollout(self, step: int, seed: int, rtg: float, greedy: bool) -> Any:
+        """One episode played by the DT at target ``rtg`` from the reset of ``seed``, recorded
+        step by step (:func:`~policylens.explorer.dt.play_recorded`: the episode
+        ``play_dt`` plays with the same seed and target)."""
+        from policylens.explorer.dt import play_recorded
+
+        if not math.isfinite(rtg):
+            raise ValueError(f"rtg must be finite, got {rtg}")
+        model = self.dt_model(step)
+        trainer = self.run.config["trainer"]
+
+        def make() -> Any:
+            with self.lock:
+                return play_recorded(model, trainer["env_id"], rtg, seed, greedy,
+                                     trainer.get("env_kwargs", {}))  # fmt: skip
+
+        return self.memo(f"dtrollout:{step}:{seed}:{rtg!r}:{greedy}", make)
+
+    def dt_attention(self, step: int, rollout: Any, t: int) -> np.ndarray:
+        """Every head's attention pattern ``(layers, heads, 3K, 3K)`` on the window the DT acted
+        on at step ``t`` of ``rollout``."""
+        from policylens.explorer.dt import attention
+
+        window = rollout.window(t)
+        with self.lock:
+            return attention(self.dt_model(step), window)
+
+    def dt_patching(
+        self, step: int, high: float, low: float, min_gap: float, histories: int
+    ) -> Any:
+        """The patching study between RTG ``high`` and ``low`` on histories of the run's
+        training store (:func:`~policylens.studies.dt_analysis.patching`; a background job)."""
+        from policylens.studies.dt_analysis import PatchOptions, patching
+
+        options = PatchOptions(histories=histories, step=step, high=high, low=low,
+                               min_gap=min_gap)  # fmt: skip
+
+        def make(progress: Progress) -> Any:
+            progress(0.05, "patching each component")
+            return patching(self.run, options)
+
+        return self.compute(f"dtpatch:{step}:{high!r}:{low!r}:{min_gap!r}:{histories}", make)

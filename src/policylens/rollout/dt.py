@@ -62,7 +62,7 @@ class PlayOptions:
             raise ValueError(f"seed must be >= 0, got {self.seed}.")
 
 
-class _Slot:
+class EpisodeSlot:
     """One env and the history its episode has so far."""
 
     def __init__(self, env: Any, target: float, seed: int) -> None:
@@ -73,7 +73,7 @@ class _Slot:
         self.ret, self.done, self.outcome, self.success = 0.0, False, "", False
 
 
-def _window(slots: Sequence[_Slot], k: int, shape: tuple[int, ...]) -> DTBatch:
+def history_window(slots: Sequence[EpisodeSlot], k: int, shape: tuple[int, ...]) -> DTBatch:
     """The last ``k`` steps of each slot's episode, right-aligned (missing steps masked)."""
     n = len(slots)
     obs = np.zeros((n, k, *shape), dtype=np.uint8)
@@ -126,12 +126,12 @@ def play_dt(
     try:
         for start in range(0, len(jobs), len(envs)):
             wave = jobs[start : start + len(envs)]
-            slots = [_Slot(envs[j], t, s) for j, (t, s) in enumerate(wave)]
+            slots = [EpisodeSlot(envs[j], t, s) for j, (t, s) in enumerate(wave)]
             while True:
                 live = [s for s in slots if not s.done]
                 if not live:
                     break
-                logits = model(_window(live, cfg.context, cfg.obs_shape))[:, -1].float()
+                logits = model(history_window(live, cfg.context, cfg.obs_shape))[:, -1].float()
                 uniforms = torch.rand(len(logits), generator=gen)
                 if options.greedy:
                     chosen = logits.argmax(-1)

@@ -2,9 +2,12 @@
 // A view's URL holds everything it shows (#/<view>?step=..&seed=..&t=..), so a link shares it.
 
 import * as api from "./api.js";
-import { VIEWS } from "./views.js";
+import { VIEWS as AGENT_VIEWS } from "./views.js";
+import { DT_VIEWS } from "./dt.js";
 
-const SHARED = ["step", "seed", "level", "anywhere", "t", "layer"];
+const SHARED = ["step", "seed", "level", "anywhere", "t", "layer", "rtg"];
+// A decision-transformer run shows its run page and its DT view only (set once /api/run answers).
+let VIEWS = AGENT_VIEWS;
 const NAV = [
   ["overview", "Run"],
   ["trajectory", "Trajectory"],
@@ -14,6 +17,10 @@ const NAV = [
   ["editor", "Maze editor"],
   ["interventions", "Interventions"],
   ["sae", "SAE features"],
+];
+const DT_NAV = [
+  ["overview", "Run"],
+  ["dt", "Decision transformer"],
 ];
 
 export const app = {
@@ -67,7 +74,7 @@ export const app = {
 };
 
 function parseHash() {
-  const hash = location.hash.slice(1) || "/overview";
+  const hash = location.hash.slice(1) || (app.info?.kind === "dt" ? "/dt" : "/overview");
   const [path, q] = hash.split("?");
   return { view: path.replace(/^\//, "") || "overview", params: Object.fromEntries(new URLSearchParams(q || "")) };
 }
@@ -102,7 +109,7 @@ async function route() {
 
 function buildNav() {
   const nav = document.getElementById("nav");
-  for (const [view, label] of NAV) {
+  for (const [view, label] of app.info.kind === "dt" ? DT_NAV : NAV) {
     if (view === "editor" && !app.info.editable) continue;
     if (view === "sae" && !app.info.saes.length) continue;
     const a = document.createElement("a");
@@ -145,6 +152,7 @@ async function start() {
     app.status(e.message, true);
     return;
   }
+  if (app.info.kind === "dt") VIEWS = { overview: AGENT_VIEWS.overview, ...DT_VIEWS };
   document.getElementById("run-name").textContent = app.info.run;
   document.getElementById("run-world").textContent = `${app.info.env_id} · ${app.info.kind} · ${app.info.arch}`;
   document.title = `${app.info.run} · policylens explorer`;
