@@ -45,3 +45,17 @@ def test_an_edit_at_a_pooled_map_is_the_direction_removed_from_the_activation(pi
     torch.testing.assert_close(value, want_value, rtol=1e-4, atol=1e-5)
     source_logits, _ = pixel_agent(obs)
     assert not torch.allclose(source_logits, logits, atol=1e-4)  # the edit did something
+
+
+def test_the_pixel_network_computes_the_same_channels_last_and_first():
+    """channels_last (the default, oneDNN's fast path) changes the layout, not the numbers."""
+    fast = build_agent("clear_cnn", (52, 52, 3), 15, seed=5, first_stride=2)
+    plain = build_agent("clear_cnn", (52, 52, 3), 15, seed=5, first_stride=2, channels_last=False)
+    obs = np.random.default_rng(1).integers(0, 256, (300, 52, 52, 3), dtype=np.uint8)  # > 256
+    for agent in (fast, plain):
+        agent.net.zero_grad()
+        logits, value = agent(obs)
+        (logits.logsumexp(1).sum() + value.sum()).backward()
+    torch.testing.assert_close(fast(obs), plain(obs), rtol=1e-4, atol=1e-5)
+    for (name, a), b in zip(fast.net.named_parameters(), plain.net.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-5, msg=name)
