@@ -228,3 +228,19 @@ def test_a_tour_section_whose_zoo_agent_is_missing_is_skipped_in_one_line(tmp_pa
         assert section.skipped == f"skipped: {missing} is not in the zoo (`policylens zoo list`)"
     entries = demo.write_index(tmp_path, tmp_path / "report.html", ["a maze line"], [section])
     assert "skipped: zoo:lunar-phase2" in entries.read_text()
+
+
+def test_a_demo_folder_is_reused_with_its_steps_as_trained(tmp_path):
+    """PPO records the steps it trained (rounded up to whole rollouts: 100,000 -> 102,400 in the
+    quick budget); the demo reuses such a folder and refuses one of other settings."""
+    from dataclasses import asdict, replace
+
+    from policylens.runs import Run, config_json
+
+    corner, _ = demo.demo_recipes(demo.QUICK, "float32")
+    trained = replace(corner, total_steps=corner.num_updates * corner.batch_size)
+    assert trained.total_steps == 102_400
+    Run.create(tmp_path, {"kind": "ppo", "trainer": config_json(asdict(trained))}).release()
+    demo.check_demo_folder(tmp_path, demo.QUICK, "float32")  # the demo's own folder: reused
+    with pytest.raises(ValueError, match="holds an agent trained with other settings"):
+        demo.check_demo_folder(tmp_path, demo.QUICK, "bfloat16")

@@ -5,20 +5,12 @@ a thousand cases, kill -9 and resume included) runs with ``python tests/reliabil
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
+import reliability_pass  # tests/ is on the path, as for the other tests' shared helpers
 
 
 @pytest.mark.slow
 def test_quick_reliability_pass(capsys):
-    spec = importlib.util.spec_from_file_location(
-        "reliability_pass", Path(__file__).with_name("reliability_pass.py")
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    code = module.main(["--quick"])
+    code = reliability_pass.main(["--quick"])
     out = capsys.readouterr().out
     assert code == 0, out

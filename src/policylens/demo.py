@@ -39,7 +39,7 @@ from policylens.report import tour as tour_report
 from policylens.report.html import Report
 from policylens.report.rl_vision import feature_strip
 from policylens.rollout import stats
-from policylens.runs import Run, config_json
+from policylens.runs import Run, config_json, outcome_settings
 from policylens.studies.hazards.failures import FailureStudy, SplitTables, hidden_vs_shown
 from policylens.studies.lunar_updates.evaluation import evaluate_weights
 from policylens.studies.lunar_updates.protocol import noise_seed
@@ -145,13 +145,9 @@ def run_demo(
     """
     console = console or Console()
     out = Path(out)
-    recipe = MazeRecipe(total_steps=budget.steps, precision=precision).config()
-    steering_recipe = MazeRecipe(
-        cheese_region=STEERING_REGION, total_steps=budget.steering_steps, precision=precision
-    ).config()
+    recipe, steering_recipe = demo_recipes(budget, precision)
     steering_dir = out / "steering_agent"
-    for folder, wanted in ((out, recipe), (steering_dir, steering_recipe)):
-        check_reusable(folder, config_json(asdict(wanted)))
+    check_demo_folder(out, budget, precision)
     out.mkdir(parents=True, exist_ok=True)
     shown = levels.GalleryOptions(n=12, seed=0)
     solutions = levels.run(shown)
@@ -207,11 +203,30 @@ STEERING_REGION = 3
 path (measured: 35% of test mazes at 1M steps), small enough to train in about a minute."""
 
 
+def demo_recipes(budget: DemoBudget, precision: str) -> tuple[PPOConfig, PPOConfig]:
+    """The trainer configs of the corner agent and the steering agent."""
+    return (
+        MazeRecipe(total_steps=budget.steps, precision=precision).config(),
+        MazeRecipe(
+            cheese_region=STEERING_REGION, total_steps=budget.steering_steps, precision=precision
+        ).config(),
+    )
+
+
+def check_demo_folder(out: Path, budget: DemoBudget, precision: str) -> None:
+    """Refuse, in one sentence and before any work, an ``out`` holding agents the demo would
+    not have trained with these settings (another run, or a demo of another budget); a demo
+    folder of the same settings is reused, a killed one resumed."""
+    recipe, steering_recipe = demo_recipes(budget, precision)
+    for folder, wanted in ((out, recipe), (out / "steering_agent", steering_recipe)):
+        check_reusable(folder, config_json(asdict(wanted)))
+
+
 def check_reusable(folder: Path, trainer: dict[str, Any]) -> None:
     """One sentence when ``folder`` holds an agent trained with other settings than ``trainer``."""
     if (folder / "config.json").exists():
         trained = Run(folder).config["trainer"]
-        if trained != trainer:
+        if outcome_settings(trained) != outcome_settings(trainer):  # steps as trained (rounded)
             raise ValueError(
                 f"{folder} holds an agent trained with other settings "
                 f"({trained['total_steps']:,} steps, precision {trained['precision']}); "

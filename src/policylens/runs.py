@@ -87,7 +87,7 @@ class Run:
                     )
             if (path / "config.json").exists() and old:
                 saved = read_json(path / "config.json", expect=dict)
-                same = _outcome_settings(saved.get("trainer")) == _outcome_settings(
+                same = outcome_settings(saved.get("trainer")) == outcome_settings(
                     config["trainer"]
                 )
                 if not (restart and same and not (path / DONE).exists()):
@@ -124,7 +124,7 @@ class Run:
         try:
             run = cls(path)
             saved = run.config.get("trainer")
-            if _outcome_settings(saved) != _outcome_settings(config["trainer"]):
+            if outcome_settings(saved) != outcome_settings(config["trainer"]):
                 differ = _differences(saved, config["trainer"])
                 raise ValueError(
                     f"{path} was trained with another config (it differs in {differ}); resume "
@@ -367,7 +367,7 @@ RUN_ONLY_SETTINGS = ("threads", "init_weights")
 its weights from resume.pt, whatever file a new one would start from)."""
 
 
-def _outcome_settings(trainer: Any) -> Any:
+def outcome_settings(trainer: Any) -> Any:
     """A trainer config's settings that decide what it learns; the step count rounded up to
     whole rollouts (PPO) or vector steps (DQN), as the trainers train it."""
     if not isinstance(trainer, dict):
@@ -388,7 +388,7 @@ def _steps_unit(trainer: dict[str, Any]) -> int | None:
 
 
 def _differences(saved: Any, new: dict[str, Any]) -> str:
-    old, now = _outcome_settings(saved), _outcome_settings(new)
+    old, now = outcome_settings(saved), outcome_settings(new)
     if not isinstance(old, dict):
         return "everything: its trainer entry is damaged"
     names = sorted(k for k in {*old, *now} if old.get(k) != now.get(k))

@@ -26,16 +26,13 @@ def demo_cmd(
     steered, then a short section of every other research line on the zoo's agents; writes the
     maze report and an index page linking every section's page."""
     from policylens.artifacts import check_writable
-    from policylens.demo import FULL, QUICK, run_demo
+    from policylens.demo import FULL, QUICK, check_demo_folder, run_demo
 
     out = out or Path("runs/demo-quick" if quick else "runs/demo")
+    budget = QUICK if quick else FULL
     check_writable(out, "demo folder")
-    if (out / "config.json").is_file() and (out / "checkpoints").is_dir():
-        raise ValueError(
-            f"--out {out} is a run folder; the demo writes runs and pages of its own, so give it "
-            "a new or empty folder (or a demo folder it wrote before)."
-        )
-    result = run_demo(out, console=err_console if as_json else console,
-                      budget=QUICK if quick else FULL, precision=precision)  # fmt: skip
+    check_demo_folder(out, budget, precision)  # another run there is refused before any work
+    result = run_demo(out, console=err_console if as_json else console, budget=budget,
+                      precision=precision)  # fmt: skip
     if as_json:
         print_json(result.to_json())
