@@ -525,3 +525,38 @@ def test_a_hook_returning_the_wrong_shape_is_named():
         agent.run_with_hooks(obs, [("res1.hook_out", lambda act, hook: act.flatten(1)[:, :5])])
     logits, _ = agent.run_with_hooks(obs, [("res1.hook_out", lambda act, hook: act * 0)])
     assert logits.shape == (2, 4)  # a same-shape replacement still works
+
+
+def test_an_unknown_trace_label_is_named_not_returned_empty():
+    from policylens import rollout
+    from policylens.agents import build_agent
+
+    agent = build_agent("maze_cnn", (3, 9, 9), 4, seed=0)
+    keep = rollout.EpisodeOptions(labels=rollout.Labels(trace=["mouse_poss"]))
+    with pytest.raises(ValueError, match=r"Unknown label .*'mouse_poss'. Did you mean 'mouse_pos'"):
+        rollout.run_episodes(agent, 2, "policylens/Maze-v0", options=keep)
+    keep = rollout.EpisodeOptions(labels=rollout.Labels(trace=["mouse_pos"]))
+    (ep, _) = rollout.run_episodes(agent, 2, "policylens/Maze-v0", options=keep)
+    assert len(ep.trace["mouse_pos"]) == ep.length + 1  # every observation, first and last
+
+
+def test_probe_takes_a_zoo_agent_and_names_an_unknown_hook(tmp_path, monkeypatch):
+    monkeypatch.setenv("POLICYLENS_HOME", str(tmp_path))
+    r = runner.invoke(
+        app, ["probe", "zoo:maze-corner", "--hook", "res1.hook_ou", "--episodes", "5"]
+    )
+    assert r.exit_code == 2 and "Unknown hook 'res1.hook_ou'. Did you mean 'res1.hook_out'" in (
+        r.output
+    )
+
+
+def test_observations_scaled_beyond_the_world_are_refused(maze_run):
+    """A trained agent knows its world's largest observation (the maze: 1); float planes x255
+    are refused in one sentence, the world's own (uint8 or float) pass."""
+    agent = load_agent(maze_run)
+    assert agent.obs_high == 1.0 and load_agent(maze_run).config["obs_high"] == 1.0
+    obs = np.zeros((2, *agent.obs_shape), dtype=np.uint8)
+    obs[:, 0, 0, 0] = 1
+    agent(obs), agent(obs.astype(np.float32))  # as the world gives them
+    with pytest.raises(ValueError, match=r"reach 255, but this agent's world never exceeds 1"):
+        agent(obs.astype(np.float32) * 255)

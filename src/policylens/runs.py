@@ -87,9 +87,7 @@ class Run:
                     )
             if (path / "config.json").exists() and old:
                 saved = read_json(path / "config.json", expect=dict)
-                same = outcome_settings(saved.get("trainer")) == outcome_settings(
-                    config["trainer"]
-                )
+                same = outcome_settings(saved.get("trainer")) == outcome_settings(config["trainer"])
                 if not (restart and same and not (path / DONE).exists()):
                     raise ValueError(
                         f"{path} already holds a run; pass --resume to continue it or choose "

@@ -97,6 +97,9 @@ class HookedAgent(nn.Module):
         self.num_actions = int(num_actions)
         self.obs_kind = obs_kind
         self.config = dict(config)
+        self.obs_high: float | None = config.get("obs_high")
+        """The largest value the world's observations take (its observation space's bound), when
+        known: float observations above it are refused (a frame already x255, say)."""
         self.output = output
         self.hook_logits = HookPoint()
         self.hook_value = HookPoint()
@@ -105,6 +108,12 @@ class HookedAgent(nn.Module):
         # tensor that shares its storage, so caches copy in networks that have one.
         self._clone_cache = any(getattr(m, "inplace", False) is True for m in net.modules())
         self._points = self._trace(self._collect_points(submodule_hooks))
+
+    def set_obs_high(self, high: float) -> None:
+        """Record the world's largest observation value (kept in the agent's config)."""
+        if math.isfinite(high):
+            self.obs_high = float(high)
+            self.config["obs_high"] = float(high)
 
     # ------------------------------------------------------------------ construction helpers
     @classmethod
@@ -269,7 +278,7 @@ class HookedAgent(nn.Module):
             )
         scaled = x.is_floating_point()
         if scaled:
-            _check_float_obs(x, image=self.obs_kind == "image")
+            _check_float_obs(x, image=self.obs_kind == "image", high=self.obs_high)
         t = self._first_tensor()
         device, dtype = (t.device, t.dtype) if t is not None else (x.device, torch.float32)
         x = x.to(device=device, dtype=dtype)
@@ -532,11 +541,17 @@ def _list(items: list[str], n: int = 5) -> str:
     return ", ".join(items[:n]) + more
 
 
-def _check_float_obs(x: Tensor, image: bool) -> None:
-    """Refuse NaN/infinite observations, and float images outside [0, 1], in one sentence."""
+def _check_float_obs(x: Tensor, image: bool, high: float | None = None) -> None:
+    """Refuse NaN/infinite observations, float images outside [0, 1], and float observations
+    above the world's bound ``high``, in one sentence."""
     if not bool(torch.isfinite(x).all()):
         raise ValueError(
             "Observations contain NaN or infinite values; check the world or preprocessing."
+        )
+    if not image and high is not None and x.numel() and float(x.max()) > high:
+        raise ValueError(
+            f"Observations reach {float(x.max()):g}, but this agent's world never exceeds "
+            f"{high:g}; pass them as the world gives them (not scaled, e.g. not x255)."
         )
     if image and x.numel():
         lo, hi = float(x.min()), float(x.max())

@@ -639,10 +639,13 @@ def agent_from_config(config: Any, source: Any = "config") -> HookedAgent:
     missing = [k for k in ("arch", "obs_shape", "num_actions") if k not in config]
     if missing:
         raise ValueError(f"{source} lacks the agent config key(s) {', '.join(missing)}.")
-    return build_agent(
+    agent = build_agent(
         config["arch"],
         config["obs_shape"],
         config["num_actions"],
         seed=config.get("seed", 0),
         **config.get("kwargs", {}),
     )
+    if isinstance(config.get("obs_high"), int | float):
+        agent.set_obs_high(float(config["obs_high"]))
+    return agent

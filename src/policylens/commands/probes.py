@@ -172,6 +172,7 @@ def probe_cmd(
     """Linear probes for the world's concepts per layer, split by level, with controls."""
     from policylens.lenses.probes import DEFAULT_CONTROLS, ProbeOptions
     from policylens.rollout.store import is_store
+    from policylens.runs import run_folder
     from policylens.studies.probes import (
         ConceptProbeOptions,
         probe_over_training,
@@ -180,6 +181,7 @@ def probe_cmd(
         report_file,
     )
 
+    target = run_folder(target)  # zoo:NAME and hf:// sources open as the runs they ship
     is_run = (target / "config.json").is_file()
     if not is_run and not is_store(target):
         raise FileNotFoundError(

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from policylens.errors import unknown_message
+
 if TYPE_CHECKING:
     from policylens.agents.agent import HookedAgent
 
@@ -200,8 +202,9 @@ def steps(
 
 @dataclass(frozen=True)
 class Labels:
-    """Which ``info`` labels each :class:`Episode` keeps (those a world does not give are left
-    out)."""
+    """Which ``info`` labels each :class:`Episode` keeps: a start or trace label the world's
+    info lacks at the first step is refused in one sentence; sums and end labels a world does not
+    give are left out."""
 
     start: Sequence[str] = ()
     """Of the first observation."""
@@ -284,6 +287,11 @@ def first_episodes(
     """
     n = envs.num_envs
     infos = start[1]
+    asked = [*labels.start, *labels.trace]
+    missing = [k for k in asked if k not in infos]
+    if missing:  # a typo would otherwise come back as an empty trace
+        known = sorted(k for k in infos if not k.startswith("_"))
+        raise ValueError(unknown_message("label (of the world's info)", missing[0], known))
     eps = [Episode() for _ in range(n)]
     for i, ep in enumerate(eps):
         ep.start = {k: _label(infos, k, i) for k in labels.start if k in infos}

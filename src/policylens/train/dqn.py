@@ -422,6 +422,8 @@ def train_dqn(
     agent = build_agent(
         config.arch, obs_shape, A, seed=config.seed, **{**config.arch_kwargs, "head": "q"}
     )
+    if isinstance(obs_space, spaces.Box):  # a scaled observation is refused later
+        agent.set_obs_high(float(np.max(obs_space.high)))
     target = copy.deepcopy(agent).requires_grad_(False)
     optimizer = torch.optim.Adam(agent.parameters(), lr=config.learning_rate, fused=True)
     generator = torch.Generator().manual_seed(config.seed)

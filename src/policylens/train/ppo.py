@@ -241,6 +241,8 @@ def train_ppo(
     agent = build_agent(
         config.arch, obs_shape, int(act_space.n), seed=config.seed, **config.arch_kwargs
     )
+    if isinstance(obs_space, spaces.Box):  # a scaled observation is refused later
+        agent.set_obs_high(float(np.max(obs_space.high)))
     if init_from is not None:
         agent.load_weights(init_from)
     # fused: one kernel for all parameters, 4x faster than the default per-tensor loop on CPU
