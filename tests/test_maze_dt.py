@@ -170,7 +170,10 @@ def test_dt_actor_plays_a_tiny_dt(tiny_dt):
     assert [t.actions for t in traces] == [t.actions for t in again]
 
 
-def test_maze_gm_ppo_temperature_controls_and_table(tiny_dt):
+def test_maze_gm_ppo_temperature_controls_and_table(tiny_dt, monkeypatch):
+    from policylens.commands.framework import console
+
+    monkeypatch.setattr(console, "width", 250)  # the table's labels untruncated
     _, run = tiny_dt
     args = ["dt", "maze-gm", str(run.path), "--episodes", "4", "--ppo-temperature", "4"]
     r = runner.invoke(app, [*args, "--json"])
@@ -178,7 +181,7 @@ def test_maze_gm_ppo_temperature_controls_and_table(tiny_dt):
     out = json.loads(r.stdout)
     assert out["runs"][0]["ppo_T4"]["success"]["n"] == 4
     assert "dt_high_minus_ppo_T4" in out["pooled"]["contrasts"]
-    table = runner.invoke(app, args, env={"COLUMNS": "250"})
+    table = runner.invoke(app, args)
     assert table.exit_code == 0, table.output
     assert "ppo_T4" in table.output and "dt_high - ppo" in table.output
     bad = runner.invoke(app, [*args[:-1], "0"])
