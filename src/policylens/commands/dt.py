@@ -5,6 +5,7 @@ target RTG) and ``policylens dt calibrate`` (target RTG against achieved return)
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -47,15 +48,7 @@ def collect_cmd(
 
     check_known([task], TASKS, "--task")
     summary = collect_trajectories(out, task, episodes, seed, overwrite=overwrite)
-    if as_json:
-        print_json(summary.to_json())
-        return
-    table = Table("policy", "episodes", "mean return", "success", "mean length",
-                  title=f"{summary.rows:,} steps of {summary.episodes:,} episodes -> {summary.path}")  # fmt: skip
-    for p in summary.policies:
-        table.add_row(p["label"], str(p["episodes"]), f"{p['mean_return']:.3f}",
-                      f"{p['success']:.2f}", f"{p['mean_length']:.1f}")  # fmt: skip
-    console.print(table)
+    print_collection(summary, as_json)
 
 
 @command("dt", typer_app=train_app, flags={"total_steps": "--steps"})
@@ -481,15 +474,7 @@ def maze_collect_cmd(
     from policylens.studies.maze_dt import collect_maze_trajectories
 
     summary = collect_maze_trajectories(out, agent, episodes, seed, overwrite=overwrite)
-    if as_json:
-        print_json(summary.to_json())
-        return
-    table = Table("policy", "episodes", "mean return", "success", "mean length",
-                  title=f"{summary.rows:,} steps of {summary.episodes:,} episodes -> {summary.path}")  # fmt: skip
-    for p in summary.policies:
-        table.add_row(p["label"], str(p["episodes"]), f"{p['mean_return']:.3f}",
-                      f"{p['success']:.2f}", f"{p['mean_length']:.1f}")  # fmt: skip
-    console.print(table)
+    print_collection(summary, as_json)
 
 
 @command("maze-gm", typer_app=dt_app)
@@ -542,4 +527,17 @@ def maze_gm_cmd(
         k = block["contrasts"]["dt_high_minus_ppo"]
         table.add_row(name, "dt_high - ppo", d(k["success"]), d(k["corner_first"]),
                       d(k["off_path_success"]), d(k["off_path_corner_first"]))  # fmt: skip
+    console.print(table)
+
+
+def print_collection(summary: Any, as_json: bool) -> None:
+    """A trajectory collection's summary: JSON, or a table of its policies (one per row)."""
+    if as_json:
+        print_json(summary.to_json())
+        return
+    table = Table("policy", "episodes", "mean return", "success", "mean length",
+                  title=f"{summary.rows:,} steps of {summary.episodes:,} episodes -> {summary.path}")  # fmt: skip
+    for p in summary.policies:
+        table.add_row(p["label"], str(p["episodes"]), f"{p['mean_return']:.3f}",
+                      f"{p['success']:.2f}", f"{p['mean_length']:.1f}")  # fmt: skip
     console.print(table)
