@@ -202,3 +202,39 @@ def test_dynamic_obstacles_dt_reaches_a_high_return_at_rtg_one(tmp_path):
     cal = calibrate_dt_run(run, CalibrationOptions(targets=targets, episodes=20))
     assert cal.spearman is not None and cal.spearman > 0.4
     assert cal.rows[0]["return"]["mean"] < 0 < cal.rows[-1]["return"]["mean"]
+
+
+def test_a_dt_ships_in_the_zoo_and_loads_back_bit_exact(store, tmp_path, monkeypatch):
+    """Exported with its card and headline (played again by hand: the same figures), then
+    opened as a folder, as ``zoo:NAME`` and as a run; ``load_agent`` names the right loader."""
+    from policylens import load_agent, load_decision_transformer
+    from policylens.agents import pretrained
+    from policylens.studies.dt import headline_results
+    from policylens.studies.zoo import ExportOptions, export
+
+    run = train_dt(tiny(store), tmp_path / "run", progress=False)
+    monkeypatch.setattr(pretrained, "ZOO", tmp_path / "zoo")
+    monkeypatch.setenv("POLICYLENS_HOME", str(tmp_path / "home"))
+    options = ExportOptions(name="tiny-dt", command="policylens train dt ...",
+                            description="A tiny DT.", headline={"episodes": 4})  # fmt: skip
+    entry = export(run, tmp_path / "zoo" / "tiny-dt", options)
+    config = json.loads((entry.folder / "config.json").read_text())
+    assert config["agent"] == run.config["agent"] and config["run"]["kind"] == "dt"
+    assert entry.results["metrics"] == json.loads(json.dumps(headline_results(run, episodes=4)))
+    assert set(entry.results["metrics"]) == {"return_at_rtg_1", "success", "episode_length"}
+    card = (entry.folder / "README.md").read_text()
+    assert 'load_decision_transformer("zoo:tiny-dt")' in card and "12 gradient steps" in card
+    assert "d_model 32, 2 heads" in card
+    reference = load_run_dt(run)
+    for source in (entry.folder, "zoo:tiny-dt", run.path):
+        loaded = load_decision_transformer(source)
+        for (name, p), q in zip(
+            reference.state_dict().items(), loaded.state_dict().values(), strict=True
+        ):
+            assert torch.equal(p, q), (source, name)
+    with pytest.raises(ValueError, match="holds a decision transformer"):
+        load_agent("zoo:tiny-dt")
+    ev = invoke("dt", "eval", "zoo:tiny-dt", "--episodes", 2, "--json")
+    assert ev["return"]["n"] == 2
+    listed = invoke("zoo", "list", "--json")
+    assert [e["name"] for e in listed] == ["tiny-dt"]

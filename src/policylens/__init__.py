@@ -1,8 +1,8 @@
 """policylens: mechanistic interpretability for reinforcement-learning agents.
 
-The names a researcher needs are here: ``load_agent``, ``HookedAgent``, ``build_agent``, ``Run``,
-``make``/``make_vec`` (the worlds) and the subpackages ``rollout``, ``lenses``, ``studies``,
-``report``, ``train`` and ``agents``. Importing the package registers the worlds with Gymnasium;
+The names a researcher needs are here: ``load_agent``, ``load_decision_transformer``,
+``HookedAgent``, ``build_agent``, ``Run``, ``make``/``make_vec`` (the worlds) and the subpackages
+``rollout``, ``lenses``, ``studies``, ``report``, ``train`` and ``agents``. Importing the package registers the worlds with Gymnasium;
 everything that imports torch loads on first use, so ``import policylens`` and the CLI start fast.
 """
 
@@ -20,6 +20,7 @@ _LAZY_NAMES = {
     "HookedAgent": "policylens.agents",
     "build_agent": "policylens.agents",
     "load_agent": "policylens.agents",
+    "load_decision_transformer": "policylens.train.dt",
     "Run": "policylens.runs",
 }
 """Name -> the module it is read from on first use."""
@@ -33,6 +34,7 @@ __all__ = [
     "build_agent",
     "envs",
     "load_agent",
+    "load_decision_transformer",
     "make",
     "make_vec",
     *_LAZY_PACKAGES,

@@ -462,31 +462,7 @@ class HookedAgent(nn.Module):
         already holds a ``config.json`` (a run's, another agent's) is refused unless
         ``overwrite``: nothing is written over a file this call did not create.
         """
-        folder = Path(folder)
-        if folder.suffix in (".safetensors", ".pt", ".pth", ".json"):
-            raise ValueError(
-                f"save_pretrained takes a folder, got the file name {folder}; use save_weights() "
-                "for a single .safetensors file."
-            )
-        config_file = folder / CONFIG_FILE
-        if config_file.exists() and not overwrite:
-            raise ValueError(
-                f"{config_file} already exists; pass overwrite=True to replace the agent there, "
-                "or choose an empty folder."
-            )
-        reserved = sorted({"policylens", "agent", "sha256"} & set(extra or {}))
-        if reserved:
-            raise ValueError(f"extra may not set {reserved}: save_pretrained writes them.")
-        folder.mkdir(parents=True, exist_ok=True)
-        self.save_weights(folder / WEIGHTS_FILE)
-        config = {
-            "policylens": PRETRAINED_FORMAT,
-            "agent": self.config,
-            "sha256": {WEIGHTS_FILE: artifacts.sha256_of(folder / WEIGHTS_FILE)},
-            **(extra or {}),
-        }
-        artifacts.write_json(config_file, config)
-        return folder
+        return write_pretrained(folder, self.save_weights, self.config, extra, overwrite)
 
     def save_weights(self, file: str | os.PathLike) -> None:
         """Write the network's weights to one ``.safetensors`` file (atomically)."""
@@ -580,3 +556,41 @@ def _describe(out: Any) -> str:
 def num_params(module: nn.Module) -> int:
     """Number of parameters of ``module``."""
     return sum(math.prod(p.shape) for p in module.parameters())
+
+
+def write_pretrained(
+    folder: str | os.PathLike,
+    save_weights: Callable[[Path], None],
+    agent_config: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """The Hugging Face layout of any policylens network (a HookedAgent, a decision
+    transformer): ``save_weights(file)`` writes ``model.safetensors``, then ``config.json``
+    (``{"policylens": 1, "agent": agent_config, "sha256": ...}`` plus ``extra``), atomically; a
+    ``config.json`` already there is refused unless ``overwrite``."""
+    folder = Path(folder)
+    if folder.suffix in (".safetensors", ".pt", ".pth", ".json"):
+        raise ValueError(
+            f"save_pretrained takes a folder, got the file name {folder}; use save_weights() "
+            "for a single .safetensors file."
+        )
+    config_file = folder / CONFIG_FILE
+    if config_file.exists() and not overwrite:
+        raise ValueError(
+            f"{config_file} already exists; pass overwrite=True to replace the agent there, "
+            "or choose an empty folder."
+        )
+    reserved = sorted({"policylens", "agent", "sha256"} & set(extra or {}))
+    if reserved:
+        raise ValueError(f"extra may not set {reserved}: save_pretrained writes them.")
+    folder.mkdir(parents=True, exist_ok=True)
+    save_weights(folder / WEIGHTS_FILE)
+    config = {
+        "policylens": PRETRAINED_FORMAT,
+        "agent": agent_config,
+        "sha256": {WEIGHTS_FILE: artifacts.sha256_of(folder / WEIGHTS_FILE)},
+        **(extra or {}),
+    }
+    artifacts.write_json(config_file, config)
+    return folder

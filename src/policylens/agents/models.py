@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from policylens.agents.agent import HookedAgent
+from policylens.agents.dt import ARCH as DT_ARCH
 from policylens.agents.hooks import HookPoint
 from policylens.agents.sb3 import is_sb3_config, sb3_agent_from_config
 
@@ -639,6 +640,11 @@ def agent_from_config(config: Any, source: Any = "config") -> HookedAgent:
     missing = [k for k in ("arch", "obs_shape", "num_actions") if k not in config]
     if missing:
         raise ValueError(f"{source} lacks the agent config key(s) {', '.join(missing)}.")
+    if config["arch"] == DT_ARCH:
+        raise ValueError(
+            f"{source} holds a decision transformer, which is no HookedAgent; open it with "
+            "policylens.load_decision_transformer(...) or the `policylens dt` commands."
+        )
     agent = build_agent(
         config["arch"],
         config["obs_shape"],

@@ -42,7 +42,8 @@ def collect_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Offline trajectories of mixed quality: the breadth-first-search planner on the true grid
-    at several epsilons and temperatures (memory: also heading for the wrong object)."""
+    at several epsilons, temperatures and wandering lengths (memory: also heading for the wrong
+    object)."""
     from policylens.errors import check_known
     from policylens.worlds.minigrid import collect_trajectories
 

@@ -312,12 +312,16 @@ class GridPlanner:
     minus the path length after each safe action. ``wrong_side`` (memory task): head for the other
     object. ``look_first`` (memory task): turn to see the start-room object before leaving (a
     planner that knows the answer without looking teaches nothing a viewer could copy).
+    ``wander``: at each episode's start, draw ``k`` uniformly from ``0..wander`` and take ``k``
+    safe random actions (never into a ball or a wall, never onto the goal) before planning: a
+    slow but careful agent, so that returns between 0 and the best come without collisions.
     """
 
     epsilon: float = 0.0
     temperature: float = 0.0
     wrong_side: bool = False
     look_first: bool = True
+    wander: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -325,11 +329,16 @@ class GridPlanner:
             raise ValueError(f"epsilon must lie in [0, 1], got {self.epsilon}.")
         if not self.temperature >= 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}.")
+        if self.wander < 0:
+            raise ValueError(f"wander must be >= 0, got {self.wander}.")
         self.rng = np.random.default_rng(self.seed)
+        self.wander_left = 0
 
     def act(self, info: Mapping[str, Any]) -> int:
         """An action for the position ``info`` describes."""
         rng = self.rng
+        if self.wander and info["steps"] == 0:
+            self.wander_left = int(rng.integers(self.wander + 1))
         if self.epsilon and rng.random() < self.epsilon:
             return int(rng.integers(len(ACTION_NAMES)))
         if self.look_first and "instruction_seen" in info and not info["instruction_seen"]:
@@ -342,6 +351,10 @@ class GridPlanner:
         safe = np.isfinite(costs)
         if not safe.any():  # boxed in: turn (never walk into a ball)
             return int(rng.choice([LEFT, RIGHT]))
+        if self.wander_left > 0:
+            self.wander_left -= 1
+            calm = safe & (costs > 1)  # a cost of 1 is the step onto the goal
+            return int(rng.choice(np.flatnonzero(calm if calm.any() else safe)))
         if self.temperature == 0:
             best = np.flatnonzero(costs == costs[safe].min())
             return int(rng.choice(best))

@@ -173,3 +173,14 @@ def _spearman(x: Sequence[float], y: Sequence[float]) -> tuple[float | None, flo
         return None, None
     result = spearmanr(x, y)
     return float(result.statistic), float(result.pvalue)
+
+
+def headline_results(
+    run: Run, episodes: int = 200, target_rtg: float = 1.0, seed: int = 10_000
+) -> dict[str, dict[str, Any]]:
+    """A DT's headline figures (a zoo entry's ``results.json``): the return and success rate of
+    its argmax play at ``target_rtg`` (Bloom et al.'s figure is the return at RTG 1.0), with 95%
+    intervals."""
+    result = evaluate_dt_run(run, EvalOptions(target_rtg, episodes, seed, greedy=True))
+    key = f"return_at_rtg_{target_rtg:g}"
+    return {key: result.ret, "success": result.success, "episode_length": result.length}

@@ -22,7 +22,7 @@ from typing import Any
 
 import policylens
 from policylens import artifacts, worlds
-from policylens.agents.agent import CONFIG_FILE
+from policylens.agents.agent import CONFIG_FILE, write_pretrained
 from policylens.agents.pretrained import (
     CARD_FILE,
     RESULTS_FILE,
@@ -110,13 +110,25 @@ def cpu_name() -> str:
     return f"{model} ({len(os.sched_getaffinity(0))} cores)"
 
 
-def headline_results(run: Run, **kwargs: Any) -> dict[str, Any]:
-    """The run's headline figures by its world's evaluation (``World.headline``), each a rate or
-    mean with its count and 95% interval."""
+DT_HEADLINE = "policylens.studies.dt:headline_results"
+"""A decision transformer's headline evaluation, whatever its world: play at a target RTG."""
+
+
+def headline_of(run: Run) -> str:
+    """``module:function`` measuring the run's headline figures: its world's
+    (``World.headline``) for an agent, the DT evaluation for a decision transformer."""
+    if run.config.get("kind") == "dt":
+        return DT_HEADLINE
     world = worlds.of_run(run)
     if world.headline is None:
         raise ValueError(f"the {world.name} world has no headline evaluation to measure.")
-    return dict(import_function(world.headline, "headline")(run, **kwargs))
+    return world.headline
+
+
+def headline_results(run: Run, **kwargs: Any) -> dict[str, Any]:
+    """The run's headline figures (:func:`headline_of`), each a rate or mean with its count and
+    95% interval."""
+    return dict(import_function(headline_of(run), "headline")(run, **kwargs))
 
 
 def export(run: Run, out: str | os.PathLike, options: ExportOptions) -> ZooEntry:
@@ -146,11 +158,11 @@ def _write_entry(
     """Measure and write the entry's files into ``out`` (locked by the caller); its config and
     results."""
     world = worlds.of_run(run)
-    step, _ = run.checkpoint()
+    step, checkpoint = run.checkpoint()
     started = time.time()
     results = {
         "world": world.name,
-        "measured_with": {"headline": world.headline, "options": options.headline},
+        "measured_with": {"headline": headline_of(run), "options": options.headline},
         "metrics": headline_results(run, **options.headline),
         "seconds": round(time.time() - started, 1),
     }
@@ -170,9 +182,12 @@ def _write_entry(
         "commit": git_commit(),
         "exported": time.strftime("%Y-%m-%d"),
     }
-    agent = run.load_agent(step)
-    agent.save_pretrained(
-        out, extra={"run": run.config, "provenance": provenance}, overwrite=options.overwrite
+    write_pretrained(  # the checkpoint's own bytes: the entry's sha256 is the checkpoint's
+        out,
+        lambda file: artifacts.write_bytes(file, checkpoint.read_bytes()),
+        run.config["agent"],
+        extra={"run": run.config, "provenance": provenance},
+        overwrite=options.overwrite,
     )
     config = artifacts.read_json(out / CONFIG_FILE)
     for sub in options.attach:
@@ -211,6 +226,23 @@ def model_card(name: str, config: dict[str, Any], results: dict[str, Any]) -> st
     )
     files = "\n".join(f"| `{f}` | `{h}` |" for f, h in sorted(config["sha256"].items()))
     options = json.dumps(config["run"]["trainer"].get("env_kwargs", {}))
+    dt = config["run"].get("kind") == "dt"
+    if dt:
+        loader = "load_decision_transformer"
+        network = (
+            f"decision transformer (TransformerLens `HookedTransformer`): {agent['n_layers']} "
+            f"layer(s), d_model {agent['d_model']}, {agent['n_heads']} heads, d_mlp "
+            f"{agent['d_mlp']}, context {agent['context']} steps, observations "
+            f"{agent['obs_shape']}, {agent['num_actions']} actions"
+        )
+        unit = "gradient steps"
+    else:
+        loader = "load_agent"
+        network = (
+            f"`{agent['arch']}` {json.dumps(agent.get('kwargs', {}))}, observations "
+            f"{agent['obs_shape']},\n  {agent['num_actions']} actions"
+        )
+        unit = "environment steps"
     return f"""---
 library_name: policylens
 tags: [reinforcement-learning, interpretability, policylens, {p["world"]}]
@@ -223,7 +255,7 @@ tags: [reinforcement-learning, interpretability, policylens, {p["world"]}]
 ```python
 import policylens
 
-agent = policylens.load_agent("zoo:{name}")
+agent = policylens.{loader}("zoo:{name}")
 ```
 
 Every command that takes a run takes `zoo:{name}` (e.g. `policylens runs zoo:{name}`).
@@ -231,13 +263,12 @@ Every command that takes a run takes `zoo:{name}` (e.g. `policylens runs zoo:{na
 ## Agent
 
 - world: `{p["world"]}` (`{config["run"]["trainer"]["env_id"]}`), options `{options}`
-- network: `{agent["arch"]}` {json.dumps(agent.get("kwargs", {}))}, observations {agent["obs_shape"]},
-  {agent["num_actions"]} actions
+- network: {network}
 
 ## Training
 {_in_progress(p)}
 - command (retrains it): `{p["command"]}`
-- trainer: {config["run"].get("kind", "ppo")}, seed {p["seed"]}, {p["steps"]:,} environment steps
+- trainer: {config["run"].get("kind", "ppo")}, seed {p["seed"]}, {p["steps"]:,} {unit}
 - wall time: {p["wall_time_s"]} s on {p["cpu"]}
 - exported {p["exported"]} by policylens {p["policylens_version"]} at commit `{p["commit"]}`, which
   measured the results below

@@ -25,7 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from policylens.agents.agent import WEIGHTS_FILE
 from policylens.agents.dt import DTBatch, DTConfig, build_dt, load_dt
+from policylens.agents.pretrained import check_files, read_config
 from policylens.rollout.store import Store, is_store
 from policylens.runs import RESUME_SECONDS, Run, TrainingProgress, config_json
 from policylens.train import limits
@@ -315,6 +317,19 @@ def train_dt(
     finally:
         run.release()
     return run
+
+
+def load_decision_transformer(source: str | Path, step: int | None = None) -> Any:
+    """The decision transformer of a DT run folder (at a checkpoint, the latest by default), of a
+    pretrained folder (``policylens zoo export``'s layout, its sha256 checked), of ``zoo:NAME`` or
+    of ``hf://org/name``, in eval mode: what ``load_agent`` is for the other agents."""
+    folder = Path(source)
+    if not str(source).startswith(("zoo:", "hf:")) and not (folder / "checkpoints").is_dir():
+        if (folder / WEIGHTS_FILE).is_file():
+            config = read_config(folder)
+            check_files(folder, config)
+            return load_dt(folder / WEIGHTS_FILE, config["agent"])
+    return load_run_dt(Run(source), step)
 
 
 def load_run_dt(run: Run, step: int | None = None) -> Any:

@@ -36,28 +36,29 @@ class PolicySpec:
     epsilon: float = 0.0
     temperature: float = 0.0
     wrong_side: bool = False
+    wander: int = 0
     share: float = 1.0
     """Relative share of the dataset's episodes."""
 
     @property
     def label(self) -> str:
         side = ",wrong" if self.wrong_side else ""
-        return f"eps={self.epsilon:g},temp={self.temperature:g}{side}"
+        wander = f",wander={self.wander}" if self.wander else ""
+        return f"eps={self.epsilon:g},temp={self.temperature:g}{side}{wander}"
 
 
 MIXES: dict[str, tuple[PolicySpec, ...]] = {
     "obstacles": (
-        PolicySpec(0.0, 0.0, share=3.0),
-        PolicySpec(0.02),
+        PolicySpec(0.0, 0.0, share=4.0),
         PolicySpec(0.05),
-        PolicySpec(0.1),
         PolicySpec(0.2),
-        PolicySpec(0.35),
         PolicySpec(0.6),
         PolicySpec(1.0),
-        PolicySpec(0.0, 0.5),
         PolicySpec(0.0, 1.0),
         PolicySpec(0.0, 3.0),
+        PolicySpec(wander=64),
+        PolicySpec(wander=160),
+        PolicySpec(wander=320),
     ),
     "memory": (
         PolicySpec(0.0, 0.0, share=3.0),
@@ -70,8 +71,10 @@ MIXES: dict[str, tuple[PolicySpec, ...]] = {
     ),
 }
 """The datasets' policy mixes: shortest paths, epsilon-random steps (which walk into balls and
-walls), softmax temperatures over path lengths (slow, wandering) and, in the memory task, the
-planner heading for the wrong object, so that returns span -1 (or 0) to the best."""
+walls), softmax temperatures over path lengths, safe wandering before heading for the goal (every
+return from 0 to the best without a collision: the ones a calibrated DT must reach) and, in the
+memory task, the planner heading for the wrong object, so that returns span -1 (or 0) to the
+best."""
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,9 @@ def collect_trajectories(
     counts = np.floor(shares / shares.sum() * episodes).astype(int)
     counts[: episodes - counts.sum()] += 1  # the remainder, one each to the first policies
     planners = [
-        GridPlanner(p.epsilon, p.temperature, p.wrong_side, seed=seed * 1000 + i)
+        GridPlanner(
+            p.epsilon, p.temperature, p.wrong_side, wander=p.wander, seed=seed * 1000 + i
+        )
         for i, p in enumerate(mix)
     ]
     order = np.repeat(np.arange(len(mix)), counts)
