@@ -147,6 +147,25 @@ def test_planner_reaches_the_goal_in_both_tasks():
     assert np.mean([sum(play_planner(env, random, s)[3]) for s in range(10)]) < 0
 
 
+def test_a_wandering_planner_is_slow_but_never_collides():
+    """``wander=W`` takes up to W safe random actions first: no collision, each return exactly
+    what its length pays (1 - 0.9 * steps / max_steps, or 0 out of time), spread from 0 up."""
+    env = obstacles_env()
+    planner = GridPlanner(wander=320, seed=3)
+    returns = []
+    for seed in range(40):
+        _, infos, actions, rewards, terminated, truncated = play_planner(env, planner, seed)
+        assert infos[-1]["outcome"] != "collision" and min(rewards) >= 0
+        n = len(actions)
+        expected = 1 - 0.9 * n / env.max_steps if terminated else 0.0
+        assert sum(rewards) == pytest.approx(expected, abs=1e-6)
+        assert truncated == (n == env.max_steps)
+        returns.append(sum(rewards))
+    assert min(returns) < 0.2 and max(returns) > 0.8 and 0.2 < np.median(returns) < 0.8
+    with pytest.raises(ValueError, match="wander must be >= 0"):
+        GridPlanner(wander=-1)
+
+
 def test_trajectory_store_round_trip(tmp_path):
     mix = (PolicySpec(0.0), PolicySpec(0.3), PolicySpec(1.0))
     summary = collect_trajectories(tmp_path / "s", "obstacles", episodes=9, seed=4, mix=mix)
