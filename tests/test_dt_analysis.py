@@ -21,7 +21,9 @@ from policylens.lenses.transformer import (
     logit_attribution,
     run_patched,
 )
+from policylens.runs import Run
 from policylens.studies import dt_analysis as A
+from policylens.train.dt import load_run_dt
 
 K = 4
 runner = CliRunner()
@@ -209,7 +211,7 @@ def test_the_memory_tasks_instruction_pca_and_flip_test(tmp_path):
     invoke("dt", "collect", "--task", "memory", "--out", data, "--episodes", 16, "--json")
     # the view geometry: the object at the instruction square's view cell is the instruction
     frames, labels = TrajectoryData(data), A._memory_labels(str(data))
-    view = A._in_view(frames, labels["agent_pos"], (2, 1))
+    view, cells = A._in_view(frames, labels["agent_pos"], (2, 1))
     rows = np.flatnonzero(view)
     assert 0 < len(rows) < len(view)
     d = frames.direction.numpy()[rows] % 4
@@ -218,11 +220,30 @@ def test_the_memory_tasks_instruction_pca_and_flip_test(tmp_path):
     side = (delta * np.asarray(DIR_VEC)[(d + 1) % 4]).sum(-1)
     obj = frames.obs.numpy()[rows, VIEW // 2 + side, VIEW - 1 - ahead, 0]
     assert np.array_equal(obj, np.where(labels["instruction"][rows] == 0, A.KEY, A.BALL))
+    assert {tuple(c) for c in cells.tolist()} == set(
+        zip((VIEW // 2 + side).tolist(), (VIEW - 1 - ahead).tolist(), strict=True)
+    )
     invoke("train", "dt", "--data", data, "--out", out, "--steps", 3, "--context", 6,
            "--d-model", 16, "--d-mlp", 32, "--n-layers", 2, "--batch-size", 4, "--json")  # fmt: skip
     r = invoke("dt", "instruction", out, "--histories", 50, "--json")
     assert r["frames"]["key"] + r["frames"]["ball"] == len(rows)
     assert r["top2"] == pytest.approx(sum(r["explained"][:2])) and 0 < r["top2"] <= 1
+    # the instruction's token embeddings, read off the model's own state embedding of frames:
+    # a key (or ball) at the cell minus an empty square there, the rest of the frame held fixed
+    model = load_run_dt(Run(out))
+    tokens = []
+    for x, y in cells.tolist():
+        frame = torch.ones(1, 7, 7, 3, dtype=torch.uint8)  # empty squares
+        with torch.no_grad():
+            empty = model.embed_state(frame)
+            for obj in (A.KEY, A.BALL):
+                shown = frame.clone()
+                shown[0, x, y, 0] = obj
+                tokens.append((model.embed_state(shown) - empty)[0].double().numpy())
+    centred = np.array(tokens) - np.mean(tokens, 0)
+    s = np.linalg.svd(centred, compute_uv=False) ** 2
+    assert r["cells"] == len(cells)
+    np.testing.assert_allclose(r["token_explained"], (s / s.sum())[:5], atol=1e-5)
     assert r["decisions"] >= 1 and r["accuracy"]["n"] == r["decisions"]
     assert 0 <= r["flipped"]["rate"] <= 1 and 0 <= r["flipped_control"]["rate"] <= 1
     bad = runner.invoke(app, ["dt", "instruction", str(out), "--data", str(tmp_path / "nope")])

@@ -380,7 +380,8 @@ def instruction_cmd(
         f"{r.frames['key']} key and {r.frames['ball']} ball frames: top 2 PCs explain "
         f"{r.top2:.1%} ({', '.join(f'{x:.1%}' for x in r.explained)}); a threshold separates "
         f"them {r.separation['pc1']:.1%} on PC1, {r.separation['instruction_direction']:.1%} "
-        f"along the key-to-ball direction"
+        f"along the key-to-ball direction; the instruction's own embeddings (a key or a ball "
+        f"at each of {r.cells} view cells): top 2 PCs {r.token_top2:.1%}"
     )
 
     def p(x: dict) -> str:

@@ -645,8 +645,8 @@ def _fewest(sites: Sequence[Site], effect: Any, options: PatchOptions) -> dict[s
 
 
 # -- 6. the memory task's instruction ----------------------------------------------------------
-KEY, BALL = 5, 6
-"""minigrid's object indices of the key and the ball."""
+EMPTY, KEY, BALL = 1, 5, 6
+"""minigrid's object indices of an empty square, the key and the ball."""
 
 
 @dataclass(frozen=True)
@@ -674,6 +674,13 @@ class InstructionResult:
     explained: list[float]
     """Share of the variance of their state embeddings on each of the top 5 principal axes."""
     top2: float
+    cells: int
+    """View cells the instruction object is seen at."""
+    token_explained: list[float]
+    """The instruction's own embeddings: what a key and what a ball at each of those cells add to
+    the state embedding over an empty square (2 x ``cells`` vectors), their variance on the top
+    5 axes (Bloom et al.'s MemoryDT: about 85% on the top 2)."""
+    token_top2: float
     separation: dict[str, Any]
     """Along PC1 and along the key-to-ball direction: the share of frames a threshold at the
     midpoint of the two class means classifies right."""
@@ -694,9 +701,12 @@ class InstructionResult:
         return asdict(self)
 
 
-def _in_view(data: TrajectoryData, pos: np.ndarray, square: tuple[int, int]) -> np.ndarray:
+def _in_view(
+    data: TrajectoryData, pos: np.ndarray, square: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """Rows whose view shows the key or ball at ``square`` (minigrid's view: the agent at the
-    bottom middle facing up, indexed ``[x, y]``; hidden cells are 0)."""
+    bottom middle facing up, indexed ``[x, y]``; hidden cells are 0), and the view cells
+    ``(x, y)`` it is shown at."""
     from policylens.envs.minigrid import DIR_VEC, VIEW
 
     d = data.direction.numpy() % 4
@@ -708,7 +718,22 @@ def _in_view(data: TrajectoryData, pos: np.ndarray, square: tuple[int, int]) -> 
     obj = np.zeros(len(d), dtype=np.int64)
     idx = np.flatnonzero(ok)
     obj[idx] = data.obs.numpy()[idx, vx[idx], vy[idx], 0]
-    return ok & ((obj == KEY) | (obj == BALL))
+    shown = ok & ((obj == KEY) | (obj == BALL))
+    return shown, np.unique(np.stack([vx[shown], vy[shown]], 1), axis=0)
+
+
+def _instruction_token_pca(model: Any, cells: np.ndarray) -> list[float]:
+    """Variance shares of the principal axes of the instruction's token embeddings: what a key
+    and what a ball at each view cell in ``cells`` add to the state embedding over an empty
+    square there (the difference of two of its weight columns)."""
+    offsets = model._channel_offsets  # (H, W, 3): the first column of each cell channel
+    weight = model.state_embed.weight.detach().double()
+    vectors = torch.stack([
+        weight[:, int(offsets[x, y, 0]) + obj] - weight[:, int(offsets[x, y, 0]) + EMPTY]
+        for x, y in cells.tolist() for obj in (KEY, BALL)
+    ])  # fmt: skip
+    s = torch.linalg.svdvals(vectors - vectors.mean(0)).pow(2)
+    return (s / s.sum()).tolist()
 
 
 def _memory_labels(path: str) -> dict[str, np.ndarray]:
@@ -738,12 +763,13 @@ def instruction_pca(run: Run, options: InstructionOptions | None = None) -> Inst
     held = options.held_out or path
     rng = np.random.default_rng(options.seed)
 
-    def frames_of(p: str) -> tuple[TrajectoryData, dict[str, np.ndarray], np.ndarray]:
+    def frames_of(p: str) -> tuple[TrajectoryData, dict[str, np.ndarray], np.ndarray, Any]:
         data, labels = TrajectoryData(p), _memory_labels(p)
         square = (int(labels["size"]) // 2 - 1, 1)
-        return data, labels, _in_view(data, labels["agent_pos"], square)
+        return data, labels, *_in_view(data, labels["agent_pos"], square)
 
-    data, labels, view = frames_of(path)
+    data, labels, view, cells = frames_of(path)
+    token_explained = _instruction_token_pca(model, cells)
     rows = np.flatnonzero(view)
     if len(rows) < 2:
         raise ValueError(f"{path} holds fewer than 2 frames with the instruction in view.")
@@ -766,7 +792,7 @@ def instruction_pca(run: Run, options: InstructionOptions | None = None) -> Inst
 
     sep = {"pc1": separation(vh[0]), "instruction_direction": separation(direction)}
     # the flip test on held-out histories at the hallway's end
-    hdata, hlabels, hview = frames_of(held)
+    hdata, hlabels, hview, _ = frames_of(held)
     k = int(model.dt_config.context)
     size = int(hlabels["size"])
     at_end = (hlabels["agent_pos"][:, 0] == size // 2) & (
@@ -808,7 +834,8 @@ def instruction_pca(run: Run, options: InstructionOptions | None = None) -> Inst
     return InstructionResult(
         str(run.path), step, path, held,
         {"key": int((ins == 0).sum()), "ball": int((ins == 1).sum())},
-        explained[:5], float(sum(explained[:2])), sep, len(keep),
+        explained[:5], float(sum(explained[:2])), len(cells), token_explained[:5],
+        float(sum(token_explained[:2])), sep, len(keep),
         stats.proportion((before == correct).numpy()),
         stats.proportion((after != before).numpy()),
         stats.proportion((ctrl != before).numpy()),

@@ -324,11 +324,11 @@ def load_decision_transformer(source: str | Path, step: int | None = None) -> An
     pretrained folder (``policylens zoo export``'s layout, its sha256 checked), of ``zoo:NAME`` or
     of ``hf://org/name``, in eval mode: what ``load_agent`` is for the other agents."""
     folder = Path(source)
-    if not str(source).startswith(("zoo:", "hf:")) and not (folder / "checkpoints").is_dir():
-        if (folder / WEIGHTS_FILE).is_file():
-            config = read_config(folder)
-            check_files(folder, config)
-            return load_dt(folder / WEIGHTS_FILE, config["agent"])
+    pretrained = not str(source).startswith(("zoo:", "hf:")) and (folder / WEIGHTS_FILE).is_file()
+    if pretrained and not (folder / "checkpoints").is_dir():
+        config = read_config(folder)
+        check_files(folder, config)
+        return load_dt(folder / WEIGHTS_FILE, config["agent"])
     return load_run_dt(Run(source), step)
 
 

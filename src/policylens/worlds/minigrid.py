@@ -123,9 +123,7 @@ def collect_trajectories(
     counts = np.floor(shares / shares.sum() * episodes).astype(int)
     counts[: episodes - counts.sum()] += 1  # the remainder, one each to the first policies
     planners = [
-        GridPlanner(
-            p.epsilon, p.temperature, p.wrong_side, wander=p.wander, seed=seed * 1000 + i
-        )
+        GridPlanner(p.epsilon, p.temperature, p.wrong_side, wander=p.wander, seed=seed * 1000 + i)
         for i, p in enumerate(mix)
     ]
     order = np.repeat(np.arange(len(mix)), counts)
