@@ -6,6 +6,7 @@ Dynamic-Obstacles DT reaching a high return at RTG 1.0."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -212,7 +213,9 @@ def test_a_dt_ships_in_the_zoo_and_loads_back_bit_exact(store, tmp_path, monkeyp
     from policylens.studies.dt import headline_results
     from policylens.studies.zoo import ExportOptions, export
 
-    run = train_dt(tiny(store), tmp_path / "run", progress=False)
+    own = tmp_path / "own-store"
+    shutil.copytree(store, own)
+    run = train_dt(tiny(own), tmp_path / "run", progress=False)
     monkeypatch.setattr(pretrained, "ZOO", tmp_path / "zoo")
     monkeypatch.setenv("POLICYLENS_HOME", str(tmp_path / "home"))
     options = ExportOptions(name="tiny-dt", command="policylens train dt ...",
@@ -238,3 +241,9 @@ def test_a_dt_ships_in_the_zoo_and_loads_back_bit_exact(store, tmp_path, monkeyp
     assert ev["return"]["n"] == 2
     listed = invoke("zoo", "list", "--json")
     assert [e["name"] for e in listed] == ["tiny-dt"]
+    # the analyses read histories from a store: a zoo DT ships without its training store
+    shutil.rmtree(own)
+    missing = runner.invoke(app, ["dt", "attention", "zoo:tiny-dt"])
+    assert missing.exit_code == 2 and "policylens dt collect --task obstacles" in missing.output
+    found = invoke("dt", "attention", "zoo:tiny-dt", "--data", store, "--histories", 4, "--json")
+    assert found["histories"] == 4

@@ -49,7 +49,7 @@ from policylens.lenses.transformer import (
 from policylens.rollout import stats
 from policylens.runs import Run
 from policylens.studies.dt import _checked
-from policylens.train.dt import TrajectoryData, load_run_dt
+from policylens.train.dt import TrajectoryData, load_run_dt, run_store
 
 TOKEN_TYPES = ("R", "s", "a")
 """The three tokens of a step, in sequence order."""
@@ -114,7 +114,7 @@ def load_histories(
     _checked(run)
     step, _ = run.checkpoint(options.step)
     model = load_run_dt(run, step)
-    path = options.data or str(run.config["trainer"]["data"])
+    path = run_store(run, options.data)
     data = TrajectoryData(path)
     k = int(model.dt_config.context)
     eligible = np.arange(data.rows)
@@ -759,7 +759,7 @@ def instruction_pca(run: Run, options: InstructionOptions | None = None) -> Inst
     _checked(run)
     step, _ = run.checkpoint(options.step)
     model = load_run_dt(run, step)
-    path = options.data or str(run.config["trainer"]["data"])
+    path = run_store(run, options.data)
     held = options.held_out or path
     rng = np.random.default_rng(options.seed)
 

@@ -174,6 +174,21 @@ class TrajectoryData:
         )
 
 
+def run_store(run: Run, data: str | None = None) -> str:
+    """``data``, or else the store the DT run trained on; refused in one sentence when that is
+    not here (a zoo DT ships without its data)."""
+    if data:
+        return data
+    path = str(run.config.get("trainer", {}).get("data", ""))
+    if not path or not Path(path).exists():
+        task = run.config.get("data", {}).get("task") or "obstacles"
+        raise FileNotFoundError(
+            f"{run.path}'s training store {path or '(none recorded)'} is not here; collect one "
+            f"with `policylens dt collect --task {task} --seed 1 --out DIR` and pass --data DIR."
+        )
+    return path
+
+
 def learning_rate(config: DTTrainConfig, step: int) -> float:
     """Linear warm-up over ``warmup_steps``, then cosine decay to a tenth at ``total_steps``."""
     if step < config.warmup_steps:
