@@ -148,10 +148,11 @@ def test_planner_reaches_the_goal_in_both_tasks():
 
 
 def test_a_wandering_planner_is_slow_but_never_collides():
-    """``wander=W`` takes up to W safe random actions first: no collision, each return exactly
-    what its length pays (1 - 0.9 * steps / max_steps, or 0 out of time), spread from 0 up."""
+    """``wander=(low, high)`` takes that many safe random actions first: no collision, each return
+    exactly what its length pays (1 - 0.9 * steps / max_steps, or 0 out of time), spread from 0
+    up, and none of the fast returns a shortest path earns."""
     env = obstacles_env()
-    planner = GridPlanner(wander=320, seed=3)
+    planner = GridPlanner(wander=(24, 320), seed=3)
     returns = []
     for seed in range(40):
         _, infos, actions, rewards, terminated, truncated = play_planner(env, planner, seed)
@@ -159,11 +160,12 @@ def test_a_wandering_planner_is_slow_but_never_collides():
         n = len(actions)
         expected = 1 - 0.9 * n / env.max_steps if terminated else 0.0
         assert sum(rewards) == pytest.approx(expected, abs=1e-6)
-        assert truncated == (n == env.max_steps)
+        assert truncated == (n == env.max_steps) and n > 24
         returns.append(sum(rewards))
-    assert min(returns) < 0.2 and max(returns) > 0.8 and 0.2 < np.median(returns) < 0.8
-    with pytest.raises(ValueError, match="wander must be >= 0"):
-        GridPlanner(wander=-1)
+    assert min(returns) < 0.2 and max(returns) > 0.6 and 0.2 < np.median(returns) < 0.8
+    assert max(returns) < 1 - 0.9 * 25 / env.max_steps
+    with pytest.raises(ValueError, match="wander must be"):
+        GridPlanner(wander=(5, 2))
 
 
 def test_trajectory_store_round_trip(tmp_path):

@@ -312,16 +312,17 @@ class GridPlanner:
     minus the path length after each safe action. ``wrong_side`` (memory task): head for the other
     object. ``look_first`` (memory task): turn to see the start-room object before leaving (a
     planner that knows the answer without looking teaches nothing a viewer could copy).
-    ``wander``: at each episode's start, draw ``k`` uniformly from ``0..wander`` and take ``k``
-    safe random actions (never into a ball or a wall, never onto the goal) before planning: a
-    slow but careful agent, so that returns between 0 and the best come without collisions.
+    ``wander``: ``(low, high)``: at each episode's start, draw ``k`` uniformly from
+    ``low..high`` and take ``k`` safe random actions (never into a ball or a wall, never onto the
+    goal) before planning: a slow but careful agent, so that returns between 0 and the best come
+    without collisions.
     """
 
     epsilon: float = 0.0
     temperature: float = 0.0
     wrong_side: bool = False
     look_first: bool = True
-    wander: int = 0
+    wander: tuple[int, int] = (0, 0)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -329,16 +330,19 @@ class GridPlanner:
             raise ValueError(f"epsilon must lie in [0, 1], got {self.epsilon}.")
         if not self.temperature >= 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}.")
-        if self.wander < 0:
-            raise ValueError(f"wander must be >= 0, got {self.wander}.")
+        low, high = self.wander
+        if not 0 <= low <= high:
+            raise ValueError(
+                f"wander must be (low, high) with 0 <= low <= high, got {self.wander}."
+            )
         self.rng = np.random.default_rng(self.seed)
         self.wander_left = 0
 
     def act(self, info: Mapping[str, Any]) -> int:
         """An action for the position ``info`` describes."""
         rng = self.rng
-        if self.wander and info["steps"] == 0:
-            self.wander_left = int(rng.integers(self.wander + 1))
+        if self.wander[1] and info["steps"] == 0:
+            self.wander_left = int(rng.integers(self.wander[0], self.wander[1] + 1))
         if self.epsilon and rng.random() < self.epsilon:
             return int(rng.integers(len(ACTION_NAMES)))
         if self.look_first and "instruction_seen" in info and not info["instruction_seen"]:

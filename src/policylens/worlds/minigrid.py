@@ -36,29 +36,30 @@ class PolicySpec:
     epsilon: float = 0.0
     temperature: float = 0.0
     wrong_side: bool = False
-    wander: int = 0
+    wander: tuple[int, int] = (0, 0)
+    """Safe random actions before planning: their number is drawn from ``low..high``."""
     share: float = 1.0
     """Relative share of the dataset's episodes."""
 
     @property
     def label(self) -> str:
         side = ",wrong" if self.wrong_side else ""
-        wander = f",wander={self.wander}" if self.wander else ""
+        wander = f",wander={self.wander[0]}-{self.wander[1]}" if self.wander[1] else ""
         return f"eps={self.epsilon:g},temp={self.temperature:g}{side}{wander}"
 
 
 MIXES: dict[str, tuple[PolicySpec, ...]] = {
     "obstacles": (
-        PolicySpec(0.0, 0.0, share=4.0),
+        PolicySpec(0.0, 0.0, share=6.0),
         PolicySpec(0.05),
         PolicySpec(0.2),
         PolicySpec(0.6),
         PolicySpec(1.0),
         PolicySpec(0.0, 1.0),
         PolicySpec(0.0, 3.0),
-        PolicySpec(wander=64),
-        PolicySpec(wander=160),
-        PolicySpec(wander=320),
+        PolicySpec(wander=(24, 96)),
+        PolicySpec(wander=(96, 200)),
+        PolicySpec(wander=(200, 320)),
     ),
     "memory": (
         PolicySpec(0.0, 0.0, share=3.0),
@@ -72,7 +73,8 @@ MIXES: dict[str, tuple[PolicySpec, ...]] = {
 }
 """The datasets' policy mixes: shortest paths, epsilon-random steps (which walk into balls and
 walls), softmax temperatures over path lengths, safe wandering before heading for the goal (every
-return from 0 to the best without a collision: the ones a calibrated DT must reach) and, in the
+return from 0 to about 0.85 without a collision: the ones a calibrated DT must reach; above, the
+planners alone, so that the top returns mean the best play) and, in the
 memory task, the planner heading for the wrong object, so that returns span -1 (or 0) to the
 best."""
 
