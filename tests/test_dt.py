@@ -1,7 +1,7 @@
 """The decision transformer: causal masking checked numerically, TransformerLens's hook names and
 FactoredMatrix views, the residual stream read back to the logits, a tiny DT trained end to end
-by the CLI, resume equal to uninterrupted training (bit for bit), and (slow) the real
-Dynamic-Obstacles DT reaching a high return at RTG 1.0."""
+by the CLI, resume equal to uninterrupted training (bit for bit), a DT shipped in the zoo, and
+(slow) the real Dynamic-Obstacles DT reaching the returns it is asked for."""
 
 from __future__ import annotations
 
@@ -183,10 +183,11 @@ def test_cli_collects_trains_evaluates_and_calibrates(tmp_path):
 
 
 @pytest.mark.slow
-def test_dynamic_obstacles_dt_reaches_a_high_return_at_rtg_one(tmp_path):
-    """A DT trained on the planner mix plays as well as the best planner at RTG 1.0 and follows
-    lower targets down: the measured recipe (context 4) shortened to 2,000 episodes and 1,500
-    steps (the full one reached 0.946 greedy, 0.927 sampled; the best planner 0.945)."""
+def test_dynamic_obstacles_dt_reaches_the_return_it_is_asked_for(tmp_path):
+    """A DT trained on the planner mix reaches what it is asked for inside the data's range and
+    plays safely when asked for much: the measured recipe (context 4) shortened to 2,000
+    episodes and 1,500 steps (the full one: within 0.03 of every target from 0.2 to 0.9,
+    Spearman over the 21 targets' means 0.96)."""
     from policylens.studies.dt import (
         CalibrationOptions,
         EvalOptions,
@@ -197,12 +198,13 @@ def test_dynamic_obstacles_dt_reaches_a_high_return_at_rtg_one(tmp_path):
     collect_trajectories(tmp_path / "store", "obstacles", episodes=2000, seed=0)
     config = DTTrainConfig(data=str(tmp_path / "store"), total_steps=1500, context=4)
     run = train_dt(config, tmp_path / "run", progress=False)
-    result = evaluate_dt_run(run, EvalOptions(target_rtg=1.0, episodes=100, greedy=True))
-    assert result.ret["ci"][0] > 0.9 and result.success["rate"] >= 0.95
-    targets = (-1.0, -0.5, 0.0, 0.5, 1.0)
+    result = evaluate_dt_run(run, EvalOptions(target_rtg=0.9, episodes=100, greedy=True))
+    assert result.ret["ci"][0] > 0.75 and result.success["rate"] >= 0.9
+    targets = (-1.0, -0.5, 0.0, 0.3, 0.5, 0.7, 0.9)
     cal = calibrate_dt_run(run, CalibrationOptions(targets=targets, episodes=20))
-    assert cal.spearman is not None and cal.spearman > 0.4
-    assert cal.rows[0]["return"]["mean"] < 0 < cal.rows[-1]["return"]["mean"]
+    assert cal.spearman_means is not None and cal.spearman_means > 0.9
+    means = [r["return"]["mean"] for r in cal.rows]
+    assert means[0] < -0.9 and all(abs(m - t) < 0.15 for m, t in zip(means[4:], (0.5, 0.7, 0.9)))
 
 
 def test_a_dt_ships_in_the_zoo_and_loads_back_bit_exact(store, tmp_path, monkeypatch):
