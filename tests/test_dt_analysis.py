@@ -211,8 +211,9 @@ def test_the_memory_tasks_instruction_pca_and_flip_test(tmp_path):
     invoke("dt", "collect", "--task", "memory", "--out", data, "--episodes", 16, "--json")
     # the view geometry: the object at the instruction square's view cell is the instruction
     frames, labels = TrajectoryData(data), A._memory_labels(str(data))
-    view, cells = A._in_view(frames, labels["agent_pos"], (2, 1))
+    view, xy = A._in_view(frames, labels["agent_pos"], (2, 1))
     rows = np.flatnonzero(view)
+    cells = np.unique(xy[view], axis=0)
     assert 0 < len(rows) < len(view)
     d = frames.direction.numpy()[rows] % 4
     delta = np.array([2, 1]) - labels["agent_pos"][rows]
@@ -240,10 +241,15 @@ def test_the_memory_tasks_instruction_pca_and_flip_test(tmp_path):
                 shown = frame.clone()
                 shown[0, x, y, 0] = obj
                 tokens.append((model.embed_state(shown) - empty)[0].double().numpy())
+    np.testing.assert_allclose(
+        A.instruction_tokens(model, cells).reshape(-1, 16).double().numpy(), tokens, atol=1e-5
+    )
     centred = np.array(tokens) - np.mean(tokens, 0)
     s = np.linalg.svd(centred, compute_uv=False) ** 2
     assert r["cells"] == len(cells)
     np.testing.assert_allclose(r["token_explained"], (s / s.sum())[:5], atol=1e-5)
+    for key in ("flipped_token", "flipped_token_control"):
+        assert r[key]["n"] == r["decisions"] and 0 <= r[key]["rate"] <= 1
     assert r["decisions"] >= 1 and r["accuracy"]["n"] == r["decisions"]
     assert 0 <= r["flipped"]["rate"] <= 1 and 0 <= r["flipped_control"]["rate"] <= 1
     bad = runner.invoke(app, ["dt", "instruction", str(out), "--data", str(tmp_path / "nope")])

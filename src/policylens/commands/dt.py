@@ -390,7 +390,9 @@ def instruction_cmd(
     console.print(
         f"{r.decisions} held-out decisions: correct side {p(r.accuracy)}; moved along the "
         f"instruction direction, the side flips in {p(r.flipped)} (random direction "
-        f"{p(r.flipped_control)}), the other instruction's side {p(r.accuracy_edited)}"
+        f"{p(r.flipped_control)}), the other instruction's side {p(r.accuracy_edited)}; "
+        f"with each frame's instruction token swapped for the other object's {p(r.flipped_token)} "
+        f"(random {p(r.flipped_token_control)})"
     )
 
 

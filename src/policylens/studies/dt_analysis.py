@@ -696,6 +696,11 @@ class InstructionResult:
     """The same with a random direction of the same length."""
     accuracy_edited: dict[str, Any]
     """Share turning to the side of the *other* instruction after the edit."""
+    flipped_token: dict[str, Any]
+    """Share whose side flips when each in-view frame's instruction token is swapped for the
+    other object's at its cell (the finer feature: what the observation's object adds)."""
+    flipped_token_control: dict[str, Any]
+    """The same with random directions as long as those swaps."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -705,8 +710,8 @@ def _in_view(
     data: TrajectoryData, pos: np.ndarray, square: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rows whose view shows the key or ball at ``square`` (minigrid's view: the agent at the
-    bottom middle facing up, indexed ``[x, y]``; hidden cells are 0), and the view cells
-    ``(x, y)`` it is shown at."""
+    bottom middle facing up, indexed ``[x, y]``; hidden cells are 0), and each row's view cell
+    ``(x, y)`` of that square (``(N, 2)``; meaningful where shown)."""
     from policylens.envs.minigrid import DIR_VEC, VIEW
 
     d = data.direction.numpy() % 4
@@ -718,20 +723,26 @@ def _in_view(
     obj = np.zeros(len(d), dtype=np.int64)
     idx = np.flatnonzero(ok)
     obj[idx] = data.obs.numpy()[idx, vx[idx], vy[idx], 0]
-    shown = ok & ((obj == KEY) | (obj == BALL))
-    return shown, np.unique(np.stack([vx[shown], vy[shown]], 1), axis=0)
+    return ok & ((obj == KEY) | (obj == BALL)), np.stack([vx, vy], 1)
+
+
+def instruction_tokens(model: Any, cells: np.ndarray) -> Tensor:
+    """``(len(cells), 2, d_model)``: what a key and what a ball at each view cell ``(x, y)`` add
+    to the state embedding over an empty square there (the difference of two of its weight
+    columns; the state embedding is linear in the one-hot cells)."""
+    offsets = model._channel_offsets  # (H, W, 3): the first column of each cell channel
+    weight = model.state_embed.weight.detach()
+    first = torch.as_tensor(offsets[cells[:, 0], cells[:, 1], 0]).long()  # (C,)
+    objects = torch.tensor([KEY, BALL])
+    return (weight[:, first[:, None] + objects] - weight[:, first + EMPTY][:, :, None]).permute(
+        1, 2, 0
+    )
 
 
 def _instruction_token_pca(model: Any, cells: np.ndarray) -> list[float]:
-    """Variance shares of the principal axes of the instruction's token embeddings: what a key
-    and what a ball at each view cell in ``cells`` add to the state embedding over an empty
-    square there (the difference of two of its weight columns)."""
-    offsets = model._channel_offsets  # (H, W, 3): the first column of each cell channel
-    weight = model.state_embed.weight.detach().double()
-    vectors = torch.stack([
-        weight[:, int(offsets[x, y, 0]) + obj] - weight[:, int(offsets[x, y, 0]) + EMPTY]
-        for x, y in cells.tolist() for obj in (KEY, BALL)
-    ])  # fmt: skip
+    """Variance shares of the principal axes of the instruction's token embeddings
+    (:func:`instruction_tokens` at every cell in ``cells``)."""
+    vectors = instruction_tokens(model, cells).reshape(-1, model.cfg.d_model).double()
     s = torch.linalg.svdvals(vectors - vectors.mean(0)).pow(2)
     return (s / s.sum()).tolist()
 
@@ -768,7 +779,8 @@ def instruction_pca(run: Run, options: InstructionOptions | None = None) -> Inst
         square = (int(labels["size"]) // 2 - 1, 1)
         return data, labels, *_in_view(data, labels["agent_pos"], square)
 
-    data, labels, view, cells = frames_of(path)
+    data, labels, view, xy = frames_of(path)
+    cells = np.unique(xy[view], axis=0)
     token_explained = _instruction_token_pca(model, cells)
     rows = np.flatnonzero(view)
     if len(rows) < 2:
@@ -792,7 +804,7 @@ def instruction_pca(run: Run, options: InstructionOptions | None = None) -> Inst
 
     sep = {"pc1": separation(vh[0]), "instruction_direction": separation(direction)}
     # the flip test on held-out histories at the hallway's end
-    hdata, hlabels, hview, _ = frames_of(held)
+    hdata, hlabels, hview, hxy = frames_of(held)
     k = int(model.dt_config.context)
     size = int(hlabels["size"])
     at_end = (hlabels["agent_pos"][:, 0] == size // 2) & (
@@ -813,14 +825,25 @@ def instruction_pca(run: Run, options: InstructionOptions | None = None) -> Inst
     own = torch.from_numpy(hlabels["instruction"][rows_kept]).long()
     correct = torch.from_numpy(hlabels["correct_side"][rows_kept]).long()  # 0 up = left
     swap = (means[1] - means[0]).float() * (1 - 2 * own.float())[:, None]  # own mean -> other's
-    g = torch.Generator().manual_seed(options.seed)
-    noise = torch.randn(swap.shape[1], generator=g)
-    control = noise / noise.norm() * swap.norm(dim=1, keepdim=True)
+    swap = swap[:, None, :].expand(-1, k, -1)
+    # the instruction's own token at each in-view frame's cell, swapped for the other object's
+    frame_rows = idx[keep].clamp(min=0).numpy()  # (B, K)
+    frame_cells = np.clip(hxy[frame_rows], 0, np.array(model.dt_config.obs_shape[:2]) - 1)
+    tokens = instruction_tokens(model, frame_cells.reshape(-1, 2)).reshape(len(keep), k, 2, -1)
+    frame_own = torch.from_numpy(hlabels["instruction"][frame_rows]).long()  # (B, K)
+    pick = frame_own[..., None, None].expand(-1, -1, 1, tokens.shape[-1])
+    token_swap = (tokens.gather(2, 1 - pick) - tokens.gather(2, pick))[:, :, 0]
+
+    def random_like(shift: Tensor, seed: int) -> Tensor:
+        """A random direction per history, at each frame as long as ``shift`` there."""
+        g = torch.Generator().manual_seed(seed)
+        noise = torch.randn(shift.shape[0], 1, shift.shape[2], generator=g)
+        return noise / noise.norm(dim=2, keepdim=True) * shift.norm(dim=2, keepdim=True)
 
     def side(shift: Tensor | None) -> Tensor:
         hooks = []
         if shift is not None:
-            add = shift[:, None, :] * seen[:, :, None].float()
+            add = shift * seen[:, :, None].float()
 
             def hook(act: Tensor, hook: Any) -> Tensor:
                 return act + add.to(act.dtype)
@@ -830,7 +853,8 @@ def instruction_pca(run: Run, options: InstructionOptions | None = None) -> Inst
             logits = model.run_with_hooks(batch, fwd_hooks=hooks)[:, -1]
         return (logits[:, 1] > logits[:, 0]).long()  # 0 left (up), 1 right (down)
 
-    before, after, ctrl = side(None), side(swap), side(control)
+    before, after, ctrl = side(None), side(swap), side(random_like(swap, options.seed))
+    swapped, swapped_ctrl = side(token_swap), side(random_like(token_swap, options.seed + 1))
     return InstructionResult(
         str(run.path), step, path, held,
         {"key": int((ins == 0).sum()), "ball": int((ins == 1).sum())},
@@ -840,4 +864,6 @@ def instruction_pca(run: Run, options: InstructionOptions | None = None) -> Inst
         stats.proportion((after != before).numpy()),
         stats.proportion((ctrl != before).numpy()),
         stats.proportion((after == 1 - correct).numpy()),
+        stats.proportion((swapped != before).numpy()),
+        stats.proportion((swapped_ctrl != before).numpy()),
     )  # fmt: skip
