@@ -204,7 +204,9 @@ def test_dynamic_obstacles_dt_reaches_the_return_it_is_asked_for(tmp_path):
     cal = calibrate_dt_run(run, CalibrationOptions(targets=targets, episodes=20))
     assert cal.spearman_means is not None and cal.spearman_means > 0.9
     means = [r["return"]["mean"] for r in cal.rows]
-    assert means[0] < -0.9 and all(abs(m - t) < 0.15 for m, t in zip(means[4:], (0.5, 0.7, 0.9)))
+    assert means[0] < -0.9 and all(
+        abs(m - t) < 0.15 for m, t in zip(means[4:], (0.5, 0.7, 0.9), strict=True)
+    )
 
 
 def test_a_dt_ships_in_the_zoo_and_loads_back_bit_exact(store, tmp_path, monkeypatch):
