@@ -223,12 +223,15 @@ def test_a_dt_ships_in_the_zoo_and_loads_back_bit_exact(store, tmp_path, monkeyp
     monkeypatch.setattr(pretrained, "ZOO", tmp_path / "zoo")
     monkeypatch.setenv("POLICYLENS_HOME", str(tmp_path / "home"))
     options = ExportOptions(name="tiny-dt", command="policylens train dt ...",
-                            description="A tiny DT.", headline={"episodes": 4})  # fmt: skip
+                            description="A tiny DT.",
+                            headline={"episodes": 4, "also_rtg": 0.5})  # fmt: skip
     entry = export(run, tmp_path / "zoo" / "tiny-dt", options)
     config = json.loads((entry.folder / "config.json").read_text())
     assert config["agent"] == run.config["agent"] and config["run"]["kind"] == "dt"
-    assert entry.results["metrics"] == json.loads(json.dumps(headline_results(run, episodes=4)))
-    assert set(entry.results["metrics"]) == {"return_at_rtg_1", "success", "episode_length"}
+    by_hand = headline_results(run, episodes=4, also_rtg=0.5)
+    assert entry.results["metrics"] == json.loads(json.dumps(by_hand))
+    assert list(by_hand) == ["return_at_rtg_1", "success_at_rtg_1", "return_at_rtg_0.5",
+                             "success_at_rtg_0.5"]  # fmt: skip
     card = (entry.folder / "README.md").read_text()
     assert 'load_decision_transformer("zoo:tiny-dt")' in card and "12 gradient steps" in card
     assert "d_model 32, 2 heads" in card
