@@ -228,7 +228,7 @@ def model_card(name: str, config: dict[str, Any], results: dict[str, Any]) -> st
     options = json.dumps(config["run"]["trainer"].get("env_kwargs", {}))
     dt = config["run"].get("kind") == "dt"
     if dt:
-        loader = "load_decision_transformer"
+        loader, variable = "load_decision_transformer", "model"
         network = (
             f"decision transformer (TransformerLens `HookedTransformer`): {agent['n_layers']} "
             f"layer(s), d_model {agent['d_model']}, {agent['n_heads']} heads, d_mlp "
@@ -237,7 +237,7 @@ def model_card(name: str, config: dict[str, Any], results: dict[str, Any]) -> st
         )
         unit = "gradient steps"
     else:
-        loader = "load_agent"
+        loader, variable = "load_agent", "agent"
         network = (
             f"`{agent['arch']}` {json.dumps(agent.get('kwargs', {}))}, observations "
             f"{agent['obs_shape']},\n  {agent['num_actions']} actions"
@@ -255,7 +255,7 @@ tags: [reinforcement-learning, interpretability, policylens, {p["world"]}]
 ```python
 import policylens
 
-agent = policylens.{loader}("zoo:{name}")
+{variable} = policylens.{loader}("zoo:{name}")
 ```
 
 Every command that takes a run takes `zoo:{name}` (e.g. `policylens runs zoo:{name}`).
