@@ -233,7 +233,10 @@ def test_a_dt_ships_in_the_zoo_and_loads_back_bit_exact(store, tmp_path, monkeyp
     assert list(by_hand) == ["return_at_rtg_1", "success_at_rtg_1", "return_at_rtg_0.5",
                              "success_at_rtg_0.5"]  # fmt: skip
     card = (entry.folder / "README.md").read_text()
-    assert 'model = policylens.load_decision_transformer("zoo:tiny-dt")' in card and "12 gradient steps" in card
+    assert (
+        'model = policylens.load_decision_transformer("zoo:tiny-dt")' in card
+        and "12 gradient steps" in card
+    )
     assert "d_model 32, 2 heads" in card
     reference = load_run_dt(run)
     for source in (entry.folder, "zoo:tiny-dt", run.path):
