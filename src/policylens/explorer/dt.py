@@ -101,18 +101,7 @@ def play_recorded(
             a = int(chosen[0])
             windows.append(window)
             logits_seen.append(logits[0].numpy())
-            o, r, terminated, truncated, info = env.step(a)
-            slot.actions.append(a)
-            slot.ret += float(r)
-            rewards.append(float(r))
-            if terminated or truncated:
-                slot.done = True
-                slot.outcome = str(info.get("outcome", "truncated" if truncated else ""))
-                slot.success = bool(info.get("success", False))
-                break
-            slot.obs.append(o)
-            slot.dirs.append(int(info.get("agent_dir", 0)))
-            slot.rtg.append(slot.rtg[-1] - float(r))
+            rewards.append(slot.act(a))
     finally:
         env.close()
     episode = DTEpisode(target, seed, slot.ret, len(slot.actions), slot.success, slot.outcome)

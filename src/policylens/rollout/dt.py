@@ -72,6 +72,22 @@ class EpisodeSlot:
         self.rtg, self.actions = [float(target)], []  # type: ignore[var-annotated]
         self.ret, self.done, self.outcome, self.success = 0.0, False, "", False
 
+    def act(self, action: int) -> float:
+        """Step the env with ``action`` and extend the history (the next RTG token is the last
+        minus the reward); the reward."""
+        obs, r, terminated, truncated, info = self.env.step(action)
+        self.actions.append(action)
+        self.ret += float(r)
+        if terminated or truncated:
+            self.done = True
+            self.outcome = str(info.get("outcome", "truncated" if truncated else ""))
+            self.success = bool(info.get("success", False))
+            return float(r)
+        self.obs.append(obs)
+        self.dirs.append(int(info.get("agent_dir", 0)))
+        self.rtg.append(self.rtg[-1] - float(r))
+        return float(r)
+
 
 def history_window(slots: Sequence[EpisodeSlot], k: int, shape: tuple[int, ...]) -> DTBatch:
     """The last ``k`` steps of each slot's episode, right-aligned (missing steps masked)."""
@@ -140,17 +156,7 @@ def play_dt(
                     chosen = torch.searchsorted(cdf, (uniforms * cdf[:, -1])[:, None].contiguous())
                     chosen = chosen[:, 0].clamp(max=logits.shape[-1] - 1)
                 for s, a in zip(live, chosen.tolist(), strict=True):
-                    obs, r, terminated, truncated, info = s.env.step(a)
-                    s.actions.append(a)
-                    s.ret += float(r)
-                    if terminated or truncated:
-                        s.done = True
-                        s.outcome = str(info.get("outcome", "truncated" if truncated else ""))
-                        s.success = bool(info.get("success", False))
-                        continue
-                    s.obs.append(obs)
-                    s.dirs.append(int(info.get("agent_dir", 0)))
-                    s.rtg.append(s.rtg[-1] - float(r))
+                    s.act(a)
             results += [
                 DTEpisode(s.target, s.seed, s.ret, len(s.actions), s.success, s.outcome)
                 for s in slots
