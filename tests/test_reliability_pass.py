@@ -6,11 +6,11 @@ a thousand cases, kill -9 and resume included) runs with ``python tests/reliabil
 from __future__ import annotations
 
 import pytest
-import reliability_pass  # tests/ is on the path, as for the other tests' shared helpers
+from reliability_pass import main as run_reliability_pass
 
 
 @pytest.mark.slow
 def test_quick_reliability_pass(capsys):
-    code = reliability_pass.main(["--quick"])
+    code = run_reliability_pass(["--quick"])
     out = capsys.readouterr().out
     assert code == 0, out
