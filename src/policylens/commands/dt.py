@@ -69,6 +69,13 @@ def train_dt_cmd(
     ),
     batch_size: int = typer.Option(128, min=1, max=1_000_000, help="Windows per step."),
     learning_rate: float = typer.Option(5e-4, min=1e-8, max=1.0, help="Peak AdamW rate."),
+    rtg_headroom: float = typer.Option(
+        0.0,
+        min=0.0,
+        max=1e6,
+        help="Show the best play (exact planner, goal reached) asking for up to this much more "
+        "return, so targets above the data's top ask for the best play.",
+    ),
     seed: int = typer.Option(0, min=0, help="Seed of the initial weights and the sampling."),
     threads: int = typer.Option(1, min=1, max=256, help="Torch threads."),
     log_every: int = typer.Option(100, min=1, help="Gradient steps between metrics rows."),
@@ -95,6 +102,7 @@ def train_dt_cmd(
         total_steps=steps,
         batch_size=batch_size,
         learning_rate=learning_rate,
+        rtg_headroom=rtg_headroom,
         seed=seed,
         threads=threads,
         log_every=log_every,

@@ -70,6 +70,11 @@ class DTTrainConfig:
     """Steps of linear learning-rate warm-up (then cosine decay to a tenth)."""
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
+    rtg_headroom: float = 0.0
+    """Raise the return-to-go of the best play's windows (episodes of the mix's exact planner that
+    reached the goal) by a uniform draw in ``[0, rtg_headroom]``. Nothing in the data earns more
+    than the best play, so a target above the data's top (RTG 1.0 over a best return of 0.96) then
+    asks for the best play instead of for tokens the DT never saw. 0: the recorded return-to-go."""
     seed: int = 0
     """Seeds the initial weights and the window sampling."""
     threads: int = 1
@@ -104,6 +109,8 @@ class DTTrainConfig:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.learning_rate <= 0 or self.max_grad_norm <= 0 or self.weight_decay < 0:
             problems.append("learning_rate and max_grad_norm must be > 0, weight_decay >= 0")
+        if self.rtg_headroom < 0:
+            problems.append(f"rtg_headroom must be >= 0, got {self.rtg_headroom}")
         if self.checkpoint_spacing not in ("log", "linear"):
             problems.append(
                 f"checkpoint_spacing must be 'log' or 'linear', got {self.checkpoint_spacing!r}"
@@ -157,17 +164,47 @@ class TrajectoryData:
         lengths = np.diff(np.r_[starts, len(episode)])
         self.start = torch.from_numpy(np.repeat(starts, lengths).astype(np.int64))  # (N,)
         self.rows = len(episode)
+        self.best = self._best_play(store, starts, lengths)
         store.close()
 
-    def windows(self, ends: torch.Tensor, k: int) -> DTBatch:
-        """The ``k`` steps ending at rows ``ends`` (earlier steps of another episode masked)."""
+    def _best_play(self, store: Store, starts: np.ndarray, lengths: np.ndarray) -> torch.Tensor:
+        """Per row: is it from an episode of the mix's exact planner (no epsilon, temperature,
+        wrong side or wandering) that reached the goal?"""
+        policies = self.meta.get("policies", [])
+        exact = [
+            i
+            for i, p in enumerate(policies)
+            if not (p.get("epsilon") or p.get("temperature") or p.get("wrong_side"))
+            and not np.any(p.get("wander", 0))
+        ]
+        if "policy" not in store or "terminated" not in store or not exact:
+            return torch.zeros(self.rows, dtype=torch.bool)
+        policy = store["policy"][:]
+        ends = starts + lengths - 1
+        reached = store["terminated"][:][ends] & (self.rtg.numpy()[starts] > 0)
+        return torch.from_numpy(np.isin(policy, exact) & np.repeat(reached, lengths))
+
+    def windows(
+        self,
+        ends: torch.Tensor,
+        k: int,
+        headroom: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> DTBatch:
+        """The ``k`` steps ending at rows ``ends`` (earlier steps of another episode masked); with
+        ``headroom``, the best play's windows ask for up to that much more return (see
+        :attr:`DTTrainConfig.rtg_headroom`)."""
         idx = ends[:, None] + torch.arange(-k + 1, 1)  # (B, k)
         mask = idx >= self.start[ends][:, None]
         idx = torch.where(mask, idx, ends[:, None])
+        rtg = self.rtg[idx]
+        if headroom > 0:
+            raise_by = torch.rand(len(ends), generator=generator) * headroom
+            rtg = rtg + torch.where(self.best[ends], raise_by, 0.0)[:, None]
         return DTBatch(
             obs=self.obs[idx],
             actions=self.actions[idx],
-            rtg=self.rtg[idx],
+            rtg=rtg,
             timesteps=self.timestep[idx],
             mask=mask,
             direction=self.direction[idx],
@@ -221,6 +258,11 @@ def train_dt(
     that many more gradient steps, as a kill would (to test resuming).
     """
     data = TrajectoryData(config.data)
+    if config.rtg_headroom > 0 and not bool(data.best.any()):
+        raise ValueError(
+            f"{config.data} holds no episode of an exact planner that reached the goal, so "
+            "rtg_headroom has no best play to raise; train without it."
+        )
     config = replace(
         config,
         data=str(Path(config.data).resolve()),
@@ -280,7 +322,8 @@ def train_dt(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             ends = torch.randint(data.rows, (config.batch_size,), generator=generator)
-            loss, accuracy = dt_loss(model, data.windows(ends, config.context))
+            batch = data.windows(ends, config.context, config.rtg_headroom, generator)
+            loss, accuracy = dt_loss(model, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
