@@ -226,6 +226,39 @@ def test_the_patching_table_is_the_studys(client, dt_run):
     assert got["fewest"]["components"] == want.fewest["components"]
 
 
+def test_a_dt_without_its_store_patches_on_the_store_it_is_given(dt_run, tmp_path):
+    """A DT whose training store is gone (as a zoo DT ships) says so in one sentence; given a
+    store (``policylens explore RUN --data STORE``) its patching table is the study's on it."""
+    from policylens.studies.dt_analysis import PatchOptions, patching
+
+    moved = tmp_path / "moved"
+    shutil.copytree(dt_run, moved)
+    config = json.loads((moved / "config.json").read_text())
+    store = config["trainer"]["data"]
+    config["trainer"]["data"] = str(tmp_path / "gone")
+    (moved / "config.json").write_text(json.dumps(config))
+    query = "/api/dt/patching?high=200&low=-200&min_gap=0&histories=16"
+    for data in (None, store):
+        explorer = Explorer(moved, data=data)
+        try:
+            client = TestClient(create_app(explorer, TOKEN, loopback_hosts(PORT)), base_url=BASE)
+            r = get(client, query)
+        finally:
+            explorer.jobs.close()
+        if data is None:
+            assert r.status_code == 400 and "is not here" in r.json()["error"], r.text
+            continue
+        assert r.status_code == 200, r.text
+        want = patching(Run(dt_run), PatchOptions(histories=16, high=200, low=-200, min_gap=0))
+        got = [row["recovered"]["mean"] for row in r.json()["rows"]]
+        assert got == pytest.approx([row["recovered"]["mean"] for row in want.rows], abs=1e-6)
+    for bad in (tmp_path / "gone", tmp_path):
+        with pytest.raises(ValueError, match="must be a trajectory store"):
+            Explorer(moved, data=bad)
+    r = runner.invoke(cli, ["explore", str(moved), "--data", str(tmp_path), "--no-browser"])
+    assert r.exit_code == 2 and "must be a trajectory store" in r.output
+
+
 @pytest.mark.parametrize("path", ["/api/dt/rollout?rtg=1", "/api/dt/attention?t=0",
                                   "/api/dt/patching?high=200&low=-200&min_gap=0"])  # fmt: skip
 def test_the_dt_routes_are_behind_the_token_host_and_origin_checks(client, path):

@@ -140,14 +140,16 @@ def serve(
     open_browser: bool = True,
     threads: int = 1,
     say: Callable[[str], Any] = print,
+    data: str | os.PathLike | None = None,
 ) -> None:
     """Serve the explorer of ``run`` on 127.0.0.1 until interrupted; prints the URL (with its
-    token) and opens it in the browser unless ``open_browser`` is False."""
+    token) and opens it in the browser unless ``open_browser`` is False. ``data``: a decision
+    transformer's trajectory store (see :class:`Explorer`)."""
     import torch
     import uvicorn
 
     torch.set_num_threads(threads)
-    explorer = Explorer(run)  # a bad run folder fails here, before the port opens
+    explorer = Explorer(run, data=data)  # a bad run folder fails here, before the port opens
     sock = free_socket(port)
     port = sock.getsockname()[1]
     token = secrets.token_urlsafe(24)

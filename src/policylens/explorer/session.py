@@ -31,6 +31,7 @@ from policylens.artifacts import atomic_path, read_json, write_json
 from policylens.errors import check_known
 from policylens.explorer.jobs import Jobs, Progress
 from policylens.explorer.worlds import cheese_vector, vector_field
+from policylens.rollout.store import is_store
 from policylens.runs import Run
 from policylens.worlds.base import Dataset, Episode
 from policylens.worlds.maze import MazeWorld
@@ -83,13 +84,25 @@ class Explorer:
     """One run folder, its agents by checkpoint, and the cached results about them."""
 
     def __init__(
-        self, run_path: str | os.PathLike, seed: int = 0, dataset_size: int = DATASET_SIZE
+        self,
+        run_path: str | os.PathLike,
+        seed: int = 0,
+        dataset_size: int = DATASET_SIZE,
+        data: str | os.PathLike | None = None,
     ) -> None:
+        """``data``: a decision transformer's trajectory store for the studies that read
+        histories (default: the one it trained on; a zoo DT ships without it)."""
         self.run = Run(run_path)
+        self.data = None if data is None else str(data)
         self.root = self.run.path.resolve()
         if not self.run.checkpoints():
             raise FileNotFoundError(f"run {self.run.path} has no checkpoints yet; train it first")
         self.world = worlds.of_run(self.run)
+        if data is not None and (self.run.config.get("kind") != "dt" or not is_store(data)):
+            raise ValueError(
+                f"--data {data} must be a trajectory store (`policylens dt collect`) and the run "
+                "a decision transformer."
+            )
         self.seed = seed
         self.dataset_size = dataset_size
         self.lock = threading.RLock()
@@ -800,12 +813,13 @@ class Explorer:
     def dt_patching(
         self, step: int, high: float, low: float, min_gap: float, histories: int
     ) -> Any:
-        """The patching study between RTG ``high`` and ``low`` on histories of the run's
-        training store (:func:`~policylens.studies.dt_analysis.patching`; a background job)."""
+        """The patching study between RTG ``high`` and ``low`` on histories of the explorer's
+        store, by default the run's training store
+        (:func:`~policylens.studies.dt_analysis.patching`; a background job)."""
         from policylens.studies.dt_analysis import PatchOptions, patching
 
-        options = PatchOptions(histories=histories, step=step, high=high, low=low,
-                               min_gap=min_gap)  # fmt: skip
+        options = PatchOptions(data=self.data, histories=histories, step=step, high=high,
+                               low=low, min_gap=min_gap)  # fmt: skip
 
         def make(progress: Progress) -> Any:
             progress(0.05, "patching each component")
