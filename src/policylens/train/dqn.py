@@ -121,31 +121,9 @@ class DQNConfig:
     """Save the resumable trainer state (buffer included) every this many metrics rows."""
 
     def __post_init__(self) -> None:
-        problems = []
-        ints = ("total_steps", "num_envs", "buffer_size", "batch_size", "n_step", "learning_starts",
-                "train_frequency", "target_update", "seed", "threads", "checkpoints", "log_every",
-                "resume_every")  # fmt: skip
-        wrong = [
-            n
-            for n in ints
-            if not isinstance(getattr(self, n), int) or isinstance(getattr(self, n), bool)
-        ]
-        floats = ("learning_rate", "gamma", "start_epsilon", "end_epsilon", "exploration_fraction",
-                  "tau", "huber_delta", "reward_scale", "max_grad_norm")  # fmt: skip
-        if wrong or any(
-            not isinstance(getattr(self, n), int | float)
-            or isinstance(getattr(self, n), bool)
-            or not math.isfinite(getattr(self, n))
-            for n in floats
-        ):
-            bad = [f"{n} must be an integer, got {getattr(self, n)!r}" for n in wrong] + [
-                f"{n} must be a finite number, got {getattr(self, n)!r}"
-                for n in floats
-                if not isinstance(getattr(self, n), int | float)
-                or isinstance(getattr(self, n), bool)
-                or not math.isfinite(getattr(self, n))
-            ]
-            raise ValueError("Invalid DQN config: " + "; ".join(bad) + ".")
+        problems = limits.type_problems(self)
+        if problems:
+            raise ValueError("Invalid DQN config: " + "; ".join(problems) + ".")
         problems += limits.bound_problems(self, {
             "total_steps": limits.MAX_STEPS, "num_envs": limits.MAX_ENVS,
             "buffer_size": limits.MAX_BUFFER, "batch_size": limits.MAX_BATCH,

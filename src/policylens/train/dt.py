@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -88,17 +88,7 @@ class DTTrainConfig:
     """Save the resumable state every this many metrics rows (and at least every 2 minutes)."""
 
     def __post_init__(self) -> None:
-        problems = []
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.type == "int" and (isinstance(value, bool) or not isinstance(value, int)):
-                problems.append(f"{f.name} must be an integer, got {value!r}")
-            if f.type == "float" and (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not math.isfinite(value)
-            ):
-                problems.append(f"{f.name} must be a finite number, got {value!r}")
+        problems = limits.type_problems(self)
         if problems:
             raise ValueError("Invalid DT config: " + "; ".join(problems) + ".")
         for name in ("total_steps", "batch_size", "threads", "log_every", "resume_every"):

@@ -10,6 +10,7 @@ records the steps actually trained, and the commands say so.
 from __future__ import annotations
 
 import math
+from dataclasses import fields
 from typing import Any
 
 MAX_STEPS = 10_000_000_000
@@ -26,6 +27,20 @@ MAX_EPOCHS = 1000
 """The most passes over a rollout, minibatches per pass, or steps summed (n-step)."""
 MAX_CHECKPOINTS = 100_000
 """The most checkpoints a run saves."""
+
+
+def type_problems(config: Any) -> list[str]:
+    """Sentences for a config dataclass's ``int`` fields holding no integer (a bool is none) and
+    its ``float`` fields holding no finite number: every trainer checks types here, first."""
+    problems = []
+    for f in fields(config):
+        value = getattr(config, f.name)
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if f.type == "int" and not (number and isinstance(value, int)):
+            problems.append(f"{f.name} must be an integer, got {value!r}")
+        if f.type == "float" and not (number and math.isfinite(value)):
+            problems.append(f"{f.name} must be a finite number, got {value!r}")
+    return problems
 
 
 def bound_problems(config: Any, bounds: dict[str, int]) -> list[str]:

@@ -103,29 +103,7 @@ class PPOConfig:
     a resumed run takes its weights from resume.pt instead."""
 
     def __post_init__(self) -> None:
-        problems = []
-        ints = ("total_steps", "num_envs", "num_steps", "update_epochs", "num_minibatches",
-                "seed", "threads", "checkpoints", "resume_every")  # fmt: skip
-        wrong = [
-            n
-            for n in ints
-            if not isinstance(getattr(self, n), int) or isinstance(getattr(self, n), bool)
-        ]
-        if wrong:
-            raise ValueError(
-                "Invalid PPO config: "
-                + "; ".join(f"{n} must be an integer, got {getattr(self, n)!r}" for n in wrong)
-                + "."
-            )
-        for name in ("learning_rate", "gamma", "gae_lambda", "clip_coef", "ent_coef", "vf_coef",
-                     "max_grad_norm"):  # fmt: skip
-            value = getattr(self, name)
-            if (
-                not isinstance(value, int | float)
-                or isinstance(value, bool)
-                or not math.isfinite(value)
-            ):
-                problems.append(f"{name} must be a finite number, got {value!r}")
+        problems = limits.type_problems(self)
         if problems:
             raise ValueError("Invalid PPO config: " + "; ".join(problems) + ".")
         problems += limits.bound_problems(self, {
