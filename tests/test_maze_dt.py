@@ -186,3 +186,35 @@ def test_maze_gm_ppo_temperature_controls_and_table(tiny_dt, monkeypatch):
     assert "ppo_T4" in table.output and "dt_high - ppo" in table.output
     bad = runner.invoke(app, [*args[:-1], "0"])
     assert bad.exit_code == 2 and "ppo_temperature" in bad.output
+
+
+def test_a_maze_dt_ships_in_the_zoo_with_its_own_headline(tiny_dt, tmp_path, monkeypatch):
+    """A maze DT's zoo headline is its success at the data's best RTG on the trained
+    distribution and with the cheese anywhere: the same count as its episodes played by hand
+    (a maze episode ends early only at the cheese)."""
+    from policylens import load_decision_transformer
+    from policylens.agents import pretrained
+    from policylens.studies.zoo import ExportOptions, export
+    from policylens.train.dt import load_run_dt
+
+    _, run = tiny_dt
+    monkeypatch.setattr(pretrained, "ZOO", tmp_path / "zoo")
+    options = ExportOptions(name="tiny-maze-dt", command="policylens train dt ...",
+                            description="A tiny maze DT.", headline={"episodes": 5})  # fmt: skip
+    entry = export(run, tmp_path / "zoo" / "tiny-maze-dt", options)
+    metrics = entry.results["metrics"]
+    assert list(metrics) == ["success_trained", "success_cheese_anywhere",
+                             "corner_first_cheese_anywhere"]  # fmt: skip
+    trained = MazeConfig.from_kwargs(run.config["trainer"]["env_kwargs"])
+    played = play_mazes(dt_actor(load_run_dt(run)), maze_states(trained, 5, 50_000), trained,
+                        50_000, target_rtg=10.0)  # fmt: skip
+    assert metrics["success_trained"]["n"] == 5
+    assert metrics["success_trained"]["rate"] == pytest.approx(
+        np.mean([t.terminated for t in played])
+    )
+    model = load_decision_transformer("zoo:tiny-maze-dt")
+    for p, q in zip(load_run_dt(run).parameters(), model.parameters(), strict=True):
+        assert torch.equal(p, q)
+    for command in ("eval", "calibrate"):  # they play MiniGrid DTs
+        r = runner.invoke(app, ["dt", command, "zoo:tiny-maze-dt", "--episodes", "1"])
+        assert r.exit_code == 2 and "play it with `policylens dt maze-gm`" in r.output

@@ -23,6 +23,7 @@ from policylens.rollout import stats
 from policylens.rollout.dt import DTEpisode, PlayOptions, play_dt
 from policylens.runs import Run
 from policylens.train.dt import load_run_dt
+from policylens.worlds.maze import ENV_ID as MAZE_ENV_ID
 
 DEFAULT_TARGETS = tuple(float(round(x, 2)) for x in np.linspace(-1.0, 1.0, 21))
 """The calibration's target RTGs: -1 to 1 in steps of 0.1 (the worlds' reward range)."""
@@ -32,6 +33,15 @@ def _checked(run: Run) -> None:
     if run.config.get("kind") != "dt":
         raise ValueError(
             f"{run.path} is not a decision-transformer run; train one with `policylens train dt`."
+        )
+
+
+def _playable(run: Run) -> None:
+    """Refuse a maze DT in one sentence: :func:`play_dt` plays the MiniGrid worlds."""
+    _checked(run)
+    if run.config.get("trainer", {}).get("env_id") == MAZE_ENV_ID:
+        raise ValueError(
+            f"{run.path} is a maze decision transformer; play it with `policylens dt maze-gm`."
         )
 
 
@@ -86,7 +96,7 @@ def _summary(episodes: Sequence[DTEpisode]) -> dict[str, Any]:
 def evaluate_dt_run(run: Run, options: EvalOptions | None = None) -> EvalResult:
     """Play the run's DT ``options.episodes`` times at ``options.target_rtg``."""
     options = options or EvalOptions()
-    _checked(run)
+    _playable(run)
     step, _ = run.checkpoint(options.step)
     model = load_run_dt(run, step)
     trainer = run.config["trainer"]
@@ -141,7 +151,7 @@ class CalibrationResult:
 def calibrate_dt_run(run: Run, options: CalibrationOptions | None = None) -> CalibrationResult:
     """Play the run's DT at every target RTG and measure how the return follows the target."""
     options = options or CalibrationOptions()
-    _checked(run)
+    _playable(run)
     step, _ = run.checkpoint(options.step)
     model = load_run_dt(run, step)
     trainer = run.config["trainer"]

@@ -470,6 +470,31 @@ def store_max_rtg(run: Run) -> float:
         store.close()
 
 
+def headline_results(
+    run: Run, episodes: int = 200, target_rtg: float = 10.0, seed: int = 50_000
+) -> dict[str, dict[str, Any]]:
+    """A maze DT's headline figures (a zoo entry's ``results.json``): the success rate of its
+    sampled play at ``target_rtg`` (the data's best return, 10) on ``episodes`` mazes of its
+    training distribution and on as many with the cheese anywhere, and there how often it reaches
+    the top-right corner first (cheese not in the corner), with 95% intervals."""
+    if run.config.get("trainer", {}).get("env_id") != MAZE_ID:
+        raise ValueError(f"{run.path} was not trained on maze trajectories.")
+    actor = dt_actor(load_run_dt(run))
+    trained = dict(run.config["trainer"]["env_kwargs"])
+    out: dict[str, dict[str, Any]] = {}
+    for name, kwargs in (
+        ("trained", trained),
+        ("cheese_anywhere", {**trained, "cheese_region": None}),
+    ):
+        config = MazeConfig.from_kwargs(kwargs)
+        states = maze_states(config, episodes, seed)
+        played = play_mazes(actor, states, config, seed, target_rtg=target_rtg)
+        result = figures([t.episode() for t in played])
+        out[f"success_{name}"] = result["success"]
+    out["corner_first_cheese_anywhere"] = result["corner_first"]
+    return out
+
+
 def measure_maze_gm(dt_runs: Sequence[Run], options: MazeGMOptions | None = None) -> MazeGMResult:
     """Play the PPO agent ``options.ppo`` and each DT of ``dt_runs`` (at a high and a low RTG) on
     the same ``options.episodes`` mazes per run with the cheese anywhere; see the module doc."""

@@ -33,6 +33,7 @@ from policylens.agents.pretrained import (
 )
 from policylens.runs import Run
 from policylens.sweeps.spec import import_function
+from policylens.worlds.maze import ENV_ID as MAZE_ENV_ID
 
 MAX_ENTRY_BYTES = 5 * 1024 * 1024
 """A zoo agent's files together stay within 5 MB (the zoo within 40 MB): small enough to ship."""
@@ -111,14 +112,17 @@ def cpu_name() -> str:
 
 
 DT_HEADLINE = "policylens.studies.dt:headline_results"
-"""A decision transformer's headline evaluation, whatever its world: play at a target RTG."""
+"""A MiniGrid decision transformer's headline evaluation: play at a target RTG."""
+MAZE_DT_HEADLINE = "policylens.studies.maze_dt:headline_results"
+"""A maze decision transformer's: success at the data's best RTG, trained and cheese anywhere."""
 
 
 def headline_of(run: Run) -> str:
     """``module:function`` measuring the run's headline figures: its world's
     (``World.headline``) for an agent, the DT evaluation for a decision transformer."""
     if run.config.get("kind") == "dt":
-        return DT_HEADLINE
+        maze = run.config.get("trainer", {}).get("env_id") == MAZE_ENV_ID
+        return MAZE_DT_HEADLINE if maze else DT_HEADLINE
     world = worlds.of_run(run)
     if world.headline is None:
         raise ValueError(f"the {world.name} world has no headline evaluation to measure.")
