@@ -218,3 +218,15 @@ def test_a_maze_dt_ships_in_the_zoo_with_its_own_headline(tiny_dt, tmp_path, mon
     for command in ("eval", "calibrate"):  # they play MiniGrid DTs
         r = runner.invoke(app, ["dt", command, "zoo:tiny-maze-dt", "--episodes", "1"])
         assert r.exit_code == 2 and "play it with `policylens dt maze-gm`" in r.output
+
+
+def test_the_explorer_refuses_to_play_a_maze_dt_in_one_sentence(tiny_dt):
+    from policylens.explorer import Explorer
+
+    _, run = tiny_dt
+    explorer = Explorer(run.path)
+    try:
+        with pytest.raises(ValueError, match="play it with `policylens dt maze-gm`"):
+            explorer.dt_rollout(explorer.step(None), 0, 10.0, False)
+    finally:
+        explorer.jobs.close()

@@ -788,7 +788,9 @@ class Explorer:
         step by step (:func:`~policylens.explorer.dt.play_recorded`: the episode
         ``play_dt`` plays with the same seed and target)."""
         from policylens.explorer.dt import play_recorded
+        from policylens.studies.dt import check_playable
 
+        check_playable(self.run)
         if not math.isfinite(rtg):
             raise ValueError(f"rtg must be finite, got {rtg}")
         model = self.dt_model(step)

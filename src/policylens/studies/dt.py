@@ -36,7 +36,7 @@ def _checked(run: Run) -> None:
         )
 
 
-def _playable(run: Run) -> None:
+def check_playable(run: Run) -> None:
     """Refuse a maze DT in one sentence: :func:`play_dt` plays the MiniGrid worlds."""
     _checked(run)
     if run.config.get("trainer", {}).get("env_id") == MAZE_ENV_ID:
@@ -96,7 +96,7 @@ def _summary(episodes: Sequence[DTEpisode]) -> dict[str, Any]:
 def evaluate_dt_run(run: Run, options: EvalOptions | None = None) -> EvalResult:
     """Play the run's DT ``options.episodes`` times at ``options.target_rtg``."""
     options = options or EvalOptions()
-    _playable(run)
+    check_playable(run)
     step, _ = run.checkpoint(options.step)
     model = load_run_dt(run, step)
     trainer = run.config["trainer"]
@@ -151,7 +151,7 @@ class CalibrationResult:
 def calibrate_dt_run(run: Run, options: CalibrationOptions | None = None) -> CalibrationResult:
     """Play the run's DT at every target RTG and measure how the return follows the target."""
     options = options or CalibrationOptions()
-    _playable(run)
+    check_playable(run)
     step, _ = run.checkpoint(options.step)
     model = load_run_dt(run, step)
     trainer = run.config["trainer"]
