@@ -481,18 +481,20 @@ def headline_results(
         raise ValueError(f"{run.path} was not trained on maze trajectories.")
     actor = dt_actor(load_run_dt(run))
     trained = dict(run.config["trainer"]["env_kwargs"])
-    out: dict[str, dict[str, Any]] = {}
+    played = {}
     for name, kwargs in (
         ("trained", trained),
         ("cheese_anywhere", {**trained, "cheese_region": None}),
     ):
         config = MazeConfig.from_kwargs(kwargs)
-        states = maze_states(config, episodes, seed)
-        played = play_mazes(actor, states, config, seed, target_rtg=target_rtg)
-        result = figures([t.episode() for t in played])
-        out[f"success_{name}"] = result["success"]
-    out["corner_first_cheese_anywhere"] = result["corner_first"]
-    return out
+        traces = play_mazes(actor, maze_states(config, episodes, seed), config, seed,
+                            target_rtg=target_rtg)  # fmt: skip
+        played[name] = figures([t.episode() for t in traces])
+    return {
+        "success_trained": played["trained"]["success"],
+        "success_cheese_anywhere": played["cheese_anywhere"]["success"],
+        "corner_first_cheese_anywhere": played["cheese_anywhere"]["corner_first"],
+    }
 
 
 def measure_maze_gm(dt_runs: Sequence[Run], options: MazeGMOptions | None = None) -> MazeGMResult:
