@@ -470,6 +470,14 @@ def store_max_rtg(run: Run) -> float:
         store.close()
 
 
+def check_maze_dt(run: Run) -> None:
+    """Refuse in one sentence a run that is not a decision transformer of maze trajectories."""
+    if run.config.get("kind") != "dt":
+        raise ValueError(f"{run.path} is not a decision-transformer run.")
+    if run.config.get("trainer", {}).get("env_id") != MAZE_ID:
+        raise ValueError(f"{run.path} was not trained on maze trajectories.")
+
+
 def headline_results(
     run: Run, episodes: int = 200, target_rtg: float = 10.0, seed: int = 50_000
 ) -> dict[str, dict[str, Any]]:
@@ -477,8 +485,7 @@ def headline_results(
     sampled play at ``target_rtg`` (the data's best return, 10) on ``episodes`` mazes of its
     training distribution and on as many with the cheese anywhere, and there how often it reaches
     the top-right corner first (cheese not in the corner), with 95% intervals."""
-    if run.config.get("trainer", {}).get("env_id") != MAZE_ID:
-        raise ValueError(f"{run.path} was not trained on maze trajectories.")
+    check_maze_dt(run)
     actor = dt_actor(load_run_dt(run))
     trained = dict(run.config["trainer"]["env_kwargs"])
     played = {}
@@ -504,10 +511,7 @@ def measure_maze_gm(dt_runs: Sequence[Run], options: MazeGMOptions | None = None
     if not dt_runs:
         raise ValueError("Name at least one decision-transformer run.")
     for run in dt_runs:
-        if run.config.get("kind") != "dt":
-            raise ValueError(f"{run.path} is not a decision-transformer run.")
-        if run.config.get("trainer", {}).get("env_id") != MAZE_ID:
-            raise ValueError(f"{run.path} was not trained on maze trajectories.")
+        check_maze_dt(run)
     ppo_run = Run(options.ppo)
     world = run_world(ppo_run)
     if world["env_id"] != MAZE_ID:
