@@ -248,6 +248,23 @@ def test_the_memory_tasks_instruction_pca_and_flip_test(tmp_path):
     s = np.linalg.svd(centred, compute_uv=False) ** 2
     assert r["cells"] == len(cells)
     np.testing.assert_allclose(r["token_explained"], (s / s.sum())[:5], atol=1e-5)
+    # Bloom et al.'s construct, as their app computes it (sklearn's StandardScaler over each
+    # unit-length column's entries, then sklearn's PCA over the columns)
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    seen = [int((np.all(xy[view] == c, axis=1)).sum()) for c in cells.tolist()]
+    top_cells = [cells[i].tolist() for i in sorted(range(len(cells)), key=lambda i: -seen[i])[:2]]
+    assert r["anchor_cells"] == top_cells
+    weight = model.state_embed.weight.detach().double().numpy()
+    offsets = model._channel_offsets  # the column of a one-hot key (ball) at a cell: offset + 5 (6)
+    cols = np.stack([weight[:, offsets[x, y, 0] + obj] for x, y in top_cells
+                     for obj in (A.KEY, A.BALL)])  # fmt: skip
+    cols = cols / np.linalg.norm(cols, axis=1, keepdims=True)
+    ratio = PCA().fit(StandardScaler().fit_transform(cols.T).T).explained_variance_ratio_
+    np.testing.assert_allclose(r["anchor_explained"][:3], ratio[:3], atol=1e-6)
+    assert r["anchor_top2"] == pytest.approx(ratio[:2].sum(), abs=1e-6)
+    assert 2 / 3 <= r["anchor_null"]["median"] <= r["anchor_null"]["p95"] < 1  # 3 axes, 4 points
     for key in ("flipped_token", "flipped_token_control"):
         assert r[key]["n"] == r["decisions"] and 0 <= r[key]["rate"] <= 1
     assert r["decisions"] >= 1 and r["accuracy"]["n"] == r["decisions"]

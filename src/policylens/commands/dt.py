@@ -389,7 +389,10 @@ def instruction_cmd(
         f"{r.top2:.1%} ({', '.join(f'{x:.1%}' for x in r.explained)}); a threshold separates "
         f"them {r.separation['pc1']:.1%} on PC1, {r.separation['instruction_direction']:.1%} "
         f"along the key-to-ball direction; the instruction's own embeddings (a key or a ball "
-        f"at each of {r.cells} view cells): top 2 PCs {r.token_top2:.1%}"
+        f"at each of {r.cells} view cells): top 2 PCs {r.token_top2:.1%}; Bloom et al.'s "
+        f"construct (key and ball columns at the 2 cells seen most, {r.anchor_cells}): top 2 "
+        f"PCs {r.anchor_top2:.1%} (random vectors: median {r.anchor_null['median']:.1%}, 95th "
+        f"percentile {r.anchor_null['p95']:.1%})"
     )
 
     def p(x: dict) -> str:

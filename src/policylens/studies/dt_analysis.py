@@ -681,6 +681,16 @@ class InstructionResult:
     the state embedding over an empty square (2 x ``cells`` vectors), their variance on the top
     5 axes (Bloom et al.'s MemoryDT: about 85% on the top 2)."""
     token_top2: float
+    anchor_cells: list[list[int]]
+    """The two view cells the instruction is seen at most often in the frames."""
+    anchor_explained: list[float]
+    """Bloom et al.'s own construct (their app's embedding PCA): the state embedding's key and
+    ball columns at those two cells, each scaled to unit length and standardized over its
+    entries, their variance on each principal axis (4 vectors: 3 axes)."""
+    anchor_top2: float
+    anchor_null: dict[str, float]
+    """The same share for 4 random Gaussian vectors of ``d_model`` entries (1,000 draws): its
+    median and 95th percentile, the figure a trained embedding must beat."""
     separation: dict[str, Any]
     """Along PC1 and along the key-to-ball direction: the share of frames a threshold at the
     midpoint of the two class means classifies right."""
@@ -747,6 +757,32 @@ def _instruction_token_pca(model: Any, cells: np.ndarray) -> list[float]:
     return (s / s.sum()).tolist()
 
 
+def _standardized_shares(vectors: Tensor) -> Tensor:
+    """Variance shares of ``vectors`` (``(..., n, d)``, rows) on each of their principal axes,
+    each row first scaled to unit length and standardized over its entries (as Bloom et al.'s
+    app does before its PCA)."""
+    v = vectors.double()
+    v = v / v.norm(dim=-1, keepdim=True)
+    v = (v - v.mean(-1, keepdim=True)) / v.std(-1, unbiased=False, keepdim=True)
+    s = torch.linalg.svdvals(v - v.mean(-2, keepdim=True)).pow(2)
+    return s / s.sum(-1, keepdim=True)
+
+
+def _anchor_pca(model: Any, cells: np.ndarray, seed: int) -> tuple[list[float], dict]:
+    """Bloom et al.'s instruction PCA on ``cells`` (view cells): the variance shares of the key
+    and ball embedding columns there, and the top-2 share's null over random vectors (see
+    :class:`InstructionResult`)."""
+    offsets = model._channel_offsets
+    weight = model.state_embed.weight.detach()
+    columns = [int(offsets[x, y, 0]) + obj for x, y in cells.tolist() for obj in (KEY, BALL)]
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(1000, len(columns), weight.shape[0], generator=g)
+    null = _standardized_shares(noise)[:, :2].sum(-1).numpy()
+    return _standardized_shares(weight[:, columns].T).tolist(), {
+        "median": float(np.median(null)), "p95": float(np.percentile(null, 95))
+    }
+
+
 def _memory_labels(path: str) -> dict[str, np.ndarray]:
     from policylens.rollout.store import Store
 
@@ -780,11 +816,13 @@ def instruction_pca(run: Run, options: InstructionOptions | None = None) -> Inst
         return data, labels, *_in_view(data, labels["agent_pos"], square)
 
     data, labels, view, xy = frames_of(path)
-    cells = np.unique(xy[view], axis=0)
-    token_explained = _instruction_token_pca(model, cells)
     rows = np.flatnonzero(view)
     if len(rows) < 2:
         raise ValueError(f"{path} holds fewer than 2 frames with the instruction in view.")
+    cells, seen_at = np.unique(xy[view], axis=0, return_counts=True)
+    token_explained = _instruction_token_pca(model, cells)
+    anchor_cells = cells[np.argsort(-seen_at, kind="stable")[:2]]
+    anchor_explained, anchor_null = _anchor_pca(model, anchor_cells, options.seed)
     rows = np.sort(rng.choice(rows, min(options.frames, len(rows)), replace=False))
     with torch.no_grad():
         emb = model.embed_state(data.obs[torch.from_numpy(rows)]).double()
@@ -859,7 +897,8 @@ def instruction_pca(run: Run, options: InstructionOptions | None = None) -> Inst
         str(run.path), step, path, held,
         {"key": int((ins == 0).sum()), "ball": int((ins == 1).sum())},
         explained[:5], float(sum(explained[:2])), len(cells), token_explained[:5],
-        float(sum(token_explained[:2])), sep, len(keep),
+        float(sum(token_explained[:2])), anchor_cells.tolist(), anchor_explained,
+        float(sum(anchor_explained[:2])), anchor_null, sep, len(keep),
         stats.proportion((before == correct).numpy()),
         stats.proportion((after != before).numpy()),
         stats.proportion((ctrl != before).numpy()),
