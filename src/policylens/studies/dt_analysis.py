@@ -779,7 +779,8 @@ def _anchor_pca(model: Any, cells: np.ndarray, seed: int) -> tuple[list[float], 
     noise = torch.randn(1000, len(columns), weight.shape[0], generator=g)
     null = _standardized_shares(noise)[:, :2].sum(-1).numpy()
     return _standardized_shares(weight[:, columns].T).tolist(), {
-        "median": float(np.median(null)), "p95": float(np.percentile(null, 95))
+        "median": float(np.median(null)),
+        "p95": float(np.percentile(null, 95)),
     }
 
 
