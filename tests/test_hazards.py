@@ -269,6 +269,32 @@ def test_enemies_face_their_direction_in_every_observation() -> None:
     assert np.array_equal(flat[0], flat[1]) and not np.array_equal(flat[0], rgb[0])
 
 
+def test_salient_saws_are_a_dark_disc_with_a_light_hub_and_change_nothing_else() -> None:
+    tiles = flat_level()
+    tiles[GROUND - 1, 6] = SAW  # 3 tiles right of the agent: view tile (6, 9), pixels 24-27 x 36-39
+    grey, dark = (env_at(state(tiles), obs_mode="rgb", salient_saws=on) for on in (False, True))
+    a, b = grey._batch.obs[0], dark._batch.obs[0]
+    tile = b[24:28, 36:40]
+    ring = np.ones((4, 4), bool)
+    ring[[0, 0, 3, 3], [0, 3, 0, 3]] = False  # the disc of radius 0.4 leaves the 4 corners
+    hub = np.zeros((4, 4), bool)
+    hub[1:3, 1:3] = True
+    assert (tile[hub] == (235, 235, 245)).all() and (tile[ring & ~hub] == (60, 60, 72)).all()
+    assert (tile[~ring] == (170, 210, 245)).all()  # sky
+    assert (a[24:28, 36:40][ring] == (150, 150, 165)).all()  # the grey disc, no hub at 4 px
+    changed = np.zeros(a.shape[:2], bool)
+    changed[24:28, 36:40] = ring
+    assert np.array_equal((a != b).any(-1), changed)  # the saw's pixels and nothing else
+    for key in ("mask_saw", "top_kind", "top_object"):
+        assert np.array_equal(grey._info()[key], dark._info()[key])
+    from policylens.worlds.hazards import HazardsRecipe
+
+    assert HazardsRecipe(obs_mode="rgb", salient_saws=True).config().env_kwargs["salient_saws"]
+    assert "salient_saws" not in HazardsRecipe(obs_mode="rgb").config().env_kwargs
+    with pytest.raises(ValueError, match="pixel obs_mode"):
+        HazardsRecipe(salient_saws=True)
+
+
 @pytest.mark.parametrize(
     ("options", "shape"),
     [

@@ -52,6 +52,12 @@ def train_hazards_cmd(
     first_stride: int = typer.Option(
         2, min=1, max=4, help="Stride of clear_cnn's first 7x7 conv (2 quarters the cost above it)."
     ),
+    salient_saws: bool = typer.Option(
+        False,
+        "--salient-saws",
+        help="Pixel agents: draw saws dark with a light hub, not light grey (the grey one went "
+        "unseen; BENCHMARKS.md).",
+    ),
     learning_rate: float = typer.Option(
         1e-3, min=1e-7, max=1.0, help="Adam learning rate (the pixel run uses 5e-4)."
     ),
@@ -99,6 +105,7 @@ def train_hazards_cmd(
         obs_mode=obs_mode,
         tile_px=tile_px,
         first_stride=first_stride,
+        salient_saws=salient_saws,
         learning_rate=learning_rate,
         threads=threads,
         init_weights=None if init_weights is None else str(init_weights),

@@ -119,6 +119,8 @@ GRASS, LAVA_TOP_RGB, CRATE_EDGE, SAW_HUB, EYE = (
     (255, 255, 255),
 )
 GROUND_TOP, LAVA_SURFACE = 9, 10  # render-only codes: the exposed top of ground and of lava
+SALIENT_SAW, SALIENT_SAW_HUB = (60, 60, 72), (235, 235, 245)
+"""``salient_saws``: a dark steel disc with a light hub, in place of the light grey one."""
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,10 @@ class HazardsConfig:
     """Leave enemies out of the observation (they still kill, and are still labelled)."""
     monochrome: bool = False
     """RGB: draw every object as a flat square of its kind's colour (procgen's monochrome assets)."""
+    salient_saws: bool = False
+    """RGB: draw saws dark with a light hub (:data:`SALIENT_SAW`), not light grey against the
+    light sky: a pixel agent trained on the grey saw never came to use its sight of them, on
+    this one it did (BENCHMARKS.md, issue 28). Labels and masks are unchanged."""
     masks: bool = True
     """Put per-kind masks and the top-most kind/object maps in info every step (off: faster)."""
     render_mode: str | None = None
@@ -477,7 +483,9 @@ def _disc(p: int, radius: float) -> np.ndarray:
 
 
 @functools.cache
-def _tile_sprites(p: int, monochrome: bool) -> tuple[np.ndarray, np.ndarray]:
+def _tile_sprites(
+    p: int, monochrome: bool, salient_saws: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Per render code (kinds plus GROUND_TOP, LAVA_SURFACE): RGB tiles (codes, p, p, 3) and the
     kind each pixel shows (codes, p, p)."""
     rgb = np.zeros((11, p, p, 3), dtype=np.uint8)
@@ -499,6 +507,10 @@ def _tile_sprites(p: int, monochrome: bool) -> tuple[np.ndarray, np.ndarray]:
             rgb[CRATE, [0, -1], :] = CRATE_EDGE
             rgb[CRATE, :, [0, -1]] = CRATE_EDGE
         rgb[SAW][_disc(p, 0.12) & (p >= 5)] = SAW_HUB
+    if salient_saws:
+        rgb[SAW][kind[SAW] == SAW] = SALIENT_SAW
+        if not monochrome:
+            rgb[SAW][_disc(p, 0.2)] = SALIENT_SAW_HUB
     return rgb, kind
 
 
@@ -856,7 +868,7 @@ class HazardsBatch(LevelBatch):
         drawn = codes.copy()
         if cfg.invisible_saws:
             drawn[drawn == SAW] = EMPTY
-        rgb, kinds = _tile_sprites(p, cfg.monochrome)
+        rgb, kinds = _tile_sprites(p, cfg.monochrome, cfg.salient_saws)
         self.canvas[i] = _tiled(rgb, drawn)
         if cfg.masks:
             self.kind_canvas[i] = _tiled(kinds, codes)

@@ -69,7 +69,8 @@ class HazardsRecipe:
     seeing a saw decides the outcome). ``obs_mode="rgb"`` (13 x 13 tiles at ``tile_px`` pixels,
     52 x 52 at 4) or ``"rgb64"`` trains the pixel agent of Understanding RL Vision: ``clear_cnn``
     (``channels`` in its first layer, twice that above; ``first_stride`` in its first conv) in
-    place of the one-conv net. ``learning_rate``, ``threads`` and ``init_weights`` (a
+    place of the one-conv net; ``salient_saws`` draws their saws dark with a light hub (see
+    :class:`HazardsConfig`). ``learning_rate``, ``threads`` and ``init_weights`` (a
     ``.safetensors`` file to start from, to continue a long training) go to :class:`PPOConfig`.
     """
 
@@ -88,6 +89,7 @@ class HazardsRecipe:
     obs_mode: str = "symbolic"
     tile_px: int = 4
     first_stride: int = 2
+    salient_saws: bool = False
     learning_rate: float = 1e-3
     threads: int = 0
     init_weights: str | None = None
@@ -104,6 +106,10 @@ class HazardsRecipe:
         pixels = self.obs_mode != "symbolic"
         if pixels and self.res_blocks:
             raise ValueError("res_blocks applies to the symbolic agent only; clear_cnn has none.")
+        if self.salient_saws and not pixels:
+            raise ValueError(
+                "salient_saws changes how saws are drawn: it needs a pixel obs_mode (rgb or rgb64)."
+            )
         env_kwargs: dict = {
             "num_levels": self.num_levels,
             "start_level": self.start_level,
@@ -119,6 +125,8 @@ class HazardsRecipe:
             env_kwargs["obs_mode"] = self.obs_mode
         if self.obs_mode == "rgb":
             env_kwargs["tile_px"] = self.tile_px
+        if self.salient_saws:
+            env_kwargs["salient_saws"] = True
         HazardsConfig.from_kwargs(env_kwargs)  # fail early, with the world's own message
         arch_kwargs: dict = (
             {"channels": self.channels, "first_stride": self.first_stride, "hidden": 256}
