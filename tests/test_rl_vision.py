@@ -390,6 +390,16 @@ def test_study_commands_end_to_end(tiny_hazard_run, tmp_path):
     assert torch.einsum("ocr,c->or", w, v).abs().max() < 1e-4  # the direction is gone
     r = cli.invoke(app, ["edit", run, "--feature", "saw", "--out", str(edited)])
     assert r.exit_code == 2 and "already holds a run" in r.output
+    # another writer holds the run's analysis folder (where the tables go): refused, nothing
+    # written, so the same command works once that writer is done
+    from policylens.artifacts import FolderLock
+
+    waiting = tmp_path / "waiting"
+    with FolderLock(tiny_hazard_run.analysis_dir, "analysis folder"):
+        r = cli.invoke(app, ["edit", run, "--feature", "saw", "--out", str(waiting), "--levels",
+                             "3", "--random", "0", "--n-obs", "16", "--nmf", "3"])  # fmt: skip
+    assert r.exit_code == 2 and "being written by another process" in r.output
+    assert not waiting.exists()
     by_mask = ok("edit", run, "--feature", "wall", "--direction", "object", "--n-obs", "16",
                  "--out", str(tmp_path / "no-wall"))  # fmt: skip
     assert by_mask["edit"]["direction_from"] == "object" and len(by_mask["edit"]["direction"]) == 16

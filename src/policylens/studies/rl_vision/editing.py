@@ -11,6 +11,7 @@ depends only on the direction, so random directions are of equal norm by constru
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -454,6 +455,20 @@ def run_edit(
     out = check_writable(options.out, "out run folder")
     if (out / "config.json").exists():
         raise ValueError(f"out {out} already holds a run; pick a new folder.")
+    with contextlib.ExitStack() as held:
+        if options.levels:  # the tables are kept there: refused before anything is written
+            held.enter_context(FolderLock(run.analysis_dir, "analysis folder"))
+        return _edit(run, options, env_kwargs, out, log)
+
+
+def _edit(
+    run: Run,
+    options: EditOptions,
+    env_kwargs: dict[str, Any],
+    out: Path,
+    log: Callable[[str], None] | None,
+) -> EditResult:
+    """:func:`run_edit`'s work, the run's analysis folder held when there are tables to keep."""
     fo = options.features
     agent = run.load_agent(fo.step)
     layer = fo.layer or studied_layer(agent)
@@ -481,8 +496,7 @@ def run_edit(
         options.levels, options.random_controls, seed=10_000 + fo.seed,
         cache=run.analysis_dir / "failure_tables",
     )  # fmt: skip
-    with FolderLock(run.analysis_dir, "analysis folder"):  # the tables are kept there
-        exp = edit_experiment(agent, layer, {name: v}, env_kwargs, tables, log)
+    exp = edit_experiment(agent, layer, {name: v}, env_kwargs, tables, log)
     verdict = edit_verdict(exp, name) if name in FAILURE_CAUSES else None
     exp = dataclasses.replace(exp, verdict=verdict, edit=record)
     write_json(edited.analysis_dir / "edit_experiment.json", exp.to_json())
