@@ -749,23 +749,27 @@ def instruction_tokens(model: Any, cells: np.ndarray) -> Tensor:
     )
 
 
+def _variance_shares(vectors: Tensor) -> Tensor:
+    """Variance shares of ``vectors`` (``(..., n, d)``, rows) on each of their principal axes."""
+    s = torch.linalg.svdvals(vectors - vectors.mean(-2, keepdim=True)).pow(2)
+    return s / s.sum(-1, keepdim=True)
+
+
 def _instruction_token_pca(model: Any, cells: np.ndarray) -> list[float]:
     """Variance shares of the principal axes of the instruction's token embeddings
     (:func:`instruction_tokens` at every cell in ``cells``)."""
     vectors = instruction_tokens(model, cells).reshape(-1, model.cfg.d_model).double()
-    s = torch.linalg.svdvals(vectors - vectors.mean(0)).pow(2)
-    return (s / s.sum()).tolist()
+    return _variance_shares(vectors).tolist()
 
 
 def _standardized_shares(vectors: Tensor) -> Tensor:
-    """Variance shares of ``vectors`` (``(..., n, d)``, rows) on each of their principal axes,
-    each row first scaled to unit length and standardized over its entries (as Bloom et al.'s
-    app does before its PCA)."""
+    """:func:`_variance_shares` with each row first scaled to unit length and standardized over
+    its entries (as Bloom et al.'s app does before its PCA)."""
     v = vectors.double()
     v = v / v.norm(dim=-1, keepdim=True)
-    v = (v - v.mean(-1, keepdim=True)) / v.std(-1, unbiased=False, keepdim=True)
-    s = torch.linalg.svdvals(v - v.mean(-2, keepdim=True)).pow(2)
-    return s / s.sum(-1, keepdim=True)
+    return _variance_shares(
+        (v - v.mean(-1, keepdim=True)) / v.std(-1, unbiased=False, keepdim=True)
+    )
 
 
 def _anchor_pca(model: Any, cells: np.ndarray, seed: int) -> tuple[list[float], dict]:
@@ -828,10 +832,8 @@ def instruction_pca(run: Run, options: InstructionOptions | None = None) -> Inst
     with torch.no_grad():
         emb = model.embed_state(data.obs[torch.from_numpy(rows)]).double()
     ins = labels["instruction"][rows]
-    centred = emb - emb.mean(0)
-    s = torch.linalg.svdvals(centred).pow(2)
-    explained = (s / s.sum()).tolist()
-    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+    _, s, vh = torch.linalg.svd(emb - emb.mean(0), full_matrices=False)
+    explained = (s.pow(2) / s.pow(2).sum()).tolist()
     means = [emb[torch.from_numpy(ins == i)].mean(0) for i in (0, 1)]
     direction = means[1] - means[0]
 

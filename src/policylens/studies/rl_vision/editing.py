@@ -455,49 +455,38 @@ def run_edit(
     out = check_writable(options.out, "out run folder")
     if (out / "config.json").exists():
         raise ValueError(f"out {out} already holds a run; pick a new folder.")
-    with contextlib.ExitStack() as held:
-        if options.levels:  # the tables are kept there: refused before anything is written
-            held.enter_context(FolderLock(run.analysis_dir, "analysis folder"))
-        return _edit(run, options, env_kwargs, out, log)
-
-
-def _edit(
-    run: Run,
-    options: EditOptions,
-    env_kwargs: dict[str, Any],
-    out: Path,
-    log: Callable[[str], None] | None,
-) -> EditResult:
-    """:func:`run_edit`'s work, the run's analysis folder held when there are tables to keep."""
-    fo = options.features
-    agent = run.load_agent(fo.step)
-    layer = fo.layer or studied_layer(agent)
-    reader = reader_of(layer)  # a layer without a single reader fails before any work
-    hf = fit_features(agent, env_kwargs, dataclasses.replace(fo, layer=layer))
-    index = hf.feature_for(options.feature)
-    label = hf.nmf.labels[index]
-    if options.direction == "object":
-        v = object_direction(agent, hf.frames, layer, options.feature)
-        label = {"label": options.feature, "correlation": float("nan"), "correlations": {}}
-    else:
-        v = hf.direction(index)
-    record = EditRecord(
-        source=str(run.path), layer=layer, reader=reader, direction_from=options.direction,
-        feature=index if options.direction == "nmf" else None, requested=options.feature,
-        label=label["label"],
-        alignment=float(label["correlations"].get(options.feature, label["correlation"])),
-        nmf_seed=fo.seed, direction=tuple(float(x) for x in v),
-    )  # fmt: skip
-    edited = save_edited(edit_agent(agent, layer, v), run, out, record)
-    if not options.levels:
-        return EditResult(record, str(edited.path))
-    name = label["label"] if options.feature.isdigit() else options.feature
-    tables = ExperimentOptions(
-        options.levels, options.random_controls, seed=10_000 + fo.seed,
-        cache=run.analysis_dir / "failure_tables",
-    )  # fmt: skip
-    exp = edit_experiment(agent, layer, {name: v}, env_kwargs, tables, log)
-    verdict = edit_verdict(exp, name) if name in FAILURE_CAUSES else None
-    exp = dataclasses.replace(exp, verdict=verdict, edit=record)
-    write_json(edited.analysis_dir / "edit_experiment.json", exp.to_json())
-    return EditResult(record, str(edited.path), exp)
+    # the tables are kept in the run's analysis folder: held (or refused) before anything is written
+    held = FolderLock(run.analysis_dir, "analysis folder") if options.levels else None
+    with held or contextlib.nullcontext():
+        fo = options.features
+        agent = run.load_agent(fo.step)
+        layer = fo.layer or studied_layer(agent)
+        reader = reader_of(layer)  # a layer without a single reader fails before any work
+        hf = fit_features(agent, env_kwargs, dataclasses.replace(fo, layer=layer))
+        index = hf.feature_for(options.feature)
+        label = hf.nmf.labels[index]
+        if options.direction == "object":
+            v = object_direction(agent, hf.frames, layer, options.feature)
+            label = {"label": options.feature, "correlation": float("nan"), "correlations": {}}
+        else:
+            v = hf.direction(index)
+        record = EditRecord(
+            source=str(run.path), layer=layer, reader=reader, direction_from=options.direction,
+            feature=index if options.direction == "nmf" else None, requested=options.feature,
+            label=label["label"],
+            alignment=float(label["correlations"].get(options.feature, label["correlation"])),
+            nmf_seed=fo.seed, direction=tuple(float(x) for x in v),
+        )  # fmt: skip
+        edited = save_edited(edit_agent(agent, layer, v), run, out, record)
+        if not options.levels:
+            return EditResult(record, str(edited.path))
+        name = label["label"] if options.feature.isdigit() else options.feature
+        tables = ExperimentOptions(
+            options.levels, options.random_controls, seed=10_000 + fo.seed,
+            cache=run.analysis_dir / "failure_tables",
+        )  # fmt: skip
+        exp = edit_experiment(agent, layer, {name: v}, env_kwargs, tables, log)
+        verdict = edit_verdict(exp, name) if name in FAILURE_CAUSES else None
+        exp = dataclasses.replace(exp, verdict=verdict, edit=record)
+        write_json(edited.analysis_dir / "edit_experiment.json", exp.to_json())
+        return EditResult(record, str(edited.path), exp)
